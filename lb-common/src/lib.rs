@@ -1,0 +1,322 @@
+//! Types shared by xlb's datapath (`lb-ebpf`) and its agent (`lb-userspace`).
+//!
+//! Every map key and value is defined once, here: `#[repr(C)]`, fixed-width integers, explicit
+//! padding, `bytemuck::Pod` so hidden padding fails to compile, and a size assertion beside each
+//! type. The `user` feature adds `aya::Pod`, which aya's typed maps require.
+//!
+//! Byte order: fields that hold bytes from the wire say so (`_be` suffix or `[u8; N]`). Addresses
+//! are 16 bytes: IPv4 addresses sit in the first 4 bytes, the rest zero, and `family` tells them
+//! apart from IPv6.
+//!
+//! Names come in key → value pairs: [`VipKey`] → [`VipMeta`], [`FlowKey`] → [`FlowState`],
+//! backend index → [`Backend`].
+#![no_std]
+
+pub mod hash;
+
+use bytemuck::{Pod, Zeroable};
+
+/// Names of the programs and maps in the eBPF object; the loader looks every one up by these.
+pub mod names {
+    pub const PROG_LB: &str = "xlb_lb";
+    pub const PROG_DECAP: &str = "xlb_decap";
+    pub const PROG_PASS: &str = "xlb_pass";
+    pub const VIPS: &str = "VIPS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const RINGS: &str = "RINGS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const REASON_STATS: &str = "REASON_STATS";
+    pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+    pub const DECAP_STATS: &str = "DECAP_STATS";
+    /// Every map, for pinning and for the smoke test that each name resolves.
+    pub const MAPS: &[&str] = &[
+        VIPS,
+        BACKENDS,
+        RINGS,
+        FLOWS,
+        CONFIG,
+        VIP_STATS,
+        BACKEND_STATS,
+        REASON_STATS,
+        DECAP_ADDRS,
+        DECAP_STATS,
+    ];
+}
+
+/// Most VIPs (listeners) one node serves; sizes `VIPS` and `VIP_STATS`.
+pub const MAX_VIPS: u32 = 64;
+/// Most targets over all VIPs. Index 0 is reserved: a ring slot holding 0 is "no backend".
+pub const MAX_BACKENDS: u32 = 4096;
+/// Maglev ring size M (prime). Each VIP owns two rings (active and standby) so that a new table is
+/// written off to the side and switched in with one `VipMeta` update.
+pub const RING_SIZE: u32 = 65537;
+/// Entries in `RINGS`.
+pub const RINGS_LEN: u32 = MAX_VIPS * 2 * RING_SIZE;
+/// Default flow table size (entries); the agent may set another at load time.
+pub const FLOWS_DEFAULT: u32 = 1 << 20;
+/// A UDP flow idle for this long is re-balanced on its next packet (TCP flows have no timeout).
+pub const UDP_FLOW_TIMEOUT_NS: u64 = 30_000_000_000;
+/// Most addresses the decap program accepts tunnels for.
+pub const MAX_DECAP_ADDRS: u32 = 64;
+
+pub const AF_INET: u8 = 4;
+pub const AF_INET6: u8 = 6;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// An IPv4 or IPv6 address as it is on the wire (network order); IPv4 in the first 4 bytes.
+pub type Addr = [u8; 16];
+
+/// `VIPS` key: the destination a client addresses. `port_be == 0` is an all-ports VIP for
+/// `proto`; the datapath tries the exact port first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct VipKey {
+    pub addr: Addr,
+    /// Destination port, network byte order.
+    pub port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(size_of::<VipKey>() == 20);
+
+/// `VIPS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct VipMeta {
+    /// Index into `VIP_STATS`, below `MAX_VIPS`.
+    pub index: u32,
+    /// Which of the VIP's two rings is live: `RINGS[(index * 2 + ring) * RING_SIZE ..]`.
+    pub ring: u32,
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<VipMeta>() == 12);
+
+/// Forward by L2 direct server return (rewrite the destination MAC) instead of IPIP/IP6IP6.
+pub const VIP_F_DSR: u32 = 1 << 0;
+/// Hash the source address only (NLB `stickiness.type = source_ip`); fragments are forwarded.
+pub const VIP_F_SOURCE_IP: u32 = 1 << 1;
+/// This entry only catches fragments and ICMP for its address: it is not an all-ports VIP.
+pub const VIP_F_ADDRESS_ONLY: u32 = 1 << 2;
+/// Do not answer echo requests to this address.
+pub const VIP_F_NO_ECHO: u32 = 1 << 3;
+
+/// `BACKENDS` value, indexed by backend index (1-based; 0 means none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Backend {
+    pub addr: Addr,
+    pub family: u8,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+    /// The target's MAC, for L2 DSR.
+    pub mac: [u8; 6],
+}
+const _: () = assert!(size_of::<Backend>() == 24);
+
+/// The slot holds a target; established flows may keep using it. Cleared when the target is gone
+/// (after its deregistration delay), so flows pinned to it are re-balanced.
+pub const BACKEND_F_LIVE: u8 = 1 << 0;
+
+/// `FLOWS` key: the 5-tuple of a client's flow as it arrives (client → VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// Ports in network byte order (zero for flows without ports).
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// `FLOWS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowState {
+    pub backend: u32,
+    pub _pad: u32,
+    /// Last packet, `bpf_ktime_get_ns` (monotonic), for the UDP idle timeout.
+    pub seen_ns: u64,
+}
+const _: () = assert!(size_of::<FlowState>() == 16);
+
+/// `CONFIG[0]`: node-wide datapath settings written by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Config {
+    /// Outer source for IPIP: the first two bytes are the prefix, the last two come from the flow
+    /// hash so that targets can spread tunnelled traffic over their receive queues.
+    pub tunnel_src_v4: [u8; 4],
+    /// Outer source for IP6IP6: the first 12 bytes are the prefix, the last 4 from the flow hash.
+    pub tunnel_src_v6: [u8; 16],
+    /// Next hop MAC when the FIB lookup cannot give one (all zero: none, drop and count).
+    pub gateway_mac: [u8; 6],
+    /// `CONFIG_F_*` bits.
+    pub flags: u16,
+    /// Largest IP packet (bytes) the path to targets carries; a packet that would be larger after
+    /// encapsulation gets ICMP "fragmentation needed" / "packet too big".
+    pub mtu: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<Config>() == 36);
+
+/// Skip the kernel FIB lookup for next hops and always use `gateway_mac` (fixtures, static labs).
+pub const CONFIG_F_NO_FIB: u16 = 1 << 0;
+/// Do not generate ICMP "fragmentation needed" / "packet too big" (drop and count instead).
+pub const CONFIG_F_NO_PTB: u16 = 1 << 1;
+
+/// Packets and bytes, summed per CPU by the reader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `VIP_STATS` value (per CPU, indexed by `VipMeta::index`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct VipCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows that took a backend from the Maglev ring (new or re-balanced).
+    pub new_flows: u64,
+}
+
+/// Why a packet got its verdict. Indexes `REASON_STATS`; every verdict bumps exactly one.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Forwarded to a target in an IPIP/IP6IP6 tunnel.
+    TxTunnel = 0,
+    /// Forwarded to a target by L2 DSR.
+    TxDsr,
+    /// Answered an echo request to a VIP.
+    TxEchoReply,
+    /// Sent ICMP fragmentation-needed / packet-too-big to the client.
+    TxTooBig,
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...): passed.
+    PassNotIp,
+    /// Not addressed to a VIP: passed untouched.
+    PassNotVip,
+    /// Addressed to a VIP address with a protocol xlb does not balance: passed.
+    PassOtherProto,
+    /// ICMP to a VIP that is neither echo nor an error about a VIP flow: passed.
+    PassIcmp,
+    /// Frame shorter than its Ethernet or VLAN header.
+    DropShortEth,
+    /// Truncated IPv4 header, IHL < 5, or total length beyond the frame.
+    DropBadIpv4,
+    /// Truncated IPv6 header, payload length beyond the frame, or too many extension headers.
+    DropBadIpv6,
+    /// Truncated TCP/UDP/ICMP header, or TCP data offset < 5.
+    DropBadL4,
+    /// A fragment of a VIP flow that does not use source-IP hashing (policy: drop).
+    DropFragment,
+    /// The VIP has no backend (empty ring).
+    DropNoBackend,
+    /// No next hop MAC (FIB lookup failed and no gateway MAC configured).
+    DropNoRoute,
+    /// Too big after encapsulation and PTB generation is off.
+    DropTooBig,
+    /// Growing or shrinking the frame failed.
+    DropAdjust,
+}
+
+impl Reason {
+    pub const COUNT: u32 = Reason::DropAdjust as u32 + 1;
+    pub const ALL: [Reason; Reason::COUNT as usize] = [
+        Reason::TxTunnel,
+        Reason::TxDsr,
+        Reason::TxEchoReply,
+        Reason::TxTooBig,
+        Reason::PassNotIp,
+        Reason::PassNotVip,
+        Reason::PassOtherProto,
+        Reason::PassIcmp,
+        Reason::DropShortEth,
+        Reason::DropBadIpv4,
+        Reason::DropBadIpv6,
+        Reason::DropBadL4,
+        Reason::DropFragment,
+        Reason::DropNoBackend,
+        Reason::DropNoRoute,
+        Reason::DropTooBig,
+        Reason::DropAdjust,
+    ];
+
+    /// The snake_case name that `xlb stats` and the metrics print.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::TxTunnel => "tx_tunnel",
+            Reason::TxDsr => "tx_dsr",
+            Reason::TxEchoReply => "tx_echo_reply",
+            Reason::TxTooBig => "tx_too_big",
+            Reason::PassNotIp => "pass_not_ip",
+            Reason::PassNotVip => "pass_not_vip",
+            Reason::PassOtherProto => "pass_other_proto",
+            Reason::PassIcmp => "pass_icmp",
+            Reason::DropShortEth => "drop_short_eth",
+            Reason::DropBadIpv4 => "drop_bad_ipv4",
+            Reason::DropBadIpv6 => "drop_bad_ipv6",
+            Reason::DropBadL4 => "drop_bad_l4",
+            Reason::DropFragment => "drop_fragment",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::DropNoRoute => "drop_no_route",
+            Reason::DropTooBig => "drop_too_big",
+            Reason::DropAdjust => "drop_adjust",
+        }
+    }
+}
+
+/// Why the decap program gave its verdict; indexes `DECAP_STATS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecapReason {
+    /// Tunnel removed, inner packet passed to the stack.
+    Decapsulated = 0,
+    /// Not a tunnel for this host: passed untouched.
+    PassOther,
+    /// A tunnel header that is truncated or malformed: dropped.
+    DropMalformed,
+}
+
+impl DecapReason {
+    pub const COUNT: u32 = DecapReason::DropMalformed as u32 + 1;
+    pub const ALL: [DecapReason; DecapReason::COUNT as usize] =
+        [DecapReason::Decapsulated, DecapReason::PassOther, DecapReason::DropMalformed];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DecapReason::Decapsulated => "decapsulated",
+            DecapReason::PassOther => "pass_other",
+            DecapReason::DropMalformed => "drop_malformed",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: each type is `bytemuck::Pod` (no padding, any bit pattern valid), which is aya's
+    // contract too.
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipMeta {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::VipCounters {}
+}

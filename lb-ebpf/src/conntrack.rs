@@ -1,0 +1,96 @@
+//! Stages 3 and 4: the flow table, then the Maglev ring.
+//!
+//! An established flow keeps the backend it was given, even after the rings change, until its
+//! entry is evicted (LRU), goes idle (UDP), or its backend is gone (`BACKEND_F_LIVE` cleared).
+//! A TCP SYN always consults the ring: it starts a new connection, so a stale entry from an
+//! earlier connection on the same 5-tuple must not pin it.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use lb_common::{
+    BACKEND_F_LIVE, Backend, FlowKey, FlowState, IPPROTO_UDP, RING_SIZE, Reason,
+    UDP_FLOW_TIMEOUT_NS, VIP_F_SOURCE_IP, VipMeta,
+    hash::{flow_hash, source_hash},
+};
+
+use crate::{
+    maps::{BACKENDS, FLOWS, RINGS},
+    verdict::Verdict,
+};
+
+/// The chosen backend and whether the ring chose it (a new flow).
+pub struct Choice {
+    pub index: u32,
+    pub backend: Backend,
+    pub hash: u32,
+    pub new_flow: bool,
+}
+
+#[inline(always)]
+fn live_backend(index: u32) -> Option<Backend> {
+    let b = *BACKENDS.get(index)?;
+    if b.flags & BACKEND_F_LIVE == 0 {
+        return None;
+    }
+    Some(b)
+}
+
+#[inline(always)]
+pub fn hash(vip: &VipMeta, key: &FlowKey) -> u32 {
+    if vip.flags & VIP_F_SOURCE_IP != 0 { source_hash(key) } else { flow_hash(key) }
+}
+
+/// Maglev: the VIP's live ring at `hash % M`.
+#[inline(always)]
+pub fn ring(vip: &VipMeta, hash: u32) -> Result<(u32, Backend), Verdict> {
+    let slot = (vip.index * 2 + (vip.ring & 1)) * RING_SIZE + hash % RING_SIZE;
+    let index = *RINGS.get(slot).ok_or(Verdict::drop(Reason::DropNoBackend))?;
+    // Index 0: the ring was never filled (no target registered).
+    if index == 0 {
+        return Err(Verdict::drop(Reason::DropNoBackend));
+    }
+    let backend = live_backend(index).ok_or(Verdict::drop(Reason::DropNoBackend))?;
+    Ok((index, backend))
+}
+
+/// Flow table first (unless `syn`), then the ring; records new flows.
+#[inline(always)]
+pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool) -> Result<Choice, Verdict> {
+    let h = hash(vip, key);
+    let udp = key.proto == IPPROTO_UDP;
+    // UDP needs the clock for its idle timeout; TCP entries never expire by time.
+    // SAFETY: a helper without arguments.
+    let now = if udp { unsafe { bpf_ktime_get_ns() } } else { 0 };
+    if !syn && let Some(state) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: the LRU value stays valid while the program runs; a concurrent update of the
+        // same flow from another CPU can only write another valid backend index.
+        let (index, seen) = unsafe { ((*state).backend, (*state).seen_ns) };
+        if (!udp || now.wrapping_sub(seen) < UDP_FLOW_TIMEOUT_NS)
+            && let Some(backend) = live_backend(index)
+        {
+            if udp {
+                // SAFETY: as above.
+                unsafe { (*state).seen_ns = now };
+            }
+            return Ok(Choice { index, backend, hash: h, new_flow: false });
+        }
+    }
+    let (index, backend) = ring(vip, h)?;
+    let state = FlowState { backend: index, _pad: 0, seen_ns: now };
+    // A full table evicts its least recently used flow; an error here only costs stickiness.
+    let _ = FLOWS.insert(key, &state, 0);
+    Ok(Choice { index, backend, hash: h, new_flow: true })
+}
+
+/// The backend an existing flow uses, without creating one (ICMP errors about a flow).
+#[inline(always)]
+pub fn existing(vip: &VipMeta, key: &FlowKey) -> Result<Choice, Verdict> {
+    let h = hash(vip, key);
+    // SAFETY: copied out at once.
+    if let Some(state) = unsafe { FLOWS.get(key) }
+        && let Some(backend) = live_backend(state.backend)
+    {
+        return Ok(Choice { index: state.backend, backend, hash: h, new_flow: false });
+    }
+    let (index, backend) = ring(vip, h)?;
+    Ok(Choice { index, backend, hash: h, new_flow: false })
+}

@@ -1,0 +1,143 @@
+//! xlb's XDP programs.
+//!
+//! - `xlb_lb`, the balancer: parse → VIP lookup → flow table → Maglev ring → forward → count.
+//!   Each stage is a module named after it; this file holds only the entry points and the order
+//!   of the stages. Stages return `Result<_, Verdict>`; the entry point counts the verdict's
+//!   reason once and returns its action.
+//! - `xlb_decap`, for targets: strips the tunnel the balancer adds.
+//! - `xlb_pass`, a plain pass: a veth whose peer sends with `XDP_TX` needs an XDP program.
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod csum;
+mod decap;
+mod encap;
+mod icmp;
+mod maps;
+mod parse;
+mod stats;
+mod verdict;
+mod vip;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::{
+    Config, DecapReason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Reason,
+    VIP_F_SOURCE_IP,
+};
+
+use crate::{
+    conntrack::Choice,
+    icmp::Icmp,
+    maps::CONFIG,
+    parse::{ETH_P_IP, ETH_P_IPV6, Packet, TCP_ACK, TCP_SYN},
+    verdict::Verdict,
+};
+
+#[xdp]
+pub fn xlb_lb(ctx: XdpContext) -> u32 {
+    let bytes = (parse::frame_len(&ctx)) as u64;
+    let v = match balance(&ctx, bytes) {
+        Ok(v) | Err(v) => v,
+    };
+    stats::reason(v.reason, bytes);
+    v.action
+}
+
+#[inline(always)]
+fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
+    let (ether_type, l3_off) = parse::ethernet(ctx)?;
+    // Filled in place: a `Result<Packet, _>` would cost a second copy of it on the stack.
+    let mut p = Packet::EMPTY;
+    match ether_type {
+        ETH_P_IP => parse::ipv4(ctx, l3_off, &mut p)?,
+        ETH_P_IPV6 => parse::ipv6(ctx, l3_off, &mut p)?,
+        _ => return Ok(Verdict::pass(Reason::PassNotIp)),
+    }
+    if p.fragment {
+        return fragment(ctx, &p, bytes);
+    }
+    let (vip, choice) = match p.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let vip = vip::listener(p.family, &p.dst, p.dport_be, p.proto)
+                .ok_or(Verdict::pass(Reason::PassNotVip))?;
+            let syn = p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            let choice = conntrack::choose(&vip, &vip::flow_key(&p), syn)?;
+            (vip, choice)
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => match icmp::handle(ctx, &p)? {
+            Icmp::Reply(v) => return Ok(v),
+            Icmp::Error { vip, key } => (vip, conntrack::existing(&vip, &key)?),
+        },
+        other => {
+            let icmp = if p.family == lb_common::AF_INET { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
+            let _ = other;
+            return Err(match vip::address(p.family, &p.dst, icmp) {
+                Some(_) => Verdict::pass(Reason::PassOtherProto),
+                None => Verdict::pass(Reason::PassNotVip),
+            });
+        }
+    };
+    send(ctx, &p, &vip, &choice, bytes)
+}
+
+/// Fragment policy: all fragments of a datagram must reach one target, and only the first has
+/// ports. VIPs with source-IP hashing have that property (the hash ignores ports), so their
+/// fragments are forwarded by the ring; fragments to other VIP addresses are dropped and counted.
+#[inline(always)]
+fn fragment(ctx: &XdpContext, p: &Packet, bytes: u64) -> Result<Verdict, Verdict> {
+    let vip = vip::address(p.family, &p.dst, p.proto).ok_or(Verdict::pass(Reason::PassNotVip))?;
+    if vip.flags & VIP_F_SOURCE_IP == 0 {
+        return Err(Verdict::drop(Reason::DropFragment));
+    }
+    let key = vip::flow_key(p);
+    let hash = conntrack::hash(&vip, &key);
+    let (index, backend) = conntrack::ring(&vip, hash)?;
+    send(ctx, p, &vip, &Choice { index, backend, hash, new_flow: false }, bytes)
+}
+
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    p: &Packet,
+    vip: &lb_common::VipMeta,
+    choice: &Choice,
+    bytes: u64,
+) -> Result<Verdict, Verdict> {
+    stats::vip(vip.index, bytes, choice.new_flow);
+    stats::backend(choice.index, bytes);
+    let cfg: &Config = CONFIG.get(0).ok_or(Verdict::drop(Reason::DropNoRoute))?;
+    encap::forward(ctx, p, vip, choice, cfg)
+}
+
+#[xdp]
+pub fn xlb_decap(ctx: XdpContext) -> u32 {
+    let bytes = (parse::frame_len(&ctx)) as u64;
+    let r = match decap::decap(&ctx) {
+        Ok(r) | Err(r) => r,
+    };
+    stats::decap(r, bytes);
+    match r {
+        DecapReason::DropMalformed => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+#[xdp]
+pub fn xlb_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,58 @@
+//! Every map of the datapath. The agent writes the configuration maps and reads the counters;
+//! the datapath writes only `FLOWS` and the counters.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Addr, Backend, Config, Counters, DecapReason, FLOWS_DEFAULT, FlowKey, FlowState, MAX_BACKENDS,
+    MAX_DECAP_ADDRS, MAX_VIPS, RINGS_LEN, Reason, VipCounters, VipKey, VipMeta,
+};
+
+/// VIP (address, port, protocol) → its index, live ring and flags. Also holds per-address entries
+/// (`VIP_F_ADDRESS_ONLY`) for echo, ICMP errors and fragments. Agent writes.
+#[map]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS * 4, 0);
+
+/// Backend index → target address, MAC and flags. Index 0 is never used. Agent writes.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Maglev rings, two per VIP: `(vip_index * 2 + ring) * RING_SIZE + hash % RING_SIZE` → backend
+/// index. Agent writes the standby ring, then flips `VipMeta::ring`.
+#[map]
+pub static RINGS: Array<u32> = Array::with_max_entries(RINGS_LEN, 0);
+
+/// Flow 5-tuple → backend it was given. LRU with per-CPU LRU lists (no shared list lock on the
+/// hot path). Datapath writes; the agent reads it to count flows per draining target.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(FLOWS_DEFAULT, BPF_F_NO_COMMON_LRU);
+
+/// `CONFIG[0]`: node settings (tunnel source prefixes, gateway MAC, MTU). Agent writes.
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Per-CPU counters per VIP index.
+#[map]
+pub static VIP_STATS: PerCpuArray<VipCounters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Per-CPU counters per backend index.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per-CPU counters per [`Reason`]: every packet the balancer sees bumps exactly one.
+#[map]
+pub static REASON_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+/// Addresses (IPv4 in the first 4 bytes) that the decap program removes tunnels for. The agent
+/// fills it with the host's addresses.
+#[map]
+pub static DECAP_ADDRS: HashMap<Addr, u8> = HashMap::with_max_entries(MAX_DECAP_ADDRS, 0);
+
+/// Per-CPU counters per [`DecapReason`].
+#[map]
+pub static DECAP_STATS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(DecapReason::COUNT, 0);

@@ -1,0 +1,43 @@
+//! Stage 6: count. Per-CPU arrays, so no atomics on the hot path.
+
+use lb_common::{Counters, DecapReason, Reason};
+
+use crate::maps::{BACKEND_STATS, DECAP_STATS, REASON_STATS, VIP_STATS};
+
+#[inline(always)]
+fn add(c: Option<*mut Counters>, bytes: u64) {
+    if let Some(c) = c {
+        // SAFETY: a per-CPU array slot: only this CPU writes it while the program runs.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn reason(r: Reason, bytes: u64) {
+    add(REASON_STATS.get_ptr_mut(r as u32), bytes);
+}
+
+#[inline(always)]
+pub fn decap(r: DecapReason, bytes: u64) {
+    add(DECAP_STATS.get_ptr_mut(r as u32), bytes);
+}
+
+#[inline(always)]
+pub fn backend(index: u32, bytes: u64) {
+    add(BACKEND_STATS.get_ptr_mut(index), bytes);
+}
+
+#[inline(always)]
+pub fn vip(index: u32, bytes: u64, new_flow: bool) {
+    if let Some(c) = VIP_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, as above.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+            (*c).new_flows += new_flow as u64;
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Stage 2: VIP lookup. (address, port, protocol) first, then the all-ports entry (port 0).
+
+use lb_common::{VIP_F_ADDRESS_ONLY, VipKey, VipMeta};
+
+use crate::{maps::VIPS, parse::Packet};
+
+#[inline(always)]
+fn get(key: &VipKey) -> Option<VipMeta> {
+    // SAFETY: the value is copied out at once; the agent replaces entries whole.
+    unsafe { VIPS.get(key).copied() }
+}
+
+/// The listener for `(addr, port, proto)`, exact port first, then an all-ports VIP.
+#[inline(always)]
+pub fn listener(family: u8, addr: &[u8; 16], port_be: u16, proto: u8) -> Option<VipMeta> {
+    let mut key = VipKey { addr: *addr, port_be, proto, family };
+    if let Some(m) = get(&key) {
+        return Some(m);
+    }
+    key.port_be = 0;
+    get(&key).filter(|m| m.flags & VIP_F_ADDRESS_ONLY == 0)
+}
+
+/// The per-address entry for `proto` (port 0), all-ports VIP or address-only.
+#[inline(always)]
+pub fn address(family: u8, addr: &[u8; 16], proto: u8) -> Option<VipMeta> {
+    get(&VipKey { addr: *addr, port_be: 0, proto, family })
+}
+
+/// The flow key of a packet as it arrived (client → VIP).
+#[inline(always)]
+pub fn flow_key(p: &Packet) -> lb_common::FlowKey {
+    lb_common::FlowKey {
+        src: p.src,
+        dst: p.dst,
+        sport_be: p.sport_be,
+        dport_be: p.dport_be,
+        proto: p.proto,
+        family: p.family,
+        _pad: [0; 2],
+    }
+}

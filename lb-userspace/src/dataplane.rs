@@ -1,0 +1,296 @@
+//! The only module that touches BPF: loads the XDP object, attaches its programs, and gives
+//! typed access to its maps. Everything else in the agent speaks in listeners and targets and
+//! calls into here.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode, links::FdLink, xdp::XdpLinkId},
+};
+use lb_common::{
+    Addr, Backend, Config, Counters, DecapReason, FlowKey, FlowState, RING_SIZE, Reason,
+    VipCounters, VipKey, VipMeta, names,
+};
+use thiserror::Error;
+
+/// The eBPF object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb"));
+
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error("load the XDP object (is this root, with bpffs and BTF?)")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {name} is not in the object")]
+    MissingMap { name: &'static str },
+    #[error("attach {program} to {iface} in {mode} mode (try `--xdp-mode generic`)")]
+    Attach {
+        program: &'static str,
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("pin {path}")]
+    Pin {
+        path: String,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("ring for VIP {vip} has {len} slots, want {RING_SIZE}")]
+    RingSize { vip: u32, len: usize },
+}
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
+/// Which XDP program of the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// The balancer.
+    Lb,
+    /// The tunnel decapsulator, for targets.
+    Decap,
+    /// A plain pass, for veth peers of interfaces that send with `XDP_TX`.
+    Pass,
+}
+
+impl Program {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Program::Lb => names::PROG_LB,
+            Program::Decap => names::PROG_DECAP,
+            Program::Pass => names::PROG_PASS,
+        }
+    }
+}
+
+/// How the datapath's maps are sized when the object is loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    /// Flow table entries.
+    pub flows: u32,
+    /// VIPs that can have rings (each costs 2 × `RING_SIZE` × 4 bytes).
+    pub vips: u32,
+}
+
+impl Sizes {
+    /// The balancer's defaults.
+    pub const DEFAULT: Sizes = Sizes { flows: lb_common::FLOWS_DEFAULT, vips: lb_common::MAX_VIPS };
+    /// For decap or pass programs alone: the balancer's big maps shrink to one entry.
+    pub const MINIMAL: Sizes = Sizes { flows: 1, vips: 0 };
+}
+
+/// XDP attach mode, as the user asks for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// In the driver (fast; veth, most NICs).
+    Native,
+    /// In the generic network stack (works everywhere, slower).
+    Generic,
+}
+
+impl AttachMode {
+    fn xdp(self) -> XdpMode {
+        match self {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Generic => XdpMode::Skb,
+        }
+    }
+    const fn name(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        }
+    }
+}
+
+/// The loaded XDP object: programs and maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+impl Dataplane {
+    /// Loads every program of the object into the kernel with maps of the given sizes.
+    pub fn load(sizes: Sizes) -> Result<Self> {
+        let rings = (sizes.vips * 2 * RING_SIZE).max(1);
+        let ebpf = EbpfLoader::new()
+            .map_max_entries(names::FLOWS, sizes.flows.max(1))
+            .map_max_entries(names::RINGS, rings)
+            .load(OBJECT)?;
+        let mut dp = Dataplane { ebpf };
+        for p in [Program::Lb, Program::Decap, Program::Pass] {
+            dp.xdp(p)?.load().map_err(|source| DataplaneError::Program { name: p.name(), source })?;
+        }
+        Ok(dp)
+    }
+
+    fn xdp(&mut self, p: Program) -> Result<&mut Xdp> {
+        let name = p.name();
+        let prog = self.ebpf.program_mut(name).ok_or(DataplaneError::Program {
+            name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?;
+        prog.try_into().map_err(|source| DataplaneError::Program { name, source })
+    }
+
+    /// Attaches `p` to `iface`; it stays attached while this value lives.
+    pub fn attach(&mut self, p: Program, iface: &str, mode: AttachMode) -> Result<XdpLinkId> {
+        self.xdp(p)?.attach(iface, mode.xdp()).map_err(|source| DataplaneError::Attach {
+            program: p.name(),
+            iface: iface.to_owned(),
+            mode: mode.name(),
+            source,
+        })
+    }
+
+    /// Attaches `p` to `iface` and pins the link at `pin`, so it outlives this process.
+    pub fn attach_pinned(&mut self, p: Program, iface: &str, mode: AttachMode, pin: &Path) -> Result<()> {
+        let id = self.attach(p, iface, mode)?;
+        let link = self.xdp(p)?.take_link(id).map_err(|source| DataplaneError::Program { name: p.name(), source })?;
+        let fd: FdLink = link.try_into().map_err(|_| DataplaneError::Attach {
+            program: p.name(),
+            iface: iface.to_owned(),
+            mode: mode.name(),
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?;
+        fd.pin(pin).map_err(|source| DataplaneError::Pin { path: pin.display().to_string(), source })?;
+        Ok(())
+    }
+
+    /// Runs `p` once on `frame` with `BPF_PROG_TEST_RUN`; returns the action and the output frame.
+    pub fn test_run(&mut self, p: Program, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        // Room for the largest growth the program makes (tunnel headers).
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = self
+            .xdp(p)?
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .map_err(|source| DataplaneError::Program { name: p.name(), source })?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value, out))
+    }
+
+    fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap { name })
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>> {
+        HashMap::try_from(self.map(name)?).map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    fn array<V: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, V>> {
+        Array::try_from(self.map(name)?).map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    fn per_cpu<V: aya::Pod>(&mut self, name: &'static str) -> Result<PerCpuArray<&mut MapData, V>> {
+        PerCpuArray::try_from(self.map(name)?).map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
+        let name = names::CONFIG;
+        self.array::<Config>(name)?.set(0, cfg, 0).map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
+        let name = names::VIPS;
+        self.hash::<VipKey, VipMeta>(name)?.insert(key, meta, 0).map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        let name = names::VIPS;
+        self.hash::<VipKey, VipMeta>(name)?.remove(key).map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    pub fn set_backend(&mut self, index: u32, backend: &Backend) -> Result<()> {
+        let name = names::BACKENDS;
+        self.array::<Backend>(name)?.set(index, backend, 0).map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// Writes `table` into ring `ring` (0 or 1) of VIP `vip`. Write the standby ring, then point
+    /// the VIP at it with [`Dataplane::set_vip`]: lookups never see a half-written table.
+    pub fn write_ring(&mut self, vip: u32, ring: u32, table: &[u32]) -> Result<()> {
+        if table.len() != RING_SIZE as usize {
+            return Err(DataplaneError::RingSize { vip, len: table.len() });
+        }
+        let name = names::RINGS;
+        let mut rings = self.array::<u32>(name)?;
+        let base = (vip * 2 + ring) * RING_SIZE;
+        for (i, b) in table.iter().enumerate() {
+            rings.set(base + i as u32, b, 0).map_err(|source| DataplaneError::Map { name, source })?;
+        }
+        Ok(())
+    }
+
+    /// Counters per [`Reason`], summed over CPUs.
+    pub fn reasons(&mut self) -> Result<Vec<(Reason, Counters)>> {
+        let name = names::REASON_STATS;
+        let map = self.per_cpu::<Counters>(name)?;
+        Reason::ALL
+            .iter()
+            .map(|&r| {
+                let v = map.get(&(r as u32), 0).map_err(|source| DataplaneError::Map { name, source })?;
+                Ok((r, sum(v.iter())))
+            })
+            .collect()
+    }
+
+    /// Counters per [`DecapReason`], summed over CPUs.
+    pub fn decap_reasons(&mut self) -> Result<Vec<(DecapReason, Counters)>> {
+        let name = names::DECAP_STATS;
+        let map = self.per_cpu::<Counters>(name)?;
+        DecapReason::ALL
+            .iter()
+            .map(|&r| {
+                let v = map.get(&(r as u32), 0).map_err(|source| DataplaneError::Map { name, source })?;
+                Ok((r, sum(v.iter())))
+            })
+            .collect()
+    }
+
+    pub fn vip_counters(&mut self, index: u32) -> Result<VipCounters> {
+        let name = names::VIP_STATS;
+        let v = self.per_cpu::<VipCounters>(name)?.get(&index, 0).map_err(|source| DataplaneError::Map { name, source })?;
+        Ok(v.iter().fold(VipCounters::default(), |a, c| VipCounters {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+            new_flows: a.new_flows + c.new_flows,
+        }))
+    }
+
+    pub fn backend_counters(&mut self, index: u32) -> Result<Counters> {
+        let name = names::BACKEND_STATS;
+        let v = self.per_cpu::<Counters>(name)?.get(&index, 0).map_err(|source| DataplaneError::Map { name, source })?;
+        Ok(sum(v.iter()))
+    }
+
+    /// The flow table's entries.
+    pub fn flows(&mut self) -> Result<Vec<(FlowKey, FlowState)>> {
+        let name = names::FLOWS;
+        let map = self.hash::<FlowKey, FlowState>(name)?;
+        map.iter().collect::<std::result::Result<_, _>>().map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// Adds an address the decap program removes tunnels for.
+    pub fn add_decap_addr(&mut self, addr: &Addr) -> Result<()> {
+        let name = names::DECAP_ADDRS;
+        self.hash::<Addr, u8>(name)?.insert(addr, 1, 0).map_err(|source| DataplaneError::Map { name, source })
+    }
+}
+
+fn sum<'a>(it: impl Iterator<Item = &'a Counters>) -> Counters {
+    it.fold(Counters::default(), |a, c| Counters { packets: a.packets + c.packets, bytes: a.bytes + c.bytes })
+}

@@ -1,0 +1,327 @@
+//! `xlb-lab`: builds, inspects and tears down the network lab described in
+//! `xlb_tests::lab`, and is also the server that runs in every backend.
+
+use std::{
+    future::Future,
+    io::{self, IoSlice, IoSliceMut},
+    net::{Ipv6Addr, SocketAddrV6},
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use nix::{
+    libc,
+    sys::socket::{
+        AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+        SockaddrIn6, bind, listen, recvmsg, sendmsg, setsockopt, socket, sockopt,
+    },
+};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{TcpListener, TcpStream, UdpSocket},
+};
+use xlb_tests::lab::{DEFAULT_BACKENDS, ECHO_PORT, HTTP_PORT, Lab, LabSpec, UDP_PORT};
+
+/// Longest request, header or echo line the server reads at once.
+const MAX_LINE: u64 = 8192;
+/// Most header lines the HTTP server accepts in one request.
+const MAX_HEADERS: usize = 100;
+
+#[derive(Parser)]
+#[command(
+    name = "xlb-lab",
+    about = "Network namespaces for testing and demonstrating xlb"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a lab (replacing a stale one with the same prefix) and leave it up.
+    Up {
+        /// Prefix of the namespace names.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Number of backends.
+        #[arg(long, default_value_t = DEFAULT_BACKENDS)]
+        backends: usize,
+        /// The xlb binary, to attach the lab's helper XDP programs.
+        #[arg(long)]
+        xlb: Option<PathBuf>,
+    },
+    /// Tear down a lab: servers, namespaces, pinned programs.
+    Down {
+        /// Prefix of the namespace names.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Show a lab's namespaces, interfaces and servers.
+    Status {
+        /// Prefix of the namespace names.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Run a backend server (started by `up` inside each backend namespace).
+    #[command(hide = true)]
+    Serve {
+        /// The name the server answers with, e.g. backend1.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Up {
+            prefix,
+            backends,
+            xlb,
+        } => {
+            let server_bin = std::env::current_exe().context("locating the xlb-lab binary")?;
+            let lab = Lab::up(LabSpec {
+                prefix: prefix.clone(),
+                backends,
+                server_bin,
+                xlb,
+            })?;
+            lab.keep();
+            print!("{}", Lab::status(&prefix)?);
+        }
+        Command::Down { prefix } => Lab::down(&prefix)?,
+        Command::Status { prefix } => print!("{}", Lab::status(&prefix)?),
+        Command::Serve { name } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(serve(name.into()))?,
+    }
+    Ok(())
+}
+
+/// Serves HTTP, the TCP echo and the UDP name reply until killed.
+async fn serve(name: Arc<str>) -> Result<()> {
+    let udp = dual_stack_socket(SockType::Datagram, UDP_PORT)?;
+    // Learn each datagram's destination, to answer from it: under DSR that
+    // is the VIP on `lo`, which the routing table would not pick as source.
+    setsockopt(&udp, sockopt::Ipv6RecvPacketInfo, &true).context("setting IPV6_RECVPKTINFO")?;
+    let udp = UdpSocket::from_std(udp.into()).context("registering the UDP socket")?;
+    let echo = tcp_listener(ECHO_PORT)?;
+    let http = tcp_listener(HTTP_PORT)?;
+    eprintln!("{name}: HTTP on TCP {HTTP_PORT}, echo on TCP {ECHO_PORT}, name on UDP {UDP_PORT}");
+    // None of these loops ends: the server runs until `down` kills it.
+    tokio::join!(
+        answer_udp(udp, name.clone()),
+        accept_loop(echo, name.clone(), echo_conn),
+        accept_loop(http, name, http_conn),
+    );
+    Ok(())
+}
+
+/// A non-blocking socket bound to port `port` of every local IPv4 and IPv6
+/// address (IPv4 peers show up as `::ffff:a.b.c.d`).
+fn dual_stack_socket(ty: SockType, port: u16) -> Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Inet6,
+        ty,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("creating a socket")?;
+    setsockopt(&fd, sockopt::Ipv6V6Only, &false).context("clearing IPV6_V6ONLY")?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true).context("setting SO_REUSEADDR")?;
+    let addr = SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0);
+    bind(fd.as_raw_fd(), &SockaddrIn6::from(addr)).with_context(|| format!("binding {addr}"))?;
+    Ok(fd)
+}
+
+fn tcp_listener(port: u16) -> Result<TcpListener> {
+    let fd = dual_stack_socket(SockType::Stream, port)?;
+    listen(&fd, Backlog::new(1024)?).with_context(|| format!("listening on TCP {port}"))?;
+    TcpListener::from_std(fd.into()).context("registering a TCP listener")
+}
+
+/// Answers each datagram with the name, from the address it was sent to.
+async fn answer_udp(sock: UdpSocket, name: Arc<str>) {
+    let mut buf = [0u8; 2048];
+    loop {
+        if let Err(e) = answer_datagram(&sock, &name, &mut buf).await {
+            eprintln!("{name}: UDP: {e}");
+        }
+    }
+}
+
+async fn answer_datagram(sock: &UdpSocket, name: &str, buf: &mut [u8]) -> io::Result<()> {
+    let fd = sock.as_raw_fd();
+    let (peer, local) = sock
+        .async_io(tokio::io::Interest::READABLE, || {
+            let mut iov = [IoSliceMut::new(buf)];
+            let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo);
+            let msg = recvmsg::<SockaddrIn6>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
+            let peer = msg
+                .address
+                .ok_or(io::Error::other("datagram without source"))?;
+            let local = msg
+                .cmsgs()?
+                .find_map(|cmsg| match cmsg {
+                    ControlMessageOwned::Ipv6PacketInfo(info) => Some(info.ipi6_addr),
+                    _ => None,
+                })
+                .ok_or(io::Error::other("datagram without IPV6_PKTINFO"))?;
+            Ok((peer, local))
+        })
+        .await?;
+    // Interface 0: let routing choose the way out.
+    let info = libc::in6_pktinfo {
+        ipi6_addr: local,
+        ipi6_ifindex: 0,
+    };
+    sock.async_io(tokio::io::Interest::WRITABLE, || {
+        let iov = [IoSlice::new(name.as_bytes())];
+        let cmsgs = [ControlMessage::Ipv6PacketInfo(&info)];
+        Ok(sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(&peer))?)
+    })
+    .await
+    .map(drop)
+}
+
+/// Accepts connections forever, each handled by its own task.
+async fn accept_loop<F, Fut>(listener: TcpListener, name: Arc<str>, handle: F)
+where
+    F: Fn(TcpStream, Arc<str>) -> Fut,
+    Fut: Future<Output = io::Result<()>> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                // Replies are small: send them at once, not after Nagle's delay.
+                if let Err(e) = stream.set_nodelay(true) {
+                    eprintln!("{name}: TCP_NODELAY for {peer}: {e}");
+                }
+                let conn = handle(stream, name.clone());
+                let name = name.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        eprintln!("{name}: connection from {peer}: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                // E.g. out of file descriptors: back off instead of spinning.
+                eprintln!("{name}: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Echoes everything back with `{name}: ` before each line, until the
+/// client closes. Long lines are passed through in bounded pieces.
+async fn echo_conn(stream: TcpStream, name: Arc<str>) -> io::Result<()> {
+    let prefix = format!("{name}: ");
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut piece = Vec::new();
+    let mut at_line_start = true;
+    loop {
+        piece.clear();
+        if (&mut rd)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut piece)
+            .await?
+            == 0
+        {
+            return Ok(());
+        }
+        if at_line_start {
+            wr.write_all(prefix.as_bytes()).await?;
+        }
+        wr.write_all(&piece).await?;
+        at_line_start = piece.ends_with(b"\n");
+    }
+}
+
+/// Answers every HTTP/1.x request with 200 and body `{name}\n`, keeping the
+/// connection alive unless the client asks otherwise.
+async fn http_conn(stream: TcpStream, name: Arc<str>) -> io::Result<()> {
+    let body = format!("{name}\n");
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    while let Some(request) = read_request_head(&mut rd).await? {
+        // Discard a request body.
+        tokio::io::copy(
+            &mut (&mut rd).take(request.content_length),
+            &mut tokio::io::sink(),
+        )
+        .await?;
+        let connection = if request.close { "close" } else { "keep-alive" };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+             Connection: {connection}\r\n\r\n{body}",
+            body.len()
+        );
+        wr.write_all(response.as_bytes()).await?;
+        if request.close {
+            return wr.shutdown().await;
+        }
+    }
+    Ok(())
+}
+
+/// What the server needs from a request head.
+struct RequestHead {
+    close: bool,
+    content_length: u64,
+}
+
+/// Reads a request line and headers; None if the client closed first.
+async fn read_request_head<R>(rd: &mut R) -> io::Result<Option<RequestHead>>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    let mut line = Vec::new();
+    // Skip blank lines some clients send between requests.
+    while line.trim_ascii().is_empty() {
+        line.clear();
+        if rd.take(MAX_LINE).read_until(b'\n', &mut line).await? == 0 {
+            return Ok(None);
+        }
+    }
+    let mut head = RequestHead {
+        // HTTP/1.0 closes by default, HTTP/1.1 keeps alive.
+        close: line.trim_ascii_end().ends_with(b"HTTP/1.0"),
+        content_length: 0,
+    };
+    for _ in 0..MAX_HEADERS {
+        line.clear();
+        if rd.take(MAX_LINE).read_until(b'\n', &mut line).await? == 0 {
+            return Ok(None);
+        }
+        let header = String::from_utf8_lossy(line.trim_ascii()).to_ascii_lowercase();
+        if header.is_empty() {
+            return Ok(Some(head));
+        }
+        let Some((key, value)) = header.split_once(':') else {
+            continue;
+        };
+        match key.trim() {
+            "connection" if value.contains("close") => head.close = true,
+            "connection" if value.contains("keep-alive") => head.close = false,
+            "content-length" => {
+                head.content_length = value.trim().parse().map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidData, "bad Content-Length")
+                })?;
+            }
+            _ => {}
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("more than {MAX_HEADERS} header lines"),
+    ))
+}

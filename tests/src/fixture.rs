@@ -1,0 +1,302 @@
+//! Packet fixtures: the real `xlb_lb` program, real maps, one frame through
+//! `BPF_PROG_TEST_RUN`, and what came out.
+//!
+//! ```no_run
+//! use xlb_tests::{fixture::*, packet::*};
+//! let mut f = Fixture::new();
+//! let vip = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
+//! let syn = Packet::eth(MAC_CLIENT, MAC_LB).ipv4(CLIENT_V4, VIP_V4).tcp(1000, 80).syn().build();
+//! let out = f.run(&syn);
+//! assert_eq!(out.action, XDP_TX);
+//! assert_eq!(out.reason(), Reason::TxTunnel);
+//! # let _ = vip;
+//! ```
+//!
+//! Each fixture runs in a network namespace of its own (the test thread unshares one), so the
+//! kernel FIB lookup for next hops finds nothing and the configured gateway MAC is used: outputs
+//! do not depend on the host's routes.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub use lb_common::Reason;
+use lb_common::{
+    AF_INET, AF_INET6, Addr, BACKEND_F_LIVE, Backend, CONFIG_F_NO_PTB, Config, Counters, FlowKey,
+    IPPROTO_TCP, IPPROTO_UDP, RING_SIZE, VipCounters, VipKey, VipMeta,
+    hash::{flow_hash, source_hash},
+};
+use xlb::{
+    dataplane::{Dataplane, Program, Sizes},
+    maglev::{self, MaglevTarget},
+};
+
+use crate::packet::MAC_GATEWAY;
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+pub const BACKEND1_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 11));
+pub const BACKEND2_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 12));
+pub const BACKEND3_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 1, 13));
+pub const BACKEND1_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x11));
+/// Tunnel source prefixes the fixtures configure.
+pub const TUNNEL_SRC_V4: [u8; 2] = [172, 16];
+pub const TUNNEL_SRC_V6: [u8; 12] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+/// Path MTU the fixtures configure.
+pub const MTU: u16 = 1500;
+/// The MAC every fixture backend has (for DSR).
+pub const BACKEND_MAC: [u8; 6] = crate::packet::MAC_BACKEND;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    const fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => IPPROTO_TCP,
+            Proto::Udp => IPPROTO_UDP,
+        }
+    }
+}
+
+/// What one run did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub action: u32,
+    pub frame: Vec<u8>,
+    /// The reason counters that moved (packets), by reason.
+    pub reasons: Vec<(Reason, u64)>,
+}
+
+impl Outcome {
+    /// The single reason counted for this packet (panics if not exactly one moved by one).
+    #[track_caller]
+    pub fn reason(&self) -> Reason {
+        match self.reasons.as_slice() {
+            [(r, 1)] => *r,
+            other => panic!("expected exactly one reason counted once, got {other:?}"),
+        }
+    }
+}
+
+/// A loaded datapath with its maps, ready for frames.
+pub struct Fixture {
+    dp: Dataplane,
+    next_vip: u32,
+    next_backend: u32,
+    backends: Vec<IpAddr>,
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fixture {
+    /// Loads the program in a fresh network namespace with the fixtures' node config.
+    pub fn new() -> Fixture {
+        // SAFETY: affects only this thread; a test thread owns its namespace until it ends.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {} (run as root)", std::io::Error::last_os_error());
+        let mut dp = Dataplane::load(Sizes { flows: 4096, vips: 4 }).expect("load the XDP object");
+        let mut cfg = Config {
+            tunnel_src_v4: [0; 4],
+            tunnel_src_v6: [0; 16],
+            gateway_mac: MAC_GATEWAY,
+            flags: 0,
+            mtu: MTU,
+            _pad: [0; 6],
+        };
+        cfg.tunnel_src_v4[..2].copy_from_slice(&TUNNEL_SRC_V4);
+        cfg.tunnel_src_v6[..12].copy_from_slice(&TUNNEL_SRC_V6);
+        dp.set_config(&cfg).expect("set config");
+        Fixture { dp, next_vip: 0, next_backend: 1, backends: Vec::new() }
+    }
+
+    /// Replaces the node config (e.g. to change the MTU or turn PTB off).
+    pub fn config(&mut self, f: impl FnOnce(&mut Config)) {
+        let mut cfg = Config {
+            tunnel_src_v4: [TUNNEL_SRC_V4[0], TUNNEL_SRC_V4[1], 0, 0],
+            tunnel_src_v6: [0; 16],
+            gateway_mac: MAC_GATEWAY,
+            flags: 0,
+            mtu: MTU,
+            _pad: [0; 6],
+        };
+        cfg.tunnel_src_v6[..12].copy_from_slice(&TUNNEL_SRC_V6);
+        f(&mut cfg);
+        self.dp.set_config(&cfg).expect("set config");
+    }
+
+    /// Turns generation of "too big" errors off.
+    pub fn no_ptb(&mut self) {
+        self.config(|c| c.flags |= CONFIG_F_NO_PTB);
+    }
+
+    /// Registers `targets` (weight 1 each) and a listener on `addr:port/proto` forwarding to
+    /// them with `flags` (`VIP_F_*`); also the address entry for echo and ICMP errors. Returns
+    /// the VIP index.
+    pub fn listener(&mut self, addr: impl Into<IpAddr>, port: u16, proto: Proto, flags: u32, targets: &[IpAddr]) -> u32 {
+        let addr = addr.into();
+        let index = self.next_vip;
+        self.next_vip += 1;
+        let mut indices = Vec::new();
+        for t in targets {
+            let i = self.backend(*t);
+            indices.push(i);
+        }
+        self.ring(index, &indices);
+        let (family, a) = addr_bytes(addr);
+        let meta = VipMeta { index, ring: 0, flags };
+        self.dp.set_vip(&VipKey { addr: a, port_be: port.to_be(), proto: proto.number(), family }, &meta).expect("set vip");
+        let icmp = if family == AF_INET { lb_common::IPPROTO_ICMP } else { lb_common::IPPROTO_ICMPV6 };
+        let address = VipMeta { index, ring: 0, flags: flags | lb_common::VIP_F_ADDRESS_ONLY };
+        self.dp.set_vip(&VipKey { addr: a, port_be: 0, proto: icmp, family }, &address).expect("set address entry");
+        index
+    }
+
+    /// Adds the per-address entry that catches fragments for `proto` (see the fragment policy).
+    pub fn address_entry(&mut self, addr: impl Into<IpAddr>, proto: Proto, vip: u32, flags: u32) {
+        let (family, a) = addr_bytes(addr.into());
+        let meta = VipMeta { index: vip, ring: 0, flags: flags | lb_common::VIP_F_ADDRESS_ONLY };
+        self.dp.set_vip(&VipKey { addr: a, port_be: 0, proto: proto.number(), family }, &meta).expect("set address entry");
+    }
+
+    /// The backend index of `addr`, registering it (live, with [`BACKEND_MAC`]) if new.
+    pub fn backend(&mut self, addr: IpAddr) -> u32 {
+        if let Some(i) = self.backends.iter().position(|b| *b == addr) {
+            return i as u32 + 1;
+        }
+        let index = self.next_backend;
+        self.next_backend += 1;
+        self.backends.push(addr);
+        let (family, a) = addr_bytes(addr);
+        let b = Backend { addr: a, family, flags: BACKEND_F_LIVE, mac: BACKEND_MAC };
+        self.dp.set_backend(index, &b).expect("set backend");
+        index
+    }
+
+    /// Marks backend `index` gone (its flows re-balance) or live again.
+    pub fn set_live(&mut self, index: u32, live: bool) {
+        let addr = self.backends[index as usize - 1];
+        let (family, a) = addr_bytes(addr);
+        let flags = if live { BACKEND_F_LIVE } else { 0 };
+        self.dp.set_backend(index, &Backend { addr: a, family, flags, mac: BACKEND_MAC }).expect("set backend");
+    }
+
+    /// Fills ring 0 of VIP `vip` with a Maglev table over backend `indices` (empty: no backend).
+    pub fn ring(&mut self, vip: u32, indices: &[u32]) {
+        let table = self.table(indices);
+        self.dp.write_ring(vip, 0, &table).expect("write ring");
+    }
+
+    /// The Maglev table the agent would build for these backends (weight 1 each).
+    pub fn table(&self, indices: &[u32]) -> Vec<u32> {
+        let keys: Vec<Vec<u8>> = indices.iter().map(|i| addr_bytes(self.backends[*i as usize - 1]).1.to_vec()).collect();
+        let targets: Vec<MaglevTarget<'_>> =
+            indices.iter().zip(&keys).map(|(i, k)| MaglevTarget { key: k, index: *i, weight: 1 }).collect();
+        maglev::build(&targets, RING_SIZE).expect("maglev")
+    }
+
+    /// Runs `frame` through `xlb_lb` once.
+    pub fn run(&mut self, frame: &[u8]) -> Outcome {
+        let before = self.dp.reasons().expect("read reasons");
+        let (action, out) = self.dp.test_run(Program::Lb, frame).expect("BPF_PROG_TEST_RUN");
+        let after = self.dp.reasons().expect("read reasons");
+        let reasons = before
+            .iter()
+            .zip(&after)
+            .filter(|((_, b), (_, a))| a.packets != b.packets)
+            .map(|((r, b), (_, a))| (*r, a.packets - b.packets))
+            .collect();
+        Outcome { action, frame: out, reasons }
+    }
+
+    /// Runs `frame` through `xlb_decap` once with `addrs` as this host's addresses.
+    pub fn run_decap(&mut self, addrs: &[IpAddr], frame: &[u8]) -> (u32, Vec<u8>) {
+        for a in addrs {
+            self.dp.add_decap_addr(&addr_bytes(*a).1).expect("decap addr");
+        }
+        self.dp.test_run(Program::Decap, frame).expect("BPF_PROG_TEST_RUN")
+    }
+
+    pub fn vip_counters(&mut self, vip: u32) -> VipCounters {
+        self.dp.vip_counters(vip).expect("vip counters")
+    }
+
+    pub fn backend_counters(&mut self, index: u32) -> Counters {
+        self.dp.backend_counters(index).expect("backend counters")
+    }
+
+    pub fn flows(&mut self) -> usize {
+        self.dp.flows().expect("flows").len()
+    }
+
+    pub fn dataplane(&mut self) -> &mut Dataplane {
+        &mut self.dp
+    }
+}
+
+/// (family, 16-byte address) as the maps hold it.
+pub fn addr_bytes(addr: IpAddr) -> (u8, Addr) {
+    let mut a = [0u8; 16];
+    match addr {
+        IpAddr::V4(v4) => {
+            a[..4].copy_from_slice(&v4.octets());
+            (AF_INET, a)
+        }
+        IpAddr::V6(v6) => (AF_INET6, v6.octets()),
+    }
+}
+
+/// The flow key of a client → VIP flow, as the datapath builds it.
+pub fn flow_key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: Proto) -> FlowKey {
+    let (family, s) = addr_bytes(src);
+    FlowKey {
+        src: s,
+        dst: addr_bytes(dst).1,
+        sport_be: sport.to_be(),
+        dport_be: dport.to_be(),
+        proto: proto.number(),
+        family,
+        _pad: [0; 2],
+    }
+}
+
+/// The outer IPv4 source the datapath derives from a flow hash.
+pub fn tunnel_src_v4(hash: u32) -> Ipv4Addr {
+    let h = hash.to_be_bytes();
+    Ipv4Addr::new(TUNNEL_SRC_V4[0], TUNNEL_SRC_V4[1], h[2], h[3])
+}
+
+/// The outer IPv6 source the datapath derives from a flow hash.
+pub fn tunnel_src_v6(hash: u32) -> Ipv6Addr {
+    let mut a = [0u8; 16];
+    a[..12].copy_from_slice(&TUNNEL_SRC_V6);
+    a[12..].copy_from_slice(&hash.to_be_bytes());
+    Ipv6Addr::from(a)
+}
+
+/// The outer IPv6 flow label the datapath derives from a flow hash.
+pub fn tunnel_flow_label(hash: u32) -> u32 {
+    hash & 0x000f_ffff
+}
+
+/// The 5-tuple hash (re-exported for expectations).
+pub fn hash5(key: &FlowKey) -> u32 {
+    flow_hash(key)
+}
+
+/// The source-only hash (re-exported for expectations).
+pub fn hash_src(key: &FlowKey) -> u32 {
+    source_hash(key)
+}

@@ -1,0 +1,11 @@
+//! xlb's test harnesses, shared by the tests in `tests/tests/`, the demo and the benchmarks.
+//!
+//! - [`packet`]: builds frames with correct checksums, and describes them for readable diffs.
+//! - [`fixture`]: runs the real XDP program on a frame with `BPF_PROG_TEST_RUN` and reports the
+//!   verdict, the output frame and the counters that moved.
+//! - [`lab`]: network namespaces joined by veth pairs (client, router, lb, backends) with real
+//!   servers, for end-to-end traffic.
+
+pub mod fixture;
+pub mod lab;
+pub mod packet;

@@ -1,0 +1,118 @@
+//! `cargo xtask`: the developer tasks cargo cannot express on its own.
+//!
+//! `setup` installs what the build and the tests need (idempotent); every other task runs it first.
+//! Lab, demo and bench work lives in the `xlb-tests` crate (binaries `xlb-lab`, `xlb-bench`): xtask
+//! builds and runs them, so that xtask itself compiles before the BPF toolchain exists.
+
+mod setup;
+mod toolchain;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "xlb developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces, Debian packages and bpffs that xlb needs (idempotent).
+    Setup,
+    /// Build the eBPF object and the `xlb` binary that embeds it (release).
+    Build,
+    /// Run every test: unit tests, packet fixtures and network-namespace lab tests (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Bring up the lab, run xlb in it, send real traffic and show what the datapath did.
+    Demo,
+    /// Manage the network-namespace lab (client, router, lb, backends).
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the benchmarks and print a table (and JSON with `--json FILE`).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run `cargo fmt --check` and clippy on the host crates and on the eBPF crate.
+    Lint,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            cargo(&["build", "--release", "--package", "lb-userspace"])
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            let mut cmd = vec!["test", "--release"];
+            if !args.is_empty() {
+                cmd.push("--");
+                cmd.extend(args.iter().map(String::as_str));
+            }
+            cargo(&cmd)
+        }
+        Task::Demo => {
+            setup::run()?;
+            tool("xlb-lab", &["demo".into()])
+        }
+        Task::Lab { args } => {
+            setup::run()?;
+            tool("xlb-lab", &args)
+        }
+        Task::Bench { args } => {
+            setup::run()?;
+            tool("xlb-bench", &args)
+        }
+        Task::Lint => {
+            setup::run()?;
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            let mut ebpf = Command::new("cargo");
+            ebpf.env("RUSTC_BOOTSTRAP", "1").args([
+                "clippy",
+                "--package",
+                "lb-ebpf",
+                "--release",
+                "-Z",
+                "build-std=core",
+                "--target",
+                toolchain::BPF_TARGET,
+                "--",
+                "-D",
+                "warnings",
+            ]);
+            status(&mut ebpf)
+        }
+    }
+}
+
+/// Runs a binary of the `xlb-tests` crate (release build) with `args`.
+fn tool(bin: &str, args: &[String]) -> Result<()> {
+    let mut cmd = vec!["run", "--release", "--quiet", "--package", "xlb-tests", "--bin", bin, "--"];
+    cmd.extend(args.iter().map(String::as_str));
+    cargo(&cmd)
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    status(Command::new(env!("CARGO")).args(args))
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let st = cmd.status().with_context(|| format!("start {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}

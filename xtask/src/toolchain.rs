@@ -1,0 +1,13 @@
+//! The toolchain facts, pinned in one place.
+//!
+//! eBPF crates build with the installed stable rustc and `-Z build-std=core` (allowed by
+//! `RUSTC_BOOTSTRAP=1`). bpf-linker must link against the very LLVM that rustc ships, so it is built
+//! from source against rustc's own `libLLVM`.
+
+/// The BPF target triple (little-endian hosts).
+pub const BPF_TARGET: &str = "bpfel-unknown-none";
+/// bpf-linker release, and the cargo feature that selects rustc's LLVM major version.
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+pub const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
+/// Debian packages used by the build, the lab and the tests.
+pub const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl", "procps"];
