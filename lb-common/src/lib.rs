@@ -77,7 +77,7 @@ pub type Addr = [u8; 16];
 /// `VIPS` key: the destination a client addresses. `port_be == 0` is an all-ports VIP for
 /// `proto`; the datapath tries the exact port first.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct VipKey {
     pub addr: Addr,
     /// Destination port, network byte order.

@@ -1,8 +1,14 @@
 //! xlb's agent as a library; the `xlb` binary (`main.rs`) only parses the command line and calls
 //! in here.
 //!
-//! - [`dataplane`]: the only code that touches BPF programs and maps.
+//! - [`config`]: the TOML config in the AWS ELB vocabulary, parsed and validated.
+//! - [`balancer`]: turns a config into datapath state (backends, Maglev rings, VIPs).
 //! - [`maglev`]: builds the weighted Maglev tables the datapath looks backends up in.
+//! - [`dataplane`]: the only code that touches BPF programs and maps.
+//! - [`stats`]: the counters as a table.
 
+pub mod balancer;
+pub mod config;
 pub mod dataplane;
 pub mod maglev;
+pub mod stats;

@@ -300,3 +300,84 @@ pub fn hash5(key: &FlowKey) -> u32 {
 pub fn hash_src(key: &FlowKey) -> u32 {
     source_hash(key)
 }
+
+// -------------------------------------------------------------------------------------------------
+// Helpers for the `fixtures_*.rs` and `property.rs` test files.
+
+impl Fixture {
+    /// Runs `frame` through `xlb_decap` like [`Fixture::run_decap`], and also returns the decap
+    /// reason counters that moved (packets), by reason.
+    pub fn run_decap_counted(
+        &mut self,
+        addrs: &[IpAddr],
+        frame: &[u8],
+    ) -> (u32, Vec<u8>, Vec<(lb_common::DecapReason, u64)>) {
+        let before = self.dp.decap_reasons().expect("read decap reasons");
+        let (action, out) = self.run_decap(addrs, frame);
+        let after = self.dp.decap_reasons().expect("read decap reasons");
+        let moved = before
+            .iter()
+            .zip(&after)
+            .filter(|((_, b), (_, a))| a.packets != b.packets)
+            .map(|((r, b), (_, a))| (*r, a.packets - b.packets))
+            .collect();
+        (action, out, moved)
+    }
+
+    /// Writes one `VIPS` entry as given (for entries [`Fixture::listener`] does not make).
+    pub fn vip_entry(&mut self, addr: IpAddr, port: u16, proto: u8, meta: VipMeta) {
+        let (family, a) = addr_bytes(addr);
+        self.dp.set_vip(&VipKey { addr: a, port_be: port.to_be(), proto, family }, &meta).expect("set vip");
+    }
+
+    /// Total packets per reason counter so far (summed over CPUs).
+    pub fn reason_packets(&mut self) -> Vec<(Reason, u64)> {
+        self.dp.reasons().expect("read reasons").into_iter().map(|(r, c)| (r, c.packets)).collect()
+    }
+
+    /// The flow table's entries.
+    pub fn flow_entries(&mut self) -> Vec<(FlowKey, lb_common::FlowState)> {
+        self.dp.flows().expect("flows")
+    }
+}
+
+/// The frame the balancer sends for the client frame `inner` tunnelled to `backend` with flow hash
+/// `hash`: Ethernet from the frame's own destination MAC (the balancer's) to [`MAC_GATEWAY`] with
+/// the frame's VLAN tag kept; outer IPv4 (protocol 4 or 41: ttl 64, id 0, tos 0, DF copied from an
+/// IPv4 inner packet, set for an IPv6 one, source [`tunnel_src_v4`]) or outer IPv6 (hop limit 64,
+/// flow label [`tunnel_flow_label`], source [`tunnel_src_v6`]); then the inner IP packet as is.
+pub fn expect_tunnel(inner: &[u8], backend: IpAddr, hash: u32) -> Vec<u8> {
+    use crate::packet::{Packet, ip_bytes};
+    let mut lb_mac = [0u8; 6];
+    lb_mac.copy_from_slice(&inner[..6]);
+    let link = Packet::eth(lb_mac, MAC_GATEWAY);
+    let link = if inner[12..14] == [0x81, 0x00] {
+        link.vlan(u16::from_be_bytes([inner[14], inner[15]]) & 0x0fff)
+    } else {
+        link
+    };
+    let ip = ip_bytes(inner);
+    let df = ip[0] >> 4 == 6 || ip[6] & 0x40 != 0;
+    match backend {
+        IpAddr::V4(b) => {
+            let outer = link.ipv4(tunnel_src_v4(hash), b).ttl(64);
+            let outer = if df { outer.dont_fragment() } else { outer };
+            outer.ipip(ip).build()
+        }
+        IpAddr::V6(b) => link
+            .ipv6(tunnel_src_v6(hash), b)
+            .flow_label(tunnel_flow_label(hash))
+            .hop_limit(64)
+            .ip6ip6(ip)
+            .build(),
+    }
+}
+
+/// The frame L2 DSR sends for `frame`: only the MACs change (source: the balancer's MAC that the
+/// frame was sent to; destination: the target's, [`BACKEND_MAC`]).
+pub fn expect_dsr(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out.copy_within(0..6, 6);
+    out[..6].copy_from_slice(&BACKEND_MAC);
+    out
+}

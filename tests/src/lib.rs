@@ -3,9 +3,11 @@
 //! - [`packet`]: builds frames with correct checksums, and describes them for readable diffs.
 //! - [`fixture`]: runs the real XDP program on a frame with `BPF_PROG_TEST_RUN` and reports the
 //!   verdict, the output frame and the counters that moved.
+//! - [`agent`]: runs the real `xlb` agent in a lab, and real HTTP clients against it.
 //! - [`lab`]: network namespaces joined by veth pairs (client, router, lb, backends) with real
 //!   servers, for end-to-end traffic.
 
+pub mod agent;
 pub mod fixture;
 pub mod lab;
 pub mod packet;

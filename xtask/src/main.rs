@@ -52,10 +52,12 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::Build => {
             setup::run()?;
-            cargo(&["build", "--release", "--package", "lb-userspace"])
+            build_xlb()
         }
         Task::Test { args } => {
             setup::run()?;
+            // The lab tests run the real `xlb` binary, which `cargo test` does not build.
+            build_xlb()?;
             let mut cmd = vec!["test", "--release"];
             if !args.is_empty() {
                 cmd.push("--");
@@ -65,10 +67,12 @@ fn main() -> Result<()> {
         }
         Task::Demo => {
             setup::run()?;
+            build_xlb()?;
             tool("xlb-lab", &["demo".into()])
         }
         Task::Lab { args } => {
             setup::run()?;
+            build_xlb()?;
             tool("xlb-lab", &args)
         }
         Task::Bench { args } => {
@@ -96,6 +100,11 @@ fn main() -> Result<()> {
             status(&mut ebpf)
         }
     }
+}
+
+/// Builds the eBPF object and the `xlb` binary that embeds it (`target/release/xlb`).
+fn build_xlb() -> Result<()> {
+    cargo(&["build", "--release", "--package", "lb-userspace", "--bin", "xlb"])
 }
 
 /// Runs a binary of the `xlb-tests` crate (release build) with `args`.

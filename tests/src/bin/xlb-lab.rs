@@ -24,7 +24,11 @@ use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{TcpListener, TcpStream, UdpSocket},
 };
-use xlb_tests::lab::{DEFAULT_BACKENDS, ECHO_PORT, HTTP_PORT, Lab, LabSpec, UDP_PORT};
+use std::net::SocketAddr;
+use xlb_tests::{
+    agent::{self, Agent},
+    lab::{DEFAULT_BACKENDS, ECHO_PORT, HTTP_PORT, Lab, LabSpec, UDP_PORT, VIP_V4, VIP_V6},
+};
 
 /// Longest request, header or echo line the server reads at once.
 const MAX_LINE: u64 = 8192;
@@ -67,6 +71,13 @@ enum Command {
         #[arg(long, default_value = "")]
         prefix: String,
     },
+    /// The demo: a lab, the xlb agent with config/demo.toml in it, real HTTP requests from the
+    /// client to the VIPs, the spread over backends and the datapath's counters; then clean up.
+    Demo {
+        /// Requests per VIP.
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+    },
     /// Run a backend server (started by `up` inside each backend namespace).
     #[command(hide = true)]
     Serve {
@@ -94,6 +105,7 @@ fn main() -> Result<()> {
             print!("{}", Lab::status(&prefix)?);
         }
         Command::Down { prefix } => Lab::down(&prefix)?,
+        Command::Demo { requests } => demo(requests)?,
         Command::Status { prefix } => print!("{}", Lab::status(&prefix)?),
         Command::Serve { name } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -101,6 +113,32 @@ fn main() -> Result<()> {
             .context("starting the tokio runtime")?
             .block_on(serve(name.into()))?,
     }
+    Ok(())
+}
+
+fn demo(requests: usize) -> Result<()> {
+    let xlb = agent::xlb_bin()?;
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/demo.toml");
+    println!("demo: bringing up the lab (client, router, lb, 3 backends)");
+    let lab = Lab::up(LabSpec {
+        prefix: String::new(),
+        backends: DEFAULT_BACKENDS,
+        server_bin: std::env::current_exe().context("locating the xlb-lab binary")?,
+        xlb: Some(xlb.clone()),
+    })?;
+    println!("demo: starting `xlb run --config {}` in the lb namespace", config.display());
+    let agent = Agent::start(&lab, &xlb, &config)?;
+    for vip in [SocketAddr::from((VIP_V4, HTTP_PORT)), SocketAddr::from((VIP_V6, HTTP_PORT))] {
+        let spread = agent::http_spread(&lab, vip, requests)?;
+        println!("demo: {requests} HTTP requests from the client to {vip}:");
+        for (backend, n) in &spread {
+            println!("  {backend:<12} {n:>5}  {}", "#".repeat(n * 40 / requests.max(1)));
+        }
+    }
+    println!("demo: the datapath's counters (xlb's exit report):");
+    print!("{}", agent.stop()?);
+    drop(lab);
+    println!("demo: lab removed");
     Ok(())
 }
 

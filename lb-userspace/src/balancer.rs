@@ -1,0 +1,173 @@
+//! Turns a validated [`Config`] into datapath state: backends, Maglev rings, VIP entries and
+//! the node config. Applying is idempotent and works as a diff against what was applied
+//! before, so a reload changes only what changed, and established flows keep their targets.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use lb_common::{
+    AF_INET, AF_INET6, Addr, BACKEND_F_LIVE, Backend, CONFIG_F_NO_FIB, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, RING_SIZE, VIP_F_ADDRESS_ONLY, VIP_F_DSR,
+    VIP_F_SOURCE_IP, VipKey, VipMeta,
+};
+
+use crate::{
+    config::{self, Action, Config, Forwarding, Protocol},
+    dataplane::{Dataplane, DataplaneError},
+    maglev::{self, MaglevTarget},
+};
+
+/// What was applied for one listener.
+#[derive(Debug, Clone)]
+pub struct AppliedListener {
+    pub name: String,
+    pub vip: u32,
+    /// Backend indices of the listener's targets, as (address, index, weight).
+    pub targets: Vec<(IpAddr, u32, u32)>,
+}
+
+/// The agent's view of the datapath it programs.
+pub struct Balancer {
+    dp: Dataplane,
+    /// Backend index per target address; indices are never reused while the agent runs, so a
+    /// flow pinned to an index never silently moves to another target.
+    backends: BTreeMap<IpAddr, u32>,
+    /// VIP keys written, to remove the ones a new config drops.
+    keys: BTreeSet<VipKey>,
+    /// The live ring (0 or 1) per VIP index.
+    rings: BTreeMap<u32, u32>,
+    pub listeners: Vec<AppliedListener>,
+}
+
+impl Balancer {
+    pub fn new(dp: Dataplane) -> Balancer {
+        Balancer { dp, backends: BTreeMap::new(), keys: BTreeSet::new(), rings: BTreeMap::new(), listeners: Vec::new() }
+    }
+
+    pub fn dataplane(&mut self) -> &mut Dataplane {
+        &mut self.dp
+    }
+
+    /// Programs `cfg` into the datapath.
+    pub fn apply(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
+        self.dp.set_config(&node_config(cfg))?;
+        let mut keys = BTreeSet::new();
+        let mut listeners = Vec::new();
+        let mut live = BTreeSet::new();
+        for (vip, l) in cfg.listeners.iter().enumerate() {
+            let vip = vip as u32;
+            let Action::Forward { target_group } = &l.default_action;
+            let tg = cfg.target_groups.iter().find(|t| &t.name == target_group).expect("validated");
+            let mut targets = Vec::new();
+            for t in &tg.targets {
+                let index = self.backend_index(t.id);
+                let mac = t.mac.as_deref().map(config::parse_mac).transpose().unwrap_or_default().unwrap_or([0; 6]);
+                let (family, addr) = addr_bytes(t.id);
+                self.dp.set_backend(index, &Backend { addr, family, flags: BACKEND_F_LIVE, mac })?;
+                live.insert(t.id);
+                targets.push((t.id, index, t.weight));
+            }
+            // Write the standby ring, then flip the VIP to it in one map update.
+            let ring = 1 - self.rings.get(&vip).copied().unwrap_or(1);
+            self.dp.write_ring(vip, ring, &table(&targets))?;
+            self.rings.insert(vip, ring);
+            let mut flags = 0;
+            if l.forwarding == Forwarding::Dsr {
+                flags |= VIP_F_DSR;
+            }
+            if tg.attributes.get("stickiness.type").map(String::as_str) == Some("source_ip") {
+                flags |= VIP_F_SOURCE_IP;
+            }
+            let (family, addr) = addr_bytes(l.address);
+            let meta = VipMeta { index: vip, ring, flags };
+            for &proto in protocols(l.protocol) {
+                let key = VipKey { addr, port_be: l.port.to_be(), proto, family };
+                self.dp.set_vip(&key, &meta)?;
+                keys.insert(key);
+            }
+            // The address entry: echo replies and ICMP errors for this VIP address.
+            let icmp = if family == AF_INET { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
+            let key = VipKey { addr, port_be: 0, proto: icmp, family };
+            if keys.insert(key) {
+                self.dp.set_vip(&key, &VipMeta { flags: flags | VIP_F_ADDRESS_ONLY, ..meta })?;
+            }
+            // Fragments follow source-IP VIPs (see the fragment policy in the README).
+            if flags & VIP_F_SOURCE_IP != 0 && l.port != 0 {
+                for &proto in protocols(l.protocol) {
+                    let key = VipKey { addr, port_be: 0, proto, family };
+                    let all_ports = cfg.listeners.iter().any(|o| o.port == 0 && o.address == l.address);
+                    if !all_ports && keys.insert(key) {
+                        self.dp.set_vip(&key, &VipMeta { flags: flags | VIP_F_ADDRESS_ONLY, ..meta })?;
+                    }
+                }
+            }
+            listeners.push(AppliedListener { name: format!("{}:{}/{:?}", l.address, l.port, l.protocol), vip, targets });
+        }
+        for old in self.keys.difference(&keys) {
+            self.dp.remove_vip(old)?;
+        }
+        // Targets no longer in any group: their flows re-balance.
+        for (addr, index) in &self.backends {
+            if !live.contains(addr) {
+                let (family, a) = addr_bytes(*addr);
+                self.dp.set_backend(*index, &Backend { addr: a, family, flags: 0, mac: [0; 6] })?;
+            }
+        }
+        self.keys = keys;
+        self.listeners = listeners;
+        Ok(())
+    }
+
+    fn backend_index(&mut self, addr: IpAddr) -> u32 {
+        let next = self.backends.len() as u32 + 1;
+        *self.backends.entry(addr).or_insert(next)
+    }
+}
+
+fn protocols(p: Protocol) -> &'static [u8] {
+    match p {
+        Protocol::Tcp => &[IPPROTO_TCP],
+        Protocol::Udp => &[IPPROTO_UDP],
+        Protocol::TcpUdp => &[IPPROTO_TCP, IPPROTO_UDP],
+    }
+}
+
+/// The Maglev table over `targets` (address bytes are the stable key).
+fn table(targets: &[(IpAddr, u32, u32)]) -> Vec<u32> {
+    let keys: Vec<Addr> = targets.iter().map(|(a, _, _)| addr_bytes(*a).1).collect();
+    let mt: Vec<MaglevTarget<'_>> =
+        targets.iter().zip(&keys).map(|((_, index, weight), key)| MaglevTarget { key, index: *index, weight: *weight }).collect();
+    maglev::build(&mt, RING_SIZE).expect("RING_SIZE is prime and larger than MAX_BACKENDS")
+}
+
+fn node_config(cfg: &Config) -> lb_common::Config {
+    let n = &cfg.node;
+    let mut c = lb_common::Config {
+        tunnel_src_v4: n.tunnel_source_v4.octets(),
+        tunnel_src_v6: n.tunnel_source_v6.octets(),
+        gateway_mac: [0; 6],
+        flags: 0,
+        mtu: n.mtu,
+        _pad: [0; 6],
+    };
+    if let Some(mac) = &n.gateway_mac {
+        c.gateway_mac = config::parse_mac(mac).expect("validated");
+        // A configured gateway is used as is.
+        c.flags |= CONFIG_F_NO_FIB;
+    }
+    c
+}
+
+/// (family, 16-byte address) as the maps hold it.
+pub fn addr_bytes(addr: IpAddr) -> (u8, Addr) {
+    let mut a = [0u8; 16];
+    match addr {
+        IpAddr::V4(v4) => {
+            a[..4].copy_from_slice(&v4.octets());
+            (AF_INET, a)
+        }
+        IpAddr::V6(v6) => (AF_INET6, v6.octets()),
+    }
+}

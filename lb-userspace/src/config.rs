@@ -1,0 +1,303 @@
+//! The config file: TOML in the AWS Elastic Load Balancing vocabulary (listeners, target groups,
+//! targets). Parsing refuses unknown keys; [`Config::parse`] then validates what types cannot
+//! say (references, ranges, families) and names the key at fault.
+
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::dataplane::AttachMode;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Syntax, unknown keys and wrong types; toml's message names the line, column and key.
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{path}: {key}: {message}")]
+    Invalid { path: String, key: String, message: String },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: Node,
+    #[serde(default)]
+    pub target_groups: Vec<TargetGroup>,
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+}
+
+/// This load balancer node.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// The interface the balancer's XDP program is attached to.
+    pub interface: String,
+    #[serde(default = "default_mode")]
+    pub xdp_mode: AttachMode,
+    /// IPv4 prefix (first two bytes used) for tunnel outer sources.
+    #[serde(default = "default_tunnel_v4")]
+    pub tunnel_source_v4: std::net::Ipv4Addr,
+    /// IPv6 prefix (first 12 bytes used) for tunnel outer sources.
+    #[serde(default = "default_tunnel_v6")]
+    pub tunnel_source_v6: std::net::Ipv6Addr,
+    /// Largest IP packet toward targets; bigger ones after encapsulation get ICMP "too big".
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Next hop MAC when the kernel FIB has none (e.g. "02:00:00:00:00:01").
+    #[serde(default)]
+    pub gateway_mac: Option<String>,
+    /// Flow table size (entries).
+    #[serde(default = "default_flows")]
+    pub flow_table_size: u32,
+}
+
+/// A target group: where a listener forwards to.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetGroup {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    #[serde(default)]
+    pub targets: Vec<Target>,
+    /// NLB attributes by their AWS names, e.g. `"stickiness.type" = "source_ip"`.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// The target's IP address.
+    pub id: IpAddr,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// The target's MAC, needed for `dsr` forwarding.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    #[serde(rename = "TCP_UDP")]
+    TcpUdp,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// IPIP / IP6IP6 to the target, which decapsulates (`xlb attach --program decap`).
+    #[default]
+    Tunnel,
+    /// L2 direct server return: the target shares the L2 segment and has the VIP on `lo`.
+    Dsr,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// The VIP.
+    pub address: IpAddr,
+    /// 0 listens on every port.
+    pub port: u16,
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub forwarding: Forwarding,
+    pub default_action: Action,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
+pub enum Action {
+    Forward { target_group: String },
+}
+
+fn default_mode() -> AttachMode {
+    AttachMode::Native
+}
+fn default_tunnel_v4() -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(172, 16, 0, 0)
+}
+fn default_tunnel_v6() -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0)
+}
+const fn default_mtu() -> u16 {
+    1500
+}
+const fn default_flows() -> u32 {
+    lb_common::FLOWS_DEFAULT
+}
+const fn default_weight() -> u32 {
+    1
+}
+
+/// Target group attributes xlb knows, with their allowed values.
+const ATTRIBUTES: &[(&str, &[&str])] = &[("stickiness.type", &["source_ip", "none"])];
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates `text` (named `path` in errors).
+    pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        let invalid = |key: String, message: String| ConfigError::Invalid { path: path.to_owned(), key, message };
+        if !(576..=9000).contains(&cfg.node.mtu) {
+            return Err(invalid("node.mtu".into(), format!("{} is outside 576..=9000", cfg.node.mtu)));
+        }
+        if let Some(mac) = &cfg.node.gateway_mac {
+            parse_mac(mac).map_err(|m| invalid("node.gateway_mac".into(), m))?;
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, tg) in cfg.target_groups.iter().enumerate() {
+            let at = format!("target_groups[{i}] ({})", tg.name);
+            if !names.insert(tg.name.as_str()) {
+                return Err(invalid(format!("{at}.name"), "duplicate target group name".into()));
+            }
+            for (j, t) in tg.targets.iter().enumerate() {
+                if let Some(mac) = &t.mac {
+                    parse_mac(mac).map_err(|m| invalid(format!("{at}.targets[{j}].mac"), m))?;
+                }
+                if t.weight > 1000 {
+                    return Err(invalid(format!("{at}.targets[{j}].weight"), format!("{} is outside 0..=1000", t.weight)));
+                }
+            }
+            for (k, v) in &tg.attributes {
+                let Some((_, allowed)) = ATTRIBUTES.iter().find(|(name, _)| name == k) else {
+                    return Err(invalid(format!("{at}.attributes.\"{k}\""), "unknown attribute".into()));
+                };
+                if !allowed.contains(&v.as_str()) {
+                    return Err(invalid(format!("{at}.attributes.\"{k}\""), format!("{v:?} is not one of {allowed:?}")));
+                }
+            }
+        }
+        if cfg.listeners.len() > lb_common::MAX_VIPS as usize {
+            return Err(invalid("listeners".into(), format!("at most {} listeners", lb_common::MAX_VIPS)));
+        }
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            let Action::Forward { target_group } = &l.default_action;
+            let key = format!("listeners[{i}].default_action.target_group");
+            let Some(tg) = cfg.target_groups.iter().find(|tg| &tg.name == target_group) else {
+                return Err(invalid(key, format!("no target group named {target_group:?}")));
+            };
+            for (j, t) in tg.targets.iter().enumerate() {
+                if l.address.is_ipv6() && t.id.is_ipv4() && l.forwarding == Forwarding::Tunnel {
+                    return Err(invalid(
+                        format!("target_groups ({}).targets[{j}].id", tg.name),
+                        format!("IPv4 target {} cannot receive the IPv6 VIP {} through a tunnel", t.id, l.address),
+                    ));
+                }
+                if l.forwarding == Forwarding::Dsr && t.mac.is_none() {
+                    return Err(invalid(
+                        format!("target_groups ({}).targets[{j}].mac", tg.name),
+                        "dsr forwarding needs each target's MAC".into(),
+                    ));
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// Parses "aa:bb:cc:dd:ee:ff".
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(format!("{s:?} is not a MAC address like 02:00:00:00:00:01"));
+    }
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address like 02:00:00:00:00:01"))?;
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+interface = "eth0"
+
+[[target_groups]]
+name = "web"
+protocol = "TCP"
+port = 80
+targets = [{ id = "198.18.1.11" }, { id = "198.18.1.12", weight = 2 }]
+attributes = { "stickiness.type" = "source_ip" }
+
+[[listeners]]
+address = "198.18.100.1"
+port = 80
+protocol = "TCP"
+default_action = { type = "forward", target_group = "web" }
+"#;
+
+    #[test]
+    fn parses_the_example_with_defaults() {
+        let c = Config::parse(GOOD, "x.toml").unwrap();
+        assert_eq!(c.node.mtu, 1500);
+        assert_eq!(c.node.xdp_mode, AttachMode::Native);
+        assert_eq!(c.target_groups[0].targets[1].weight, 2);
+        assert_eq!(c.listeners[0].forwarding, Forwarding::Tunnel);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let bad = GOOD.replace("port = 80\ntargets", "prot = 80\ntargets");
+        let e = Config::parse(&bad, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("prot") && e.contains("line 8"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_is_refused() {
+        let bad = GOOD.replace("198.18.1.12", "198.18.1.300");
+        let e = Config::parse(&bad, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("line 9") && e.contains("invalid IP address"), "{e}");
+    }
+
+    #[test]
+    fn missing_target_group_is_named() {
+        let bad = GOOD.replace("target_group = \"web\"", "target_group = \"api\"");
+        let e = Config::parse(&bad, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("listeners[0].default_action.target_group") && e.contains("\"api\""), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let bad = GOOD.replace("weight = 2", "weight = 5000");
+        assert!(Config::parse(&bad, "x.toml").unwrap_err().to_string().contains("weight"));
+        let bad = GOOD.replace("source_ip", "cookie");
+        assert!(Config::parse(&bad, "x.toml").unwrap_err().to_string().contains("stickiness.type"));
+        let bad = GOOD.replace("interface = \"eth0\"", "interface = \"eth0\"\nmtu = 100");
+        assert!(Config::parse(&bad, "x.toml").unwrap_err().to_string().contains("node.mtu"));
+    }
+
+    #[test]
+    fn dsr_needs_target_macs() {
+        let bad = GOOD.replace("protocol = \"TCP\"\ndefault_action", "protocol = \"TCP\"\nforwarding = \"dsr\"\ndefault_action");
+        let e = Config::parse(&bad, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("mac"), "{e}");
+    }
+}
