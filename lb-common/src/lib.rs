@@ -21,6 +21,13 @@ pub mod names {
     pub const PROG_LB: &str = "xlb_lb";
     pub const PROG_DECAP: &str = "xlb_decap";
     pub const PROG_PASS: &str = "xlb_pass";
+    /// Benchmark programs (`xlb-bench` only): live-frames generator, MAC-swap reflector, sink.
+    pub const PROG_BENCH_GEN: &str = "xlb_bench_gen";
+    pub const PROG_BENCH_REFLECT: &str = "xlb_bench_refl";
+    pub const PROG_BENCH_SINK: &str = "xlb_bench_sink";
+    /// Benchmark maps (not in [`MAPS`]: never pinned): generator template, per-CPU packet counts.
+    pub const BENCH_GEN: &str = "BENCH_GEN";
+    pub const BENCH_STATS: &str = "BENCH_STATS";
     pub const VIPS: &str = "VIPS";
     pub const BACKENDS: &str = "BACKENDS";
     pub const RINGS: &str = "RINGS";

@@ -9,6 +9,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod conntrack;
 mod csum;
 mod decap;

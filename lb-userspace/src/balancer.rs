@@ -55,7 +55,6 @@ impl Balancer {
         self.dp.set_config(&node_config(cfg))?;
         let mut keys = BTreeSet::new();
         let mut listeners = Vec::new();
-        let mut live = BTreeSet::new();
         for (vip, l) in cfg.listeners.iter().enumerate() {
             let vip = vip as u32;
             let Action::Forward { target_group } = &l.default_action;
@@ -66,7 +65,6 @@ impl Balancer {
                 let mac = t.mac.as_deref().map(config::parse_mac).transpose().unwrap_or_default().unwrap_or([0; 6]);
                 let (family, addr) = addr_bytes(t.id);
                 self.dp.set_backend(index, &Backend { addr, family, flags: BACKEND_F_LIVE, mac })?;
-                live.insert(t.id);
                 targets.push((t.id, index, t.weight));
             }
             // Write the standby ring, then flip the VIP to it in one map update.
@@ -108,13 +106,8 @@ impl Balancer {
         for old in self.keys.difference(&keys) {
             self.dp.remove_vip(old)?;
         }
-        // Targets no longer in any group: their flows re-balance.
-        for (addr, index) in &self.backends {
-            if !live.contains(addr) {
-                let (family, a) = addr_bytes(*addr);
-                self.dp.set_backend(*index, &Backend { addr: a, family, flags: 0, mac: [0; 6] })?;
-            }
-        }
+        // Targets no longer in any group stay live for the flows they have (draining, as a
+        // deregistered NLB target does); they get no new flows, being in no ring.
         self.keys = keys;
         self.listeners = listeners;
         Ok(())

@@ -65,6 +65,12 @@ pub enum Program {
     Decap,
     /// A plain pass, for veth peers of interfaces that send with `XDP_TX`.
     Pass,
+    /// Benchmark: live-frames traffic generator (see [`Dataplane::load_bench`]).
+    BenchGen,
+    /// Benchmark: swaps MACs and sends the frame back, the baseline.
+    BenchReflect,
+    /// Benchmark: drops and counts, for the generator's own interface.
+    BenchSink,
 }
 
 impl Program {
@@ -73,6 +79,9 @@ impl Program {
             Program::Lb => names::PROG_LB,
             Program::Decap => names::PROG_DECAP,
             Program::Pass => names::PROG_PASS,
+            Program::BenchGen => names::PROG_BENCH_GEN,
+            Program::BenchReflect => names::PROG_BENCH_REFLECT,
+            Program::BenchSink => names::PROG_BENCH_SINK,
         }
     }
 }
@@ -118,6 +127,28 @@ impl AttachMode {
     }
 }
 
+/// How [`Dataplane::test_run_with`] runs a program.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Runs per call (the kernel reports the mean duration).
+    pub repeat: u32,
+    /// `Some(batch)`: live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`): `XDP_TX` and redirects
+    /// really send; no output frame.
+    pub live_frames: Option<u32>,
+    /// The `xdp_md` ingress interface (in the calling thread's namespace); 0 for none.
+    pub ingress_ifindex: u32,
+}
+
+/// What [`Dataplane::test_run_with`] measured.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    pub action: u32,
+    /// Kernel-reported time per run.
+    pub duration: std::time::Duration,
+    /// The output frame (empty in live-frames mode).
+    pub frame: Vec<u8>,
+}
+
 /// The loaded XDP object: programs and maps.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -136,6 +167,65 @@ impl Dataplane {
             dp.xdp(p)?.load().map_err(|source| DataplaneError::Program { name: p.name(), source })?;
         }
         Ok(dp)
+    }
+
+    /// Loads the benchmark programs, which [`Dataplane::load`] leaves out.
+    pub fn load_bench(&mut self) -> Result<()> {
+        for p in [Program::BenchGen, Program::BenchReflect, Program::BenchSink] {
+            self.xdp(p)?.load().map_err(|source| DataplaneError::Program { name: p.name(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Detaches a link made by [`Dataplane::attach`].
+    pub fn detach(&mut self, p: Program, id: XdpLinkId) -> Result<()> {
+        self.xdp(p)?.detach(id).map_err(|source| DataplaneError::Program { name: p.name(), source })
+    }
+
+    /// Runs `p` on `frame` with `BPF_PROG_TEST_RUN` as `opts` says; the duration is the kernel's.
+    pub fn test_run_with(&mut self, p: Program, frame: &[u8], opts: RunOptions) -> Result<RunResult> {
+        use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex. The kernel wants data 0 and data_end the frame length.
+        let md: [u32; 6] = [0, frame.len() as u32, 0, opts.ingress_ifindex, 0, 0];
+        let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut out = vec![0u8; frame.len() + 256];
+        let live = opts.live_frames.is_some();
+        let attrs = match opts.live_frames {
+            Some(batch) => TestRunAttrs::new().xdp_live_frames(batch),
+            None => TestRunAttrs::new(),
+        };
+        let res = self
+            .xdp(p)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: if live { None } else { Some(&mut out) },
+                ctx_in: (opts.ingress_ifindex != 0 || live).then_some(&ctx[..]),
+                ctx_out: None,
+                repeat: opts.repeat.max(1),
+                attrs,
+            })
+            .map_err(|source| DataplaneError::Program { name: p.name(), source })?;
+        out.truncate(if live { 0 } else { res.data_size_out as usize });
+        Ok(RunResult { action: res.return_value, duration: res.duration, frame: out })
+    }
+
+    /// Writes the benchmark generator's configuration (`BENCH_GEN[0]`, layout in `bench.rs`).
+    pub fn set_bench_gen<const N: usize>(&mut self, value: &[u8; N]) -> Result<()> {
+        let name = names::BENCH_GEN;
+        self.array::<[u8; N]>(name)?.set(0, value, 0).map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// The benchmark packet counters (generated, reflected, sunk), summed over CPUs.
+    pub fn bench_stats(&mut self) -> Result<[u64; 3]> {
+        let name = names::BENCH_STATS;
+        let map = self.per_cpu::<u64>(name)?;
+        let mut out = [0u64; 3];
+        for (i, o) in out.iter_mut().enumerate() {
+            let v = map.get(&(i as u32), 0).map_err(|source| DataplaneError::Map { name, source })?;
+            *o = v.iter().sum();
+        }
+        Ok(out)
     }
 
     fn xdp(&mut self, p: Program) -> Result<&mut Xdp> {

@@ -30,7 +30,7 @@ pub fn xlb_bin() -> Result<PathBuf> {
 pub struct Agent {
     child: Child,
     /// What it printed (its final counter table comes at exit).
-    output: std::sync::mpsc::Receiver<String>,
+    output: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
 }
 
 impl Agent {
@@ -51,7 +51,7 @@ impl Agent {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("xlb: serving") => return Ok(Agent { child, output: rx }),
+                Ok(line) if line.starts_with("xlb: serving") => return Ok(Agent { child, output: std::sync::Mutex::new(rx) }),
                 Ok(_) => {}
                 Err(_) => {
                     let _ = child.kill();
@@ -73,7 +73,8 @@ impl Agent {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
         let status = self.child.wait()?;
         let mut out = String::new();
-        while let Ok(line) = self.output.recv_timeout(Duration::from_secs(2)) {
+        let output = self.output.lock().expect("output lock");
+        while let Ok(line) = output.recv_timeout(Duration::from_secs(2)) {
             out.push_str(&line);
             out.push('\n');
         }

@@ -1,0 +1,139 @@
+//! End to end through the lab: the real `xlb` agent in the lb namespace, real TCP clients in
+//! the client namespace, real servers on the backends. Run as root.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{BufRead as _, BufReader, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::PathBuf,
+    time::Duration,
+};
+
+use xlb_tests::{
+    agent::{Agent, http_spread, xlb_bin},
+    lab::{ECHO_PORT, HTTP_PORT, Lab, LabSpec, Role, VIP_V4, VIP_V6, backend_v4, backend_v6, in_netns},
+};
+
+fn lab(prefix: &str, backends: usize) -> Lab {
+    Lab::up(LabSpec {
+        prefix: prefix.into(),
+        backends,
+        server_bin: PathBuf::from(env!("CARGO_BIN_EXE_xlb-lab")),
+        xlb: Some(xlb_bin().expect("xlb binary")),
+    })
+    .expect("lab up")
+}
+
+/// A config for the lab: listeners on both VIPs (HTTP and echo) forwarding to `targets`.
+fn config(lab: &Lab, targets: &[usize], dsr: bool) -> String {
+    let mac = |i: usize| if dsr { format!(", mac = \"{}\"", lab.backend_mac(i)) } else { String::new() };
+    let v4: Vec<String> = targets.iter().map(|&i| format!("{{ id = \"{}\"{} }}", backend_v4(i), mac(i))).collect();
+    let v6: Vec<String> = targets.iter().map(|&i| format!("{{ id = \"{}\"{} }}", backend_v6(i), mac(i))).collect();
+    let fwd = if dsr { "dsr" } else { "tunnel" };
+    let mut s = format!(
+        "[node]\ninterface = \"eth0\"\nmtu = 1600\n\n\
+         [[target_groups]]\nname = \"v4\"\nprotocol = \"TCP\"\nport = 80\ntargets = [{}]\n\n\
+         [[target_groups]]\nname = \"v6\"\nprotocol = \"TCP\"\nport = 80\ntargets = [{}]\n",
+        v4.join(", "),
+        v6.join(", ")
+    );
+    for (vip, tg) in [(IpAddr::V4(VIP_V4), "v4"), (IpAddr::V6(VIP_V6), "v6")] {
+        for port in [HTTP_PORT, ECHO_PORT] {
+            s += &format!(
+                "\n[[listeners]]\naddress = \"{vip}\"\nport = {port}\nprotocol = \"TCP\"\nforwarding = \"{fwd}\"\n\
+                 default_action = {{ type = \"forward\", target_group = \"{tg}\" }}\n"
+            );
+        }
+    }
+    s
+}
+
+fn write_config(lab: &Lab, text: &str) -> PathBuf {
+    let path = xlb_tests::lab::run_dir(lab.prefix()).join("xlb.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Every target gets a share of `n` requests near 1/N, and none fails.
+fn assert_balanced(spread: &BTreeMap<String, usize>, n: usize, backends: usize) {
+    assert!(spread.keys().all(|k| k.starts_with("backend")), "failed requests: {spread:?}");
+    assert_eq!(spread.len(), backends, "every target answers: {spread:?}");
+    let fair = n as f64 / backends as f64;
+    for (b, c) in spread {
+        assert!((*c as f64) > fair * 0.5 && (*c as f64) < fair * 1.5, "{b} got {c} of {n}: {spread:?}");
+    }
+}
+
+fn spread_test(prefix: &str, dsr: bool) {
+    let lab = lab(prefix, 3);
+    let cfg = write_config(&lab, &config(&lab, &[1, 2, 3], dsr));
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    for vip in [SocketAddr::from((VIP_V4, HTTP_PORT)), SocketAddr::from((VIP_V6, HTTP_PORT))] {
+        let n = 600;
+        let spread = http_spread(&lab, vip, n).expect("client");
+        assert_balanced(&spread, n, 3);
+    }
+    let report = agent.stop().expect("xlb stops cleanly");
+    let reason = if dsr { "tx_dsr" } else { "tx_tunnel" };
+    assert!(report.contains(reason), "counters show {reason}:\n{report}");
+}
+
+#[test]
+fn tunnel_spreads_1200_connections_over_all_targets_v4_and_v6() {
+    spread_test("xl4a-", false);
+}
+
+#[test]
+fn dsr_spreads_1200_connections_over_all_targets_v4_and_v6() {
+    spread_test("xl4b-", true);
+}
+
+/// Long-lived connections stay on their target while targets are added and removed.
+#[test]
+fn open_connections_survive_adding_and_removing_targets() {
+    let lab = lab("xl4c-", 3);
+    let xlb = xlb_bin().unwrap();
+    let cfg = write_config(&lab, &config(&lab, &[1, 2], false));
+    let agent = Agent::start(&lab, &xlb, &cfg).expect("xlb run");
+    let ns = lab.ns(Role::Client);
+    in_netns(&ns, || {
+        let t = Duration::from_secs(2);
+        let mut conns = Vec::new();
+        for i in 0..40 {
+            let vip = if i % 2 == 0 { SocketAddr::from((VIP_V4, ECHO_PORT)) } else { SocketAddr::from((VIP_V6, ECHO_PORT)) };
+            let s = TcpStream::connect_timeout(&vip, t).expect("connect");
+            s.set_read_timeout(Some(t)).unwrap();
+            conns.push((BufReader::new(s.try_clone().unwrap()), s, None::<String>));
+        }
+        let round = |conns: &mut Vec<(BufReader<TcpStream>, TcpStream, Option<String>)>, tag: &str| {
+            for (r, w, owner) in conns.iter_mut() {
+                w.write_all(format!("{tag}\n").as_bytes()).expect("send");
+                let mut line = String::new();
+                r.read_line(&mut line).expect("echo reply");
+                let name = line.split(':').next().unwrap().to_owned();
+                assert!(line.contains(tag), "echoed: {line:?}");
+                match owner {
+                    None => *owner = Some(name),
+                    Some(o) => assert_eq!(o, &name, "a connection moved between targets"),
+                }
+            }
+        };
+        round(&mut conns, "before");
+        let owners: BTreeSet<_> = conns.iter().map(|c| c.2.clone().unwrap()).collect();
+        assert_eq!(owners.len(), 2, "40 connections reach both targets: {owners:?}");
+        // Add target 3, then remove target 1: every open connection keeps working where it was.
+        std::fs::write(&cfg, config(&lab, &[1, 2, 3], false)).unwrap();
+        agent.reload().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        round(&mut conns, "added");
+        std::fs::write(&cfg, config(&lab, &[2, 3], false)).unwrap();
+        agent.reload().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        round(&mut conns, "removed");
+    })
+    .expect("client namespace");
+    // New connections now go to targets 2 and 3 only.
+    let spread = http_spread(&lab, SocketAddr::from((VIP_V4, HTTP_PORT)), 200).expect("client");
+    assert!(spread.keys().all(|k| k == "backend2" || k == "backend3"), "{spread:?}");
+    agent.stop().expect("xlb stops cleanly");
+}
