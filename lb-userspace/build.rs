@@ -8,9 +8,16 @@ fn main() -> anyhow::Result<()> {
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-ebpf");
     // aya-build watches lb-ebpf; the shared types live next door.
-    println!("cargo:rerun-if-changed={}", concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-common"));
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-common")
+    );
     aya_build::build_ebpf(
-        [aya_build::Package { name: "lb-ebpf", root_dir: root, ..Default::default() }],
+        [aya_build::Package {
+            name: "lb-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Custom("stable"),
     )
 }

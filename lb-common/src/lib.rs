@@ -302,8 +302,11 @@ pub enum DecapReason {
 
 impl DecapReason {
     pub const COUNT: u32 = DecapReason::DropMalformed as u32 + 1;
-    pub const ALL: [DecapReason; DecapReason::COUNT as usize] =
-        [DecapReason::Decapsulated, DecapReason::PassOther, DecapReason::DropMalformed];
+    pub const ALL: [DecapReason; DecapReason::COUNT as usize] = [
+        DecapReason::Decapsulated,
+        DecapReason::PassOther,
+        DecapReason::DropMalformed,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {

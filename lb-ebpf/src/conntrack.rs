@@ -36,14 +36,20 @@ fn live_backend(index: u32) -> Option<Backend> {
 
 #[inline(always)]
 pub fn hash(vip: &VipMeta, key: &FlowKey) -> u32 {
-    if vip.flags & VIP_F_SOURCE_IP != 0 { source_hash(key) } else { flow_hash(key) }
+    if vip.flags & VIP_F_SOURCE_IP != 0 {
+        source_hash(key)
+    } else {
+        flow_hash(key)
+    }
 }
 
 /// Maglev: the VIP's live ring at `hash % M`.
 #[inline(always)]
 pub fn ring(vip: &VipMeta, hash: u32) -> Result<(u32, Backend), Verdict> {
     let slot = (vip.index * 2 + (vip.ring & 1)) * RING_SIZE + hash % RING_SIZE;
-    let index = *RINGS.get(slot).ok_or(Verdict::drop(Reason::DropNoBackend))?;
+    let index = *RINGS
+        .get(slot)
+        .ok_or(Verdict::drop(Reason::DropNoBackend))?;
     // Index 0: the ring was never filled (no target registered).
     if index == 0 {
         return Err(Verdict::drop(Reason::DropNoBackend));
@@ -59,7 +65,11 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool) -> Result<Choice, Verdict
     let udp = key.proto == IPPROTO_UDP;
     // UDP needs the clock for its idle timeout; TCP entries never expire by time.
     // SAFETY: a helper without arguments.
-    let now = if udp { unsafe { bpf_ktime_get_ns() } } else { 0 };
+    let now = if udp {
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
     if !syn && let Some(state) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the LRU value stays valid while the program runs; a concurrent update of the
         // same flow from another CPU can only write another valid backend index.
@@ -71,14 +81,28 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool) -> Result<Choice, Verdict
                 // SAFETY: as above.
                 unsafe { (*state).seen_ns = now };
             }
-            return Ok(Choice { index, backend, hash: h, new_flow: false });
+            return Ok(Choice {
+                index,
+                backend,
+                hash: h,
+                new_flow: false,
+            });
         }
     }
     let (index, backend) = ring(vip, h)?;
-    let state = FlowState { backend: index, _pad: 0, seen_ns: now };
+    let state = FlowState {
+        backend: index,
+        _pad: 0,
+        seen_ns: now,
+    };
     // A full table evicts its least recently used flow; an error here only costs stickiness.
     let _ = FLOWS.insert(key, &state, 0);
-    Ok(Choice { index, backend, hash: h, new_flow: true })
+    Ok(Choice {
+        index,
+        backend,
+        hash: h,
+        new_flow: true,
+    })
 }
 
 /// The backend an existing flow uses, without creating one (ICMP errors about a flow).
@@ -89,8 +113,18 @@ pub fn existing(vip: &VipMeta, key: &FlowKey) -> Result<Choice, Verdict> {
     if let Some(state) = unsafe { FLOWS.get(key) }
         && let Some(backend) = live_backend(state.backend)
     {
-        return Ok(Choice { index: state.backend, backend, hash: h, new_flow: false });
+        return Ok(Choice {
+            index: state.backend,
+            backend,
+            hash: h,
+            new_flow: false,
+        });
     }
     let (index, backend) = ring(vip, h)?;
-    Ok(Choice { index, backend, hash: h, new_flow: false })
+    Ok(Choice {
+        index,
+        backend,
+        hash: h,
+        new_flow: false,
+    })
 }

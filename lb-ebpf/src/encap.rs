@@ -2,9 +2,7 @@
 //! another one (`bpf_redirect`), with the next hop from the kernel FIB.
 
 use aya_ebpf::{
-    bindings::{
-        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action,
-    },
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
@@ -48,7 +46,11 @@ pub fn forward(
     }
     // Checked here rather than in `tunnel` so the two out-of-line calls are siblings: the
     // verifier adds up the stack of nested calls.
-    let outer_len = if choice.backend.family == AF_INET { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
+    let outer_len = if choice.backend.family == AF_INET {
+        Ipv4Hdr::LEN
+    } else {
+        Ipv6Hdr::LEN
+    };
     if cfg.mtu != 0 && p.ip_len as usize + outer_len > cfg.mtu as usize {
         if cfg.flags & CONFIG_F_NO_PTB != 0 || !p.dont_fragment {
             return Err(Verdict::drop(Reason::DropTooBig));
@@ -80,9 +82,18 @@ fn tunnel(ctx: &XdpContext, p: &Packet, choice: &Choice, cfg: &Config) -> Verdic
 }
 
 #[inline(always)]
-fn encapsulate(ctx: &XdpContext, p: &Packet, choice: &Choice, cfg: &Config) -> Result<Verdict, Verdict> {
+fn encapsulate(
+    ctx: &XdpContext,
+    p: &Packet,
+    choice: &Choice,
+    cfg: &Config,
+) -> Result<Verdict, Verdict> {
     let b = &choice.backend;
-    let outer_len = if b.family == AF_INET { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
+    let outer_len = if b.family == AF_INET {
+        Ipv4Hdr::LEN
+    } else {
+        Ipv6Hdr::LEN
+    };
     let hop = next_hop(ctx, cfg, b)?;
 
     // Keep the Ethernet header (and VLAN tag) before the head moves.
@@ -101,9 +112,17 @@ fn encapsulate(ctx: &XdpContext, p: &Packet, choice: &Choice, cfg: &Config) -> R
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
         return Err(Verdict::drop(Reason::DropAdjust));
     }
-    let outer_type = if b.family == AF_INET { ETH_P_IP } else { ETH_P_IPV6 };
+    let outer_type = if b.family == AF_INET {
+        ETH_P_IP
+    } else {
+        ETH_P_IPV6
+    };
     write_eth(ctx, &hop, &eth, vlan, outer_type)?;
-    let inner_proto = if p.family == AF_INET { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+    let inner_proto = if p.family == AF_INET {
+        IPPROTO_IPIP
+    } else {
+        IPPROTO_IPV6
+    };
     let h = choice.hash.to_be_bytes();
     if b.family == AF_INET {
         let mut ip = [0u8; 20];
@@ -151,8 +170,14 @@ fn encapsulate(ctx: &XdpContext, p: &Packet, choice: &Choice, cfg: &Config) -> R
 fn send(hop: &NextHop, reason: Reason) -> Verdict {
     match hop.redirect {
         // SAFETY: a helper with plain integer arguments.
-        Some(ifindex) => Verdict { action: unsafe { bpf_redirect(ifindex, 0) } as u32, reason },
-        None => Verdict { action: xdp_action::XDP_TX, reason },
+        Some(ifindex) => Verdict {
+            action: unsafe { bpf_redirect(ifindex, 0) } as u32,
+            reason,
+        },
+        None => Verdict {
+            action: xdp_action::XDP_TX,
+            reason,
+        },
     }
 }
 
@@ -203,15 +228,22 @@ fn next_hop(ctx: &XdpContext, cfg: &Config, b: &Backend) -> Result<NextHop, Verd
         params.ifindex = ingress;
         if b.family == AF_INET {
             params.family = AF_INET_KERNEL;
-            params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([b.addr[0], b.addr[1], b.addr[2], b.addr[3]]);
+            params.__bindgen_anon_4.ipv4_dst =
+                u32::from_ne_bytes([b.addr[0], b.addr[1], b.addr[2], b.addr[3]]);
         } else if b.family == AF_INET6 {
             params.family = AF_INET6_KERNEL;
             // SAFETY: [u8; 16] and [u32; 4] have the same size; any bits are valid.
-            params.__bindgen_anon_4.ipv6_dst = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(b.addr) };
+            params.__bindgen_anon_4.ipv6_dst =
+                unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(b.addr) };
         }
         // SAFETY: `params` is a valid, initialised struct of the size passed.
         let rc = unsafe {
-            fib_lookup(ctx.ctx.cast(), &mut params, size_of::<bpf_fib_lookup>() as i32, 0)
+            fib_lookup(
+                ctx.ctx.cast(),
+                &mut params,
+                size_of::<bpf_fib_lookup>() as i32,
+                0,
+            )
         };
         if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
             return Ok(NextHop {
@@ -224,7 +256,11 @@ fn next_hop(ctx: &XdpContext, cfg: &Config, b: &Backend) -> Result<NextHop, Verd
     if cfg.gateway_mac == [0; 6] {
         return Err(Verdict::drop(Reason::DropNoRoute));
     }
-    Ok(NextHop { dst_mac: cfg.gateway_mac, src_mac: None, redirect: None })
+    Ok(NextHop {
+        dst_mac: cfg.gateway_mac,
+        src_mac: None,
+        redirect: None,
+    })
 }
 
 /// Builds a NextHop that turns the frame around to where it came from.
@@ -235,5 +271,12 @@ pub fn back_to_sender(ctx: &XdpContext) -> Result<(NextHop, [u8; 14]), Verdict> 
     let eth = unsafe { *eth };
     let mut src = [0u8; 6];
     src.copy_from_slice(&eth[6..12]);
-    Ok((NextHop { dst_mac: src, src_mac: None, redirect: None }, eth))
+    Ok((
+        NextHop {
+            dst_mac: src,
+            src_mac: None,
+            redirect: None,
+        },
+        eth,
+    ))
 }

@@ -52,7 +52,10 @@ pub fn handle(ctx: &XdpContext, p: &Packet) -> Result<Icmp, Verdict> {
     let ty = unsafe { (*hdr)[0] };
     let v4 = p.family == AF_INET;
     let (echo, error) = if v4 {
-        (ty == ICMP_ECHO, ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED)
+        (
+            ty == ICMP_ECHO,
+            ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED,
+        )
     } else {
         (
             ty == ICMPV6_ECHO_REQUEST,
@@ -97,7 +100,11 @@ fn write_echo_reply(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
             // TTL shares a checksum word with the protocol byte.
             let old = u16::from_be_bytes([h[8], h[9]]);
             h[8] = REPLY_TTL;
-            let c = csum::update16(u16::from_be_bytes([h[10], h[11]]), old, u16::from_be_bytes([h[8], h[9]]));
+            let c = csum::update16(
+                u16::from_be_bytes([h[10], h[11]]),
+                old,
+                u16::from_be_bytes([h[8], h[9]]),
+            );
             h[10..12].copy_from_slice(&c.to_be_bytes());
             let mut src = [0u8; 4];
             src.copy_from_slice(&h[12..16]);
@@ -105,7 +112,11 @@ fn write_echo_reply(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
             h[16..20].copy_from_slice(&src);
             *ip = h;
             let mut i = *icmp;
-            let c = csum::update16(u16::from_be_bytes([i[2], i[3]]), (ICMP_ECHO as u16) << 8, (ICMP_ECHO_REPLY as u16) << 8);
+            let c = csum::update16(
+                u16::from_be_bytes([i[2], i[3]]),
+                (ICMP_ECHO as u16) << 8,
+                (ICMP_ECHO_REPLY as u16) << 8,
+            );
             i[0] = ICMP_ECHO_REPLY;
             i[2..4].copy_from_slice(&c.to_be_bytes());
             *icmp = i;
@@ -123,7 +134,11 @@ fn write_echo_reply(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
             *ip = h;
             // The pseudo header sums the same two addresses, so only the type changes the sum.
             let mut i = *icmp;
-            let c = csum::update16(u16::from_be_bytes([i[2], i[3]]), (ICMPV6_ECHO_REQUEST as u16) << 8, (ICMPV6_ECHO_REPLY as u16) << 8);
+            let c = csum::update16(
+                u16::from_be_bytes([i[2], i[3]]),
+                (ICMPV6_ECHO_REQUEST as u16) << 8,
+                (ICMPV6_ECHO_REPLY as u16) << 8,
+            );
             i[0] = ICMPV6_ECHO_REPLY;
             i[2..4].copy_from_slice(&c.to_be_bytes());
             *icmp = i;
@@ -204,7 +219,11 @@ fn write_too_big(ctx: &XdpContext, p: &Packet, mtu: u16) -> Result<Verdict, Verd
         None
     };
     let v4 = p.family == AF_INET;
-    let (ip_len, quote) = if v4 { (20usize, QUOTE_V4) } else { (40usize, QUOTE_V6) };
+    let (ip_len, quote) = if v4 {
+        (20usize, QUOTE_V4)
+    } else {
+        (40usize, QUOTE_V6)
+    };
     if (p.ip_len as usize) < quote {
         return Err(Verdict::drop(Reason::DropTooBig));
     }
@@ -221,7 +240,13 @@ fn write_too_big(ctx: &XdpContext, p: &Packet, mtu: u16) -> Result<Verdict, Verd
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, new_len as i32 - cur_len as i32) } != 0 {
         return Err(fail);
     }
-    write_eth(ctx, &hop, &eth, vlan, if v4 { ETH_P_IP } else { ETH_P_IPV6 })?;
+    write_eth(
+        ctx,
+        &hop,
+        &eth,
+        vlan,
+        if v4 { ETH_P_IP } else { ETH_P_IPV6 },
+    )?;
     let icmp_off = p.l3_off + ip_len;
     let msg_len = 8 + quote;
     let mut icmp = [0u8; 8];
@@ -260,7 +285,10 @@ fn write_too_big(ctx: &XdpContext, p: &Packet, mtu: u16) -> Result<Verdict, Verd
             ip[24..40].copy_from_slice(&p.src);
         }
         // Pseudo header: both addresses, upper-layer length, next header.
-        sum = csum::sum_addr(&p.src) + csum::sum_addr(&p.dst) + msg_len as u64 + IPPROTO_ICMPV6 as u64;
+        sum = csum::sum_addr(&p.src)
+            + csum::sum_addr(&p.dst)
+            + msg_len as u64
+            + IPPROTO_ICMPV6 as u64;
     }
     let hdr: *mut [u8; 8] = ptr_at(ctx, icmp_off).ok_or(fail)?;
     // SAFETY: bounds checked by `ptr_at`.
@@ -270,11 +298,27 @@ fn write_too_big(ctx: &XdpContext, p: &Packet, mtu: u16) -> Result<Verdict, Verd
     let partial = if v4 {
         let body: *mut [u8; 8 + QUOTE_V4] = ptr_at(ctx, icmp_off).ok_or(fail)?;
         // SAFETY: the whole message is inside the packet (checked by `ptr_at`).
-        unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, body.cast(), (8 + QUOTE_V4) as u32, 0) }
+        unsafe {
+            bpf_csum_diff(
+                core::ptr::null_mut(),
+                0,
+                body.cast(),
+                (8 + QUOTE_V4) as u32,
+                0,
+            )
+        }
     } else {
         let body: *mut [u8; 8 + QUOTE_V6] = ptr_at(ctx, icmp_off).ok_or(fail)?;
         // SAFETY: as above.
-        unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, body.cast(), (8 + QUOTE_V6) as u32, 0) }
+        unsafe {
+            bpf_csum_diff(
+                core::ptr::null_mut(),
+                0,
+                body.cast(),
+                (8 + QUOTE_V6) as u32,
+                0,
+            )
+        }
     };
     if partial < 0 {
         return Err(fail);

@@ -21,11 +21,7 @@ mod stats;
 mod verdict;
 mod vip;
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    macros::xdp,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     Config, DecapReason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Reason,
     VIP_F_SOURCE_IP,
@@ -75,7 +71,11 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
             Icmp::Error { vip, key } => (vip, conntrack::existing(&vip, &key)?),
         },
         other => {
-            let icmp = if p.family == lb_common::AF_INET { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
+            let icmp = if p.family == lb_common::AF_INET {
+                IPPROTO_ICMP
+            } else {
+                IPPROTO_ICMPV6
+            };
             let _ = other;
             return Err(match vip::address(p.family, &p.dst, icmp) {
                 Some(_) => Verdict::pass(Reason::PassOtherProto),
@@ -98,7 +98,18 @@ fn fragment(ctx: &XdpContext, p: &Packet, bytes: u64) -> Result<Verdict, Verdict
     let key = vip::flow_key(p);
     let hash = conntrack::hash(&vip, &key);
     let (index, backend) = conntrack::ring(&vip, hash)?;
-    send(ctx, p, &vip, &Choice { index, backend, hash, new_flow: false }, bytes)
+    send(
+        ctx,
+        p,
+        &vip,
+        &Choice {
+            index,
+            backend,
+            hash,
+            new_flow: false,
+        },
+        bytes,
+    )
 }
 
 #[inline(always)]

@@ -124,7 +124,10 @@ pub fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), Verdict> {
         let vlan: *const VlanHdr =
             ptr_at(ctx, EthHdr::LEN).ok_or(Verdict::drop(Reason::DropShortEth))?;
         // SAFETY: bounds checked by `ptr_at`.
-        return Ok((u16::from_be(unsafe { (*vlan).ether_type }), EthHdr::LEN + VlanHdr::LEN));
+        return Ok((
+            u16::from_be(unsafe { (*vlan).ether_type }),
+            EthHdr::LEN + VlanHdr::LEN,
+        ));
     }
     Ok((proto, EthHdr::LEN))
 }

@@ -16,14 +16,23 @@ pub struct Verdict {
 impl Verdict {
     #[inline(always)]
     pub const fn drop(reason: Reason) -> Self {
-        Verdict { action: xdp_action::XDP_DROP, reason }
+        Verdict {
+            action: xdp_action::XDP_DROP,
+            reason,
+        }
     }
     #[inline(always)]
     pub const fn pass(reason: Reason) -> Self {
-        Verdict { action: xdp_action::XDP_PASS, reason }
+        Verdict {
+            action: xdp_action::XDP_PASS,
+            reason,
+        }
     }
     #[inline(always)]
     pub const fn tx(reason: Reason) -> Self {
-        Verdict { action: xdp_action::XDP_TX, reason }
+        Verdict {
+            action: xdp_action::XDP_TX,
+            reason,
+        }
     }
 }

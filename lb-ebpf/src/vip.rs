@@ -13,8 +13,16 @@ fn get(key: &VipKey) -> Option<VipMeta> {
 /// The listener for `(addr, port, proto)`, exact port first, then an all-ports VIP.
 #[inline(always)]
 pub fn listener(family: u8, addr: &[u8; 16], port_be: u16, proto: u8) -> Option<VipMeta> {
-    let mut key = VipKey { addr: *addr, port_be, proto, family };
-    if let Some(m) = get(&key) {
+    let mut key = VipKey {
+        addr: *addr,
+        port_be,
+        proto,
+        family,
+    };
+    // Port 0 is the all-ports key: an address-only entry there must not answer the exact lookup.
+    if let Some(m) = get(&key)
+        && m.flags & VIP_F_ADDRESS_ONLY == 0
+    {
         return Some(m);
     }
     key.port_be = 0;
@@ -24,7 +32,12 @@ pub fn listener(family: u8, addr: &[u8; 16], port_be: u16, proto: u8) -> Option<
 /// The per-address entry for `proto` (port 0), all-ports VIP or address-only.
 #[inline(always)]
 pub fn address(family: u8, addr: &[u8; 16], proto: u8) -> Option<VipMeta> {
-    get(&VipKey { addr: *addr, port_be: 0, proto, family })
+    get(&VipKey {
+        addr: *addr,
+        port_be: 0,
+        proto,
+        family,
+    })
 }
 
 /// The flow key of a packet as it arrived (client → VIP).

@@ -43,7 +43,13 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn new(dp: Dataplane) -> Balancer {
-        Balancer { dp, backends: BTreeMap::new(), keys: BTreeSet::new(), rings: BTreeMap::new(), listeners: Vec::new() }
+        Balancer {
+            dp,
+            backends: BTreeMap::new(),
+            keys: BTreeSet::new(),
+            rings: BTreeMap::new(),
+            listeners: Vec::new(),
+        }
     }
 
     pub fn dataplane(&mut self) -> &mut Dataplane {
@@ -58,13 +64,31 @@ impl Balancer {
         for (vip, l) in cfg.listeners.iter().enumerate() {
             let vip = vip as u32;
             let Action::Forward { target_group } = &l.default_action;
-            let tg = cfg.target_groups.iter().find(|t| &t.name == target_group).expect("validated");
+            let tg = cfg
+                .target_groups
+                .iter()
+                .find(|t| &t.name == target_group)
+                .expect("validated");
             let mut targets = Vec::new();
             for t in &tg.targets {
                 let index = self.backend_index(t.id);
-                let mac = t.mac.as_deref().map(config::parse_mac).transpose().unwrap_or_default().unwrap_or([0; 6]);
+                let mac = t
+                    .mac
+                    .as_deref()
+                    .map(config::parse_mac)
+                    .transpose()
+                    .unwrap_or_default()
+                    .unwrap_or([0; 6]);
                 let (family, addr) = addr_bytes(t.id);
-                self.dp.set_backend(index, &Backend { addr, family, flags: BACKEND_F_LIVE, mac })?;
+                self.dp.set_backend(
+                    index,
+                    &Backend {
+                        addr,
+                        family,
+                        flags: BACKEND_F_LIVE,
+                        mac,
+                    },
+                )?;
                 targets.push((t.id, index, t.weight));
             }
             // Write the standby ring, then flip the VIP to it in one map update.
@@ -79,29 +103,71 @@ impl Balancer {
                 flags |= VIP_F_SOURCE_IP;
             }
             let (family, addr) = addr_bytes(l.address);
-            let meta = VipMeta { index: vip, ring, flags };
+            let meta = VipMeta {
+                index: vip,
+                ring,
+                flags,
+            };
             for &proto in protocols(l.protocol) {
-                let key = VipKey { addr, port_be: l.port.to_be(), proto, family };
+                let key = VipKey {
+                    addr,
+                    port_be: l.port.to_be(),
+                    proto,
+                    family,
+                };
                 self.dp.set_vip(&key, &meta)?;
                 keys.insert(key);
             }
             // The address entry: echo replies and ICMP errors for this VIP address.
-            let icmp = if family == AF_INET { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
-            let key = VipKey { addr, port_be: 0, proto: icmp, family };
+            let icmp = if family == AF_INET {
+                IPPROTO_ICMP
+            } else {
+                IPPROTO_ICMPV6
+            };
+            let key = VipKey {
+                addr,
+                port_be: 0,
+                proto: icmp,
+                family,
+            };
             if keys.insert(key) {
-                self.dp.set_vip(&key, &VipMeta { flags: flags | VIP_F_ADDRESS_ONLY, ..meta })?;
+                self.dp.set_vip(
+                    &key,
+                    &VipMeta {
+                        flags: flags | VIP_F_ADDRESS_ONLY,
+                        ..meta
+                    },
+                )?;
             }
             // Fragments follow source-IP VIPs (see the fragment policy in the README).
             if flags & VIP_F_SOURCE_IP != 0 && l.port != 0 {
                 for &proto in protocols(l.protocol) {
-                    let key = VipKey { addr, port_be: 0, proto, family };
-                    let all_ports = cfg.listeners.iter().any(|o| o.port == 0 && o.address == l.address);
+                    let key = VipKey {
+                        addr,
+                        port_be: 0,
+                        proto,
+                        family,
+                    };
+                    let all_ports = cfg
+                        .listeners
+                        .iter()
+                        .any(|o| o.port == 0 && o.address == l.address);
                     if !all_ports && keys.insert(key) {
-                        self.dp.set_vip(&key, &VipMeta { flags: flags | VIP_F_ADDRESS_ONLY, ..meta })?;
+                        self.dp.set_vip(
+                            &key,
+                            &VipMeta {
+                                flags: flags | VIP_F_ADDRESS_ONLY,
+                                ..meta
+                            },
+                        )?;
                     }
                 }
             }
-            listeners.push(AppliedListener { name: format!("{}:{}/{:?}", l.address, l.port, l.protocol), vip, targets });
+            listeners.push(AppliedListener {
+                name: format!("{}:{}/{:?}", l.address, l.port, l.protocol),
+                vip,
+                targets,
+            });
         }
         for old in self.keys.difference(&keys) {
             self.dp.remove_vip(old)?;
@@ -130,8 +196,15 @@ fn protocols(p: Protocol) -> &'static [u8] {
 /// The Maglev table over `targets` (address bytes are the stable key).
 fn table(targets: &[(IpAddr, u32, u32)]) -> Vec<u32> {
     let keys: Vec<Addr> = targets.iter().map(|(a, _, _)| addr_bytes(*a).1).collect();
-    let mt: Vec<MaglevTarget<'_>> =
-        targets.iter().zip(&keys).map(|((_, index, weight), key)| MaglevTarget { key, index: *index, weight: *weight }).collect();
+    let mt: Vec<MaglevTarget<'_>> = targets
+        .iter()
+        .zip(&keys)
+        .map(|((_, index, weight), key)| MaglevTarget {
+            key,
+            index: *index,
+            weight: *weight,
+        })
+        .collect();
     maglev::build(&mt, RING_SIZE).expect("RING_SIZE is prime and larger than MAX_BACKENDS")
 }
 

@@ -25,7 +25,11 @@ pub enum ConfigError {
         source: toml::de::Error,
     },
     #[error("{path}: {key}: {message}")]
-    Invalid { path: String, key: String, message: String },
+    Invalid {
+        path: String,
+        key: String,
+        message: String,
+    },
 }
 
 /// The whole file.
@@ -153,17 +157,29 @@ const ATTRIBUTES: &[(&str, &[&str])] = &[("stickiness.type", &["source_ip", "non
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Config::parse(&text, &path.display().to_string())
     }
 
     /// Parses and validates `text` (named `path` in errors).
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
-        let invalid = |key: String, message: String| ConfigError::Invalid { path: path.to_owned(), key, message };
+        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
         if !(576..=9000).contains(&cfg.node.mtu) {
-            return Err(invalid("node.mtu".into(), format!("{} is outside 576..=9000", cfg.node.mtu)));
+            return Err(invalid(
+                "node.mtu".into(),
+                format!("{} is outside 576..=9000", cfg.node.mtu),
+            ));
         }
         if let Some(mac) = &cfg.node.gateway_mac {
             parse_mac(mac).map_err(|m| invalid("node.gateway_mac".into(), m))?;
@@ -172,39 +188,60 @@ impl Config {
         for (i, tg) in cfg.target_groups.iter().enumerate() {
             let at = format!("target_groups[{i}] ({})", tg.name);
             if !names.insert(tg.name.as_str()) {
-                return Err(invalid(format!("{at}.name"), "duplicate target group name".into()));
+                return Err(invalid(
+                    format!("{at}.name"),
+                    "duplicate target group name".into(),
+                ));
             }
             for (j, t) in tg.targets.iter().enumerate() {
                 if let Some(mac) = &t.mac {
                     parse_mac(mac).map_err(|m| invalid(format!("{at}.targets[{j}].mac"), m))?;
                 }
                 if t.weight > 1000 {
-                    return Err(invalid(format!("{at}.targets[{j}].weight"), format!("{} is outside 0..=1000", t.weight)));
+                    return Err(invalid(
+                        format!("{at}.targets[{j}].weight"),
+                        format!("{} is outside 0..=1000", t.weight),
+                    ));
                 }
             }
             for (k, v) in &tg.attributes {
                 let Some((_, allowed)) = ATTRIBUTES.iter().find(|(name, _)| name == k) else {
-                    return Err(invalid(format!("{at}.attributes.\"{k}\""), "unknown attribute".into()));
+                    return Err(invalid(
+                        format!("{at}.attributes.\"{k}\""),
+                        "unknown attribute".into(),
+                    ));
                 };
                 if !allowed.contains(&v.as_str()) {
-                    return Err(invalid(format!("{at}.attributes.\"{k}\""), format!("{v:?} is not one of {allowed:?}")));
+                    return Err(invalid(
+                        format!("{at}.attributes.\"{k}\""),
+                        format!("{v:?} is not one of {allowed:?}"),
+                    ));
                 }
             }
         }
         if cfg.listeners.len() > lb_common::MAX_VIPS as usize {
-            return Err(invalid("listeners".into(), format!("at most {} listeners", lb_common::MAX_VIPS)));
+            return Err(invalid(
+                "listeners".into(),
+                format!("at most {} listeners", lb_common::MAX_VIPS),
+            ));
         }
         for (i, l) in cfg.listeners.iter().enumerate() {
             let Action::Forward { target_group } = &l.default_action;
             let key = format!("listeners[{i}].default_action.target_group");
             let Some(tg) = cfg.target_groups.iter().find(|tg| &tg.name == target_group) else {
-                return Err(invalid(key, format!("no target group named {target_group:?}")));
+                return Err(invalid(
+                    key,
+                    format!("no target group named {target_group:?}"),
+                ));
             };
             for (j, t) in tg.targets.iter().enumerate() {
                 if l.address.is_ipv6() && t.id.is_ipv4() && l.forwarding == Forwarding::Tunnel {
                     return Err(invalid(
                         format!("target_groups ({}).targets[{j}].id", tg.name),
-                        format!("IPv4 target {} cannot receive the IPv6 VIP {} through a tunnel", t.id, l.address),
+                        format!(
+                            "IPv4 target {} cannot receive the IPv6 VIP {} through a tunnel",
+                            t.id, l.address
+                        ),
                     ));
                 }
                 if l.forwarding == Forwarding::Dsr && t.mac.is_none() {
@@ -227,7 +264,8 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
         return Err(format!("{s:?} is not a MAC address like 02:00:00:00:00:01"));
     }
     for (b, p) in mac.iter_mut().zip(parts) {
-        *b = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address like 02:00:00:00:00:01"))?;
+        *b = u8::from_str_radix(p, 16)
+            .map_err(|_| format!("{s:?} is not a MAC address like 02:00:00:00:00:01"))?;
     }
     Ok(mac)
 }
@@ -274,29 +312,53 @@ default_action = { type = "forward", target_group = "web" }
     fn bad_address_is_refused() {
         let bad = GOOD.replace("198.18.1.12", "198.18.1.300");
         let e = Config::parse(&bad, "x.toml").unwrap_err().to_string();
-        assert!(e.contains("line 9") && e.contains("invalid IP address"), "{e}");
+        assert!(
+            e.contains("line 9") && e.contains("invalid IP address"),
+            "{e}"
+        );
     }
 
     #[test]
     fn missing_target_group_is_named() {
         let bad = GOOD.replace("target_group = \"web\"", "target_group = \"api\"");
         let e = Config::parse(&bad, "x.toml").unwrap_err().to_string();
-        assert!(e.contains("listeners[0].default_action.target_group") && e.contains("\"api\""), "{e}");
+        assert!(
+            e.contains("listeners[0].default_action.target_group") && e.contains("\"api\""),
+            "{e}"
+        );
     }
 
     #[test]
     fn out_of_range_values_are_refused() {
         let bad = GOOD.replace("weight = 2", "weight = 5000");
-        assert!(Config::parse(&bad, "x.toml").unwrap_err().to_string().contains("weight"));
+        assert!(
+            Config::parse(&bad, "x.toml")
+                .unwrap_err()
+                .to_string()
+                .contains("weight")
+        );
         let bad = GOOD.replace("source_ip", "cookie");
-        assert!(Config::parse(&bad, "x.toml").unwrap_err().to_string().contains("stickiness.type"));
+        assert!(
+            Config::parse(&bad, "x.toml")
+                .unwrap_err()
+                .to_string()
+                .contains("stickiness.type")
+        );
         let bad = GOOD.replace("interface = \"eth0\"", "interface = \"eth0\"\nmtu = 100");
-        assert!(Config::parse(&bad, "x.toml").unwrap_err().to_string().contains("node.mtu"));
+        assert!(
+            Config::parse(&bad, "x.toml")
+                .unwrap_err()
+                .to_string()
+                .contains("node.mtu")
+        );
     }
 
     #[test]
     fn dsr_needs_target_macs() {
-        let bad = GOOD.replace("protocol = \"TCP\"\ndefault_action", "protocol = \"TCP\"\nforwarding = \"dsr\"\ndefault_action");
+        let bad = GOOD.replace(
+            "protocol = \"TCP\"\ndefault_action",
+            "protocol = \"TCP\"\nforwarding = \"dsr\"\ndefault_action",
+        );
         let e = Config::parse(&bad, "x.toml").unwrap_err().to_string();
         assert!(e.contains("mac"), "{e}");
     }

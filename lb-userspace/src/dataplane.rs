@@ -21,12 +21,12 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xl
 #[derive(Debug, Error)]
 pub enum DataplaneError {
     #[error("load the XDP object (is this root, with bpffs and BTF?)")]
-    Load(#[from] aya::EbpfError),
+    Load(#[from] Box<aya::EbpfError>),
     #[error("program {name}")]
     Program {
         name: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("map {name}")]
     Map {
@@ -42,7 +42,7 @@ pub enum DataplaneError {
         iface: String,
         mode: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("pin {path}")]
     Pin {
@@ -97,7 +97,10 @@ pub struct Sizes {
 
 impl Sizes {
     /// The balancer's defaults.
-    pub const DEFAULT: Sizes = Sizes { flows: lb_common::FLOWS_DEFAULT, vips: lb_common::MAX_VIPS };
+    pub const DEFAULT: Sizes = Sizes {
+        flows: lb_common::FLOWS_DEFAULT,
+        vips: lb_common::MAX_VIPS,
+    };
     /// For decap or pass programs alone: the balancer's big maps shrink to one entry.
     pub const MINIMAL: Sizes = Sizes { flows: 1, vips: 0 };
 }
@@ -161,10 +164,16 @@ impl Dataplane {
         let ebpf = EbpfLoader::new()
             .map_max_entries(names::FLOWS, sizes.flows.max(1))
             .map_max_entries(names::RINGS, rings)
-            .load(OBJECT)?;
+            .load(OBJECT)
+            .map_err(Box::new)?;
         let mut dp = Dataplane { ebpf };
         for p in [Program::Lb, Program::Decap, Program::Pass] {
-            dp.xdp(p)?.load().map_err(|source| DataplaneError::Program { name: p.name(), source })?;
+            dp.xdp(p)?
+                .load()
+                .map_err(|source| DataplaneError::Program {
+                    name: p.name(),
+                    source: Box::new(source),
+                })?;
         }
         Ok(dp)
     }
@@ -172,18 +181,33 @@ impl Dataplane {
     /// Loads the benchmark programs, which [`Dataplane::load`] leaves out.
     pub fn load_bench(&mut self) -> Result<()> {
         for p in [Program::BenchGen, Program::BenchReflect, Program::BenchSink] {
-            self.xdp(p)?.load().map_err(|source| DataplaneError::Program { name: p.name(), source })?;
+            self.xdp(p)?
+                .load()
+                .map_err(|source| DataplaneError::Program {
+                    name: p.name(),
+                    source: Box::new(source),
+                })?;
         }
         Ok(())
     }
 
     /// Detaches a link made by [`Dataplane::attach`].
     pub fn detach(&mut self, p: Program, id: XdpLinkId) -> Result<()> {
-        self.xdp(p)?.detach(id).map_err(|source| DataplaneError::Program { name: p.name(), source })
+        self.xdp(p)?
+            .detach(id)
+            .map_err(|source| DataplaneError::Program {
+                name: p.name(),
+                source: Box::new(source),
+            })
     }
 
     /// Runs `p` on `frame` with `BPF_PROG_TEST_RUN` as `opts` says; the duration is the kernel's.
-    pub fn test_run_with(&mut self, p: Program, frame: &[u8], opts: RunOptions) -> Result<RunResult> {
+    pub fn test_run_with(
+        &mut self,
+        p: Program,
+        frame: &[u8],
+        opts: RunOptions,
+    ) -> Result<RunResult> {
         use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex. The kernel wants data 0 and data_end the frame length.
@@ -205,15 +229,24 @@ impl Dataplane {
                 repeat: opts.repeat.max(1),
                 attrs,
             })
-            .map_err(|source| DataplaneError::Program { name: p.name(), source })?;
+            .map_err(|source| DataplaneError::Program {
+                name: p.name(),
+                source: Box::new(source),
+            })?;
         out.truncate(if live { 0 } else { res.data_size_out as usize });
-        Ok(RunResult { action: res.return_value, duration: res.duration, frame: out })
+        Ok(RunResult {
+            action: res.return_value,
+            duration: res.duration,
+            frame: out,
+        })
     }
 
     /// Writes the benchmark generator's configuration (`BENCH_GEN[0]`, layout in `bench.rs`).
     pub fn set_bench_gen<const N: usize>(&mut self, value: &[u8; N]) -> Result<()> {
         let name = names::BENCH_GEN;
-        self.array::<[u8; N]>(name)?.set(0, value, 0).map_err(|source| DataplaneError::Map { name, source })
+        self.array::<[u8; N]>(name)?
+            .set(0, value, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 
     /// The benchmark packet counters (generated, reflected, sunk), summed over CPUs.
@@ -222,7 +255,9 @@ impl Dataplane {
         let map = self.per_cpu::<u64>(name)?;
         let mut out = [0u64; 3];
         for (i, o) in out.iter_mut().enumerate() {
-            let v = map.get(&(i as u32), 0).map_err(|source| DataplaneError::Map { name, source })?;
+            let v = map
+                .get(&(i as u32), 0)
+                .map_err(|source| DataplaneError::Map { name, source })?;
             *o = v.iter().sum();
         }
         Ok(out)
@@ -232,32 +267,52 @@ impl Dataplane {
         let name = p.name();
         let prog = self.ebpf.program_mut(name).ok_or(DataplaneError::Program {
             name,
-            source: aya::programs::ProgramError::UnexpectedProgramType,
+            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
         })?;
-        prog.try_into().map_err(|source| DataplaneError::Program { name, source })
+        prog.try_into().map_err(|source| DataplaneError::Program {
+            name,
+            source: Box::new(source),
+        })
     }
 
     /// Attaches `p` to `iface`; it stays attached while this value lives.
     pub fn attach(&mut self, p: Program, iface: &str, mode: AttachMode) -> Result<XdpLinkId> {
-        self.xdp(p)?.attach(iface, mode.xdp()).map_err(|source| DataplaneError::Attach {
-            program: p.name(),
-            iface: iface.to_owned(),
-            mode: mode.name(),
-            source,
-        })
+        self.xdp(p)?
+            .attach(iface, mode.xdp())
+            .map_err(|source| DataplaneError::Attach {
+                program: p.name(),
+                iface: iface.to_owned(),
+                mode: mode.name(),
+                source: Box::new(source),
+            })
     }
 
     /// Attaches `p` to `iface` and pins the link at `pin`, so it outlives this process.
-    pub fn attach_pinned(&mut self, p: Program, iface: &str, mode: AttachMode, pin: &Path) -> Result<()> {
+    pub fn attach_pinned(
+        &mut self,
+        p: Program,
+        iface: &str,
+        mode: AttachMode,
+        pin: &Path,
+    ) -> Result<()> {
         let id = self.attach(p, iface, mode)?;
-        let link = self.xdp(p)?.take_link(id).map_err(|source| DataplaneError::Program { name: p.name(), source })?;
+        let link = self
+            .xdp(p)?
+            .take_link(id)
+            .map_err(|source| DataplaneError::Program {
+                name: p.name(),
+                source: Box::new(source),
+            })?;
         let fd: FdLink = link.try_into().map_err(|_| DataplaneError::Attach {
             program: p.name(),
             iface: iface.to_owned(),
             mode: mode.name(),
-            source: aya::programs::ProgramError::UnexpectedProgramType,
+            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
         })?;
-        fd.pin(pin).map_err(|source| DataplaneError::Pin { path: pin.display().to_string(), source })?;
+        fd.pin(pin).map_err(|source| DataplaneError::Pin {
+            path: pin.display().to_string(),
+            source,
+        })?;
         Ok(())
     }
 
@@ -268,17 +323,29 @@ impl Dataplane {
         let mut out = vec![0u8; frame.len() + 256];
         let res = self
             .xdp(p)?
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
-            .map_err(|source| DataplaneError::Program { name: p.name(), source })?;
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .map_err(|source| DataplaneError::Program {
+                name: p.name(),
+                source: Box::new(source),
+            })?;
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value, out))
     }
 
     fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name).ok_or(DataplaneError::MissingMap { name })
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap { name })
     }
 
-    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>> {
+    fn hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>> {
         HashMap::try_from(self.map(name)?).map_err(|source| DataplaneError::Map { name, source })
     }
 
@@ -287,40 +354,54 @@ impl Dataplane {
     }
 
     fn per_cpu<V: aya::Pod>(&mut self, name: &'static str) -> Result<PerCpuArray<&mut MapData, V>> {
-        PerCpuArray::try_from(self.map(name)?).map_err(|source| DataplaneError::Map { name, source })
+        PerCpuArray::try_from(self.map(name)?)
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 
     pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
         let name = names::CONFIG;
-        self.array::<Config>(name)?.set(0, cfg, 0).map_err(|source| DataplaneError::Map { name, source })
+        self.array::<Config>(name)?
+            .set(0, cfg, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
         let name = names::VIPS;
-        self.hash::<VipKey, VipMeta>(name)?.insert(key, meta, 0).map_err(|source| DataplaneError::Map { name, source })
+        self.hash::<VipKey, VipMeta>(name)?
+            .insert(key, meta, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
         let name = names::VIPS;
-        self.hash::<VipKey, VipMeta>(name)?.remove(key).map_err(|source| DataplaneError::Map { name, source })
+        self.hash::<VipKey, VipMeta>(name)?
+            .remove(key)
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 
     pub fn set_backend(&mut self, index: u32, backend: &Backend) -> Result<()> {
         let name = names::BACKENDS;
-        self.array::<Backend>(name)?.set(index, backend, 0).map_err(|source| DataplaneError::Map { name, source })
+        self.array::<Backend>(name)?
+            .set(index, backend, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 
     /// Writes `table` into ring `ring` (0 or 1) of VIP `vip`. Write the standby ring, then point
     /// the VIP at it with [`Dataplane::set_vip`]: lookups never see a half-written table.
     pub fn write_ring(&mut self, vip: u32, ring: u32, table: &[u32]) -> Result<()> {
         if table.len() != RING_SIZE as usize {
-            return Err(DataplaneError::RingSize { vip, len: table.len() });
+            return Err(DataplaneError::RingSize {
+                vip,
+                len: table.len(),
+            });
         }
         let name = names::RINGS;
         let mut rings = self.array::<u32>(name)?;
         let base = (vip * 2 + ring) * RING_SIZE;
         for (i, b) in table.iter().enumerate() {
-            rings.set(base + i as u32, b, 0).map_err(|source| DataplaneError::Map { name, source })?;
+            rings
+                .set(base + i as u32, b, 0)
+                .map_err(|source| DataplaneError::Map { name, source })?;
         }
         Ok(())
     }
@@ -332,7 +413,9 @@ impl Dataplane {
         Reason::ALL
             .iter()
             .map(|&r| {
-                let v = map.get(&(r as u32), 0).map_err(|source| DataplaneError::Map { name, source })?;
+                let v = map
+                    .get(&(r as u32), 0)
+                    .map_err(|source| DataplaneError::Map { name, source })?;
                 Ok((r, sum(v.iter())))
             })
             .collect()
@@ -345,7 +428,9 @@ impl Dataplane {
         DecapReason::ALL
             .iter()
             .map(|&r| {
-                let v = map.get(&(r as u32), 0).map_err(|source| DataplaneError::Map { name, source })?;
+                let v = map
+                    .get(&(r as u32), 0)
+                    .map_err(|source| DataplaneError::Map { name, source })?;
                 Ok((r, sum(v.iter())))
             })
             .collect()
@@ -353,7 +438,10 @@ impl Dataplane {
 
     pub fn vip_counters(&mut self, index: u32) -> Result<VipCounters> {
         let name = names::VIP_STATS;
-        let v = self.per_cpu::<VipCounters>(name)?.get(&index, 0).map_err(|source| DataplaneError::Map { name, source })?;
+        let v = self
+            .per_cpu::<VipCounters>(name)?
+            .get(&index, 0)
+            .map_err(|source| DataplaneError::Map { name, source })?;
         Ok(v.iter().fold(VipCounters::default(), |a, c| VipCounters {
             packets: a.packets + c.packets,
             bytes: a.bytes + c.bytes,
@@ -363,7 +451,10 @@ impl Dataplane {
 
     pub fn backend_counters(&mut self, index: u32) -> Result<Counters> {
         let name = names::BACKEND_STATS;
-        let v = self.per_cpu::<Counters>(name)?.get(&index, 0).map_err(|source| DataplaneError::Map { name, source })?;
+        let v = self
+            .per_cpu::<Counters>(name)?
+            .get(&index, 0)
+            .map_err(|source| DataplaneError::Map { name, source })?;
         Ok(sum(v.iter()))
     }
 
@@ -371,16 +462,23 @@ impl Dataplane {
     pub fn flows(&mut self) -> Result<Vec<(FlowKey, FlowState)>> {
         let name = names::FLOWS;
         let map = self.hash::<FlowKey, FlowState>(name)?;
-        map.iter().collect::<std::result::Result<_, _>>().map_err(|source| DataplaneError::Map { name, source })
+        map.iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 
     /// Adds an address the decap program removes tunnels for.
     pub fn add_decap_addr(&mut self, addr: &Addr) -> Result<()> {
         let name = names::DECAP_ADDRS;
-        self.hash::<Addr, u8>(name)?.insert(addr, 1, 0).map_err(|source| DataplaneError::Map { name, source })
+        self.hash::<Addr, u8>(name)?
+            .insert(addr, 1, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 }
 
 fn sum<'a>(it: impl Iterator<Item = &'a Counters>) -> Counters {
-    it.fold(Counters::default(), |a, c| Counters { packets: a.packets + c.packets, bytes: a.bytes + c.bytes })
+    it.fold(Counters::default(), |a, c| Counters {
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+    })
 }

@@ -14,7 +14,11 @@ use xlb::{
 };
 
 #[derive(Parser)]
-#[command(name = "xlb", version, about = "An L4 load balancer in XDP, configured in the AWS ELB vocabulary")]
+#[command(
+    name = "xlb",
+    version,
+    about = "An L4 load balancer in XDP, configured in the AWS ELB vocabulary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +83,12 @@ fn run(cmd: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Attach { program, iface, pin, xdp_mode } => {
+        Command::Attach {
+            program,
+            iface,
+            pin,
+            xdp_mode,
+        } => {
             let mut dp = Dataplane::load(Sizes::MINIMAL)?;
             let p = match program {
                 HelperProgram::Decap => {
@@ -93,25 +102,41 @@ fn run(cmd: Command) -> Result<()> {
             dp.attach_pinned(p, &iface, xdp_mode, &pin)?;
             Ok(())
         }
-        Command::Run { config, stats_interval } => serve(config, stats_interval),
+        Command::Run {
+            config,
+            stats_interval,
+        } => serve(config, stats_interval),
     }
 }
 
 /// The agent: attach, apply, reload on SIGHUP, print counters, detach on exit.
 fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
     let cfg = Config::load(&path)?;
-    let mut dp = Dataplane::load(Sizes { flows: cfg.node.flow_table_size, vips: lb_common::MAX_VIPS })?;
+    let mut dp = Dataplane::load(Sizes {
+        flows: cfg.node.flow_table_size,
+        vips: lb_common::MAX_VIPS,
+    })?;
     dp.attach(Program::Lb, &cfg.node.interface, cfg.node.xdp_mode)?;
     let mut lb = Balancer::new(dp);
     lb.apply(&cfg).context("apply the config")?;
-    println!("xlb: serving {} listeners on {}", cfg.listeners.len(), cfg.node.interface);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    println!(
+        "xlb: serving {} listeners on {}",
+        cfg.listeners.len(),
+        cfg.node.interface
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let period = Duration::from_secs(if stats_interval == 0 { 3600 } else { stats_interval });
+        let period = Duration::from_secs(if stats_interval == 0 {
+            3600
+        } else {
+            stats_interval
+        });
         let mut tick = tokio::time::interval(period);
         tick.tick().await;
         let mut running = cfg;

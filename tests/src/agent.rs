@@ -23,7 +23,10 @@ pub fn xlb_bin() -> Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!("no xlb binary near {}: run `cargo build --release -p lb-userspace`", exe.display())
+    bail!(
+        "no xlb binary near {}: run `cargo build --release -p lb-userspace`",
+        exe.display()
+    )
 }
 
 /// `xlb run` in the lab's lb namespace; stopped (SIGTERM) on drop.
@@ -36,8 +39,20 @@ pub struct Agent {
 impl Agent {
     /// Starts `xlb run --config CONFIG` in the lb namespace and waits until it serves.
     pub fn start(lab: &Lab, xlb: &Path, config: &Path) -> Result<Agent> {
-        let mut cmd = lab.command(Role::Lb, &[xlb.to_str().context("xlb path")?, "run", "--config", config.to_str().context("config path")?]);
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("start xlb run")?;
+        let mut cmd = lab.command(
+            Role::Lb,
+            &[
+                xlb.to_str().context("xlb path")?,
+                "run",
+                "--config",
+                config.to_str().context("config path")?,
+            ],
+        );
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start xlb run")?;
         let stdout = child.stdout.take().context("xlb stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -51,7 +66,12 @@ impl Agent {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("xlb: serving") => return Ok(Agent { child, output: std::sync::Mutex::new(rx) }),
+                Ok(line) if line.starts_with("xlb: serving") => {
+                    return Ok(Agent {
+                        child,
+                        output: std::sync::Mutex::new(rx),
+                    });
+                }
                 Ok(_) => {}
                 Err(_) => {
                     let _ = child.kill();
@@ -64,13 +84,19 @@ impl Agent {
 
     /// Sends SIGHUP (reload the config).
     pub fn reload(&self) -> Result<()> {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGHUP)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )?;
         Ok(())
     }
 
     /// Stops the agent and returns what it printed after starting (its counter table).
     pub fn stop(mut self) -> Result<String> {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
         let status = self.child.wait()?;
         let mut out = String::new();
         let output = self.output.lock().expect("output lock");
@@ -88,7 +114,10 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let _ = self.child.wait();
         }
     }

@@ -106,8 +106,17 @@ impl Fixture {
     pub fn new() -> Fixture {
         // SAFETY: affects only this thread; a test thread owns its namespace until it ends.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {} (run as root)", std::io::Error::last_os_error());
-        let mut dp = Dataplane::load(Sizes { flows: 4096, vips: 4 }).expect("load the XDP object");
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {} (run as root)",
+            std::io::Error::last_os_error()
+        );
+        let mut dp = Dataplane::load(Sizes {
+            flows: 4096,
+            vips: 4,
+        })
+        .expect("load the XDP object");
         let mut cfg = Config {
             tunnel_src_v4: [0; 4],
             tunnel_src_v6: [0; 16],
@@ -119,7 +128,12 @@ impl Fixture {
         cfg.tunnel_src_v4[..2].copy_from_slice(&TUNNEL_SRC_V4);
         cfg.tunnel_src_v6[..12].copy_from_slice(&TUNNEL_SRC_V6);
         dp.set_config(&cfg).expect("set config");
-        Fixture { dp, next_vip: 0, next_backend: 1, backends: Vec::new() }
+        Fixture {
+            dp,
+            next_vip: 0,
+            next_backend: 1,
+            backends: Vec::new(),
+        }
     }
 
     /// Replaces the node config (e.g. to change the MTU or turn PTB off).
@@ -145,7 +159,14 @@ impl Fixture {
     /// Registers `targets` (weight 1 each) and a listener on `addr:port/proto` forwarding to
     /// them with `flags` (`VIP_F_*`); also the address entry for echo and ICMP errors. Returns
     /// the VIP index.
-    pub fn listener(&mut self, addr: impl Into<IpAddr>, port: u16, proto: Proto, flags: u32, targets: &[IpAddr]) -> u32 {
+    pub fn listener(
+        &mut self,
+        addr: impl Into<IpAddr>,
+        port: u16,
+        proto: Proto,
+        flags: u32,
+        targets: &[IpAddr],
+    ) -> u32 {
         let addr = addr.into();
         let index = self.next_vip;
         self.next_vip += 1;
@@ -156,19 +177,65 @@ impl Fixture {
         }
         self.ring(index, &indices);
         let (family, a) = addr_bytes(addr);
-        let meta = VipMeta { index, ring: 0, flags };
-        self.dp.set_vip(&VipKey { addr: a, port_be: port.to_be(), proto: proto.number(), family }, &meta).expect("set vip");
-        let icmp = if family == AF_INET { lb_common::IPPROTO_ICMP } else { lb_common::IPPROTO_ICMPV6 };
-        let address = VipMeta { index, ring: 0, flags: flags | lb_common::VIP_F_ADDRESS_ONLY };
-        self.dp.set_vip(&VipKey { addr: a, port_be: 0, proto: icmp, family }, &address).expect("set address entry");
+        let meta = VipMeta {
+            index,
+            ring: 0,
+            flags,
+        };
+        self.dp
+            .set_vip(
+                &VipKey {
+                    addr: a,
+                    port_be: port.to_be(),
+                    proto: proto.number(),
+                    family,
+                },
+                &meta,
+            )
+            .expect("set vip");
+        let icmp = if family == AF_INET {
+            lb_common::IPPROTO_ICMP
+        } else {
+            lb_common::IPPROTO_ICMPV6
+        };
+        let address = VipMeta {
+            index,
+            ring: 0,
+            flags: flags | lb_common::VIP_F_ADDRESS_ONLY,
+        };
+        self.dp
+            .set_vip(
+                &VipKey {
+                    addr: a,
+                    port_be: 0,
+                    proto: icmp,
+                    family,
+                },
+                &address,
+            )
+            .expect("set address entry");
         index
     }
 
     /// Adds the per-address entry that catches fragments for `proto` (see the fragment policy).
     pub fn address_entry(&mut self, addr: impl Into<IpAddr>, proto: Proto, vip: u32, flags: u32) {
         let (family, a) = addr_bytes(addr.into());
-        let meta = VipMeta { index: vip, ring: 0, flags: flags | lb_common::VIP_F_ADDRESS_ONLY };
-        self.dp.set_vip(&VipKey { addr: a, port_be: 0, proto: proto.number(), family }, &meta).expect("set address entry");
+        let meta = VipMeta {
+            index: vip,
+            ring: 0,
+            flags: flags | lb_common::VIP_F_ADDRESS_ONLY,
+        };
+        self.dp
+            .set_vip(
+                &VipKey {
+                    addr: a,
+                    port_be: 0,
+                    proto: proto.number(),
+                    family,
+                },
+                &meta,
+            )
+            .expect("set address entry");
     }
 
     /// The backend index of `addr`, registering it (live, with [`BACKEND_MAC`]) if new.
@@ -180,7 +247,12 @@ impl Fixture {
         self.next_backend += 1;
         self.backends.push(addr);
         let (family, a) = addr_bytes(addr);
-        let b = Backend { addr: a, family, flags: BACKEND_F_LIVE, mac: BACKEND_MAC };
+        let b = Backend {
+            addr: a,
+            family,
+            flags: BACKEND_F_LIVE,
+            mac: BACKEND_MAC,
+        };
         self.dp.set_backend(index, &b).expect("set backend");
         index
     }
@@ -190,7 +262,17 @@ impl Fixture {
         let addr = self.backends[index as usize - 1];
         let (family, a) = addr_bytes(addr);
         let flags = if live { BACKEND_F_LIVE } else { 0 };
-        self.dp.set_backend(index, &Backend { addr: a, family, flags, mac: BACKEND_MAC }).expect("set backend");
+        self.dp
+            .set_backend(
+                index,
+                &Backend {
+                    addr: a,
+                    family,
+                    flags,
+                    mac: BACKEND_MAC,
+                },
+            )
+            .expect("set backend");
     }
 
     /// Fills ring 0 of VIP `vip` with a Maglev table over backend `indices` (empty: no backend).
@@ -201,16 +283,29 @@ impl Fixture {
 
     /// The Maglev table the agent would build for these backends (weight 1 each).
     pub fn table(&self, indices: &[u32]) -> Vec<u32> {
-        let keys: Vec<Vec<u8>> = indices.iter().map(|i| addr_bytes(self.backends[*i as usize - 1]).1.to_vec()).collect();
-        let targets: Vec<MaglevTarget<'_>> =
-            indices.iter().zip(&keys).map(|(i, k)| MaglevTarget { key: k, index: *i, weight: 1 }).collect();
+        let keys: Vec<Vec<u8>> = indices
+            .iter()
+            .map(|i| addr_bytes(self.backends[*i as usize - 1]).1.to_vec())
+            .collect();
+        let targets: Vec<MaglevTarget<'_>> = indices
+            .iter()
+            .zip(&keys)
+            .map(|(i, k)| MaglevTarget {
+                key: k,
+                index: *i,
+                weight: 1,
+            })
+            .collect();
         maglev::build(&targets, RING_SIZE).expect("maglev")
     }
 
     /// Runs `frame` through `xlb_lb` once.
     pub fn run(&mut self, frame: &[u8]) -> Outcome {
         let before = self.dp.reasons().expect("read reasons");
-        let (action, out) = self.dp.test_run(Program::Lb, frame).expect("BPF_PROG_TEST_RUN");
+        let (action, out) = self
+            .dp
+            .test_run(Program::Lb, frame)
+            .expect("BPF_PROG_TEST_RUN");
         let after = self.dp.reasons().expect("read reasons");
         let reasons = before
             .iter()
@@ -218,15 +313,23 @@ impl Fixture {
             .filter(|((_, b), (_, a))| a.packets != b.packets)
             .map(|((r, b), (_, a))| (*r, a.packets - b.packets))
             .collect();
-        Outcome { action, frame: out, reasons }
+        Outcome {
+            action,
+            frame: out,
+            reasons,
+        }
     }
 
     /// Runs `frame` through `xlb_decap` once with `addrs` as this host's addresses.
     pub fn run_decap(&mut self, addrs: &[IpAddr], frame: &[u8]) -> (u32, Vec<u8>) {
         for a in addrs {
-            self.dp.add_decap_addr(&addr_bytes(*a).1).expect("decap addr");
+            self.dp
+                .add_decap_addr(&addr_bytes(*a).1)
+                .expect("decap addr");
         }
-        self.dp.test_run(Program::Decap, frame).expect("BPF_PROG_TEST_RUN")
+        self.dp
+            .test_run(Program::Decap, frame)
+            .expect("BPF_PROG_TEST_RUN")
     }
 
     pub fn vip_counters(&mut self, vip: u32) -> VipCounters {
@@ -327,12 +430,27 @@ impl Fixture {
     /// Writes one `VIPS` entry as given (for entries [`Fixture::listener`] does not make).
     pub fn vip_entry(&mut self, addr: IpAddr, port: u16, proto: u8, meta: VipMeta) {
         let (family, a) = addr_bytes(addr);
-        self.dp.set_vip(&VipKey { addr: a, port_be: port.to_be(), proto, family }, &meta).expect("set vip");
+        self.dp
+            .set_vip(
+                &VipKey {
+                    addr: a,
+                    port_be: port.to_be(),
+                    proto,
+                    family,
+                },
+                &meta,
+            )
+            .expect("set vip");
     }
 
     /// Total packets per reason counter so far (summed over CPUs).
     pub fn reason_packets(&mut self) -> Vec<(Reason, u64)> {
-        self.dp.reasons().expect("read reasons").into_iter().map(|(r, c)| (r, c.packets)).collect()
+        self.dp
+            .reasons()
+            .expect("read reasons")
+            .into_iter()
+            .map(|(r, c)| (r, c.packets))
+            .collect()
     }
 
     /// The flow table's entries.

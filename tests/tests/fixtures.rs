@@ -15,8 +15,12 @@ fn v4(a: std::net::Ipv4Addr) -> IpAddr {
 
 /// The tunnel packet the datapath should send for `inner` (a client frame) of flow `key`.
 fn ipip(inner: &[u8], backend: IpAddr, hash: u32, df: bool) -> Vec<u8> {
-    let IpAddr::V4(b) = backend else { panic!("v4 backend") };
-    let outer = Packet::eth(MAC_LB, MAC_GATEWAY).ipv4(tunnel_src_v4(hash), b).ttl(64);
+    let IpAddr::V4(b) = backend else {
+        panic!("v4 backend")
+    };
+    let outer = Packet::eth(MAC_LB, MAC_GATEWAY)
+        .ipv4(tunnel_src_v4(hash), b)
+        .ttl(64);
     let outer = if df { outer.dont_fragment() } else { outer };
     outer.ipip(ip_bytes(inner)).build()
 }
@@ -25,7 +29,12 @@ fn ipip(inner: &[u8], backend: IpAddr, hash: u32, df: bool) -> Vec<u8> {
 fn tcp_syn_to_v4_vip_is_tunnelled_to_its_only_target() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
-    let syn = Packet::eth(MAC_CLIENT, MAC_LB).ipv4(CLIENT_V4, VIP_V4).dont_fragment().tcp(40000, 80).syn().build();
+    let syn = Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .dont_fragment()
+        .tcp(40000, 80)
+        .syn()
+        .build();
     let out = f.run(&syn);
     assert_eq!(out.action, XDP_TX);
     assert_eq!(out.reason(), Reason::TxTunnel);
@@ -41,12 +50,21 @@ fn tcp_syn_to_v4_vip_is_tunnelled_to_its_only_target() {
 fn established_flow_keeps_its_target_when_the_ring_changes() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
-    let syn = Packet::eth(MAC_CLIENT, MAC_LB).ipv4(CLIENT_V4, VIP_V4).tcp(40001, 80).syn().build();
+    let syn = Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .tcp(40001, 80)
+        .syn()
+        .build();
     assert_eq!(f.run(&syn).reason(), Reason::TxTunnel);
     // The ring now points at another target only; the flow stays on backend 1.
     let b2 = f.backend(BACKEND2_V4);
     f.ring(vip, &[b2]);
-    let ack = Packet::eth(MAC_CLIENT, MAC_LB).ipv4(CLIENT_V4, VIP_V4).tcp(40001, 80).ack().payload(b"GET /").build();
+    let ack = Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .tcp(40001, 80)
+        .ack()
+        .payload(b"GET /")
+        .build();
     let out = f.run(&ack);
     let key = flow_key(v4(CLIENT_V4), v4(VIP_V4), 40001, 80, Proto::Tcp);
     assert_frame_eq(&out.frame, &ipip(&ack, BACKEND1_V4, hash5(&key), false));
@@ -61,7 +79,11 @@ fn established_flow_keeps_its_target_when_the_ring_changes() {
 fn flow_to_a_gone_target_is_rebalanced() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
-    let ack = Packet::eth(MAC_CLIENT, MAC_LB).ipv4(CLIENT_V4, VIP_V4).tcp(40002, 80).ack().build();
+    let ack = Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .tcp(40002, 80)
+        .ack()
+        .build();
     f.run(&ack);
     let b2 = f.backend(BACKEND2_V4);
     f.ring(vip, &[b2]);
@@ -74,11 +96,21 @@ fn flow_to_a_gone_target_is_rebalanced() {
 #[test]
 fn udp_to_v4_vip_picks_the_maglev_target() {
     let mut f = Fixture::new();
-    f.listener(VIP_V4, 53, Proto::Udp, 0, &[BACKEND1_V4, BACKEND2_V4, BACKEND3_V4]);
+    f.listener(
+        VIP_V4,
+        53,
+        Proto::Udp,
+        0,
+        &[BACKEND1_V4, BACKEND2_V4, BACKEND3_V4],
+    );
     let table = f.table(&[1, 2, 3]);
     let mut seen = [0u32; 4];
     for sport in 1000..1064u16 {
-        let pkt = Packet::eth(MAC_CLIENT, MAC_LB).ipv4(CLIENT_V4, VIP_V4).udp(sport, 53).payload(b"q").build();
+        let pkt = Packet::eth(MAC_CLIENT, MAC_LB)
+            .ipv4(CLIENT_V4, VIP_V4)
+            .udp(sport, 53)
+            .payload(b"q")
+            .build();
         let out = f.run(&pkt);
         let key = flow_key(v4(CLIENT_V4), v4(VIP_V4), sport, 53, Proto::Udp);
         let h = hash5(&key);
@@ -87,31 +119,56 @@ fn udp_to_v4_vip_picks_the_maglev_target() {
         assert_frame_eq(&out.frame, &ipip(&pkt, backend, h, false));
         seen[want as usize] += 1;
     }
-    assert!(seen[1] > 0 && seen[2] > 0 && seen[3] > 0, "64 flows reach all three targets: {seen:?}");
+    assert!(
+        seen[1] > 0 && seen[2] > 0 && seen[3] > 0,
+        "64 flows reach all three targets: {seen:?}"
+    );
 }
 
 #[test]
 fn source_ip_stickiness_ignores_ports() {
     let mut f = Fixture::new();
-    f.listener(VIP_V4, 80, Proto::Tcp, VIP_F_SOURCE_IP, &[BACKEND1_V4, BACKEND2_V4, BACKEND3_V4]);
+    f.listener(
+        VIP_V4,
+        80,
+        Proto::Tcp,
+        VIP_F_SOURCE_IP,
+        &[BACKEND1_V4, BACKEND2_V4, BACKEND3_V4],
+    );
     let mut outer_dst = std::collections::BTreeSet::new();
     for sport in 2000..2020u16 {
-        let syn = Packet::eth(MAC_CLIENT, MAC_LB).ipv4(CLIENT_V4, VIP_V4).tcp(sport, 80).syn().build();
+        let syn = Packet::eth(MAC_CLIENT, MAC_LB)
+            .ipv4(CLIENT_V4, VIP_V4)
+            .tcp(sport, 80)
+            .syn()
+            .build();
         let out = f.run(&syn);
         assert_eq!(out.reason(), Reason::TxTunnel);
         outer_dst.insert(out.frame[30..34].to_vec());
     }
-    assert_eq!(outer_dst.len(), 1, "every port of one client goes to one target");
+    assert_eq!(
+        outer_dst.len(),
+        1,
+        "every port of one client goes to one target"
+    );
 }
 
 #[test]
 fn dsr_rewrites_only_the_destination_mac() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, VIP_F_DSR, &[BACKEND1_V4]);
-    let syn = Packet::eth(MAC_CLIENT, MAC_LB).ipv4(CLIENT_V4, VIP_V4).tcp(40003, 80).syn().build();
+    let syn = Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .tcp(40003, 80)
+        .syn()
+        .build();
     let out = f.run(&syn);
     assert_eq!((out.action, out.reason()), (XDP_TX, Reason::TxDsr));
-    let want = Packet::eth(MAC_LB, BACKEND_MAC).ipv4(CLIENT_V4, VIP_V4).tcp(40003, 80).syn().build();
+    let want = Packet::eth(MAC_LB, BACKEND_MAC)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .tcp(40003, 80)
+        .syn()
+        .build();
     assert_frame_eq(&out.frame, &want);
 }
 
@@ -119,12 +176,24 @@ fn dsr_rewrites_only_the_destination_mac() {
 fn ipv6_vip_is_tunnelled_in_ip6ip6() {
     let mut f = Fixture::new();
     f.listener(VIP_V6, 443, Proto::Tcp, 0, &[BACKEND1_V6]);
-    let syn = Packet::eth(MAC_CLIENT, MAC_LB).ipv6(CLIENT_V6, VIP_V6).tcp(50000, 443).syn().build();
+    let syn = Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv6(CLIENT_V6, VIP_V6)
+        .tcp(50000, 443)
+        .syn()
+        .build();
     let out = f.run(&syn);
     assert_eq!((out.action, out.reason()), (XDP_TX, Reason::TxTunnel));
-    let key = flow_key(IpAddr::V6(CLIENT_V6), IpAddr::V6(VIP_V6), 50000, 443, Proto::Tcp);
+    let key = flow_key(
+        IpAddr::V6(CLIENT_V6),
+        IpAddr::V6(VIP_V6),
+        50000,
+        443,
+        Proto::Tcp,
+    );
     let h = hash5(&key);
-    let IpAddr::V6(b) = BACKEND1_V6 else { unreachable!() };
+    let IpAddr::V6(b) = BACKEND1_V6 else {
+        unreachable!()
+    };
     let want = Packet::eth(MAC_LB, MAC_GATEWAY)
         .ipv6(tunnel_src_v6(h), b)
         .flow_label(tunnel_flow_label(h))
@@ -139,9 +208,20 @@ fn non_vip_traffic_passes_untouched() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     for pkt in [
-        Packet::eth(MAC_CLIENT, MAC_LB).ipv4(CLIENT_V4, VIP_V4).tcp(40004, 81).syn().build(),
-        Packet::eth(MAC_CLIENT, MAC_LB).ipv4(CLIENT_V4, VIP_V4).udp(40004, 80).build(),
-        Packet::eth(MAC_CLIENT, MAC_LB).ipv6(CLIENT_V6, VIP_V6).tcp(40004, 80).syn().build(),
+        Packet::eth(MAC_CLIENT, MAC_LB)
+            .ipv4(CLIENT_V4, VIP_V4)
+            .tcp(40004, 81)
+            .syn()
+            .build(),
+        Packet::eth(MAC_CLIENT, MAC_LB)
+            .ipv4(CLIENT_V4, VIP_V4)
+            .udp(40004, 80)
+            .build(),
+        Packet::eth(MAC_CLIENT, MAC_LB)
+            .ipv6(CLIENT_V6, VIP_V6)
+            .tcp(40004, 80)
+            .syn()
+            .build(),
     ] {
         let out = f.run(&pkt);
         assert_eq!((out.action, out.reason()), (XDP_PASS, Reason::PassNotVip));
@@ -157,17 +237,34 @@ fn non_vip_traffic_passes_untouched() {
 fn truncated_headers_are_dropped_and_counted() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
-    let syn = Packet::eth(MAC_CLIENT, MAC_LB).ipv4(CLIENT_V4, VIP_V4).tcp(40005, 80).syn().build();
+    let syn = Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .tcp(40005, 80)
+        .syn()
+        .build();
     // The kernel refuses test frames shorter than an Ethernet header; a VLAN tag cut short is
     // the shortest frame the program sees.
-    let tagged = Packet::eth(MAC_CLIENT, MAC_LB).vlan(7).ipv4(CLIENT_V4, VIP_V4).tcp(40005, 80).syn().build();
+    let tagged = Packet::eth(MAC_CLIENT, MAC_LB)
+        .vlan(7)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .tcp(40005, 80)
+        .syn()
+        .build();
     let out = f.run(&truncate(tagged, 16));
     assert_eq!((out.action, out.reason()), (XDP_DROP, Reason::DropShortEth));
     for len in [30, 40, 50] {
         let out = f.run(&truncate(syn.clone(), len));
-        assert_eq!((out.action, out.reason()), (XDP_DROP, Reason::DropBadIpv4), "cut to {len} bytes");
+        assert_eq!(
+            (out.action, out.reason()),
+            (XDP_DROP, Reason::DropBadIpv4),
+            "cut to {len} bytes"
+        );
     }
-    let syn6 = Packet::eth(MAC_CLIENT, MAC_LB).ipv6(CLIENT_V6, VIP_V6).tcp(40005, 80).syn().build();
+    let syn6 = Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv6(CLIENT_V6, VIP_V6)
+        .tcp(40005, 80)
+        .syn()
+        .build();
     let out = f.run(&truncate(syn6, 50));
     assert_eq!((out.action, out.reason()), (XDP_DROP, Reason::DropBadIpv6));
 }
@@ -176,10 +273,19 @@ fn truncated_headers_are_dropped_and_counted() {
 fn echo_request_to_a_vip_is_answered() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
-    let ping = Packet::eth(MAC_CLIENT, MAC_LB).ipv4(CLIENT_V4, VIP_V4).icmpv4_echo_request(7, 1).payload(b"ping").build();
+    let ping = Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .icmpv4_echo_request(7, 1)
+        .payload(b"ping")
+        .build();
     let out = f.run(&ping);
     assert_eq!((out.action, out.reason()), (XDP_TX, Reason::TxEchoReply));
-    let want = Packet::eth(MAC_LB, MAC_CLIENT).ipv4(VIP_V4, CLIENT_V4).ttl(64).icmpv4_echo_reply(7, 1).payload(b"ping").build();
+    let want = Packet::eth(MAC_LB, MAC_CLIENT)
+        .ipv4(VIP_V4, CLIENT_V4)
+        .ttl(64)
+        .icmpv4_echo_reply(7, 1)
+        .payload(b"ping")
+        .build();
     assert_frame_eq(&out.frame, &want);
 }
 
@@ -197,18 +303,31 @@ fn too_big_for_the_tunnel_gets_fragmentation_needed() {
     let out = f.run(&big);
     assert_eq!((out.action, out.reason()), (XDP_TX, Reason::TxTooBig));
     let quote = &ip_bytes(&big)[..68];
-    let want = Packet::eth(MAC_LB, MAC_CLIENT).ipv4(VIP_V4, CLIENT_V4).tos(0xc0).ttl(64).icmpv4_frag_needed(MTU - 20, quote).build();
+    let want = Packet::eth(MAC_LB, MAC_CLIENT)
+        .ipv4(VIP_V4, CLIENT_V4)
+        .tos(0xc0)
+        .ttl(64)
+        .icmpv4_frag_needed(MTU - 20, quote)
+        .build();
     assert_frame_eq(&out.frame, &want);
 }
 
 #[test]
 fn decap_strips_ipip_addressed_to_the_host() {
     let mut f = Fixture::new();
-    let inner = Packet::eth(MAC_GATEWAY, MAC_LB).ipv4(CLIENT_V4, VIP_V4).tcp(40007, 80).syn().build();
+    let inner = Packet::eth(MAC_GATEWAY, MAC_LB)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .tcp(40007, 80)
+        .syn()
+        .build();
     let tunnelled = ipip(&inner, BACKEND1_V4, 0x1234, false);
     let (action, out) = f.run_decap(&[BACKEND1_V4], &tunnelled);
     assert_eq!(action, XDP_PASS);
-    let want = Packet::eth(MAC_LB, MAC_GATEWAY).ipv4(CLIENT_V4, VIP_V4).tcp(40007, 80).syn().build();
+    let want = Packet::eth(MAC_LB, MAC_GATEWAY)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .tcp(40007, 80)
+        .syn()
+        .build();
     assert_frame_eq(&out, &want);
     // Not for this host: untouched.
     let (action, out) = f.run_decap(&[], &ipip(&inner, BACKEND2_V4, 0x1234, false));

@@ -11,7 +11,9 @@ use std::{
 
 use xlb_tests::{
     agent::{Agent, http_spread, xlb_bin},
-    lab::{ECHO_PORT, HTTP_PORT, Lab, LabSpec, Role, VIP_V4, VIP_V6, backend_v4, backend_v6, in_netns},
+    lab::{
+        ECHO_PORT, HTTP_PORT, Lab, LabSpec, Role, VIP_V4, VIP_V6, backend_v4, backend_v6, in_netns,
+    },
 };
 
 fn lab(prefix: &str, backends: usize) -> Lab {
@@ -26,9 +28,21 @@ fn lab(prefix: &str, backends: usize) -> Lab {
 
 /// A config for the lab: listeners on both VIPs (HTTP and echo) forwarding to `targets`.
 fn config(lab: &Lab, targets: &[usize], dsr: bool) -> String {
-    let mac = |i: usize| if dsr { format!(", mac = \"{}\"", lab.backend_mac(i)) } else { String::new() };
-    let v4: Vec<String> = targets.iter().map(|&i| format!("{{ id = \"{}\"{} }}", backend_v4(i), mac(i))).collect();
-    let v6: Vec<String> = targets.iter().map(|&i| format!("{{ id = \"{}\"{} }}", backend_v6(i), mac(i))).collect();
+    let mac = |i: usize| {
+        if dsr {
+            format!(", mac = \"{}\"", lab.backend_mac(i))
+        } else {
+            String::new()
+        }
+    };
+    let v4: Vec<String> = targets
+        .iter()
+        .map(|&i| format!("{{ id = \"{}\"{} }}", backend_v4(i), mac(i)))
+        .collect();
+    let v6: Vec<String> = targets
+        .iter()
+        .map(|&i| format!("{{ id = \"{}\"{} }}", backend_v6(i), mac(i)))
+        .collect();
     let fwd = if dsr { "dsr" } else { "tunnel" };
     let mut s = format!(
         "[node]\ninterface = \"eth0\"\nmtu = 1600\n\n\
@@ -56,11 +70,17 @@ fn write_config(lab: &Lab, text: &str) -> PathBuf {
 
 /// Every target gets a share of `n` requests near 1/N, and none fails.
 fn assert_balanced(spread: &BTreeMap<String, usize>, n: usize, backends: usize) {
-    assert!(spread.keys().all(|k| k.starts_with("backend")), "failed requests: {spread:?}");
+    assert!(
+        spread.keys().all(|k| k.starts_with("backend")),
+        "failed requests: {spread:?}"
+    );
     assert_eq!(spread.len(), backends, "every target answers: {spread:?}");
     let fair = n as f64 / backends as f64;
     for (b, c) in spread {
-        assert!((*c as f64) > fair * 0.5 && (*c as f64) < fair * 1.5, "{b} got {c} of {n}: {spread:?}");
+        assert!(
+            (*c as f64) > fair * 0.5 && (*c as f64) < fair * 1.5,
+            "{b} got {c} of {n}: {spread:?}"
+        );
     }
 }
 
@@ -68,7 +88,10 @@ fn spread_test(prefix: &str, dsr: bool) {
     let lab = lab(prefix, 3);
     let cfg = write_config(&lab, &config(&lab, &[1, 2, 3], dsr));
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
-    for vip in [SocketAddr::from((VIP_V4, HTTP_PORT)), SocketAddr::from((VIP_V6, HTTP_PORT))] {
+    for vip in [
+        SocketAddr::from((VIP_V4, HTTP_PORT)),
+        SocketAddr::from((VIP_V6, HTTP_PORT)),
+    ] {
         let n = 600;
         let spread = http_spread(&lab, vip, n).expect("client");
         assert_balanced(&spread, n, 3);
@@ -100,12 +123,17 @@ fn open_connections_survive_adding_and_removing_targets() {
         let t = Duration::from_secs(2);
         let mut conns = Vec::new();
         for i in 0..40 {
-            let vip = if i % 2 == 0 { SocketAddr::from((VIP_V4, ECHO_PORT)) } else { SocketAddr::from((VIP_V6, ECHO_PORT)) };
+            let vip = if i % 2 == 0 {
+                SocketAddr::from((VIP_V4, ECHO_PORT))
+            } else {
+                SocketAddr::from((VIP_V6, ECHO_PORT))
+            };
             let s = TcpStream::connect_timeout(&vip, t).expect("connect");
             s.set_read_timeout(Some(t)).unwrap();
             conns.push((BufReader::new(s.try_clone().unwrap()), s, None::<String>));
         }
-        let round = |conns: &mut Vec<(BufReader<TcpStream>, TcpStream, Option<String>)>, tag: &str| {
+        let round = |conns: &mut Vec<(BufReader<TcpStream>, TcpStream, Option<String>)>,
+                     tag: &str| {
             for (r, w, owner) in conns.iter_mut() {
                 w.write_all(format!("{tag}\n").as_bytes()).expect("send");
                 let mut line = String::new();
@@ -120,7 +148,11 @@ fn open_connections_survive_adding_and_removing_targets() {
         };
         round(&mut conns, "before");
         let owners: BTreeSet<_> = conns.iter().map(|c| c.2.clone().unwrap()).collect();
-        assert_eq!(owners.len(), 2, "40 connections reach both targets: {owners:?}");
+        assert_eq!(
+            owners.len(),
+            2,
+            "40 connections reach both targets: {owners:?}"
+        );
         // Add target 3, then remove target 1: every open connection keeps working where it was.
         std::fs::write(&cfg, config(&lab, &[1, 2, 3], false)).unwrap();
         agent.reload().unwrap();
@@ -134,6 +166,9 @@ fn open_connections_survive_adding_and_removing_targets() {
     .expect("client namespace");
     // New connections now go to targets 2 and 3 only.
     let spread = http_spread(&lab, SocketAddr::from((VIP_V4, HTTP_PORT)), 200).expect("client");
-    assert!(spread.keys().all(|k| k == "backend2" || k == "backend3"), "{spread:?}");
+    assert!(
+        spread.keys().all(|k| k == "backend2" || k == "backend3"),
+        "{spread:?}"
+    );
     agent.stop().expect("xlb stops cleanly");
 }

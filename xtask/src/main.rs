@@ -104,12 +104,28 @@ fn main() -> Result<()> {
 
 /// Builds the eBPF object and the `xlb` binary that embeds it (`target/release/xlb`).
 fn build_xlb() -> Result<()> {
-    cargo(&["build", "--release", "--package", "lb-userspace", "--bin", "xlb"])
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "lb-userspace",
+        "--bin",
+        "xlb",
+    ])
 }
 
 /// Runs a binary of the `xlb-tests` crate (release build) with `args`.
 fn tool(bin: &str, args: &[String]) -> Result<()> {
-    let mut cmd = vec!["run", "--release", "--quiet", "--package", "xlb-tests", "--bin", bin, "--"];
+    let mut cmd = vec![
+        "run",
+        "--release",
+        "--quiet",
+        "--package",
+        "xlb-tests",
+        "--bin",
+        bin,
+        "--",
+    ];
     cmd.extend(args.iter().map(String::as_str));
     cargo(&cmd)
 }

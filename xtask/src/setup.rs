@@ -34,7 +34,11 @@ fn rust_src() -> Result<()> {
 fn bpf_linker() -> Result<()> {
     let sysroot = PathBuf::from(output(Command::new("rustc").args(["--print", "sysroot"]))?.trim());
     let llvm = find_libllvm(&sysroot.join("lib"))?;
-    let llvm_name = llvm.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let llvm_name = llvm
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
@@ -44,11 +48,17 @@ fn bpf_linker() -> Result<()> {
     let stamp = prefix.join("stamp");
     let want = format!("{BPF_LINKER_VERSION} {llvm_name}");
     let linker = cargo_home.join("bin").join("bpf-linker");
-    let works = Command::new(&linker).arg("--version").output().is_ok_and(|o| o.status.success());
+    let works = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if works && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == want) {
         return Ok(());
     }
-    say(&format!("building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)", llvm.display()));
+    say(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)",
+        llvm.display()
+    ));
     let lib = prefix.join("lib");
     fs::create_dir_all(&lib).with_context(|| format!("create {}", lib.display()))?;
     for name in ["libLLVM.so", llvm_name.as_str()] {
@@ -59,8 +69,18 @@ fn bpf_linker() -> Result<()> {
     check(
         Command::new("cargo")
             .env("LLVM_PREFIX", &prefix)
-            .args(["install", "--force", "bpf-linker", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", BPF_LINKER_LLVM_FEATURE]),
+            .args([
+                "install",
+                "--force",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                BPF_LINKER_LLVM_FEATURE,
+            ]),
     )?;
     fs::write(&stamp, want).with_context(|| format!("write {}", stamp.display()))
 }
@@ -75,7 +95,10 @@ fn find_libllvm(dir: &Path) -> Result<PathBuf> {
             return Ok(path);
         }
     }
-    bail!("no libLLVM.so.*-rust-* in {}: is this a rustup toolchain?", dir.display())
+    bail!(
+        "no libLLVM.so.*-rust-* in {}: is this a rustup toolchain?",
+        dir.display()
+    )
 }
 
 fn debian_packages() -> Result<()> {
@@ -86,13 +109,18 @@ fn debian_packages() -> Result<()> {
             Command::new("dpkg-query")
                 .args(["-W", "-f=${Status}", p])
                 .output()
-                .map_or(true, |o| !String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .map_or(true, |o| {
+                    !String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+                })
         })
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    say(&format!("installing Debian packages: {}", missing.join(" ")));
+    say(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
     check(Command::new("apt-get").args(["update", "-q"]))?;
     check(
         Command::new("apt-get")
@@ -104,7 +132,10 @@ fn debian_packages() -> Result<()> {
 
 fn bpffs() -> Result<()> {
     let mounts = fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
         return Ok(());
     }
     say("mounting bpffs at /sys/fs/bpf");
@@ -116,15 +147,22 @@ fn say(msg: &str) {
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("start {cmd:?} (is it installed?)"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("start {cmd:?} (is it installed?)"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn check(cmd: &mut Command) -> Result<()> {
-    let st = cmd.status().with_context(|| format!("start {cmd:?} (is it installed?)"))?;
+    let st = cmd
+        .status()
+        .with_context(|| format!("start {cmd:?} (is it installed?)"))?;
     if !st.success() {
         bail!("{cmd:?} failed: {st}");
     }

@@ -20,11 +20,11 @@ use nix::{
         SockaddrIn6, bind, listen, recvmsg, sendmsg, setsockopt, socket, sockopt,
     },
 };
+use std::net::SocketAddr;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{TcpListener, TcpStream, UdpSocket},
 };
-use std::net::SocketAddr;
 use xlb_tests::{
     agent::{self, Agent},
     lab::{DEFAULT_BACKENDS, ECHO_PORT, HTTP_PORT, Lab, LabSpec, UDP_PORT, VIP_V4, VIP_V6},
@@ -126,13 +126,22 @@ fn demo(requests: usize) -> Result<()> {
         server_bin: std::env::current_exe().context("locating the xlb-lab binary")?,
         xlb: Some(xlb.clone()),
     })?;
-    println!("demo: starting `xlb run --config {}` in the lb namespace", config.display());
+    println!(
+        "demo: starting `xlb run --config {}` in the lb namespace",
+        config.display()
+    );
     let agent = Agent::start(&lab, &xlb, &config)?;
-    for vip in [SocketAddr::from((VIP_V4, HTTP_PORT)), SocketAddr::from((VIP_V6, HTTP_PORT))] {
+    for vip in [
+        SocketAddr::from((VIP_V4, HTTP_PORT)),
+        SocketAddr::from((VIP_V6, HTTP_PORT)),
+    ] {
         let spread = agent::http_spread(&lab, vip, requests)?;
         println!("demo: {requests} HTTP requests from the client to {vip}:");
         for (backend, n) in &spread {
-            println!("  {backend:<12} {n:>5}  {}", "#".repeat(n * 40 / requests.max(1)));
+            println!(
+                "  {backend:<12} {n:>5}  {}",
+                "#".repeat(n * 40 / requests.max(1))
+            );
         }
     }
     println!("demo: the datapath's counters (xlb's exit report):");
