@@ -42,14 +42,29 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    pub fn new(dp: Dataplane) -> Balancer {
-        Balancer {
-            dp,
-            backends: BTreeMap::new(),
-            keys: BTreeSet::new(),
-            rings: BTreeMap::new(),
-            listeners: Vec::new(),
+    /// Takes over `dp`. Whatever an earlier agent left in its pinned maps is read back first:
+    /// targets keep their backend indices (established flows point at them) and each VIP's
+    /// live ring is known, so the next table goes to the standby one.
+    pub fn new(mut dp: Dataplane) -> Result<Balancer, DataplaneError> {
+        let mut backends = BTreeMap::new();
+        for (index, b) in dp.backends()? {
+            backends.insert(addr_from(b.family, &b.addr), index);
         }
+        let mut keys = BTreeSet::new();
+        let mut rings = BTreeMap::new();
+        for (key, meta) in dp.vips()? {
+            keys.insert(key);
+            if meta.flags & VIP_F_ADDRESS_ONLY == 0 {
+                rings.insert(meta.index, meta.ring);
+            }
+        }
+        Ok(Balancer {
+            dp,
+            backends,
+            keys,
+            rings,
+            listeners: Vec::new(),
+        })
     }
 
     pub fn dataplane(&mut self) -> &mut Dataplane {
@@ -180,7 +195,7 @@ impl Balancer {
     }
 
     fn backend_index(&mut self, addr: IpAddr) -> u32 {
-        let next = self.backends.len() as u32 + 1;
+        let next = self.backends.values().max().copied().unwrap_or(0) + 1;
         *self.backends.entry(addr).or_insert(next)
     }
 }
@@ -224,6 +239,15 @@ fn node_config(cfg: &Config) -> lb_common::Config {
         c.flags |= CONFIG_F_NO_FIB;
     }
     c
+}
+
+/// The address a map entry holds.
+fn addr_from(family: u8, a: &Addr) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::from([a[0], a[1], a[2], a[3]])
+    } else {
+        IpAddr::from(*a)
+    }
 }
 
 /// (family, 16-byte address) as the maps hold it.

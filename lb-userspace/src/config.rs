@@ -66,6 +66,10 @@ pub struct Node {
     /// Flow table size (entries).
     #[serde(default = "default_flows")]
     pub flow_table_size: u32,
+    /// Where the datapath's maps and XDP link are pinned; they outlive the agent, so a restart
+    /// or an upgrade drops no packet and moves no flow.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: std::path::PathBuf,
 }
 
 /// A target group: where a listener forwards to.
@@ -146,6 +150,9 @@ const fn default_mtu() -> u16 {
 }
 const fn default_flows() -> u32 {
     lb_common::FLOWS_DEFAULT
+}
+fn default_pin_dir() -> std::path::PathBuf {
+    "/sys/fs/bpf/xlb".into()
 }
 const fn default_weight() -> u32 {
     1

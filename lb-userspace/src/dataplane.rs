@@ -7,7 +7,11 @@ use std::path::Path;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode, links::FdLink, xdp::XdpLinkId},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use lb_common::{
     Addr, Backend, Config, Counters, DecapReason, FlowKey, FlowState, RING_SIZE, Reason,
@@ -49,6 +53,18 @@ pub enum DataplaneError {
         path: String,
         #[source]
         source: aya::pin::PinError,
+    },
+    #[error("create the pin directory {path}")]
+    PinDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("re-open the XDP link pinned at {path}")]
+    Link {
+        path: String,
+        #[source]
+        source: LinkError,
     },
     #[error("ring for VIP {vip} has {len} slots, want {RING_SIZE}")]
     RingSize { vip: u32, len: usize },
@@ -160,12 +176,28 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads every program of the object into the kernel with maps of the given sizes.
     pub fn load(sizes: Sizes) -> Result<Self> {
+        Self::load_pinned(sizes, None)
+    }
+
+    /// Like [`Dataplane::load`], with every map pinned under `pin_dir`. Maps already pinned
+    /// there are reused, not recreated: a restarted or upgraded agent keeps the flow table,
+    /// the rings and the counters of the one before it.
+    pub fn load_pinned(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Self> {
         let rings = (sizes.vips * 2 * RING_SIZE).max(1);
-        let ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(names::FLOWS, sizes.flows.max(1))
-            .map_max_entries(names::RINGS, rings)
-            .load(OBJECT)
-            .map_err(Box::new)?;
+            .map_max_entries(names::RINGS, rings);
+        if let Some(dir) = pin_dir {
+            std::fs::create_dir_all(dir).map_err(|source| DataplaneError::PinDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            for name in names::MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let ebpf = loader.load(OBJECT).map_err(Box::new)?;
         let mut dp = Dataplane { ebpf };
         for p in [Program::Lb, Program::Decap, Program::Pass] {
             dp.xdp(p)?
@@ -249,6 +281,25 @@ impl Dataplane {
             .map_err(|source| DataplaneError::Map { name, source })
     }
 
+    /// Turns on the kernel's run-time statistics of every BPF program (`BPF_ENABLE_STATS`) for
+    /// as long as the returned descriptor is open.
+    pub fn enable_run_stats() -> std::io::Result<std::os::fd::OwnedFd> {
+        aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| e.io_error)
+    }
+
+    /// The kernel's total run time and run count of `p` (counted while run-time statistics are
+    /// on, see [`Dataplane::enable_run_stats`]).
+    pub fn run_stats(&mut self, p: Program) -> Result<(std::time::Duration, u64)> {
+        let info = self
+            .xdp(p)?
+            .info()
+            .map_err(|source| DataplaneError::Program {
+                name: p.name(),
+                source: Box::new(source),
+            })?;
+        Ok((info.run_time(), info.run_count()))
+    }
+
     /// The benchmark packet counters (generated, reflected, sunk), summed over CPUs.
     pub fn bench_stats(&mut self) -> Result<[u64; 3]> {
         let name = names::BENCH_STATS;
@@ -314,6 +365,38 @@ impl Dataplane {
             source,
         })?;
         Ok(())
+    }
+
+    /// Attaches `p` to `iface` through the link pinned at `link_pin`: if that link exists (an
+    /// earlier agent made it), its program is replaced atomically (`bpf_link_update`), so no
+    /// packet goes without a program; otherwise a new link is made and pinned. Either way the
+    /// program stays attached after this process exits.
+    pub fn attach_or_replace(
+        &mut self,
+        p: Program,
+        iface: &str,
+        mode: AttachMode,
+        link_pin: &Path,
+    ) -> Result<()> {
+        if link_pin.exists() {
+            let pinned = PinnedLink::from_pin(link_pin).map_err(|source| DataplaneError::Link {
+                path: link_pin.display().to_string(),
+                source,
+            })?;
+            let link =
+                XdpLink::try_from(FdLink::from(pinned)).map_err(|source| DataplaneError::Link {
+                    path: link_pin.display().to_string(),
+                    source,
+                })?;
+            self.xdp(p)?
+                .attach_to_link(link)
+                .map_err(|source| DataplaneError::Program {
+                    name: p.name(),
+                    source: Box::new(source),
+                })?;
+            return Ok(());
+        }
+        self.attach_pinned(p, iface, mode, link_pin)
     }
 
     /// Runs `p` once on `frame` with `BPF_PROG_TEST_RUN`; returns the action and the output frame.
@@ -465,6 +548,29 @@ impl Dataplane {
         map.iter()
             .collect::<std::result::Result<_, _>>()
             .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// The VIP entries, as the datapath holds them (after a restart: what the last agent wrote).
+    pub fn vips(&mut self) -> Result<Vec<(VipKey, VipMeta)>> {
+        let name = names::VIPS;
+        let map = self.hash::<VipKey, VipMeta>(name)?;
+        map.iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// The backend slots in use (family set), by index.
+    pub fn backends(&mut self) -> Result<Vec<(u32, Backend)>> {
+        let name = names::BACKENDS;
+        let map = self.array::<Backend>(name)?;
+        let mut out = Vec::new();
+        for (i, b) in map.iter().enumerate() {
+            let b = b.map_err(|source| DataplaneError::Map { name, source })?;
+            if b.family != 0 {
+                out.push((i as u32, b));
+            }
+        }
+        Ok(out)
     }
 
     /// Adds an address the decap program removes tunnels for.

@@ -112,13 +112,18 @@ fn run(cmd: Command) -> Result<()> {
 /// The agent: attach, apply, reload on SIGHUP, print counters, detach on exit.
 fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
     let cfg = Config::load(&path)?;
-    let mut dp = Dataplane::load(Sizes {
+    let sizes = Sizes {
         flows: cfg.node.flow_table_size,
         vips: lb_common::MAX_VIPS,
-    })?;
-    dp.attach(Program::Lb, &cfg.node.interface, cfg.node.xdp_mode)?;
-    let mut lb = Balancer::new(dp);
+    };
+    let pins = &cfg.node.pin_dir;
+    let dp = Dataplane::load_pinned(sizes, Some(&pins.join("maps")))?;
+    let mut lb = Balancer::new(dp)?;
     lb.apply(&cfg).context("apply the config")?;
+    // Tables first, then the program: a restarted agent swaps its program into the running link.
+    let link = pins.join("link");
+    lb.dataplane()
+        .attach_or_replace(Program::Lb, &cfg.node.interface, cfg.node.xdp_mode, &link)?;
     println!(
         "xlb: serving {} listeners on {}",
         cfg.listeners.len(),

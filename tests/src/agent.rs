@@ -91,6 +91,12 @@ impl Agent {
         Ok(())
     }
 
+    /// Kills the agent with SIGKILL, as a crash would.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Stops the agent and returns what it printed after starting (its counter table).
     pub fn stop(mut self) -> Result<String> {
         nix::sys::signal::kill(

@@ -44,10 +44,12 @@ fn config(lab: &Lab, targets: &[usize], dsr: bool) -> String {
         .map(|&i| format!("{{ id = \"{}\"{} }}", backend_v6(i), mac(i)))
         .collect();
     let fwd = if dsr { "dsr" } else { "tunnel" };
+    let pins = xlb_tests::lab::pin_dir(lab.prefix()).join("agent");
     let mut s = format!(
-        "[node]\ninterface = \"eth0\"\nmtu = 1600\n\n\
+        "[node]\ninterface = \"eth0\"\nmtu = 1600\npin_dir = \"{}\"\n\n\
          [[target_groups]]\nname = \"v4\"\nprotocol = \"TCP\"\nport = 80\ntargets = [{}]\n\n\
          [[target_groups]]\nname = \"v6\"\nprotocol = \"TCP\"\nport = 80\ntargets = [{}]\n",
+        pins.display(),
         v4.join(", "),
         v6.join(", ")
     );
@@ -171,4 +173,85 @@ fn open_connections_survive_adding_and_removing_targets() {
         "{spread:?}"
     );
     agent.stop().expect("xlb stops cleanly");
+}
+
+/// kill -9 and restart of the agent: the datapath keeps running from its pinned link and maps,
+/// open connections keep their targets, and requests sent meanwhile all succeed.
+#[test]
+fn agent_restart_with_kill_9_drops_nothing() {
+    let lab = lab("xl4d-", 3);
+    let xlb = xlb_bin().unwrap();
+    let cfg = write_config(&lab, &config(&lab, &[1, 2, 3], false));
+    let agent = Agent::start(&lab, &xlb, &cfg).expect("xlb run");
+    let ns = lab.ns(Role::Client);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (failures, requests) = std::thread::scope(|scope| {
+        // Traffic that keeps flowing through the restart.
+        let load = scope.spawn(|| {
+            let mut failures = Vec::new();
+            let mut n = 0;
+            in_netns(&ns, || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && std::time::Instant::now() < deadline
+                {
+                    n += 1;
+                    if let Err(e) =
+                        xlb_tests::agent::http_get(SocketAddr::from((VIP_V4, HTTP_PORT)))
+                    {
+                        failures.push(e.to_string());
+                    }
+                }
+            })
+            .expect("client namespace");
+            (failures, n)
+        });
+        let conns = in_netns(&ns, || {
+            (0..12)
+                .map(|_| {
+                    let s = TcpStream::connect_timeout(
+                        &SocketAddr::from((VIP_V4, ECHO_PORT)),
+                        Duration::from_secs(2),
+                    )
+                    .expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                    s
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+        let ask = |s: &TcpStream, tag: &str| -> String {
+            let mut w = s.try_clone().unwrap();
+            w.write_all(format!("{tag}\n").as_bytes()).unwrap();
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).expect("echo reply");
+            line.split(':').next().unwrap().to_owned()
+        };
+        let before: Vec<String> = conns.iter().map(|s| ask(s, "before")).collect();
+        agent.kill9();
+        std::thread::sleep(Duration::from_millis(300));
+        let during: Vec<String> = conns.iter().map(|s| ask(s, "during")).collect();
+        assert_eq!(
+            before, during,
+            "connections kept their targets while no agent ran"
+        );
+        let agent = Agent::start(&lab, &xlb, &cfg).expect("restarted xlb run");
+        std::thread::sleep(Duration::from_millis(300));
+        let after: Vec<String> = conns.iter().map(|s| ask(s, "after")).collect();
+        assert_eq!(
+            before, after,
+            "connections kept their targets across the restart"
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let r = load.join().unwrap();
+        agent.stop().expect("xlb stops cleanly");
+        r
+    });
+    assert!(requests > 20, "the load ran ({requests} requests)");
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
 }
