@@ -194,6 +194,40 @@ impl Balancer {
         Ok(())
     }
 
+    /// Takes a target out of the datapath for good (its drain is over): flows still pinned to it
+    /// are re-balanced on their next packet. A target still in some listener stays.
+    pub fn retire(&mut self, addr: IpAddr) -> Result<(), DataplaneError> {
+        let in_use = self
+            .listeners
+            .iter()
+            .any(|l| l.targets.iter().any(|(a, _, w)| *a == addr && *w > 0));
+        if let (false, Some(&index)) = (in_use, self.backends.get(&addr)) {
+            let (family, a) = addr_bytes(addr);
+            self.dp.set_backend(
+                index,
+                &Backend {
+                    addr: a,
+                    family,
+                    flags: 0,
+                    mac: [0; 6],
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Flow table entries per target.
+    pub fn flows_per_target(&mut self) -> Result<BTreeMap<IpAddr, u64>, DataplaneError> {
+        let by_index: BTreeMap<u32, IpAddr> = self.backends.iter().map(|(a, i)| (*i, *a)).collect();
+        let mut out = BTreeMap::new();
+        for (_, state) in self.dp.flows()? {
+            if let Some(addr) = by_index.get(&state.backend) {
+                *out.entry(*addr).or_insert(0) += 1;
+            }
+        }
+        Ok(out)
+    }
+
     fn backend_index(&mut self, addr: IpAddr) -> u32 {
         let next = self.backends.values().max().copied().unwrap_or(0) + 1;
         *self.backends.entry(addr).or_insert(next)

@@ -70,6 +70,18 @@ pub struct Node {
     /// or an upgrade drops no packet and moves no flow.
     #[serde(default = "default_pin_dir")]
     pub pin_dir: std::path::PathBuf,
+    /// This node's availability zone (targets in it are preferred when cross-zone is off).
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Weight of each zone's targets when traffic crosses zones (default 1 each).
+    #[serde(default)]
+    pub zone_weights: BTreeMap<String, u32>,
+    /// The control API's Unix socket (root only, mode 0600), used by the CLI.
+    #[serde(default = "default_api_socket")]
+    pub api_socket: std::path::PathBuf,
+    /// Where registrations made through the CLI are kept across restarts.
+    #[serde(default = "default_state_file")]
+    pub state_file: std::path::PathBuf,
 }
 
 /// A target group: where a listener forwards to.
@@ -96,6 +108,9 @@ pub struct Target {
     /// The target's MAC, needed for `dsr` forwarding.
     #[serde(default)]
     pub mac: Option<String>,
+    /// The target's availability zone.
+    #[serde(default)]
+    pub zone: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -151,6 +166,12 @@ const fn default_mtu() -> u16 {
 const fn default_flows() -> u32 {
     lb_common::FLOWS_DEFAULT
 }
+fn default_api_socket() -> std::path::PathBuf {
+    "/run/xlb/xlb.sock".into()
+}
+fn default_state_file() -> std::path::PathBuf {
+    "/var/lib/xlb/state.json".into()
+}
 fn default_pin_dir() -> std::path::PathBuf {
     "/sys/fs/bpf/xlb".into()
 }
@@ -159,7 +180,29 @@ const fn default_weight() -> u32 {
 }
 
 /// Target group attributes xlb knows, with their allowed values.
-const ATTRIBUTES: &[(&str, &[&str])] = &[("stickiness.type", &["source_ip", "none"])];
+/// Values: a list of allowed strings, or `["0..=3600"]` for an integer range.
+const ATTRIBUTES: &[(&str, &[&str])] = &[
+    ("stickiness.type", &["source_ip", "none"]),
+    ("deregistration_delay.timeout_seconds", &["0..=3600"]),
+    ("load_balancing.cross_zone.enabled", &["true", "false"]),
+];
+
+/// The attributes with their values or the NLB defaults.
+impl TargetGroup {
+    /// `deregistration_delay.timeout_seconds` (default 300).
+    pub fn deregistration_delay(&self) -> std::time::Duration {
+        let s = self.attributes.get("deregistration_delay.timeout_seconds");
+        std::time::Duration::from_secs(s.and_then(|v| v.parse().ok()).unwrap_or(300))
+    }
+
+    /// `load_balancing.cross_zone.enabled` (default false, as for NLB).
+    pub fn cross_zone(&self) -> bool {
+        self.attributes
+            .get("load_balancing.cross_zone.enabled")
+            .map(String::as_str)
+            == Some("true")
+    }
+}
 
 impl Config {
     /// Reads and validates `path`.
@@ -218,7 +261,15 @@ impl Config {
                         "unknown attribute".into(),
                     ));
                 };
-                if !allowed.contains(&v.as_str()) {
+                let in_range = allowed
+                    .first()
+                    .and_then(|r| r.split_once("..="))
+                    .is_some_and(|(lo, hi)| {
+                        let (lo, hi): (u64, u64) =
+                            (lo.parse().unwrap_or(0), hi.parse().unwrap_or(0));
+                        v.parse::<u64>().is_ok_and(|n| (lo..=hi).contains(&n))
+                    });
+                if !in_range && !allowed.contains(&v.as_str()) {
                     return Err(invalid(
                         format!("{at}.attributes.\"{k}\""),
                         format!("{v:?} is not one of {allowed:?}"),

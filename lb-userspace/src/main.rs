@@ -2,15 +2,21 @@
 //!
 //! Exit codes: 0 success, 1 error (the message names what failed), 2 bad usage.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use xlb::{
+    agent::{Agent, Registration},
+    api::{self, Request, Response},
     balancer::Balancer,
     config::Config,
     dataplane::{AttachMode, Dataplane, Program, Sizes},
-    stats,
 };
 
 #[derive(Parser)]
@@ -20,14 +26,18 @@ use xlb::{
     about = "An L4 load balancer in XDP, configured in the AWS ELB vocabulary"
 )]
 struct Cli {
+    /// The agent's control socket (`node.api_socket` in its config).
+    #[arg(long, global = true, default_value = "/run/xlb/xlb.sock")]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the datapath, attach it to the node's interface, apply the config and serve until
-    /// SIGINT/SIGTERM (SIGHUP reloads the config).
+    /// Load (or re-open) the pinned datapath, attach it, apply the config and serve the control
+    /// API until stopped. SIGHUP reloads the config. The datapath stays attached when the agent
+    /// exits: a restart drops no packet and moves no flow.
     Run {
         #[arg(long)]
         config: PathBuf,
@@ -39,6 +49,31 @@ enum Command {
     Check {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Show the running agent: config, uptime, drift from the file.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, register or deregister targets of a target group.
+    Targets {
+        #[command(subcommand)]
+        action: TargetsAction,
+    },
+    /// The datapath's counters: per listener, per target, per reason.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the config file (same as SIGHUP); a bad file is refused and the running config stays.
+    Reload,
+    /// Stop the agent. With `--detach`, also remove the datapath (unpin maps and link).
+    Stop {
+        #[arg(long)]
+        detach: bool,
+        /// Where the datapath is pinned (`node.pin_dir`).
+        #[arg(long, default_value = "/sys/fs/bpf/xlb")]
+        pin_dir: PathBuf,
     },
     /// Attach a helper program to an interface and pin its link (it stays after exit; remove the
     /// pin to detach). `decap` goes on targets of tunnel listeners; `pass` on veth peers.
@@ -54,6 +89,38 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum TargetsAction {
+    /// Every target with its state, weight, zone and flows.
+    List {
+        #[arg(long)]
+        target_group: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a target to a group (kept across agent restarts).
+    Register {
+        #[arg(long)]
+        target_group: String,
+        #[arg(long)]
+        id: IpAddr,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        #[arg(long)]
+        zone: Option<String>,
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// Take a target out of a group: no new flows at once, existing ones until the group's
+    /// deregistration delay.
+    Deregister {
+        #[arg(long)]
+        target_group: String,
+        #[arg(long)]
+        id: IpAddr,
+    },
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum HelperProgram {
     Decap,
@@ -62,7 +129,7 @@ enum HelperProgram {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command) {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xlb: {e:#}");
@@ -71,8 +138,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cmd: Command) -> Result<()> {
-    match cmd {
+fn run(cli: Cli) -> Result<()> {
+    let socket = cli.socket;
+    match cli.command {
         Command::Check { config } => {
             let cfg = Config::load(&config)?;
             println!(
@@ -106,77 +174,214 @@ fn run(cmd: Command) -> Result<()> {
             config,
             stats_interval,
         } => serve(config, stats_interval),
+        Command::Status { json } => match api::call(&socket, &Request::Status)? {
+            Response::Status(s) if json => print_json(&s),
+            Response::Status(s) => {
+                println!("config      {}", s.config);
+                println!("interface   {}", s.interface);
+                println!("uptime      {} s", s.uptime_seconds);
+                println!("listeners   {}", s.listeners);
+                println!("groups      {}", s.target_groups);
+                if s.drift.is_empty() {
+                    println!("drift       none: the datapath runs the file's targets");
+                }
+                for d in s.drift {
+                    println!("drift       {d}");
+                }
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        Command::Stats { json } => match api::call(&socket, &Request::Stats)? {
+            Response::Stats {
+                reasons, listeners, ..
+            } if json => {
+                print_json(&serde_json::json!({ "listeners": listeners, "reasons": reasons }))
+            }
+            Response::Stats { table, .. } => {
+                print!("{table}");
+                Ok(())
+            }
+            other => unexpected(other),
+        },
+        Command::Reload => done(api::call(&socket, &Request::Reload)?),
+        Command::Stop { detach, pin_dir } => {
+            match api::call(&socket, &Request::Stop) {
+                Ok(r) => done(r)?,
+                Err(e) if detach => eprintln!("xlb: no agent to stop ({e:#})"),
+                Err(e) => return Err(e),
+            }
+            if detach {
+                detach_pins(&pin_dir)?;
+                println!("detached: removed {}", pin_dir.display());
+            }
+            Ok(())
+        }
+        Command::Targets { action } => match action {
+            TargetsAction::List { target_group, json } => {
+                match api::call(&socket, &Request::Targets { target_group })? {
+                    Response::Targets { targets } if json => print_json(&targets),
+                    Response::Targets { targets } => {
+                        println!(
+                            "{:<12} {:<28} {:>6} {:<8} {:<12} {:<32} {:>8} {:<6}",
+                            "group",
+                            "target",
+                            "weight",
+                            "zone",
+                            "state",
+                            "reason",
+                            "flows",
+                            "source"
+                        );
+                        for t in targets {
+                            println!(
+                                "{:<12} {:<28} {:>6} {:<8} {:<12} {:<32} {:>8} {:<6}",
+                                t.target_group,
+                                t.id,
+                                t.weight,
+                                t.zone.unwrap_or_else(|| "-".into()),
+                                t.state,
+                                t.reason.unwrap_or_else(|| "-".into()),
+                                t.flows,
+                                t.source
+                            );
+                        }
+                        Ok(())
+                    }
+                    other => unexpected(other),
+                }
+            }
+            TargetsAction::Register {
+                target_group,
+                id,
+                weight,
+                zone,
+                mac,
+            } => {
+                let r = Registration {
+                    target_group,
+                    id,
+                    weight,
+                    zone,
+                    mac,
+                };
+                done(api::call(&socket, &Request::Register(r))?)
+            }
+            TargetsAction::Deregister { target_group, id } => done(api::call(
+                &socket,
+                &Request::Deregister { target_group, id },
+            )?),
+        },
     }
 }
 
-/// The agent: attach, apply, reload on SIGHUP, print counters, detach on exit.
+fn done(r: Response) -> Result<()> {
+    match r {
+        Response::Done { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        other => unexpected(other),
+    }
+}
+
+fn unexpected(r: Response) -> Result<()> {
+    match r {
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Removes the pinned maps and link: the XDP program detaches once no process holds it.
+fn detach_pins(pin_dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("remove {}", pin_dir.display())),
+    }
+}
+
+/// The agent: attach, apply, serve the API, reload on SIGHUP, end drains, print counters.
 fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
     let cfg = Config::load(&path)?;
     let sizes = Sizes {
         flows: cfg.node.flow_table_size,
         vips: lb_common::MAX_VIPS,
     };
-    let pins = &cfg.node.pin_dir;
+    let pins = cfg.node.pin_dir.clone();
     let dp = Dataplane::load_pinned(sizes, Some(&pins.join("maps")))?;
-    let mut lb = Balancer::new(dp)?;
-    lb.apply(&cfg).context("apply the config")?;
-    // Tables first, then the program: a restarted agent swaps its program into the running link.
-    let link = pins.join("link");
-    lb.dataplane()
-        .attach_or_replace(Program::Lb, &cfg.node.interface, cfg.node.xdp_mode, &link)?;
-    println!(
-        "xlb: serving {} listeners on {}",
-        cfg.listeners.len(),
-        cfg.node.interface
+    let lb = Balancer::new(dp)?;
+    let (iface, mode, socket) = (
+        cfg.node.interface.clone(),
+        cfg.node.xdp_mode,
+        cfg.node.api_socket.clone(),
     );
+    let mut agent = Agent::start(path, cfg, lb)?;
+    // Tables first, then the program: a restarted agent swaps its program into the running link.
+    agent
+        .lb
+        .dataplane()
+        .attach_or_replace(Program::Lb, &iface, mode, &pins.join("link"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
+        let api = api::bind(&socket)?;
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let period = Duration::from_secs(if stats_interval == 0 {
-            3600
-        } else {
-            stats_interval
-        });
+        let period = Duration::from_secs(if stats_interval == 0 { 3600 } else { stats_interval });
         let mut tick = tokio::time::interval(period);
         tick.tick().await;
-        let mut running = cfg;
+        println!("xlb: serving {} listeners on {iface}; API on {}", agent.file.listeners.len(), socket.display());
         loop {
+            let drain_wait = agent.next_drain().unwrap_or(Duration::from_secs(3600));
             tokio::select! {
-                _ = tick.tick(), if stats_interval > 0 => print!("{}", stats::table(&mut lb)?),
-                _ = hup.recv() => match Config::load(&path) {
-                    // A node change (interface, sizes) needs a restart; listeners and targets apply.
-                    Ok(new) if new.node == running.node => {
-                        lb.apply(&new).context("apply the reloaded config")?;
-                        println!("xlb: reloaded {}", path.display());
-                        running = new;
+                _ = tick.tick(), if stats_interval > 0 => print!("{}", xlb::stats::table(&mut agent.lb)?),
+                conn = api.accept() => {
+                    let (stream, _) = conn?;
+                    match api::serve_conn(&mut agent, stream).await {
+                        Ok(true) => break,
+                        Ok(false) => {}
+                        Err(e) => eprintln!("xlb: API connection: {e:#}"),
                     }
-                    Ok(_) => eprintln!("xlb: reload refused: [node] changed; restart to apply it"),
+                }
+                _ = tokio::time::sleep(drain_wait) => {
+                    for (g, id) in agent.expire_drains(Instant::now())? {
+                        println!("xlb: {id} finished draining from {g}");
+                    }
+                }
+                _ = hup.recv() => match agent.reload() {
+                    Ok(()) => println!("xlb: reloaded {}", agent.path.display()),
                     Err(e) => eprintln!("xlb: reload refused, keeping the running config: {e:#}"),
                 },
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
         }
+        let _ = std::fs::remove_file(&socket);
         anyhow::Ok(())
     })?;
-    print!("{}", stats::table(&mut lb)?);
+    print!("{}", xlb::stats::table(&mut agent.lb)?);
+    println!("xlb: stopped; the datapath stays attached (`xlb stop --detach` removes it)");
     Ok(())
 }
 
 /// Every address of this host (network namespace), for the decap program.
-fn host_addresses() -> Result<Vec<std::net::IpAddr>> {
+fn host_addresses() -> Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs().context("getifaddrs")? {
         let Some(addr) = ifa.address else { continue };
         if let Some(v4) = addr.as_sockaddr_in() {
-            out.push(std::net::IpAddr::V4(v4.ip()));
+            out.push(IpAddr::V4(v4.ip()));
         } else if let Some(v6) = addr.as_sockaddr_in6() {
-            out.push(std::net::IpAddr::V6(v6.ip()));
+            out.push(IpAddr::V6(v6.ip()));
         }
     }
     Ok(out)

@@ -1,0 +1,274 @@
+//! The agent and its CLI in the lab: draining, registration through the API (kept across
+//! restarts, reported as drift), refused reloads, zones. Run as root.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use xlb_tests::{
+    agent::{Agent, http_spread, xlb_bin},
+    lab::{
+        ECHO_PORT, HTTP_PORT, Lab, LabSpec, Role, VIP_V4, backend_v4, in_netns, pin_dir, run_dir,
+    },
+};
+
+fn lab(prefix: &str) -> Lab {
+    Lab::up(LabSpec {
+        prefix: prefix.into(),
+        backends: 3,
+        server_bin: PathBuf::from(env!("CARGO_BIN_EXE_xlb-lab")),
+        xlb: Some(xlb_bin().expect("xlb binary")),
+    })
+    .expect("lab up")
+}
+
+fn socket(lab: &Lab) -> PathBuf {
+    run_dir(lab.prefix()).join("xlb.sock")
+}
+
+/// A config with targets `file_targets` (index, zone) in group "web", listeners on HTTP and echo.
+fn config(lab: &Lab, targets: &[(usize, &str)], extra_node: &str, attributes: &str) -> String {
+    let t: Vec<String> = targets
+        .iter()
+        .map(|(i, z)| format!("{{ id = \"{}\", zone = \"{z}\" }}", backend_v4(*i)))
+        .collect();
+    let mut s = format!(
+        "[node]\ninterface = \"eth0\"\nmtu = 1600\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n{extra_node}\n\n\
+         [[target_groups]]\nname = \"web\"\nprotocol = \"TCP\"\nport = 80\ntargets = [{}]\nattributes = {{ {attributes} }}\n",
+        pin_dir(lab.prefix()).join("agent").display(),
+        socket(lab).display(),
+        run_dir(lab.prefix()).join("state.json").display(),
+        t.join(", ")
+    );
+    for port in [HTTP_PORT, ECHO_PORT] {
+        s += &format!(
+            "\n[[listeners]]\naddress = \"{VIP_V4}\"\nport = {port}\nprotocol = \"TCP\"\n\
+             default_action = {{ type = \"forward\", target_group = \"web\" }}\n"
+        );
+    }
+    s
+}
+
+fn write(lab: &Lab, text: &str) -> PathBuf {
+    let path = run_dir(lab.prefix()).join("xlb.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Runs `xlb --socket S ARGS`; returns (success, stdout + stderr).
+fn cli(lab: &Lab, args: &[&str]) -> (bool, String) {
+    let out = Command::new(xlb_bin().unwrap())
+        .arg("--socket")
+        .arg(socket(lab))
+        .args(args)
+        .output()
+        .expect("run xlb");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn spread(lab: &Lab, n: usize) -> BTreeMap<String, usize> {
+    http_spread(lab, SocketAddr::from((VIP_V4, HTTP_PORT)), n).expect("client")
+}
+
+fn echo_owner(s: &TcpStream) -> std::io::Result<String> {
+    let mut w = s.try_clone()?;
+    w.write_all(b"who\n")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    Ok(line.split(':').next().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn deregistered_target_drains_then_leaves() {
+    let lab = lab("xag-a-");
+    let cfg = write(
+        &lab,
+        &config(
+            &lab,
+            &[(1, "a"), (2, "a"), (3, "a")],
+            "",
+            "\"deregistration_delay.timeout_seconds\" = \"3\"",
+        ),
+    );
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    // A long-lived connection, and the target it landed on.
+    let conn = in_netns(&lab.ns(Role::Client), || {
+        let s = TcpStream::connect_timeout(
+            &SocketAddr::from((VIP_V4, ECHO_PORT)),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    })
+    .unwrap();
+    let owner = echo_owner(&conn).expect("echo");
+    let index: usize = owner.trim_start_matches("backend").parse().unwrap();
+    let (ok, out) = cli(
+        &lab,
+        &[
+            "targets",
+            "deregister",
+            "--target-group",
+            "web",
+            "--id",
+            &backend_v4(index).to_string(),
+        ],
+    );
+    assert!(ok, "{out}");
+    // New flows avoid it at once; the open connection keeps going; the CLI shows it draining.
+    let s = spread(&lab, 90);
+    assert!(
+        !s.contains_key(&owner) && s.values().sum::<usize>() == 90,
+        "{owner} still gets new flows: {s:?}"
+    );
+    assert_eq!(
+        echo_owner(&conn).expect("draining connection still works"),
+        owner
+    );
+    let (ok, list) = cli(&lab, &["targets", "list"]);
+    assert!(ok, "{list}");
+    let row = list
+        .lines()
+        .find(|l| l.contains(&backend_v4(index).to_string()))
+        .expect("draining target listed");
+    assert!(
+        row.contains("draining") && row.contains("Target.DeregistrationInProgress"),
+        "{list}"
+    );
+    let flows: u64 = row.split_whitespace().nth(6).unwrap().parse().unwrap();
+    assert!(flows >= 1, "flows left on the draining target: {list}");
+    // After the delay it is gone.
+    std::thread::sleep(Duration::from_secs(4));
+    let (_, list) = cli(&lab, &["targets", "list"]);
+    assert!(
+        !list.contains(&backend_v4(index).to_string()),
+        "drain over, target gone: {list}"
+    );
+    agent.stop().unwrap();
+}
+
+#[test]
+fn api_registration_survives_restart_and_is_drift() {
+    let lab = lab("xag-b-");
+    let cfg = write(&lab, &config(&lab, &[(1, "a")], "", ""));
+    let xlb = xlb_bin().unwrap();
+    let agent = Agent::start(&lab, &xlb, &cfg).expect("xlb run");
+    assert_eq!(spread(&lab, 30).keys().collect::<Vec<_>>(), ["backend1"]);
+    let (ok, out) = cli(
+        &lab,
+        &[
+            "targets",
+            "register",
+            "--target-group",
+            "web",
+            "--id",
+            &backend_v4(3).to_string(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let s = spread(&lab, 90);
+    assert!(
+        s.contains_key("backend3") && s.contains_key("backend1"),
+        "{s:?}"
+    );
+    let (_, status) = cli(&lab, &["status"]);
+    assert!(
+        status.contains(&format!("registered {} in web", backend_v4(3))),
+        "{status}"
+    );
+    agent.stop().unwrap();
+    let agent = Agent::start(&lab, &xlb, &cfg).expect("restarted xlb run");
+    let s = spread(&lab, 90);
+    assert!(
+        s.contains_key("backend3"),
+        "registration kept across the restart: {s:?}"
+    );
+    let (_, status) = cli(&lab, &["status", "--json"]);
+    assert!(
+        status.contains("drift") && status.contains(&backend_v4(3).to_string()),
+        "{status}"
+    );
+    agent.stop().unwrap();
+}
+
+#[test]
+fn bad_reload_is_refused_and_the_running_config_stays() {
+    let lab = lab("xag-c-");
+    let good = config(&lab, &[(1, "a"), (2, "a")], "", "");
+    let cfg = write(&lab, &good);
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    std::fs::write(
+        &cfg,
+        good.replace("port = 80\ntargets", "prot = 80\ntargets"),
+    )
+    .unwrap();
+    let (ok, out) = cli(&lab, &["reload"]);
+    assert!(!ok, "a bad config must be refused: {out}");
+    assert!(
+        out.contains("prot") && out.contains("line"),
+        "the error names the key and line: {out}"
+    );
+    let s = spread(&lab, 60);
+    assert_eq!(s.values().sum::<usize>(), 60, "traffic unaffected: {s:?}");
+    assert!(s.keys().all(|k| k.starts_with("backend")), "{s:?}");
+    let (ok, out) = Command::new(xlb_bin().unwrap())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .map(|o| {
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .unwrap();
+    assert!(!ok && out.contains("prot"), "{out}");
+    agent.stop().unwrap();
+}
+
+#[test]
+fn cross_zone_off_stays_in_zone_and_spills_over() {
+    let lab = lab("xag-d-");
+    let cfg = write(
+        &lab,
+        &config(
+            &lab,
+            &[(1, "a"), (2, "b"), (3, "b")],
+            "zone = \"a\"",
+            "\"deregistration_delay.timeout_seconds\" = \"0\"",
+        ),
+    );
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    assert_eq!(
+        spread(&lab, 60).keys().collect::<Vec<_>>(),
+        ["backend1"],
+        "zone a only"
+    );
+    let (ok, out) = cli(
+        &lab,
+        &[
+            "targets",
+            "deregister",
+            "--target-group",
+            "web",
+            "--id",
+            &backend_v4(1).to_string(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let s = spread(&lab, 90);
+    assert_eq!(
+        s.keys().collect::<Vec<_>>(),
+        ["backend2", "backend3"],
+        "spilled over to zone b: {s:?}"
+    );
+    agent.stop().unwrap();
+}
