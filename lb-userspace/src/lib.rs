@@ -14,6 +14,5 @@ pub mod api;
 pub mod balancer;
 pub mod config;
 pub mod dataplane;
-pub mod l7;
 pub mod maglev;
 pub mod stats;
