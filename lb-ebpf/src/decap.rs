@@ -33,6 +33,10 @@ pub fn decap(ctx: &XdpContext) -> Result<DecapReason, DecapReason> {
         let ip: *const [u8; 20] = ptr_at(ctx, l3_off).ok_or(other)?;
         // SAFETY: bounds checked by `ptr_at`.
         let ip = unsafe { &*ip };
+        // A fragment of a tunnel packet (MF or an offset): only the kernel can reassemble it.
+        if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+            return Err(other);
+        }
         let mut d = [0u8; 4];
         d.copy_from_slice(&ip[16..20]);
         ((ip[0] & 0x0f) as usize * 4, ip[9], v4(d))

@@ -46,6 +46,18 @@ pub enum Icmp {
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, p: &Packet) -> Result<Icmp, Verdict> {
+    // ICMPv6 inside IPv4 (or ICMP inside IPv6) is not this family's ICMP: another protocol.
+    let own = if p.family == AF_INET {
+        IPPROTO_ICMP
+    } else {
+        IPPROTO_ICMPV6
+    };
+    if p.proto != own {
+        return Err(match vip::address(p.family, &p.dst, own) {
+            Some(_) => Verdict::pass(Reason::PassOtherProto),
+            None => Verdict::pass(Reason::PassNotVip),
+        });
+    }
     let addr = vip::address(p.family, &p.dst, p.proto).ok_or(Verdict::pass(Reason::PassNotVip))?;
     let hdr: *const [u8; 4] = ptr_at(ctx, p.l4_off).ok_or(Verdict::drop(Reason::DropBadL4))?;
     // SAFETY: bounds checked by `ptr_at`.
@@ -177,6 +189,10 @@ fn quoted_flow(ctx: &XdpContext, p: &Packet) -> Result<Icmp, Verdict> {
         (s, d, ip[6], inner + 40)
     };
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Err(other);
+    }
+    // The quoted ports must lie inside the error's own IP packet, not in bytes after it.
+    if l4 + 4 > p.l3_off + p.ip_len as usize {
         return Err(other);
     }
     let ports: *const [u8; 4] = ptr_at(ctx, l4).ok_or(other)?;

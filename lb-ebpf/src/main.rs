@@ -120,10 +120,15 @@ fn send(
     choice: &Choice,
     bytes: u64,
 ) -> Result<Verdict, Verdict> {
-    stats::vip(vip.index, bytes, choice.new_flow);
-    stats::backend(choice.index, bytes);
     let cfg: &Config = CONFIG.get(0).ok_or(Verdict::drop(Reason::DropNoRoute))?;
-    encap::forward(ctx, p, vip, choice, cfg)
+    let v = encap::forward(ctx, p, vip, choice, cfg)?;
+    // Counted once the packet is on its way to the target (not when it was answered with
+    // "too big" instead).
+    if matches!(v.reason, Reason::TxTunnel | Reason::TxDsr) {
+        stats::vip(vip.index, bytes, choice.new_flow);
+        stats::backend(choice.index, bytes);
+    }
+    Ok(v)
 }
 
 #[xdp]

@@ -203,13 +203,28 @@ pub fn ipv6(ctx: &XdpContext, l3_off: usize, p: &mut Packet) -> Result<(), Verdi
             _ => return l4(ctx, p),
         }
     }
-    Err(bad)
+    // `MAX_IPV6_EXT` headers walked: the next one must be the L4 header.
+    match p.proto {
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT => Err(bad),
+        _ => l4(ctx, p),
+    }
 }
 
 /// Reads ports and TCP flags. ICMP and other protocols have no ports.
 #[inline(always)]
 fn l4(ctx: &XdpContext, p: &mut Packet) -> Result<(), Verdict> {
     let bad = Verdict::drop(Reason::DropBadL4);
+    // The header must fit in the IP packet, not only in the frame: bytes after the IP length
+    // (Ethernet padding, trailers) are not part of it.
+    let need = match p.proto {
+        IPPROTO_TCP => TcpHdr::LEN,
+        IPPROTO_UDP => UdpHdr::LEN,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => 4,
+        _ => 0,
+    };
+    if p.l4_off + need > p.l3_off + p.ip_len as usize {
+        return Err(bad);
+    }
     match p.proto {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(ctx, p.l4_off).ok_or(bad)?;

@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 use crate::{
     balancer::Balancer,
     config::{Config, Target, TargetGroup},
+    health::{
+        self,
+        checker::{Checker, GroupSpec},
+    },
 };
 
 /// Changes made through the API, kept in `node.state_file` across restarts.
@@ -78,12 +82,24 @@ pub struct Agent {
     draining: BTreeMap<(String, IpAddr), Instant>,
     pub lb: Balancer,
     pub started: Instant,
+    /// Runs the target groups' health checks; its events go to the serve loop.
+    checker: Checker,
 }
 
 impl Agent {
-    /// Takes over `lb` with the file at `path`, reads the persisted overlay, applies.
-    pub fn start(path: PathBuf, file: Config, lb: Balancer) -> Result<Agent> {
+    /// Takes over `lb` with the file at `path`, reads the persisted overlay, starts the health
+    /// checks, applies. Must run inside a tokio runtime (the checks are tasks); health events
+    /// come out of the returned receiver, and [`Agent::apply`] takes them into account.
+    pub fn start(
+        path: PathBuf,
+        file: Config,
+        lb: Balancer,
+    ) -> Result<(
+        Agent,
+        tokio::sync::mpsc::UnboundedReceiver<health::checker::Event>,
+    )> {
         let overlay = load_overlay(&file.node.state_file)?;
+        let (checker, events) = Checker::new();
         let mut agent = Agent {
             path,
             file,
@@ -91,6 +107,7 @@ impl Agent {
             draining: BTreeMap::new(),
             lb,
             started: Instant::now(),
+            checker,
         };
         // A drain that was under way when the last agent stopped goes on until its end.
         let now = unix_now();
@@ -103,7 +120,7 @@ impl Agent {
             }
         }
         agent.apply()?;
-        Ok(agent)
+        Ok((agent, events))
     }
 
     fn group(&self, name: &str) -> Option<&TargetGroup> {
@@ -112,13 +129,52 @@ impl Agent {
 
     /// The file's config plus the overlay, with ring weights for draining and zones applied.
     pub fn effective(&self) -> Config {
-        effective(&self.file, &self.overlay, &|g, id| {
+        let routable: BTreeMap<&str, Vec<IpAddr>> = self
+            .file
+            .target_groups
+            .iter()
+            .filter(|g| g.health_check.is_some())
+            .map(|g| {
+                (
+                    g.name.as_str(),
+                    health::routable(&self.checker.states(&g.name)),
+                )
+            })
+            .collect();
+        let out_of_service = |g: &str, id: IpAddr| {
             self.draining.contains_key(&(g.to_owned(), id))
-        })
+                || routable.get(g).is_some_and(|r| !r.contains(&id))
+        };
+        effective(&self.file, &self.overlay, &out_of_service)
+    }
+
+    /// The health checks for the current targets (states of targets that stay are kept).
+    fn update_checks(&mut self) {
+        let cfg = effective(&self.file, &self.overlay, &|_, _| false);
+        let specs: Vec<GroupSpec> = cfg
+            .target_groups
+            .iter()
+            .filter_map(|g| {
+                let hc = g.health_check.as_ref()?;
+                let targets = g
+                    .targets
+                    .iter()
+                    .map(|t| t.id)
+                    .filter(|id| !self.draining.contains_key(&(g.name.clone(), *id)));
+                Some(GroupSpec {
+                    name: g.name.clone(),
+                    check: hc.spec(g.port),
+                    targets: targets.collect(),
+                    deregistration_delay: g.deregistration_delay(),
+                })
+            })
+            .collect();
+        self.checker.update(&specs);
     }
 
     /// Applies the effective config to the datapath.
     pub fn apply(&mut self) -> Result<()> {
+        self.update_checks();
         let cfg = self.effective();
         self.lb.apply(&cfg).context("apply to the datapath")
     }
@@ -145,6 +201,7 @@ impl Agent {
         self.overlay
             .registered
             .retain(|x| (x.target_group.as_str(), x.id) != (key.0.as_str(), key.1));
+        tracing::info!(target_group = %r.target_group, target = %r.id, weight = r.weight, "target registered");
         self.overlay.registered.push(r);
         self.save()?;
         self.apply()
@@ -175,6 +232,7 @@ impl Agent {
             id,
             drain_until: unix_now() + delay.as_secs(),
         });
+        tracing::info!(target_group = group, target = %id, delay_seconds = delay.as_secs(), "target draining");
         self.draining.insert(key, Instant::now() + delay);
         self.save()?;
         self.apply()
@@ -213,6 +271,7 @@ impl Agent {
     pub fn targets(&mut self, group: Option<&str>) -> Result<Vec<TargetRow>> {
         let flows = self.lb.flows_per_target()?;
         let cfg = self.effective();
+        let snapshot = self.checker.snapshot();
         let mut rows = Vec::new();
         for g in cfg
             .target_groups
@@ -241,18 +300,30 @@ impl Agent {
                     .find(|r| r.target_group == g.name && r.id == t.id)
                     .map(|r| r.weight);
                 let weight = configured.or(registered).unwrap_or(0);
-                let (state, reason) = if draining {
-                    ("draining", Some("Target.DeregistrationInProgress"))
-                } else {
-                    ("unavailable", Some("Target.HealthCheckDisabled"))
+                let checked = snapshot
+                    .iter()
+                    .find(|s| s.group == g.name && s.target == t.id);
+                let (state, reason) = match (draining, checked) {
+                    (true, _) => (
+                        "draining".to_owned(),
+                        Some("Target.DeregistrationInProgress".to_owned()),
+                    ),
+                    (false, Some(s)) => (
+                        s.health.state.to_string(),
+                        s.health.reason.map(|r| r.to_string()),
+                    ),
+                    (false, None) => (
+                        "unavailable".to_owned(),
+                        Some("Target.HealthCheckDisabled".to_owned()),
+                    ),
                 };
                 rows.push(TargetRow {
                     target_group: g.name.clone(),
                     id: t.id,
                     weight,
                     zone: t.zone.clone(),
-                    state: state.into(),
-                    reason: reason.map(Into::into),
+                    state,
+                    reason,
                     flows: flows.get(&t.id).copied().unwrap_or(0),
                     in_service: t.weight > 0,
                     source: if from_api { "api" } else { "file" }.into(),

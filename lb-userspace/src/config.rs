@@ -79,6 +79,9 @@ pub struct Node {
     /// The control API's Unix socket (root only, mode 0600), used by the CLI.
     #[serde(default = "default_api_socket")]
     pub api_socket: std::path::PathBuf,
+    /// Where Prometheus metrics are served (`http://ADDRESS/metrics`); off when absent.
+    #[serde(default)]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// Where registrations made through the CLI are kept across restarts.
     #[serde(default = "default_state_file")]
     pub state_file: std::path::PathBuf,
@@ -96,6 +99,9 @@ pub struct TargetGroup {
     /// NLB attributes by their AWS names, e.g. `"stickiness.type" = "source_ip"`.
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
+    /// Active health checks; none: every target counts as healthy.
+    #[serde(default)]
+    pub health_check: Option<crate::health::HealthCheck>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -253,6 +259,10 @@ impl Config {
                         format!("{} is outside 0..=1000", t.weight),
                     ));
                 }
+            }
+            if let Some(hc) = &tg.health_check {
+                hc.validate()
+                    .map_err(|m| invalid(format!("{at}.health_check"), m))?;
             }
             for (k, v) in &tg.attributes {
                 let Some((_, allowed)) = ATTRIBUTES.iter().find(|(name, _)| name == k) else {

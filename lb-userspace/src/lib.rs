@@ -7,6 +7,8 @@
 //! - [`balancer`]: turns a config into datapath state (backends, Maglev rings, VIPs).
 //! - [`maglev`]: builds the weighted Maglev tables the datapath looks backends up in.
 //! - [`dataplane`]: the only code that touches BPF programs and maps.
+//! - [`health`]: active health checks (ELB states and reasons), fail-open routing.
+//! - [`metrics`]: Prometheus metrics named after the CloudWatch ones.
 //! - [`stats`]: the counters as a table.
 
 pub mod agent;
@@ -14,5 +16,7 @@ pub mod api;
 pub mod balancer;
 pub mod config;
 pub mod dataplane;
+pub mod health;
 pub mod maglev;
+pub mod metrics;
 pub mod stats;

@@ -308,6 +308,11 @@ fn detach_pins(pin_dir: &Path) -> Result<()> {
 
 /// The agent: attach, apply, serve the API, reload on SIGHUP, end drains, print counters.
 fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
+    // Structured logs of every state change, on stderr; stdout keeps the human reports.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let cfg = Config::load(&path)?;
     let sizes = Sizes {
         flows: cfg.node.flow_table_size,
@@ -316,23 +321,30 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
     let pins = cfg.node.pin_dir.clone();
     let dp = Dataplane::load_pinned(sizes, Some(&pins.join("maps")))?;
     let lb = Balancer::new(dp)?;
+    let metrics_address = cfg.node.metrics_address;
     let (iface, mode, socket) = (
         cfg.node.interface.clone(),
         cfg.node.xdp_mode,
         cfg.node.api_socket.clone(),
     );
-    let mut agent = Agent::start(path, cfg, lb)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The health checks are tasks of this runtime.
+    let _runtime = rt.enter();
+    let (mut agent, mut health) = Agent::start(path, cfg, lb)?;
     // Tables first, then the program: a restarted agent swaps its program into the running link.
     agent
         .lb
         .dataplane()
         .attach_or_replace(Program::Lb, &iface, mode, &pins.join("link"))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let api = api::bind(&socket)?;
+        let metrics = match metrics_address {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind metrics on {addr}"))?),
+            None => None,
+        };
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -349,17 +361,33 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
                     match api::serve_conn(&mut agent, stream).await {
                         Ok(true) => break,
                         Ok(false) => {}
-                        Err(e) => eprintln!("xlb: API connection: {e:#}"),
+                        Err(e) => tracing::warn!(error = format!("{e:#}"), "API connection"),
                     }
+                }
+                conn = async { metrics.as_ref().expect("guarded").accept().await }, if metrics.is_some() => {
+                    let (stream, _) = conn?;
+                    let body = xlb::metrics::render(&mut agent)?;
+                    tokio::spawn(xlb::metrics::serve(stream, body));
+                }
+                Some(event) = health.recv() => {
+                    tracing::info!(
+                        target_group = %event.group, target = %event.target,
+                        from = %event.from, to = %event.to,
+                        reason = event.reason.map(|r| r.to_string()).unwrap_or_default(),
+                        "target health changed"
+                    );
+                    // One rebuild for a burst of changes.
+                    while health.try_recv().is_ok() {}
+                    agent.apply()?;
                 }
                 _ = tokio::time::sleep(drain_wait) => {
                     for (g, id) in agent.expire_drains(Instant::now())? {
-                        println!("xlb: {id} finished draining from {g}");
+                        tracing::info!(target_group = %g, target = %id, "target finished draining");
                     }
                 }
                 _ = hup.recv() => match agent.reload() {
-                    Ok(()) => println!("xlb: reloaded {}", agent.path.display()),
-                    Err(e) => eprintln!("xlb: reload refused, keeping the running config: {e:#}"),
+                    Ok(()) => tracing::info!(config = %agent.path.display(), "reloaded"),
+                    Err(e) => tracing::warn!(error = format!("{e:#}"), "reload refused, keeping the running config"),
                 },
                 _ = term.recv() => break,
                 _ = int.recv() => break,

@@ -272,3 +272,109 @@ fn cross_zone_off_stays_in_zone_and_spills_over() {
     );
     agent.stop().unwrap();
 }
+
+/// Kills every process in backend `i`'s namespace: its servers stop answering.
+fn kill_backend(lab: &Lab, i: usize) {
+    let out = Command::new("ip")
+        .args(["netns", "pids", &lab.ns(Role::Backend(i))])
+        .output()
+        .unwrap();
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+}
+
+fn target_state(lab: &Lab, i: usize) -> String {
+    let (_, list) = cli(lab, &["targets", "list"]);
+    let addr = backend_v4(i).to_string();
+    list.lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(addr.as_str()))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn health_checks_fail_over_then_fail_open_and_export_metrics() {
+    let lab = lab("xag-e-");
+    let check = "\n[target_groups.health_check]\nprotocol = \"HTTP\"\npath = \"/\"\ninterval_seconds = 5\n\
+                 timeout_seconds = 2\nhealthy_threshold = 2\nunhealthy_threshold = 2\n";
+    let text = config(
+        &lab,
+        &[(1, "a"), (2, "a"), (3, "a")],
+        "metrics_address = \"127.0.0.1:9100\"",
+        "",
+    );
+    // The health check belongs to the group, before the listeners.
+    let text = text.replacen("\n\n[[listeners]]", &format!("{check}\n[[listeners]]"), 1);
+    let cfg = write(&lab, &text);
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    let wait_for = |i: usize, state: &str, limit: Duration| -> Duration {
+        let t0 = std::time::Instant::now();
+        while target_state(&lab, i) != state {
+            assert!(
+                t0.elapsed() < limit,
+                "backend{i} not {state} within {limit:?}: {}",
+                cli(&lab, &["targets", "list"]).1
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        t0.elapsed()
+    };
+    wait_for(2, "healthy", Duration::from_secs(8));
+    kill_backend(&lab, 2);
+    // interval 5 s × unhealthy threshold 2: detected within 10 s (plus a probe timeout).
+    let took = wait_for(2, "unhealthy", Duration::from_secs(13));
+    assert!(
+        took >= Duration::from_secs(4),
+        "detected after {took:?}: faster than interval × (threshold - 1)"
+    );
+    let s = spread(&lab, 90);
+    assert_eq!(
+        s.keys().collect::<Vec<_>>(),
+        ["backend1", "backend3"],
+        "no new flow to the dead target: {s:?}"
+    );
+    // Metrics, named after CloudWatch's.
+    let m = lab
+        .exec(
+            Role::Lb,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:9100/metrics",
+            ],
+        )
+        .expect("curl metrics");
+    let m = String::from_utf8_lossy(&m.stdout);
+    assert!(
+        m.contains("xlb_healthy_host_count{target_group=\"web\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("xlb_unhealthy_host_count{target_group=\"web\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("xlb_processed_bytes_total{listener=\"198.18.100.1:80/Tcp\"}"),
+        "{m}"
+    );
+    assert!(m.contains("xlb_new_flow_count_total"), "{m}");
+    // Every target down: fail open, the datapath still forwards to all of them.
+    kill_backend(&lab, 1);
+    kill_backend(&lab, 3);
+    wait_for(1, "unhealthy", Duration::from_secs(13));
+    wait_for(3, "unhealthy", Duration::from_secs(13));
+    let (_, before) = cli(&lab, &["stats", "--json"]);
+    let _ = spread(&lab, 10);
+    let (_, after) = cli(&lab, &["stats", "--json"]);
+    let no_backend =
+        |s: &str| s.contains("drop_no_backend\",\n      0") || !s.contains("drop_no_backend");
+    assert!(
+        no_backend(&before) && no_backend(&after),
+        "fail-open keeps every target in the table:\n{after}"
+    );
+    agent.stop().unwrap();
+}
