@@ -68,6 +68,8 @@ pub struct ListenerStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// (target, packets, bytes).
+    pub targets: Vec<(String, u64, u64)>,
 }
 
 /// Binds the socket, replacing a stale one, root-only.
@@ -160,11 +162,17 @@ fn stats(agent: &mut Agent) -> Result<Response> {
     let mut ls = Vec::new();
     for l in listeners {
         let c = dp.vip_counters(l.vip)?;
+        let mut targets = Vec::new();
+        for (addr, index, _) in &l.targets {
+            let t = dp.backend_counters(*index)?;
+            targets.push((addr.to_string(), t.packets, t.bytes));
+        }
         ls.push(ListenerStats {
             listener: l.name,
             packets: c.packets,
             bytes: c.bytes,
             new_flows: c.new_flows,
+            targets,
         });
     }
     Ok(Response::Stats {

@@ -65,6 +65,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of traffic per listener and target (packets and bits per second).
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1)]
+        interval: u64,
+        /// Stop after this many refreshes (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Re-read the config file (same as SIGHUP); a bad file is refused and the running config stays.
     Reload,
     /// Stop the agent. With `--detach`, also remove the datapath (unpin maps and link).
@@ -205,6 +214,9 @@ fn run(cli: Cli) -> Result<()> {
             other => unexpected(other),
         },
         Command::Reload => done(api::call(&socket, &Request::Reload)?),
+        Command::Top { interval, count } => {
+            top(&socket, Duration::from_secs(interval.max(1)), count)
+        }
         Command::Stop { detach, pin_dir } => {
             match api::call(&socket, &Request::Stop) {
                 Ok(r) => done(r)?,
@@ -294,6 +306,57 @@ fn unexpected(r: Response) -> Result<()> {
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// `xlb top`: polls the agent's counters and prints rates, redrawing the terminal.
+fn top(socket: &Path, every: Duration, count: Option<u64>) -> Result<()> {
+    let read = || -> Result<Vec<api::ListenerStats>> {
+        match api::call(socket, &Request::Stats)? {
+            Response::Stats { listeners, .. } => Ok(listeners),
+            other => unexpected(other).map(|()| Vec::new()),
+        }
+    };
+    let mut before = read()?;
+    let mut last = Instant::now();
+    for _ in 0..count.unwrap_or(u64::MAX) {
+        std::thread::sleep(every);
+        let now = read()?;
+        let secs = last.elapsed().as_secs_f64();
+        last = Instant::now();
+        // Clear the screen and home the cursor (ANSI), then one line per listener and target.
+        print!("\x1b[2J\x1b[H");
+        println!(
+            "xlb top: every {}s  {:<34} {:>12} {:>14} {:>12}",
+            every.as_secs(),
+            "listener / target",
+            "packets/s",
+            "bits/s",
+            "new flows/s"
+        );
+        for (l, b) in now
+            .iter()
+            .zip(before.iter().chain(std::iter::repeat(&now[0])))
+        {
+            let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+            println!(
+                "{:<50} {:>12.0} {:>14.0} {:>12.0}",
+                l.listener,
+                rate(l.packets, b.packets),
+                rate(l.bytes, b.bytes) * 8.0,
+                rate(l.new_flows, b.new_flows)
+            );
+            for (t, bt) in l.targets.iter().zip(b.targets.iter()) {
+                println!(
+                    "  {:<48} {:>12.0} {:>14.0}",
+                    t.0,
+                    rate(t.1, bt.1),
+                    rate(t.2, bt.2) * 8.0
+                );
+            }
+        }
+        before = now;
+    }
     Ok(())
 }
 

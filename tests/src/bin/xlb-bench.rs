@@ -1,0 +1,1051 @@
+//! `xlb-bench`: xlb's benchmarks. Prints a table; `--json FILE` also writes
+//! `{"results": {"NAME": number, ...}}`. Run as root (`cargo xtask bench`).
+//!
+//! - `testrun.*`: ns per packet of one `BPF_PROG_TEST_RUN` call with repeat 1 (the kernel's own
+//!   timing, median over many calls), for a plain `XDP_PASS` program and for `xlb_lb` on
+//!   established, SYN and non-VIP packets. Repeat 1 because the balancer changes the frame it
+//!   runs on (tunnel headers), so the kernel's repeat would measure something else.
+//! - `veth.*`: packets per second through a veth pair joining two namespaces made for the bench.
+//!   In one, `xlb_bench_gen` runs with `BPF_PROG_RUN` in live-frames mode and sends every frame
+//!   (`XDP_TX`) into the veth; in the other the program under test receives it: the MAC-swap
+//!   reflector (the baseline), or `xlb_lb` with a VIP and eight targets (tunnel mode; the FIB
+//!   lookup finds the targets on the same link, so it answers with `XDP_TX`). Frames coming back
+//!   are dropped by `xlb_bench_sink`. Throughput is counted on the program under test's side over
+//!   a fixed interval. The machine is small and noisy, so reflector and balancer run in the same
+//!   rounds, alternately (the reflector first in each round and once more at the end), and each
+//!   balancer run is reported as a ratio to the reflector runs around it (`*.ratio`). The
+//!   generator is pinned to one CPU (`--cpu`) at real-time priority (`SCHED_FIFO` 1, if allowed),
+//!   so other work on that CPU does not take turns with it; veth delivery and the program under
+//!   test run on that CPU too. After each throughput interval, a shorter one with the kernel's
+//!   run-time statistics on (`BPF_ENABLE_STATS`, off again at once since they slow every program)
+//!   gives the program under test's own cost (`*.prog_ns`). `--no-fib` configures the balancer
+//!   to skip the kernel FIB lookup (gateway MAC), to show what the lookup costs.
+//! - `maglev.*`: table build time, balance (max slots over mean) and disruption when one of N
+//!   targets leaves, for the weighted builder and the paper's (`maglev.vanilla.*`).
+
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::Parser;
+use lb_common::{
+    AF_INET, AF_INET6, BACKEND_F_LIVE, Backend, CONFIG_F_NO_FIB, Config, IPPROTO_TCP, RING_SIZE,
+    Reason, VipKey, VipMeta,
+};
+use xlb::{
+    dataplane::{AttachMode, Dataplane, Program, RunOptions, Sizes},
+    maglev::{self, MaglevTarget},
+};
+use xlb_tests::{
+    fixture::{self, Fixture, Proto, XDP_PASS, XDP_TX},
+    lab::{in_netns, netns_command},
+    packet::{MAC_CLIENT, MAC_LB, Packet},
+};
+
+#[derive(Parser)]
+#[command(name = "xlb-bench", about = "xlb's benchmarks (run as root)")]
+struct Args {
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Short runs, to check that the tool works.
+    #[arg(long)]
+    quick: bool,
+    /// CPU the live-frames generator is pinned to (default: the last one).
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Skip the veth (live-frames) benchmarks.
+    #[arg(long)]
+    no_veth: bool,
+    /// Configure the balancer with `CONFIG_F_NO_FIB` (gateway MAC, no kernel FIB lookup), to see
+    /// what the lookup costs.
+    #[arg(long)]
+    no_fib: bool,
+}
+
+/// Set by SIGINT/SIGTERM: every loop checks it, so the namespaces are removed on the way out.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn stopped() -> Result<()> {
+    ensure!(!STOP.load(Ordering::Relaxed), "interrupted");
+    Ok(())
+}
+
+/// Sleeps `d` in short steps, failing early when interrupted.
+fn sleep(d: Duration) -> Result<()> {
+    let end = Instant::now() + d;
+    loop {
+        stopped()?;
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        thread::sleep((end - now).min(Duration::from_millis(20)));
+    }
+}
+
+/// Run lengths.
+struct Plan {
+    testrun_calls: usize,
+    maglev_builds: usize,
+    rounds: usize,
+    warmup: Duration,
+    interval: Duration,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                testrun_calls: 20_000,
+                maglev_builds: 3,
+                rounds: 1,
+                warmup: Duration::from_millis(200),
+                interval: Duration::from_millis(500),
+            }
+        } else {
+            Plan {
+                testrun_calls: 200_000,
+                maglev_builds: 15,
+                rounds: 7,
+                warmup: Duration::from_millis(300),
+                interval: Duration::from_secs(1),
+            }
+        }
+    }
+}
+
+/// Results in the order measured.
+#[derive(Default)]
+struct Results(Vec<(String, f64, String)>);
+
+impl Results {
+    fn add(&mut self, name: &str, value: f64, note: impl Into<String>) {
+        let note = note.into();
+        println!("{name:<44} {:>12} {note}", fmt_value(value));
+        self.0.push((name.to_owned(), value, note));
+    }
+
+    fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "| metric | value | notes |\n|---|---:|---|");
+        for (name, value, note) in &self.0 {
+            let _ = writeln!(out, "| `{name}` | {} | {note} |", fmt_value(*value));
+        }
+        out
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .0
+            .iter()
+            .map(|(n, v, _)| (n.clone(), serde_json::json!(v)))
+            .collect();
+        serde_json::json!({ "results": map })
+    }
+}
+
+fn fmt_value(v: f64) -> String {
+    if v == v.trunc() && v.abs() < 1e9 {
+        format!("{v:.0}")
+    } else if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else if v.abs() >= 0.01 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.6}")
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let plan = Plan::new(args.quick);
+    ensure!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() } == 0,
+        "xlb-bench needs root (BPF, network namespaces)"
+    );
+    let handler = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_signal),
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { nix::sys::signal::sigaction(sig, &handler) }
+            .context("installing a signal handler")?;
+    }
+
+    let mut results = Results::default();
+    println!("{:<44} {:>12} notes", "metric", "value");
+    maglev_bench(&plan, &mut results);
+    // The fixture unshares its thread's network namespace: give it a thread of its own.
+    thread::scope(|s| s.spawn(|| testrun_bench(&plan, &mut results)).join())
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+    if !args.no_veth {
+        let cpu = args
+            .cpu
+            .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()) - 1);
+        veth_bench(&plan, cpu, args.no_fib, &mut results)?;
+    }
+
+    println!("\n{}", results.table());
+    if let Some((_, r, _)) = results
+        .0
+        .iter()
+        .find(|(n, _, _)| n == "veth.lb.v4.established.ratio")
+    {
+        let verdict = if *r >= 0.6 { "meets" } else { "below" };
+        println!(
+            "veth.lb.v4.established.mpps / veth.reflector.mpps = {r:.3} ({verdict} the 0.6 goal)"
+        );
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&results.json())?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Maglev
+
+fn maglev_bench(plan: &Plan, results: &mut Results) {
+    for n in [10usize, 100, 1000] {
+        let keys: Vec<[u8; 6]> = (0..n)
+            .map(|i| {
+                let [_, a, b, c] = (i as u32).to_be_bytes();
+                [10, a, b, c, 0, 80]
+            })
+            .collect();
+        let targets: Vec<MaglevTarget<'_>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| MaglevTarget {
+                key: k,
+                index: i as u32 + 1,
+                weight: 1,
+            })
+            .collect();
+        // One target leaves (the middle one: its position in the list does not matter).
+        let mut fewer = targets.clone();
+        fewer.remove(n / 2);
+        type Builder = fn(&[MaglevTarget<'_>], u32) -> Result<Vec<u32>, maglev::MaglevError>;
+        for (prefix, build) in [
+            ("maglev", maglev::build as Builder),
+            ("maglev.vanilla", maglev::build_vanilla as Builder),
+        ] {
+            let mut times = Vec::new();
+            let mut table = Vec::new();
+            for _ in 0..plan.maglev_builds {
+                let t = Instant::now();
+                table = build(&targets, RING_SIZE).expect("maglev build");
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let after = build(&fewer, RING_SIZE).expect("maglev build");
+            results.add(
+                &format!("{prefix}.build.ms.n{n}"),
+                median(&mut times),
+                format!("M={RING_SIZE}, median of {}", plan.maglev_builds),
+            );
+            results.add(
+                &format!("{prefix}.balance.max_over_mean.n{n}"),
+                maglev::balance(&table, &targets),
+                "1.0 is perfect",
+            );
+            results.add(
+                &format!("{prefix}.disruption.remove1.n{n}"),
+                maglev::disruption(&table, &after),
+                "share of slots changed",
+            );
+            results.add(
+                &format!("{prefix}.disruption.ideal.n{n}"),
+                1.0 / n as f64,
+                "1/N",
+            );
+        }
+    }
+    // Weighted: weights 1..=4 in turn; balance is measured against the weights.
+    let n = 1000usize;
+    let keys: Vec<[u8; 6]> = (0..n)
+        .map(|i| {
+            let [_, a, b, c] = (i as u32).to_be_bytes();
+            [10, a, b, c, 0, 80]
+        })
+        .collect();
+    let targets: Vec<MaglevTarget<'_>> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| MaglevTarget {
+            key: k,
+            index: i as u32 + 1,
+            weight: (i % 4) as u32 + 1,
+        })
+        .collect();
+    let mut times = Vec::new();
+    let mut table = Vec::new();
+    for _ in 0..plan.maglev_builds {
+        let t = Instant::now();
+        table = maglev::build(&targets, RING_SIZE).expect("maglev build");
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    results.add(
+        "maglev.weighted.build.ms.n1000",
+        median(&mut times),
+        "weights 1..4",
+    );
+    results.add(
+        "maglev.weighted.balance.max_over_mean.n1000",
+        maglev::balance(&table, &targets),
+        "slots / weighted share",
+    );
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// BPF_PROG_TEST_RUN
+
+fn testrun_bench(plan: &Plan, results: &mut Results) -> Result<()> {
+    let mut f = Fixture::new();
+    let v4_targets = [
+        fixture::BACKEND1_V4,
+        fixture::BACKEND2_V4,
+        fixture::BACKEND3_V4,
+    ];
+    f.listener(fixture::VIP_V4, 80, Proto::Tcp, 0, &v4_targets);
+    f.listener(fixture::VIP_V6, 80, Proto::Tcp, 0, &[fixture::BACKEND1_V6]);
+    let pad = [0u8; 10];
+    let v4 = |flags: fn(xlb_tests::packet::TcpBuilder) -> xlb_tests::packet::TcpBuilder,
+              dst: Ipv4Addr| {
+        flags(
+            Packet::eth(MAC_CLIENT, MAC_LB)
+                .ipv4(fixture::CLIENT_V4, dst)
+                .tcp(40000, 80),
+        )
+        .payload(&pad)
+        .build()
+    };
+    let syn = v4(|t| t.syn(), fixture::VIP_V4);
+    let ack = v4(|t| t.ack(), fixture::VIP_V4);
+    let other = v4(|t| t.ack(), Ipv4Addr::new(198, 18, 200, 1));
+    let v6_syn = Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv6(fixture::CLIENT_V6, fixture::VIP_V6)
+        .tcp(40000, 80)
+        .syn()
+        .build();
+    let v6_ack = Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv6(fixture::CLIENT_V6, fixture::VIP_V6)
+        .tcp(40000, 80)
+        .ack()
+        .build();
+
+    // The flows exist before their ACKs are timed.
+    for (frame, want) in [
+        (&syn, Reason::TxTunnel),
+        (&v6_syn, Reason::TxTunnel),
+        (&other, Reason::PassNotVip),
+    ] {
+        let out = f.run(frame);
+        ensure!(
+            out.reason() == want,
+            "setup packet gave {:?}, want {want:?}",
+            out.reasons
+        );
+    }
+    let n = plan.testrun_calls;
+    let cases: [(&str, Program, &[u8], u32, &str); 5] = [
+        (
+            "testrun.empty.ns",
+            Program::Pass,
+            &ack,
+            XDP_PASS,
+            "xlb_pass (XDP_PASS): the floor",
+        ),
+        (
+            "testrun.lb.v4.established.ns",
+            Program::Lb,
+            &ack,
+            XDP_TX,
+            "TCP ACK, flow in table, IPIP",
+        ),
+        (
+            "testrun.lb.v4.syn.ns",
+            Program::Lb,
+            &syn,
+            XDP_TX,
+            "TCP SYN: ring + flow insert, IPIP",
+        ),
+        (
+            "testrun.lb.v6.established.ns",
+            Program::Lb,
+            &v6_ack,
+            XDP_TX,
+            "TCP ACK, flow in table, IP6IP6",
+        ),
+        (
+            "testrun.lb.non_vip.ns",
+            Program::Lb,
+            &other,
+            XDP_PASS,
+            "not a VIP: passed",
+        ),
+    ];
+    let mut empty = f64::NAN;
+    for (name, prog, frame, want, note) in cases {
+        let dp = f.dataplane();
+        let before = total_reasons(dp)?;
+        let mut ns = Vec::with_capacity(n);
+        for i in 0..n {
+            if i % 4096 == 0 {
+                stopped()?;
+            }
+            let r = dp.test_run_with(
+                prog,
+                frame,
+                RunOptions {
+                    repeat: 1,
+                    ..Default::default()
+                },
+            )?;
+            ensure!(r.action == want, "{name}: action {} want {want}", r.action);
+            ns.push(r.duration.as_nanos() as f64);
+        }
+        if prog == Program::Lb {
+            let moved = total_reasons(dp)? - before;
+            ensure!(
+                moved == n as u64,
+                "{name}: {moved} packets counted for {n} runs"
+            );
+        }
+        let mean = ns.iter().sum::<f64>() / n as f64;
+        let med = median(&mut ns);
+        if prog == Program::Pass {
+            empty = med;
+        }
+        let extra = if prog == Program::Lb {
+            format!(", {:.0} over empty", med - empty)
+        } else {
+            String::new()
+        };
+        results.add(
+            name,
+            med,
+            format!("{note}; median of {n} (mean {mean:.1}){extra}"),
+        );
+    }
+    Ok(())
+}
+
+fn total_reasons(dp: &mut Dataplane) -> Result<u64> {
+    Ok(dp.reasons()?.iter().map(|(_, c)| c.packets).sum())
+}
+
+// ---------------------------------------------------------------------------------------------
+// veth, live frames
+
+const NS_GEN: &str = "xlb-bench-gen";
+const NS_DUT: &str = "xlb-bench-dut";
+const IF_GEN: &str = "xbgen0";
+const IF_DUT: &str = "xbdut0";
+const MAC_GEN: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0xbe, 0x01];
+const MAC_DUT: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0xbe, 0x02];
+const DUT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+const DUT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 2);
+const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+const VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+const TARGETS: usize = 8;
+/// Frames per live-frames batch (the kernel's maximum is 256).
+const BATCH: u32 = 64;
+/// Generator runs per `BPF_PROG_RUN` call: a few tens of ms, so a stop is seen quickly.
+const GEN_REPEAT: u32 = 50_000;
+/// Upper bound on generator calls per measurement (a bounded loop even if the clock stalls).
+const GEN_MAX_CALLS: usize = 100_000;
+/// Flows the generator cycles through (source ports).
+const FLOWS_ESTABLISHED: u32 = 1 << 14;
+const FLOWS_SYN: u32 = 1 << 15;
+
+/// The two namespaces; removed (with the veth pair) when dropped, on every way out.
+struct BenchNet {
+    /// Held while the namespaces exist, so two benches never share (or remove) them.
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// The lock file of the bench namespaces.
+const LOCK: &str = "/run/xlb-bench.lock";
+
+impl BenchNet {
+    fn up() -> Result<BenchNet> {
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(LOCK)
+            .with_context(|| format!("opening {LOCK}"))?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| e)
+            .with_context(|| format!("another xlb-bench holds {LOCK}"))?;
+        // Left over by a bench that was killed outright: nobody uses them (we hold the lock).
+        BenchNet::remove();
+        for ns in [NS_GEN, NS_DUT] {
+            cmd(Command::new("ip").args(["netns", "add", ns]))?;
+        }
+        // From here on `Drop` cleans up.
+        let net = BenchNet { _lock: lock };
+        let (mg, md) = (mac_str(MAC_GEN), mac_str(MAC_DUT));
+        // Created inside the generator's namespace, peer placed straight into the other one:
+        // nothing touches the host's namespace.
+        ip(
+            NS_GEN,
+            &[
+                "link", "add", IF_GEN, "address", &mg, "type", "veth", "peer", "name", IF_DUT,
+                "address", &md, "netns", NS_DUT,
+            ],
+        )?;
+        for (ns, dev) in [(NS_GEN, IF_GEN), (NS_DUT, IF_DUT)] {
+            ip(ns, &["link", "set", "lo", "up"])?;
+            cmd(&mut netns_command(ns, &["ethtool", "-K", dev, "tx", "off"]))?;
+            ip(ns, &["link", "set", dev, "up"])?;
+        }
+        // The balancer's side: an address on the target segment, forwarding on (the XDP FIB
+        // lookup requires it), and permanent neighbours for the targets, reached through the
+        // veth (their MAC is the generator's end, where the sink drops what comes back).
+        ip(
+            NS_DUT,
+            &["addr", "add", &format!("{DUT_V4}/24"), "dev", IF_DUT],
+        )?;
+        ip(
+            NS_DUT,
+            &[
+                "addr",
+                "add",
+                &format!("{DUT_V6}/64"),
+                "dev",
+                IF_DUT,
+                "nodad",
+            ],
+        )?;
+        in_netns(NS_DUT, || -> Result<()> {
+            for key in [
+                "net/ipv4/conf/all/forwarding",
+                "net/ipv6/conf/all/forwarding",
+            ] {
+                std::fs::write(format!("/proc/sys/{key}"), "1")
+                    .with_context(|| format!("sysctl {key}"))?;
+            }
+            Ok(())
+        })??;
+        for i in 1..=TARGETS {
+            for addr in [IpAddr::V4(target_v4(i)), IpAddr::V6(target_v6(i))] {
+                ip(
+                    NS_DUT,
+                    &[
+                        "neigh",
+                        "replace",
+                        &addr.to_string(),
+                        "lladdr",
+                        &mg,
+                        "dev",
+                        IF_DUT,
+                        "nud",
+                        "permanent",
+                    ],
+                )?;
+            }
+        }
+        Ok(net)
+    }
+
+    fn remove() {
+        for ns in [NS_GEN, NS_DUT] {
+            if std::path::Path::new("/run/netns").join(ns).exists() {
+                let _ = cmd(Command::new("ip").args(["netns", "del", ns]));
+            }
+        }
+    }
+}
+
+impl Drop for BenchNet {
+    fn drop(&mut self) {
+        BenchNet::remove();
+    }
+}
+
+fn target_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 1, 10 + i as u8)
+}
+
+fn target_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x10 + i as u16)
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn ip(ns: &str, args: &[&str]) -> Result<()> {
+    cmd(Command::new("ip").args(["-n", ns]).args(args))
+}
+
+fn cmd(c: &mut Command) -> Result<()> {
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {c:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{c:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// What the generator sends in one measurement.
+struct Traffic {
+    frame: Vec<u8>,
+    sport_off: u32,
+    csum_off: u32,
+    flows: u32,
+}
+
+impl Traffic {
+    fn tcp_v4(syn: bool, flows: u32) -> Traffic {
+        let t = Packet::eth(MAC_GEN, MAC_DUT)
+            .ipv4(CLIENT_V4, VIP_V4)
+            .tcp(10000, 80);
+        let t = if syn { t.syn() } else { t.ack() };
+        // 64-byte frames.
+        Traffic {
+            frame: t.payload(&[0; 10]).build(),
+            sport_off: 34,
+            csum_off: 34 + 16,
+            flows,
+        }
+    }
+
+    fn tcp_v6(flows: u32) -> Traffic {
+        let t = Packet::eth(MAC_GEN, MAC_DUT)
+            .ipv6(CLIENT_V6, VIP_V6)
+            .tcp(10000, 80)
+            .ack();
+        // 80-byte frames (the smallest multiple of 8 that holds the headers).
+        Traffic {
+            frame: t.payload(&[0; 6]).build(),
+            sport_off: 54,
+            csum_off: 54 + 16,
+            flows,
+        }
+    }
+
+    /// `BENCH_GEN[0]` as `bench.rs` lays it out.
+    fn config(&self) -> Result<[u8; 144]> {
+        ensure!(
+            self.frame.len().is_multiple_of(8) && self.frame.len() <= 128,
+            "generator frame of {} bytes",
+            self.frame.len()
+        );
+        ensure!(
+            self.flows.is_power_of_two(),
+            "flow count {} is not a power of two",
+            self.flows
+        );
+        let mut c = [0u8; 144];
+        c[0..4].copy_from_slice(&self.sport_off.to_ne_bytes());
+        c[4..8].copy_from_slice(&self.csum_off.to_ne_bytes());
+        c[8..12].copy_from_slice(&(self.flows - 1).to_ne_bytes());
+        c[16..16 + self.frame.len()].copy_from_slice(&self.frame);
+        Ok(c)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dut {
+    Reflector,
+    Lb,
+}
+
+struct Case {
+    name: &'static str,
+    dut: Dut,
+    /// The VIP index the traffic is for (balancer cases).
+    vip: u32,
+    traffic: Traffic,
+    note: &'static str,
+}
+
+struct Measured {
+    mpps: f64,
+    /// Share of the program under test's packets that got the expected verdict.
+    good: f64,
+    /// Share of its packets that took a backend from the ring (new or re-balanced flows).
+    new_flow_share: f64,
+    /// Its mean run time per packet from the kernel's statistics (NaN when they are off).
+    prog_ns: f64,
+}
+
+fn veth_bench(plan: &Plan, cpu: usize, no_fib: bool, results: &mut Results) -> Result<()> {
+    let _net = BenchNet::up().context("setting up the bench namespaces")?;
+
+    let mut gen_dp = Dataplane::load(Sizes::MINIMAL)?;
+    gen_dp.load_bench()?;
+    let mut dut = Dataplane::load(Sizes {
+        flows: 1 << 18,
+        vips: 2,
+    })?;
+    dut.load_bench()?;
+    configure_lb(&mut dut, no_fib)?;
+
+    let gen_ifindex = in_netns(NS_GEN, || nix::net::if_::if_nametoindex(IF_GEN))?
+        .context("ifindex of the generator's veth")?;
+    let sink = in_netns(NS_GEN, || {
+        gen_dp.attach(Program::BenchSink, IF_GEN, AttachMode::Native)
+    })??;
+
+    let cases = [
+        Case {
+            name: "veth.reflector.mpps",
+            dut: Dut::Reflector,
+            vip: 0,
+            traffic: Traffic::tcp_v4(false, FLOWS_ESTABLISHED),
+            note: "MAC swap + XDP_TX: the baseline",
+        },
+        Case {
+            name: "veth.lb.v4.established.mpps",
+            dut: Dut::Lb,
+            vip: 0,
+            traffic: Traffic::tcp_v4(false, FLOWS_ESTABLISHED),
+            note: "64B TCP ACKs over 16384 flows, IPIP",
+        },
+        Case {
+            name: "veth.lb.v4.syn.mpps",
+            dut: Dut::Lb,
+            vip: 0,
+            traffic: Traffic::tcp_v4(true, FLOWS_SYN),
+            note: "64B TCP SYNs over 32768 flows, IPIP",
+        },
+        Case {
+            name: "veth.lb.v6.established.mpps",
+            dut: Dut::Lb,
+            vip: 1,
+            traffic: Traffic::tcp_v6(FLOWS_ESTABLISHED),
+            note: "80B TCP ACKs over 16384 flows, IP6IP6",
+        },
+    ];
+    let mut mpps: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut good = vec![1.0f64; cases.len()];
+    let mut new_flows: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut prog_ns: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    // The reflector runs first in every round and once more at the end: each balancer run is
+    // compared with the reflector runs just before and after it (their geometric mean), which
+    // cancels slow drifts in what else the machine is doing.
+    let mut reflector: Vec<f64> = Vec::new();
+    for round in 0..=plan.rounds {
+        for (i, case) in cases.iter().enumerate() {
+            if round == plan.rounds && case.dut != Dut::Reflector {
+                continue;
+            }
+            let m = measure(plan, cpu, gen_ifindex, &mut gen_dp, &mut dut, case)?;
+            eprintln!(
+                "  round {}: {:<32} {:.3} Mpps",
+                round + 1,
+                case.name,
+                m.mpps
+            );
+            if case.dut == Dut::Reflector {
+                reflector.push(m.mpps);
+            }
+            mpps[i].push(m.mpps);
+            good[i] = good[i].min(m.good);
+            new_flows[i].push(m.new_flow_share);
+            prog_ns[i].push(m.prog_ns);
+        }
+    }
+    for (i, case) in cases.iter().enumerate() {
+        if case.dut == Dut::Lb {
+            ratios[i] = mpps[i]
+                .iter()
+                .zip(reflector.windows(2))
+                .map(|(m, r)| m / (r[0] * r[1]).sqrt())
+                .collect();
+        }
+    }
+    gen_dp.detach(Program::BenchSink, sink)?;
+    let [generated, _, sunk] = gen_dp.bench_stats()?;
+
+    for (i, case) in cases.iter().enumerate() {
+        let mut checked = if good[i] < 0.999 {
+            format!("; only {:.1}% tunnelled!", good[i] * 100.0)
+        } else {
+            String::new()
+        };
+        if case.dut == Dut::Lb {
+            let _ = write!(
+                checked,
+                "; {:.1}% from the ring",
+                median(&mut new_flows[i]) * 100.0
+            );
+        }
+        results.add(
+            case.name,
+            median(&mut mpps[i]),
+            format!("{}; median of {} runs{checked}", case.note, mpps[i].len()),
+        );
+    }
+    for (i, case) in cases.iter().enumerate() {
+        let name = case.name.trim_end_matches(".mpps");
+        results.add(
+            &format!("{name}.prog_ns"),
+            median(&mut prog_ns[i]),
+            "the program under test's own ns per packet (kernel run-time stats)",
+        );
+    }
+    for (i, case) in cases.iter().enumerate() {
+        if case.dut == Dut::Lb {
+            let name = case.name.trim_end_matches(".mpps");
+            results.add(
+                &format!("{name}.ratio"),
+                median(&mut ratios[i]),
+                "over veth.reflector.mpps (the runs before and after), median of rounds",
+            );
+        }
+    }
+    results.add(
+        "veth.returned_share",
+        sunk as f64 / generated.max(1) as f64,
+        "frames back at the generator / frames generated",
+    );
+    Ok(())
+}
+
+/// One VIP per family (TCP port 80) over `TARGETS` targets of the same family.
+fn configure_lb(dp: &mut Dataplane, no_fib: bool) -> Result<()> {
+    let cfg = Config {
+        tunnel_src_v4: [172, 16, 0, 0],
+        tunnel_src_v6: [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        gateway_mac: MAC_GEN,
+        flags: if no_fib { CONFIG_F_NO_FIB } else { 0 },
+        mtu: 1500,
+        _pad: [0; 6],
+    };
+    dp.set_config(&cfg)?;
+    let mut index = 1;
+    for (vip, family) in [
+        (IpAddr::V4(VIP_V4), AF_INET),
+        (IpAddr::V6(VIP_V6), AF_INET6),
+    ] {
+        let vip_index = u32::from(family == AF_INET6);
+        let mut keys = Vec::new();
+        let mut indices = Vec::new();
+        for i in 1..=TARGETS {
+            let addr = if family == AF_INET {
+                IpAddr::V4(target_v4(i))
+            } else {
+                IpAddr::V6(target_v6(i))
+            };
+            let (fam, a) = fixture::addr_bytes(addr);
+            dp.set_backend(
+                index,
+                &Backend {
+                    addr: a,
+                    family: fam,
+                    flags: BACKEND_F_LIVE,
+                    mac: MAC_GEN,
+                },
+            )?;
+            keys.push(a);
+            indices.push(index);
+            index += 1;
+        }
+        let targets: Vec<MaglevTarget<'_>> = keys
+            .iter()
+            .zip(&indices)
+            .map(|(k, i)| MaglevTarget {
+                key: k,
+                index: *i,
+                weight: 1,
+            })
+            .collect();
+        dp.write_ring(vip_index, 0, &maglev::build(&targets, RING_SIZE)?)?;
+        let (fam, a) = fixture::addr_bytes(vip);
+        dp.set_vip(
+            &VipKey {
+                addr: a,
+                port_be: 80u16.to_be(),
+                proto: IPPROTO_TCP,
+                family: fam,
+            },
+            &VipMeta {
+                index: vip_index,
+                ring: 0,
+                flags: 0,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Packets the program under test has seen, and those with the expected verdict.
+/// The program under test's counters at one moment.
+#[derive(Clone, Copy)]
+struct Snapshot {
+    at: Instant,
+    /// Packets it saw.
+    packets: u64,
+    /// Packets with the expected verdict (tunnelled; every packet for the reflector).
+    good: u64,
+    /// Flows the balancer (re)created from the ring.
+    new_flows: u64,
+    /// Kernel run-time statistics of the program (zero when they are off).
+    run_ns: u64,
+    runs: u64,
+}
+
+fn snapshot(dp: &mut Dataplane, case: &Case, prog: Program) -> Result<Snapshot> {
+    let (run, runs) = dp.run_stats(prog)?;
+    let (packets, good, new_flows) = match case.dut {
+        Dut::Reflector => {
+            let n = dp.bench_stats()?[1];
+            (n, n, 0)
+        }
+        Dut::Lb => {
+            let r = dp.reasons()?;
+            let all = r.iter().map(|(_, c)| c.packets).sum();
+            let tx = r
+                .iter()
+                .filter(|(r, _)| *r == Reason::TxTunnel)
+                .map(|(_, c)| c.packets)
+                .sum();
+            (all, tx, dp.vip_counters(case.vip)?.new_flows)
+        }
+    };
+    Ok(Snapshot {
+        at: Instant::now(),
+        packets,
+        good,
+        new_flows,
+        run_ns: run.as_nanos() as u64,
+        runs,
+    })
+}
+
+fn measure(
+    plan: &Plan,
+    cpu: usize,
+    ifindex: u32,
+    gen_dp: &mut Dataplane,
+    dut: &mut Dataplane,
+    case: &Case,
+) -> Result<Measured> {
+    gen_dp.set_bench_gen(&case.traffic.config()?)?;
+    let prog = match case.dut {
+        Dut::Reflector => Program::BenchReflect,
+        Dut::Lb => Program::Lb,
+    };
+    let link = in_netns(NS_DUT, || dut.attach(prog, IF_DUT, AttachMode::Native))??;
+    let stop = AtomicBool::new(false);
+    let frame = &case.traffic.frame;
+    let result = thread::scope(|s| {
+        let generator = s.spawn(|| {
+            in_netns(NS_GEN, || -> Result<()> {
+                let mut set = nix::sched::CpuSet::new();
+                set.set(cpu)?;
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                    .context("pinning the generator")?;
+                // Real-time priority keeps other work on this CPU (builds, say) from taking
+                // turns with the generator; the kernel's RT throttling still leaves them 5%.
+                // Without it (no permission) the numbers are just noisier.
+                let param = libc::sched_param { sched_priority: 1 };
+                // SAFETY: plain call on this thread (0) with a valid parameter.
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+                let opts = RunOptions {
+                    repeat: GEN_REPEAT,
+                    live_frames: Some(BATCH),
+                    ingress_ifindex: ifindex,
+                };
+                for _ in 0..GEN_MAX_CALLS {
+                    if stop.load(Ordering::Relaxed) || STOP.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    // Live frames report no return value: the counters tell what happened.
+                    gen_dp.test_run_with(Program::BenchGen, frame, opts)?;
+                }
+                Ok(())
+            })?
+        });
+        let counted = (|| -> Result<[Snapshot; 4]> {
+            sleep(plan.warmup)?;
+            let a = snapshot(dut, case, prog)?;
+            sleep(plan.interval)?;
+            let b = snapshot(dut, case, prog)?;
+            // Then the program's own cost, from the kernel's run-time statistics. They are on
+            // only for this shorter second interval: they slow every program down a little.
+            let stats = Dataplane::enable_run_stats()
+                .inspect_err(|e| eprintln!("xlb-bench: no BPF run-time statistics: {e}"))
+                .ok();
+            let c = snapshot(dut, case, prog)?;
+            sleep(plan.interval / 2)?;
+            let d = snapshot(dut, case, prog)?;
+            drop(stats);
+            Ok([a, b, c, d])
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let generated = generator
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        generated?;
+        counted
+    });
+    // Detach before looking at the result, so a failed measurement leaves nothing attached.
+    dut.detach(prog, link)?;
+    let [a, b, c, d] = result?;
+    let n = b.packets - a.packets;
+    ensure!(
+        n > 0,
+        "{}: the program under test saw no packets",
+        case.name
+    );
+    let runs = d.runs - c.runs;
+    Ok(Measured {
+        mpps: n as f64 / (b.at - a.at).as_secs_f64() / 1e6,
+        good: (b.good - a.good) as f64 / n as f64,
+        new_flow_share: (b.new_flows - a.new_flows) as f64 / n as f64,
+        prog_ns: if runs == 0 {
+            f64::NAN
+        } else {
+            (d.run_ns - c.run_ns) as f64 / runs as f64
+        },
+    })
+}
