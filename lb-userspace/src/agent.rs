@@ -361,6 +361,7 @@ pub fn effective(
                     weight: r.weight,
                     mac: r.mac.clone(),
                     zone: r.zone.clone(),
+                    port: None,
                 });
             }
         }

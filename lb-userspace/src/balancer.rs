@@ -239,6 +239,8 @@ fn protocols(p: Protocol) -> &'static [u8] {
         Protocol::Tcp => &[IPPROTO_TCP],
         Protocol::Udp => &[IPPROTO_UDP],
         Protocol::TcpUdp => &[IPPROTO_TCP, IPPROTO_UDP],
+        // Validation keeps HTTP out of L4 listeners.
+        Protocol::Http => &[],
     }
 }
 

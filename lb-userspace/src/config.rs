@@ -41,6 +41,9 @@ pub struct Config {
     pub target_groups: Vec<TargetGroup>,
     #[serde(default)]
     pub listeners: Vec<Listener>,
+    /// HTTP/HTTPS listeners with ALB rules (the L7 tier).
+    #[serde(default)]
+    pub http_listeners: Vec<crate::l7::config::HttpListener>,
 }
 
 /// This load balancer node.
@@ -117,6 +120,9 @@ pub struct Target {
     /// The target's availability zone.
     #[serde(default)]
     pub zone: Option<String>,
+    /// The target's port (HTTP target groups; the group's `port` otherwise).
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -126,6 +132,9 @@ pub enum Protocol {
     Udp,
     #[serde(rename = "TCP_UDP")]
     TcpUdp,
+    /// A target group of HTTP servers, for `http_listeners`.
+    #[serde(rename = "HTTP")]
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -264,7 +273,12 @@ impl Config {
                 hc.validate()
                     .map_err(|m| invalid(format!("{at}.health_check"), m))?;
             }
-            for (k, v) in &tg.attributes {
+            // HTTP groups have ALB attributes, checked with the L7 config below.
+            for (k, v) in tg
+                .attributes
+                .iter()
+                .filter(|_| tg.protocol != Protocol::Http)
+            {
                 let Some((_, allowed)) = ATTRIBUTES.iter().find(|(name, _)| name == k) else {
                     return Err(invalid(
                         format!("{at}.attributes.\"{k}\""),
@@ -302,6 +316,12 @@ impl Config {
                     format!("no target group named {target_group:?}"),
                 ));
             };
+            if tg.protocol == Protocol::Http || l.protocol == Protocol::Http {
+                return Err(invalid(
+                    key,
+                    "HTTP belongs to http_listeners, not to L4 listeners".into(),
+                ));
+            }
             for (j, t) in tg.targets.iter().enumerate() {
                 if l.address.is_ipv6() && t.id.is_ipv4() && l.forwarding == Forwarding::Tunnel {
                     return Err(invalid(
@@ -320,7 +340,38 @@ impl Config {
                 }
             }
         }
+        cfg.l7()
+            .validate()
+            .map_err(|e| invalid("http_listeners".into(), e.to_string()))?;
         Ok(cfg)
+    }
+
+    /// The L7 tier's part: HTTP listeners and the HTTP target groups.
+    pub fn l7(&self) -> crate::l7::L7Config {
+        use crate::l7::config::{HttpTarget, HttpTargetGroup, TargetProtocol};
+        let groups = self
+            .target_groups
+            .iter()
+            .filter(|tg| tg.protocol == Protocol::Http);
+        crate::l7::L7Config {
+            target_groups: groups
+                .map(|tg| HttpTargetGroup {
+                    name: tg.name.clone(),
+                    protocol: TargetProtocol::Http,
+                    port: tg.port,
+                    targets: tg
+                        .targets
+                        .iter()
+                        .map(|t| HttpTarget {
+                            id: t.id,
+                            port: t.port,
+                        })
+                        .collect(),
+                    attributes: tg.attributes.clone(),
+                })
+                .collect(),
+            http_listeners: self.http_listeners.clone(),
+        }
     }
 }
 

@@ -390,7 +390,8 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
         cfg.node.xdp_mode,
         cfg.node.api_socket.clone(),
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Multi-threaded: the L7 tier's connections use every core.
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     // The health checks are tasks of this runtime.
@@ -404,6 +405,15 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
     rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let api = api::bind(&socket)?;
+        // The L7 tier, when the config has HTTP listeners; reloads reach it through `l7_config`.
+        let (l7_config, l7_rx) = tokio::sync::watch::channel(std::sync::Arc::new(agent.file.l7()));
+        let (l7_stop, l7_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (log_tx, mut access_log) = tokio::sync::mpsc::channel::<String>(1024);
+        let l7 = (!agent.file.http_listeners.is_empty()).then(|| {
+            tokio::spawn(xlb::l7::serve(l7_rx, Some(log_tx), async {
+                let _ = l7_stopped.await;
+            }))
+        });
         let metrics = match metrics_address {
             Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind metrics on {addr}"))?),
             None => None,
@@ -448,6 +458,7 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
                         tracing::info!(target_group = %g, target = %id, "target finished draining");
                     }
                 }
+                Some(line) = access_log.recv() => println!("{line}"),
                 _ = hup.recv() => match agent.reload() {
                     Ok(()) => tracing::info!(config = %agent.path.display(), "reloaded"),
                     Err(e) => tracing::warn!(error = format!("{e:#}"), "reload refused, keeping the running config"),
@@ -455,8 +466,21 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
+            // A reload (SIGHUP or the API) may have changed the HTTP listeners: swap them in.
+            l7_config.send_if_modified(|running| {
+                let new = agent.file.l7();
+                let changed = **running != new;
+                if changed {
+                    *running = std::sync::Arc::new(new);
+                }
+                changed
+            });
         }
         let _ = std::fs::remove_file(&socket);
+        if let Some(task) = l7 {
+            let _ = l7_stop.send(());
+            task.await??;
+        }
         anyhow::Ok(())
     })?;
     print!("{}", xlb::stats::table(&mut agent.lb)?);

@@ -1,0 +1,294 @@
+//! A listening socket and its connections. Each accepted connection does its TLS handshake (on
+//! HTTPS, with the listener's TLS config at that moment) and is served by hyper-util's auto
+//! builder, which speaks HTTP/1.1 and HTTP/2 (h2c with prior knowledge on HTTP, ALPN on HTTPS).
+//! Every request reads the listener's current [`Route`] from an `ArcSwap`, so a reload applies
+//! to keep-alive connections already open.
+//!
+//! The idle timeout is ALB's: a connection that has sent and received nothing for that long, with
+//! no request in flight, is closed. A stop (reload removing the listener, or shutdown) stops
+//! accepting, asks open connections to finish (HTTP/2 GOAWAY, HTTP/1 close after the response)
+//! and waits for them at most [`DRAIN_TIMEOUT`].
+
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use rustls::ServerConfig;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinSet,
+};
+use tokio_rustls::TlsAcceptor;
+
+use super::{
+    desync::{self, Framing},
+    proxy::{self, Conn, Route, Shared, TlsInfo},
+};
+
+/// How long a stopping listener waits for its connections to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A listener's swappable state: routing and, on HTTPS, certificates.
+#[derive(Debug)]
+pub struct State {
+    pub route: Arc<Route>,
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
+/// Accepts until `stop` turns true, then drains.
+pub async fn run(
+    socket: TcpListener,
+    state: Arc<ArcSwap<State>>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conns = JoinSet::new();
+    let for_conns = stop.clone();
+    loop {
+        tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok((stream, client)) => {
+                    let conn = connection(stream, client, state.clone(), shared.clone(), for_conns.clone());
+                    conns.spawn(conn);
+                }
+                // Out of descriptors and the like: wait a little rather than spin.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            () = stopped(&mut stop) => break,
+        }
+    }
+    drop(socket);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        conns.abort_all();
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: drop it here.
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Activity on one connection, for the idle timeout.
+#[derive(Debug)]
+struct Activity {
+    start: Instant,
+    /// Milliseconds after `start` of the last byte read or written.
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once the connection has been idle for `idle` with nothing in flight.
+    async fn expired(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let quiet = last.elapsed();
+            if quiet >= idle && self.in_flight.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            tokio::time::sleep(idle.saturating_sub(quiet).max(Duration::from_millis(100))).await;
+        }
+    }
+}
+
+/// Counts a request as in flight on its connection until dropped.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn new(a: &Arc<Activity>) -> Busy {
+        a.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(a.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A client stream (after TLS) that records when bytes last moved, and shows what it reads to
+/// the connection's [`Framing`].
+struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    framing: desync::Shared,
+}
+
+impl<S> Watched<S> {
+    fn new(inner: S, activity: &Arc<Activity>, framing: &desync::Shared) -> Self {
+        Watched {
+            inner,
+            activity: activity.clone(),
+            framing: framing.clone(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+            Framing::feed_shared(&self.framing, &buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One client connection: TLS if the listener has it, then HTTP until idle, closed or stopped.
+async fn connection(
+    stream: TcpStream,
+    client: std::net::SocketAddr,
+    state: Arc<ArcSwap<State>>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    // Keep-alive data is small and latency-bound.
+    let _ = stream.set_nodelay(true);
+    let now = state.load_full();
+    let idle = now.route.idle_timeout;
+    let activity = Arc::new(Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+    });
+    let framing = Framing::shared();
+    let Some(tls) = &now.tls else {
+        let conn = Arc::new(Conn { client, tls: None });
+        let stream = Watched::new(stream, &activity, &framing);
+        serve(stream, conn, state, shared, (activity, framing), stop, idle).await;
+        return;
+    };
+    let handshake = TlsAcceptor::from(tls.clone()).accept(stream);
+    // A client that never finishes its handshake is idle too.
+    let Ok(Ok(stream)) = tokio::time::timeout(idle, handshake).await else {
+        return;
+    };
+    let session = stream.get_ref().1;
+    let info = TlsInfo {
+        server_name: session.server_name().map(str::to_owned),
+        cipher: session
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("-")
+            .to_owned(),
+        protocol: session
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("-")
+            .to_owned(),
+    };
+    let conn = Arc::new(Conn {
+        client,
+        tls: Some(info),
+    });
+    let stream = Watched::new(stream, &activity, &framing);
+    serve(stream, conn, state, shared, (activity, framing), stop, idle).await;
+}
+
+/// Serves HTTP on an established (maybe TLS) stream.
+async fn serve<S>(
+    stream: S,
+    conn: Arc<Conn>,
+    state: Arc<ArcSwap<State>>,
+    shared: Arc<Shared>,
+    (activity, framing): (Arc<Activity>, desync::Shared),
+    mut stop: watch::Receiver<bool>,
+    idle: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let busy_on = activity.clone();
+    let service = service_fn(move |req| {
+        let busy = Busy::new(&busy_on);
+        let ambiguous = Framing::next_request(&framing);
+        let route = state.load().route.clone();
+        let (conn, shared) = (conn.clone(), shared.clone());
+        async move {
+            let resp = proxy::handle(req, ambiguous, route, conn, shared).await;
+            drop(busy);
+            resp
+        }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    tokio::select! {
+        _ = served.as_mut() => return,
+        _ = activity.expired(idle) => return,
+        () = stopped(&mut stop) => served.as_mut().graceful_shutdown(),
+    }
+    // Stopping: let the connection finish what it has; the listener bounds the wait.
+    let _ = served.await;
+}

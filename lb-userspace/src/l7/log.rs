@@ -1,0 +1,214 @@
+//! Access log lines in the field order of ALB's access logs, so tools that read ALB logs read
+//! xlb's. Lines go to a bounded channel the caller drains (e.g. to stdout); like ALB's log this is
+//! best effort: a full channel drops the line rather than slow requests down.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::sync::mpsc;
+
+/// Where access log lines go.
+#[derive(Debug, Clone, Default)]
+pub struct AccessLog(Option<mpsc::Sender<String>>);
+
+impl AccessLog {
+    /// Lines go to `tx`; `None` turns the log off.
+    pub fn new(tx: Option<mpsc::Sender<String>>) -> AccessLog {
+        AccessLog(tx)
+    }
+
+    /// Sends one entry unless the log is off or full.
+    pub fn write(&self, entry: &Entry) {
+        if let Some(tx) = &self.0 {
+            // Best effort, as ALB: a slow reader loses lines, requests do not wait.
+            let _ = tx.try_send(entry.to_string());
+        }
+    }
+}
+
+/// One request, as ALB logs it. `None` prints `-` (or -1 for times, as ALB).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// `http`, `https`, `h2` or `ws`/`wss`.
+    pub kind: &'static str,
+    pub received: SystemTime,
+    /// The listener, standing for ALB's `elb` name.
+    pub elb: SocketAddr,
+    pub client: SocketAddr,
+    pub target: Option<SocketAddr>,
+    pub request_processing: Option<Duration>,
+    pub target_processing: Option<Duration>,
+    pub response_processing: Option<Duration>,
+    pub elb_status: u16,
+    pub target_status: Option<u16>,
+    /// `METHOD scheme://host:port/path?query HTTP/x`.
+    pub request: String,
+    pub user_agent: Option<String>,
+    pub ssl_cipher: Option<String>,
+    pub ssl_protocol: Option<String>,
+    pub target_group: Option<String>,
+    pub trace_id: Option<String>,
+    pub domain_name: Option<String>,
+    /// 0: the default action.
+    pub matched_rule_priority: u32,
+    /// `forward`, `redirect` or `fixed-response`.
+    pub action: Option<&'static str>,
+    pub redirect_url: Option<String>,
+    pub error_reason: Option<String>,
+}
+
+struct Opt<'a, T>(&'a Option<T>);
+
+impl<T: fmt::Display> fmt::Display for Opt<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+struct Secs(Option<Duration>);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "{:.3}", d.as_secs_f64()),
+            None => f.write_str("-1"),
+        }
+    }
+}
+
+/// A quoted field; `"` and `\` inside are escaped.
+struct Quoted<'a>(Option<&'a str>);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0.unwrap_or("-");
+        f.write_str("\"")?;
+        for c in s.chars() {
+            match c {
+                '"' | '\\' => write!(f, "\\{c}")?,
+                c if c.is_control() => write!(f, "\\x{:02x}", u32::from(c))?,
+                c => write!(f, "{c}")?,
+            }
+        }
+        f.write_str("\"")
+    }
+}
+
+/// ISO 8601 in UTC with microseconds, as ALB's `time`.
+pub struct Iso8601(pub SystemTime);
+
+impl fmt::Display for Iso8601 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60,
+            since.subsec_micros()
+        )
+    }
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {} {} {} {} {} {} {} {} - - {} {} {} {} {} {} {} \"-\" {} {} {} {} {} \"-\" \"-\" \"-\" \"-\" -",
+            self.kind,
+            Iso8601(self.received),
+            self.elb,
+            self.client,
+            Opt(&self.target),
+            Secs(self.request_processing),
+            Secs(self.target_processing),
+            Secs(self.response_processing),
+            self.elb_status,
+            Opt(&self.target_status),
+            Quoted(Some(&self.request)),
+            Quoted(self.user_agent.as_deref()),
+            Opt(&self.ssl_cipher),
+            Opt(&self.ssl_protocol),
+            Opt(&self.target_group),
+            Quoted(self.trace_id.as_deref()),
+            Quoted(self.domain_name.as_deref()),
+            self.matched_rule_priority,
+            Iso8601(self.received),
+            Quoted(self.action),
+            Quoted(self.redirect_url.as_deref()),
+            Quoted(self.error_reason.as_deref()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc_iso8601() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        assert_eq!(Iso8601(t).to_string(), "2023-11-14T22:13:20.123456Z");
+        assert_eq!(
+            Iso8601(UNIX_EPOCH).to_string(),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert!(Iso8601(leap).to_string().starts_with("2000-02-29T"));
+    }
+
+    #[test]
+    fn fields_come_in_alb_order() {
+        let e = Entry {
+            kind: "http",
+            received: UNIX_EPOCH,
+            elb: "127.0.0.1:80".parse().unwrap(),
+            client: "192.0.2.1:5000".parse().unwrap(),
+            target: Some("10.0.0.1:8080".parse().unwrap()),
+            request_processing: Some(Duration::from_millis(1)),
+            target_processing: Some(Duration::from_millis(20)),
+            response_processing: None,
+            elb_status: 200,
+            target_status: Some(200),
+            request: "GET http://a:80/ HTTP/1.1".into(),
+            user_agent: Some("cu\"rl".into()),
+            ssl_cipher: None,
+            ssl_protocol: None,
+            target_group: Some("web".into()),
+            trace_id: None,
+            domain_name: None,
+            matched_rule_priority: 0,
+            action: Some("forward"),
+            redirect_url: None,
+            error_reason: None,
+        };
+        let line = e.to_string();
+        assert!(
+            line.starts_with(
+                "http 1970-01-01T00:00:00.000000Z 127.0.0.1:80 192.0.2.1:5000 10.0.0.1:8080 \
+                 0.001 0.020 -1 200 200 - - \"GET http://a:80/ HTTP/1.1\" \"cu\\\"rl\" - - web \"-\" \"-\" \"-\" 0 "
+            ),
+            "{line}"
+        );
+        assert!(line.contains(" \"forward\" \"-\" \"-\" "), "{line}");
+    }
+}

@@ -1,0 +1,260 @@
+//! The L7 tier: HTTP and HTTPS listeners with the rules, actions and target groups of an AWS
+//! Application Load Balancer, in the same `xlb` process as the XDP tier.
+//!
+//! - [`config`]: the `[[http_listeners]]` and HTTP `[[target_groups]]` keys, validated.
+//! - [`rules`]: conditions and their matching (ALB wildcards, priority order).
+//! - [`action`]: the answers the load balancer makes itself (redirect, fixed response).
+//! - [`balance`]: target group and target choice, stickiness cookies.
+//! - [`desync`]: the raw HTTP/1 framing check against request smuggling.
+//! - [`proxy`]: one request's phases, from the desync check to the access log entry.
+//! - [`listener`]: sockets, TLS handshakes, connections, idle timeout and draining.
+//! - [`tls`]: rustls setup and certificate choice by SNI.
+//! - [`log`]: access log lines in ALB's format.
+//!
+//! [`serve`] runs the listeners until a shutdown future resolves. Config changes arrive on a
+//! `tokio::sync::watch` channel: each listener's state sits in an `ArcSwap`, so a reload swaps
+//! rules, targets and certificates without closing a connection; listeners that appear or
+//! disappear are bound or drained. A reload that fails (a certificate that does not load, a port
+//! taken) changes nothing and is reported on stderr.
+
+pub mod action;
+pub mod balance;
+pub mod config;
+pub mod desync;
+pub mod listener;
+pub mod log;
+pub mod proxy;
+pub mod rules;
+pub mod tls;
+
+use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use thiserror::Error;
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+
+pub use config::{ConfigError, L7Config};
+
+use self::{
+    action::{FixedResponse, Redirect},
+    balance::{Groups, WeightedGroups},
+    config::{Action, HttpListener, ListenerProtocol},
+    listener::State,
+    proxy::{Act, Route, Shared},
+    rules::RuleSet,
+};
+
+/// Why the L7 tier could not (re)configure.
+#[derive(Debug, Error)]
+pub enum L7Error {
+    #[error("listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS for the listener on {addr}: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: tls::TlsError,
+    },
+}
+
+/// ALB's default idle timeout.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running listener.
+struct Running {
+    state: Arc<ArcSwap<State>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Serves the listeners of `config` until `shutdown` resolves, applying each config sent on the
+/// channel. Access log lines go to `access_log` if given. Fails only if the first config cannot
+/// be applied; later failures keep the running config and are printed.
+pub async fn serve(
+    mut config: watch::Receiver<Arc<L7Config>>,
+    access_log: Option<mpsc::Sender<String>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), L7Error> {
+    let shared = Arc::new(Shared::new(log::AccessLog::new(access_log)));
+    let mut running = HashMap::new();
+    let first = config.borrow_and_update().clone();
+    apply(&first, &shared, &mut running).await?;
+    tokio::pin!(shutdown);
+    let mut updates = true;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            changed = config.changed(), if updates => {
+                if changed.is_err() {
+                    // The sender is gone: no more reloads, keep serving until shutdown.
+                    updates = false;
+                    continue;
+                }
+                let next = config.borrow_and_update().clone();
+                if let Err(e) = apply(&next, &shared, &mut running).await {
+                    eprintln!("xlb: L7 reload refused, keeping the running listeners: {e}");
+                }
+            }
+        }
+    }
+    for r in running.values() {
+        let _ = r.stop.send(true);
+    }
+    for (_, r) in running {
+        // A listener task only ends by itself; a panic in it has nothing left to clean up.
+        let _ = r.task.await;
+    }
+    Ok(())
+}
+
+/// Compiles `cfg`, then binds new listeners, swaps the state of kept ones and stops removed ones.
+/// Nothing changes unless everything compiles and binds.
+async fn apply(
+    cfg: &L7Config,
+    shared: &Arc<Shared>,
+    running: &mut HashMap<SocketAddr, Running>,
+) -> Result<(), L7Error> {
+    let groups = balance::compile(&cfg.target_groups, &shared.counters);
+    let mut states = Vec::new();
+    for l in &cfg.http_listeners {
+        let addr = SocketAddr::new(l.address, l.port);
+        let tls = match l.protocol {
+            ListenerProtocol::Http => None,
+            ListenerProtocol::Https => Some(
+                tls::server_config(&l.certificates)
+                    .map_err(|source| L7Error::Tls { addr, source })?,
+            ),
+        };
+        let route = Arc::new(compile_route(l, addr, &groups));
+        states.push((addr, State { route, tls }));
+    }
+    let mut bound = HashMap::new();
+    for (addr, _) in &states {
+        if !running.contains_key(addr) {
+            let socket = TcpListener::bind(addr)
+                .await
+                .map_err(|source| L7Error::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+            bound.insert(*addr, socket);
+        }
+    }
+    let keep: Vec<SocketAddr> = states.iter().map(|(a, _)| *a).collect();
+    for (addr, state) in states {
+        match (running.get(&addr), bound.remove(&addr)) {
+            (Some(r), _) => r.state.store(Arc::new(state)),
+            (None, Some(socket)) => {
+                let state = Arc::new(ArcSwap::from_pointee(state));
+                let (stop, stopped) = watch::channel(false);
+                let task = tokio::spawn(listener::run(
+                    socket,
+                    state.clone(),
+                    shared.clone(),
+                    stopped,
+                ));
+                running.insert(addr, Running { state, stop, task });
+            }
+            (None, None) => {}
+        }
+    }
+    let gone: Vec<SocketAddr> = running
+        .keys()
+        .filter(|a| !keep.contains(a))
+        .copied()
+        .collect();
+    for addr in gone {
+        if let Some(r) = running.remove(&addr) {
+            let _ = r.stop.send(true);
+            // Drains in the background; the port is free once the accept loop has returned.
+            tokio::spawn(r.task);
+        }
+    }
+    Ok(())
+}
+
+/// A listener's rules and actions, compiled against the config's groups.
+fn compile_route(l: &HttpListener, local: SocketAddr, groups: &Groups) -> Route {
+    let idle_timeout = l
+        .attributes
+        .get("idle_timeout.timeout_seconds")
+        .and_then(|s| config::seconds(s, 1, 4000).ok())
+        .map_or(DEFAULT_IDLE_TIMEOUT, Duration::from_secs);
+    let rules = l
+        .rules
+        .iter()
+        .filter_map(|r| {
+            let action = r.actions.first()?;
+            Some((
+                r.priority,
+                r.conditions.clone(),
+                compile_action(action, groups),
+            ))
+        })
+        .collect::<Vec<_>>();
+    Route {
+        local,
+        protocol: l.protocol,
+        rules: RuleSet::new(rules, compile_action(&l.default_action, groups)),
+        idle_timeout,
+    }
+}
+
+fn compile_action(a: &Action, groups: &Groups) -> Act {
+    match a {
+        Action::Forward {
+            target_group,
+            target_groups,
+            stickiness,
+        } => {
+            let named: Vec<(&str, u32)> = match target_group {
+                Some(one) => vec![(one.as_str(), 1)],
+                None => target_groups
+                    .iter()
+                    .map(|g| (g.name.as_str(), g.weight))
+                    .collect(),
+            };
+            let weighted = named
+                .into_iter()
+                .filter_map(|(name, w)| groups.get(name).map(|g| (g.clone(), w)))
+                .collect();
+            let stickiness = stickiness
+                .as_ref()
+                .filter(|s| s.enabled)
+                .map(|s| Duration::from_secs(u64::from(s.duration_seconds)));
+            Act::Forward(WeightedGroups::new(weighted, stickiness))
+        }
+        Action::Redirect {
+            protocol,
+            host,
+            port,
+            path,
+            query,
+            status_code,
+        } => Act::Redirect(Redirect::new(
+            protocol,
+            host,
+            port,
+            path,
+            query,
+            *status_code,
+        )),
+        Action::FixedResponse {
+            status_code,
+            content_type,
+            message_body,
+        } => Act::Fixed(FixedResponse::new(
+            *status_code,
+            content_type.as_deref(),
+            message_body.as_deref(),
+        )),
+    }
+}

@@ -1,0 +1,719 @@
+//! One request's way through a listener, as phases in the order they run (after pingora's
+//! `ProxyHttp`): [`request_filter`] refuses ambiguous requests, [`route`] runs the listener rules,
+//! then the action: a redirect or fixed response is answered here; a forward goes through
+//! [`upstream_peer`] (group, then target), [`upstream_request_filter`] (ALB's `X-Forwarded-*`
+//! headers), the pooled HTTP/1.1 client, and [`response_filter`] (stickiness cookies, hop-by-hop
+//! headers). [`handle`] ties them together and writes the access log entry.
+//!
+//! Errors carry who is at fault and map to ALB's status codes: an ambiguous request is the
+//! client's (400), an empty group ours (503), a target that refuses or breaks the connection the
+//! target's (502), and one that does not answer within the idle timeout also the target's (504).
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version,
+    header::{self, HeaderName},
+    uri::{Authority, Scheme},
+};
+use http_body::{Frame, SizeHint};
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
+use thiserror::Error;
+
+use super::{
+    action::{FixedResponse, Redirect, RedirectInput},
+    balance::{self, Counters, Group, InFlight, Pick, WeightedGroups},
+    config::ListenerProtocol,
+    log::{AccessLog, Entry},
+    rules::{RequestView, RuleSet, strip_port},
+};
+
+/// The body of every response xlb sends.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// How long a target may take to accept a connection (ALB's target connection timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a pooled connection to a target may stay idle.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// Who caused a failed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Target,
+    LoadBalancer,
+}
+
+/// Why a request got an error from the load balancer.
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    #[error("ambiguous request: {reason}")]
+    Ambiguous { reason: &'static str },
+    #[error("target group {group} has no target")]
+    NoTarget { group: String },
+    #[error("connect to {target}: {source}")]
+    Connect {
+        target: SocketAddr,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("request body toward {target}: {source}")]
+    ClientBody {
+        target: SocketAddr,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("target {target}: {source}")]
+    Target {
+        target: SocketAddr,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("target {target} sent no response in {timeout:?}")]
+    Timeout {
+        target: SocketAddr,
+        timeout: Duration,
+    },
+    #[error("cannot build the request to {target}: {reason}")]
+    Forward { target: SocketAddr, reason: String },
+}
+
+impl ProxyError {
+    /// The status the client gets, as ALB's.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Ambiguous { .. } | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Target { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Forward { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Who is at fault.
+    pub fn fault(&self) -> Fault {
+        match self {
+            ProxyError::Ambiguous { .. } | ProxyError::ClientBody { .. } => Fault::Client,
+            ProxyError::Connect { .. } | ProxyError::Target { .. } | ProxyError::Timeout { .. } => {
+                Fault::Target
+            }
+            ProxyError::NoTarget { .. } | ProxyError::Forward { .. } => Fault::LoadBalancer,
+        }
+    }
+}
+
+/// A compiled action.
+#[derive(Debug)]
+pub enum Act {
+    Forward(WeightedGroups),
+    Redirect(Redirect),
+    Fixed(FixedResponse),
+}
+
+impl Act {
+    fn name(&self) -> &'static str {
+        match self {
+            Act::Forward(_) => "forward",
+            Act::Redirect(_) => "redirect",
+            Act::Fixed(_) => "fixed-response",
+        }
+    }
+}
+
+/// A listener's config, compiled; swapped whole on reload.
+#[derive(Debug)]
+pub struct Route {
+    pub local: SocketAddr,
+    pub protocol: ListenerProtocol,
+    pub rules: RuleSet<Act>,
+    /// ALB's `idle_timeout.timeout_seconds`: for idle connections and for targets' answers.
+    pub idle_timeout: Duration,
+}
+
+/// What every listener shares, across reloads.
+#[derive(Debug)]
+pub struct Shared {
+    pub client: Client<HttpConnector, Incoming>,
+    pub counters: Counters,
+    pub log: AccessLog,
+}
+
+impl Shared {
+    /// A pooled keep-alive HTTP/1.1 client toward targets.
+    pub fn new(log: AccessLog) -> Shared {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        Shared {
+            client,
+            counters: Counters::default(),
+            log,
+        }
+    }
+}
+
+/// The connection a request came on.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub client: SocketAddr,
+    /// SNI, cipher suite and protocol version on HTTPS.
+    pub tls: Option<TlsInfo>,
+}
+
+/// What the access log says about a TLS connection.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    pub server_name: Option<String>,
+    pub cipher: String,
+    pub protocol: String,
+}
+
+/// Phase 1: refuses requests whose framing two parsers could read differently (request
+/// smuggling): `ambiguous` is what [`super::desync`] found in the raw HTTP/1 head; the headers
+/// are checked again for HTTP/2. hyper itself refuses bad chunking and differing lengths.
+pub fn request_filter(
+    headers: &HeaderMap,
+    ambiguous: Option<&'static str>,
+) -> Result<(), ProxyError> {
+    if let Some(reason) = ambiguous {
+        return Err(ProxyError::Ambiguous { reason });
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(ProxyError::Ambiguous {
+            reason: "both Content-Length and Transfer-Encoding",
+        });
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next()
+        && lengths.any(|other| other != first)
+    {
+        return Err(ProxyError::Ambiguous {
+            reason: "conflicting Content-Length",
+        });
+    }
+    Ok(())
+}
+
+/// The host a request is for: `Host`, else HTTP/2's `:authority`.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(Authority::as_str))
+}
+
+/// Phase 2: the first matching rule's priority and action (priority 0: the default action).
+pub fn route<'a, B>(r: &'a Route, conn: &Conn, req: &Request<B>) -> (u32, &'a Act) {
+    r.rules.route(&RequestView {
+        method: req.method(),
+        host: request_host(req),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+        client: conn.client.ip(),
+    })
+}
+
+/// The value of cookie `name` in the request, if any.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Phase 3 (forward): the group, then the target, honouring stickiness cookies.
+pub fn upstream_peer<'a>(
+    groups: &'a WeightedGroups,
+    headers: &HeaderMap,
+) -> Result<(&'a Arc<Group>, Pick<'a>), ProxyError> {
+    let group = groups
+        .pick(cookie(headers, balance::GROUP_COOKIE))
+        .ok_or_else(|| ProxyError::NoTarget {
+            group: "(weighted forward)".into(),
+        })?;
+    let pick = group
+        .pick(cookie(headers, balance::TARGET_COOKIE))
+        .ok_or_else(|| ProxyError::NoTarget {
+            group: group.name.clone(),
+        })?;
+    Ok((group, pick))
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, and those `Connection` names; keeps an upgrade if asked to.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .chain(HOP_BY_HOP.map(HeaderName::from_static))
+        .collect();
+    for h in named {
+        if keep_upgrade && (h == header::UPGRADE || h == header::CONNECTION) {
+            continue;
+        }
+        headers.remove(h);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Whether the request asks to switch protocols (WebSocket).
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Phase 4 (forward): the request as the target gets it: HTTP/1.1 to the target's address,
+/// `Host` kept, hop-by-hop headers gone, and ALB's `X-Forwarded-For` (appended),
+/// `X-Forwarded-Proto` and `X-Forwarded-Port`.
+pub fn upstream_request_filter(
+    req: &mut Request<Incoming>,
+    route: &Route,
+    conn: &Conn,
+    target: SocketAddr,
+) -> Result<(), ProxyError> {
+    let forward_error = |reason: String| ProxyError::Forward { target, reason };
+    if !req.headers().contains_key(header::HOST)
+        && let Some(authority) = req.uri().authority()
+    {
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| forward_error(format!("host {authority}: {e}")))?;
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let upgrade = wants_upgrade(req);
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(target.to_string())
+        .path_and_query(path)
+        .build()
+        .map_err(|e| forward_error(e.to_string()))?;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let client = conn.client.ip().to_string();
+    // ALB's default `append` mode: every earlier hop, in order, then the client.
+    let chain = headers
+        .get_all(&xff)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .chain([client.as_str()])
+        .collect::<Vec<_>>()
+        .join(", ");
+    let value = |s: &str| HeaderValue::from_str(s).map_err(|e| forward_error(e.to_string()));
+    headers.insert(xff, value(&chain)?);
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(route.protocol.scheme()),
+    );
+    headers.insert(
+        HeaderName::from_static("x-forwarded-port"),
+        HeaderValue::from(route.local.port()),
+    );
+    Ok(())
+}
+
+/// `name=value; Expires=...; Path=/` for a stickiness cookie.
+fn set_cookie(name: &str, value: &str, duration: Duration) -> Option<HeaderValue> {
+    let expires = httpdate::fmt_http_date(SystemTime::now() + duration);
+    HeaderValue::from_str(&format!("{name}={value}; Expires={expires}; Path=/")).ok()
+}
+
+/// Phase 5 (forward): the target's response as the client gets it: hop-by-hop headers gone
+/// (unless switching protocols), stickiness cookies (re)issued on every response, as ALB.
+pub fn response_filter(
+    resp: &mut Response<Incoming>,
+    groups: &WeightedGroups,
+    group: &Group,
+    target: &balance::Target,
+) {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(resp.headers_mut(), switching);
+    let headers = resp.headers_mut();
+    if let Some(d) = group.stickiness
+        && let Some(c) = set_cookie(balance::TARGET_COOKIE, target.cookie(), d)
+    {
+        headers.append(header::SET_COOKIE, c);
+    }
+    if groups.is_weighted()
+        && let Some(d) = groups.stickiness
+        && let Some(c) = set_cookie(balance::GROUP_COOKIE, &group.cookie, d)
+    {
+        headers.append(header::SET_COOKIE, c);
+    }
+}
+
+/// A target's response body that counts as outstanding until it is sent.
+struct Tracked {
+    inner: Incoming,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn full(status: StatusCode, headers: &[(HeaderName, HeaderValue)], body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().extend(headers.iter().cloned());
+    resp
+}
+
+/// An error page, as ALB's (HTML with the status line); the connection closes after it.
+fn error_response(e: &ProxyError) -> Response<Body> {
+    let status = e.status();
+    let line = format!(
+        "{} {}",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let page = format!(
+        "<html>\r\n<head><title>{line}</title></head>\r\n<body>\r\n<center><h1>{line}</h1></center>\r\n</body>\r\n</html>\r\n"
+    );
+    let mut headers = vec![(header::CONTENT_TYPE, HeaderValue::from_static("text/html"))];
+    if e.fault() == Fault::Client {
+        headers.push((header::CONNECTION, HeaderValue::from_static("close")));
+    }
+    full(status, &headers, Bytes::from(page))
+}
+
+/// What the forward phases found, for the log.
+#[derive(Default)]
+struct Outcome {
+    target: Option<SocketAddr>,
+    target_group: Option<String>,
+    target_status: Option<u16>,
+    target_time: Option<Duration>,
+    redirect_url: Option<String>,
+}
+
+/// Runs the phases for one request and logs it.
+pub async fn handle(
+    req: Request<Incoming>,
+    ambiguous: Option<&'static str>,
+    route: Arc<Route>,
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let mut entry = Entry {
+        kind: kind(&conn, &req),
+        received: SystemTime::now(),
+        elb: route.local,
+        client: conn.client,
+        target: None,
+        request_processing: None,
+        target_processing: None,
+        response_processing: None,
+        elb_status: 0,
+        target_status: None,
+        request: format!(
+            "{} {}://{}{} {:?}",
+            req.method(),
+            route.protocol.scheme(),
+            request_host(&req).map_or_else(|| route.local.to_string(), |h| h.to_owned()),
+            req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            req.version()
+        ),
+        user_agent: header_string(req.headers(), header::USER_AGENT),
+        ssl_cipher: conn.tls.as_ref().map(|t| t.cipher.clone()),
+        ssl_protocol: conn.tls.as_ref().map(|t| t.protocol.clone()),
+        target_group: None,
+        trace_id: header_string(req.headers(), HeaderName::from_static("x-amzn-trace-id")),
+        domain_name: conn.tls.as_ref().and_then(|t| t.server_name.clone()),
+        matched_rule_priority: 0,
+        action: None,
+        redirect_url: None,
+        error_reason: None,
+    };
+    let mut outcome = Outcome::default();
+    let result = match request_filter(req.headers(), ambiguous) {
+        Ok(()) => {
+            let (priority, act) = self::route(&route, &conn, &req);
+            entry.matched_rule_priority = priority;
+            entry.action = Some(act.name());
+            run(act, req, &route, &conn, &shared, &mut outcome).await
+        }
+        Err(e) => Err(e),
+    };
+    let resp = result.unwrap_or_else(|e| {
+        entry.error_reason = Some(format!("{:?}: {e}", e.fault()));
+        error_response(&e)
+    });
+    entry.target = outcome.target;
+    entry.target_group = outcome.target_group;
+    entry.target_status = outcome.target_status;
+    entry.redirect_url = outcome.redirect_url;
+    entry.elb_status = resp.status().as_u16();
+    let total = started.elapsed();
+    match outcome.target_time {
+        Some(t) => {
+            entry.request_processing = Some(total.saturating_sub(t));
+            entry.target_processing = Some(t);
+            entry.response_processing = Some(Duration::ZERO);
+        }
+        None => entry.request_processing = Some(total),
+    }
+    shared.log.write(&entry);
+    Ok(resp)
+}
+
+fn kind<B>(conn: &Conn, req: &Request<B>) -> &'static str {
+    match (
+        conn.tls.is_some(),
+        req.version() == Version::HTTP_2,
+        wants_upgrade(req),
+    ) {
+        (false, _, true) => "ws",
+        (true, _, true) => "wss",
+        (true, true, false) => "h2",
+        (true, false, false) => "https",
+        (false, _, false) => "http",
+    }
+}
+
+fn header_string(headers: &HeaderMap, name: HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Runs an action.
+async fn run(
+    act: &Act,
+    mut req: Request<Incoming>,
+    route: &Route,
+    conn: &Conn,
+    shared: &Shared,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, ProxyError> {
+    match act {
+        Act::Fixed(f) => {
+            let headers: Vec<_> = f.content_type_header().into_iter().collect();
+            Ok(full(f.status, &headers, f.body.clone()))
+        }
+        Act::Redirect(r) => {
+            let local = route.local.ip().to_string();
+            let host = request_host(&req).map_or(local.as_str(), strip_port);
+            let location = r.location(&RedirectInput {
+                protocol: route.protocol.scheme(),
+                host,
+                port: route.local.port(),
+                path: req.uri().path(),
+                query: req.uri().query(),
+            });
+            outcome.redirect_url = Some(location.clone());
+            let value = HeaderValue::from_str(&location).map_err(|e| ProxyError::Forward {
+                target: route.local,
+                reason: format!("Location {location:?}: {e}"),
+            })?;
+            Ok(full(r.status, &[(header::LOCATION, value)], Bytes::new()))
+        }
+        Act::Forward(groups) => {
+            let (group, pick) = upstream_peer(groups, req.headers())?;
+            let target = pick.target.addr;
+            outcome.target = Some(target);
+            outcome.target_group = Some(group.name.clone());
+            upstream_request_filter(&mut req, route, conn, target)?;
+            let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+            let sent = Instant::now();
+            let answer = tokio::time::timeout(route.idle_timeout, shared.client.request(req)).await;
+            outcome.target_time = Some(sent.elapsed());
+            let mut resp = match answer {
+                Err(_) => {
+                    return Err(ProxyError::Timeout {
+                        target,
+                        timeout: route.idle_timeout,
+                    });
+                }
+                Ok(Err(source)) if source.is_connect() => {
+                    return Err(ProxyError::Connect { target, source });
+                }
+                Ok(Err(source)) if body_failed(&source) => {
+                    return Err(ProxyError::ClientBody { target, source });
+                }
+                Ok(Err(source)) => return Err(ProxyError::Target { target, source }),
+                Ok(Ok(resp)) => resp,
+            };
+            outcome.target_status = Some(resp.status().as_u16());
+            response_filter(&mut resp, groups, group, pick.target);
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(client_upgrade) = client_upgrade
+            {
+                let target_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(client_upgrade, target_upgrade, pick.in_flight));
+                let (parts, _) = resp.into_parts();
+                return Ok(Response::from_parts(
+                    parts,
+                    http_body_util::Empty::new()
+                        .map_err(|never| match never {})
+                        .boxed(),
+                ));
+            }
+            let (parts, body) = resp.into_parts();
+            let body = Tracked {
+                inner: body,
+                _in_flight: pick.in_flight,
+            };
+            Ok(Response::from_parts(parts, body.boxed()))
+        }
+    }
+}
+
+/// Whether sending failed because the client's body did (bad chunking, early close): hyper
+/// reports the body stream's error as a "user" error of the client.
+fn body_failed(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_user())
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Copies bytes both ways once client and target have switched protocols (WebSocket).
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    target: hyper::upgrade::OnUpgrade,
+    _in_flight: InFlight,
+) {
+    let (Ok(client), Ok(target)) = tokio::join!(client, target) else {
+        return;
+    };
+    let mut client = TokioIo::new(client);
+    let mut target = TokioIo::new(target);
+    // Either side closing ends the tunnel; the error says only which side, nobody to tell.
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(request_filter(&h, None).is_ok());
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(request_filter(&h, None).is_ok());
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
+        assert!(request_filter(&h, None).is_err());
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        let e = request_filter(&h, None).unwrap_err();
+        assert_eq!(
+            (e.status(), e.fault()),
+            (StatusCode::BAD_REQUEST, Fault::Client)
+        );
+        assert!(request_filter(&HeaderMap::new(), Some("from the raw head")).is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_upgrades_stay() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let mut up = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        strip_hop_by_hop(&mut up, true);
+        assert_eq!(up.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(up.get(header::CONNECTION).unwrap(), "upgrade");
+        assert!(!up.contains_key("x-secret"));
+    }
+
+    #[test]
+    fn cookies_are_found_by_name() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; AWSALB=xyz"));
+        h.append(header::COOKIE, HeaderValue::from_static("AWSALBTG=tg"));
+        assert_eq!(cookie(&h, "AWSALB"), Some("xyz"));
+        assert_eq!(cookie(&h, "AWSALBTG"), Some("tg"));
+        assert_eq!(cookie(&h, "b"), None);
+    }
+}

@@ -1,0 +1,151 @@
+//! How the L7 tier fails, with ALB's status codes: ambiguous requests get 400 (request
+//! smuggling defence), a dead target 502, an empty target group 503, a target slower than the
+//! idle timeout 504; and an idle client connection is closed.
+
+mod l7_support;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use l7_support::{Lab, curl, free_port, group, raw};
+
+/// A listener with an idle timeout of 1 s: `/` forwards to a live backend, `/dead` to a port
+/// nobody listens on, `/empty` to a group without targets.
+fn errors_lab() -> (Lab, SocketAddr) {
+    let mut lab = Lab::new();
+    let live = lab.backend("live");
+    let dead = free_port();
+    let port = free_port();
+    let toml = format!(
+        r#"{}{}{}
+[[http_listeners]]
+address = "127.0.0.1"
+port = {port}
+protocol = "HTTP"
+default_action = {{ type = "forward", target_group = "live" }}
+attributes = {{ "idle_timeout.timeout_seconds" = "1" }}
+
+[[http_listeners.rules]]
+priority = 1
+conditions = [{{ field = "path-pattern", values = ["/dead"] }}]
+actions = [{{ type = "forward", target_group = "dead" }}]
+
+[[http_listeners.rules]]
+priority = 2
+conditions = [{{ field = "path-pattern", values = ["/empty"] }}]
+actions = [{{ type = "forward", target_group = "empty" }}]
+"#,
+        group("live", &[live], ""),
+        group("dead", &[dead], ""),
+        group("empty", &[], ""),
+    );
+    lab.start(&toml);
+    (lab, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn status_line(response: &str) -> &str {
+    response.lines().next().unwrap_or("")
+}
+
+#[test]
+fn ambiguous_requests_are_refused_with_400() {
+    let (_lab, addr) = errors_lab();
+    let cases: &[(&str, &[u8])] = &[
+        (
+            "Content-Length with Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "conflicting Content-Length",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        ),
+        (
+            "Content-Length list with different values",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 5\r\n\r\nabcde",
+        ),
+        (
+            "bad chunk size",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+        ),
+    ];
+    for (what, request) in cases {
+        let response = raw(addr, request);
+        assert!(
+            status_line(&response).starts_with("HTTP/1.1 400"),
+            "{what}: {response:?}"
+        );
+        assert!(
+            !response.contains("live"),
+            "{what} reached the target: {response}"
+        );
+    }
+    // The same listener still serves well-formed requests.
+    let response = raw(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd",
+    );
+    assert!(
+        status_line(&response).starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    assert!(response.contains("body: abcd"), "{response}");
+}
+
+#[test]
+fn target_failures_map_to_502_503_504() {
+    let (mut lab, addr) = errors_lab();
+    let base = format!("http://{addr}");
+    let r = curl(&[&format!("{base}/dead")]);
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.contains("502 Bad Gateway"), "{}", r.body);
+    let r = curl(&[&format!("{base}/empty")]);
+    assert_eq!(r.status, 503, "{r:?}");
+    let started = Instant::now();
+    let r = curl(&[&format!("{base}/slow")]);
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "504 after the idle timeout (1 s), not the target's 3 s"
+    );
+    assert_eq!(curl(&[&base]).status, 200);
+    let log = lab.log_lines();
+    let statuses: Vec<&str> = log.iter().filter_map(|l| l.split(' ').nth(8)).collect();
+    assert_eq!(statuses, ["502", "503", "504", "200"], "{log:#?}");
+    assert!(log[0].contains("\"forward\""), "{}", log[0]);
+    assert!(log[0].contains("Target: connect to"), "{}", log[0]);
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout() {
+    let (_lab, addr) = errors_lab();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("send");
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).expect("response");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let quiet = Instant::now();
+    // Keep-alive: the connection stays up, then closes after 1 s of silence.
+    let mut closed = false;
+    while quiet.elapsed() < Duration::from_secs(5) {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    assert!(closed, "the connection stayed open");
+    let waited = quiet.elapsed();
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(2500)).contains(&waited),
+        "closed after {waited:?}"
+    );
+}

@@ -1,0 +1,224 @@
+//! L7 listener rules and actions through real sockets: each condition type routes a real curl
+//! request to the backend its rule names; fixed responses, redirects, weighted forwards and
+//! ALB's `X-Forwarded-*` headers are checked on the wire, over HTTP/1.1 and h2c.
+
+mod l7_support;
+
+use l7_support::{Lab, curl, free_port, group};
+
+/// Backends `default`, `host`, `path`, `header`, `method`, `query`, `source`, `never`, and a
+/// listener with one rule per condition type.
+fn routing_lab() -> (Lab, String) {
+    let mut lab = Lab::new();
+    let mut groups = String::new();
+    for name in [
+        "default", "host", "path", "header", "method", "query", "source", "never",
+    ] {
+        let port = lab.backend(name);
+        groups.push_str(&group(name, &[port], ""));
+    }
+    let port = free_port();
+    let toml = format!(
+        r#"{groups}
+[[http_listeners]]
+address = "127.0.0.1"
+port = {port}
+protocol = "HTTP"
+default_action = {{ type = "forward", target_group = "default" }}
+
+[[http_listeners.rules]]
+priority = 10
+conditions = [{{ field = "host-header", values = ["*.example.com", "api.example.org"] }}]
+actions = [{{ type = "forward", target_group = "host" }}]
+
+[[http_listeners.rules]]
+priority = 20
+conditions = [{{ field = "path-pattern", values = ["/img/*", "/v?/pics"] }}]
+actions = [{{ type = "forward", target_group = "path" }}]
+
+[[http_listeners.rules]]
+priority = 30
+conditions = [{{ field = "http-header", name = "X-Env", values = ["beta*"] }}]
+actions = [{{ type = "forward", target_group = "header" }}]
+
+[[http_listeners.rules]]
+priority = 40
+conditions = [{{ field = "http-request-method", values = ["DELETE", "PUT"] }}]
+actions = [{{ type = "forward", target_group = "method" }}]
+
+[[http_listeners.rules]]
+priority = 50
+conditions = [{{ field = "query-string", values = [{{ key = "version", value = "v*" }}] }}]
+actions = [{{ type = "forward", target_group = "query" }}]
+
+[[http_listeners.rules]]
+priority = 60
+conditions = [
+  {{ field = "source-ip", values = ["127.0.0.0/8"] }},
+  {{ field = "path-pattern", values = ["/local"] }},
+]
+actions = [{{ type = "forward", target_group = "source" }}]
+
+[[http_listeners.rules]]
+priority = 70
+conditions = [
+  {{ field = "source-ip", values = ["192.0.2.0/24"] }},
+  {{ field = "path-pattern", values = ["/remote"] }},
+]
+actions = [{{ type = "forward", target_group = "never" }}]
+
+[[http_listeners.rules]]
+priority = 5
+conditions = [{{ field = "path-pattern", values = ["/img/secret"] }}]
+actions = [{{ type = "fixed-response", status_code = 403, content_type = "application/json", message_body = "{{\"denied\":true}}" }}]
+
+[[http_listeners.rules]]
+priority = 80
+conditions = [{{ field = "path-pattern", values = ["/old/*"] }}]
+actions = [{{ type = "redirect", protocol = "HTTPS", port = "443", status_code = "HTTP_301" }}]
+
+[[http_listeners.rules]]
+priority = 90
+conditions = [{{ field = "path-pattern", values = ["/moved"] }}]
+actions = [{{ type = "redirect", host = "new.#{{host}}", path = "/v2/#{{path}}", query = "from=old&#{{query}}", status_code = "HTTP_302" }}]
+"#
+    );
+    lab.start(&toml);
+    (lab, format!("http://127.0.0.1:{port}"))
+}
+
+#[test]
+fn each_condition_type_routes_to_its_target_group() {
+    let (_lab, base) = routing_lab();
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&[], "/", "default"),
+        (&["-H", "Host: WWW.Example.COM"], "/", "host"),
+        (&["-H", "Host: api.example.org:8080"], "/", "host"),
+        (&["-H", "Host: example.com"], "/", "default"),
+        (&[], "/img/cat.png", "path"),
+        (&[], "/v2/pics", "path"),
+        (&[], "/IMG/cat.png", "default"),
+        (&["-H", "x-env: Beta-7"], "/", "header"),
+        (&["-H", "x-env: prod"], "/", "default"),
+        (&["-X", "DELETE"], "/", "method"),
+        (&["-X", "PATCH"], "/", "default"),
+        (&[], "/?a=1&version=V3", "query"),
+        (&[], "/?version=3", "default"),
+        (&[], "/local", "source"),
+        (&[], "/remote", "default"),
+        // Priority 10 (host) beats priority 20 (path).
+        (&["-H", "Host: a.example.com"], "/img/x", "host"),
+    ];
+    for (args, path, want) in cases {
+        let url = format!("{base}{path}");
+        let mut all: Vec<&str> = args.to_vec();
+        all.push(&url);
+        let r = curl(&all);
+        assert_eq!(r.status, 200, "{args:?} {path}: {r:?}");
+        assert_eq!(r.backend(), *want, "{args:?} {path}: {}", r.body);
+    }
+}
+
+#[test]
+fn fixed_response_and_redirects_are_answered_by_the_load_balancer() {
+    let (_lab, base) = routing_lab();
+    let r = curl(&[&format!("{base}/img/secret")]);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.body, "{\"denied\":true}");
+
+    // ALB's HTTP→HTTPS example: protocol and port change, host, path and query stay.
+    let r = curl(&[
+        "-H",
+        "Host: shop.example.net",
+        &format!("{base}/old/a/b?x=1&y=2"),
+    ]);
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location"),
+        Some("https://shop.example.net:443/old/a/b?x=1&y=2")
+    );
+
+    let port = base.rsplit(':').next().expect("port");
+    let r = curl(&["-H", "Host: shop.example.net", &format!("{base}/moved?q=7")]);
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("http://new.shop.example.net:{port}/v2/moved?from=old&q=7").as_str())
+    );
+}
+
+#[test]
+fn forwarded_requests_carry_alb_headers_and_bodies() {
+    let (_lab, base) = routing_lab();
+    let port = base.rsplit(':').next().expect("port");
+    let r = curl(&[
+        "-H",
+        "X-Forwarded-For: 203.0.113.9",
+        "-H",
+        "X-Forwarded-For: 198.51.100.2",
+        "-H",
+        "Host: svc.internal",
+        "--data-binary",
+        "hello",
+        &format!("{base}/submit?x=1"),
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-backend"), Some("default"));
+    for line in [
+        "POST /submit?x=1 HTTP/1.1",
+        "host: svc.internal",
+        "x-forwarded-for: 203.0.113.9, 198.51.100.2, 127.0.0.1",
+        "x-forwarded-proto: http",
+        &format!("x-forwarded-port: {port}"),
+        "body: hello",
+    ] {
+        assert!(r.body.contains(line), "{line:?} not in\n{}", r.body);
+    }
+}
+
+#[test]
+fn h2c_requests_are_forwarded_as_http1() {
+    let (_lab, base) = routing_lab();
+    let r = curl(&["--http2-prior-knowledge", &format!("{base}/img/a")]);
+    assert_eq!((r.status, r.version.as_str()), (200, "2"), "{r:?}");
+    assert_eq!(r.backend(), "path");
+    assert!(r.body.contains("GET /img/a HTTP/1.1"), "{}", r.body);
+    assert!(
+        r.body
+            .contains(&format!("host: {}", &base["http://".len()..])),
+        "{}",
+        r.body
+    );
+}
+
+#[test]
+fn round_robin_and_weighted_target_groups_spread_requests() {
+    let mut lab = Lab::new();
+    let (a, b, c) = (lab.backend("a"), lab.backend("b"), lab.backend("c"));
+    let port = free_port();
+    let toml = format!(
+        r#"{}{}
+[[http_listeners]]
+address = "127.0.0.1"
+port = {port}
+protocol = "HTTP"
+default_action = {{ type = "forward", target_group = "ab" }}
+
+[[http_listeners.rules]]
+priority = 1
+conditions = [{{ field = "path-pattern", values = ["/weighted"] }}]
+actions = [{{ type = "forward", target_groups = [{{ name = "ab", weight = 1 }}, {{ name = "c", weight = 3 }}] }}]
+"#,
+        group("ab", &[a, b], ""),
+        group("c", &[c], "")
+    );
+    lab.start(&toml);
+    let url = format!("http://127.0.0.1:{port}/");
+    let seen: Vec<String> = (0..4).map(|_| curl(&[&url]).backend().to_owned()).collect();
+    assert_eq!(seen, ["a", "b", "a", "b"]);
+    let url = format!("http://127.0.0.1:{port}/weighted");
+    let seen: Vec<String> = (0..8).map(|_| curl(&[&url]).backend().to_owned()).collect();
+    assert_eq!(seen.iter().filter(|s| *s == "c").count(), 6, "{seen:?}");
+    assert_eq!(seen.len(), 8);
+}

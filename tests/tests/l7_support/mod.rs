@@ -1,0 +1,325 @@
+//! What the L7 tests share: a [`Lab`] that owns a tokio runtime, HTTP backends that answer with
+//! their name, and xlb's L7 tier started from a TOML string; plus `curl` and raw-TCP clients.
+//! Everything listens on 127.0.0.1 only, every client call has a timeout, and dropping the lab
+//! stops xlb and the backends.
+
+#![allow(dead_code, reason = "each test binary uses part of the support module")]
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener as StdListener, TcpStream},
+    process::Command,
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+    sync::{mpsc, oneshot, watch},
+};
+use xlb::l7::L7Config;
+
+/// A free port on 127.0.0.1 (bound, then released for the server under test).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A runtime with backends and, once started, xlb's L7 tier.
+pub struct Lab {
+    rt: tokio::runtime::Runtime,
+    stops: Vec<oneshot::Sender<()>>,
+    config: Option<watch::Sender<Arc<L7Config>>>,
+    lb: Option<tokio::task::JoinHandle<Result<(), xlb::l7::L7Error>>>,
+    log: Option<mpsc::Receiver<String>>,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        Lab {
+            rt,
+            stops: Vec::new(),
+            config: None,
+            lb: None,
+            log: None,
+        }
+    }
+
+    /// Starts a backend named `name` on a free port and returns the port. It answers every
+    /// request with its name on the first line, then the request line and headers; `/slow`
+    /// answers after 3 s; a WebSocket-style upgrade switches to echoing bytes.
+    pub fn backend(&mut self, name: &'static str) -> u16 {
+        let (stop, stopped) = oneshot::channel();
+        self.stops.push(stop);
+        let socket = self
+            .rt
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind backend");
+        let port = socket.local_addr().expect("backend address").port();
+        self.rt.spawn(async move {
+            let accept = async {
+                loop {
+                    let Ok((stream, _)) = socket.accept().await else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| answer(name, req));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades()
+                            .await;
+                    });
+                }
+            };
+            tokio::select! {
+                () = accept => {}
+                _ = stopped => {}
+            }
+        });
+        port
+    }
+
+    /// Starts xlb's L7 tier on `toml`; panics if the config or the start fails.
+    pub fn start(&mut self, toml: &str) {
+        let cfg = L7Config::parse(toml).unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
+        let (tx, rx) = watch::channel(Arc::new(cfg));
+        let (log_tx, log_rx) = mpsc::channel(1024);
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.stops.push(stop);
+        let lb = self.rt.spawn(xlb::l7::serve(rx, Some(log_tx), async {
+            let _ = stopped.await;
+        }));
+        self.config = Some(tx);
+        self.lb = Some(lb);
+        self.log = Some(log_rx);
+        wait_listening(toml);
+    }
+
+    /// Applies a new config to the running tier.
+    pub fn reload(&mut self, toml: &str) {
+        let cfg = L7Config::parse(toml).unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
+        self.config
+            .as_ref()
+            .expect("started")
+            .send(Arc::new(cfg))
+            .expect("xlb is running");
+        // New listeners can be seen accepting; swapped rules cannot, so give them a moment.
+        wait_listening(toml);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    /// Access log lines written so far.
+    pub fn log_lines(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(rx) = &mut self.log {
+            while let Ok(line) = rx.try_recv() {
+                out.push(line);
+            }
+        }
+        out
+    }
+
+    /// Runs a future on the lab's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for stop in self.stops.drain(..) {
+            let _ = stop.send(());
+        }
+        if let Some(lb) = self.lb.take() {
+            let stopped = self
+                .rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(15), lb).await });
+            if !std::thread::panicking() {
+                let result = stopped.expect("xlb stops within 15 s").expect("xlb task");
+                result.expect("xlb serve");
+            }
+        }
+    }
+}
+
+/// Waits (5 s at most) until every listener of `toml` accepts connections.
+fn wait_listening(toml: &str) {
+    let cfg = L7Config::parse(toml).unwrap_or_else(|e| panic!("config: {e}"));
+    for l in &cfg.http_listeners {
+        let addr = SocketAddr::new(l.address, l.port);
+        let up = (0..100).any(|_| {
+            let ok = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok();
+            if !ok {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            ok
+        });
+        assert!(up, "xlb does not listen on {addr}");
+    }
+}
+
+async fn answer(
+    name: &'static str,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    if req.headers().contains_key(hyper::header::UPGRADE) {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        return Ok(Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(Full::new(Bytes::new()))
+            .expect("101 response"));
+    }
+    if req.uri().path() == "/slow" {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let mut text = format!(
+        "{name}\n{} {} {:?}\n",
+        req.method(),
+        req.uri(),
+        req.version()
+    );
+    for (k, v) in req.headers() {
+        text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+    }
+    let body = req.into_body().collect().await?.to_bytes();
+    text.push_str(&format!("body: {}\n", String::from_utf8_lossy(&body)));
+    Ok(Response::builder()
+        .header("x-backend", name)
+        .body(Full::new(Bytes::from(text)))
+        .expect("response"))
+}
+
+/// What curl got.
+#[derive(Debug)]
+pub struct Reply {
+    /// 0 if there was no HTTP answer.
+    pub status: u16,
+    /// `1.1` or `2`.
+    pub version: String,
+    /// Lower-case names.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// curl's own messages (`-v`).
+    pub stderr: String,
+    pub exit: i32,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The backend that answered (first body line).
+    pub fn backend(&self) -> &str {
+        self.body.lines().next().unwrap_or("")
+    }
+}
+
+/// Runs curl with `args` (10 s at most) and parses the last response's head and body.
+pub fn curl(args: &[&str]) -> Reply {
+    let dir = std::env::temp_dir().join(format!(
+        "xlb-l7-curl-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let head = dir.join("head");
+    let out = Command::new("curl")
+        .args(["-sS", "-v", "--max-time", "10", "--noproxy", "*"])
+        .args(["-D", head.to_str().expect("utf-8 path")])
+        .args(["-w", "\n%{http_code} %{http_version}"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, trailer) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let mut parts = trailer.split(' ');
+    let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let version = parts.next().unwrap_or("").to_owned();
+    let head_text = std::fs::read_to_string(&head).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    // With redirects or 100-continue there are several heads; keep the last.
+    let last = head_text
+        .split("\r\n\r\n")
+        .filter(|h| !h.trim().is_empty())
+        .last()
+        .unwrap_or("");
+    let headers = last
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        version,
+        headers,
+        body: body.to_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        exit: out.status.code().unwrap_or(-1),
+    }
+}
+
+/// Sends raw bytes and returns what came back until the server closed or 5 s passed.
+pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    s.write_all(request).expect("send");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A target group of backends on 127.0.0.1, as TOML.
+pub fn group(name: &str, ports: &[u16], attributes: &str) -> String {
+    let targets: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{{ id = \"127.0.0.1\", port = {p} }}"))
+        .collect();
+    format!(
+        "[[target_groups]]\nname = \"{name}\"\nprotocol = \"HTTP\"\nport = 1\ntargets = [{}]\nattributes = {{ {attributes} }}\n\n",
+        targets.join(", ")
+    )
+}

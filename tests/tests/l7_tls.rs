@@ -1,0 +1,241 @@
+//! HTTPS listeners: certificates generated at test time with rcgen; curl checks the chain against
+//! the test CA, so a handshake only succeeds when SNI picked the right certificate. Also ALPN h2,
+//! the default certificate without SNI, HTTP→HTTPS redirects, and certificates swapped by reload.
+
+mod l7_support;
+
+use std::path::{Path, PathBuf};
+
+use l7_support::{Lab, curl, free_port, group};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+/// A CA and leaf certificates it signed, written as PEM files in a temporary directory.
+struct Pki {
+    dir: PathBuf,
+    ca: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new(test: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("xlb-l7-tls-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut params = CertificateParams::new(Vec::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "xlb test CA");
+        let key = KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        std::fs::write(dir.join("ca.pem"), cert.pem()).expect("write CA");
+        Pki {
+            dir,
+            ca: Issuer::new(params, key),
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Writes `{file}.pem` and `{file}.key` for `names`; the first name is the common name.
+    fn leaf(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("leaf params");
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign leaf");
+        let (c, k) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write cert");
+        std::fs::write(&k, key.serialize_pem()).expect("write key");
+        (c, k)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn cert_entry((cert, key): &(PathBuf, PathBuf)) -> String {
+    format!("{{ cert = {:?}, key = {:?} }}", path(cert), path(key))
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// An HTTPS listener with certificates (default first) and an HTTP listener redirecting to it.
+fn tls_toml(backend: u16, https: u16, http: u16, certs: &[(PathBuf, PathBuf)]) -> String {
+    let certs: Vec<String> = certs.iter().map(cert_entry).collect();
+    format!(
+        r#"{}
+[[http_listeners]]
+address = "127.0.0.1"
+port = {https}
+protocol = "HTTPS"
+certificates = [{}]
+default_action = {{ type = "forward", target_group = "web" }}
+
+[[http_listeners]]
+address = "127.0.0.1"
+port = {http}
+protocol = "HTTP"
+default_action = {{ type = "redirect", protocol = "HTTPS", port = "{https}", status_code = "HTTP_301" }}
+"#,
+        group("web", &[backend], ""),
+        certs.join(", ")
+    )
+}
+
+/// curl to `https://{name}:{port}{path}` resolved to 127.0.0.1, trusting only the test CA.
+fn https(pki: &Pki, name: &str, port: u16, extra: &[&str]) -> l7_support::Reply {
+    let resolve = format!("{name}:{port}:127.0.0.1");
+    let url = format!("https://{name}:{port}/hello");
+    let ca = pki.ca();
+    let mut args = vec!["--cacert", path(&ca), "--resolve", &resolve];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    curl(&args)
+}
+
+fn subject(r: &l7_support::Reply) -> &str {
+    r.stderr
+        .lines()
+        .find_map(|l| l.split_once(" subject: ").map(|(_, s)| s))
+        .unwrap_or("")
+}
+
+#[test]
+fn sni_picks_the_certificate_and_alpn_negotiates_h2() {
+    let pki = Pki::new("sni");
+    let certs = [
+        pki.leaf("default", &["default.example.com"]),
+        pki.leaf("api", &["api.example.com"]),
+        pki.leaf("wild", &["*.shop.example.com"]),
+    ];
+    let mut lab = Lab::new();
+    let backend = lab.backend("web");
+    let (tls_port, http_port) = (free_port(), free_port());
+    lab.start(&tls_toml(backend, tls_port, http_port, &certs));
+
+    for (name, cn) in [
+        ("api.example.com", "api.example.com"),
+        ("eu.shop.example.com", "*.shop.example.com"),
+        ("default.example.com", "default.example.com"),
+    ] {
+        let r = https(&pki, name, tls_port, &["--http1.1"]);
+        assert_eq!((r.exit, r.status), (0, 200), "{name}: {}", r.stderr);
+        assert!(
+            subject(&r).contains(&format!("CN={cn}")),
+            "{name}: {}",
+            subject(&r)
+        );
+        assert_eq!(r.version, "1.1");
+        assert!(r.body.contains("x-forwarded-proto: https"), "{}", r.body);
+        assert!(
+            r.body.contains(&format!("x-forwarded-port: {tls_port}")),
+            "{}",
+            r.body
+        );
+    }
+    // No certificate covers this name: the default is served, and curl refuses it.
+    let r = https(&pki, "other.example.org", tls_port, &[]);
+    assert_eq!(r.exit, 60, "{}", r.stderr);
+    assert!(
+        subject(&r).contains("CN=default.example.com"),
+        "{}",
+        r.stderr
+    );
+    // Without SNI (an IP address), the default certificate.
+    let url = format!("https://127.0.0.1:{tls_port}/");
+    let r = curl(&["-k", &url]);
+    assert_eq!(r.status, 200, "{}", r.stderr);
+    assert!(
+        subject(&r).contains("CN=default.example.com"),
+        "{}",
+        r.stderr
+    );
+
+    let r = https(&pki, "api.example.com", tls_port, &["--http2"]);
+    assert_eq!((r.status, r.version.as_str()), (200, "2"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ALPN: server accepted h2"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.body.contains("GET /hello HTTP/1.1"), "{}", r.body);
+    let r = https(
+        &pki,
+        "api.example.com",
+        tls_port,
+        &["--tlsv1.2", "--tls-max", "1.2"],
+    );
+    assert_eq!(r.status, 200, "{}", r.stderr);
+    assert!(r.stderr.contains("TLSv1.2"), "{}", r.stderr);
+
+    let log = lab.log_lines();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("h2 ") && l.contains("\"api.example.com\"")),
+        "{log:#?}"
+    );
+}
+
+#[test]
+fn http_redirects_to_https_and_the_redirect_is_followed() {
+    let pki = Pki::new("redirect");
+    let certs = [pki.leaf("default", &["www.example.com"])];
+    let mut lab = Lab::new();
+    let backend = lab.backend("web");
+    let (tls_port, http_port) = (free_port(), free_port());
+    lab.start(&tls_toml(backend, tls_port, http_port, &certs));
+    let plain = format!("http://www.example.com:{http_port}/a/b?c=d");
+    let r = curl(&[
+        "--resolve",
+        &format!("www.example.com:{http_port}:127.0.0.1"),
+        &plain,
+    ]);
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://www.example.com:{tls_port}/a/b?c=d").as_str())
+    );
+    let ca = pki.ca();
+    let r = curl(&[
+        "-L",
+        "--cacert",
+        path(&ca),
+        "--resolve",
+        &format!("www.example.com:{http_port}:127.0.0.1"),
+        "--resolve",
+        &format!("www.example.com:{tls_port}:127.0.0.1"),
+        &plain,
+    ]);
+    assert_eq!(r.status, 200, "{}", r.stderr);
+    assert!(r.body.contains("GET /a/b?c=d HTTP/1.1"), "{}", r.body);
+}
+
+#[test]
+fn reload_swaps_certificates_without_a_restart() {
+    let pki = Pki::new("reload");
+    let old = [pki.leaf("old", &["old.example.com"])];
+    let new = [
+        pki.leaf("new", &["new.example.com"]),
+        pki.leaf("more", &["more.example.com"]),
+    ];
+    let mut lab = Lab::new();
+    let backend = lab.backend("web");
+    let (tls_port, http_port) = (free_port(), free_port());
+    lab.start(&tls_toml(backend, tls_port, http_port, &old));
+    assert_eq!(https(&pki, "old.example.com", tls_port, &[]).status, 200);
+    assert_eq!(https(&pki, "new.example.com", tls_port, &[]).exit, 60);
+    lab.reload(&tls_toml(backend, tls_port, http_port, &new));
+    assert_eq!(https(&pki, "new.example.com", tls_port, &[]).status, 200);
+    assert_eq!(https(&pki, "more.example.com", tls_port, &[]).status, 200);
+    assert_eq!(https(&pki, "old.example.com", tls_port, &[]).exit, 60);
+}
