@@ -374,6 +374,7 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
     // Structured logs of every state change, on stderr; stdout keeps the human reports.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let cfg = Config::load(&path)?;

@@ -10,4 +10,4 @@ pub const BPF_TARGET: &str = "bpfel-unknown-none";
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
 /// Debian packages used by the build, the lab and the tests.
-pub const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl", "procps"];
+pub const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl", "procps", "openssl"];

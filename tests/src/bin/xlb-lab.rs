@@ -27,7 +27,7 @@ use tokio::{
 };
 use xlb_tests::{
     agent::{self, Agent},
-    lab::{DEFAULT_BACKENDS, ECHO_PORT, HTTP_PORT, Lab, LabSpec, UDP_PORT, VIP_V4, VIP_V6},
+    lab::{DEFAULT_BACKENDS, ECHO_PORT, HTTP_PORT, Lab, LabSpec, Role, UDP_PORT, VIP_V4, VIP_V6},
 };
 
 /// Longest request, header or echo line the server reads at once.
@@ -126,25 +126,148 @@ fn demo(requests: usize) -> Result<()> {
         server_bin: std::env::current_exe().context("locating the xlb-lab binary")?,
         xlb: Some(xlb.clone()),
     })?;
+    let run = xlb_tests::lab::run_dir("");
+    // The HTTPS listener's certificate, self-signed for the demo.
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=demo.example.com",
+            "-addext",
+            "subjectAltName=DNS:demo.example.com,DNS:api.example.com",
+        ])
+        .arg("-keyout")
+        .arg(run.join("demo.key"))
+        .arg("-out")
+        .arg(run.join("demo.pem"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("run openssl")?;
+    anyhow::ensure!(
+        status.success(),
+        "openssl could not make the demo certificate"
+    );
     println!(
         "demo: starting `xlb run --config {}` in the lb namespace",
         config.display()
     );
     let agent = Agent::start(&lab, &xlb, &config)?;
-    for vip in [
-        SocketAddr::from((VIP_V4, HTTP_PORT)),
-        SocketAddr::from((VIP_V6, HTTP_PORT)),
-    ] {
+    let spread = |title: &str, vip: SocketAddr| -> Result<()> {
         let spread = agent::http_spread(&lab, vip, requests)?;
-        println!("demo: {requests} HTTP requests from the client to {vip}:");
+        println!("demo: {title}: {requests} HTTP requests from the client to {vip}:");
         for (backend, n) in &spread {
             println!(
                 "  {backend:<12} {n:>5}  {}",
                 "#".repeat(n * 40 / requests.max(1))
             );
         }
+        Ok(())
+    };
+    let cli = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new(&xlb)
+            .arg("--socket")
+            .arg(run.join("xlb.sock"))
+            .args(args)
+            .output()?;
+        println!("$ xlb {}", args.join(" "));
+        print!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    spread("balancing", SocketAddr::from((VIP_V4, HTTP_PORT)))?;
+    spread("balancing", SocketAddr::from((VIP_V6, HTTP_PORT)))?;
+
+    println!("\ndemo: drain: deregister backend1; it takes no new flow, its flows go on for 30 s");
+    cli(&[
+        "targets",
+        "deregister",
+        "--target-group",
+        "web",
+        "--id",
+        "198.18.1.11",
+    ])?;
+    spread("after the drain", SocketAddr::from((VIP_V4, HTTP_PORT)))?;
+
+    println!(
+        "\ndemo: failover: backend2's server dies; the HTTP health check (5 s x 2) takes it out"
+    );
+    let pids = std::process::Command::new("ip")
+        .args(["netns", "pids", &lab.ns(Role::Backend(2))])
+        .output()?;
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status();
     }
-    println!("demo: the datapath's counters (xlb's exit report):");
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) {
+        let out = std::process::Command::new(&xlb)
+            .arg("--socket")
+            .arg(run.join("xlb.sock"))
+            .args(["targets", "list"])
+            .output()?;
+        if String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.contains("198.18.1.12") && l.contains(" unhealthy "))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!(
+        "demo: backend2 found unhealthy after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    cli(&["targets", "list", "--target-group", "web"])?;
+    spread("after the failover", SocketAddr::from((VIP_V4, HTTP_PORT)))?;
+
+    println!("\ndemo: the L7 tier on https://198.18.1.2 (host/path rules) and http:// (redirect):");
+    for args in [
+        vec![
+            "-sk",
+            "--resolve",
+            "api.example.com:443:198.18.1.2",
+            "https://api.example.com/v1/users",
+        ],
+        vec![
+            "-sk",
+            "--resolve",
+            "demo.example.com:443:198.18.1.2",
+            "https://demo.example.com/",
+        ],
+        vec![
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} -> %{redirect_url}",
+            "http://198.18.1.2/page?x=1",
+        ],
+    ] {
+        let mut argv = vec!["curl", "--max-time", "5"];
+        argv.extend(args.iter().copied());
+        let out = lab.exec(Role::Client, &argv)?;
+        println!(
+            "$ curl {}\n  {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+
+    println!("\ndemo: the datapath's counters and the access log (xlb's exit report):");
     print!("{}", agent.stop()?);
     drop(lab);
     println!("demo: lab removed");
