@@ -17,7 +17,9 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
         xlb: Some(xlb_bin().expect("xlb binary")),
     })
     .expect("lab up");
-    let targets: Vec<String> = (1..=3).map(|i| format!("{{ id = \"{}\" }}", backend_v4(i))).collect();
+    let targets: Vec<String> = (1..=3)
+        .map(|i| format!("{{ id = \"{}\" }}", backend_v4(i)))
+        .collect();
     let config = |body: &str| {
         format!(
             "[node]\ninterface = \"eth0\"\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n\n\
@@ -55,7 +57,15 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
     // Fixed response and redirect rules.
     let fixed = curl(&["-w", " %{http_code}", &format!("{url}/maintenance/x")]);
     assert_eq!(fixed, "back soon 503");
-    let redirect = curl(&["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H", "Host: old.example.com", &format!("{url}/a?b=1")]);
+    let redirect = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "-H",
+        "Host: old.example.com",
+        &format!("{url}/a?b=1"),
+    ]);
     assert_eq!(redirect, "301 http://new.example.com:8080/a?b=1");
     // Reload swaps the rules in the running agent.
     std::fs::write(&path, config("still down")).unwrap();
@@ -66,9 +76,16 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
         if body == "still down" {
             break;
         }
-        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "reload not applied: {body}");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "reload not applied: {body}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let log = agent.stop().expect("xlb stops cleanly");
-    assert!(log.lines().any(|l| l.starts_with("http ") && l.contains("503")), "access log lines:\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("http ") && l.contains("503")),
+        "access log lines:\n{log}"
+    );
 }
