@@ -96,7 +96,7 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool) -> Result<Choice, Verdict
         seen_ns: now,
     };
     // A full table evicts its least recently used flow; an error here only costs stickiness.
-    let _ = FLOWS.insert(key, &state, 0);
+    let _ = FLOWS.insert(key, state, 0);
     Ok(Choice {
         index,
         backend,

@@ -56,7 +56,7 @@ pub fn decap(ctx: &XdpContext) -> Result<DecapReason, DecapReason> {
         _ => return Err(other),
     };
     // SAFETY: the value is not kept.
-    if unsafe { DECAP_ADDRS.get(&dst) }.is_none() {
+    if unsafe { DECAP_ADDRS.get(dst) }.is_none() {
         return Err(other);
     }
     if outer_len < 20 {
