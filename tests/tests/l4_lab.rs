@@ -255,3 +255,103 @@ fn agent_restart_with_kill_9_drops_nothing() {
         &failures[..failures.len().min(3)]
     );
 }
+
+/// 1000 UDP flows per VIP reach targets weighted 1:2:3 in proportion, v4 and v6, in both modes;
+/// every flow's datagrams stay on one target.
+fn weighted_udp(prefix: &str, dsr: bool) {
+    let lab = lab(prefix, 3);
+    let weights = [1u32, 2, 3];
+    let mac = |i: usize| {
+        if dsr {
+            format!(", mac = \"{}\"", lab.backend_mac(i))
+        } else {
+            String::new()
+        }
+    };
+    let targets = |addr: &dyn Fn(usize) -> String| -> String {
+        (1..=3)
+            .map(|i| {
+                format!(
+                    "{{ id = \"{}\", weight = {}{} }}",
+                    addr(i),
+                    weights[i - 1],
+                    mac(i)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let fwd = if dsr { "dsr" } else { "tunnel" };
+    let mut text = format!(
+        "[node]\ninterface = \"eth0\"\nmtu = 1600\npin_dir = \"{}\"\n\n\
+         [[target_groups]]\nname = \"u4\"\nprotocol = \"UDP\"\nport = 53\ntargets = [{}]\n\n\
+         [[target_groups]]\nname = \"u6\"\nprotocol = \"UDP\"\nport = 53\ntargets = [{}]\n",
+        xlb_tests::lab::pin_dir(lab.prefix())
+            .join("agent")
+            .display(),
+        targets(&|i| backend_v4(i).to_string()),
+        targets(&|i| backend_v6(i).to_string()),
+    );
+    for (vip, tg) in [(IpAddr::V4(VIP_V4), "u4"), (IpAddr::V6(VIP_V6), "u6")] {
+        text += &format!(
+            "\n[[listeners]]\naddress = \"{vip}\"\nport = 53\nprotocol = \"UDP\"\nforwarding = \"{fwd}\"\n\
+             default_action = {{ type = \"forward\", target_group = \"{tg}\" }}\n"
+        );
+    }
+    let cfg = write_config(&lab, &text);
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    for vip in [
+        SocketAddr::from((VIP_V4, 53)),
+        SocketAddr::from((VIP_V6, 53)),
+    ] {
+        let counts = in_netns(&lab.ns(Role::Client), || {
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for _ in 0..1000 {
+                let bind: SocketAddr = if vip.is_ipv4() {
+                    "0.0.0.0:0".parse().unwrap()
+                } else {
+                    "[::]:0".parse().unwrap()
+                };
+                let s = std::net::UdpSocket::bind(bind).expect("bind");
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut names = BTreeSet::new();
+                for _ in 0..2 {
+                    s.send_to(b"q", vip).expect("send");
+                    let mut buf = [0u8; 64];
+                    let n = s
+                        .recv(&mut buf)
+                        .map_err(|e| format!("no UDP answer from {vip}: {e}"))
+                        .unwrap();
+                    names.insert(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+                }
+                assert_eq!(names.len(), 1, "a flow's datagrams went to {names:?}");
+                *counts.entry(names.pop_first().unwrap()).or_insert(0) += 1;
+            }
+            counts
+        })
+        .expect("client namespace");
+        for (i, w) in weights.iter().enumerate() {
+            let got = counts
+                .get(&format!("backend{}", i + 1))
+                .copied()
+                .unwrap_or(0) as f64;
+            let want = 1000.0 * *w as f64 / 6.0;
+            assert!(
+                (got - want).abs() < want * 0.25,
+                "backend{} got {got} of 1000, want about {want:.0}: {counts:?}",
+                i + 1
+            );
+        }
+    }
+    agent.stop().expect("xlb stops cleanly");
+}
+
+#[test]
+fn udp_flows_follow_weights_tunnel() {
+    weighted_udp("xl4e-", false);
+}
+
+#[test]
+fn udp_flows_follow_weights_dsr() {
+    weighted_udp("xl4f-", true);
+}
