@@ -499,3 +499,92 @@ pub fn expect_dsr(frame: &[u8]) -> Vec<u8> {
     out[..6].copy_from_slice(&BACKEND_MAC);
     out
 }
+
+/// One row of a fixture table: this frame in, this verdict, this reason, this frame out.
+pub struct Case {
+    pub name: &'static str,
+    pub input: Vec<u8>,
+    pub action: u32,
+    pub reason: Reason,
+    pub expect: Vec<u8>,
+}
+
+impl Case {
+    pub fn new(
+        name: &'static str,
+        input: Vec<u8>,
+        action: u32,
+        reason: Reason,
+        expect: Vec<u8>,
+    ) -> Case {
+        Case {
+            name,
+            input,
+            action,
+            reason,
+            expect,
+        }
+    }
+
+    /// The frame leaves as it came.
+    pub fn unchanged(name: &'static str, input: Vec<u8>, action: u32, reason: Reason) -> Case {
+        Case {
+            name,
+            expect: input.clone(),
+            input,
+            action,
+            reason,
+        }
+    }
+
+    pub fn pass(name: &'static str, input: Vec<u8>, reason: Reason) -> Case {
+        Case::unchanged(name, input, XDP_PASS, reason)
+    }
+
+    pub fn drop(name: &'static str, input: Vec<u8>, reason: Reason) -> Case {
+        Case::unchanged(name, input, XDP_DROP, reason)
+    }
+
+    /// Tunnelled to `backend`, the outer source from `hash` (see [`expect_tunnel`]).
+    pub fn tunnel(name: &'static str, input: Vec<u8>, backend: IpAddr, hash: u32) -> Case {
+        let expect = expect_tunnel(&input, backend, hash);
+        Case {
+            name,
+            input,
+            action: XDP_TX,
+            reason: Reason::TxTunnel,
+            expect,
+        }
+    }
+
+    /// Sent by L2 DSR (see [`expect_dsr`]).
+    pub fn dsr(name: &'static str, input: Vec<u8>) -> Case {
+        let expect = expect_dsr(&input);
+        Case {
+            name,
+            input,
+            action: XDP_TX,
+            reason: Reason::TxDsr,
+            expect,
+        }
+    }
+}
+
+impl Fixture {
+    /// Runs every case; a failure names its case and prints both frames.
+    #[track_caller]
+    pub fn run_cases(&mut self, cases: &[Case]) {
+        for c in cases {
+            println!("case: {}", c.name);
+            let out = self.run(&c.input);
+            assert_eq!(out.action, c.action, "case {}: action", c.name);
+            assert_eq!(
+                out.reasons,
+                vec![(c.reason, 1)],
+                "case {}: reason counters",
+                c.name
+            );
+            crate::packet::assert_frame_eq(&out.frame, &c.expect);
+        }
+    }
+}

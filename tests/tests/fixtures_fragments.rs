@@ -9,9 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use lb_common::{RING_SIZE, VIP_F_DSR, VIP_F_SOURCE_IP};
 use xlb_tests::{
     fixture::*,
-    packet::{
-        ExtHeader, Ipv4Builder, Ipv6Builder, MAC_CLIENT, MAC_LB, Packet, assert_frame_eq, ip_bytes,
-    },
+    packet::{ExtHeader, Ipv4Builder, Ipv6Builder, MAC_CLIENT, MAC_LB, Packet, ip_bytes},
 };
 
 const OTHER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 77);
@@ -24,52 +22,6 @@ fn v4(a: Ipv4Addr) -> IpAddr {
 fn v6(a: Ipv6Addr) -> IpAddr {
     IpAddr::V6(a)
 }
-
-/// One table row: this frame in, this verdict, this reason, this frame out.
-struct Case {
-    name: &'static str,
-    input: Vec<u8>,
-    action: u32,
-    reason: Reason,
-    expect: Vec<u8>,
-}
-
-fn run_cases(f: &mut Fixture, cases: &[Case]) {
-    for c in cases {
-        println!("case: {}", c.name);
-        let out = f.run(&c.input);
-        assert_eq!(out.action, c.action, "case {}: action", c.name);
-        assert_eq!(
-            out.reasons,
-            vec![(c.reason, 1)],
-            "case {}: reason counters",
-            c.name
-        );
-        assert_frame_eq(&out.frame, &c.expect);
-    }
-}
-
-fn unchanged(name: &'static str, input: Vec<u8>, action: u32, reason: Reason) -> Case {
-    Case {
-        name,
-        expect: input.clone(),
-        input,
-        action,
-        reason,
-    }
-}
-
-fn tunnel(name: &'static str, input: Vec<u8>, backend: IpAddr, hash: u32) -> Case {
-    let expect = expect_tunnel(&input, backend, hash);
-    Case {
-        name,
-        input,
-        action: XDP_TX,
-        reason: Reason::TxTunnel,
-        expect,
-    }
-}
-
 fn c4(dst: Ipv4Addr) -> Ipv4Builder {
     Packet::eth(MAC_CLIENT, MAC_LB)
         .ipv4(CLIENT_V4, dst)
@@ -139,15 +91,15 @@ fn given_five_tuple_vips_with_address_entries_when_fragments_arrive_then_they_ar
     let [first, middle, last] = v4_tcp_fragments(VIP_V4);
     let [first6, last6] = v6_tcp_fragments(VIP_V6);
     let cases = vec![
-        unchanged(
+        Case::unchanged(
             "v4 first fragment with tcp header",
             first,
             XDP_DROP,
             Reason::DropFragment,
         ),
-        unchanged("v4 middle fragment", middle, XDP_DROP, Reason::DropFragment),
-        unchanged("v4 last fragment", last, XDP_DROP, Reason::DropFragment),
-        unchanged(
+        Case::unchanged("v4 middle fragment", middle, XDP_DROP, Reason::DropFragment),
+        Case::unchanged("v4 last fragment", last, XDP_DROP, Reason::DropFragment),
+        Case::unchanged(
             "v4 udp first fragment",
             c4(VIP_V4)
                 .fragment(0, true)
@@ -157,7 +109,7 @@ fn given_five_tuple_vips_with_address_entries_when_fragments_arrive_then_they_ar
             XDP_DROP,
             Reason::DropFragment,
         ),
-        unchanged(
+        Case::unchanged(
             "v4 udp later fragment",
             c4(VIP_V4)
                 .fragment(72, false)
@@ -167,7 +119,7 @@ fn given_five_tuple_vips_with_address_entries_when_fragments_arrive_then_they_ar
             XDP_DROP,
             Reason::DropFragment,
         ),
-        unchanged(
+        Case::unchanged(
             "v4 fragment, vlan",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(8)
@@ -179,7 +131,7 @@ fn given_five_tuple_vips_with_address_entries_when_fragments_arrive_then_they_ar
             XDP_DROP,
             Reason::DropFragment,
         ),
-        unchanged(
+        Case::unchanged(
             "v4 fragmented echo request (icmp address entry)",
             c4(VIP_V4)
                 .fragment(0, true)
@@ -189,9 +141,9 @@ fn given_five_tuple_vips_with_address_entries_when_fragments_arrive_then_they_ar
             XDP_DROP,
             Reason::DropFragment,
         ),
-        unchanged("v6 first fragment", first6, XDP_DROP, Reason::DropFragment),
-        unchanged("v6 last fragment", last6, XDP_DROP, Reason::DropFragment),
-        unchanged(
+        Case::unchanged("v6 first fragment", first6, XDP_DROP, Reason::DropFragment),
+        Case::unchanged("v6 last fragment", last6, XDP_DROP, Reason::DropFragment),
+        Case::unchanged(
             "v6 fragment header after hop-by-hop",
             c6(VIP_V6)
                 .ipv6_ext(ExtHeader::HopByHop)
@@ -202,7 +154,7 @@ fn given_five_tuple_vips_with_address_entries_when_fragments_arrive_then_they_ar
             XDP_DROP,
             Reason::DropFragment,
         ),
-        unchanged(
+        Case::unchanged(
             "v6 atomic fragment (offset 0, no more)",
             c6(VIP_V6)
                 .ipv6_ext(v6_frag(0, false))
@@ -213,7 +165,7 @@ fn given_five_tuple_vips_with_address_entries_when_fragments_arrive_then_they_ar
             Reason::DropFragment,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     assert_eq!(f.vip_counters(tcp).packets, 0);
     assert_eq!(f.flows(), 0);
 }
@@ -227,25 +179,25 @@ fn given_no_address_entry_for_the_protocol_when_fragments_arrive_then_they_pass(
     let [first, _, last] = v4_tcp_fragments(VIP_V4);
     let [first6, _] = v6_tcp_fragments(VIP_V6);
     let cases = vec![
-        unchanged(
+        Case::unchanged(
             "v4 tcp first fragment, listener but no address entry",
             first,
             XDP_PASS,
             Reason::PassNotVip,
         ),
-        unchanged(
+        Case::unchanged(
             "v4 tcp last fragment, no address entry",
             last,
             XDP_PASS,
             Reason::PassNotVip,
         ),
-        unchanged(
+        Case::unchanged(
             "v6 tcp first fragment, no address entry",
             first6,
             XDP_PASS,
             Reason::PassNotVip,
         ),
-        unchanged(
+        Case::unchanged(
             "v4 gre fragment to the VIP address",
             c4(VIP_V4)
                 .fragment(8, false)
@@ -256,7 +208,7 @@ fn given_no_address_entry_for_the_protocol_when_fragments_arrive_then_they_pass(
             Reason::PassNotVip,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 /// Fragments to addresses that are not VIPs pass untouched.
@@ -268,38 +220,38 @@ fn given_a_vip_when_fragments_to_other_addresses_arrive_then_they_pass_untouched
     let [first, middle, last] = v4_tcp_fragments(OTHER_V4);
     let [first6, last6] = v6_tcp_fragments(OTHER_V6);
     let cases = vec![
-        unchanged(
+        Case::unchanged(
             "v4 first fragment to a non-VIP",
             first,
             XDP_PASS,
             Reason::PassNotVip,
         ),
-        unchanged(
+        Case::unchanged(
             "v4 middle fragment to a non-VIP",
             middle,
             XDP_PASS,
             Reason::PassNotVip,
         ),
-        unchanged(
+        Case::unchanged(
             "v4 last fragment to a non-VIP",
             last,
             XDP_PASS,
             Reason::PassNotVip,
         ),
-        unchanged(
+        Case::unchanged(
             "v6 first fragment to a non-VIP",
             first6,
             XDP_PASS,
             Reason::PassNotVip,
         ),
-        unchanged(
+        Case::unchanged(
             "v6 last fragment to a non-VIP",
             last6,
             XDP_PASS,
             Reason::PassNotVip,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 /// Fragments to a source-IP VIP with an address entry are forwarded by the ring with the source
@@ -331,10 +283,10 @@ fn given_a_source_ip_vip_with_an_address_entry_when_fragments_arrive_then_all_go
     let target = targets[table[(hs % RING_SIZE) as usize] as usize - 1];
     let [first, middle, last] = v4_tcp_fragments(VIP_V4);
     let cases = vec![
-        tunnel("first fragment → the client's target", first, target, hs),
-        tunnel("middle fragment → same target", middle, target, hs),
-        tunnel("last fragment → same target", last, target, hs),
-        tunnel(
+        Case::tunnel("first fragment → the client's target", first, target, hs),
+        Case::tunnel("middle fragment → same target", middle, target, hs),
+        Case::tunnel("last fragment → same target", last, target, hs),
+        Case::tunnel(
             "udp first fragment → same target",
             c4(VIP_V4)
                 .fragment(0, true)
@@ -344,7 +296,7 @@ fn given_a_source_ip_vip_with_an_address_entry_when_fragments_arrive_then_all_go
             target,
             hs,
         ),
-        tunnel(
+        Case::tunnel(
             "udp last fragment → same target",
             c4(VIP_V4)
                 .fragment(72, false)
@@ -354,7 +306,7 @@ fn given_a_source_ip_vip_with_an_address_entry_when_fragments_arrive_then_all_go
             target,
             hs,
         ),
-        tunnel(
+        Case::tunnel(
             "vlan fragment → same target, tag kept",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(300)
@@ -366,14 +318,14 @@ fn given_a_source_ip_vip_with_an_address_entry_when_fragments_arrive_then_all_go
             target,
             hs,
         ),
-        tunnel(
+        Case::tunnel(
             "unfragmented syn of the client → same target",
             c4(VIP_V4).tcp(5555, 80).syn().build(),
             target,
             hs,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     let c = f.vip_counters(vip);
     assert_eq!(
         (c.packets, c.new_flows),
@@ -413,9 +365,9 @@ fn given_a_source_ip_v6_vip_with_an_address_entry_when_fragments_arrive_then_the
             .ipv6_ext(e)
     };
     let cases = vec![
-        tunnel("v6 first fragment → client's target", first6, t1, h1),
-        tunnel("v6 last fragment → client's target", last6, t1, h1),
-        tunnel(
+        Case::tunnel("v6 first fragment → client's target", first6, t1, h1),
+        Case::tunnel("v6 last fragment → client's target", last6, t1, h1),
+        Case::tunnel(
             "v6 fragment after dest opts → client's target",
             c6(VIP_V6)
                 .ipv6_ext(ExtHeader::DestOpts)
@@ -426,7 +378,7 @@ fn given_a_source_ip_v6_vip_with_an_address_entry_when_fragments_arrive_then_the
             t1,
             h1,
         ),
-        tunnel(
+        Case::tunnel(
             "another client's first fragment → its target",
             from2(v6_frag(0, true))
                 .tcp(1, 443)
@@ -435,14 +387,14 @@ fn given_a_source_ip_v6_vip_with_an_address_entry_when_fragments_arrive_then_the
             t2,
             h2,
         ),
-        tunnel(
+        Case::tunnel(
             "another client's last fragment → its target",
             from2(v6_frag(120, false)).raw(6).payload(&[0; 100]).build(),
             t2,
             h2,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     assert_eq!(f.flows(), 0);
 }
 
@@ -483,7 +435,7 @@ fn given_source_ip_vips_in_dsr_mode_or_without_targets_when_fragments_arrive_the
             action: XDP_TX,
             reason: Reason::TxDsr,
         },
-        unchanged(
+        Case::unchanged(
             "udp fragment, empty ring",
             c4(VIP_V4)
                 .fragment(8, false)
@@ -493,14 +445,14 @@ fn given_source_ip_vips_in_dsr_mode_or_without_targets_when_fragments_arrive_the
             XDP_DROP,
             Reason::DropNoBackend,
         ),
-        unchanged(
+        Case::unchanged(
             "v6 fragment, only target gone",
             first6,
             XDP_DROP,
             Reason::DropNoBackend,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 /// A forwarded fragment is subject to the tunnel MTU like any packet: an IPv6 fragment too big
@@ -529,7 +481,7 @@ fn given_a_source_ip_vip_when_a_fragment_is_too_big_for_the_tunnel_then_v6_gets_
         .icmpv6_packet_too_big(1460, &ip_bytes(&big6)[..128])
         .build();
     let cases = vec![
-        unchanged(
+        Case::unchanged(
             "v4 fragment of 1500 bytes (no DF): dropped",
             big4,
             XDP_DROP,
@@ -543,7 +495,7 @@ fn given_a_source_ip_vip_when_a_fragment_is_too_big_for_the_tunnel_then_v6_gets_
             expect: ptb,
         },
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 /// The address entry's own flags decide: a source-IP listener whose address entry lacks the
@@ -559,13 +511,13 @@ fn given_address_entries_whose_flags_differ_from_the_listener_when_fragments_arr
     let hs = hash_src(&flow_key(v4(CLIENT_V4), v4(VIP_V4), 0, 0, Proto::Udp));
     let [first, _, _] = v4_tcp_fragments(VIP_V4);
     let cases = vec![
-        unchanged(
+        Case::unchanged(
             "tcp fragment, entry without source-ip",
             first,
             XDP_DROP,
             Reason::DropFragment,
         ),
-        tunnel(
+        Case::tunnel(
             "udp fragment, entry with source-ip",
             c4(VIP_V4)
                 .fragment(8, false)
@@ -576,5 +528,5 @@ fn given_address_entries_whose_flags_differ_from_the_listener_when_fragments_arr
             hs,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use lb_common::{VIP_F_DSR, VIP_F_NO_ECHO, VIP_F_SOURCE_IP};
 use xlb_tests::{
     fixture::*,
-    packet::{ExtHeader, MAC_CLIENT, MAC_LB, Packet, assert_frame_eq, ip_bytes},
+    packet::{ExtHeader, MAC_CLIENT, MAC_LB, Packet, ip_bytes},
 };
 
 /// A router on the path between the balancer's targets and the client, sending errors.
@@ -24,51 +24,6 @@ fn v4(a: Ipv4Addr) -> IpAddr {
 fn v6(a: Ipv6Addr) -> IpAddr {
     IpAddr::V6(a)
 }
-
-/// One table row: this frame in, this verdict, this reason, this frame out.
-struct Case {
-    name: &'static str,
-    input: Vec<u8>,
-    action: u32,
-    reason: Reason,
-    expect: Vec<u8>,
-}
-
-fn run_cases(f: &mut Fixture, cases: &[Case]) {
-    for c in cases {
-        println!("case: {}", c.name);
-        let out = f.run(&c.input);
-        assert_eq!(out.action, c.action, "case {}: action", c.name);
-        assert_eq!(
-            out.reasons,
-            vec![(c.reason, 1)],
-            "case {}: reason counters",
-            c.name
-        );
-        assert_frame_eq(&out.frame, &c.expect);
-    }
-}
-
-fn case(name: &'static str, input: Vec<u8>, action: u32, reason: Reason, expect: Vec<u8>) -> Case {
-    Case {
-        name,
-        input,
-        action,
-        reason,
-        expect,
-    }
-}
-
-fn unchanged(name: &'static str, input: Vec<u8>, action: u32, reason: Reason) -> Case {
-    Case {
-        name,
-        expect: input.clone(),
-        input,
-        action,
-        reason,
-    }
-}
-
 // ---- Echo ----------------------------------------------------------------------------------
 
 /// Echo requests to VIP addresses are answered in place: MACs and addresses swapped, TTL 64,
@@ -82,7 +37,7 @@ fn given_vips_when_echo_requests_arrive_then_they_are_answered_in_place() {
     let big = [0x5au8; 1000];
     let opts = [1u8, 1, 1, 1];
     let cases = vec![
-        case(
+        Case::new(
             "v4 echo",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv4(CLIENT_V4, VIP_V4)
@@ -97,7 +52,7 @@ fn given_vips_when_echo_requests_arrive_then_they_are_answered_in_place() {
                 .payload(b"abc")
                 .build(),
         ),
-        case(
+        Case::new(
             "v4 echo with ttl 3: reply ttl 64",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv4(CLIENT_V4, VIP_V4)
@@ -112,7 +67,7 @@ fn given_vips_when_echo_requests_arrive_then_they_are_answered_in_place() {
                 .icmpv4_echo_reply(2, 9)
                 .build(),
         ),
-        case(
+        Case::new(
             "v4 echo with DF, tos and id: kept",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv4(CLIENT_V4, VIP_V4)
@@ -134,7 +89,7 @@ fn given_vips_when_echo_requests_arrive_then_they_are_answered_in_place() {
                 .payload(b"x")
                 .build(),
         ),
-        case(
+        Case::new(
             "v4 echo, vlan: tag kept",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(42)
@@ -149,7 +104,7 @@ fn given_vips_when_echo_requests_arrive_then_they_are_answered_in_place() {
                 .icmpv4_echo_reply(4, 1)
                 .build(),
         ),
-        case(
+        Case::new(
             "v4 echo with ip options: options kept",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv4(CLIENT_V4, VIP_V4)
@@ -164,7 +119,7 @@ fn given_vips_when_echo_requests_arrive_then_they_are_answered_in_place() {
                 .icmpv4_echo_reply(5, 1)
                 .build(),
         ),
-        case(
+        Case::new(
             "v4 echo with 1000 bytes of payload",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv4(CLIENT_V4, VIP_V4)
@@ -179,7 +134,7 @@ fn given_vips_when_echo_requests_arrive_then_they_are_answered_in_place() {
                 .payload(&big)
                 .build(),
         ),
-        case(
+        Case::new(
             "v4 echo with id and seq 0xffff (checksum edge)",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv4(CLIENT_V4, VIP_V4)
@@ -194,7 +149,7 @@ fn given_vips_when_echo_requests_arrive_then_they_are_answered_in_place() {
                 .payload(&[0xff; 8])
                 .build(),
         ),
-        case(
+        Case::new(
             "v6 echo",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv6(CLIENT_V6, VIP_V6)
@@ -209,7 +164,7 @@ fn given_vips_when_echo_requests_arrive_then_they_are_answered_in_place() {
                 .payload(b"abc")
                 .build(),
         ),
-        case(
+        Case::new(
             "v6 echo with hop limit 1: reply hop limit 64, traffic class kept",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv6(CLIENT_V6, VIP_V6)
@@ -226,7 +181,7 @@ fn given_vips_when_echo_requests_arrive_then_they_are_answered_in_place() {
                 .icmpv6_echo_reply(2, 2)
                 .build(),
         ),
-        case(
+        Case::new(
             "v6 echo, vlan: tag kept",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(3000)
@@ -243,7 +198,7 @@ fn given_vips_when_echo_requests_arrive_then_they_are_answered_in_place() {
                 .payload(&big)
                 .build(),
         ),
-        case(
+        Case::new(
             "v6 echo after a hop-by-hop header: header kept",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv6(CLIENT_V6, VIP_V6)
@@ -259,7 +214,7 @@ fn given_vips_when_echo_requests_arrive_then_they_are_answered_in_place() {
                 .build(),
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     // Echo is not balanced: no VIP packets, no flows.
     assert_eq!(f.vip_counters(vip).packets, 0);
     assert_eq!(f.flows(), 0);
@@ -281,7 +236,7 @@ fn given_no_echo_vips_and_non_vips_when_echo_or_other_icmp_arrives_then_it_passe
     let mut ns = vec![135u8, 0, 0, 0, 0, 0, 0, 0];
     ns.extend_from_slice(&VIP_V6.octets());
     let cases = vec![
-        unchanged(
+        Case::unchanged(
             "v4 echo to a no-echo VIP",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv4(CLIENT_V4, VIP_V4)
@@ -290,7 +245,7 @@ fn given_no_echo_vips_and_non_vips_when_echo_or_other_icmp_arrives_then_it_passe
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "v6 echo to a no-echo VIP",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv6(CLIENT_V6, VIP_V6)
@@ -299,7 +254,7 @@ fn given_no_echo_vips_and_non_vips_when_echo_or_other_icmp_arrives_then_it_passe
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "v4 echo to a non-VIP",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv4(CLIENT_V4, OTHER_V4)
@@ -308,7 +263,7 @@ fn given_no_echo_vips_and_non_vips_when_echo_or_other_icmp_arrives_then_it_passe
             XDP_PASS,
             Reason::PassNotVip,
         ),
-        unchanged(
+        Case::unchanged(
             "v6 echo to a non-VIP",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv6(CLIENT_V6, OTHER_V6)
@@ -317,7 +272,7 @@ fn given_no_echo_vips_and_non_vips_when_echo_or_other_icmp_arrives_then_it_passe
             XDP_PASS,
             Reason::PassNotVip,
         ),
-        unchanged(
+        Case::unchanged(
             "v4 echo reply to a VIP",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv4(CLIENT_V4, vip2)
@@ -326,7 +281,7 @@ fn given_no_echo_vips_and_non_vips_when_echo_or_other_icmp_arrives_then_it_passe
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "v6 echo reply to a VIP",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv6(CLIENT_V6, VIP_V6)
@@ -335,7 +290,7 @@ fn given_no_echo_vips_and_non_vips_when_echo_or_other_icmp_arrives_then_it_passe
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "v4 timestamp request to a VIP",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv4(CLIENT_V4, vip2)
@@ -345,7 +300,7 @@ fn given_no_echo_vips_and_non_vips_when_echo_or_other_icmp_arrives_then_it_passe
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "v6 neighbour solicitation to a VIP",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv6(CLIENT_V6, VIP_V6)
@@ -356,7 +311,7 @@ fn given_no_echo_vips_and_non_vips_when_echo_or_other_icmp_arrives_then_it_passe
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "v4 echo from the VIP to the client (reply direction)",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv4(VIP_V4, CLIENT_V4)
@@ -366,7 +321,7 @@ fn given_no_echo_vips_and_non_vips_when_echo_or_other_icmp_arrives_then_it_passe
             Reason::PassNotVip,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 // ---- ICMP errors about VIP flows -------------------------------------------------------------
@@ -461,7 +416,7 @@ fn given_established_v4_flows_when_icmp_errors_about_them_arrive_then_they_go_to
     let (ht, hu) = (hash5(&kt), hash5(&ku));
     let tunnel = |name, input: Vec<u8>, target, hash| {
         let expect = expect_tunnel(&input, target, hash);
-        case(name, input, XDP_TX, Reason::TxTunnel, expect)
+        Case::new(name, input, XDP_TX, Reason::TxTunnel, expect)
     };
     let qt = quote4(80, 1000, false);
     let qu = quote4(53, 2000, true);
@@ -531,7 +486,7 @@ fn given_established_v4_flows_when_icmp_errors_about_them_arrive_then_they_go_to
             hu,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     // Errors do not create flows or count as new ones.
     assert_eq!(f.flows(), 2);
     assert_eq!(f.vip_counters(tcp).new_flows, 1);
@@ -575,7 +530,7 @@ fn given_v4_vips_when_icmp_errors_quote_other_packets_then_they_pass_untouched()
         ip_bytes(&frame)[..28].to_vec()
     };
     let cases = vec![
-        unchanged(
+        Case::unchanged(
             "quote from a non-VIP source",
             from_router4()
                 .icmpv4_dest_unreachable(1, &q(OTHER_V4, 80))
@@ -583,7 +538,7 @@ fn given_v4_vips_when_icmp_errors_quote_other_packets_then_they_pass_untouched()
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "quote from the VIP, another port",
             from_router4()
                 .icmpv4_dest_unreachable(1, &q(VIP_V4, 81))
@@ -591,7 +546,7 @@ fn given_v4_vips_when_icmp_errors_quote_other_packets_then_they_pass_untouched()
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "quote of udp where the VIP is tcp",
             from_router4()
                 .icmpv4_dest_unreachable(3, &udp_quote)
@@ -599,13 +554,13 @@ fn given_v4_vips_when_icmp_errors_quote_other_packets_then_they_pass_untouched()
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "quote of an ICMP packet",
             from_router4().icmpv4_time_exceeded(&icmp_quote).build(),
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "quote with IP options (left to the kernel)",
             from_router4()
                 .icmpv4_dest_unreachable(1, &with_options)
@@ -613,7 +568,7 @@ fn given_v4_vips_when_icmp_errors_quote_other_packets_then_they_pass_untouched()
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "quote cut before the ports",
             from_router4()
                 .icmpv4_dest_unreachable(1, &q(VIP_V4, 80)[..22])
@@ -621,13 +576,13 @@ fn given_v4_vips_when_icmp_errors_quote_other_packets_then_they_pass_untouched()
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "error with no quote at all",
             from_router4().icmpv4_dest_unreachable(1, &[]).build(),
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "error to a non-VIP address",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv4(ROUTER_V4, OTHER_V4)
@@ -637,7 +592,7 @@ fn given_v4_vips_when_icmp_errors_quote_other_packets_then_they_pass_untouched()
             Reason::PassNotVip,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 /// An error about a flow goes to the flow's target even after the ring moved on; an error about
@@ -664,14 +619,14 @@ fn given_a_ring_change_when_an_icmp_error_arrives_then_known_flows_keep_their_ta
     let hk = hash5(&flow_key(v4(CLIENT_V4), v4(VIP_V4), 1000, 80, Proto::Tcp));
     let hu = hash5(&flow_key(v4(CLIENT_V4), v4(VIP_V4), 1001, 80, Proto::Tcp));
     let cases = vec![
-        case(
+        Case::new(
             "error about the known flow → backend 1",
             known.clone(),
             XDP_TX,
             Reason::TxTunnel,
             expect_tunnel(&known, BACKEND1_V4, hk),
         ),
-        case(
+        Case::new(
             "error about an unknown flow → ring (backend 2)",
             unknown.clone(),
             XDP_TX,
@@ -679,20 +634,17 @@ fn given_a_ring_change_when_an_icmp_error_arrives_then_known_flows_keep_their_ta
             expect_tunnel(&unknown, BACKEND2_V4, hu),
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     assert_eq!(f.flows(), 1);
     // Backend 1 gone: the known flow's error follows the ring too.
     f.set_live(1, false);
-    run_cases(
-        &mut f,
-        &[case(
-            "error about the known flow, backend 1 gone → backend 2",
-            known.clone(),
-            XDP_TX,
-            Reason::TxTunnel,
-            expect_tunnel(&known, BACKEND2_V4, hk),
-        )],
-    );
+    f.run_cases(&[Case::new(
+        "error about the known flow, backend 1 gone → backend 2",
+        known.clone(),
+        XDP_TX,
+        Reason::TxTunnel,
+        expect_tunnel(&known, BACKEND2_V4, hk),
+    )]);
     let c = f.vip_counters(vip);
     assert_eq!((c.packets, c.new_flows), (4, 1));
 }
@@ -716,28 +668,28 @@ fn given_dsr_source_ip_and_empty_vips_when_icmp_errors_arrive_then_each_mode_app
         .build();
     let hs = hash_src(&flow_key(v4(CLIENT_V4), v4(VIP_V4), 1000, 80, Proto::Tcp));
     let cases = vec![
-        case(
+        Case::new(
             "error about a dsr flow → dsr",
             dsr.clone(),
             XDP_TX,
             Reason::TxDsr,
             expect_dsr(&dsr),
         ),
-        case(
+        Case::new(
             "error about a source-ip flow → tunnel with the source hash",
             sticky.clone(),
             XDP_TX,
             Reason::TxTunnel,
             expect_tunnel(&sticky, BACKEND2_V4, hs),
         ),
-        unchanged(
+        Case::unchanged(
             "error about a VIP with no targets",
             empty,
             XDP_DROP,
             Reason::DropNoBackend,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 /// ICMPv6 errors (packet too big, unreachable, time exceeded) about VIP flows go to the flow's
@@ -760,7 +712,7 @@ fn given_established_v6_flows_when_icmpv6_errors_arrive_then_they_go_to_the_flow
     let qu = quote6(53, 2000, true);
     let tunnel = |name, input: Vec<u8>, hash| {
         let expect = expect_tunnel(&input, BACKEND1_V6, hash);
-        case(name, input, XDP_TX, Reason::TxTunnel, expect)
+        Case::new(name, input, XDP_TX, Reason::TxTunnel, expect)
     };
     let other = {
         let frame = Packet::eth(MAC_LB, MAC_CLIENT)
@@ -807,13 +759,13 @@ fn given_established_v6_flows_when_icmpv6_errors_arrive_then_they_go_to_the_flow
                 .build(),
             ht,
         ),
-        unchanged(
+        Case::unchanged(
             "packet too big quoting a non-VIP packet",
             from_router6().icmpv6_packet_too_big(1280, &other).build(),
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "unreachable quoting the VIP on another port",
             from_router6()
                 .icmpv6_dest_unreachable(4, &quote6(444, 1000, false))
@@ -821,13 +773,13 @@ fn given_established_v6_flows_when_icmpv6_errors_arrive_then_they_go_to_the_flow
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "time exceeded quoting an ICMPv6 packet",
             from_router6().icmpv6_time_exceeded(&echo_quote).build(),
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "quote cut before the ports",
             from_router6()
                 .icmpv6_packet_too_big(1280, &qt[..42])
@@ -835,7 +787,7 @@ fn given_established_v6_flows_when_icmpv6_errors_arrive_then_they_go_to_the_flow
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "error to a non-VIP address",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv6(ROUTER_V6, OTHER_V6)
@@ -845,7 +797,7 @@ fn given_established_v6_flows_when_icmpv6_errors_arrive_then_they_go_to_the_flow
             Reason::PassNotVip,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     assert_eq!(f.flows(), 1);
 }
 
@@ -868,20 +820,20 @@ fn given_an_icmp_error_whose_ip_length_cuts_the_quote_before_the_ports_when_it_a
         .build();
     set_ipv6_payload_len(&mut e6, 8 + 40 + 3);
     let cases = vec![
-        unchanged(
+        Case::unchanged(
             "v4 error, ports past the ip length",
             e4,
             XDP_PASS,
             Reason::PassIcmp,
         ),
-        unchanged(
+        Case::unchanged(
             "v6 error, ports past the payload length",
             e6,
             XDP_PASS,
             Reason::PassIcmp,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 // ---- Generated "fragmentation needed" / "packet too big" ---------------------------------------
@@ -964,41 +916,41 @@ fn given_an_mtu_of_1400_when_v4_packets_around_the_limit_arrive_then_fits_are_tu
         .build();
     f.listener(VIP_V4, 80, Proto::Udp, 0, &[BACKEND1_V4]);
     let cases = vec![
-        case(
+        Case::new(
             "1380 bytes with DF: fits, tunnelled",
             fits.clone(),
             XDP_TX,
             Reason::TxTunnel,
             expect_tunnel(&fits, BACKEND1_V4, h),
         ),
-        case(
+        Case::new(
             "1381 bytes with DF: frag needed, mtu 1380",
             over.clone(),
             XDP_TX,
             Reason::TxTooBig,
             frag_needed(&over, 1380, None),
         ),
-        case(
+        Case::new(
             "vlan, too big: frag needed with the tag",
             over_tagged.clone(),
             XDP_TX,
             Reason::TxTooBig,
             frag_needed(&over_tagged, 1380, Some(10)),
         ),
-        case(
+        Case::new(
             "udp with ip options, too big: the quote starts with the options",
             opts.clone(),
             XDP_TX,
             Reason::TxTooBig,
             frag_needed(&opts, 1380, None),
         ),
-        unchanged(
+        Case::unchanged(
             "1381 bytes without DF: dropped",
             big4(1381, false),
             XDP_DROP,
             Reason::DropTooBig,
         ),
-        case(
+        Case::new(
             "1380 bytes without DF: fits",
             big4(1380, false),
             XDP_TX,
@@ -1006,20 +958,17 @@ fn given_an_mtu_of_1400_when_v4_packets_around_the_limit_arrive_then_fits_are_tu
             expect_tunnel(&big4(1380, false), BACKEND1_V4, h),
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     f.config(|c| {
         c.mtu = 1400;
         c.flags |= lb_common::CONFIG_F_NO_PTB;
     });
-    run_cases(
-        &mut f,
-        &[unchanged(
-            "1381 bytes with DF, PTB off: dropped",
-            over,
-            XDP_DROP,
-            Reason::DropTooBig,
-        )],
-    );
+    f.run_cases(&[Case::unchanged(
+        "1381 bytes with DF, PTB off: dropped",
+        over,
+        XDP_DROP,
+        Reason::DropTooBig,
+    )]);
 }
 
 /// The MTU advertised subtracts the tunnel actually used: 20 for IPIP, 40 for IPv4-in-IPv6.
@@ -1032,14 +981,14 @@ fn given_a_v4_vip_with_a_v6_target_when_a_packet_is_too_big_then_the_mtu_adverti
     let fits = big4(1460, true);
     let over = big4(1461, true);
     let cases = vec![
-        case(
+        Case::new(
             "1460 bytes: fits in 1500 with 40 of IPv6",
             fits.clone(),
             XDP_TX,
             Reason::TxTunnel,
             expect_tunnel(&fits, BACKEND1_V6, h),
         ),
-        case(
+        Case::new(
             "1461 bytes: frag needed, mtu 1460",
             over.clone(),
             XDP_TX,
@@ -1047,7 +996,7 @@ fn given_a_v4_vip_with_a_v6_target_when_a_packet_is_too_big_then_the_mtu_adverti
             frag_needed(&over, 1460, None),
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 /// IPv6: at MTU 1500 an IPv6 packet of 1460 bytes fits in IP6IP6; 1461 gets "packet too big"
@@ -1091,42 +1040,42 @@ fn given_the_default_mtu_when_v6_packets_around_the_limit_arrive_then_fits_are_t
         .payload(&[0x11; 1480])
         .build();
     let cases = vec![
-        case(
+        Case::new(
             "1460 bytes: fits",
             fits.clone(),
             XDP_TX,
             Reason::TxTunnel,
             expect_tunnel(&fits, BACKEND1_V6, h),
         ),
-        case(
+        Case::new(
             "1461 bytes: packet too big, mtu 1460",
             over.clone(),
             XDP_TX,
             Reason::TxTooBig,
             packet_too_big(&over, 1460, None),
         ),
-        case(
+        Case::new(
             "vlan, too big: packet too big with the tag",
             tagged.clone(),
             XDP_TX,
             Reason::TxTooBig,
             packet_too_big(&tagged, 1460, Some(20)),
         ),
-        case(
+        Case::new(
             "1480 bytes to a v4 target: fits",
             to_v4(1480),
             XDP_TX,
             Reason::TxTunnel,
             expect_tunnel(&to_v4(1480), BACKEND1_V4, h4),
         ),
-        case(
+        Case::new(
             "1481 bytes to a v4 target: packet too big, mtu 1480",
             to_v4(1481),
             XDP_TX,
             Reason::TxTooBig,
             packet_too_big(&to_v4(1481), 1480, None),
         ),
-        case(
+        Case::new(
             "too big for a tunnel but dsr: no tunnel, forwarded",
             dsr_big.clone(),
             XDP_TX,
@@ -1134,17 +1083,14 @@ fn given_the_default_mtu_when_v6_packets_around_the_limit_arrive_then_fits_are_t
             expect_dsr(&dsr_big),
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     f.no_ptb();
-    run_cases(
-        &mut f,
-        &[unchanged(
-            "1461 bytes, PTB off: dropped",
-            over,
-            XDP_DROP,
-            Reason::DropTooBig,
-        )],
-    );
+    f.run_cases(&[Case::unchanged(
+        "1461 bytes, PTB off: dropped",
+        over,
+        XDP_DROP,
+        Reason::DropTooBig,
+    )]);
 }
 
 /// A smaller configured MTU for IPv6 (1280), and an MTU of 0 meaning "no limit".
@@ -1155,40 +1101,34 @@ fn given_other_mtus_when_packets_arrive_then_the_limit_follows_the_config() {
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     f.config(|c| c.mtu = 1280);
     let over = big6(1241);
-    run_cases(
-        &mut f,
-        &[case(
-            "1241 bytes at mtu 1280: packet too big, mtu 1240",
-            over.clone(),
-            XDP_TX,
-            Reason::TxTooBig,
-            packet_too_big(&over, 1240, None),
-        )],
-    );
+    f.run_cases(&[Case::new(
+        "1241 bytes at mtu 1280: packet too big, mtu 1240",
+        over.clone(),
+        XDP_TX,
+        Reason::TxTooBig,
+        packet_too_big(&over, 1240, None),
+    )]);
     f.config(|c| c.mtu = 0);
     let h6 = hash5(&flow_key(v6(CLIENT_V6), v6(VIP_V6), 40000, 443, Proto::Tcp));
     let h4 = hash5(&flow_key(v4(CLIENT_V4), v4(VIP_V4), 40000, 80, Proto::Tcp));
     let jumbo6 = big6(3000);
     let jumbo4 = big4(3000, true);
-    run_cases(
-        &mut f,
-        &[
-            case(
-                "mtu 0: a 3000-byte v6 packet is tunnelled",
-                jumbo6.clone(),
-                XDP_TX,
-                Reason::TxTunnel,
-                expect_tunnel(&jumbo6, BACKEND1_V6, h6),
-            ),
-            case(
-                "mtu 0: a 3000-byte v4 packet is tunnelled",
-                jumbo4.clone(),
-                XDP_TX,
-                Reason::TxTunnel,
-                expect_tunnel(&jumbo4, BACKEND1_V4, h4),
-            ),
-        ],
-    );
+    f.run_cases(&[
+        Case::new(
+            "mtu 0: a 3000-byte v6 packet is tunnelled",
+            jumbo6.clone(),
+            XDP_TX,
+            Reason::TxTunnel,
+            expect_tunnel(&jumbo6, BACKEND1_V6, h6),
+        ),
+        Case::new(
+            "mtu 0: a 3000-byte v4 packet is tunnelled",
+            jumbo4.clone(),
+            XDP_TX,
+            Reason::TxTunnel,
+            expect_tunnel(&jumbo4, BACKEND1_V4, h4),
+        ),
+    ]);
 }
 
 /// When the MTU is so small that the packet is shorter than the quote an error would carry,
@@ -1199,15 +1139,12 @@ fn given_a_tiny_mtu_when_a_packet_shorter_than_the_quote_is_too_big_then_it_is_d
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     f.config(|c| c.mtu = 60);
     let small = big4(60, true);
-    run_cases(
-        &mut f,
-        &[unchanged(
-            "60-byte packet at mtu 60 (needs 80): dropped",
-            small,
-            XDP_DROP,
-            Reason::DropTooBig,
-        )],
-    );
+    f.run_cases(&[Case::unchanged(
+        "60-byte packet at mtu 60 (needs 80): dropped",
+        small,
+        XDP_DROP,
+        Reason::DropTooBig,
+    )]);
 }
 
 /// The generated error, spelled out byte by byte once, to check the builder's view against the

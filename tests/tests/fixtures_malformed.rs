@@ -15,48 +15,6 @@ use xlb_tests::{
 
 const OTHER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 77);
 const OTHER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x77);
-
-/// One table row: this frame in, this verdict, this reason; the frame comes out unchanged.
-struct Case {
-    name: &'static str,
-    input: Vec<u8>,
-    action: u32,
-    reason: Reason,
-}
-
-fn run_cases(f: &mut Fixture, cases: &[Case]) {
-    for c in cases {
-        println!("case: {}", c.name);
-        let out = f.run(&c.input);
-        assert_eq!(out.action, c.action, "case {}: action", c.name);
-        assert_eq!(
-            out.reasons,
-            vec![(c.reason, 1)],
-            "case {}: reason counters",
-            c.name
-        );
-        assert_frame_eq(&out.frame, &c.input);
-    }
-}
-
-fn dropped(name: &'static str, input: Vec<u8>, reason: Reason) -> Case {
-    Case {
-        name,
-        input,
-        action: XDP_DROP,
-        reason,
-    }
-}
-
-fn passed(name: &'static str, input: Vec<u8>, reason: Reason) -> Case {
-    Case {
-        name,
-        input,
-        action: XDP_PASS,
-        reason,
-    }
-}
-
 fn vip_fixture() -> Fixture {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
@@ -113,72 +71,72 @@ fn given_broken_ipv4_headers_when_they_arrive_then_they_are_dropped_as_bad_ipv4(
         .payload(b"hello")
         .build();
     let cases = vec![
-        dropped(
+        Case::drop(
             "ihl 4",
             with(syn4(), |p| set_ipv4_ihl(p, 4)),
             Reason::DropBadIpv4,
         ),
-        dropped(
+        Case::drop(
             "ihl 0",
             with(syn4(), |p| set_ipv4_ihl(p, 0)),
             Reason::DropBadIpv4,
         ),
-        dropped(
+        Case::drop(
             "ihl 4, not to a VIP",
             with(other.clone(), |p| set_ipv4_ihl(p, 4)),
             Reason::DropBadIpv4,
         ),
-        dropped(
+        Case::drop(
             "ihl 15 beyond the total length (40)",
             with(syn4(), |p| set_ipv4_ihl(p, 15)),
             Reason::DropBadIpv4,
         ),
-        dropped(
+        Case::drop(
             "version 5 under ether type IPv4",
             with(syn4(), |p| set_ip_version(p, 5)),
             Reason::DropBadIpv4,
         ),
-        dropped(
+        Case::drop(
             "version 6 under ether type IPv4",
             with(syn4(), |p| set_ip_version(p, 6)),
             Reason::DropBadIpv4,
         ),
-        dropped(
+        Case::drop(
             "version 0 under ether type IPv4",
             with(other.clone(), |p| set_ip_version(p, 0)),
             Reason::DropBadIpv4,
         ),
-        dropped(
+        Case::drop(
             "total length one beyond the frame",
             with(syn4(), |p| set_ipv4_total_len(p, 41)),
             Reason::DropBadIpv4,
         ),
-        dropped(
+        Case::drop(
             "total length 65535",
             with(other.clone(), |p| set_ipv4_total_len(p, 65535)),
             Reason::DropBadIpv4,
         ),
-        dropped(
+        Case::drop(
             "total length 19, below the header",
             with(syn4(), |p| set_ipv4_total_len(p, 19)),
             Reason::DropBadIpv4,
         ),
-        dropped(
+        Case::drop(
             "total length 0",
             with(syn4(), |p| set_ipv4_total_len(p, 0)),
             Reason::DropBadIpv4,
         ),
-        dropped(
+        Case::drop(
             "header cut at 19 bytes",
             truncate(syn4(), 14 + 19),
             Reason::DropBadIpv4,
         ),
-        dropped(
+        Case::drop(
             "nothing after the ethernet header",
             truncate(syn4(), 14),
             Reason::DropBadIpv4,
         ),
-        dropped(
+        Case::drop(
             "vlan tag, then a header cut short",
             truncate(
                 Packet::eth(MAC_CLIENT, MAC_LB)
@@ -191,7 +149,7 @@ fn given_broken_ipv4_headers_when_they_arrive_then_they_are_dropped_as_bad_ipv4(
             ),
             Reason::DropBadIpv4,
         ),
-        dropped(
+        Case::drop(
             "options cut by the frame (ihl 6, frame ends at 20)",
             with(truncate(syn4(), 14 + 20), |p| {
                 set_ipv4_total_len(p, 20);
@@ -200,7 +158,7 @@ fn given_broken_ipv4_headers_when_they_arrive_then_they_are_dropped_as_bad_ipv4(
             Reason::DropBadIpv4,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 /// Broken IPv6 headers: `DropBadIpv6`.
@@ -242,47 +200,47 @@ fn given_broken_ipv6_headers_when_they_arrive_then_they_are_dropped_as_bad_ipv6(
         .udp(1, 2)
         .build();
     let cases = vec![
-        dropped(
+        Case::drop(
             "version 4 under ether type IPv6",
             with(syn6(), |p| set_ip_version(p, 4)),
             Reason::DropBadIpv6,
         ),
-        dropped(
+        Case::drop(
             "version 7 under ether type IPv6",
             with(syn6(), |p| set_ip_version(p, 7)),
             Reason::DropBadIpv6,
         ),
-        dropped(
+        Case::drop(
             "payload length one beyond the frame",
             with(syn6(), |p| set_ipv6_payload_len(p, 21)),
             Reason::DropBadIpv6,
         ),
-        dropped(
+        Case::drop(
             "payload length 65535",
             with(syn6(), |p| set_ipv6_payload_len(p, 65535)),
             Reason::DropBadIpv6,
         ),
-        dropped(
+        Case::drop(
             "header cut at 39 bytes",
             truncate(syn6(), 14 + 39),
             Reason::DropBadIpv6,
         ),
-        dropped(
+        Case::drop(
             "five extension headers before tcp",
             five,
             Reason::DropBadIpv6,
         ),
-        dropped(
+        Case::drop(
             "four extension headers, then a fragment header",
             four_then_frag,
             Reason::DropBadIpv6,
         ),
-        dropped(
+        Case::drop(
             "six extension headers to a non-VIP",
             six_to_other,
             Reason::DropBadIpv6,
         ),
-        dropped(
+        Case::drop(
             "hop-by-hop announced, frame ends after the header",
             cut6(
                 Packet::eth(MAC_CLIENT, MAC_LB)
@@ -294,7 +252,7 @@ fn given_broken_ipv6_headers_when_they_arrive_then_they_are_dropped_as_bad_ipv6(
             ),
             Reason::DropBadIpv6,
         ),
-        dropped(
+        Case::drop(
             "hop-by-hop length runs past the frame",
             with(
                 Packet::eth(MAC_CLIENT, MAC_LB)
@@ -308,7 +266,7 @@ fn given_broken_ipv6_headers_when_they_arrive_then_they_are_dropped_as_bad_ipv6(
             Reason::DropBadIpv6,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 /// Truncated or broken L4 headers: `DropBadL4`, whether or not to a VIP (ports are read before
@@ -349,83 +307,83 @@ fn given_truncated_or_broken_l4_headers_when_they_arrive_then_they_are_dropped_a
         .udp(1000, 53)
         .build();
     let cases = vec![
-        dropped(
+        Case::drop(
             "tcp data offset 4",
             with(syn4(), |p| set_tcp_data_offset(p, 4)),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "tcp data offset 0",
             with(syn4(), |p| set_tcp_data_offset(p, 0)),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "tcp data offset 4, v6",
             with(syn6(), |p| set_tcp_data_offset(p, 4)),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "tcp data offset 1, not to a VIP",
             with(other_tcp.clone(), |p| set_tcp_data_offset(p, 1)),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "tcp header cut at 19 bytes",
             cut4(syn4(), 14 + 20 + 19),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "tcp header cut at 4 bytes (ports only)",
             cut4(syn4(), 14 + 20 + 4),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "tcp header absent",
             cut4(syn4(), 14 + 20),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "tcp header cut, after ip options",
             cut4(opts_tcp, 14 + 28 + 12),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "tcp header cut, not to a VIP",
             cut4(other_tcp, 14 + 20 + 10),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "v6 tcp header cut at 19 bytes",
             cut6(syn6(), 54 + 19),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "udp header cut at 7 bytes",
             cut4(udp4, 14 + 20 + 7),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "v6 udp header cut at 6 bytes",
             cut6(udp6, 54 + 6),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "v6 udp header cut after dest opts",
             cut6(ext_udp, 54 + 8 + 4),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "icmp header cut at 3 bytes",
             cut4(ping4, 14 + 20 + 3),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "icmpv6 header cut at 2 bytes",
             cut6(ping6, 54 + 2),
             Reason::DropBadL4,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 /// Frames that are not IPv4/IPv6: `PassNotIp`; shorter than a VLAN header: `DropShortEth`.
@@ -433,50 +391,50 @@ fn given_truncated_or_broken_l4_headers_when_they_arrive_then_they_are_dropped_a
 fn given_non_ip_link_layers_when_they_arrive_then_they_pass_as_not_ip() {
     let mut f = vip_fixture();
     let cases = vec![
-        passed(
+        Case::pass(
             "arp",
             Packet::eth(MAC_CLIENT, [0xff; 6]).ether_payload(0x0806, &[0; 28]),
             Reason::PassNotIp,
         ),
-        passed(
+        Case::pass(
             "lldp",
             Packet::eth(MAC_CLIENT, [0x01, 0x80, 0xc2, 0, 0, 0x0e]).ether_payload(0x88cc, &[0; 40]),
             Reason::PassNotIp,
         ),
-        passed(
+        Case::pass(
             "mpls unicast",
             Packet::eth(MAC_CLIENT, MAC_LB).ether_payload(0x8847, &[0; 40]),
             Reason::PassNotIp,
         ),
-        passed(
+        Case::pass(
             "vlan-tagged arp",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(10)
                 .ether_payload(0x0806, &[0; 28]),
             Reason::PassNotIp,
         ),
-        passed(
+        Case::pass(
             "an ethernet header only, ether type 0",
             Packet::eth(MAC_CLIENT, MAC_LB).ether_payload(0, &[]),
             Reason::PassNotIp,
         ),
-        passed(
+        Case::pass(
             "802.3 length field instead of an ether type",
             Packet::eth(MAC_CLIENT, MAC_LB).ether_payload(46, &[0xaa; 46]),
             Reason::PassNotIp,
         ),
-        dropped(
+        Case::drop(
             "vlan ether type, frame ends after the ethernet header",
             Packet::eth(MAC_CLIENT, MAC_LB).ether_payload(0x8100, &[]),
             Reason::DropShortEth,
         ),
-        dropped(
+        Case::drop(
             "q-in-q ether type, 3 bytes of tag",
             Packet::eth(MAC_CLIENT, MAC_LB).ether_payload(0x88a8, &[0, 1, 8]),
             Reason::DropShortEth,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 /// Double-tagged (802.1ad then 802.1Q) frames: only one tag is parsed, so the inner tag's ether
@@ -494,10 +452,11 @@ fn given_a_double_tagged_frame_when_it_arrives_then_it_passes_as_not_ip() {
     let mut frame = inner[..12].to_vec();
     frame.extend_from_slice(&[0x88, 0xa8, 0x00, 30]);
     frame.extend_from_slice(&inner[12..]);
-    run_cases(
-        &mut f,
-        &[passed("802.1ad + 802.1Q tags", frame, Reason::PassNotIp)],
-    );
+    f.run_cases(&[Case::pass(
+        "802.1ad + 802.1Q tags",
+        frame,
+        Reason::PassNotIp,
+    )]);
 }
 
 /// A single 802.1ad (service) tag is a tag like 802.1Q: parsed, and kept on the tunnelled frame.
@@ -549,18 +508,18 @@ fn given_other_ip_protocols_when_they_arrive_then_vip_addresses_count_other_prot
             .build()
     };
     let cases = vec![
-        passed("gre to a v4 VIP", to4(VIP_V4, 47), Reason::PassOtherProto),
-        passed("sctp to a v4 VIP", to4(VIP_V4, 132), Reason::PassOtherProto),
-        passed("esp to a v4 VIP", to4(VIP_V4, 50), Reason::PassOtherProto),
-        passed("ipip to a v4 VIP", to4(VIP_V4, 4), Reason::PassOtherProto),
-        passed("gre to a v6 VIP", to6(VIP_V6, 47), Reason::PassOtherProto),
-        passed("sctp to a v6 VIP", to6(VIP_V6, 132), Reason::PassOtherProto),
-        passed(
+        Case::pass("gre to a v4 VIP", to4(VIP_V4, 47), Reason::PassOtherProto),
+        Case::pass("sctp to a v4 VIP", to4(VIP_V4, 132), Reason::PassOtherProto),
+        Case::pass("esp to a v4 VIP", to4(VIP_V4, 50), Reason::PassOtherProto),
+        Case::pass("ipip to a v4 VIP", to4(VIP_V4, 4), Reason::PassOtherProto),
+        Case::pass("gre to a v6 VIP", to6(VIP_V6, 47), Reason::PassOtherProto),
+        Case::pass("sctp to a v6 VIP", to6(VIP_V6, 132), Reason::PassOtherProto),
+        Case::pass(
             "no next header (59) to a v6 VIP",
             to6(VIP_V6, 59),
             Reason::PassOtherProto,
         ),
-        passed(
+        Case::pass(
             "sctp after hop-by-hop to a v6 VIP",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv6(CLIENT_V6, VIP_V6)
@@ -570,7 +529,7 @@ fn given_other_ip_protocols_when_they_arrive_then_vip_addresses_count_other_prot
                 .build(),
             Reason::PassOtherProto,
         ),
-        passed(
+        Case::pass(
             "vlan, gre to a v4 VIP",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(4)
@@ -580,43 +539,43 @@ fn given_other_ip_protocols_when_they_arrive_then_vip_addresses_count_other_prot
                 .build(),
             Reason::PassOtherProto,
         ),
-        passed(
+        Case::pass(
             "icmpv6 inside ipv4 to a v4 VIP",
             to4(VIP_V4, 58),
             Reason::PassOtherProto,
         ),
-        passed(
+        Case::pass(
             "icmp (v4) inside ipv6 to a v6 VIP",
             to6(VIP_V6, 1),
             Reason::PassOtherProto,
         ),
-        passed(
+        Case::pass(
             "icmpv6 inside ipv4 to another address",
             to4(OTHER_V4, 58),
             Reason::PassNotVip,
         ),
-        passed(
+        Case::pass(
             "gre to another v4 address",
             to4(OTHER_V4, 47),
             Reason::PassNotVip,
         ),
-        passed(
+        Case::pass(
             "sctp to another v4 address",
             to4(OTHER_V4, 132),
             Reason::PassNotVip,
         ),
-        passed(
+        Case::pass(
             "gre to another v6 address",
             to6(OTHER_V6, 47),
             Reason::PassNotVip,
         ),
-        passed(
+        Case::pass(
             "sctp to another v6 address",
             to6(OTHER_V6, 132),
             Reason::PassNotVip,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     assert_eq!(f.flows(), 0);
 }
 
@@ -651,36 +610,36 @@ fn given_l4_headers_cut_by_the_ip_length_but_not_the_frame_when_they_arrive_then
         .icmpv4_echo_request(1, 1)
         .build();
     let cases = vec![
-        dropped(
+        Case::drop(
             "tcp: total length 39, frame holds 20 bytes of tcp",
             with(syn4(), |p| set_ipv4_total_len(p, 20 + 19)),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "tcp: total length 20, the tcp header in the padding",
             with(syn4(), |p| set_ipv4_total_len(p, 20)),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "udp: total length 27",
             with(udp4, |p| set_ipv4_total_len(p, 27)),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "icmp: total length 22",
             with(ping4, |p| set_ipv4_total_len(p, 22)),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "v6 tcp: payload length 19",
             with(syn6(), |p| set_ipv6_payload_len(p, 19)),
             Reason::DropBadL4,
         ),
-        dropped(
+        Case::drop(
             "v6 udp: payload length 0",
             with(udp6, |p| set_ipv6_payload_len(p, 0)),
             Reason::DropBadL4,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }

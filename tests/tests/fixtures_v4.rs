@@ -23,73 +23,6 @@ fn to_vip() -> Ipv4Builder {
 fn key(sport: u16, dport: u16, proto: Proto) -> FlowKey {
     flow_key(v4(CLIENT_V4), v4(VIP_V4), sport, dport, proto)
 }
-
-/// One table row: this frame in, this verdict, this reason, this frame out.
-struct Case {
-    name: &'static str,
-    input: Vec<u8>,
-    action: u32,
-    reason: Reason,
-    expect: Vec<u8>,
-}
-
-fn run_cases(f: &mut Fixture, cases: &[Case]) {
-    for c in cases {
-        println!("case: {}", c.name);
-        let out = f.run(&c.input);
-        assert_eq!(out.action, c.action, "case {}: action", c.name);
-        assert_eq!(
-            out.reasons,
-            vec![(c.reason, 1)],
-            "case {}: reason counters",
-            c.name
-        );
-        assert_frame_eq(&out.frame, &c.expect);
-    }
-}
-
-fn tunnel_case(name: &'static str, input: Vec<u8>, backend: IpAddr, hash: u32) -> Case {
-    let expect = expect_tunnel(&input, backend, hash);
-    Case {
-        name,
-        input,
-        action: XDP_TX,
-        reason: Reason::TxTunnel,
-        expect,
-    }
-}
-
-fn dsr_case(name: &'static str, input: Vec<u8>) -> Case {
-    let expect = expect_dsr(&input);
-    Case {
-        name,
-        input,
-        action: XDP_TX,
-        reason: Reason::TxDsr,
-        expect,
-    }
-}
-
-fn pass_case(name: &'static str, input: Vec<u8>, reason: Reason) -> Case {
-    Case {
-        name,
-        expect: input.clone(),
-        input,
-        action: XDP_PASS,
-        reason,
-    }
-}
-
-fn drop_case(name: &'static str, input: Vec<u8>, reason: Reason) -> Case {
-    Case {
-        name,
-        expect: input.clone(),
-        input,
-        action: XDP_DROP,
-        reason,
-    }
-}
-
 /// The matrix: TCP/UDP × first packet/established × tunnel/DSR, untagged and VLAN-tagged, with
 /// and without IPv4 options and DF. One target per VIP, so the target is known; the tunnel's outer
 /// source comes from the 5-tuple hash.
@@ -108,13 +41,13 @@ fn given_v4_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_eac
     // 40 bytes of options: NOPs, the most IHL allows (15 words).
     let nops = [1u8; 40];
     let cases = vec![
-        tunnel_case(
+        Case::tunnel(
             "tcp syn, tunnel",
             to_vip().tcp(1000, 80).syn().build(),
             b1,
             h(1000, 80, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "tcp ack of that flow, tunnel",
             to_vip()
                 .tcp(1000, 80)
@@ -124,31 +57,31 @@ fn given_v4_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_eac
             b1,
             h(1000, 80, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "tcp syn with DF: outer DF set",
             to_vip().dont_fragment().tcp(1001, 80).syn().build(),
             b1,
             h(1001, 80, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "tcp ack with DF, established",
             to_vip().dont_fragment().tcp(1001, 80).ack().build(),
             b1,
             h(1001, 80, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "tcp fin of the flow",
             to_vip().tcp(1000, 80).fin().ack().build(),
             b1,
             h(1000, 80, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "tcp rst of the flow",
             to_vip().tcp(1000, 80).rst().build(),
             b1,
             h(1000, 80, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "tcp with tos, ttl 1 and id: inner kept as is",
             to_vip()
                 .tos(0xb8)
@@ -160,44 +93,44 @@ fn given_v4_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_eac
             b1,
             h(1002, 80, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "udp first datagram, tunnel",
             to_vip().udp(2000, 53).payload(b"query").build(),
             b1,
             h(2000, 53, Proto::Udp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "udp next datagram, tunnel",
             to_vip().udp(2000, 53).payload(b"query 2").build(),
             b1,
             h(2000, 53, Proto::Udp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "udp with DF",
             to_vip().dont_fragment().udp(2001, 53).build(),
             b1,
             h(2001, 53, Proto::Udp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "udp empty payload",
             to_vip().udp(2002, 53).build(),
             b1,
             h(2002, 53, Proto::Udp),
         ),
-        dsr_case("tcp syn, dsr", to_vip().tcp(3000, 8080).syn().build()),
-        dsr_case(
+        Case::dsr("tcp syn, dsr", to_vip().tcp(3000, 8080).syn().build()),
+        Case::dsr(
             "tcp ack, dsr",
             to_vip().tcp(3000, 8080).ack().payload(b"data").build(),
         ),
-        dsr_case(
+        Case::dsr(
             "udp first, dsr",
             to_vip().udp(3001, 5353).payload(b"q").build(),
         ),
-        dsr_case(
+        Case::dsr(
             "udp next, dsr",
             to_vip().udp(3001, 5353).payload(b"q2").build(),
         ),
-        dsr_case(
+        Case::dsr(
             "dsr keeps DF and ttl",
             to_vip()
                 .dont_fragment()
@@ -206,7 +139,7 @@ fn given_v4_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_eac
                 .syn()
                 .build(),
         ),
-        tunnel_case(
+        Case::tunnel(
             "vlan tcp syn: tag kept",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(100)
@@ -217,7 +150,7 @@ fn given_v4_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_eac
             b1,
             h(1003, 80, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "vlan tcp ack: tag kept",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(100)
@@ -228,7 +161,7 @@ fn given_v4_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_eac
             b1,
             h(1003, 80, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "vlan udp: tag kept",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(4094)
@@ -239,7 +172,7 @@ fn given_v4_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_eac
             b1,
             h(2003, 53, Proto::Udp),
         ),
-        dsr_case(
+        Case::dsr(
             "vlan tcp dsr: tag kept",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(7)
@@ -248,7 +181,7 @@ fn given_v4_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_eac
                 .syn()
                 .build(),
         ),
-        dsr_case(
+        Case::dsr(
             "vlan udp dsr: tag kept",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(7)
@@ -256,13 +189,13 @@ fn given_v4_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_eac
                 .udp(3004, 5353)
                 .build(),
         ),
-        tunnel_case(
+        Case::tunnel(
             "ipv4 options (ihl 7) tcp: options forwarded intact",
             to_vip().options(&rr).tcp(1004, 80).syn().build(),
             b1,
             h(1004, 80, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "ipv4 options (ihl 15) udp: options forwarded intact",
             to_vip()
                 .options(&nops)
@@ -272,7 +205,7 @@ fn given_v4_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_eac
             b1,
             h(2004, 53, Proto::Udp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "ipv4 options with DF and vlan",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(9)
@@ -285,16 +218,16 @@ fn given_v4_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_eac
             b1,
             h(1005, 80, Proto::Tcp),
         ),
-        dsr_case(
+        Case::dsr(
             "ipv4 options, dsr",
             to_vip().options(&rr).tcp(3005, 8080).syn().build(),
         ),
-        dsr_case(
+        Case::dsr(
             "ipv4 options, udp dsr",
             to_vip().options(&nops).udp(3006, 5353).build(),
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     // Counters: every forwarded packet counted on its VIP and on backend 1; a flow per 5-tuple.
     let sum = |rows: &[&Case]| {
         (
@@ -341,13 +274,13 @@ fn given_a_v4_vip_with_a_v6_target_when_packets_arrive_then_they_are_sent_in_ipv
     f.listener(VIP_V4, 53, Proto::Udp, 0, &[BACKEND1_V6]);
     let h = |sport, dport, proto| hash5(&key(sport, dport, proto));
     let cases = vec![
-        tunnel_case(
+        Case::tunnel(
             "tcp syn to a v6 target",
             to_vip().tcp(1000, 80).syn().build(),
             BACKEND1_V6,
             h(1000, 80, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "tcp ack with DF to a v6 target",
             to_vip()
                 .dont_fragment()
@@ -358,13 +291,13 @@ fn given_a_v4_vip_with_a_v6_target_when_packets_arrive_then_they_are_sent_in_ipv
             BACKEND1_V6,
             h(1000, 80, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "udp to a v6 target",
             to_vip().udp(2000, 53).payload(b"q").build(),
             BACKEND1_V6,
             h(2000, 53, Proto::Udp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "vlan tcp to a v6 target: tag kept",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(33)
@@ -375,14 +308,14 @@ fn given_a_v4_vip_with_a_v6_target_when_packets_arrive_then_they_are_sent_in_ipv
             BACKEND1_V6,
             h(1001, 80, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "ipv4 options to a v6 target",
             to_vip().options(&[1, 1, 1, 1]).tcp(1002, 80).syn().build(),
             BACKEND1_V6,
             h(1002, 80, Proto::Tcp),
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     assert_eq!(f.vip_counters(vip).new_flows, 3);
     assert_eq!(f.backend_counters(1).packets, 5);
 }
@@ -396,31 +329,31 @@ fn given_an_all_ports_vip_and_an_exact_port_vip_when_ports_vary_then_the_exact_p
     let all = f.listener(VIP_V4, 0, Proto::Tcp, 0, &[BACKEND2_V4]);
     let h = |sport, dport| hash5(&key(sport, dport, Proto::Tcp));
     let cases = vec![
-        tunnel_case(
+        Case::tunnel(
             "port 80: the exact listener (backend 1)",
             to_vip().tcp(1000, 80).syn().build(),
             BACKEND1_V4,
             h(1000, 80),
         ),
-        tunnel_case(
+        Case::tunnel(
             "port 81: the all-ports VIP (backend 2)",
             to_vip().tcp(1000, 81).syn().build(),
             BACKEND2_V4,
             h(1000, 81),
         ),
-        tunnel_case(
+        Case::tunnel(
             "port 1: the all-ports VIP",
             to_vip().tcp(1000, 1).syn().build(),
             BACKEND2_V4,
             h(1000, 1),
         ),
-        tunnel_case(
+        Case::tunnel(
             "port 65535: the all-ports VIP",
             to_vip().tcp(1000, 65535).ack().build(),
             BACKEND2_V4,
             h(1000, 65535),
         ),
-        tunnel_case(
+        Case::tunnel(
             "port 443, vlan: the all-ports VIP",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(5)
@@ -431,13 +364,13 @@ fn given_an_all_ports_vip_and_an_exact_port_vip_when_ports_vary_then_the_exact_p
             BACKEND2_V4,
             h(1000, 443),
         ),
-        pass_case(
+        Case::pass(
             "udp to the all-ports tcp address: not a VIP",
             to_vip().udp(1000, 81).build(),
             Reason::PassNotVip,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     assert_eq!(f.vip_counters(exact).packets, 1);
     assert_eq!(f.vip_counters(all).packets, 4);
     assert_eq!(
@@ -452,18 +385,18 @@ fn given_an_all_ports_udp_dsr_vip_when_datagrams_to_any_port_arrive_then_they_go
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V4, 0, Proto::Udp, VIP_F_DSR, &[BACKEND1_V4]);
     let cases = vec![
-        dsr_case("udp port 53", to_vip().udp(1, 53).build()),
-        dsr_case(
+        Case::dsr("udp port 53", to_vip().udp(1, 53).build()),
+        Case::dsr(
             "udp port 4789",
             to_vip().udp(40000, 4789).payload(&[0u8; 64]).build(),
         ),
-        pass_case(
+        Case::pass(
             "tcp to the all-ports udp address",
             to_vip().tcp(1, 53).syn().build(),
             Reason::PassNotVip,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     assert_eq!(f.vip_counters(vip).new_flows, 2);
 }
 
@@ -475,18 +408,18 @@ fn given_only_an_address_entry_when_tcp_arrives_on_any_port_then_it_is_not_a_vip
     let vip = f.listener(VIP_V4, 80, Proto::Udp, 0, &[BACKEND1_V4]);
     f.address_entry(VIP_V4, Proto::Tcp, vip, 0);
     let cases = vec![
-        pass_case(
+        Case::pass(
             "tcp port 80, address entry only",
             to_vip().tcp(1000, 80).syn().build(),
             Reason::PassNotVip,
         ),
-        pass_case(
+        Case::pass(
             "tcp port 0, address entry only",
             to_vip().tcp(1000, 0).syn().build(),
             Reason::PassNotVip,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     assert_eq!(f.flows(), 0);
     assert_eq!(f.vip_counters(vip).packets, 0);
 }
@@ -541,26 +474,26 @@ fn given_a_source_ip_vip_when_one_client_uses_many_ports_then_all_go_to_the_sour
             ],
         ][i];
         let from = || Packet::eth(MAC_CLIENT, MAC_LB).ipv4(client, VIP_V4);
-        cases.push(tunnel_case(
+        cases.push(Case::tunnel(
             names[0],
             from().tcp(1000, 80).syn().build(),
             target,
             hs,
         ));
-        cases.push(tunnel_case(
+        cases.push(Case::tunnel(
             names[1],
             from().tcp(2000, 80).syn().build(),
             target,
             hs,
         ));
-        cases.push(tunnel_case(
+        cases.push(Case::tunnel(
             names[2],
             from().udp(3000, 53).build(),
             target,
             hs,
         ));
     }
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     assert_eq!(f.vip_counters(vip).new_flows, 6);
     assert_eq!(f.flows(), 9);
 }
@@ -632,56 +565,53 @@ fn given_an_established_flow_when_the_ring_changes_then_syn_rebalances_but_syn_a
     let vip = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     let h = hash5(&key(1000, 80, Proto::Tcp));
     let syn = to_vip().tcp(1000, 80).syn().build();
-    run_cases(
-        &mut f,
-        &[tunnel_case(
-            "first syn → backend 1",
-            syn.clone(),
-            BACKEND1_V4,
-            h,
-        )],
-    );
+    f.run_cases(&[Case::tunnel(
+        "first syn → backend 1",
+        syn.clone(),
+        BACKEND1_V4,
+        h,
+    )]);
     let b2 = f.backend(BACKEND2_V4);
     f.ring(vip, &[b2]);
     let cases = vec![
-        tunnel_case(
+        Case::tunnel(
             "syn-ack on the flow → still backend 1",
             to_vip().tcp(1000, 80).syn().ack().build(),
             BACKEND1_V4,
             h,
         ),
-        tunnel_case(
+        Case::tunnel(
             "ack on the flow → still backend 1",
             to_vip().tcp(1000, 80).ack().build(),
             BACKEND1_V4,
             h,
         ),
-        tunnel_case(
+        Case::tunnel(
             "fin-ack on the flow → still backend 1",
             to_vip().tcp(1000, 80).fin().ack().build(),
             BACKEND1_V4,
             h,
         ),
-        tunnel_case(
+        Case::tunnel(
             "new syn on the 5-tuple → backend 2",
             syn.clone(),
             BACKEND2_V4,
             h,
         ),
-        tunnel_case(
+        Case::tunnel(
             "ack after that syn → backend 2",
             to_vip().tcp(1000, 80).ack().build(),
             BACKEND2_V4,
             h,
         ),
-        tunnel_case(
+        Case::tunnel(
             "ack of an unknown flow → ring (backend 2)",
             to_vip().tcp(1001, 80).ack().build(),
             BACKEND2_V4,
             hash5(&key(1001, 80, Proto::Tcp)),
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     let c = f.vip_counters(vip);
     assert_eq!((c.packets, c.new_flows), (7, 3));
     assert_eq!(
@@ -708,59 +638,56 @@ fn given_flows_on_a_target_that_is_gone_when_their_next_packets_arrive_then_they
     let udp = f.listener(VIP_V4, 53, Proto::Udp, 0, &[BACKEND1_V4]);
     let ht = hash5(&key(1000, 80, Proto::Tcp));
     let hu = hash5(&key(2000, 53, Proto::Udp));
-    run_cases(
-        &mut f,
-        &[
-            tunnel_case(
-                "tcp syn → backend 1",
-                to_vip().tcp(1000, 80).syn().build(),
-                BACKEND1_V4,
-                ht,
-            ),
-            tunnel_case(
-                "udp → backend 1",
-                to_vip().udp(2000, 53).build(),
-                BACKEND1_V4,
-                hu,
-            ),
-        ],
-    );
+    f.run_cases(&[
+        Case::tunnel(
+            "tcp syn → backend 1",
+            to_vip().tcp(1000, 80).syn().build(),
+            BACKEND1_V4,
+            ht,
+        ),
+        Case::tunnel(
+            "udp → backend 1",
+            to_vip().udp(2000, 53).build(),
+            BACKEND1_V4,
+            hu,
+        ),
+    ]);
     let b2 = f.backend(BACKEND2_V4);
     f.ring(tcp, &[b2]);
     f.ring(udp, &[b2]);
     f.set_live(1, false);
     let cases = vec![
-        tunnel_case(
+        Case::tunnel(
             "tcp ack, backend 1 gone → backend 2",
             to_vip().tcp(1000, 80).ack().build(),
             BACKEND2_V4,
             ht,
         ),
-        tunnel_case(
+        Case::tunnel(
             "udp, backend 1 gone → backend 2",
             to_vip().udp(2000, 53).build(),
             BACKEND2_V4,
             hu,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     // Backend 1 back: the flows stay where they were re-balanced to.
     f.set_live(1, true);
     let cases = vec![
-        tunnel_case(
+        Case::tunnel(
             "tcp ack, backend 1 back → stays on 2",
             to_vip().tcp(1000, 80).ack().build(),
             BACKEND2_V4,
             ht,
         ),
-        tunnel_case(
+        Case::tunnel(
             "udp, backend 1 back → stays on 2",
             to_vip().udp(2000, 53).build(),
             BACKEND2_V4,
             hu,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     assert_eq!(f.vip_counters(tcp).new_flows, 2);
     assert_eq!(f.vip_counters(udp).new_flows, 2);
     assert_eq!(f.backend_counters(b2).packets, 4);
@@ -776,22 +703,22 @@ fn given_no_usable_target_when_packets_arrive_then_they_are_dropped_as_no_backen
     let gone = f.listener(VIP_V4, 443, Proto::Tcp, VIP_F_DSR, &[BACKEND1_V4]);
     f.set_live(1, false);
     let cases = vec![
-        drop_case(
+        Case::drop(
             "tcp syn, empty ring",
             to_vip().tcp(1000, 80).syn().build(),
             Reason::DropNoBackend,
         ),
-        drop_case(
+        Case::drop(
             "tcp ack, empty ring",
             to_vip().tcp(1000, 80).ack().build(),
             Reason::DropNoBackend,
         ),
-        drop_case(
+        Case::drop(
             "udp, empty ring",
             to_vip().udp(1000, 53).build(),
             Reason::DropNoBackend,
         ),
-        drop_case(
+        Case::drop(
             "vlan tcp, empty ring",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(3)
@@ -801,13 +728,13 @@ fn given_no_usable_target_when_packets_arrive_then_they_are_dropped_as_no_backen
                 .build(),
             Reason::DropNoBackend,
         ),
-        drop_case(
+        Case::drop(
             "dsr vip, its only target gone",
             to_vip().tcp(1000, 443).syn().build(),
             Reason::DropNoBackend,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     assert_eq!(f.vip_counters(empty).packets, 0);
     assert_eq!(f.vip_counters(gone).packets, 0);
     assert_eq!(f.flows(), 0);
@@ -822,17 +749,17 @@ fn given_no_gateway_mac_when_a_packet_must_be_tunnelled_then_it_is_dropped_as_no
     f.listener(VIP_V4, 8080, Proto::Tcp, VIP_F_DSR, &[BACKEND1_V4]);
     f.config(|c| c.gateway_mac = [0; 6]);
     let cases = vec![
-        drop_case(
+        Case::drop(
             "tunnel, no next hop",
             to_vip().tcp(1000, 80).syn().build(),
             Reason::DropNoRoute,
         ),
-        dsr_case(
+        Case::dsr(
             "dsr, no next hop needed",
             to_vip().tcp(1000, 8080).syn().build(),
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 /// A second VIP has counters of its own.
@@ -850,19 +777,16 @@ fn given_two_vips_when_each_gets_traffic_then_each_vip_counts_only_its_own() {
         .payload(&[1; 10])
         .build();
     let h2 = hash5(&flow_key(v4(CLIENT_V4), v4(vip2), 1000, 80, Proto::Tcp));
-    run_cases(
-        &mut f,
-        &[
-            tunnel_case(
-                "vip 1 → backend 1",
-                p1.clone(),
-                BACKEND1_V4,
-                hash5(&key(1000, 80, Proto::Tcp)),
-            ),
-            tunnel_case("vip 2 → backend 2", p2.clone(), BACKEND2_V4, h2),
-            tunnel_case("vip 2 again", p2.clone(), BACKEND2_V4, h2),
-        ],
-    );
+    f.run_cases(&[
+        Case::tunnel(
+            "vip 1 → backend 1",
+            p1.clone(),
+            BACKEND1_V4,
+            hash5(&key(1000, 80, Proto::Tcp)),
+        ),
+        Case::tunnel("vip 2 → backend 2", p2.clone(), BACKEND2_V4, h2),
+        Case::tunnel("vip 2 again", p2.clone(), BACKEND2_V4, h2),
+    ]);
     let (ca, cb) = (f.vip_counters(a), f.vip_counters(b));
     assert_eq!(
         (ca.packets, ca.bytes, ca.new_flows),
@@ -898,7 +822,7 @@ fn given_a_v4_vip_when_traffic_goes_to_other_addresses_or_ports_then_it_passes_u
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     let other = Ipv4Addr::new(198, 18, 100, 99);
     let cases = vec![
-        pass_case(
+        Case::pass(
             "other address, same port",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv4(CLIENT_V4, other)
@@ -907,12 +831,12 @@ fn given_a_v4_vip_when_traffic_goes_to_other_addresses_or_ports_then_it_passes_u
                 .build(),
             Reason::PassNotVip,
         ),
-        pass_case(
+        Case::pass(
             "vip address, other port",
             to_vip().tcp(1000, 8080).syn().build(),
             Reason::PassNotVip,
         ),
-        pass_case(
+        Case::pass(
             "from the vip to the client (reply direction)",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv4(VIP_V4, CLIENT_V4)
@@ -922,7 +846,7 @@ fn given_a_v4_vip_when_traffic_goes_to_other_addresses_or_ports_then_it_passes_u
                 .build(),
             Reason::PassNotVip,
         ),
-        pass_case(
+        Case::pass(
             "vlan, other address",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .vlan(12)
@@ -931,7 +855,7 @@ fn given_a_v4_vip_when_traffic_goes_to_other_addresses_or_ports_then_it_passes_u
                 .build(),
             Reason::PassNotVip,
         ),
-        pass_case(
+        Case::pass(
             "broadcast udp",
             Packet::eth(MAC_CLIENT, [0xff; 6])
                 .ipv4(CLIENT_V4, Ipv4Addr::BROADCAST)
@@ -940,7 +864,7 @@ fn given_a_v4_vip_when_traffic_goes_to_other_addresses_or_ports_then_it_passes_u
             Reason::PassNotVip,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     assert_eq!(f.flows(), 0);
 }
 
@@ -951,25 +875,24 @@ fn given_a_udp_flow_when_datagrams_follow_then_its_last_seen_time_advances() {
     let vip = f.listener(VIP_V4, 53, Proto::Udp, 0, &[BACKEND1_V4]);
     let dgram = to_vip().udp(2000, 53).build();
     let h = hash5(&key(2000, 53, Proto::Udp));
-    run_cases(
-        &mut f,
-        &[tunnel_case("first datagram", dgram.clone(), BACKEND1_V4, h)],
-    );
+    f.run_cases(&[Case::tunnel(
+        "first datagram",
+        dgram.clone(),
+        BACKEND1_V4,
+        h,
+    )]);
     let first = f.flow_entries()[0].1.seen_ns;
     assert_ne!(first, 0, "a UDP flow records the time");
     std::thread::sleep(std::time::Duration::from_millis(20));
     // The ring changes; the flow is recent, so it stays.
     let b2 = f.backend(BACKEND2_V4);
     f.ring(vip, &[b2]);
-    run_cases(
-        &mut f,
-        &[tunnel_case(
-            "second datagram, recent flow → backend 1",
-            dgram,
-            BACKEND1_V4,
-            h,
-        )],
-    );
+    f.run_cases(&[Case::tunnel(
+        "second datagram, recent flow → backend 1",
+        dgram,
+        BACKEND1_V4,
+        h,
+    )]);
     let entries = f.flow_entries();
     assert_eq!(entries.len(), 1);
     assert!(
@@ -986,15 +909,12 @@ fn given_a_udp_flow_when_datagrams_follow_then_its_last_seen_time_advances() {
 fn given_a_tcp_flow_when_it_is_recorded_then_it_has_no_timestamp() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
-    run_cases(
-        &mut f,
-        &[tunnel_case(
-            "syn",
-            to_vip().tcp(1000, 80).syn().build(),
-            BACKEND1_V4,
-            hash5(&key(1000, 80, Proto::Tcp)),
-        )],
-    );
+    f.run_cases(&[Case::tunnel(
+        "syn",
+        to_vip().tcp(1000, 80).syn().build(),
+        BACKEND1_V4,
+        hash5(&key(1000, 80, Proto::Tcp)),
+    )]);
     let entries = f.flow_entries();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].0, key(1000, 80, Proto::Tcp));
@@ -1009,29 +929,23 @@ fn given_a_udp_flow_idle_past_the_timeout_when_the_next_datagram_arrives_then_it
     let vip = f.listener(VIP_V4, 53, Proto::Udp, 0, &[BACKEND1_V4]);
     let dgram = to_vip().udp(2001, 53).build();
     let h = hash5(&key(2001, 53, Proto::Udp));
-    run_cases(
-        &mut f,
-        &[tunnel_case(
-            "first datagram → backend 1",
-            dgram.clone(),
-            BACKEND1_V4,
-            h,
-        )],
-    );
+    f.run_cases(&[Case::tunnel(
+        "first datagram → backend 1",
+        dgram.clone(),
+        BACKEND1_V4,
+        h,
+    )]);
     let b2 = f.backend(BACKEND2_V4);
     f.ring(vip, &[b2]);
     std::thread::sleep(std::time::Duration::from_nanos(
         lb_common::UDP_FLOW_TIMEOUT_NS + 1_000_000_000,
     ));
-    run_cases(
-        &mut f,
-        &[tunnel_case(
-            "after 31 s idle → backend 2",
-            dgram,
-            BACKEND2_V4,
-            h,
-        )],
-    );
+    f.run_cases(&[Case::tunnel(
+        "after 31 s idle → backend 2",
+        dgram,
+        BACKEND2_V4,
+        h,
+    )]);
     assert_eq!(f.vip_counters(vip).new_flows, 2);
     assert_eq!(f.flow_entries()[0].1.backend, b2);
 }
@@ -1057,13 +971,10 @@ fn given_a_vip_switched_to_its_standby_ring_when_a_flow_starts_then_the_standby_
         },
     );
     let h = hash5(&key(1000, 80, Proto::Tcp));
-    run_cases(
-        &mut f,
-        &[tunnel_case(
-            "syn after the flip → backend 2",
-            to_vip().tcp(1000, 80).syn().build(),
-            BACKEND2_V4,
-            h,
-        )],
-    );
+    f.run_cases(&[Case::tunnel(
+        "syn after the flip → backend 2",
+        to_vip().tcp(1000, 80).syn().build(),
+        BACKEND2_V4,
+        h,
+    )]);
 }

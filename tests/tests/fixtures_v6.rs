@@ -39,73 +39,6 @@ fn key(sport: u16, dport: u16, proto: Proto) -> FlowKey {
 fn h(sport: u16, dport: u16, proto: Proto) -> u32 {
     hash5(&key(sport, dport, proto))
 }
-
-/// One table row: this frame in, this verdict, this reason, this frame out.
-struct Case {
-    name: &'static str,
-    input: Vec<u8>,
-    action: u32,
-    reason: Reason,
-    expect: Vec<u8>,
-}
-
-fn run_cases(f: &mut Fixture, cases: &[Case]) {
-    for c in cases {
-        println!("case: {}", c.name);
-        let out = f.run(&c.input);
-        assert_eq!(out.action, c.action, "case {}: action", c.name);
-        assert_eq!(
-            out.reasons,
-            vec![(c.reason, 1)],
-            "case {}: reason counters",
-            c.name
-        );
-        assert_frame_eq(&out.frame, &c.expect);
-    }
-}
-
-fn tunnel_case(name: &'static str, input: Vec<u8>, backend: IpAddr, hash: u32) -> Case {
-    let expect = expect_tunnel(&input, backend, hash);
-    Case {
-        name,
-        input,
-        action: XDP_TX,
-        reason: Reason::TxTunnel,
-        expect,
-    }
-}
-
-fn dsr_case(name: &'static str, input: Vec<u8>) -> Case {
-    let expect = expect_dsr(&input);
-    Case {
-        name,
-        input,
-        action: XDP_TX,
-        reason: Reason::TxDsr,
-        expect,
-    }
-}
-
-fn pass_case(name: &'static str, input: Vec<u8>, reason: Reason) -> Case {
-    Case {
-        name,
-        expect: input.clone(),
-        input,
-        action: XDP_PASS,
-        reason,
-    }
-}
-
-fn drop_case(name: &'static str, input: Vec<u8>, reason: Reason) -> Case {
-    Case {
-        name,
-        expect: input.clone(),
-        input,
-        action: XDP_DROP,
-        reason,
-    }
-}
-
 /// TCP/UDP × first/established × IP6IP6/DSR, untagged and tagged, inner header fields kept.
 #[test]
 fn given_v6_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_each_is_forwarded_exactly()
@@ -117,25 +50,25 @@ fn given_v6_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_eac
     f.listener(VIP_V6, 5353, Proto::Udp, VIP_F_DSR, &[BACKEND1_V6]);
     let b = BACKEND1_V6;
     let cases = vec![
-        tunnel_case(
+        Case::tunnel(
             "tcp syn, ip6ip6",
             to_vip().tcp(1000, 443).syn().build(),
             b,
             h(1000, 443, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "tcp ack, established",
             to_vip().tcp(1000, 443).ack().payload(b"hello").build(),
             b,
             h(1000, 443, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "tcp fin-ack, established",
             to_vip().tcp(1000, 443).fin().ack().build(),
             b,
             h(1000, 443, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "tcp with traffic class, flow label, hop limit 1: inner kept",
             to_vip()
                 .traffic_class(0xb8)
@@ -147,53 +80,53 @@ fn given_v6_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_eac
             b,
             h(1001, 443, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "udp first datagram",
             to_vip().udp(2000, 53).payload(b"q").build(),
             b,
             h(2000, 53, Proto::Udp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "udp next datagram",
             to_vip().udp(2000, 53).payload(b"q2").build(),
             b,
             h(2000, 53, Proto::Udp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "udp large payload",
             to_vip().udp(2001, 53).payload(&[0xab; 1200]).build(),
             b,
             h(2001, 53, Proto::Udp),
         ),
-        dsr_case("tcp syn, dsr", to_vip().tcp(3000, 8080).syn().build()),
-        dsr_case("tcp ack, dsr", to_vip().tcp(3000, 8080).ack().build()),
-        dsr_case("udp, dsr", to_vip().udp(3001, 5353).payload(b"m").build()),
-        dsr_case(
+        Case::dsr("tcp syn, dsr", to_vip().tcp(3000, 8080).syn().build()),
+        Case::dsr("tcp ack, dsr", to_vip().tcp(3000, 8080).ack().build()),
+        Case::dsr("udp, dsr", to_vip().udp(3001, 5353).payload(b"m").build()),
+        Case::dsr(
             "udp next, dsr",
             to_vip().udp(3001, 5353).payload(b"m2").build(),
         ),
-        tunnel_case(
+        Case::tunnel(
             "vlan tcp syn: tag kept",
             tagged(200).tcp(1002, 443).syn().build(),
             b,
             h(1002, 443, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "vlan udp: tag kept",
             tagged(201).udp(2002, 53).build(),
             b,
             h(2002, 53, Proto::Udp),
         ),
-        dsr_case(
+        Case::dsr(
             "vlan tcp dsr: tag kept",
             tagged(202).tcp(3002, 8080).syn().build(),
         ),
-        dsr_case(
+        Case::dsr(
             "vlan udp dsr: tag kept",
             tagged(203).udp(3003, 5353).build(),
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     assert_eq!(f.vip_counters(tcp_t).new_flows, 3);
     assert_eq!(f.vip_counters(udp_t).new_flows, 3);
     assert_eq!(f.vip_counters(tcp_d).packets, 3);
@@ -212,31 +145,31 @@ fn given_v6_vips_when_extension_headers_precede_tcp_or_udp_then_ports_are_found_
     let b = BACKEND1_V6;
     use ExtHeader::*;
     let cases = vec![
-        tunnel_case(
+        Case::tunnel(
             "hop-by-hop then tcp",
             to_vip().ipv6_ext(HopByHop).tcp(1000, 443).syn().build(),
             b,
             h(1000, 443, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "destination options then tcp",
             to_vip().ipv6_ext(DestOpts).tcp(1001, 443).syn().build(),
             b,
             h(1001, 443, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "routing then tcp",
             to_vip().ipv6_ext(Routing).tcp(1002, 443).syn().build(),
             b,
             h(1002, 443, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "hop-by-hop then udp",
             to_vip().ipv6_ext(HopByHop).udp(2000, 53).build(),
             b,
             h(2000, 53, Proto::Udp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "destination options then udp",
             to_vip()
                 .ipv6_ext(DestOpts)
@@ -246,13 +179,13 @@ fn given_v6_vips_when_extension_headers_precede_tcp_or_udp_then_ports_are_found_
             b,
             h(2001, 53, Proto::Udp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "routing then udp",
             to_vip().ipv6_ext(Routing).udp(2002, 53).build(),
             b,
             h(2002, 53, Proto::Udp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "hop-by-hop, dest opts, routing then tcp",
             to_vip()
                 .ipv6_ext(HopByHop)
@@ -264,7 +197,7 @@ fn given_v6_vips_when_extension_headers_precede_tcp_or_udp_then_ports_are_found_
             b,
             h(1003, 443, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "four extension headers then tcp",
             to_vip()
                 .ipv6_ext(HopByHop)
@@ -277,7 +210,7 @@ fn given_v6_vips_when_extension_headers_precede_tcp_or_udp_then_ports_are_found_
             b,
             h(1004, 443, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "four extension headers then udp",
             to_vip()
                 .ipv6_ext(HopByHop)
@@ -289,23 +222,23 @@ fn given_v6_vips_when_extension_headers_precede_tcp_or_udp_then_ports_are_found_
             b,
             h(2003, 53, Proto::Udp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "vlan, hop-by-hop then tcp",
             tagged(55).ipv6_ext(HopByHop).tcp(1005, 443).syn().build(),
             b,
             h(1005, 443, Proto::Tcp),
         ),
-        dsr_case(
+        Case::dsr(
             "hop-by-hop then tcp, dsr",
             to_vip().ipv6_ext(HopByHop).tcp(3000, 8080).syn().build(),
         ),
-        pass_case(
+        Case::pass(
             "hop-by-hop then tcp to another port",
             to_vip().ipv6_ext(HopByHop).tcp(1000, 444).syn().build(),
             Reason::PassNotVip,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 /// A hop-by-hop header with a length field above zero (16 bytes): the walk uses its length.
@@ -350,31 +283,31 @@ fn given_a_v6_vip_with_a_v4_target_when_packets_arrive_then_they_are_sent_in_ipv
     f.listener(VIP_V6, 53, Proto::Udp, 0, &[BACKEND1_V4]);
     let b = BACKEND1_V4;
     let cases = vec![
-        tunnel_case(
+        Case::tunnel(
             "tcp syn to a v4 target",
             to_vip().tcp(1000, 443).syn().build(),
             b,
             h(1000, 443, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "tcp ack to a v4 target",
             to_vip().tcp(1000, 443).ack().build(),
             b,
             h(1000, 443, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "udp to a v4 target",
             to_vip().udp(2000, 53).payload(b"q").build(),
             b,
             h(2000, 53, Proto::Udp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "vlan tcp to a v4 target",
             tagged(77).tcp(1001, 443).syn().build(),
             b,
             h(1001, 443, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "dest opts then tcp to a v4 target",
             to_vip()
                 .ipv6_ext(ExtHeader::DestOpts)
@@ -385,7 +318,7 @@ fn given_a_v6_vip_with_a_v4_target_when_packets_arrive_then_they_are_sent_in_ipv
             h(1002, 443, Proto::Tcp),
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     // Spelled out once: outer IPv4 with DF and protocol 41.
     let syn = to_vip().tcp(1000, 443).syn().build();
     let IpAddr::V4(b4) = b else { unreachable!() };
@@ -409,30 +342,30 @@ fn given_an_all_ports_v6_vip_and_an_exact_port_when_ports_vary_then_the_exact_po
     f.listener(VIP_V6, 0, Proto::Tcp, 0, &[BACKEND2_V6]);
     f.listener(VIP_V6, 0, Proto::Udp, VIP_F_DSR, &[BACKEND3_V6]);
     let cases = vec![
-        tunnel_case(
+        Case::tunnel(
             "port 443: exact listener",
             to_vip().tcp(1000, 443).syn().build(),
             BACKEND1_V6,
             h(1000, 443, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "port 22: all-ports",
             to_vip().tcp(1000, 22).syn().build(),
             BACKEND2_V6,
             h(1000, 22, Proto::Tcp),
         ),
-        tunnel_case(
+        Case::tunnel(
             "port 65535 ack: all-ports",
             to_vip().tcp(1000, 65535).ack().build(),
             BACKEND2_V6,
             h(1000, 65535, Proto::Tcp),
         ),
-        dsr_case(
+        Case::dsr(
             "udp any port: all-ports udp dsr",
             to_vip().udp(1000, 9999).build(),
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     assert_eq!(
         (
             f.backend_counters(1).packets,
@@ -462,25 +395,25 @@ fn given_a_source_ip_v6_vip_when_one_client_uses_many_ports_then_all_go_to_one_t
     let hs2 = hash_src(&flow_key(v6(other), v6(VIP_V6), 1, 443, Proto::Tcp));
     let target2 = targets[table[(hs2 % RING_SIZE) as usize] as usize - 1];
     let cases = vec![
-        tunnel_case(
+        Case::tunnel(
             "port 1000",
             to_vip().tcp(1000, 443).syn().build(),
             target,
             hs,
         ),
-        tunnel_case(
+        Case::tunnel(
             "port 2000",
             to_vip().tcp(2000, 443).syn().build(),
             target,
             hs,
         ),
-        tunnel_case(
+        Case::tunnel(
             "port 3000 ack",
             to_vip().tcp(3000, 443).ack().build(),
             target,
             hs,
         ),
-        tunnel_case(
+        Case::tunnel(
             "another client",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv6(other, VIP_V6)
@@ -491,7 +424,7 @@ fn given_a_source_ip_v6_vip_when_one_client_uses_many_ports_then_all_go_to_one_t
             hs2,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
 }
 
 /// Many IPv6 flows over three targets land where the Maglev table says.
@@ -530,44 +463,35 @@ fn given_an_established_v6_flow_when_the_ring_changes_or_its_target_goes_then_it
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V6, 443, Proto::Tcp, 0, &[BACKEND1_V6]);
     let hash = h(1000, 443, Proto::Tcp);
-    run_cases(
-        &mut f,
-        &[tunnel_case(
-            "syn → backend 1",
-            to_vip().tcp(1000, 443).syn().build(),
-            BACKEND1_V6,
-            hash,
-        )],
-    );
+    f.run_cases(&[Case::tunnel(
+        "syn → backend 1",
+        to_vip().tcp(1000, 443).syn().build(),
+        BACKEND1_V6,
+        hash,
+    )]);
     let b2 = f.backend(BACKEND2_V6);
     f.ring(vip, &[b2]);
-    run_cases(
-        &mut f,
-        &[
-            tunnel_case(
-                "syn-ack, ring changed → stays on 1",
-                to_vip().tcp(1000, 443).syn().ack().build(),
-                BACKEND1_V6,
-                hash,
-            ),
-            tunnel_case(
-                "ack, ring changed → stays on 1",
-                to_vip().tcp(1000, 443).ack().build(),
-                BACKEND1_V6,
-                hash,
-            ),
-        ],
-    );
-    f.set_live(1, false);
-    run_cases(
-        &mut f,
-        &[tunnel_case(
-            "ack, backend 1 gone → backend 2",
-            to_vip().tcp(1000, 443).ack().build(),
-            BACKEND2_V6,
+    f.run_cases(&[
+        Case::tunnel(
+            "syn-ack, ring changed → stays on 1",
+            to_vip().tcp(1000, 443).syn().ack().build(),
+            BACKEND1_V6,
             hash,
-        )],
-    );
+        ),
+        Case::tunnel(
+            "ack, ring changed → stays on 1",
+            to_vip().tcp(1000, 443).ack().build(),
+            BACKEND1_V6,
+            hash,
+        ),
+    ]);
+    f.set_live(1, false);
+    f.run_cases(&[Case::tunnel(
+        "ack, backend 1 gone → backend 2",
+        to_vip().tcp(1000, 443).ack().build(),
+        BACKEND2_V6,
+        hash,
+    )]);
     assert_eq!(f.vip_counters(vip).new_flows, 2);
 }
 
@@ -579,12 +503,12 @@ fn given_v6_vips_without_usable_targets_or_routes_when_packets_arrive_then_they_
     f.listener(VIP_V6, 443, Proto::Tcp, 0, &[]);
     f.listener(VIP_V6, 53, Proto::Udp, 0, &[BACKEND1_V6]);
     let cases = vec![
-        drop_case(
+        Case::drop(
             "tcp syn, empty ring",
             to_vip().tcp(1000, 443).syn().build(),
             Reason::DropNoBackend,
         ),
-        drop_case(
+        Case::drop(
             "tcp ack, empty ring, hop-by-hop",
             to_vip()
                 .ipv6_ext(ExtHeader::HopByHop)
@@ -593,7 +517,7 @@ fn given_v6_vips_without_usable_targets_or_routes_when_packets_arrive_then_they_
                 .build(),
             Reason::DropNoBackend,
         ),
-        pass_case(
+        Case::pass(
             "other v6 address",
             Packet::eth(MAC_CLIENT, MAC_LB)
                 .ipv6(
@@ -605,12 +529,12 @@ fn given_v6_vips_without_usable_targets_or_routes_when_packets_arrive_then_they_
                 .build(),
             Reason::PassNotVip,
         ),
-        pass_case(
+        Case::pass(
             "vip, other port",
             to_vip().udp(1000, 54).build(),
             Reason::PassNotVip,
         ),
-        pass_case(
+        Case::pass(
             "link-local multicast (neighbour discovery-like udp)",
             Packet::eth(MAC_CLIENT, [0x33, 0x33, 0, 0, 0, 1])
                 .ipv6(
@@ -622,14 +546,11 @@ fn given_v6_vips_without_usable_targets_or_routes_when_packets_arrive_then_they_
             Reason::PassNotVip,
         ),
     ];
-    run_cases(&mut f, &cases);
+    f.run_cases(&cases);
     f.config(|c| c.gateway_mac = [0; 6]);
-    run_cases(
-        &mut f,
-        &[drop_case(
-            "udp, no next hop",
-            to_vip().udp(1000, 53).build(),
-            Reason::DropNoRoute,
-        )],
-    );
+    f.run_cases(&[Case::drop(
+        "udp, no next hop",
+        to_vip().udp(1000, 53).build(),
+        Reason::DropNoRoute,
+    )]);
 }
