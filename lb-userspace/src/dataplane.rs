@@ -491,30 +491,28 @@ impl Dataplane {
 
     /// Counters per [`Reason`], summed over CPUs.
     pub fn reasons(&mut self) -> Result<Vec<(Reason, Counters)>> {
-        let name = names::REASON_STATS;
-        let map = self.per_cpu::<Counters>(name)?;
-        Reason::ALL
-            .iter()
-            .map(|&r| {
-                let v = map
-                    .get(&(r as u32), 0)
-                    .map_err(|source| DataplaneError::Map { name, source })?;
-                Ok((r, sum(v.iter())))
-            })
-            .collect()
+        self.counters_by(names::REASON_STATS, &Reason::ALL, |r| r as u32)
     }
 
     /// Counters per [`DecapReason`], summed over CPUs.
     pub fn decap_reasons(&mut self) -> Result<Vec<(DecapReason, Counters)>> {
-        let name = names::DECAP_STATS;
+        self.counters_by(names::DECAP_STATS, &DecapReason::ALL, |r| r as u32)
+    }
+
+    /// Each key of `keys` with the counters at its index of the per-CPU array `name`.
+    fn counters_by<K: Copy>(
+        &mut self,
+        name: &'static str,
+        keys: &[K],
+        index: impl Fn(K) -> u32,
+    ) -> Result<Vec<(K, Counters)>> {
         let map = self.per_cpu::<Counters>(name)?;
-        DecapReason::ALL
-            .iter()
-            .map(|&r| {
+        keys.iter()
+            .map(|&k| {
                 let v = map
-                    .get(&(r as u32), 0)
+                    .get(&index(k), 0)
                     .map_err(|source| DataplaneError::Map { name, source })?;
-                Ok((r, sum(v.iter())))
+                Ok((k, sum(v.iter())))
             })
             .collect()
     }
