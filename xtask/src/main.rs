@@ -6,6 +6,7 @@
 
 mod setup;
 mod toolchain;
+mod vm;
 
 use std::process::Command;
 
@@ -45,6 +46,9 @@ enum Task {
     },
     /// Run `cargo fmt --check` and clippy on the host crates and on the eBPF crate.
     Lint,
+    /// Build a Debian VM (debootstrap + Debian's kernel, cached), boot it with QEMU and run the
+    /// end-to-end suite inside; `--shell` gives its console. See vagrant/README.md.
+    Vm(vm::VmArgs),
 }
 
 fn main() -> Result<()> {
@@ -76,6 +80,10 @@ fn main() -> Result<()> {
             tool("xlb-lab", &args)
         }
         Task::Bench { args } => {
+            // pktgen drives the kernel's generator in the VM (or out of a real NIC with --dev).
+            if args.first().map(String::as_str) == Some("pktgen") {
+                return vm::pktgen(&args[1..]);
+            }
             setup::run()?;
             tool("xlb-bench", &args)
         }
@@ -99,6 +107,7 @@ fn main() -> Result<()> {
             ]);
             status(&mut ebpf)
         }
+        Task::Vm(args) => vm::run(args),
     }
 }
 

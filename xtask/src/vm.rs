@@ -1,0 +1,1242 @@
+//! `cargo xtask vm`: the end-to-end suite inside a QEMU virtual machine built from Debian packages
+//! only, and `cargo xtask bench pktgen`, the kernel's packet generator against xlb in that VM.
+//!
+//! - **Host packages**: debootstrap, e2fsprogs and QEMU, installed like `setup` does. When apt
+//!   could only install `qemu-system-x86` by removing a package the host has (a newer
+//!   `qemu-utils` from backports breaks Debian 12's QEMU), its libraries are installed and the two
+//!   QEMU packages are unpacked under `target/xlb-vm/host/` instead: the host keeps its packages.
+//! - **Image** (`target/xlb-vm/image-HASH/`): debootstrap of Debian 12 from the host's Debian
+//!   mirror with Debian's `linux-image-amd64`, then `vagrant/provision.sh runtime` in a chroot (the
+//!   same script the Vagrant box runs), and `vagrant/vm-init.sh` as the guest's init. `mkfs.ext4 -d`
+//!   makes the disk from the directory, so nothing is loop-mounted. HASH covers what goes in it
+//!   (both scripts, the package list, the mirror, the kernel package version apt offers): the image
+//!   is rebuilt only when one of them changes, or with `--rebuild`.
+//! - **Payload**: a second ext4 disk with the binaries built on the host (`xlb`, `xlb-lab`, the test
+//!   executables) and a `job.sh`. The guest mounts it at the host's `target/release`, so the
+//!   compile-time paths in the test binaries (`CARGO_BIN_EXE_xlb-lab`) and `agent::xlb_bin` (the
+//!   `xlb` beside `deps/`) hold inside the VM as they do on the host.
+//! - **Boot**: `-kernel`/`-initrd` from the image, root disk as a snapshot (the cached image never
+//!   changes), no network device (`-nic none`), serial console on stdio. KVM when `/dev/kvm` opens
+//!   and a guest boots with it within a minute, else TCG; the verdict is cached per host kernel.
+//!   The guest prints `XLB-VM-RESULT: rc=N` and powers off; that N is the exit code here. Every wait
+//!   is bounded and QEMU is killed on any failure.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{Read as _, Write as _},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+use crate::toolchain::DEBIAN_PACKAGES;
+
+/// The Debian release of the guest.
+const SUITE: &str = "bookworm";
+/// Packages debootstrap adds to its minimal base: the kernel and the guest's init helpers. The
+/// provisioning script installs the rest (`provision.sh runtime`).
+const IMAGE_PACKAGES: &[&str] = &["linux-image-amd64", "tini", "bash"];
+/// Mirror when the host's apt sources name no Debian one.
+const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+/// Host packages the VM needs, besides QEMU.
+const HOST_PACKAGES: &[&str] = &["debootstrap", "e2fsprogs", "coreutils", "util-linux"];
+/// The guest's init, as installed in the image.
+const GUEST_INIT: &str = "/usr/local/sbin/xlb-vm-init";
+/// The serial console line that ends a run.
+const RESULT_MARKER: &str = "XLB-VM-RESULT: rc=";
+/// The serial console line that says the guest's init runs.
+const INIT_MARKER: &str = "xlb-vm: init";
+/// A file the job hands back: `XLB-VM-FILE NAME: CONTENT` (one line).
+const FILE_MARKER: &str = "XLB-VM-FILE ";
+/// Tests skipped in a TCG guest (binary, test, why): their own time limits assume a real CPU.
+const TCG_SKIPS: &[(&str, &str, &str)] = &[(
+    "l4_lab",
+    "open_connections_survive_adding_and_removing_targets",
+    "it gives a SIGHUP reload 500 ms, which an emulated CPU does not meet",
+)];
+/// How long a KVM guest may take to reach its init before TCG is tried instead.
+const KVM_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a TCG guest may take to reach its init.
+const TCG_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bound on debootstrap and the provisioning.
+const BUILD_TIMEOUT_SECS: u64 = 1800;
+
+#[derive(clap::Args)]
+pub struct VmArgs {
+    /// Boot with a shell on the console (the payload is mounted at target/release; exit the shell,
+    /// or press Ctrl-A X, to power off).
+    #[arg(long)]
+    shell: bool,
+    /// auto: KVM when a guest boots with it, else TCG (software emulation).
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    accel: Accel,
+    /// The integration tests of xlb-tests to run (`all` for every one), comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lab,l4_lab,fixtures,fixtures_v4"
+    )]
+    tests: Vec<String>,
+    /// Give up (and kill the VM) after this many seconds.
+    #[arg(long, default_value_t = 2400)]
+    timeout: u64,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 3072)]
+    memory: u32,
+    /// Rebuild the image even when the cached one is current.
+    #[arg(long)]
+    rebuild: bool,
+    /// Arguments for every test binary (a name filter, `--test-threads=1`, ...).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// Paths of the VM work area.
+struct Dirs {
+    /// The workspace root.
+    root: PathBuf,
+    /// `target/release`: where the host builds, and where the guest mounts the payload.
+    release: PathBuf,
+    /// `target/xlb-vm`.
+    work: PathBuf,
+}
+
+impl Dirs {
+    fn new() -> Result<Dirs> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask has no parent directory")?
+            .to_path_buf();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|t| if t.is_absolute() { t } else { root.join(t) })
+            .unwrap_or_else(|| root.join("target"));
+        let work = target.join("xlb-vm");
+        fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+        Ok(Dirs {
+            release: target.join("release"),
+            work,
+            root,
+        })
+    }
+
+    fn script(&self, name: &str) -> PathBuf {
+        self.root.join("vagrant").join(name)
+    }
+}
+
+/// `cargo xtask vm`.
+pub fn run(args: VmArgs) -> Result<()> {
+    ensure_root()?;
+    let dirs = Dirs::new()?;
+    let qemu = host_packages(&dirs).context("vm: host packages")?;
+    crate::setup::run()?;
+    let t = Instant::now();
+    crate::build_xlb()?;
+    let tests = build_tests(&args.tests)?;
+    say(&format!("host build: {:.0} s", t.elapsed().as_secs_f64()));
+    let image = image(&dirs, args.rebuild).context("vm: image")?;
+    let mut vm = Vm {
+        qemu,
+        image,
+        payload: dirs.work.join("payload.img"),
+        cpus: args.cpus,
+        memory: args.memory,
+        release: dirs.release.clone(),
+        log: dirs.work.join("console.log"),
+    };
+    if args.shell {
+        let accel = pick_accel(&dirs, &vm, args.accel)?;
+        vm.payload = payload(&dirs, &tests, None).context("vm: payload")?;
+        return vm.shell(accel);
+    }
+    let job = test_job(&dirs, &tests, &args.args, args.timeout)?;
+    vm.payload = payload(&dirs, &tests, Some(&job)).context("vm: payload")?;
+    let out = boot_with_fallback(&dirs, &vm, args.accel, Duration::from_secs(args.timeout))?;
+    say(&format!(
+        "guest suite: exit code {} ({:.0} s in the VM, {:?}); console log: {}",
+        out.rc,
+        out.run_time.as_secs_f64(),
+        out.accel,
+        vm.log.display()
+    ));
+    if out.rc != 0 {
+        bail!(
+            "the end-to-end suite failed in the VM (exit code {})",
+            out.rc
+        );
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench pktgen [ARGS]`: with `--dev`, pktgen on this host out of a real NIC;
+/// otherwise in the VM against xlb on a veth pair. ARGS go to `vagrant/pktgen.sh`.
+pub fn pktgen(args: &[String]) -> Result<()> {
+    ensure_root()?;
+    let dirs = Dirs::new()?;
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        return check(
+            Command::new("bash")
+                .arg(dirs.script("pktgen.sh"))
+                .arg("--help"),
+        );
+    }
+    crate::setup::run()?;
+    crate::build_xlb()?;
+    if args.iter().any(|a| a == "--dev") {
+        let mut cmd = Command::new("bash");
+        cmd.arg(dirs.script("pktgen.sh"))
+            .args(args)
+            .arg("--xlb")
+            .arg(dirs.release.join("xlb"));
+        return check(&mut cmd);
+    }
+    let accel = match std::env::var("XLB_VM_ACCEL").as_deref() {
+        Ok("kvm") => Accel::Kvm,
+        Ok("tcg") => Accel::Tcg,
+        _ => Accel::Auto,
+    };
+    // --json FILE is written in the guest and handed back on the console.
+    let mut guest_args = Vec::new();
+    let mut json = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--json" {
+            json = Some(PathBuf::from(it.next().context("--json needs a file")?));
+            guest_args.extend(["--json".to_owned(), "/tmp/pktgen.json".to_owned()]);
+        } else {
+            guest_args.push(a.clone());
+        }
+    }
+    let qemu = host_packages(&dirs).context("vm: host packages")?;
+    let image = image(&dirs, false).context("vm: image")?;
+    let mut job = String::from("#!/bin/sh\n# written by `cargo xtask bench pktgen`\n");
+    let _ = writeln!(
+        job,
+        "timeout --kill-after=10 900 bash ./pktgen.sh --xlb ./xlb {}\nrc=$?",
+        shell_words(&guest_args)
+    );
+    if json.is_some() {
+        let _ = writeln!(
+            job,
+            "[ -f /tmp/pktgen.json ] && echo \"{FILE_MARKER}pktgen.json: $(cat /tmp/pktgen.json)\""
+        );
+    }
+    job.push_str("exit $rc\n");
+    let payload = payload(&dirs, &[], Some(&job)).context("vm: payload")?;
+    let vm = Vm {
+        qemu,
+        image,
+        payload,
+        cpus: 2,
+        memory: 2048,
+        release: dirs.release.clone(),
+        log: dirs.work.join("console.log"),
+    };
+    let out = boot_with_fallback(&dirs, &vm, accel, Duration::from_secs(1200))?;
+    if let (Some(path), Some(text)) = (json, out.files.get("pktgen.json")) {
+        fs::write(&path, format!("{text}\n"))
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    say(&format!(
+        "pktgen in the VM ({:?}): figures from an emulated guest only show that the path works; \
+         see vagrant/README.md for a real NIC",
+        out.accel
+    ));
+    if out.rc != 0 {
+        bail!("pktgen failed in the VM (exit code {})", out.rc);
+    }
+    Ok(())
+}
+
+fn ensure_root() -> Result<()> {
+    let uid = output(Command::new("id").arg("-u"))?;
+    ensure!(
+        uid.trim() == "0",
+        "the VM tasks need root (debootstrap, apt-get, chroot): run as root"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host packages
+
+/// Installs debootstrap, e2fsprogs and QEMU when missing; returns the QEMU binary.
+fn host_packages(dirs: &Dirs) -> Result<PathBuf> {
+    let mut updated = false;
+    let missing: Vec<&str> = HOST_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
+    if !missing.is_empty() {
+        apt_install(&missing, &mut updated)?;
+    }
+    if let Some(q) = which("qemu-system-x86_64") {
+        return Ok(q);
+    }
+    let private = dirs.work.join("host/qemu/usr/bin/qemu-system-x86_64");
+    if runs(&private) {
+        return Ok(private);
+    }
+    apt_update(&mut updated)?;
+    let sim = output(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args([
+                "install",
+                "-s",
+                "--no-install-recommends",
+                "qemu-system-x86",
+            ]),
+    )?;
+    let removes: Vec<&str> = sim
+        .lines()
+        .filter_map(|l| l.strip_prefix("Remv "))
+        .collect();
+    if removes.is_empty() {
+        apt_install(&["qemu-system-x86"], &mut updated)?;
+        return which("qemu-system-x86_64").context("qemu-system-x86_64 not on PATH after install");
+    }
+    // Installing Debian's QEMU would remove host packages: install its libraries, unpack QEMU
+    // itself under target/xlb-vm/host.
+    say(&format!(
+        "apt would remove {} to install qemu-system-x86: unpacking QEMU under {} instead",
+        removes.join(", "),
+        dirs.work.join("host").display()
+    ));
+    const PRIVATE: &[&str] = &["qemu-system-x86", "qemu-system-common"];
+    let deps: Vec<&str> = sim
+        .lines()
+        .filter_map(|l| l.strip_prefix("Inst ")?.split_whitespace().next())
+        .filter(|p| !PRIVATE.contains(p))
+        .collect();
+    if !deps.is_empty() {
+        apt_install(&deps, &mut updated)?;
+    }
+    let debs = dirs.work.join("host/debs");
+    let _ = fs::remove_dir_all(&debs);
+    fs::create_dir_all(&debs)?;
+    check(
+        Command::new("apt-get")
+            .current_dir(&debs)
+            .args(["download", "-q"])
+            .args(PRIVATE),
+    )?;
+    let root = dirs.work.join("host/qemu");
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(&root)?;
+    for deb in fs::read_dir(&debs)? {
+        let deb = deb?.path();
+        check(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    }
+    ensure!(runs(&private), "{} does not run", private.display());
+    Ok(private)
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn apt_update(updated: &mut bool) -> Result<()> {
+    if !*updated {
+        check(Command::new("apt-get").args(["update", "-q"]))?;
+        *updated = true;
+    }
+    Ok(())
+}
+
+fn apt_install(pkgs: &[&str], updated: &mut bool) -> Result<()> {
+    say(&format!("installing Debian packages: {}", pkgs.join(" ")));
+    apt_update(updated)?;
+    check(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(pkgs),
+    )
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| runs(p))
+    })
+}
+
+fn runs(bin: &Path) -> bool {
+    bin.is_file()
+        && Command::new(bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host build
+
+/// A test executable of xlb-tests.
+struct TestBin {
+    name: String,
+    path: PathBuf,
+}
+
+/// Builds the integration tests of xlb-tests (release) and returns those named in `wanted`.
+fn build_tests(wanted: &[String]) -> Result<Vec<TestBin>> {
+    // Only the tests asked for are built, so a test target being written elsewhere in the tree
+    // does not stop the others.
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args([
+        "test",
+        "--release",
+        "--no-run",
+        "--package",
+        "xlb-tests",
+        "--message-format=json-render-diagnostics",
+    ]);
+    if wanted.iter().any(|w| w == "all") {
+        cmd.arg("--tests");
+    } else {
+        for w in wanted {
+            cmd.args(["--test", w]);
+        }
+    }
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .context("start cargo test --no-run")?;
+    ensure!(out.status.success(), "cargo test --no-run failed");
+    let mut all = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if !line.contains("\"reason\":\"compiler-artifact\"")
+            || !line.contains("\"kind\":[\"test\"]")
+        {
+            continue;
+        }
+        let (Some(name), Some(exe)) = (
+            json_str(line, "\"target\":{", "name"),
+            json_str(line, "", "executable"),
+        ) else {
+            continue;
+        };
+        all.push(TestBin {
+            name,
+            path: PathBuf::from(exe),
+        });
+    }
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    if wanted.iter().any(|w| w == "all") {
+        return Ok(all);
+    }
+    let mut picked = Vec::new();
+    for w in wanted {
+        let Some(i) = all.iter().position(|t| &t.name == w) else {
+            let names: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
+            bail!(
+                "no test target {w} in xlb-tests (there are: {})",
+                names.join(", ")
+            );
+        };
+        picked.push(all.swap_remove(i));
+    }
+    Ok(picked)
+}
+
+/// The string value of `"key":"..."` in `line`, searched after `after` (a crude reader for
+/// cargo's JSON messages: paths and target names need no unescaping but `\\` and `\"`).
+fn json_str(line: &str, after: &str, key: &str) -> Option<String> {
+    let start = line.find(after)? + after.len();
+    let pat = format!("\"{key}\":\"");
+    let from = line[start..].find(&pat)? + start + pat.len();
+    let mut s = String::new();
+    let mut chars = line[from..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(s),
+            '\\' => s.push(chars.next()?),
+            c => s.push(c),
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// Image
+
+/// A built image: the root disk and the kernel and initrd from its /boot.
+struct Image {
+    disk: PathBuf,
+    kernel: PathBuf,
+    initrd: PathBuf,
+}
+
+fn image(dirs: &Dirs, rebuild: bool) -> Result<Image> {
+    let mirror = debian_mirror();
+    let provision = fs::read(dirs.script("provision.sh")).context("read vagrant/provision.sh")?;
+    let init = fs::read(dirs.script("vm-init.sh")).context("read vagrant/vm-init.sh")?;
+    let kernel_pkg = apt_candidate("linux-image-amd64");
+    let mut inputs = Vec::new();
+    inputs.extend_from_slice(&provision);
+    inputs.extend_from_slice(&init);
+    inputs.extend_from_slice(
+        format!(
+            "\nsuite {SUITE}\nmirror {mirror}\nimage {IMAGE_PACKAGES:?}\nruntime {DEBIAN_PACKAGES:?}\nkernel {kernel_pkg}\n"
+        )
+        .as_bytes(),
+    );
+    let hash = sha256(&inputs)?;
+    let dir = dirs.work.join(format!("image-{}", &hash[..16]));
+    let img = Image {
+        disk: dir.join("root.img"),
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.img"),
+    };
+    if !rebuild && img.disk.is_file() && img.kernel.is_file() && img.initrd.is_file() {
+        say(&format!("image {} is current", dir.display()));
+        return Ok(img);
+    }
+    say(&format!(
+        "building the image {} (Debian {SUITE} from {mirror}, kernel package {kernel_pkg})",
+        dir.display()
+    ));
+    let t = Instant::now();
+    let tmp = dirs.work.join("image.tmp");
+    remove_tree(&tmp)?;
+    fs::create_dir_all(&tmp)?;
+    let rootfs = tmp.join("rootfs");
+    build_rootfs(dirs, &rootfs, &mirror)?;
+    let boot = |prefix: &str| -> Result<PathBuf> {
+        let mut found: Vec<PathBuf> = fs::read_dir(rootfs.join("boot"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            })
+            .collect();
+        found.sort();
+        found
+            .pop()
+            .with_context(|| format!("no /boot/{prefix}* in the image"))
+    };
+    let kernel = boot("vmlinuz-")?;
+    let version = kernel
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .trim_start_matches("vmlinuz-")
+        .to_owned();
+    fs::copy(&kernel, tmp.join("vmlinuz"))?;
+    fs::copy(boot("initrd.img-")?, tmp.join("initrd.img"))?;
+    fs::write(tmp.join("kernel-version"), format!("{version}\n"))?;
+    let size_mib = du_mib(&rootfs)? * 5 / 4 + 512;
+    check(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "xlb-root", "-d"])
+            .arg(&rootfs)
+            .arg(tmp.join("root.img"))
+            .arg(format!("{size_mib}M")),
+    )?;
+    remove_tree(&rootfs)?;
+    // Older images go; the new one takes its name last, so a half-built one is never used.
+    for e in fs::read_dir(&dirs.work)? {
+        let p = e?.path();
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("image-"))
+        {
+            remove_tree(&p)?;
+        }
+    }
+    fs::rename(&tmp, &dir)?;
+    say(&format!(
+        "image built in {:.0} s: kernel {version}, root disk {size_mib} MiB",
+        t.elapsed().as_secs_f64()
+    ));
+    Ok(img)
+}
+
+/// debootstrap, provisioning in a chroot, the guest's init. Mounts happen in private mount
+/// namespaces (`unshare -m`), so none outlives a failure.
+fn build_rootfs(dirs: &Dirs, rootfs: &Path, mirror: &str) -> Result<()> {
+    let t = Instant::now();
+    check(
+        Command::new("timeout")
+            .arg(BUILD_TIMEOUT_SECS.to_string())
+            .args(["unshare", "--mount", "--propagation", "private"])
+            .args(["debootstrap", "--variant=minbase"])
+            .arg(format!("--include={}", IMAGE_PACKAGES.join(",")))
+            .arg(SUITE)
+            .arg(rootfs)
+            .arg(mirror),
+    )
+    .context("debootstrap")?;
+    say(&format!("debootstrap: {:.0} s", t.elapsed().as_secs_f64()));
+    let t = Instant::now();
+    fs::copy(dirs.script("provision.sh"), rootfs.join("tmp/provision.sh"))?;
+    if Path::new("/etc/resolv.conf").is_file() {
+        let _ = fs::remove_file(rootfs.join("etc/resolv.conf"));
+        fs::copy("/etc/resolv.conf", rootfs.join("etc/resolv.conf"))?;
+    }
+    let script = format!(
+        "mount -t proc proc '{r}/proc' && chroot '{r}' /bin/sh /tmp/provision.sh runtime {p}",
+        r = rootfs.display(),
+        p = DEBIAN_PACKAGES.join(" ")
+    );
+    check(
+        Command::new("timeout")
+            .arg(BUILD_TIMEOUT_SECS.to_string())
+            .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+            .arg(script),
+    )
+    .context("provision.sh runtime in the image")?;
+    say(&format!("provisioning: {:.0} s", t.elapsed().as_secs_f64()));
+    fs::remove_file(rootfs.join("tmp/provision.sh"))?;
+    let init = rootfs.join(GUEST_INIT.trim_start_matches('/'));
+    fs::create_dir_all(init.parent().context("init path")?)?;
+    fs::copy(dirs.script("vm-init.sh"), &init)?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+    fs::write(rootfs.join("etc/hostname"), "xlb-vm\n")?;
+    fs::write(
+        rootfs.join("etc/fstab"),
+        "# xlb-vm: mounts are made by its init\n",
+    )?;
+    // Smaller disk: the guest never runs apt.
+    for d in ["var/lib/apt/lists", "var/cache/apt"] {
+        let p = rootfs.join(d);
+        if p.is_dir() {
+            for e in fs::read_dir(&p)? {
+                let e = e?.path();
+                if e.is_file() {
+                    fs::remove_file(&e)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Debian mirror apt uses here (`XLB_VM_MIRROR` overrides it).
+fn debian_mirror() -> String {
+    if let Ok(m) = std::env::var("XLB_VM_MIRROR") {
+        return m;
+    }
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        more.sort();
+        files.extend(more);
+    }
+    let debian = |uri: &str| {
+        let u = uri.trim_end_matches('/');
+        (u.starts_with("http://") || u.starts_with("https://")) && u.ends_with("/debian")
+    };
+    for f in files {
+        let Ok(text) = fs::read_to_string(&f) else {
+            continue;
+        };
+        let name = f.to_string_lossy();
+        if name.ends_with(".sources") {
+            // deb822 stanzas: `Types: deb`, `URIs: ...`, `Enabled: no` to skip.
+            for stanza in text.split("\n\n") {
+                let field = |k: &str| {
+                    stanza.lines().find_map(|l| {
+                        let (key, v) = l.split_once(':')?;
+                        key.trim()
+                            .eq_ignore_ascii_case(k)
+                            .then(|| v.trim().to_owned())
+                    })
+                };
+                if field("Enabled").is_some_and(|v| v == "no")
+                    || !field("Types").is_some_and(|v| v.split_whitespace().any(|t| t == "deb"))
+                {
+                    continue;
+                }
+                if let Some(uri) = field("URIs")
+                    .and_then(|v| v.split_whitespace().find(|u| debian(u)).map(str::to_owned))
+                {
+                    return uri;
+                }
+            }
+        } else if name.ends_with(".list") {
+            for line in text.lines() {
+                let mut words = line.split_whitespace();
+                if words.next() != Some("deb") {
+                    continue;
+                }
+                // `deb [options] URI suite components`
+                if let Some(uri) = words.find(|w| !w.starts_with('[') && !w.ends_with(']'))
+                    && debian(uri)
+                {
+                    return uri.to_owned();
+                }
+            }
+        }
+    }
+    DEFAULT_MIRROR.to_owned()
+}
+
+/// The version apt would install of `pkg` (part of the image's hash), or "unknown".
+fn apt_candidate(pkg: &str) -> String {
+    output(Command::new("apt-cache").args(["policy", pkg]))
+        .ok()
+        .and_then(|out| {
+            out.lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("Candidate:")
+                    .map(|v| v.trim().to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn sha256(data: &[u8]) -> Result<String> {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start sha256sum")?;
+    child
+        .stdin
+        .take()
+        .context("sha256sum stdin")?
+        .write_all(data)?;
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "sha256sum failed");
+    let s = String::from_utf8_lossy(&out.stdout);
+    Ok(s.split_whitespace().next().unwrap_or_default().to_owned())
+}
+
+fn du_mib(dir: &Path) -> Result<u64> {
+    let out = output(Command::new("du").args(["-s", "-x", "-m"]).arg(dir))?;
+    out.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .context("du output")
+}
+
+fn remove_tree(p: &Path) -> Result<()> {
+    match fs::remove_dir_all(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("remove {}", p.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payload
+
+/// The job that runs the test binaries in the guest (from the payload's root, target/release).
+fn test_job(dirs: &Dirs, tests: &[TestBin], args: &[String], timeout: u64) -> Result<String> {
+    let mut job = String::from(
+        "#!/bin/sh\n# written by `cargo xtask vm`: the end-to-end suite\n\
+         pass=0; fail=0; failed=\"\"\n",
+    );
+    // One test at a time unless told otherwise: an emulated guest is slow enough that parallel
+    // lab tests miss their own time limits (30 s for the agent to load, 500 ms for a reload).
+    let user_args = args.len();
+    let mut args = args.to_vec();
+    if !args.iter().any(|a| a.starts_with("--test-threads")) {
+        args.insert(0, "--test-threads=1".to_owned());
+    }
+    if !args.iter().any(|a| a.starts_with("--color")) {
+        args.insert(0, "--color=never".to_owned());
+    }
+    for t in tests {
+        // Under TCG, tests whose own time limits an emulated CPU cannot meet are skipped (unless
+        // the run names its own filters); the job reads the accelerator from the kernel command
+        // line.
+        let mut skips = String::new();
+        if user_args == 0 {
+            for (bin, test, why) in TCG_SKIPS.iter().filter(|s| s.0 == t.name) {
+                let _ = write!(skips, " --skip {test}");
+                let _ = writeln!(
+                    job,
+                    "grep -q xlb.accel=tcg /proc/cmdline && \
+                     echo \"xlb-vm: TCG: skipping {bin}::{test} ({why})\""
+                );
+            }
+        }
+        let skip_var = if skips.is_empty() {
+            String::new()
+        } else {
+            let _ = writeln!(
+                job,
+                "skips=; grep -q xlb.accel=tcg /proc/cmdline && skips='{}'",
+                skips.trim()
+            );
+            " $skips".to_owned()
+        };
+        let rel = t.path.strip_prefix(&dirs.release).with_context(|| {
+            format!(
+                "{} is not under {}",
+                t.path.display(),
+                dirs.release.display()
+            )
+        })?;
+        let _ = writeln!(
+            job,
+            "echo \"xlb-vm: === {name}\"; s=$(date +%s)\n\
+             if timeout --kill-after=10 {timeout} ./{rel} {args}{skip_var}; then pass=$((pass + 1)); \
+             else fail=$((fail + 1)); failed=\"$failed {name}\"; fi\n\
+             echo \"xlb-vm: {name} took $(( $(date +%s) - s )) s\"",
+            name = t.name,
+            rel = rel.display(),
+            args = shell_words(&args),
+        );
+    }
+    job.push_str(
+        "echo \"xlb-vm: test binaries: $pass passed, $fail failed${failed:+ (failed:$failed)}\"\n\
+         [ \"$fail\" = 0 ]\n",
+    );
+    Ok(job)
+}
+
+/// Builds the payload disk: `xlb`, `xlb-lab`, `pktgen.sh`, the test binaries and `job.sh` (none:
+/// the guest gives a shell), laid out as in target/release.
+fn payload(dirs: &Dirs, tests: &[TestBin], job: Option<&str>) -> Result<PathBuf> {
+    let stage = dirs.work.join("payload");
+    remove_tree(&stage)?;
+    fs::create_dir_all(stage.join("deps"))?;
+    let mut files: Vec<(PathBuf, PathBuf)> = vec![
+        (dirs.release.join("xlb"), stage.join("xlb")),
+        (dirs.script("pktgen.sh"), stage.join("pktgen.sh")),
+    ];
+    let lab = dirs.release.join("xlb-lab");
+    if lab.is_file() {
+        files.push((lab, stage.join("xlb-lab")));
+    }
+    for t in tests {
+        let rel = t.path.strip_prefix(&dirs.release)?;
+        files.push((t.path.clone(), stage.join(rel)));
+    }
+    for (from, to) in &files {
+        fs::copy(from, to).with_context(|| format!("copy {}", from.display()))?;
+    }
+    if let Some(job) = job {
+        let path = stage.join("job.sh");
+        fs::write(&path, job)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    }
+    let disk = dirs.work.join("payload.img");
+    let _ = fs::remove_file(&disk);
+    let size_mib = du_mib(&stage)? * 5 / 4 + 64;
+    check(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "xlb-payload", "-d"])
+            .arg(&stage)
+            .arg(&disk)
+            .arg(format!("{size_mib}M")),
+    )?;
+    Ok(disk)
+}
+
+/// `args` quoted for sh.
+fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Boot
+
+struct Vm {
+    qemu: PathBuf,
+    image: Image,
+    payload: PathBuf,
+    cpus: u32,
+    memory: u32,
+    release: PathBuf,
+    log: PathBuf,
+}
+
+/// What a guest run ended with.
+struct Outcome {
+    rc: i32,
+    accel: Accel,
+    /// From the guest's init starting to its result line.
+    run_time: Duration,
+    /// Files the job handed back on the console.
+    files: std::collections::BTreeMap<String, String>,
+}
+
+enum Boot {
+    Done(Outcome),
+    /// The guest did not reach its init in time (or QEMU quit before): try another accelerator.
+    NoBoot(String),
+}
+
+/// Kills QEMU when dropped before it exited.
+struct Guard(Option<Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Vm {
+    fn command(&self, accel: Accel) -> Command {
+        let mut cmd = Command::new(&self.qemu);
+        // A QEMU unpacked under target/ looks for its firmware next to itself: name Debian's.
+        for dir in [
+            "/usr/share/qemu",
+            "/usr/share/seabios",
+            "/usr/lib/ipxe/qemu",
+        ] {
+            if Path::new(dir).is_dir() {
+                cmd.arg("-L").arg(dir);
+            }
+        }
+        cmd.args([
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+            "-display",
+            "none",
+        ]);
+        cmd.args(["-machine", "q35"]);
+        match accel {
+            Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
+            _ => cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
+        };
+        cmd.arg("-smp")
+            .arg(self.cpus.to_string())
+            .arg("-m")
+            .arg(self.memory.to_string())
+            .arg("-kernel")
+            .arg(&self.image.kernel)
+            .arg("-initrd")
+            .arg(&self.image.initrd)
+            .arg("-append")
+            .arg(format!(
+                "root=/dev/vda rw rootfstype=ext4 console=ttyS0,115200 panic=-1 quiet \
+                 init={GUEST_INIT} xlb.payload={} xlb.accel={}",
+                self.release.display(),
+                if accel == Accel::Kvm { "kvm" } else { "tcg" }
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=virtio,snapshot=on",
+                self.image.disk.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=virtio",
+                self.payload.display()
+            ))
+            // No network device at all: the guest reaches nothing outside itself.
+            .args(["-nic", "none"]);
+        cmd
+    }
+
+    /// Boots, streams the console here and into the log, returns the guest's result.
+    fn boot(&self, accel: Accel, boot_timeout: Duration, timeout: Duration) -> Result<Boot> {
+        let mut cmd = self.command(accel);
+        cmd.args(["-serial", "stdio", "-monitor", "none"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        say(&format!("booting the VM ({accel:?}): {}", describe(&cmd)));
+        let mut child = cmd.spawn().context("start qemu")?;
+        let stdout = child.stdout.take().context("qemu stdout")?;
+        let mut stderr = child.stderr.take().context("qemu stderr")?;
+        let mut guard = Guard(Some(child));
+        let (tx, rx) = mpsc::channel::<String>();
+        thread::spawn(move || {
+            let mut r = std::io::BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match std::io::BufRead::read_until(&mut r, b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf)
+                            .trim_end_matches(['\n', '\r'])
+                            .replace('\r', "");
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        let err_text = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let mut log = fs::File::create(&self.log)
+            .with_context(|| format!("create {}", self.log.display()))?;
+        let start = Instant::now();
+        let mut booted: Option<Instant> = None;
+        let mut result: Option<(i32, Duration)> = None;
+        let mut result_at: Option<Instant> = None;
+        let mut files = std::collections::BTreeMap::new();
+        loop {
+            // Bounds: the boot from QEMU's start, the run from the boot, the power-off from the
+            // result line.
+            let left = match (booted, result_at) {
+                (_, Some(at)) => Duration::from_secs(30).saturating_sub(at.elapsed()),
+                (None, None) => boot_timeout.saturating_sub(start.elapsed()),
+                (Some(b), None) => timeout.saturating_sub(b.elapsed()),
+            };
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let _ = writeln!(log, "{line}");
+                    if let Some(rest) = line.strip_prefix(FILE_MARKER) {
+                        if let Some((name, text)) = rest.split_once(": ") {
+                            files.insert(name.to_owned(), text.to_owned());
+                        }
+                        continue;
+                    }
+                    println!("{line}");
+                    if booted.is_none() && line.contains(INIT_MARKER) {
+                        booted = Some(Instant::now());
+                        say(&format!(
+                            "guest init after {:.1} s ({accel:?})",
+                            start.elapsed().as_secs_f64()
+                        ));
+                    }
+                    if let Some(rc) = line.trim().strip_prefix(RESULT_MARKER)
+                        && result.is_none()
+                    {
+                        let rc = rc.trim().parse().unwrap_or(-1);
+                        let ran = booted.map_or(Duration::ZERO, |b| b.elapsed());
+                        result = Some((rc, ran));
+                        result_at = Some(Instant::now());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if result.is_some() {
+                        say(
+                            "the guest did not power off within 15 s after its result: stopping QEMU",
+                        );
+                        break;
+                    }
+                    if booted.is_none() {
+                        drop(guard);
+                        return Ok(Boot::NoBoot(format!(
+                            "no init within {} s",
+                            boot_timeout.as_secs()
+                        )));
+                    }
+                    bail!(
+                        "the VM run took longer than {} s: killed (console log: {})",
+                        timeout.as_secs(),
+                        self.log.display()
+                    );
+                }
+            }
+        }
+        // Console closed: QEMU is exiting (or was told to).
+        let mut child = guard.0.take().context("qemu child")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        let err = err_text.join().unwrap_or_default();
+        match (result, booted) {
+            (Some((rc, run_time)), _) => Ok(Boot::Done(Outcome {
+                rc,
+                accel,
+                run_time,
+                files,
+            })),
+            (None, None) => Ok(Boot::NoBoot(format!(
+                "QEMU exited ({status:?}) before the guest's init: {}",
+                err.trim()
+            ))),
+            (None, Some(_)) => bail!(
+                "the guest stopped without a result ({status:?}); QEMU said: {}; console log: {}",
+                err.trim(),
+                self.log.display()
+            ),
+        }
+    }
+
+    /// An interactive console: the terminal is the guest's serial port.
+    fn shell(&self, accel: Accel) -> Result<()> {
+        let mut cmd = self.command(accel);
+        cmd.args(["-serial", "mon:stdio"]);
+        say(&format!(
+            "console on this terminal ({accel:?}); exit the shell or press Ctrl-A X to stop"
+        ));
+        let st = cmd.status().context("start qemu")?;
+        ensure!(st.success(), "qemu: {st}");
+        Ok(())
+    }
+}
+
+/// The accelerator verdict cached for this host kernel and QEMU.
+fn accel_cache(dirs: &Dirs, vm: &Vm) -> (PathBuf, String) {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    (
+        dirs.work.join("accel"),
+        format!("{} {}", kernel.trim(), vm.qemu.display()),
+    )
+}
+
+fn cached_accel(dirs: &Dirs, vm: &Vm) -> Option<Accel> {
+    let (path, key) = accel_cache(dirs, vm);
+    let text = fs::read_to_string(path).ok()?;
+    let (accel, k) = text.trim().split_once(' ')?;
+    (k == key).then_some(match accel {
+        "kvm" => Accel::Kvm,
+        _ => Accel::Tcg,
+    })
+}
+
+fn remember_accel(dirs: &Dirs, vm: &Vm, accel: Accel) {
+    let (path, key) = accel_cache(dirs, vm);
+    let name = if accel == Accel::Kvm { "kvm" } else { "tcg" };
+    let _ = fs::write(path, format!("{name} {key}\n"));
+}
+
+fn kvm_usable() -> bool {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// The accelerators to try, in order.
+fn candidates(dirs: &Dirs, vm: &Vm, wanted: Accel) -> Vec<Accel> {
+    match wanted {
+        Accel::Kvm => vec![Accel::Kvm],
+        Accel::Tcg => vec![Accel::Tcg],
+        Accel::Auto if !kvm_usable() => vec![Accel::Tcg],
+        Accel::Auto => match cached_accel(dirs, vm) {
+            Some(Accel::Tcg) => vec![Accel::Tcg],
+            _ => vec![Accel::Kvm, Accel::Tcg],
+        },
+    }
+}
+
+fn boot_with_fallback(dirs: &Dirs, vm: &Vm, wanted: Accel, timeout: Duration) -> Result<Outcome> {
+    let list = candidates(dirs, vm, wanted);
+    for (i, &accel) in list.iter().enumerate() {
+        let boot_timeout = if accel == Accel::Kvm {
+            KVM_BOOT_TIMEOUT
+        } else {
+            TCG_BOOT_TIMEOUT
+        };
+        match vm.boot(accel, boot_timeout, timeout)? {
+            Boot::Done(out) => {
+                if wanted == Accel::Auto {
+                    remember_accel(dirs, vm, accel);
+                }
+                return Ok(out);
+            }
+            Boot::NoBoot(why) if i + 1 < list.len() => {
+                say(&format!(
+                    "the guest did not boot with {accel:?} ({why}): trying TCG"
+                ));
+            }
+            Boot::NoBoot(why) => bail!(
+                "the guest did not boot with {accel:?}: {why} (console log: {})",
+                vm.log.display()
+            ),
+        }
+    }
+    bail!("no accelerator to boot with")
+}
+
+/// For the shell: the accelerator that boots, probing with a job that only exits.
+fn pick_accel(dirs: &Dirs, vm: &Vm, wanted: Accel) -> Result<Accel> {
+    let list = candidates(dirs, vm, wanted);
+    if list.len() == 1 {
+        return Ok(list[0]);
+    }
+    let probe = Vm {
+        qemu: vm.qemu.clone(),
+        image: Image {
+            disk: vm.image.disk.clone(),
+            kernel: vm.image.kernel.clone(),
+            initrd: vm.image.initrd.clone(),
+        },
+        payload: payload(dirs, &[], Some("#!/bin/sh\nexit 0\n"))?,
+        cpus: vm.cpus,
+        memory: vm.memory,
+        release: vm.release.clone(),
+        log: vm.log.clone(),
+    };
+    say("probing which accelerator boots (cached afterwards)");
+    let accel = boot_with_fallback(dirs, &probe, wanted, Duration::from_secs(120))?.accel;
+    Ok(accel)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn say(msg: &str) {
+    eprintln!("xtask vm: {msg}");
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("start {} (is it installed?)", describe(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            describe(cmd),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn check(cmd: &mut Command) -> Result<()> {
+    let st = cmd
+        .status()
+        .with_context(|| format!("start {} (is it installed?)", describe(cmd)))?;
+    if !st.success() {
+        bail!("{} failed: {st}", describe(cmd));
+    }
+    Ok(())
+}
