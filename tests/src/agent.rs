@@ -34,11 +34,14 @@ pub struct Agent {
     child: Child,
     /// What it printed (its final counter table comes at exit).
     output: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
+    /// Its control socket (`node.api_socket` of its config).
+    socket: PathBuf,
 }
 
 impl Agent {
     /// Starts `xlb run --config CONFIG` in the lb namespace and waits until it serves.
     pub fn start(lab: &Lab, xlb: &Path, config: &Path) -> Result<Agent> {
+        let socket = xlb::config::Config::load(config)?.node.api_socket;
         let mut cmd = lab.command(
             Role::Lb,
             &[
@@ -70,6 +73,7 @@ impl Agent {
                     return Ok(Agent {
                         child,
                         output: std::sync::Mutex::new(rx),
+                        socket,
                     });
                 }
                 Ok(_) => {}
@@ -82,13 +86,12 @@ impl Agent {
         }
     }
 
-    /// Sends SIGHUP (reload the config).
+    /// Reloads the config through the control API; returns once the agent has applied it.
     pub fn reload(&self) -> Result<()> {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGHUP,
-        )?;
-        Ok(())
+        match xlb::api::call(&self.socket, &xlb::api::Request::Reload)? {
+            xlb::api::Response::Done { .. } => Ok(()),
+            other => bail!("reload: {other:?}"),
+        }
     }
 
     /// Kills the agent with SIGKILL, as a crash would.

@@ -46,10 +46,13 @@ fn config(lab: &Lab, targets: &[usize], dsr: bool) -> String {
     let fwd = if dsr { "dsr" } else { "tunnel" };
     let pins = xlb_tests::lab::pin_dir(lab.prefix()).join("agent");
     let mut s = format!(
-        "[node]\ninterface = \"eth0\"\nmtu = 1600\npin_dir = \"{}\"\n\n\
+        "[node]\ninterface = \"eth0\"\nmtu = 1600\npin_dir = \"{}\"\napi_socket = \"{}\"\n\n\
          [[target_groups]]\nname = \"v4\"\nprotocol = \"TCP\"\nport = 80\ntargets = [{}]\n\n\
          [[target_groups]]\nname = \"v6\"\nprotocol = \"TCP\"\nport = 80\ntargets = [{}]\n",
         pins.display(),
+        xlb_tests::lab::run_dir(lab.prefix())
+            .join("xlb.sock")
+            .display(),
         v4.join(", "),
         v6.join(", ")
     );
@@ -158,11 +161,9 @@ fn open_connections_survive_adding_and_removing_targets() {
         // Add target 3, then remove target 1: every open connection keeps working where it was.
         std::fs::write(&cfg, config(&lab, &[1, 2, 3], false)).unwrap();
         agent.reload().unwrap();
-        std::thread::sleep(Duration::from_millis(500));
         round(&mut conns, "added");
         std::fs::write(&cfg, config(&lab, &[2, 3], false)).unwrap();
         agent.reload().unwrap();
-        std::thread::sleep(Duration::from_millis(500));
         round(&mut conns, "removed");
     })
     .expect("client namespace");
@@ -283,11 +284,14 @@ fn weighted_udp(prefix: &str, dsr: bool) {
     };
     let fwd = if dsr { "dsr" } else { "tunnel" };
     let mut text = format!(
-        "[node]\ninterface = \"eth0\"\nmtu = 1600\npin_dir = \"{}\"\n\n\
+        "[node]\ninterface = \"eth0\"\nmtu = 1600\npin_dir = \"{}\"\napi_socket = \"{}\"\n\n\
          [[target_groups]]\nname = \"u4\"\nprotocol = \"UDP\"\nport = 53\ntargets = [{}]\n\n\
          [[target_groups]]\nname = \"u6\"\nprotocol = \"UDP\"\nport = 53\ntargets = [{}]\n",
         xlb_tests::lab::pin_dir(lab.prefix())
             .join("agent")
+            .display(),
+        xlb_tests::lab::run_dir(lab.prefix())
+            .join("xlb.sock")
             .display(),
         targets(&|i| backend_v4(i).to_string()),
         targets(&|i| backend_v6(i).to_string()),

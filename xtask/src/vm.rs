@@ -55,11 +55,7 @@ const INIT_MARKER: &str = "xlb-vm: init";
 /// A file the job hands back: `XLB-VM-FILE NAME: CONTENT` (one line).
 const FILE_MARKER: &str = "XLB-VM-FILE ";
 /// Tests skipped in a TCG guest (binary, test, why): their own time limits assume a real CPU.
-const TCG_SKIPS: &[(&str, &str, &str)] = &[(
-    "l4_lab",
-    "open_connections_survive_adding_and_removing_targets",
-    "it gives a SIGHUP reload 500 ms, which an emulated CPU does not meet",
-)];
+const TCG_SKIPS: &[(&str, &str, &str)] = &[];
 /// How long a KVM guest may take to reach its init before TCG is tried instead.
 const KVM_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a TCG guest may take to reach its init.
