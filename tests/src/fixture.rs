@@ -20,8 +20,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use lb_common::Reason;
 use lb_common::{
-    AF_INET, AF_INET6, Addr, BACKEND_F_LIVE, Backend, CONFIG_F_NO_PTB, Config, Counters, FlowKey,
-    IPPROTO_TCP, IPPROTO_UDP, RING_SIZE, VipCounters, VipKey, VipMeta,
+    AF_INET, BACKEND_F_LIVE, Backend, CONFIG_F_NO_PTB, Config, Counters, FlowKey, IPPROTO_TCP,
+    IPPROTO_UDP, RING_SIZE, VipCounters, VipKey, VipMeta,
     hash::{flow_hash, source_hash},
 };
 use xlb::{
@@ -349,17 +349,8 @@ impl Fixture {
     }
 }
 
-/// (family, 16-byte address) as the maps hold it.
-pub fn addr_bytes(addr: IpAddr) -> (u8, Addr) {
-    let mut a = [0u8; 16];
-    match addr {
-        IpAddr::V4(v4) => {
-            a[..4].copy_from_slice(&v4.octets());
-            (AF_INET, a)
-        }
-        IpAddr::V6(v6) => (AF_INET6, v6.octets()),
-    }
-}
+/// (family, 16-byte address) as the maps hold it: the agent's own conversion.
+pub use xlb::balancer::addr_bytes;
 
 /// The flow key of a client → VIP flow, as the datapath builds it.
 pub fn flow_key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: Proto) -> FlowKey {
