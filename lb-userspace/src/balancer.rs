@@ -145,17 +145,18 @@ impl Balancer {
                 proto: icmp,
                 family,
             };
-            if keys.insert(key) {
-                self.dp.set_vip(
-                    &key,
-                    &VipMeta {
-                        flags: flags | VIP_F_ADDRESS_ONLY,
-                        ..meta
-                    },
-                )?;
-            }
-            // Fragments follow source-IP VIPs (see the fragment policy in the README).
-            if flags & VIP_F_SOURCE_IP != 0 && l.port != 0 {
+            let address_meta = VipMeta {
+                flags: flags | VIP_F_ADDRESS_ONLY,
+                ..meta
+            };
+            self.address_entry(&mut keys, key, &address_meta)?;
+            // Fragments follow source-IP VIPs (see the fragment policy in the README), unless an
+            // all-ports listener owns the address.
+            let all_ports = cfg
+                .listeners
+                .iter()
+                .any(|o| o.port == 0 && o.address == l.address);
+            if flags & VIP_F_SOURCE_IP != 0 && l.port != 0 && !all_ports {
                 for &proto in protocols(l.protocol) {
                     let key = VipKey {
                         addr,
@@ -163,19 +164,7 @@ impl Balancer {
                         proto,
                         family,
                     };
-                    let all_ports = cfg
-                        .listeners
-                        .iter()
-                        .any(|o| o.port == 0 && o.address == l.address);
-                    if !all_ports && keys.insert(key) {
-                        self.dp.set_vip(
-                            &key,
-                            &VipMeta {
-                                flags: flags | VIP_F_ADDRESS_ONLY,
-                                ..meta
-                            },
-                        )?;
-                    }
+                    self.address_entry(&mut keys, key, &address_meta)?;
                 }
             }
             listeners.push(AppliedListener {
@@ -191,6 +180,19 @@ impl Balancer {
         // deregistered NLB target does); they get no new flows, being in no ring.
         self.keys = keys;
         self.listeners = listeners;
+        Ok(())
+    }
+
+    /// Writes a per-address entry once per apply (the first listener on an address owns it).
+    fn address_entry(
+        &mut self,
+        keys: &mut BTreeSet<VipKey>,
+        key: VipKey,
+        meta: &VipMeta,
+    ) -> Result<(), DataplaneError> {
+        if keys.insert(key) {
+            self.dp.set_vip(&key, meta)?;
+        }
         Ok(())
     }
 

@@ -112,31 +112,22 @@ impl Fixture {
             "unshare(CLONE_NEWNET): {} (run as root)",
             std::io::Error::last_os_error()
         );
-        let mut dp = Dataplane::load(Sizes {
+        let dp = Dataplane::load(Sizes {
             flows: 4096,
             vips: 4,
         })
         .expect("load the XDP object");
-        let mut cfg = Config {
-            tunnel_src_v4: [0; 4],
-            tunnel_src_v6: [0; 16],
-            gateway_mac: MAC_GATEWAY,
-            flags: 0,
-            mtu: MTU,
-            _pad: [0; 6],
-        };
-        cfg.tunnel_src_v4[..2].copy_from_slice(&TUNNEL_SRC_V4);
-        cfg.tunnel_src_v6[..12].copy_from_slice(&TUNNEL_SRC_V6);
-        dp.set_config(&cfg).expect("set config");
-        Fixture {
+        let mut f = Fixture {
             dp,
             next_vip: 0,
             next_backend: 1,
             backends: Vec::new(),
-        }
+        };
+        f.config(|_| {});
+        f
     }
 
-    /// Replaces the node config (e.g. to change the MTU or turn PTB off).
+    /// Sets the fixtures' node config, changed by `f` (e.g. to change the MTU or turn PTB off).
     pub fn config(&mut self, f: impl FnOnce(&mut Config)) {
         let mut cfg = Config {
             tunnel_src_v4: [TUNNEL_SRC_V4[0], TUNNEL_SRC_V4[1], 0, 0],
