@@ -3,7 +3,9 @@
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{
+        bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head,
+    },
     programs::XdpContext,
 };
 use lb_common::{
@@ -15,6 +17,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 use crate::{
     conntrack::Choice,
     csum, icmp,
+    maps::{NEXT_HOP_TTL_NS, NEXT_HOPS},
     parse::{ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
     verdict::Verdict,
 };
@@ -94,7 +97,7 @@ fn encapsulate(
     } else {
         Ipv6Hdr::LEN
     };
-    let hop = next_hop(ctx, cfg, b)?;
+    let hop = next_hop(ctx, cfg, choice.index, b)?;
 
     // Keep the Ethernet header (and VLAN tag) before the head moves.
     let eth: *const [u8; 14] = ptr_at(ctx, 0).ok_or(Verdict::drop(Reason::DropShortEth))?;
@@ -218,39 +221,35 @@ pub fn write_eth(
     Ok(())
 }
 
-/// The next hop toward `b`: the kernel FIB (route and neighbour), else the configured gateway.
+/// The next hop toward `b` (backend `index`): the kernel FIB (route and neighbour), cached per
+/// CPU for a second, else the configured gateway.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, cfg: &Config, b: &Backend) -> Result<NextHop, Verdict> {
+fn next_hop(ctx: &XdpContext, cfg: &Config, index: u32, b: &Backend) -> Result<NextHop, Verdict> {
     if cfg.flags & CONFIG_F_NO_FIB == 0 {
-        // SAFETY: plain data; every field the kernel reads is set below.
-        let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
         let ingress = ctx.ingress_ifindex() as u32;
-        params.ifindex = ingress;
-        if b.family == AF_INET {
-            params.family = AF_INET_KERNEL;
-            params.__bindgen_anon_4.ipv4_dst =
-                u32::from_ne_bytes([b.addr[0], b.addr[1], b.addr[2], b.addr[3]]);
-        } else if b.family == AF_INET6 {
-            params.family = AF_INET6_KERNEL;
-            // SAFETY: [u8; 16] and [u32; 4] have the same size; any bits are valid.
-            params.__bindgen_anon_4.ipv6_dst =
-                unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(b.addr) };
+        // SAFETY: a helper without arguments.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        let cached = NEXT_HOPS.get_ptr_mut(index);
+        if let Some(c) = cached {
+            // SAFETY: a per-CPU slot: only this CPU uses it while the program runs.
+            let c = unsafe { &*c };
+            if now < c.expires_ns && c.ingress == ingress && c.addr == b.addr {
+                return Ok(hop(ingress, c.ifindex, c.dst_mac, c.src_mac));
+            }
         }
-        // SAFETY: `params` is a valid, initialised struct of the size passed.
-        let rc = unsafe {
-            fib_lookup(
-                ctx.ctx.cast(),
-                &mut params,
-                size_of::<bpf_fib_lookup>() as i32,
-                0,
-            )
-        };
-        if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
-            return Ok(NextHop {
-                dst_mac: params.dmac,
-                src_mac: Some(params.smac),
-                redirect: (params.ifindex != ingress).then_some(params.ifindex),
-            });
+        if let Some(fib) = fib(ctx, ingress, b) {
+            if let Some(c) = cached {
+                // SAFETY: as above.
+                unsafe {
+                    (*c).addr = b.addr;
+                    (*c).expires_ns = now + NEXT_HOP_TTL_NS;
+                    (*c).ingress = ingress;
+                    (*c).ifindex = fib.ifindex;
+                    (*c).dst_mac = fib.dmac;
+                    (*c).src_mac = fib.smac;
+                }
+            }
+            return Ok(hop(ingress, fib.ifindex, fib.dmac, fib.smac));
         }
     }
     if cfg.gateway_mac == [0; 6] {
@@ -261,6 +260,43 @@ fn next_hop(ctx: &XdpContext, cfg: &Config, b: &Backend) -> Result<NextHop, Verd
         src_mac: None,
         redirect: None,
     })
+}
+
+#[inline(always)]
+fn hop(ingress: u32, ifindex: u32, dst_mac: [u8; 6], src_mac: [u8; 6]) -> NextHop {
+    NextHop {
+        dst_mac,
+        src_mac: Some(src_mac),
+        redirect: (ifindex != ingress).then_some(ifindex),
+    }
+}
+
+/// The kernel's route and neighbour for `b`, from the interface the packet came in on.
+#[inline(always)]
+fn fib(ctx: &XdpContext, ingress: u32, b: &Backend) -> Option<bpf_fib_lookup> {
+    // SAFETY: plain data; every field the kernel reads is set below.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.ifindex = ingress;
+    if b.family == AF_INET {
+        params.family = AF_INET_KERNEL;
+        params.__bindgen_anon_4.ipv4_dst =
+            u32::from_ne_bytes([b.addr[0], b.addr[1], b.addr[2], b.addr[3]]);
+    } else if b.family == AF_INET6 {
+        params.family = AF_INET6_KERNEL;
+        // SAFETY: [u8; 16] and [u32; 4] have the same size; any bits are valid.
+        params.__bindgen_anon_4.ipv6_dst =
+            unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(b.addr) };
+    }
+    // SAFETY: `params` is a valid, initialised struct of the size passed.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.ctx.cast(),
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then_some(params)
 }
 
 /// Builds a NextHop that turns the frame around to where it came from.

@@ -31,6 +31,31 @@ pub static RINGS: Array<u32> = Array::with_max_entries(RINGS_LEN, 0);
 pub static FLOWS: LruHashMap<FlowKey, FlowState> =
     LruHashMap::with_max_entries(FLOWS_DEFAULT, BPF_F_NO_COMMON_LRU);
 
+/// Backend index → the next hop the FIB gave for it, per CPU, for [`NEXT_HOP_TTL_NS`]: the FIB
+/// lookup is the most expensive step of the tunnel path, and its answer changes rarely. Datapath
+/// only; not pinned (a restart refills it).
+#[map]
+pub static NEXT_HOPS: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// How long a cached next hop is used before the FIB is asked again: route and neighbour changes
+/// take effect within this time.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
+/// A `NEXT_HOPS` entry. Zeroed (never filled) entries have `expires_ns` 0: always stale.
+#[repr(C)]
+pub struct CachedHop {
+    /// The target it was resolved for: backend indices are reused for other targets.
+    pub addr: Addr,
+    /// Coarse clock time after which the FIB is asked again.
+    pub expires_ns: u64,
+    /// The interface the packet came in on: the FIB answer depends on it.
+    pub ingress: u32,
+    /// Where the FIB sends it.
+    pub ifindex: u32,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+}
+
 /// `CONFIG[0]`: node settings (tunnel source prefixes, gateway MAC, MTU). Agent writes.
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

@@ -359,3 +359,48 @@ fn udp_flows_follow_weights_tunnel() {
 fn udp_flows_follow_weights_dsr() {
     weighted_udp("xl4f-", true);
 }
+
+/// The datapath caches each target's next hop (the FIB's answer) for a second: a changed
+/// neighbour entry is followed within that time, both ways.
+#[test]
+fn cached_next_hops_follow_neighbour_changes() {
+    let lab = lab("xl4g-", 1);
+    let cfg = write_config(&lab, &config(&lab, &[1], false));
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    let vip = SocketAddr::from((VIP_V4, HTTP_PORT));
+    let get = || in_netns(&lab.ns(Role::Client), || xlb_tests::agent::http_get(vip)).unwrap();
+    let neighbour = |mac: &str| {
+        let target = backend_v4(1).to_string();
+        let argv = [
+            "ip", "neigh", "replace", &target, "lladdr", mac, "dev", "eth0",
+        ];
+        let out = lab.exec(Role::Lb, &[&argv[..], &["nud", "permanent"]].concat());
+        assert!(out.expect("ip neigh").status.success(), "ip neigh replace");
+    };
+    // Polls until a request's outcome is `ok`; each failed one has waited out its 2 s timeout.
+    let settles = |ok: bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(8);
+        while std::time::Instant::now() < deadline {
+            if get().is_ok() == ok {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    };
+    assert_eq!(get().expect("request before the change"), "backend1");
+
+    // A MAC nobody has: the target's kernel drops frames not addressed to it.
+    neighbour("02:00:5e:00:53:99");
+    assert!(
+        settles(false),
+        "the new (wrong) neighbour is used within the cache time"
+    );
+    neighbour(&lab.backend_mac(1).to_string());
+    assert!(
+        settles(true),
+        "the restored neighbour is used within the cache time"
+    );
+    assert_eq!(get().expect("request after the change"), "backend1");
+    agent.stop().expect("xlb stops cleanly");
+}

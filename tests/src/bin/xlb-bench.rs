@@ -193,6 +193,7 @@ fn main() -> Result<()> {
     let mut results = Results::default();
     println!("{:<44} {:>12} notes", "metric", "value");
     maglev_bench(&plan, &mut results);
+    flow_memory_bench(&mut results)?;
     // The fixture unshares its thread's network namespace: give it a thread of its own.
     thread::scope(|s| s.spawn(|| testrun_bench(&plan, &mut results)).join())
         .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
@@ -220,6 +221,43 @@ fn main() -> Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flow table memory
+
+/// Kernel memory per flow-table entry: the `memlock` the kernel reports for the flow table (an LRU
+/// hash, all entries allocated up front) at two sizes, so fixed costs cancel out.
+fn flow_memory_bench(results: &mut Results) -> Result<()> {
+    let (small, large) = (1u32 << 12, 1u32 << 20);
+    let memlock = |flows: u32| -> Result<u64> {
+        let _dp = Dataplane::load(Sizes { flows, vips: 1 })?;
+        flow_table_memlock(flows)
+    };
+    let per_flow = (memlock(large)? - memlock(small)?) as f64 / f64::from(large - small);
+    results.add(
+        "flow_table.bytes_per_flow",
+        per_flow,
+        "kernel memory per flow table entry (map memlock)",
+    );
+    Ok(())
+}
+
+/// The `memlock` of this process's LRU hash map (type 9) with `max_entries` entries.
+fn flow_table_memlock(max_entries: u32) -> Result<u64> {
+    for fd in std::fs::read_dir("/proc/self/fdinfo")? {
+        let Ok(info) = std::fs::read_to_string(fd?.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+        };
+        if field("map_type:") == Some(9) && field("max_entries:") == Some(max_entries.into()) {
+            return field("memlock:").context("no memlock in fdinfo");
+        }
+    }
+    bail!("no flow table with {max_entries} entries among this process's maps")
 }
 
 // ---------------------------------------------------------------------------------------------
