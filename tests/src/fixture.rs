@@ -25,7 +25,7 @@ use lb_common::{
     hash::{flow_hash, source_hash},
 };
 use xlb::{
-    dataplane::{Dataplane, Program, Sizes},
+    dataplane::{Dataplane, Program, RunOptions, Sizes},
     maglev::{self, MaglevTarget},
 };
 
@@ -35,6 +35,7 @@ pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
 
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
@@ -292,11 +293,22 @@ impl Fixture {
 
     /// Runs `frame` through `xlb_lb` once.
     pub fn run(&mut self, frame: &[u8]) -> Outcome {
+        self.run_on(0, frame)
+    }
+
+    /// Runs `frame` through `xlb_lb` once as if it came in on interface `ingress_ifindex` (of
+    /// the fixture's namespace; 0 for none).
+    pub fn run_on(&mut self, ingress_ifindex: u32, frame: &[u8]) -> Outcome {
         let before = self.dp.reasons().expect("read reasons");
-        let (action, out) = self
+        let opts = RunOptions {
+            ingress_ifindex,
+            ..RunOptions::default()
+        };
+        let run = self
             .dp
-            .test_run(Program::Lb, frame)
+            .test_run_with(Program::Lb, frame, opts)
             .expect("BPF_PROG_TEST_RUN");
+        let (action, out) = (run.action, run.frame);
         let after = self.dp.reasons().expect("read reasons");
         let reasons = before
             .iter()
