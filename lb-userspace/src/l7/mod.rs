@@ -7,6 +7,7 @@
 //! - [`balance`]: target group and target choice, stickiness cookies.
 //! - [`desync`]: the raw HTTP/1 framing check against request smuggling.
 //! - [`proxy`]: one request's phases, from the desync check to the access log entry.
+//! - [`upstream`]: the clients toward targets (HTTP/1.1 or HTTP/2, clear or TLS).
 //! - [`listener`]: sockets, TLS handshakes, connections, idle timeout and draining.
 //! - [`tls`]: rustls setup and certificate choice by SNI.
 //! - [`log`]: access log lines in ALB's format.
@@ -26,8 +27,15 @@ pub mod log;
 pub mod proxy;
 pub mod rules;
 pub mod tls;
+pub mod upstream;
 
-use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
@@ -63,6 +71,8 @@ pub enum L7Error {
         #[source]
         source: tls::TlsError,
     },
+    #[error("TLS toward targets: {0}")]
+    TargetTls(#[source] tls::TlsError),
 }
 
 /// ALB's default idle timeout.
@@ -83,7 +93,8 @@ pub async fn serve(
     access_log: Option<mpsc::Sender<String>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), L7Error> {
-    let shared = Arc::new(Shared::new(log::AccessLog::new(access_log)));
+    let shared =
+        Arc::new(Shared::new(log::AccessLog::new(access_log)).map_err(L7Error::TargetTls)?);
     let mut running = HashMap::new();
     let first = config.borrow_and_update().clone();
     apply(&first, &shared, &mut running).await?;
@@ -123,6 +134,16 @@ async fn apply(
     running: &mut HashMap<SocketAddr, Running>,
 ) -> Result<(), L7Error> {
     let groups = balance::compile(&cfg.target_groups, &shared.counters);
+    let origins: HashSet<_> = cfg
+        .target_groups
+        .iter()
+        .flat_map(|tg| {
+            let port = tg.port;
+            tg.targets
+                .iter()
+                .map(move |t| (tg.protocol, SocketAddr::new(t.id, t.port.unwrap_or(port))))
+        })
+        .collect();
     let mut states = Vec::new();
     for l in &cfg.http_listeners {
         let addr = SocketAddr::new(l.address, l.port);
@@ -148,6 +169,8 @@ async fn apply(
             bound.insert(*addr, socket);
         }
     }
+    // Deregistered targets: their HTTP/2 connections close once the requests in flight are done.
+    shared.upstream.retain(&origins);
     let keep: Vec<SocketAddr> = states.iter().map(|(a, _)| *a).collect();
     for (addr, state) in states {
         match (running.get(&addr), bound.remove(&addr)) {
