@@ -6,8 +6,9 @@
 //!
 //! The idle timeout is ALB's: a connection that has sent and received nothing for that long, with
 //! no request in flight, is closed. A stop (reload removing the listener, or shutdown) stops
-//! accepting, asks open connections to finish (HTTP/2 GOAWAY; on HTTP/1, `Connection: close` on
-//! the responses still to come, then close) and waits for them at most [`DRAIN_TIMEOUT`].
+//! accepting, asks open connections to finish (HTTP/2 GOAWAY; on HTTP/1, hyper puts
+//! `Connection: close` on the responses still to come, then closes) and waits for them at most
+//! [`DRAIN_TIMEOUT`].
 
 use std::{
     io,
@@ -21,8 +22,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Request, StatusCode, Version, header};
-use hyper::{body::Incoming, service::service_fn};
+use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
@@ -271,25 +271,13 @@ async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let busy_on = activity.clone();
-    let stopping = stop.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
+    let service = service_fn(move |req| {
         let busy = Busy::new(&busy_on);
         let ambiguous = Framing::next_request(&framing);
         let route = state.load().route.clone();
-        let (conn, shared, stopping) = (conn.clone(), shared.clone(), stopping.clone());
+        let (conn, shared) = (conn.clone(), shared.clone());
         async move {
-            let http1 = req.version() < Version::HTTP_2;
-            let mut resp = proxy::handle(req, ambiguous, route, conn, shared).await;
-            // hyper closes an HTTP/1 connection after the response once told to stop, but
-            // without a word: the header tells the client not to send its next request here.
-            if http1
-                && *stopping.borrow()
-                && let Ok(resp) = &mut resp
-                && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-            {
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
+            let resp = proxy::handle(req, ambiguous, route, conn, shared).await;
             drop(busy);
             resp
         }
