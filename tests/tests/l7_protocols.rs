@@ -24,7 +24,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use l7_support::{Lab, curl, free_port, group, raw};
+use l7_support::{Lab, curl, describe, free_port, group, raw};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -153,15 +153,7 @@ async fn answer(
     if req.uri().path() == "/slow" {
         tokio::time::sleep(SLOW).await;
     }
-    let mut text = format!(
-        "{name}\n{via}\n{} {} {:?}\n",
-        req.method(),
-        req.uri(),
-        req.version()
-    );
-    for (k, v) in req.headers() {
-        text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
-    }
+    let text = describe(&format!("{name}\n{via}"), &req);
     let body = Full::new(Bytes::from(text)).boxed();
     Ok(Response::new(body))
 }

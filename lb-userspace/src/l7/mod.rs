@@ -71,8 +71,6 @@ pub enum L7Error {
         #[source]
         source: tls::TlsError,
     },
-    #[error("TLS toward targets: {0}")]
-    TargetTls(#[source] tls::TlsError),
 }
 
 /// ALB's default idle timeout.
@@ -93,8 +91,7 @@ pub async fn serve(
     access_log: Option<mpsc::Sender<String>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), L7Error> {
-    let shared =
-        Arc::new(Shared::new(log::AccessLog::new(access_log)).map_err(L7Error::TargetTls)?);
+    let shared = Arc::new(Shared::new(log::AccessLog::new(access_log)));
     let mut running = HashMap::new();
     let first = config.borrow_and_update().clone();
     apply(&first, &shared, &mut running).await?;
@@ -134,16 +131,6 @@ async fn apply(
     running: &mut HashMap<SocketAddr, Running>,
 ) -> Result<(), L7Error> {
     let groups = balance::compile(&cfg.target_groups, &shared.counters);
-    let origins: HashSet<_> = cfg
-        .target_groups
-        .iter()
-        .flat_map(|tg| {
-            let port = tg.port;
-            tg.targets
-                .iter()
-                .map(move |t| (tg.protocol, SocketAddr::new(t.id, t.port.unwrap_or(port))))
-        })
-        .collect();
     let mut states = Vec::new();
     for l in &cfg.http_listeners {
         let addr = SocketAddr::new(l.address, l.port);
@@ -170,6 +157,14 @@ async fn apply(
         }
     }
     // Deregistered targets: their HTTP/2 connections close once the requests in flight are done.
+    let origins: HashSet<_> = cfg
+        .target_groups
+        .iter()
+        .flat_map(|tg| {
+            let addr = |t: &config::HttpTarget| SocketAddr::new(t.id, t.port.unwrap_or(tg.port));
+            tg.targets.iter().map(move |t| (tg.protocol, addr(t)))
+        })
+        .collect();
     shared.upstream.retain(&origins);
     let keep: Vec<SocketAddr> = states.iter().map(|(a, _)| *a).collect();
     for (addr, state) in states {

@@ -39,7 +39,6 @@ use super::{
     config::{ListenerProtocol, ProtocolVersion},
     log::{AccessLog, Entry},
     rules::{RequestView, RuleSet, strip_port},
-    tls::TlsError,
     upstream::{BoxError, SendError, Upstream},
 };
 
@@ -159,12 +158,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(log: AccessLog) -> Result<Shared, TlsError> {
-        Ok(Shared {
-            upstream: Upstream::new()?,
+    pub fn new(log: AccessLog) -> Shared {
+        Shared {
+            upstream: Upstream::default(),
             counters: Counters::default(),
             log,
-        })
+        }
     }
 }
 
@@ -275,14 +274,20 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// Removes hop-by-hop headers, and those `Connection` names; keeps an upgrade if asked to.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
+/// The elements of a comma-separated header list (RFC 9110 §5.6.1), trimmed.
+fn list(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+}
+
+/// Removes hop-by-hop headers, and those `Connection` names; keeps an upgrade if asked to.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = list(headers, header::CONNECTION)
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .chain(HOP_BY_HOP.map(HeaderName::from_static))
         .collect();
     for h in named {
@@ -300,13 +305,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && list(req.headers(), header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Whether the request is gRPC (`application/grpc`, or with a `+format` or parameters).
@@ -342,12 +341,7 @@ pub fn protocol_filter<B>(req: &Request<B>, group: &Group) -> Result<(), ProxyEr
 
 /// Whether the client's `TE` accepts trailers, which gRPC needs the target to know.
 fn accepts_trailers(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+    list(headers, header::TE).any(|t| t.eq_ignore_ascii_case("trailers"))
 }
 
 /// Phase 5 (forward): the request as the target gets it, in the group's HTTP version. HTTP/1.1

@@ -11,16 +11,16 @@
 use std::{fmt, path::PathBuf, sync::Arc};
 
 use rustls::{
-    ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::{CryptoProvider, aws_lc_rs, verify_tls12_signature, verify_tls13_signature},
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+    ClientConfig, ServerConfig,
+    crypto::aws_lc_rs,
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
 use thiserror::Error;
 
 use super::config::CertificateFiles;
+use crate::health::probe::AnyCertificate;
 
 /// A certificate that cannot be used, naming its file.
 #[derive(Debug, Error)]
@@ -125,67 +125,19 @@ pub fn server_config(certificates: &[CertificateFiles]) -> Result<Arc<ServerConf
     Ok(Arc::new(cfg))
 }
 
-/// Accepts any target certificate (ALB does not verify them either), but still checks that the
-/// handshake is signed by the key of the certificate the target presented.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// The TLS config toward HTTPS targets: TLS 1.2 and 1.3, ALPN `alpn` only (`h2` or
-/// `http/1.1`, per the group's protocol version), any certificate accepted. SNI comes from the
-/// target's id, so an IP address sends none.
-pub fn client_config(alpn: &[u8]) -> Result<Arc<ClientConfig>, TlsError> {
+/// `http/1.1`, per the group's protocol version), and any certificate accepted, as ALB (the
+/// health checks' verifier: handshake signatures are still checked). SNI comes from the target's
+/// id, so an IP address sends none.
+pub fn client_config(alpn: &[u8]) -> Arc<ClientConfig> {
     let provider = Arc::new(aws_lc_rs::default_provider());
-    let mut cfg = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(TlsError::Config)?
+    let algorithms = provider.signature_verification_algorithms;
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(algorithms)))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![alpn.to_vec()];
-    Ok(Arc::new(cfg))
+    Arc::new(cfg)
 }

@@ -27,7 +27,7 @@ use tower_service::Service as _;
 
 use super::{
     config::{ProtocolVersion, TargetProtocol},
-    tls::{self, TlsError},
+    tls,
 };
 
 /// An error from the connector, hyper or the TLS stack.
@@ -37,8 +37,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a pooled HTTP/1.1 connection to a target may stay idle.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
-/// HTTP/2 PINGs find targets that vanished without closing (a half-open connection would
-/// otherwise take every request until the idle timeout).
+/// How often HTTP/2 connections PING their target, idle or not: a target that vanished without
+/// closing is found and its connection replaced, instead of taking requests until they time out.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 /// Why a request got no response from its target.
@@ -65,26 +65,28 @@ pub struct Upstream {
 }
 
 /// A connector for `http://` and `https://` URIs, offering `alpn` over TLS.
-fn connector(alpn: &[u8]) -> Result<HttpsConnector<HttpConnector>, TlsError> {
+fn connector(alpn: &[u8]) -> HttpsConnector<HttpConnector> {
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    Ok(HttpsConnector::from((tcp, tls::client_config(alpn)?)))
+    HttpsConnector::from((tcp, tls::client_config(alpn)))
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector(b"http/1.1"));
+        Upstream {
+            http1,
+            h2_connector: connector(b"h2"),
+            h2: Mutex::default(),
+        }
+    }
 }
 
 impl Upstream {
-    pub fn new() -> Result<Upstream, TlsError> {
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector(b"http/1.1")?);
-        Ok(Upstream {
-            http1,
-            h2_connector: connector(b"h2")?,
-            h2: Mutex::default(),
-        })
-    }
-
     /// Sends `req` to `target`. The URI is absolute: its scheme is the group's, its authority
     /// the target's address for HTTP/1.1 and the client's host for HTTP/2.
     pub async fn send(
@@ -129,6 +131,7 @@ impl Upstream {
         let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(H2_KEEP_ALIVE)
+            .keep_alive_while_idle(true)
             .handshake(io)
             .await?;
         // Runs until either side closes; a broken connection fails its streams, which report it.
