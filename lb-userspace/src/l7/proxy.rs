@@ -3,9 +3,8 @@
 //! then the action: a redirect or fixed response is answered here; a forward goes through
 //! [`upstream_peer`] (group, then target), [`protocol_filter`] (what the group's protocol version
 //! takes), [`upstream_request_filter`] (ALB's `X-Forwarded-*` headers, the request in the group's
-//! HTTP version), the [`Upstream`] clients, and
-//! [`response_filter`] (stickiness cookies, hop-by-hop headers). [`handle`] ties them together and
-//! writes the access log entry.
+//! HTTP version), the [`Upstream`] clients, and [`response_filter`] (stickiness cookies,
+//! hop-by-hop headers). [`handle`] ties them together and writes the access log entry.
 //!
 //! Errors carry who is at fault and map to ALB's status codes: an ambiguous request is the
 //! client's (400), and so is a request the group's protocol version cannot take (ALB's 464); an
@@ -806,6 +805,28 @@ mod tests {
                 assert_eq!((e.status().as_u16(), e.fault()), (464, Fault::Client));
             }
         }
+    }
+
+    #[test]
+    fn grpc_over_tls_is_logged_as_grpcs() {
+        let conn = |tls: bool| Conn {
+            client: SocketAddr::from(([127, 0, 0, 1], 1)),
+            tls: tls.then(|| TlsInfo {
+                server_name: None,
+                cipher: "-".into(),
+                protocol: "-".into(),
+            }),
+        };
+        let req = |content_type: &str| {
+            Request::builder()
+                .version(Version::HTTP_2)
+                .header(header::CONTENT_TYPE, content_type)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(kind(&conn(true), &req("application/grpc")), "grpcs");
+        assert_eq!(kind(&conn(true), &req("text/plain")), "h2");
+        assert_eq!(kind(&conn(false), &req("application/grpc")), "http");
     }
 
     #[test]
