@@ -309,13 +309,14 @@ fn wants_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Whether the request is gRPC (`application/grpc`, or with a `+format` or parameters).
 fn is_grpc<B>(req: &Request<B>) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
     req.headers()
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase)
+        .map(HeaderValue::as_bytes)
         .is_some_and(|ct| {
-            ct.strip_prefix("application/grpc")
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+            ct.get(..GRPC.len())
+                .is_some_and(|t| t.eq_ignore_ascii_case(GRPC))
+                && matches!(ct.get(GRPC.len()), None | Some(b'+' | b';'))
         })
 }
 
@@ -324,12 +325,12 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 /// trailers would be lost). An `HTTP2` group takes any request, HTTP/1.1 ones too (ALB refuses
 /// those).
 pub fn protocol_filter<B>(req: &Request<B>, group: &Group) -> Result<(), ProxyError> {
-    let grpc = is_grpc(req) && req.method() == Method::POST;
+    let grpc = is_grpc(req);
     let wants = match group.protocol.1 {
-        ProtocolVersion::Grpc if !grpc => {
+        ProtocolVersion::Grpc if !grpc || req.method() != Method::POST => {
             "only gRPC requests (POST, content-type application/grpc)"
         }
-        ProtocolVersion::Http1 if is_grpc(req) => "no gRPC request (its protocol version is HTTP1)",
+        ProtocolVersion::Http1 if grpc => "no gRPC request (its protocol version is HTTP1)",
         _ => return Ok(()),
     };
     Err(ProxyError::Incompatible {
@@ -358,7 +359,8 @@ pub fn upstream_request_filter(
     let forward_error = |reason: String| ProxyError::Forward { target, reason };
     let (protocol, version) = group.protocol;
     let h2 = version != ProtocolVersion::Http1;
-    let host = request_host(req).map(str::to_owned);
+    // HTTP/2 moves the client's host into `:authority`.
+    let host = h2.then(|| request_host(req).map(str::to_owned)).flatten();
     if !h2
         && !req.headers().contains_key(header::HOST)
         && let Some(authority) = req.uri().authority()
@@ -383,7 +385,7 @@ pub fn upstream_request_filter(
             .build()
     };
     let to_target = || uri(&target.to_string()).map_err(|e| forward_error(e.to_string()));
-    *req.uri_mut() = match host.filter(|_| h2) {
+    *req.uri_mut() = match host {
         // A host that is no authority (a stray character) leaves the target's address.
         Some(host) => uri(&host).or_else(|_| to_target())?,
         None => to_target()?,
