@@ -242,7 +242,7 @@ fn protocols(p: Protocol) -> &'static [u8] {
         Protocol::Udp => &[IPPROTO_UDP],
         Protocol::TcpUdp => &[IPPROTO_TCP, IPPROTO_UDP],
         // Validation keeps HTTP out of L4 listeners.
-        Protocol::Http => &[],
+        Protocol::Http | Protocol::Https => &[],
     }
 }
 

@@ -105,6 +105,9 @@ pub struct TargetGroup {
     /// Active health checks; none: every target counts as healthy.
     #[serde(default)]
     pub health_check: Option<crate::health::HealthCheck>,
+    /// HTTP and HTTPS groups: ALB's `ProtocolVersion` (`HTTP1`, `HTTP2` or `GRPC`).
+    #[serde(default)]
+    pub protocol_version: Option<crate::l7::config::ProtocolVersion>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -135,6 +138,16 @@ pub enum Protocol {
     /// A target group of HTTP servers, for `http_listeners`.
     #[serde(rename = "HTTP")]
     Http,
+    /// HTTP servers reached over TLS, for `http_listeners`.
+    #[serde(rename = "HTTPS")]
+    Https,
+}
+
+impl Protocol {
+    /// Whether the group belongs to the L7 tier.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Https)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -269,16 +282,18 @@ impl Config {
                     ));
                 }
             }
+            if tg.protocol_version.is_some() && !tg.protocol.is_http() {
+                return Err(invalid(
+                    format!("{at}.protocol_version"),
+                    "only HTTP and HTTPS target groups have a protocol version".into(),
+                ));
+            }
             if let Some(hc) = &tg.health_check {
                 hc.validate()
                     .map_err(|m| invalid(format!("{at}.health_check"), m))?;
             }
             // HTTP groups have ALB attributes, checked with the L7 config below.
-            for (k, v) in tg
-                .attributes
-                .iter()
-                .filter(|_| tg.protocol != Protocol::Http)
-            {
+            for (k, v) in tg.attributes.iter().filter(|_| !tg.protocol.is_http()) {
                 let Some((_, allowed)) = ATTRIBUTES.iter().find(|(name, _)| name == k) else {
                     return Err(invalid(
                         format!("{at}.attributes.\"{k}\""),
@@ -316,7 +331,7 @@ impl Config {
                     format!("no target group named {target_group:?}"),
                 ));
             };
-            if tg.protocol == Protocol::Http || l.protocol == Protocol::Http {
+            if tg.protocol.is_http() || l.protocol.is_http() {
                 return Err(invalid(
                     key,
                     "HTTP belongs to http_listeners, not to L4 listeners".into(),
@@ -349,15 +364,16 @@ impl Config {
     /// The L7 tier's part: HTTP listeners and the HTTP target groups.
     pub fn l7(&self) -> crate::l7::L7Config {
         use crate::l7::config::{HttpTarget, HttpTargetGroup, TargetProtocol};
-        let groups = self
-            .target_groups
-            .iter()
-            .filter(|tg| tg.protocol == Protocol::Http);
+        let groups = self.target_groups.iter().filter(|tg| tg.protocol.is_http());
         crate::l7::L7Config {
             target_groups: groups
                 .map(|tg| HttpTargetGroup {
                     name: tg.name.clone(),
-                    protocol: TargetProtocol::Http,
+                    protocol: match tg.protocol {
+                        Protocol::Https => TargetProtocol::Https,
+                        _ => TargetProtocol::Http,
+                    },
+                    protocol_version: tg.protocol_version.unwrap_or_default(),
                     port: tg.port,
                     targets: tg
                         .targets
@@ -480,5 +496,27 @@ default_action = { type = "forward", target_group = "web" }
         );
         let e = Config::parse(&bad, "x.toml").unwrap_err().to_string();
         assert!(e.contains("mac"), "{e}");
+    }
+    #[test]
+    fn https_groups_and_protocol_versions_reach_the_l7_tier() {
+        let https = format!(
+            "{GOOD}\n[[target_groups]]\nname = \"api\"\nprotocol = \"HTTPS\"\nprotocol_version = \"GRPC\"\nport = 443\ntargets = [{{ id = \"198.18.1.21\" }}]\n"
+        );
+        let l7 = Config::parse(&https, "x.toml").unwrap().l7();
+        let tg = &l7.target_groups[0];
+        assert_eq!(
+            (tg.name.as_str(), tg.protocol, tg.protocol_version),
+            (
+                "api",
+                crate::l7::config::TargetProtocol::Https,
+                crate::l7::config::ProtocolVersion::Grpc
+            )
+        );
+        let bad = GOOD.replace(
+            "port = 80\ntargets",
+            "port = 80\nprotocol_version = \"HTTP2\"\ntargets",
+        );
+        let e = Config::parse(&bad, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("target_groups[0] (web).protocol_version"), "{e}");
     }
 }

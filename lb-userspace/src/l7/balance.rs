@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use super::config::{HttpTargetGroup, seconds};
+use super::config::{HttpTargetGroup, ProtocolVersion, TargetProtocol, seconds};
 
 /// `AWSALB`: which target of a group a client sticks to.
 pub const TARGET_COOKIE: &str = "AWSALB";
@@ -86,6 +86,8 @@ impl Drop for InFlight {
 #[derive(Debug)]
 pub struct Group {
     pub name: String,
+    /// How xlb talks to the targets: clear or TLS, HTTP/1.1 or HTTP/2.
+    pub protocol: (TargetProtocol, ProtocolVersion),
     targets: Vec<Target>,
     algorithm: Algorithm,
     next: AtomicUsize,
@@ -139,6 +141,7 @@ impl Group {
             .collect();
         Group {
             name: tg.name.clone(),
+            protocol: (tg.protocol, tg.protocol_version),
             targets,
             algorithm,
             next: AtomicUsize::new(0),
@@ -260,6 +263,7 @@ mod tests {
         HttpTargetGroup {
             name: name.into(),
             protocol: TargetProtocol::Http,
+            protocol_version: ProtocolVersion::Http1,
             port: 80,
             targets: ports
                 .iter()

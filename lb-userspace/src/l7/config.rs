@@ -41,8 +41,11 @@ pub struct L7Config {
 #[serde(deny_unknown_fields)]
 pub struct HttpTargetGroup {
     pub name: String,
-    /// Only `HTTP`: xlb speaks HTTP/1.1 in clear to targets.
+    /// `HTTP` (in clear) or `HTTPS` (TLS) toward the targets.
     pub protocol: TargetProtocol,
+    /// ALB's `ProtocolVersion`: the HTTP version xlb speaks to the targets.
+    #[serde(default)]
+    pub protocol_version: ProtocolVersion,
     /// The port of targets that name none.
     pub port: u16,
     #[serde(default)]
@@ -55,10 +58,38 @@ pub struct HttpTargetGroup {
 }
 
 /// The protocol xlb uses toward a target group's targets.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
 pub enum TargetProtocol {
     #[serde(rename = "HTTP")]
     Http,
+    /// TLS; the targets' certificates are not verified, as ALB does not.
+    #[serde(rename = "HTTPS")]
+    Https,
+}
+
+impl TargetProtocol {
+    /// The scheme of requests toward the targets.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            TargetProtocol::Http => "http",
+            TargetProtocol::Https => "https",
+        }
+    }
+}
+
+/// ALB's target group `ProtocolVersion`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum ProtocolVersion {
+    /// HTTP/1.1 to the targets, whatever the client spoke.
+    #[default]
+    #[serde(rename = "HTTP1")]
+    Http1,
+    /// HTTP/2 to the targets (h2 over TLS, h2c with prior knowledge in clear).
+    #[serde(rename = "HTTP2")]
+    Http2,
+    /// HTTP/2 to the targets, and only gRPC requests are accepted.
+    #[serde(rename = "GRPC")]
+    Grpc,
 }
 
 /// One HTTP server.
@@ -600,7 +631,8 @@ attributes = { "stickiness.enabled" = "true", "stickiness.type" = "lb_cookie" }
 
 [[target_groups]]
 name = "img"
-protocol = "HTTP"
+protocol = "HTTPS"
+protocol_version = "HTTP2"
 port = 9000
 
 [[http_listeners]]
@@ -639,6 +671,20 @@ actions = [{ type = "fixed-response", status_code = 200, content_type = "text/pl
         assert_eq!(l.rules.len(), 3);
         assert_eq!(l.rules[0].conditions.len(), 6);
         assert_eq!(c.target_groups[0].targets[1].port, Some(8081));
+        assert_eq!(
+            (
+                c.target_groups[0].protocol,
+                c.target_groups[0].protocol_version
+            ),
+            (TargetProtocol::Http, ProtocolVersion::Http1)
+        );
+        assert_eq!(
+            (
+                c.target_groups[1].protocol,
+                c.target_groups[1].protocol_version
+            ),
+            (TargetProtocol::Https, ProtocolVersion::Http2)
+        );
         let Action::Redirect { host, path, .. } = &l.rules[1].actions[0] else {
             panic!("not a redirect: {:?}", l.rules[1].actions[0]);
         };
@@ -657,6 +703,11 @@ actions = [{ type = "fixed-response", status_code = 200, content_type = "text/pl
         let e = refused("field = \"host-header\"", "field = \"host\"");
         assert!(e.contains("host"), "{e}");
         assert!(refused("\"10.0.0.0/8\"", "\"10.0.0.0/33\"").contains("line"));
+        let e = refused(
+            "protocol_version = \"HTTP2\"",
+            "protocol_version = \"HTTP3\"",
+        );
+        assert!(e.contains("protocol_version") && e.contains("line"), "{e}");
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //!
 //! The idle timeout is ALB's: a connection that has sent and received nothing for that long, with
 //! no request in flight, is closed. A stop (reload removing the listener, or shutdown) stops
-//! accepting, asks open connections to finish (HTTP/2 GOAWAY, HTTP/1 close after the response)
-//! and waits for them at most [`DRAIN_TIMEOUT`].
+//! accepting, asks open connections to finish (HTTP/2 GOAWAY; on HTTP/1, hyper puts
+//! `Connection: close` on the responses still to come, then closes) and waits for them at most
+//! [`DRAIN_TIMEOUT`].
 
 use std::{
     io,

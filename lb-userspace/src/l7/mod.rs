@@ -7,6 +7,7 @@
 //! - [`balance`]: target group and target choice, stickiness cookies.
 //! - [`desync`]: the raw HTTP/1 framing check against request smuggling.
 //! - [`proxy`]: one request's phases, from the desync check to the access log entry.
+//! - [`upstream`]: the clients toward targets (HTTP/1.1 or HTTP/2, clear or TLS).
 //! - [`listener`]: sockets, TLS handshakes, connections, idle timeout and draining.
 //! - [`tls`]: rustls setup and certificate choice by SNI.
 //! - [`log`]: access log lines in ALB's format.
@@ -26,8 +27,15 @@ pub mod log;
 pub mod proxy;
 pub mod rules;
 pub mod tls;
+pub mod upstream;
 
-use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 use thiserror::Error;
@@ -148,6 +156,16 @@ async fn apply(
             bound.insert(*addr, socket);
         }
     }
+    // Deregistered targets: their HTTP/2 connections close once the requests in flight are done.
+    let origins: HashSet<_> = cfg
+        .target_groups
+        .iter()
+        .flat_map(|tg| {
+            let addr = |t: &config::HttpTarget| SocketAddr::new(t.id, t.port.unwrap_or(tg.port));
+            tg.targets.iter().map(move |t| (tg.protocol, addr(t)))
+        })
+        .collect();
+    shared.upstream.retain(&origins);
     let keep: Vec<SocketAddr> = states.iter().map(|(a, _)| *a).collect();
     for (addr, state) in states {
         match (running.get(&addr), bound.remove(&addr)) {

@@ -1,13 +1,15 @@
 //! One request's way through a listener, as phases in the order they run (after pingora's
 //! `ProxyHttp`): [`request_filter`] refuses ambiguous requests, [`route`] runs the listener rules,
 //! then the action: a redirect or fixed response is answered here; a forward goes through
-//! [`upstream_peer`] (group, then target), [`upstream_request_filter`] (ALB's `X-Forwarded-*`
-//! headers), the pooled HTTP/1.1 client, and [`response_filter`] (stickiness cookies, hop-by-hop
-//! headers). [`handle`] ties them together and writes the access log entry.
+//! [`upstream_peer`] (group, then target), [`protocol_filter`] (what the group's protocol version
+//! takes), [`upstream_request_filter`] (ALB's `X-Forwarded-*` headers, the request in the group's
+//! HTTP version), the [`Upstream`] clients, and [`response_filter`] (stickiness cookies,
+//! hop-by-hop headers). [`handle`] ties them together and writes the access log entry.
 //!
 //! Errors carry who is at fault and map to ALB's status codes: an ambiguous request is the
-//! client's (400), an empty group ours (503), a target that refuses or breaks the connection the
-//! target's (502), and one that does not answer within the idle timeout also the target's (504).
+//! client's (400), and so is a request the group's protocol version cannot take (ALB's 464); an
+//! empty group is ours (503), a target that refuses or breaks the connection the target's (502),
+//! and one that does not answer within the idle timeout also the target's (504).
 
 use std::{
     convert::Infallible,
@@ -20,34 +22,30 @@ use std::{
 
 use bytes::Bytes;
 use http::{
-    HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version,
+    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
     header::{self, HeaderName},
-    uri::{Authority, Scheme},
+    uri::Authority,
 };
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioIo},
-};
+use hyper_util::rt::TokioIo;
 use thiserror::Error;
 
 use super::{
     action::{FixedResponse, Redirect, RedirectInput},
     balance::{self, Counters, Group, InFlight, Pick, WeightedGroups},
-    config::ListenerProtocol,
+    config::{ListenerProtocol, ProtocolVersion},
     log::{AccessLog, Entry},
     rules::{RequestView, RuleSet, strip_port},
+    upstream::{BoxError, SendError, Upstream},
 };
 
 /// The body of every response xlb sends.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-/// How long a target may take to accept a connection (ALB's target connection timeout).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a pooled connection to a target may stay idle.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// ALB's status for a request the target group's protocol version cannot take.
+const INCOMPATIBLE_PROTOCOL: u16 = 464;
 
 /// Who caused a failed request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,23 +62,25 @@ pub enum ProxyError {
     Ambiguous { reason: &'static str },
     #[error("target group {group} has no target")]
     NoTarget { group: String },
+    #[error("target group {group} takes {wants}")]
+    Incompatible { group: String, wants: &'static str },
     #[error("connect to {target}: {source}")]
     Connect {
         target: SocketAddr,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     #[error("request body toward {target}: {source}")]
     ClientBody {
         target: SocketAddr,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     #[error("target {target}: {source}")]
     Target {
         target: SocketAddr,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: BoxError,
     },
     #[error("target {target} sent no response in {timeout:?}")]
     Timeout {
@@ -96,6 +96,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Ambiguous { .. } | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Incompatible { .. } => {
+                StatusCode::from_u16(INCOMPATIBLE_PROTOCOL).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             ProxyError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Target { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -106,7 +109,9 @@ impl ProxyError {
     /// Who is at fault.
     pub fn fault(&self) -> Fault {
         match self {
-            ProxyError::Ambiguous { .. } | ProxyError::ClientBody { .. } => Fault::Client,
+            ProxyError::Ambiguous { .. }
+            | ProxyError::ClientBody { .. }
+            | ProxyError::Incompatible { .. } => Fault::Client,
             ProxyError::Connect { .. } | ProxyError::Target { .. } | ProxyError::Timeout { .. } => {
                 Fault::Target
             }
@@ -146,22 +151,15 @@ pub struct Route {
 /// What every listener shares, across reloads.
 #[derive(Debug)]
 pub struct Shared {
-    pub client: Client<HttpConnector, Incoming>,
+    pub upstream: Upstream,
     pub counters: Counters,
     pub log: AccessLog,
 }
 
 impl Shared {
-    /// A pooled keep-alive HTTP/1.1 client toward targets.
     pub fn new(log: AccessLog) -> Shared {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector);
         Shared {
-            client,
+            upstream: Upstream::default(),
             counters: Counters::default(),
             log,
         }
@@ -275,14 +273,20 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// Removes hop-by-hop headers, and those `Connection` names; keeps an upgrade if asked to.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
+/// The elements of a comma-separated header list (RFC 9110 §5.6.1), trimmed.
+fn list(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
+}
+
+/// Removes hop-by-hop headers, and those `Connection` names; keeps an upgrade if asked to.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = list(headers, header::CONNECTION)
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .chain(HOP_BY_HOP.map(HeaderName::from_static))
         .collect();
     for h in named {
@@ -300,47 +304,102 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && list(req.headers(), header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
-/// Phase 4 (forward): the request as the target gets it: HTTP/1.1 to the target's address,
-/// `Host` kept, hop-by-hop headers gone, and ALB's `X-Forwarded-For` (appended),
-/// `X-Forwarded-Proto` and `X-Forwarded-Port`.
+/// Whether the request is gRPC (`application/grpc`, or with a `+format` or parameters).
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .map(HeaderValue::as_bytes)
+        .is_some_and(|ct| {
+            ct.get(..GRPC.len())
+                .is_some_and(|t| t.eq_ignore_ascii_case(GRPC))
+                && matches!(ct.get(GRPC.len()), None | Some(b'+' | b';'))
+        })
+}
+
+/// Phase 4 (forward): refuses, as ALB does with a 464, what the group's protocol version cannot
+/// take: a `GRPC` group takes only gRPC requests (POST), an `HTTP1` group no gRPC request (its
+/// trailers would be lost). An `HTTP2` group takes any request, HTTP/1.1 ones too (ALB refuses
+/// those).
+pub fn protocol_filter<B>(req: &Request<B>, group: &Group) -> Result<(), ProxyError> {
+    let grpc = is_grpc(req);
+    let wants = match group.protocol.1 {
+        ProtocolVersion::Grpc if !grpc || req.method() != Method::POST => {
+            "only gRPC requests (POST, content-type application/grpc)"
+        }
+        ProtocolVersion::Http1 if grpc => "no gRPC request (its protocol version is HTTP1)",
+        _ => return Ok(()),
+    };
+    Err(ProxyError::Incompatible {
+        group: group.name.clone(),
+        wants,
+    })
+}
+
+/// Whether the client's `TE` accepts trailers, which gRPC needs the target to know.
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    list(headers, header::TE).any(|t| t.eq_ignore_ascii_case("trailers"))
+}
+
+/// Phase 5 (forward): the request as the target gets it, in the group's HTTP version. HTTP/1.1
+/// goes to the target's address with `Host` kept; HTTP/2 carries the client's host as
+/// `:authority` and no `Host` (RFC 9113 §8.3.1), and keeps `te: trailers`, the one `TE` value
+/// HTTP/2 allows (§8.2.2). Hop-by-hop headers go; ALB's `X-Forwarded-For` (appended),
+/// `X-Forwarded-Proto` and `X-Forwarded-Port` come.
 pub fn upstream_request_filter(
     req: &mut Request<Incoming>,
     route: &Route,
     conn: &Conn,
+    group: &Group,
     target: SocketAddr,
 ) -> Result<(), ProxyError> {
     let forward_error = |reason: String| ProxyError::Forward { target, reason };
-    if !req.headers().contains_key(header::HOST)
+    let (protocol, version) = group.protocol;
+    let h2 = version != ProtocolVersion::Http1;
+    // HTTP/2 moves the client's host into `:authority`.
+    let host = h2.then(|| request_host(req).map(str::to_owned)).flatten();
+    if !h2
+        && !req.headers().contains_key(header::HOST)
         && let Some(authority) = req.uri().authority()
     {
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|e| forward_error(format!("host {authority}: {e}")))?;
         req.headers_mut().insert(header::HOST, host);
     }
-    let upgrade = wants_upgrade(req);
+    let trailers = h2 && accepts_trailers(req.headers());
+    let upgrade = !h2 && wants_upgrade(req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
     let path = req
         .uri()
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(target.to_string())
-        .path_and_query(path)
-        .build()
-        .map_err(|e| forward_error(e.to_string()))?;
-    *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
+    let uri = |authority: &str| {
+        Uri::builder()
+            .scheme(protocol.scheme())
+            .authority(authority)
+            .path_and_query(path.as_str())
+            .build()
+    };
+    let to_target = || uri(&target.to_string()).map_err(|e| forward_error(e.to_string()));
+    *req.uri_mut() = match host {
+        // A host that is no authority (a stray character) leaves the target's address.
+        Some(host) => uri(&host).or_else(|_| to_target())?,
+        None => to_target()?,
+    };
+    if h2 {
+        req.headers_mut().remove(header::HOST);
+        *req.version_mut() = Version::HTTP_2;
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+    }
+    if trailers {
+        req.headers_mut()
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     let headers = req.headers_mut();
     let xff = HeaderName::from_static("x-forwarded-for");
     let client = conn.client.ip().to_string();
@@ -371,7 +430,7 @@ fn set_cookie(name: &str, value: &str, duration: Duration) -> Option<HeaderValue
     HeaderValue::from_str(&format!("{name}={value}; Expires={expires}; Path=/")).ok()
 }
 
-/// Phase 5 (forward): the target's response as the client gets it: hop-by-hop headers gone
+/// Phase 6 (forward): the target's response as the client gets it: hop-by-hop headers gone
 /// (unless switching protocols), stickiness cookies (re)issued on every response, as ALB.
 pub fn response_filter(
     resp: &mut Response<Incoming>,
@@ -535,6 +594,7 @@ fn kind<B>(conn: &Conn, req: &Request<B>) -> &'static str {
     ) {
         (false, _, true) => "ws",
         (true, _, true) => "wss",
+        (true, true, false) if is_grpc(req) => "grpcs",
         (true, true, false) => "h2",
         (true, false, false) => "https",
         (false, _, false) => "http",
@@ -582,12 +642,17 @@ async fn run(
         Act::Forward(groups) => {
             let (group, pick) = upstream_peer(groups, req.headers())?;
             let target = pick.target.addr;
-            outcome.target = Some(target);
             outcome.target_group = Some(group.name.clone());
-            upstream_request_filter(&mut req, route, conn, target)?;
+            protocol_filter(&req, group)?;
+            outcome.target = Some(target);
+            upstream_request_filter(&mut req, route, conn, group, target)?;
             let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
             let sent = Instant::now();
-            let answer = tokio::time::timeout(route.idle_timeout, shared.client.request(req)).await;
+            let answer = tokio::time::timeout(
+                route.idle_timeout,
+                shared.upstream.send(group.protocol, target, req),
+            )
+            .await;
             outcome.target_time = Some(sent.elapsed());
             let mut resp = match answer {
                 Err(_) => {
@@ -596,13 +661,15 @@ async fn run(
                         timeout: route.idle_timeout,
                     });
                 }
-                Ok(Err(source)) if source.is_connect() => {
+                Ok(Err(SendError::Connect(source))) => {
                     return Err(ProxyError::Connect { target, source });
                 }
-                Ok(Err(source)) if body_failed(&source) => {
+                Ok(Err(SendError::ClientBody(source))) => {
                     return Err(ProxyError::ClientBody { target, source });
                 }
-                Ok(Err(source)) => return Err(ProxyError::Target { target, source }),
+                Ok(Err(SendError::Target(source))) => {
+                    return Err(ProxyError::Target { target, source });
+                }
                 Ok(Ok(resp)) => resp,
             };
             outcome.target_status = Some(resp.status().as_u16());
@@ -628,21 +695,6 @@ async fn run(
             Ok(Response::from_parts(parts, body.boxed()))
         }
     }
-}
-
-/// Whether sending failed because the client's body did (bad chunking, early close): hyper
-/// reports the body stream's error as a "user" error of the client.
-fn body_failed(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.downcast_ref::<hyper::Error>()
-            .is_some_and(|h| h.is_user())
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
 }
 
 /// Copies bytes both ways once client and target have switched protocols (WebSocket).
@@ -705,6 +757,86 @@ mod tests {
         assert_eq!(up.get(header::UPGRADE).unwrap(), "websocket");
         assert_eq!(up.get(header::CONNECTION).unwrap(), "upgrade");
         assert!(!up.contains_key("x-secret"));
+    }
+
+    #[test]
+    fn grpc_requests_only_reach_groups_that_take_them() {
+        use crate::l7::config::{HttpTargetGroup, TargetProtocol};
+        let req = |method: &str, content_type: &str| {
+            Request::builder()
+                .method(method)
+                .header(header::CONTENT_TYPE, content_type)
+                .body(())
+                .unwrap()
+        };
+        let grpc = req("POST", "application/grpc");
+        assert!(is_grpc(&grpc));
+        assert!(is_grpc(&req("POST", "Application/gRPC+proto")));
+        assert!(!is_grpc(&req("POST", "application/grpc-web")));
+        assert!(!is_grpc(&req("POST", "application/json")));
+        let group = |version| {
+            let tg = HttpTargetGroup {
+                name: "g".into(),
+                protocol: TargetProtocol::Http,
+                protocol_version: version,
+                port: 80,
+                targets: Vec::new(),
+                attributes: Default::default(),
+            };
+            Group::new(&tg, &Counters::default())
+        };
+        let (h1, h2, g) = (
+            group(ProtocolVersion::Http1),
+            group(ProtocolVersion::Http2),
+            group(ProtocolVersion::Grpc),
+        );
+        let json = req("POST", "application/json");
+        let get = req("GET", "application/grpc");
+        for (r, on, ok) in [
+            (&grpc, &g, true),
+            (&grpc, &h2, true),
+            (&grpc, &h1, false),
+            (&json, &g, false),
+            (&get, &g, false),
+            (&json, &h1, true),
+            (&json, &h2, true),
+        ] {
+            let got = protocol_filter(r, on);
+            assert_eq!(got.is_ok(), ok, "{r:?} to {:?}: {got:?}", on.protocol);
+            if let Err(e) = got {
+                assert_eq!((e.status().as_u16(), e.fault()), (464, Fault::Client));
+            }
+        }
+    }
+
+    #[test]
+    fn grpc_over_tls_is_logged_as_grpcs() {
+        let conn = |tls: bool| Conn {
+            client: SocketAddr::from(([127, 0, 0, 1], 1)),
+            tls: tls.then(|| TlsInfo {
+                server_name: None,
+                cipher: "-".into(),
+                protocol: "-".into(),
+            }),
+        };
+        let req = |content_type: &str| {
+            Request::builder()
+                .version(Version::HTTP_2)
+                .header(header::CONTENT_TYPE, content_type)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(kind(&conn(true), &req("application/grpc")), "grpcs");
+        assert_eq!(kind(&conn(true), &req("text/plain")), "h2");
+        assert_eq!(kind(&conn(false), &req("application/grpc")), "http");
+    }
+
+    #[test]
+    fn te_trailers_is_found_among_values() {
+        let mut h = HeaderMap::new();
+        assert!(!accepts_trailers(&h));
+        h.insert(header::TE, HeaderValue::from_static("gzip, Trailers"));
+        assert!(accepts_trailers(&h));
     }
 
     #[test]

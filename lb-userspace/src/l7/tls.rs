@@ -4,11 +4,14 @@
 //! ALB). TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`, and the aws-lc-rs provider (which brings
 //! ALB's post-quantum hybrid key exchange). Certificates swap on reload by building a new
 //! `ServerConfig`; connections already up keep the one they started with.
+//!
+//! Toward HTTPS targets, [`client_config`] accepts any certificate, as ALB does: targets commonly
+//! run self-signed certificates, and what they are is set by the target group, not by names.
 
 use std::{fmt, path::PathBuf, sync::Arc};
 
 use rustls::{
-    ServerConfig,
+    ClientConfig, ServerConfig,
     crypto::aws_lc_rs,
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
     server::{ClientHello, ResolvesServerCert},
@@ -17,6 +20,7 @@ use rustls::{
 use thiserror::Error;
 
 use super::config::CertificateFiles;
+use crate::health::probe::AnyCertificate;
 
 /// A certificate that cannot be used, naming its file.
 #[derive(Debug, Error)]
@@ -119,4 +123,21 @@ pub fn server_config(certificates: &[CertificateFiles]) -> Result<Arc<ServerConf
         .with_cert_resolver(Arc::new(SniResolver { certificates }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// The TLS config toward HTTPS targets: TLS 1.2 and 1.3, ALPN `alpn` only (`h2` or
+/// `http/1.1`, per the group's protocol version), and any certificate accepted, as ALB (the
+/// health checks' verifier: handshake signatures are still checked). SNI comes from the target's
+/// id, so an IP address sends none.
+pub fn client_config(alpn: &[u8]) -> Arc<ClientConfig> {
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let algorithms = provider.signature_verification_algorithms;
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(algorithms)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(cfg)
 }

@@ -196,6 +196,18 @@ async fn answer(
     if req.uri().path() == "/slow" {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
+    let mut text = describe(name, &req);
+    let body = req.into_body().collect().await?.to_bytes();
+    text.push_str(&format!("body: {}\n", String::from_utf8_lossy(&body)));
+    Ok(Response::builder()
+        .header("x-backend", name)
+        .body(Full::new(Bytes::from(text)))
+        .expect("response"))
+}
+
+/// How a backend describes a request: `name` on the first line(s), then the request line and
+/// the headers, one per line.
+pub fn describe<B>(name: &str, req: &Request<B>) -> String {
     let mut text = format!(
         "{name}\n{} {} {:?}\n",
         req.method(),
@@ -205,12 +217,7 @@ async fn answer(
     for (k, v) in req.headers() {
         text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
     }
-    let body = req.into_body().collect().await?.to_bytes();
-    text.push_str(&format!("body: {}\n", String::from_utf8_lossy(&body)));
-    Ok(Response::builder()
-        .header("x-backend", name)
-        .body(Full::new(Bytes::from(text)))
-        .expect("response"))
+    text
 }
 
 /// What curl got.
