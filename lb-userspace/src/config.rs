@@ -368,6 +368,7 @@ impl Config {
                         })
                         .collect(),
                     attributes: tg.attributes.clone(),
+                    health_check: tg.health_check.clone(),
                 })
                 .collect(),
             http_listeners: self.http_listeners.clone(),

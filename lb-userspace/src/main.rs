@@ -246,10 +246,14 @@ fn run(cli: Cli) -> Result<()> {
                             "source"
                         );
                         for t in targets {
+                            let target = match t.port {
+                                Some(port) => std::net::SocketAddr::new(t.id, port).to_string(),
+                                None => t.id.to_string(),
+                            };
                             println!(
                                 "{:<12} {:<28} {:>6} {:<8} {:<12} {:<32} {:>8} {:<6}",
                                 t.target_group,
-                                t.id,
+                                target,
                                 t.weight,
                                 t.zone.unwrap_or_else(|| "-".into()),
                                 t.state,
@@ -411,7 +415,10 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
         let (l7_stop, l7_stopped) = tokio::sync::oneshot::channel::<()>();
         let (log_tx, mut access_log) = tokio::sync::mpsc::channel::<String>(1024);
         let l7 = (!agent.file.http_listeners.is_empty()).then(|| {
-            tokio::spawn(xlb::l7::serve(l7_rx, Some(log_tx), async {
+            let checks = xlb::health::checker::Checker::new();
+            // `xlb targets list` shows the L7 tier's health checks with the agent's.
+            agent.l7_health = Some(checks.0.view());
+            tokio::spawn(xlb::l7::serve(l7_rx, Some(log_tx), checks, async {
                 let _ = l7_stopped.await;
             }))
         });

@@ -228,8 +228,8 @@ impl<'de> Deserialize<'de> for Matcher {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckSpec {
     pub kind: ProbeKind,
-    /// The port probed on each target.
-    pub port: u16,
+    /// The port probed on each target: its traffic port, or one for all.
+    pub port: CheckPort,
     pub interval: Duration,
     /// Bounds the whole probe: connect, TLS handshake, request and status line.
     pub timeout: Duration,
@@ -298,8 +298,8 @@ impl HealthCheck {
         Ok(())
     }
 
-    /// What the checker runs for a target group whose traffic port is `traffic_port`.
-    pub fn spec(&self, traffic_port: u16) -> CheckSpec {
+    /// What the checker runs.
+    pub fn spec(&self) -> CheckSpec {
         let path = self.path.clone().unwrap_or_else(|| "/".to_owned());
         let matcher = self.matcher.clone().unwrap_or_default();
         CheckSpec {
@@ -308,10 +308,7 @@ impl HealthCheck {
                 CheckProtocol::Http => ProbeKind::Http { path, matcher },
                 CheckProtocol::Https => ProbeKind::Https { path, matcher },
             },
-            port: match self.port {
-                CheckPort::TrafficPort => traffic_port,
-                CheckPort::Port(p) => p,
-            },
+            port: self.port,
             interval: Duration::from_secs(self.interval_seconds.into()),
             timeout: Duration::from_secs(self.timeout_seconds.into()),
             thresholds: Thresholds {
@@ -521,9 +518,9 @@ mod tests {
         let hc = parse("[health_check]").unwrap();
         assert_eq!(hc, HealthCheck::default());
         hc.validate().unwrap();
-        let spec = hc.spec(8080);
+        let spec = hc.spec();
         assert_eq!(spec.kind, ProbeKind::Tcp);
-        assert_eq!(spec.port, 8080);
+        assert_eq!(spec.port, CheckPort::TrafficPort);
         assert_eq!(spec.interval, Duration::from_secs(30));
         assert_eq!(spec.timeout, Duration::from_secs(5));
         assert_eq!(
@@ -533,9 +530,7 @@ mod tests {
                 unhealthy: 2
             }
         );
-        let http = parse("[health_check]\nprotocol = \"HTTP\"")
-            .unwrap()
-            .spec(80);
+        let http = parse("[health_check]\nprotocol = \"HTTP\"").unwrap().spec();
         assert_eq!(
             http.kind,
             ProbeKind::Http {
@@ -561,8 +556,8 @@ matcher = "200-299,301"
         )
         .unwrap();
         hc.validate().unwrap();
-        let spec = hc.spec(443);
-        assert_eq!(spec.port, 8443);
+        let spec = hc.spec();
+        assert_eq!(spec.port, CheckPort::Port(8443));
         let ProbeKind::Https { path, matcher } = spec.kind else {
             panic!("{:?}", spec.kind)
         };

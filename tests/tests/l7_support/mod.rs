@@ -98,9 +98,12 @@ impl Lab {
         let (log_tx, log_rx) = mpsc::channel(1024);
         let (stop, stopped) = oneshot::channel::<()>();
         self.stops.push(stop);
-        let lb = self.rt.spawn(xlb::l7::serve(rx, Some(log_tx), async {
-            let _ = stopped.await;
-        }));
+        let checks = xlb::health::checker::Checker::new();
+        let lb = self
+            .rt
+            .spawn(xlb::l7::serve(rx, Some(log_tx), checks, async {
+                let _ = stopped.await;
+            }));
         self.config = Some(tx);
         self.lb = Some(lb);
         self.log = Some(log_rx);
