@@ -451,12 +451,7 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
                     tokio::spawn(xlb::metrics::serve(stream, body));
                 }
                 Some(event) = health.recv() => {
-                    tracing::info!(
-                        target_group = %event.group, target = %event.target,
-                        from = %event.from, to = %event.to,
-                        reason = event.reason.map(|r| r.to_string()).unwrap_or_default(),
-                        "target health changed"
-                    );
+                    event.log();
                     // One rebuild for a burst of changes.
                     while health.try_recv().is_ok() {}
                     agent.apply()?;

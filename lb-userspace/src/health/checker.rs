@@ -48,6 +48,18 @@ pub struct Event {
     pub reason: Option<Reason>,
 }
 
+impl Event {
+    /// Logs the change, for operators.
+    pub fn log(&self) {
+        tracing::info!(
+            target_group = %self.group, target = %self.target,
+            from = %self.from, to = %self.to,
+            reason = self.reason.map(|r| r.to_string()).unwrap_or_default(),
+            "target health changed"
+        );
+    }
+}
+
 /// One target in [`Checker::snapshot`] (ELB's `TargetHealthDescription`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetStatus {

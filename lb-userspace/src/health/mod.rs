@@ -1,5 +1,6 @@
 //! Active health checks with the semantics of AWS ELB target groups, independent of BPF: the
-//! agent feeds the results into which targets go into the Maglev rings.
+//! agent feeds the results into which targets go into the Maglev rings, and the L7 tier into
+//! which targets of an HTTP target group take requests (each runs its own [`checker`]).
 //!
 //! - This file: the `health_check` config block ([`HealthCheck`], keys and defaults as AWS), the
 //!   target states and reason codes with their AWS spellings ([`State`], [`Reason`]), the pure
@@ -36,8 +37,8 @@ use crate::health::probe::{ProbeError, ProbeKind};
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
-    /// `TCP` by default: xlb's target groups are NLB ones (TCP/UDP), and NLB's default health
-    /// check protocol for them is TCP (ALB's is HTTP).
+    /// `TCP` by default, NLB's default for TCP/UDP groups, for HTTP groups too (ALB's default
+    /// is HTTP: set `protocol = "HTTP"` there).
     #[serde(default)]
     pub protocol: CheckProtocol,
     /// A port number or `"traffic-port"` (the target group's port, the default).

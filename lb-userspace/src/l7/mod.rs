@@ -111,12 +111,7 @@ pub async fn serve(
         tokio::select! {
             _ = &mut shutdown => break,
             Some(event) = health.recv() => {
-                tracing::info!(
-                    target_group = %event.group, target = %event.target,
-                    from = %event.from, to = %event.to,
-                    reason = event.reason.map(|r| r.to_string()).unwrap_or_default(),
-                    "target health changed"
-                );
+                event.log();
                 shared.counters.observe(&event, Instant::now());
             }
             changed = config.changed(), if updates => {
