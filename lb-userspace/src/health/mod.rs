@@ -37,10 +37,10 @@ use crate::health::probe::{ProbeError, ProbeKind};
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
-    /// `TCP` by default, NLB's default for TCP/UDP groups, for HTTP groups too (ALB's default
-    /// is HTTP: set `protocol = "HTTP"` there).
+    /// Unset: `TCP`, NLB's default, for TCP/UDP groups; HTTP groups get ALB's default, `HTTP`,
+    /// through [`HealthCheck::default_protocol`].
     #[serde(default)]
-    pub protocol: CheckProtocol,
+    pub protocol: Option<CheckProtocol>,
     /// A port number or `"traffic-port"` (the target group's port, the default).
     #[serde(default)]
     pub port: CheckPort,
@@ -79,7 +79,7 @@ const fn default_unhealthy() -> u32 {
 impl Default for HealthCheck {
     fn default() -> Self {
         HealthCheck {
-            protocol: CheckProtocol::default(),
+            protocol: None,
             port: CheckPort::default(),
             path: None,
             interval_seconds: default_interval(),
@@ -276,7 +276,7 @@ impl HealthCheck {
         if self.port == CheckPort::Port(0) {
             return Err("port: 0 is outside 1..=65535".into());
         }
-        if self.protocol == CheckProtocol::Tcp {
+        if self.protocol() == CheckProtocol::Tcp {
             if self.path.is_some() {
                 return Err("path: TCP health checks take no path".into());
             }
@@ -299,12 +299,22 @@ impl HealthCheck {
         Ok(())
     }
 
+    /// Sets the protocol if the file did not: HTTP target groups check over HTTP, as ALB's.
+    pub fn default_protocol(&mut self, protocol: CheckProtocol) {
+        self.protocol.get_or_insert(protocol);
+    }
+
+    /// The protocol checks use.
+    pub fn protocol(&self) -> CheckProtocol {
+        self.protocol.unwrap_or_default()
+    }
+
     /// What the checker runs.
     pub fn spec(&self) -> CheckSpec {
         let path = self.path.clone().unwrap_or_else(|| "/".to_owned());
         let matcher = self.matcher.clone().unwrap_or_default();
         CheckSpec {
-            kind: match self.protocol {
+            kind: match self.protocol() {
                 CheckProtocol::Tcp => ProbeKind::Tcp,
                 CheckProtocol::Http => ProbeKind::Http { path, matcher },
                 CheckProtocol::Https => ProbeKind::Https { path, matcher },
@@ -590,7 +600,7 @@ matcher = "200-299,301"
     #[test]
     fn validate_names_the_key() {
         let http = HealthCheck {
-            protocol: CheckProtocol::Http,
+            protocol: Some(CheckProtocol::Http),
             ..HealthCheck::default()
         };
         for (hc, want) in [

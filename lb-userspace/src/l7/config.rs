@@ -10,6 +10,8 @@ use std::{
 };
 
 use ipnet::IpNet;
+
+use crate::health::CheckProtocol;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -320,7 +322,14 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 impl L7Config {
     /// Parses and validates a file that holds only the L7 keys (tests, or a file of its own).
     pub fn parse(text: &str) -> Result<L7Config, ConfigError> {
-        let cfg: L7Config = toml::from_str(text)?;
+        let mut cfg: L7Config = toml::from_str(text)?;
+        for hc in cfg
+            .target_groups
+            .iter_mut()
+            .filter_map(|tg| tg.health_check.as_mut())
+        {
+            hc.default_protocol(CheckProtocol::Http);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -733,6 +742,33 @@ actions = [{ type = "fixed-response", status_code = 200, content_type = "text/pl
         let text = EXAMPLE.replacen(from, to, 1);
         assert_ne!(text, EXAMPLE, "{from:?} is not in the example");
         L7Config::parse(&text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn health_checks_and_app_cookies() {
+        let text = EXAMPLE
+            .replacen(
+                "port = 9000\n",
+                "port = 9000\nhealth_check = { path = \"/health\" }\n",
+                1,
+            )
+            .replacen(
+                "\"stickiness.type\" = \"lb_cookie\"",
+                "\"stickiness.type\" = \"app_cookie\", \"stickiness.app_cookie.cookie_name\" = \"SESSION\"",
+                1,
+            );
+        let c = L7Config::parse(&text).unwrap();
+        // ALB's default for HTTP groups, where L4 groups default to TCP.
+        let hc = c.target_groups[1].health_check.as_ref().unwrap();
+        assert_eq!(hc.protocol(), CheckProtocol::Http);
+        let e = refused(
+            "port = 9000\n",
+            "port = 9000\nhealth_check = { interval_seconds = 1 }\n",
+        );
+        assert!(
+            e.starts_with("target_groups[1] (img).health_check: interval_seconds"),
+            "{e}"
+        );
     }
 
     #[test]
