@@ -5,7 +5,8 @@
 //!
 //! Targets are hyper servers on 127.0.0.1 that the tests stop, restart, or make fail their
 //! health check (`/health` answers 503) while still serving traffic. Checks run every second,
-//! below AWS's 5 s minimum that only the config file refuses, to keep the tests short.
+//! below AWS's 5 s minimum that only the config file refuses, to keep the tests short. The last
+//! test runs the real agent in a lab of network namespaces and reads `xlb targets list`.
 
 mod l7_support;
 
@@ -412,4 +413,119 @@ fn app_cookie_keeps_a_client_on_its_target_while_it_is_healthy() {
         let r = get(lb, "/", Some(&sticky));
         assert_eq!((r.status, r.backend.as_str()), (200, other));
     }
+}
+
+/// The real agent (`xlb run` in a lab's lb namespace) checks its HTTP target group and lists
+/// the targets' health with `xlb targets list`; a target that refuses connections is taken out
+/// and every request still succeeds. Run as root.
+#[test]
+fn agent_lists_l7_target_health() {
+    use xlb_tests::{
+        agent::{Agent, xlb_bin},
+        lab::{LB_V4, Lab as NetLab, LabSpec, Role, backend_v4, pin_dir, run_dir},
+    };
+    let lab = NetLab::up(LabSpec {
+        prefix: "xl7h-".into(),
+        backends: 2,
+        server_bin: std::path::PathBuf::from(env!("CARGO_BIN_EXE_xlb-lab")),
+        xlb: Some(xlb_bin().expect("xlb binary")),
+    })
+    .expect("lab up");
+    // backend1 and backend2 serve HTTP on port 80; nothing listens on backend1's port 81.
+    let dead = SocketAddr::from((backend_v4(1), 81));
+    let socket = run_dir(lab.prefix()).join("xlb.sock");
+    let config = format!(
+        "[node]\ninterface = \"eth0\"\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n\n\
+         [[target_groups]]\nname = \"web\"\nprotocol = \"HTTP\"\nport = 80\n\
+         targets = [{{ id = \"{}\" }}, {{ id = \"{}\" }}, {{ id = \"{}\", port = {} }}]\n\
+         health_check = {{ interval_seconds = 5, timeout_seconds = 2, unhealthy_threshold = 2 }}\n\n\
+         [[http_listeners]]\naddress = \"{LB_V4}\"\nport = 8080\nprotocol = \"HTTP\"\n\
+         default_action = {{ type = \"forward\", target_group = \"web\" }}\n",
+        pin_dir(lab.prefix()).join("agent").display(),
+        socket.display(),
+        run_dir(lab.prefix()).join("state.json").display(),
+        backend_v4(1),
+        backend_v4(2),
+        dead.ip(),
+        dead.port(),
+    );
+    let path = run_dir(lab.prefix()).join("xlb.toml");
+    std::fs::write(&path, config).expect("write config");
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &path).expect("xlb run");
+    let list = || -> Vec<serde_json::Value> {
+        let out = std::process::Command::new(xlb_bin().unwrap())
+            .arg("--socket")
+            .arg(&socket)
+            .args(["targets", "list", "--json"])
+            .output()
+            .expect("run xlb targets list");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
+        })
+    };
+    let state_of = |rows: &[serde_json::Value], addr: SocketAddr| -> (String, String, bool) {
+        let row = rows
+            .iter()
+            .find(|r| r["id"] == addr.ip().to_string() && r["port"] == addr.port())
+            .unwrap_or_else(|| panic!("{addr} not listed: {rows:?}"));
+        (
+            row["state"].as_str().unwrap_or("").to_owned(),
+            row["reason"].as_str().unwrap_or("-").to_owned(),
+            row["in_service"].as_bool().unwrap_or(false),
+        )
+    };
+    // Interval 5 s × unhealthy threshold 2, plus a probe: 13 s at most.
+    let started = Instant::now();
+    let rows = loop {
+        let rows = list();
+        if state_of(&rows, dead).0 == "unhealthy" {
+            break rows;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(13),
+            "{dead} not unhealthy: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("agent: {dead} unhealthy after {:?}", started.elapsed());
+    assert_eq!(
+        state_of(&rows, dead),
+        (
+            "unhealthy".into(),
+            "Target.FailedHealthChecks".into(),
+            false
+        )
+    );
+    for i in [1, 2] {
+        let (state, _, in_service) = state_of(&rows, SocketAddr::from((backend_v4(i), 80)));
+        assert!(
+            state == "healthy" || state == "initial",
+            "backend{i}: {state}"
+        );
+        assert!(in_service);
+    }
+    let url = format!("http://{LB_V4}:8080/");
+    let mut answers = BTreeMap::new();
+    for _ in 0..8 {
+        let out = lab
+            .exec(
+                Role::Client,
+                &[
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "5",
+                    "-w",
+                    " %{http_code}",
+                    &url,
+                ],
+            )
+            .expect("curl");
+        *answers
+            .entry(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(answers.len(), 2, "both live targets answer: {answers:?}");
+    assert!(answers.keys().all(|a| a.ends_with(" 200")), "{answers:?}");
+    agent.stop().expect("xlb stops cleanly");
 }
