@@ -316,9 +316,11 @@ impl Group {
     }
 
     fn pick_at(&self, sticky: Option<&str>, now: Instant) -> Option<Pick<'_>> {
+        let healthy = self.targets.iter().filter(|t| t.healthy()).count();
         // Fail open, as ALB: when no target is healthy, every target takes requests.
-        let fail_open = !self.targets.iter().any(Target::healthy);
-        let serving = |t: &&Target| fail_open || t.healthy();
+        let all = healthy == 0 || healthy == self.targets.len();
+        let serving = |t: &&Target| all || t.healthy();
+        let n = if all { self.targets.len() } else { healthy };
         let from_cookie = self
             .stickiness
             .as_ref()
@@ -327,7 +329,7 @@ impl Group {
             .filter(serving);
         let (target, sticky) = match from_cookie {
             Some(t) => (t, true),
-            None => (self.balance(serving, now)?, false),
+            None => (self.balance(serving, n, now)?, false),
         };
         target.state.outstanding.fetch_add(1, Ordering::Relaxed);
         Some(Pick {
@@ -337,9 +339,14 @@ impl Group {
         })
     }
 
-    fn balance(&self, serving: impl Fn(&&Target) -> bool, now: Instant) -> Option<&Target> {
+    /// Picks one of the `n` targets that are `serving` by the group's algorithm.
+    fn balance(
+        &self,
+        serving: impl Fn(&&Target) -> bool,
+        n: usize,
+        now: Instant,
+    ) -> Option<&Target> {
         let up = || self.targets.iter().filter(&serving);
-        let n = up().count();
         if n == 0 {
             return None;
         }
