@@ -75,6 +75,16 @@ pub struct TargetRow {
     pub source: String,
 }
 
+impl TargetRow {
+    /// The target as operators name it: `address:port` in HTTP groups, the address in L4 ones.
+    pub fn target(&self) -> String {
+        match self.port {
+            Some(port) => SocketAddr::new(self.id, port).to_string(),
+            None => self.id.to_string(),
+        }
+    }
+}
+
 /// The agent: the file, the overlay, draining, and the balancer it drives.
 pub struct Agent {
     pub path: PathBuf,

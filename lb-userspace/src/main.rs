@@ -246,14 +246,10 @@ fn run(cli: Cli) -> Result<()> {
                             "source"
                         );
                         for t in targets {
-                            let target = match t.port {
-                                Some(port) => std::net::SocketAddr::new(t.id, port).to_string(),
-                                None => t.id.to_string(),
-                            };
                             println!(
                                 "{:<12} {:<28} {:>6} {:<8} {:<12} {:<32} {:>8} {:<6}",
                                 t.target_group,
-                                target,
+                                t.target(),
                                 t.weight,
                                 t.zone.unwrap_or_else(|| "-".into()),
                                 t.state,
