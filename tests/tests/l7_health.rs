@@ -396,21 +396,43 @@ fn app_cookie_keeps_a_client_on_its_target_while_it_is_healthy() {
         login.set_cookies.iter().any(|c| c.starts_with(APP_COOKIE)),
         "the target's own cookie is passed on: {login:?}"
     );
-    let sticky = app.split(';').next().unwrap_or("").to_owned();
+    let expires = app
+        .split("Expires=")
+        .nth(1)
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("");
+    let expires = httpdate::parse_http_date(expires).expect("an HTTP date");
+    let week = Duration::from_secs(7 * 86_400);
+    let left = expires
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        left > week - Duration::from_secs(60) && left <= week,
+        "AWSALBAPP expires in {left:?}, not ALB's 7 days"
+    );
+    // The client sends both cookies back, as with ALB.
+    let both = format!("{APP_COOKIE}=x; {}", app.split(';').next().unwrap_or(""));
     for _ in 0..6 {
-        let r = get(lb, "/", Some(&format!("{APP_COOKIE}=x; {sticky}")));
+        let r = get(lb, "/", Some(&both));
         assert_eq!((r.status, r.backend.as_str()), (200, pinned.as_str()));
     }
-    // Without it, round robin.
-    let unpinned = spread(lb, 4);
-    assert_eq!(unpinned.len(), 2, "{unpinned:?}");
+    // Without the application's cookie, or without ours, round robin.
+    let mut seen = std::collections::BTreeSet::new();
+    for cookie in [None, Some(app.split(';').next().unwrap_or(""))] {
+        for _ in 0..2 {
+            seen.insert(get(lb, "/", cookie).backend);
+        }
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
 
     // The pinned target fails its checks: the cookie no longer holds.
     let (pinned_backend, other) = if pinned == "a" { (&a, "b") } else { (&b, "a") };
     pinned_backend.failing.store(true, Ordering::Relaxed);
     wait_state(&lab, pinned_backend, State::Unhealthy);
     for _ in 0..4 {
-        let r = get(lb, "/", Some(&sticky));
+        let r = get(lb, "/", Some(&both));
         assert_eq!((r.status, r.backend.as_str()), (200, other));
     }
 }

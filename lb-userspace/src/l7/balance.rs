@@ -15,7 +15,8 @@
 //! - **Stickiness cookies** (`AWSALB` for targets, `AWSALBAPP-0` for `app_cookie` stickiness,
 //!   `AWSALBTG` for groups) hold a keyed hash of the group and target, not the address: clients
 //!   cannot read or forge a destination, and the key is random per process, as ALB rotates its
-//!   key.
+//!   key. `AWSALBAPP-0` also holds when its stickiness ends, signed with the same key, since the
+//!   cookie itself lives ALB's fixed 7 days.
 
 use std::{
     collections::HashMap,
@@ -33,9 +34,11 @@ use crate::health::{State, checker::Event};
 
 /// `AWSALB`: which target of a group a client sticks to (`lb_cookie` stickiness).
 pub const TARGET_COOKIE: &str = "AWSALB";
-/// `AWSALBAPP-0`: which target a client sticks to (`app_cookie` stickiness). ALB splits long
-/// values over `AWSALBAPP-0..3`; ours always fit in the first.
+/// `AWSALBAPP-0`: which target a client sticks to (`app_cookie` stickiness), and until when.
+/// ALB splits long values over `AWSALBAPP-0..3`; ours always fit in the first.
 pub const APP_COOKIE: &str = "AWSALBAPP-0";
+/// ALB's fixed expiry of `AWSALBAPP` cookies: the stickiness duration is kept in the value.
+const APP_COOKIE_EXPIRY: Duration = Duration::from_secs(7 * 86_400);
 /// `AWSALBTG`: which group of a weighted forward a client sticks to.
 pub const GROUP_COOKIE: &str = "AWSALBTG";
 
@@ -169,13 +172,15 @@ impl Stickiness {
             Stickiness::AppCookie { .. } => APP_COOKIE,
         }
     }
+}
 
-    /// How long the cookie keeps the client on its target.
-    pub fn duration(&self) -> Duration {
-        match self {
-            Stickiness::LbCookie { duration } | Stickiness::AppCookie { duration, .. } => *duration,
-        }
-    }
+/// A stickiness cookie to set on a response.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SetCookie {
+    pub name: &'static str,
+    pub value: String,
+    /// When the client drops it.
+    pub expires: Duration,
 }
 
 /// A target and what is known of it.
@@ -207,8 +212,10 @@ pub struct Group {
     pub stickiness: Option<Stickiness>,
     /// `slow_start.duration_seconds`, when on.
     slow_start: Option<Duration>,
-    /// [`Counters`]' epoch, to read [`TargetState::entered_ms`].
+    /// [`Counters`]' epoch, to read [`TargetState::entered_ms`] and `AWSALBAPP` expiries.
     epoch: Instant,
+    /// [`Counters`]' key, to sign `AWSALBAPP` values.
+    key: RandomState,
     /// The `AWSALBTG` value that names this group.
     pub cookie: String,
 }
@@ -305,6 +312,7 @@ impl Group {
             stickiness,
             slow_start,
             epoch: counters.epoch,
+            key: counters.key.clone(),
             cookie: counters.cookie_value(&tg.name),
         }
     }
@@ -321,11 +329,8 @@ impl Group {
         let all = healthy == 0 || healthy == self.targets.len();
         let serving = |t: &&Target| all || t.healthy();
         let n = if all { self.targets.len() } else { healthy };
-        let from_cookie = self
-            .stickiness
-            .as_ref()
-            .and(sticky)
-            .and_then(|c| self.targets.iter().find(|t| t.cookie == c))
+        let from_cookie = sticky
+            .and_then(|c| self.sticky_target(c, now))
             .filter(serving);
         let (target, sticky) = match from_cookie {
             Some(t) => (t, true),
@@ -337,6 +342,50 @@ impl Group {
             sticky,
             in_flight: InFlight(target.state.clone()),
         })
+    }
+
+    /// The stickiness cookie that keeps a client on `target`, issued at `now`: `AWSALB` names
+    /// the target; `AWSALBAPP-0` also holds when the stickiness ends, signed with the key.
+    pub fn sticky_cookie(&self, target: &Target, now: Instant) -> Option<SetCookie> {
+        Some(match self.stickiness.as_ref()? {
+            Stickiness::LbCookie { duration } => SetCookie {
+                name: TARGET_COOKIE,
+                value: target.cookie.clone(),
+                expires: *duration,
+            },
+            Stickiness::AppCookie { duration, .. } => {
+                let until = (now + *duration).duration_since(self.epoch).as_secs();
+                SetCookie {
+                    name: APP_COOKIE,
+                    value: format!(
+                        "{}.{until:x}.{}",
+                        target.cookie,
+                        self.sign(&target.cookie, until)
+                    ),
+                    expires: APP_COOKIE_EXPIRY,
+                }
+            }
+        })
+    }
+
+    fn sign(&self, target: &str, until: u64) -> String {
+        format!("{:016x}", self.key.hash_one((target, until)))
+    }
+
+    /// The target a stickiness cookie's value names, if the value is genuine and, for
+    /// `AWSALBAPP-0`, its stickiness has not ended at `now`.
+    fn sticky_target(&self, value: &str, now: Instant) -> Option<&Target> {
+        let named = match self.stickiness.as_ref()? {
+            Stickiness::LbCookie { .. } => value,
+            Stickiness::AppCookie { .. } => {
+                let mut parts = value.split('.');
+                let (named, until, signature) = (parts.next()?, parts.next()?, parts.next()?);
+                let until = u64::from_str_radix(until, 16).ok()?;
+                let live = now.saturating_duration_since(self.epoch).as_secs() < until;
+                (live && self.sign(named, until) == signature).then_some(named)?
+            }
+        };
+        self.targets.iter().find(|t| t.cookie == named)
     }
 
     /// Picks one of the `n` targets that are `serving` by the group's algorithm.
@@ -674,30 +723,34 @@ mod tests {
     }
 
     #[test]
-    fn app_cookie_stickiness_uses_awsalbapp() {
+    fn app_cookie_stickiness_is_signed_and_ends_after_its_duration() {
         let c = Counters::default();
-        let g = Group::new(
-            &group(
-                "g",
-                &[1, 2],
-                &[
-                    ("stickiness.enabled", "true"),
-                    ("stickiness.type", "app_cookie"),
-                    ("stickiness.app_cookie.cookie_name", "SESSION"),
-                    ("stickiness.app_cookie.duration_seconds", "60"),
-                ],
-            ),
-            &c,
-            Instant::now(),
-        );
-        let s = g.stickiness.as_ref().unwrap();
+        let attrs = [
+            ("stickiness.enabled", "true"),
+            ("stickiness.type", "app_cookie"),
+            ("stickiness.app_cookie.cookie_name", "SESSION"),
+            ("stickiness.app_cookie.duration_seconds", "60"),
+        ];
+        let t0 = Instant::now();
+        let g = Group::new(&group("g", &[1, 2], &attrs), &c, t0);
+        let set = g.sticky_cookie(&g.targets[1], t0).unwrap();
         assert_eq!(
-            (s.cookie(), s.duration()),
-            (APP_COOKIE, Duration::from_secs(60))
+            (set.name, set.expires),
+            (APP_COOKIE, Duration::from_secs(7 * 86_400))
         );
-        let second = g.targets[1].cookie().to_owned();
         for _ in 0..3 {
-            assert_eq!(g.pick(Some(&second)).unwrap().target.addr.port(), 2);
+            let p = g
+                .pick_at(Some(&set.value), t0 + Duration::from_secs(30))
+                .unwrap();
+            assert_eq!((p.sticky, p.target.addr.port()), (true, 2));
         }
+        // Past the duration, or tampered with, the cookie names nobody.
+        let late = t0 + Duration::from_secs(61);
+        assert!(!g.pick_at(Some(&set.value), late).unwrap().sticky);
+        let longer = set.value.replacen(".3c.", ".ffff.", 1);
+        assert_ne!(longer, set.value);
+        assert!(!g.pick_at(Some(&longer), t0).unwrap().sticky);
+        // The plain target cookie (AWSALB's value) is not enough.
+        assert!(!g.pick_at(Some(g.targets[1].cookie()), t0).unwrap().sticky);
     }
 }

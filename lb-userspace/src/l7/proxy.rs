@@ -254,10 +254,11 @@ pub fn upstream_peer<'a>(
         .ok_or_else(|| ProxyError::NoTarget {
             group: "(weighted forward)".into(),
         })?;
-    let sticky = group
-        .stickiness
-        .as_ref()
-        .and_then(|s| cookie(headers, s.cookie()));
+    let sticky = group.stickiness.as_ref().and_then(|s| match s {
+        // As ALB: the client sends the application's cookie with ours, or sticks no more.
+        Stickiness::AppCookie { cookie_name, .. } if cookie(headers, cookie_name).is_none() => None,
+        _ => cookie(headers, s.cookie()),
+    });
     let pick = group.pick(sticky).ok_or_else(|| ProxyError::NoTarget {
         group: group.name.clone(),
     })?;
@@ -400,8 +401,9 @@ pub fn response_filter(
         Some(Stickiness::LbCookie { .. }) => true,
         None => false,
     };
-    if let Some(s) = group.stickiness.as_ref().filter(|_| issue)
-        && let Some(c) = set_cookie(s.cookie(), target.cookie(), s.duration())
+    if issue
+        && let Some(s) = group.sticky_cookie(target, Instant::now())
+        && let Some(c) = set_cookie(s.name, &s.value, s.expires)
     {
         headers.append(header::SET_COOKIE, c);
     }
