@@ -148,7 +148,7 @@ impl Agent {
             .file
             .target_groups
             .iter()
-            .filter(|g| g.health_check.is_some())
+            .filter(|g| g.health_check.is_some() && g.protocol != Protocol::Http)
             .map(|g| {
                 let up = health::routable(&self.checker.states(&g.name));
                 (g.name.as_str(), up.iter().map(SocketAddr::ip).collect())

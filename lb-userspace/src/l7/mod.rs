@@ -17,10 +17,10 @@
 //! disappear are bound or drained. A reload that fails (a certificate that does not load, a port
 //! taken) changes nothing and is reported on stderr.
 //!
-//! Target groups with a `health_check` are checked by the agent's [`Checker`], run here: each
-//! state change flips the target's flag in [`balance::Counters`] and nothing is rebuilt. HTTP
-//! groups have no deregistration delay yet: a target removed by a reload leaves at once, and its
-//! requests in flight finish.
+//! Target groups with a `health_check` are checked by a [`Checker`] (the one L4 groups use), run
+//! here: each state change flips the target's flag in [`balance::Counters`] and nothing is
+//! rebuilt. HTTP groups have no deregistration delay yet: a target removed by a reload leaves
+//! at once, and its requests in flight finish.
 
 pub mod action;
 pub mod balance;
