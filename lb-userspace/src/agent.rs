@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     balancer::Balancer,
-    config::{Config, Target, TargetGroup},
+    config::{Config, Protocol, Target, TargetGroup},
     health::{
         self,
-        checker::{Checker, GroupSpec},
+        checker::{Checker, GroupSpec, View},
     },
 };
 
@@ -59,6 +59,8 @@ pub struct Registration {
 pub struct TargetRow {
     pub target_group: String,
     pub id: IpAddr,
+    /// The port of a target of an HTTP group (L4 targets get every port of their listener).
+    pub port: Option<u16>,
     pub weight: u32,
     pub zone: Option<String>,
     /// AWS target state: `healthy`, `unhealthy`, `initial`, `draining`, `unavailable`.
@@ -73,6 +75,16 @@ pub struct TargetRow {
     pub source: String,
 }
 
+impl TargetRow {
+    /// The target as operators name it: `address:port` in HTTP groups, the address in L4 ones.
+    pub fn target(&self) -> String {
+        match self.port {
+            Some(port) => SocketAddr::new(self.id, port).to_string(),
+            None => self.id.to_string(),
+        }
+    }
+}
+
 /// The agent: the file, the overlay, draining, and the balancer it drives.
 pub struct Agent {
     pub path: PathBuf,
@@ -82,8 +94,10 @@ pub struct Agent {
     draining: BTreeMap<(String, IpAddr), Instant>,
     pub lb: Balancer,
     pub started: Instant,
-    /// Runs the target groups' health checks; its events go to the serve loop.
+    /// Runs the L4 target groups' health checks; its events go to the serve loop.
     checker: Checker,
+    /// The L7 tier's checks of HTTP target groups, which it runs itself.
+    pub l7_health: Option<View>,
 }
 
 impl Agent {
@@ -108,6 +122,7 @@ impl Agent {
             lb,
             started: Instant::now(),
             checker,
+            l7_health: None,
         };
         // A drain that was under way when the last agent stopped goes on until its end.
         let now = unix_now();
@@ -133,12 +148,10 @@ impl Agent {
             .file
             .target_groups
             .iter()
-            .filter(|g| g.health_check.is_some())
+            .filter(|g| g.health_check.is_some() && g.protocol != Protocol::Http)
             .map(|g| {
-                (
-                    g.name.as_str(),
-                    health::routable(&self.checker.states(&g.name)),
-                )
+                let up = health::routable(&self.checker.states(&g.name));
+                (g.name.as_str(), up.iter().map(SocketAddr::ip).collect())
             })
             .collect();
         let out_of_service = |g: &str, id: IpAddr| {
@@ -148,22 +161,24 @@ impl Agent {
         effective(&self.file, &self.overlay, &out_of_service)
     }
 
-    /// The health checks for the current targets (states of targets that stay are kept).
+    /// The health checks for the current L4 targets (states of targets that stay are kept);
+    /// the L7 tier checks HTTP groups.
     fn update_checks(&mut self) {
         let cfg = effective(&self.file, &self.overlay, &|_, _| false);
         let specs: Vec<GroupSpec> = cfg
             .target_groups
             .iter()
+            .filter(|g| g.protocol != Protocol::Http)
             .filter_map(|g| {
                 let hc = g.health_check.as_ref()?;
                 let targets = g
                     .targets
                     .iter()
-                    .map(|t| t.id)
-                    .filter(|id| !self.draining.contains_key(&(g.name.clone(), *id)));
+                    .filter(|t| !self.draining.contains_key(&(g.name.clone(), t.id)))
+                    .map(|t| SocketAddr::new(t.id, g.port));
                 Some(GroupSpec {
                     name: g.name.clone(),
-                    check: hc.spec(g.port),
+                    check: hc.spec(),
                     targets: targets.collect(),
                     deregistration_delay: g.deregistration_delay(),
                 })
@@ -271,13 +286,21 @@ impl Agent {
     pub fn targets(&mut self, group: Option<&str>) -> Result<Vec<TargetRow>> {
         let flows = self.lb.flows_per_target()?;
         let cfg = self.effective();
-        let snapshot = self.checker.snapshot();
+        let mut snapshot = self.checker.snapshot();
+        snapshot.extend(self.l7_health.iter().flat_map(View::snapshot));
         let mut rows = Vec::new();
         for g in cfg
             .target_groups
             .iter()
             .filter(|g| group.is_none_or(|n| n == g.name))
         {
+            // The L7 tier's view of an HTTP group: checked targets it routes to (fail open).
+            let states: Vec<(SocketAddr, health::State)> = snapshot
+                .iter()
+                .filter(|s| g.protocol == Protocol::Http && s.group == g.name)
+                .map(|s| (s.target, s.health.state))
+                .collect();
+            let l7_up = (!states.is_empty()).then(|| health::routable(&states));
             for t in &g.targets {
                 let key = (g.name.clone(), t.id);
                 let draining = self.draining.contains_key(&key);
@@ -300,9 +323,11 @@ impl Agent {
                     .find(|r| r.target_group == g.name && r.id == t.id)
                     .map(|r| r.weight);
                 let weight = configured.or(registered).unwrap_or(0);
+                let port = (g.protocol == Protocol::Http).then(|| t.port.unwrap_or(g.port));
+                let traffic = SocketAddr::new(t.id, port.unwrap_or(g.port));
                 let checked = snapshot
                     .iter()
-                    .find(|s| s.group == g.name && s.target == t.id);
+                    .find(|s| s.group == g.name && s.target == traffic);
                 let (state, reason) = match (draining, checked) {
                     (true, _) => (
                         "draining".to_owned(),
@@ -320,12 +345,16 @@ impl Agent {
                 rows.push(TargetRow {
                     target_group: g.name.clone(),
                     id: t.id,
+                    port,
                     weight,
                     zone: t.zone.clone(),
                     state,
                     reason,
                     flows: flows.get(&t.id).copied().unwrap_or(0),
-                    in_service: t.weight > 0,
+                    in_service: match &l7_up {
+                        Some(up) => up.contains(&traffic),
+                        None => t.weight > 0,
+                    },
                     source: if from_api { "api" } else { "file" }.into(),
                 });
             }

@@ -244,10 +244,19 @@ impl Config {
 
     /// Parses and validates `text` (named `path` in errors).
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })?;
+        for tg in cfg.target_groups.iter_mut() {
+            if let Some(hc) = tg
+                .health_check
+                .as_mut()
+                .filter(|_| tg.protocol == Protocol::Http)
+            {
+                hc.default_protocol(crate::health::CheckProtocol::Http);
+            }
+        }
         let invalid = |key: String, message: String| ConfigError::Invalid {
             path: path.to_owned(),
             key,
@@ -384,6 +393,7 @@ impl Config {
                         })
                         .collect(),
                     attributes: tg.attributes.clone(),
+                    health_check: tg.health_check.clone(),
                 })
                 .collect(),
             http_listeners: self.http_listeners.clone(),

@@ -249,7 +249,7 @@ fn run(cli: Cli) -> Result<()> {
                             println!(
                                 "{:<12} {:<28} {:>6} {:<8} {:<12} {:<32} {:>8} {:<6}",
                                 t.target_group,
-                                t.id,
+                                t.target(),
                                 t.weight,
                                 t.zone.unwrap_or_else(|| "-".into()),
                                 t.state,
@@ -411,7 +411,10 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
         let (l7_stop, l7_stopped) = tokio::sync::oneshot::channel::<()>();
         let (log_tx, mut access_log) = tokio::sync::mpsc::channel::<String>(1024);
         let l7 = (!agent.file.http_listeners.is_empty()).then(|| {
-            tokio::spawn(xlb::l7::serve(l7_rx, Some(log_tx), async {
+            let checks = xlb::health::checker::Checker::new();
+            // `xlb targets list` shows the L7 tier's health checks with the agent's.
+            agent.l7_health = Some(checks.0.view());
+            tokio::spawn(xlb::l7::serve(l7_rx, Some(log_tx), checks, async {
                 let _ = l7_stopped.await;
             }))
         });
@@ -444,12 +447,7 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
                     tokio::spawn(xlb::metrics::serve(stream, body));
                 }
                 Some(event) = health.recv() => {
-                    tracing::info!(
-                        target_group = %event.group, target = %event.target,
-                        from = %event.from, to = %event.to,
-                        reason = event.reason.map(|r| r.to_string()).unwrap_or_default(),
-                        "target health changed"
-                    );
+                    event.log();
                     // One rebuild for a burst of changes.
                     while health.try_recv().is_ok() {}
                     agent.apply()?;

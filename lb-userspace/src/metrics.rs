@@ -64,9 +64,10 @@ pub fn render(agent: &mut Agent) -> Result<String> {
         if row.state != "draining" {
             fam.get_or_create(&group).inc();
         }
+        let target = row.target();
         let lab = vec![
             ("target_group".to_owned(), row.target_group),
-            ("target".to_owned(), row.id.to_string()),
+            ("target".to_owned(), target),
             ("state".to_owned(), row.state),
         ];
         flows.get_or_create(&lab).set(row.flows as i64);

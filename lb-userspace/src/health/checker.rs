@@ -15,22 +15,24 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
 use tokio::{sync::mpsc, task::AbortHandle, time::Instant};
 
-use crate::health::{CheckSpec, Health, ProbeResult, Reason, State, Transition, probe::Prober};
+use crate::health::{
+    CheckPort, CheckSpec, Health, ProbeResult, Reason, State, Transition, probe::Prober,
+};
 
 /// A target group's checks, as the checker runs them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupSpec {
     pub name: String,
     pub check: CheckSpec,
-    /// The registered targets (duplicates are checked once).
-    pub targets: Vec<IpAddr>,
+    /// The registered targets by the address they get traffic on (duplicates are checked once).
+    pub targets: Vec<SocketAddr>,
     /// How long a removed target stays `draining` (`deregistration_delay.timeout_seconds`).
     pub deregistration_delay: Duration,
 }
@@ -39,25 +41,38 @@ pub struct GroupSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub group: String,
-    pub target: IpAddr,
+    pub target: SocketAddr,
     pub from: State,
     pub to: State,
     /// The reason for `to` (none for `healthy`).
     pub reason: Option<Reason>,
 }
 
+impl Event {
+    /// Logs the change, for operators.
+    pub fn log(&self) {
+        tracing::info!(
+            target_group = %self.group, target = %self.target,
+            from = %self.from, to = %self.to,
+            reason = self.reason.map(|r| r.to_string()).unwrap_or_default(),
+            "target health changed"
+        );
+    }
+}
+
 /// One target in [`Checker::snapshot`] (ELB's `TargetHealthDescription`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetStatus {
     pub group: String,
-    pub target: IpAddr,
+    /// Where the target gets traffic.
+    pub target: SocketAddr,
     /// The port checked.
     pub port: u16,
     pub health: Health,
 }
 
-/// (target group, target address).
-type Key = (String, IpAddr);
+/// (target group, target traffic address): the same address may serve several ports.
+type Key = (String, SocketAddr);
 
 /// What the tasks share with the [`Checker`].
 struct Shared {
@@ -67,6 +82,7 @@ struct Shared {
 
 struct Entry {
     health: Health,
+    /// The port checked.
     port: u16,
     /// Which registration the running task serves; results from other tasks are stale.
     generation: u64,
@@ -157,13 +173,13 @@ impl Checker {
     pub fn update(&mut self, groups: &[GroupSpec]) {
         let mut wanted: BTreeMap<Key, (&GroupSpec, Duration)> = BTreeMap::new();
         for g in groups {
-            let mut ips = g.targets.clone();
-            ips.sort();
-            ips.dedup();
-            let n = ips.len() as u32;
-            for (i, ip) in (0u32..).zip(ips) {
+            let mut addrs = g.targets.clone();
+            addrs.sort();
+            addrs.dedup();
+            let n = addrs.len() as u32;
+            for (i, addr) in (0u32..).zip(addrs) {
                 let first = g.check.interval * i / n;
-                wanted.insert((g.name.clone(), ip), (g, first));
+                wanted.insert((g.name.clone(), addr), (g, first));
             }
         }
         let shared = self.shared.clone();
@@ -188,9 +204,10 @@ impl Checker {
         }
         for (key, (group, first)) in wanted {
             let generation = self.generation();
+            let port = probed(&group.check, key.1).port();
             let entry = targets.entry(key.clone()).or_insert_with(|| Entry {
                 health: Health::new(),
-                port: group.check.port,
+                port,
                 generation,
                 deregistration_delay: group.deregistration_delay,
             });
@@ -215,7 +232,7 @@ impl Checker {
                 continue;
             }
             entry.generation = generation;
-            entry.port = group.check.port;
+            entry.port = port;
             let task = tokio::spawn(probe_loop(
                 self.shared.clone(),
                 self.prober.clone(),
@@ -233,25 +250,21 @@ impl Checker {
 
     /// Every registered and draining target, ordered by group and address.
     pub fn snapshot(&self) -> Vec<TargetStatus> {
-        self.shared
-            .lock()
-            .iter()
-            .map(|((group, target), e)| TargetStatus {
-                group: group.clone(),
-                target: *target,
-                port: e.port,
-                health: e.health.clone(),
-            })
-            .collect()
+        self.view().snapshot()
+    }
+
+    /// A read-only view of the targets' states, for another task (the control API).
+    pub fn view(&self) -> View {
+        View(self.shared.clone())
     }
 
     /// The states of `group`'s targets, as [`routable`](crate::health::routable) takes them.
-    pub fn states(&self, group: &str) -> Vec<(IpAddr, State)> {
+    pub fn states(&self, group: &str) -> Vec<(SocketAddr, State)> {
         self.shared
             .lock()
             .iter()
             .filter(|((g, _), _)| g == group)
-            .map(|((_, ip), e)| (*ip, e.health.state))
+            .map(|((_, addr), e)| (*addr, e.health.state))
             .collect()
     }
 
@@ -267,6 +280,34 @@ impl Checker {
     }
 }
 
+/// What a checker's targets look like now; cheap to clone, and stays valid as the checker runs.
+#[derive(Clone)]
+pub struct View(Arc<Shared>);
+
+impl View {
+    /// Every registered and draining target, ordered by group and address.
+    pub fn snapshot(&self) -> Vec<TargetStatus> {
+        self.0
+            .lock()
+            .iter()
+            .map(|((group, target), e)| TargetStatus {
+                group: group.clone(),
+                target: *target,
+                port: e.port,
+                health: e.health.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The address a check of `target` goes to: its traffic port, or the check's own port.
+fn probed(check: &CheckSpec, target: SocketAddr) -> SocketAddr {
+    match check.port {
+        CheckPort::TrafficPort => target,
+        CheckPort::Port(p) => SocketAddr::new(target.ip(), p),
+    }
+}
+
 /// Probes `key` every `check.interval`, the first time after `first`, until its registration
 /// (`generation`) ends.
 async fn probe_loop(
@@ -277,7 +318,7 @@ async fn probe_loop(
     generation: u64,
     first: Duration,
 ) {
-    let addr = SocketAddr::new(key.1, check.port);
+    let addr = probed(&check, key.1);
     let mut next = Instant::now() + first;
     loop {
         tokio::time::sleep_until(next).await;
@@ -298,7 +339,7 @@ async fn drain(shared: Arc<Shared>, key: Key, generation: u64, delay: Duration) 
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::atomic::Ordering, time::Instant as StdInstant};
+    use std::{net::IpAddr, sync::atomic::Ordering, time::Instant as StdInstant};
 
     use tokio::net::TcpListener;
 
@@ -324,7 +365,7 @@ mod tests {
     ) -> CheckSpec {
         CheckSpec {
             kind,
-            port,
+            port: CheckPort::Port(port),
             interval: Duration::from_millis(interval_ms),
             timeout: Duration::from_millis(interval_ms / 2),
             thresholds: Thresholds { healthy, unhealthy },
@@ -335,9 +376,14 @@ mod tests {
         GroupSpec {
             name: "web".into(),
             check,
-            targets: targets.to_vec(),
+            targets: targets.iter().map(|ip| traffic(*ip)).collect(),
             deregistration_delay: Duration::from_millis(300),
         }
+    }
+
+    /// A target's traffic address; the checks here name their own port.
+    fn traffic(ip: IpAddr) -> SocketAddr {
+        SocketAddr::new(ip, 1)
     }
 
     async fn next(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
@@ -350,7 +396,7 @@ mod tests {
     fn ev(target: IpAddr, from: State, to: State, reason: Option<Reason>) -> Event {
         Event {
             group: "web".into(),
-            target,
+            target: traffic(target),
             from,
             to,
             reason,
@@ -360,7 +406,7 @@ mod tests {
     fn state_of(c: &Checker, target: IpAddr) -> Option<State> {
         c.states("web")
             .into_iter()
-            .find(|(ip, _)| *ip == target)
+            .find(|(addr, _)| addr.ip() == target)
             .map(|(_, s)| s)
     }
 
@@ -392,7 +438,7 @@ mod tests {
                 snap[0].port,
                 snap[0].health.state
             ),
-            ("web", LOCAL, port, State::Healthy)
+            ("web", traffic(LOCAL), port, State::Healthy)
         );
     }
 
@@ -539,7 +585,7 @@ mod tests {
         // All that remain are unhealthy: fail open to them, never to the draining one.
         assert_eq!(
             crate::health::routable(&c.states("web")),
-            vec![LOCAL2, LOCAL3]
+            vec![traffic(LOCAL2), traffic(LOCAL3)]
         );
         assert_eq!(
             next(&mut rx).await,
@@ -616,7 +662,7 @@ mod tests {
         while healthy.len() < 2 {
             let e = next(&mut rx).await;
             if e.to == State::Healthy {
-                healthy.push((e.target, start.elapsed()));
+                healthy.push((e.target.ip(), start.elapsed()));
             }
         }
         // Sorted by address: LOCAL first, at once; LOCAL2 half an interval later.

@@ -1,5 +1,6 @@
 //! Active health checks with the semantics of AWS ELB target groups, independent of BPF: the
-//! agent feeds the results into which targets go into the Maglev rings.
+//! agent feeds the results into which targets go into the Maglev rings, and the L7 tier into
+//! which targets of an HTTP target group take requests (each runs its own [`checker`]).
 //!
 //! - This file: the `health_check` config block ([`HealthCheck`], keys and defaults as AWS), the
 //!   target states and reason codes with their AWS spellings ([`State`], [`Reason`]), the pure
@@ -36,10 +37,10 @@ use crate::health::probe::{ProbeError, ProbeKind};
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
-    /// `TCP` by default: xlb's target groups are NLB ones (TCP/UDP), and NLB's default health
-    /// check protocol for them is TCP (ALB's is HTTP).
+    /// Unset: `TCP`, NLB's default, for TCP/UDP groups; HTTP groups get ALB's default, `HTTP`,
+    /// through [`HealthCheck::default_protocol`].
     #[serde(default)]
-    pub protocol: CheckProtocol,
+    pub protocol: Option<CheckProtocol>,
     /// A port number or `"traffic-port"` (the target group's port, the default).
     #[serde(default)]
     pub port: CheckPort,
@@ -78,7 +79,7 @@ const fn default_unhealthy() -> u32 {
 impl Default for HealthCheck {
     fn default() -> Self {
         HealthCheck {
-            protocol: CheckProtocol::default(),
+            protocol: None,
             port: CheckPort::default(),
             path: None,
             interval_seconds: default_interval(),
@@ -228,8 +229,8 @@ impl<'de> Deserialize<'de> for Matcher {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckSpec {
     pub kind: ProbeKind,
-    /// The port probed on each target.
-    pub port: u16,
+    /// The port probed on each target: its traffic port, or one for all.
+    pub port: CheckPort,
     pub interval: Duration,
     /// Bounds the whole probe: connect, TLS handshake, request and status line.
     pub timeout: Duration,
@@ -275,7 +276,7 @@ impl HealthCheck {
         if self.port == CheckPort::Port(0) {
             return Err("port: 0 is outside 1..=65535".into());
         }
-        if self.protocol == CheckProtocol::Tcp {
+        if self.protocol() == CheckProtocol::Tcp {
             if self.path.is_some() {
                 return Err("path: TCP health checks take no path".into());
             }
@@ -298,20 +299,27 @@ impl HealthCheck {
         Ok(())
     }
 
-    /// What the checker runs for a target group whose traffic port is `traffic_port`.
-    pub fn spec(&self, traffic_port: u16) -> CheckSpec {
+    /// Sets the protocol if the file did not: HTTP target groups check over HTTP, as ALB's.
+    pub fn default_protocol(&mut self, protocol: CheckProtocol) {
+        self.protocol.get_or_insert(protocol);
+    }
+
+    /// The protocol checks use.
+    pub fn protocol(&self) -> CheckProtocol {
+        self.protocol.unwrap_or_default()
+    }
+
+    /// What the checker runs.
+    pub fn spec(&self) -> CheckSpec {
         let path = self.path.clone().unwrap_or_else(|| "/".to_owned());
         let matcher = self.matcher.clone().unwrap_or_default();
         CheckSpec {
-            kind: match self.protocol {
+            kind: match self.protocol() {
                 CheckProtocol::Tcp => ProbeKind::Tcp,
                 CheckProtocol::Http => ProbeKind::Http { path, matcher },
                 CheckProtocol::Https => ProbeKind::Https { path, matcher },
             },
-            port: match self.port {
-                CheckPort::TrafficPort => traffic_port,
-                CheckPort::Port(p) => p,
-            },
+            port: self.port,
             interval: Duration::from_secs(self.interval_seconds.into()),
             timeout: Duration::from_secs(self.timeout_seconds.into()),
             thresholds: Thresholds {
@@ -521,9 +529,9 @@ mod tests {
         let hc = parse("[health_check]").unwrap();
         assert_eq!(hc, HealthCheck::default());
         hc.validate().unwrap();
-        let spec = hc.spec(8080);
+        let spec = hc.spec();
         assert_eq!(spec.kind, ProbeKind::Tcp);
-        assert_eq!(spec.port, 8080);
+        assert_eq!(spec.port, CheckPort::TrafficPort);
         assert_eq!(spec.interval, Duration::from_secs(30));
         assert_eq!(spec.timeout, Duration::from_secs(5));
         assert_eq!(
@@ -533,9 +541,7 @@ mod tests {
                 unhealthy: 2
             }
         );
-        let http = parse("[health_check]\nprotocol = \"HTTP\"")
-            .unwrap()
-            .spec(80);
+        let http = parse("[health_check]\nprotocol = \"HTTP\"").unwrap().spec();
         assert_eq!(
             http.kind,
             ProbeKind::Http {
@@ -561,8 +567,8 @@ matcher = "200-299,301"
         )
         .unwrap();
         hc.validate().unwrap();
-        let spec = hc.spec(443);
-        assert_eq!(spec.port, 8443);
+        let spec = hc.spec();
+        assert_eq!(spec.port, CheckPort::Port(8443));
         let ProbeKind::Https { path, matcher } = spec.kind else {
             panic!("{:?}", spec.kind)
         };
@@ -594,7 +600,7 @@ matcher = "200-299,301"
     #[test]
     fn validate_names_the_key() {
         let http = HealthCheck {
-            protocol: CheckProtocol::Http,
+            protocol: Some(CheckProtocol::Http),
             ..HealthCheck::default()
         };
         for (hc, want) in [

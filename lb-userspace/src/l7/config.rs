@@ -3,9 +3,15 @@
 //! [`L7Config::validate`] checks what types cannot say (references, ranges, ALB's constraints) and
 //! names the key at fault. Nothing here runs: [`super::serve`] compiles a validated config.
 
-use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use ipnet::IpNet;
+
+use crate::health::CheckProtocol;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -51,10 +57,23 @@ pub struct HttpTargetGroup {
     #[serde(default)]
     pub targets: Vec<HttpTarget>,
     /// ALB attributes by their AWS names: `load_balancing.algorithm.type`
-    /// (`round_robin` | `least_outstanding_requests`), `stickiness.enabled`, `stickiness.type`
-    /// (`lb_cookie`), `stickiness.lb_cookie.duration_seconds` (1..=604800, default 86400).
+    /// (`round_robin` | `least_outstanding_requests`), `slow_start.duration_seconds` (0 or
+    /// 30..=900, round robin only), `stickiness.enabled`, `stickiness.type` (`lb_cookie` |
+    /// `app_cookie`), `stickiness.lb_cookie.duration_seconds` and
+    /// `stickiness.app_cookie.duration_seconds` (1..=604800, default 86400),
+    /// `stickiness.app_cookie.cookie_name`.
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
+    /// Active health checks, with the keys of the L4 groups; none: every target is in service.
+    #[serde(default)]
+    pub health_check: Option<crate::health::HealthCheck>,
+}
+
+impl HttpTargetGroup {
+    /// Where `target` gets requests.
+    pub fn addr(&self, target: &HttpTarget) -> SocketAddr {
+        SocketAddr::new(target.id, target.port.unwrap_or(self.port))
+    }
 }
 
 /// The protocol xlb uses toward a target group's targets.
@@ -278,16 +297,35 @@ const fn default_stickiness_seconds() -> u32 {
     86_400
 }
 
-/// Target group attributes, with their allowed values (`None`: checked by [`group_attribute`]).
-const GROUP_ATTRIBUTES: &[(&str, Option<&[&str]>)] = &[
+/// What a target group attribute takes.
+enum Value {
+    OneOf(&'static [&'static str]),
+    /// A stickiness duration: 1..=604800 seconds.
+    Duration,
+    /// `slow_start.duration_seconds`: 0 (off) or 30..=900.
+    SlowStart,
+    /// The application's cookie, for `app_cookie` stickiness.
+    CookieName,
+}
+
+/// Target group attributes, with what they take.
+const GROUP_ATTRIBUTES: &[(&str, Value)] = &[
     (
         "load_balancing.algorithm.type",
-        Some(&["round_robin", "least_outstanding_requests"]),
+        Value::OneOf(&["round_robin", "least_outstanding_requests"]),
     ),
-    ("stickiness.enabled", Some(&["true", "false"])),
-    ("stickiness.type", Some(&["lb_cookie"])),
-    ("stickiness.lb_cookie.duration_seconds", None),
+    ("slow_start.duration_seconds", Value::SlowStart),
+    ("stickiness.enabled", Value::OneOf(&["true", "false"])),
+    (
+        "stickiness.type",
+        Value::OneOf(&["lb_cookie", "app_cookie"]),
+    ),
+    ("stickiness.lb_cookie.duration_seconds", Value::Duration),
+    ("stickiness.app_cookie.duration_seconds", Value::Duration),
+    ("stickiness.app_cookie.cookie_name", Value::CookieName),
 ];
+/// Cookie names ALB keeps for itself (`AWSALB`, `AWSALBAPP-*`, `AWSALBTG`): one prefix covers all.
+const RESERVED_COOKIE_PREFIX: &str = "AWSALB";
 /// Listener attributes, checked by [`listener_attribute`].
 const LISTENER_ATTRIBUTES: &[&str] = &["idle_timeout.timeout_seconds"];
 /// Content types ALB allows in a fixed response.
@@ -315,7 +353,14 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 impl L7Config {
     /// Parses and validates a file that holds only the L7 keys (tests, or a file of its own).
     pub fn parse(text: &str) -> Result<L7Config, ConfigError> {
-        let cfg: L7Config = toml::from_str(text)?;
+        let mut cfg: L7Config = toml::from_str(text)?;
+        for hc in cfg
+            .target_groups
+            .iter_mut()
+            .filter_map(|tg| tg.health_check.as_mut())
+        {
+            hc.default_protocol(CheckProtocol::Http);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -332,6 +377,11 @@ impl L7Config {
             for (k, v) in &tg.attributes {
                 group_attribute(k, v)
                     .map_err(|m| invalid(format!("{at}.attributes.\"{k}\""), m))?;
+            }
+            check_group_combinations(tg, &at)?;
+            if let Some(hc) = &tg.health_check {
+                hc.validate()
+                    .map_err(|m| invalid(format!("{at}.health_check"), m))?;
             }
         }
         let mut bound = std::collections::BTreeSet::new();
@@ -585,18 +635,61 @@ fn check_conditions(conditions: &[Condition], at: &str) -> Result<(), ConfigErro
     Ok(())
 }
 
+/// Checks the attributes that depend on each other (ALB's constraints).
+fn check_group_combinations(tg: &HttpTargetGroup, at: &str) -> Result<(), ConfigError> {
+    let attr = |k: &str| tg.attributes.get(k).map(String::as_str);
+    let key = |k: &str| format!("{at}.attributes.\"{k}\"");
+    if attr("slow_start.duration_seconds").is_some_and(|v| v != "0")
+        && attr("load_balancing.algorithm.type") == Some("least_outstanding_requests")
+    {
+        return Err(invalid(
+            key("slow_start.duration_seconds"),
+            "slow start cannot be used with least_outstanding_requests",
+        ));
+    }
+    if attr("stickiness.enabled") == Some("true")
+        && attr("stickiness.type") == Some("app_cookie")
+        && attr("stickiness.app_cookie.cookie_name").is_none()
+    {
+        return Err(invalid(
+            key("stickiness.app_cookie.cookie_name"),
+            "app_cookie stickiness needs the application's cookie name",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks one target group attribute.
 fn group_attribute(key: &str, value: &str) -> Result<(), String> {
-    let Some((_, allowed)) = GROUP_ATTRIBUTES.iter().find(|(k, _)| *k == key) else {
+    let Some((_, takes)) = GROUP_ATTRIBUTES.iter().find(|(k, _)| *k == key) else {
         return Err("unknown attribute".into());
     };
-    match allowed {
-        Some(allowed) if !allowed.contains(&value) => {
+    match takes {
+        Value::OneOf(allowed) if !allowed.contains(&value) => {
             Err(format!("{value:?} is not one of {allowed:?}"))
         }
-        Some(_) => Ok(()),
-        None => seconds(value, 1, 604_800).map(|_| ()),
+        Value::OneOf(_) => Ok(()),
+        Value::Duration => seconds(value, 1, 604_800).map(|_| ()),
+        Value::SlowStart => match value.parse::<u64>() {
+            Ok(0 | 30..=900) => Ok(()),
+            _ => Err(format!("{value:?} is not 0 (off) or 30..=900 seconds")),
+        },
+        Value::CookieName => app_cookie_name(value),
     }
+}
+
+/// An application cookie name: a cookie token (RFC 6265) outside ALB's own names.
+fn app_cookie_name(name: &str) -> Result<(), String> {
+    if name.starts_with(RESERVED_COOKIE_PREFIX) {
+        return Err(format!(
+            "{name:?} starts with {RESERVED_COOKIE_PREFIX:?}, which ALB keeps for its own cookies"
+        ));
+    }
+    let separator = |c: char| "()<>@,;:\\\"/[]?={}".contains(c);
+    if name.is_empty() || name.chars().any(|c| !c.is_ascii_graphic() || separator(c)) {
+        return Err(format!("{name:?} is not a cookie name"));
+    }
+    Ok(())
 }
 
 /// Checks one listener attribute.
@@ -698,6 +791,33 @@ actions = [{ type = "fixed-response", status_code = 200, content_type = "text/pl
     }
 
     #[test]
+    fn health_checks_and_app_cookies() {
+        let text = EXAMPLE
+            .replacen(
+                "port = 9000\n",
+                "port = 9000\nhealth_check = { path = \"/health\" }\n",
+                1,
+            )
+            .replacen(
+                "\"stickiness.type\" = \"lb_cookie\"",
+                "\"stickiness.type\" = \"app_cookie\", \"stickiness.app_cookie.cookie_name\" = \"SESSION\"",
+                1,
+            );
+        let c = L7Config::parse(&text).unwrap();
+        // ALB's default for HTTP groups, where L4 groups default to TCP.
+        let hc = c.target_groups[1].health_check.as_ref().unwrap();
+        assert_eq!(hc.protocol(), CheckProtocol::Http);
+        let e = refused(
+            "port = 9000\n",
+            "port = 9000\nhealth_check = { interval_seconds = 1 }\n",
+        );
+        assert!(
+            e.starts_with("target_groups[1] (img).health_check: interval_seconds"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_and_fields_are_refused() {
         assert!(refused("priority = 10", "priority = 10\nweight = 1").contains("weight"));
         let e = refused("field = \"host-header\"", "field = \"host\"");
@@ -727,7 +847,27 @@ actions = [{ type = "fixed-response", status_code = 200, content_type = "text/pl
             (
                 "\"stickiness.type\" = \"lb_cookie\"",
                 "\"stickiness.type\" = \"app_cookie\"",
-                "stickiness.type",
+                "stickiness.app_cookie.cookie_name\": app_cookie stickiness needs",
+            ),
+            (
+                "\"stickiness.type\" = \"lb_cookie\"",
+                "\"stickiness.type\" = \"app_cookie\", \"stickiness.app_cookie.cookie_name\" = \"AWSALBAPP-1\"",
+                "\"AWSALBAPP-1\" starts with \"AWSALB\"",
+            ),
+            (
+                "\"stickiness.type\" = \"lb_cookie\"",
+                "\"stickiness.type\" = \"app_cookie\", \"stickiness.app_cookie.cookie_name\" = \"a b\"",
+                "not a cookie name",
+            ),
+            (
+                "\"stickiness.type\" = \"lb_cookie\"",
+                "\"load_balancing.algorithm.type\" = \"least_outstanding_requests\", \"slow_start.duration_seconds\" = \"30\"",
+                "(web).attributes.\"slow_start.duration_seconds\": slow start cannot be used with least_outstanding_requests",
+            ),
+            (
+                "\"stickiness.type\" = \"lb_cookie\"",
+                "\"slow_start.duration_seconds\" = \"29\"",
+                "not 0 (off) or 30..=900",
             ),
             ("port = 8000", "port = 0", "http_listeners[0].port"),
             (

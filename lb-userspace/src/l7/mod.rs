@@ -4,7 +4,7 @@
 //! - [`config`]: the `[[http_listeners]]` and HTTP `[[target_groups]]` keys, validated.
 //! - [`rules`]: conditions and their matching (ALB wildcards, priority order).
 //! - [`action`]: the answers the load balancer makes itself (redirect, fixed response).
-//! - [`balance`]: target group and target choice, stickiness cookies.
+//! - [`balance`]: target group and target choice: health, slow start, stickiness cookies.
 //! - [`desync`]: the raw HTTP/1 framing check against request smuggling.
 //! - [`proxy`]: one request's phases, from the desync check to the access log entry.
 //! - [`upstream`]: the clients toward targets (HTTP/1.1 or HTTP/2, clear or TLS).
@@ -17,6 +17,11 @@
 //! rules, targets and certificates without closing a connection; listeners that appear or
 //! disappear are bound or drained. A reload that fails (a certificate that does not load, a port
 //! taken) changes nothing and is reported on stderr.
+//!
+//! Target groups with a `health_check` are checked by a [`Checker`] (the one L4 groups use), run
+//! here: each state change flips the target's flag in [`balance::Counters`] and nothing is
+//! rebuilt. HTTP groups have no deregistration delay yet: a target removed by a reload leaves
+//! at once, and its requests in flight finish.
 
 pub mod action;
 pub mod balance;
@@ -34,7 +39,7 @@ use std::{
     future::Future,
     net::SocketAddr,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
@@ -46,6 +51,8 @@ use tokio::{
 };
 
 pub use config::{ConfigError, L7Config};
+
+use crate::health::checker::{Checker, Event, GroupSpec};
 
 use self::{
     action::{FixedResponse, Redirect},
@@ -84,22 +91,31 @@ struct Running {
 }
 
 /// Serves the listeners of `config` until `shutdown` resolves, applying each config sent on the
-/// channel. Access log lines go to `access_log` if given. Fails only if the first config cannot
-/// be applied; later failures keep the running config and are printed.
+/// channel. Access log lines go to `access_log` if given. `checks` (from [`Checker::new`]) runs
+/// the target groups' health checks; keep its [`view`](Checker::view) to see their states.
+/// Fails only if the first config cannot be applied; later failures keep the running config and
+/// are printed.
 pub async fn serve(
     mut config: watch::Receiver<Arc<L7Config>>,
     access_log: Option<mpsc::Sender<String>>,
+    checks: (Checker, mpsc::UnboundedReceiver<Event>),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), L7Error> {
+    let (mut checker, mut health) = checks;
     let shared = Arc::new(Shared::new(log::AccessLog::new(access_log)));
     let mut running = HashMap::new();
     let first = config.borrow_and_update().clone();
     apply(&first, &shared, &mut running).await?;
+    checker.update(&health_checks(&first));
     tokio::pin!(shutdown);
     let mut updates = true;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            Some(event) = health.recv() => {
+                event.log();
+                shared.counters.observe(&event, Instant::now());
+            }
             changed = config.changed(), if updates => {
                 if changed.is_err() {
                     // The sender is gone: no more reloads, keep serving until shutdown.
@@ -107,8 +123,9 @@ pub async fn serve(
                     continue;
                 }
                 let next = config.borrow_and_update().clone();
-                if let Err(e) = apply(&next, &shared, &mut running).await {
-                    eprintln!("xlb: L7 reload refused, keeping the running listeners: {e}");
+                match apply(&next, &shared, &mut running).await {
+                    Ok(()) => checker.update(&health_checks(&next)),
+                    Err(e) => eprintln!("xlb: L7 reload refused, keeping the running listeners: {e}"),
                 }
             }
         }
@@ -130,8 +147,7 @@ async fn apply(
     shared: &Arc<Shared>,
     running: &mut HashMap<SocketAddr, Running>,
 ) -> Result<(), L7Error> {
-    let groups = balance::compile(&cfg.target_groups, &shared.counters);
-    let mut states = Vec::new();
+    let mut tls_configs = Vec::new();
     for l in &cfg.http_listeners {
         let addr = SocketAddr::new(l.address, l.port);
         let tls = match l.protocol {
@@ -141,11 +157,10 @@ async fn apply(
                     .map_err(|source| L7Error::Tls { addr, source })?,
             ),
         };
-        let route = Arc::new(compile_route(l, addr, &groups));
-        states.push((addr, State { route, tls }));
+        tls_configs.push((l, addr, tls));
     }
     let mut bound = HashMap::new();
-    for (addr, _) in &states {
+    for (_, addr, _) in &tls_configs {
         if !running.contains_key(addr) {
             let socket = TcpListener::bind(addr)
                 .await
@@ -166,6 +181,15 @@ async fn apply(
         })
         .collect();
     shared.upstream.retain(&origins);
+    // Only now that nothing can fail: compiling forgets the state of targets that left.
+    let groups = balance::compile(&cfg.target_groups, &shared.counters, Instant::now());
+    let states: Vec<(SocketAddr, State)> = tls_configs
+        .into_iter()
+        .map(|(l, addr, tls)| {
+            let route = Arc::new(compile_route(l, addr, &groups));
+            (addr, State { route, tls })
+        })
+        .collect();
     let keep: Vec<SocketAddr> = states.iter().map(|(a, _)| *a).collect();
     for (addr, state) in states {
         match (running.get(&addr), bound.remove(&addr)) {
@@ -197,6 +221,21 @@ async fn apply(
         }
     }
     Ok(())
+}
+
+/// The health checks of `cfg`'s target groups that have one.
+fn health_checks(cfg: &L7Config) -> Vec<GroupSpec> {
+    cfg.target_groups
+        .iter()
+        .filter_map(|tg| {
+            Some(GroupSpec {
+                name: tg.name.clone(),
+                check: tg.health_check.as_ref()?.spec(),
+                targets: tg.targets.iter().map(|t| tg.addr(t)).collect(),
+                deregistration_delay: Duration::ZERO,
+            })
+        })
+        .collect()
 }
 
 /// A listener's rules and actions, compiled against the config's groups.

@@ -34,7 +34,7 @@ use thiserror::Error;
 
 use super::{
     action::{FixedResponse, Redirect, RedirectInput},
-    balance::{self, Counters, Group, InFlight, Pick, WeightedGroups},
+    balance::{self, Counters, Group, InFlight, Pick, Stickiness, WeightedGroups},
     config::{ListenerProtocol, ProtocolVersion},
     log::{AccessLog, Entry},
     rules::{RequestView, RuleSet, strip_port},
@@ -252,11 +252,14 @@ pub fn upstream_peer<'a>(
         .ok_or_else(|| ProxyError::NoTarget {
             group: "(weighted forward)".into(),
         })?;
-    let pick = group
-        .pick(cookie(headers, balance::TARGET_COOKIE))
-        .ok_or_else(|| ProxyError::NoTarget {
-            group: group.name.clone(),
-        })?;
+    let sticky = group.stickiness.as_ref().and_then(|s| match s {
+        // As ALB: the client sends the application's cookie with ours, or sticks no more.
+        Stickiness::AppCookie { cookie_name, .. } if cookie(headers, cookie_name).is_none() => None,
+        _ => cookie(headers, s.cookie()),
+    });
+    let pick = group.pick(sticky).ok_or_else(|| ProxyError::NoTarget {
+        group: group.name.clone(),
+    })?;
     Ok((group, pick))
 }
 
@@ -430,8 +433,19 @@ fn set_cookie(name: &str, value: &str, duration: Duration) -> Option<HeaderValue
     HeaderValue::from_str(&format!("{name}={value}; Expires={expires}; Path=/")).ok()
 }
 
+/// Whether `headers` set cookie `name`.
+fn sets_cookie(headers: &HeaderMap, name: &str) -> bool {
+    headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split_once('='))
+        .any(|(k, _)| k.trim() == name)
+}
+
 /// Phase 6 (forward): the target's response as the client gets it: hop-by-hop headers gone
-/// (unless switching protocols), stickiness cookies (re)issued on every response, as ALB.
+/// (unless switching protocols), stickiness cookies issued as ALB does: `AWSALB` and `AWSALBTG`
+/// on every response, `AWSALBAPP-0` when the target sets the application cookie.
 pub fn response_filter(
     resp: &mut Response<Incoming>,
     groups: &WeightedGroups,
@@ -441,8 +455,14 @@ pub fn response_filter(
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(resp.headers_mut(), switching);
     let headers = resp.headers_mut();
-    if let Some(d) = group.stickiness
-        && let Some(c) = set_cookie(balance::TARGET_COOKIE, target.cookie(), d)
+    let issue = match &group.stickiness {
+        Some(Stickiness::AppCookie { cookie_name, .. }) => sets_cookie(headers, cookie_name),
+        Some(Stickiness::LbCookie { .. }) => true,
+        None => false,
+    };
+    if issue
+        && let Some(s) = group.sticky_cookie(target, Instant::now())
+        && let Some(c) = set_cookie(s.name, &s.value, s.expires)
     {
         headers.append(header::SET_COOKIE, c);
     }
@@ -782,8 +802,9 @@ mod tests {
                 port: 80,
                 targets: Vec::new(),
                 attributes: Default::default(),
+                health_check: None,
             };
-            Group::new(&tg, &Counters::default())
+            Group::new(&tg, &Counters::default(), std::time::Instant::now())
         };
         let (h1, h2, g) = (
             group(ProtocolVersion::Http1),
@@ -847,5 +868,17 @@ mod tests {
         assert_eq!(cookie(&h, "AWSALB"), Some("xyz"));
         assert_eq!(cookie(&h, "AWSALBTG"), Some("tg"));
         assert_eq!(cookie(&h, "b"), None);
+    }
+
+    #[test]
+    fn set_cookies_are_found_by_name() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("SESSION=1; Path=/"),
+        );
+        assert!(sets_cookie(&h, "SESSION"));
+        assert!(!sets_cookie(&h, "SESS"));
+        assert!(!sets_cookie(&HeaderMap::new(), "SESSION"));
     }
 }

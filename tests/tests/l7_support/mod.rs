@@ -22,7 +22,10 @@ use tokio::{
     net::TcpListener,
     sync::{mpsc, oneshot, watch},
 };
-use xlb::l7::L7Config;
+use xlb::{
+    health::checker::{Checker, TargetStatus, View},
+    l7::L7Config,
+};
 
 /// A free port on 127.0.0.1 (bound, then released for the server under test).
 pub fn free_port() -> u16 {
@@ -39,6 +42,8 @@ pub struct Lab {
     config: Option<watch::Sender<Arc<L7Config>>>,
     lb: Option<tokio::task::JoinHandle<Result<(), xlb::l7::L7Error>>>,
     log: Option<mpsc::Receiver<String>>,
+    /// The L7 tier's health checks.
+    health: Option<View>,
 }
 
 impl Lab {
@@ -54,6 +59,7 @@ impl Lab {
             config: None,
             lb: None,
             log: None,
+            health: None,
         }
     }
 
@@ -94,17 +100,33 @@ impl Lab {
     /// Starts xlb's L7 tier on `toml`; panics if the config or the start fails.
     pub fn start(&mut self, toml: &str) {
         let cfg = L7Config::parse(toml).unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
+        self.start_config(cfg);
+    }
+
+    /// Starts xlb's L7 tier on `cfg` as it is, so tests may set values the file refuses
+    /// (health checks every second); panics if the start fails.
+    pub fn start_config(&mut self, cfg: L7Config) {
+        let listeners = cfg.clone();
         let (tx, rx) = watch::channel(Arc::new(cfg));
         let (log_tx, log_rx) = mpsc::channel(1024);
         let (stop, stopped) = oneshot::channel::<()>();
         self.stops.push(stop);
-        let lb = self.rt.spawn(xlb::l7::serve(rx, Some(log_tx), async {
-            let _ = stopped.await;
-        }));
+        let checks = Checker::new();
+        self.health = Some(checks.0.view());
+        let lb = self
+            .rt
+            .spawn(xlb::l7::serve(rx, Some(log_tx), checks, async {
+                let _ = stopped.await;
+            }));
         self.config = Some(tx);
         self.lb = Some(lb);
         self.log = Some(log_rx);
-        wait_listening(toml);
+        wait_listening(&listeners);
+    }
+
+    /// The health of every checked target.
+    pub fn health(&self) -> Vec<TargetStatus> {
+        self.health.as_ref().map(View::snapshot).unwrap_or_default()
     }
 
     /// Applies a new config to the running tier.
@@ -113,10 +135,10 @@ impl Lab {
         self.config
             .as_ref()
             .expect("started")
-            .send(Arc::new(cfg))
+            .send(Arc::new(cfg.clone()))
             .expect("xlb is running");
         // New listeners can be seen accepting; swapped rules cannot, so give them a moment.
-        wait_listening(toml);
+        wait_listening(&cfg);
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -154,9 +176,8 @@ impl Drop for Lab {
     }
 }
 
-/// Waits (5 s at most) until every listener of `toml` accepts connections.
-fn wait_listening(toml: &str) {
-    let cfg = L7Config::parse(toml).unwrap_or_else(|e| panic!("config: {e}"));
+/// Waits (5 s at most) until every listener of `cfg` accepts connections.
+fn wait_listening(cfg: &L7Config) {
     for l in &cfg.http_listeners {
         let addr = SocketAddr::new(l.address, l.port);
         let up = (0..100).any(|_| {
