@@ -410,8 +410,9 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
         let (l7_config, l7_rx) = tokio::sync::watch::channel(std::sync::Arc::new(agent.file.l7()));
         let (l7_stop, l7_stopped) = tokio::sync::oneshot::channel::<()>();
         let (log_tx, mut access_log) = tokio::sync::mpsc::channel::<String>(1024);
+        let l7_metrics = std::sync::Arc::new(xlb::metrics::L7Metrics::default());
         let l7 = (!agent.file.http_listeners.is_empty()).then(|| {
-            tokio::spawn(xlb::l7::serve(l7_rx, Some(log_tx), async {
+            tokio::spawn(xlb::l7::serve(l7_rx, Some(log_tx), l7_metrics.clone(), async {
                 let _ = l7_stopped.await;
             }))
         });
@@ -440,7 +441,7 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
                 }
                 conn = async { metrics.as_ref().expect("guarded").accept().await }, if metrics.is_some() => {
                     let (stream, _) = conn?;
-                    let body = xlb::metrics::render(&mut agent)?;
+                    let body = xlb::metrics::render(&mut agent, &l7_metrics)?;
                     tokio::spawn(xlb::metrics::serve(stream, body));
                 }
                 Some(event) = health.recv() => {

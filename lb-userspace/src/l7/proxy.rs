@@ -33,6 +33,8 @@ use hyper_util::{
 };
 use thiserror::Error;
 
+use crate::metrics::{L7Metrics, RouteMetrics};
+
 use super::{
     action::{FixedResponse, Redirect, RedirectInput},
     balance::{self, Counters, Group, InFlight, Pick, WeightedGroups},
@@ -141,6 +143,7 @@ pub struct Route {
     pub rules: RuleSet<Act>,
     /// ALB's `idle_timeout.timeout_seconds`: for idle connections and for targets' answers.
     pub idle_timeout: Duration,
+    pub metrics: RouteMetrics,
 }
 
 /// What every listener shares, across reloads.
@@ -149,11 +152,12 @@ pub struct Shared {
     pub client: Client<HttpConnector, Incoming>,
     pub counters: Counters,
     pub log: AccessLog,
+    pub metrics: Arc<L7Metrics>,
 }
 
 impl Shared {
     /// A pooled keep-alive HTTP/1.1 client toward targets.
-    pub fn new(log: AccessLog) -> Shared {
+    pub fn new(log: AccessLog, metrics: Arc<L7Metrics>) -> Shared {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -164,6 +168,7 @@ impl Shared {
             client,
             counters: Counters::default(),
             log,
+            metrics,
         }
     }
 }
@@ -503,7 +508,10 @@ pub async fn handle(
             entry.action = Some(act.name());
             run(act, req, &route, &conn, &shared, &mut outcome).await
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            route.metrics.listener.desync.inc();
+            Err(e)
+        }
     };
     let resp = result.unwrap_or_else(|e| {
         entry.error_reason = Some(format!("{:?}: {e}", e.fault()));
@@ -514,6 +522,15 @@ pub async fn handle(
     entry.target_status = outcome.target_status;
     entry.redirect_url = outcome.redirect_url;
     entry.elb_status = resp.status().as_u16();
+    if let Some(m) = route
+        .metrics
+        .request(entry.matched_rule_priority, entry.target_group.as_deref())
+    {
+        m.record(
+            entry.elb_status,
+            entry.target_status.zip(outcome.target_time),
+        );
+    }
     let total = started.elapsed();
     match outcome.target_time {
         Some(t) => {

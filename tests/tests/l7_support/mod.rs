@@ -22,7 +22,7 @@ use tokio::{
     net::TcpListener,
     sync::{mpsc, oneshot, watch},
 };
-use xlb::l7::L7Config;
+use xlb::{l7::L7Config, metrics::L7Metrics};
 
 /// A free port on 127.0.0.1 (bound, then released for the server under test).
 pub fn free_port() -> u16 {
@@ -39,6 +39,8 @@ pub struct Lab {
     config: Option<watch::Sender<Arc<L7Config>>>,
     lb: Option<tokio::task::JoinHandle<Result<(), xlb::l7::L7Error>>>,
     log: Option<mpsc::Receiver<String>>,
+    /// What xlb counts, for the metrics tests.
+    pub metrics: Arc<L7Metrics>,
 }
 
 impl Lab {
@@ -54,6 +56,7 @@ impl Lab {
             config: None,
             lb: None,
             log: None,
+            metrics: Arc::default(),
         }
     }
 
@@ -98,9 +101,14 @@ impl Lab {
         let (log_tx, log_rx) = mpsc::channel(1024);
         let (stop, stopped) = oneshot::channel::<()>();
         self.stops.push(stop);
-        let lb = self.rt.spawn(xlb::l7::serve(rx, Some(log_tx), async {
-            let _ = stopped.await;
-        }));
+        let lb = self.rt.spawn(xlb::l7::serve(
+            rx,
+            Some(log_tx),
+            self.metrics.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         self.config = Some(tx);
         self.lb = Some(lb);
         self.log = Some(log_rx);
@@ -129,6 +137,11 @@ impl Lab {
             }
         }
         out
+    }
+
+    /// Runs `task` on the lab's runtime until the lab is dropped.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.rt.spawn(task);
     }
 
     /// Runs a future on the lab's runtime.
