@@ -87,15 +87,19 @@ struct Quoted<'a>(Option<&'a str>);
 
 impl fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.0.unwrap_or("-");
+        let mut rest = self.0.unwrap_or("-");
         f.write_str("\"")?;
-        for c in s.chars() {
+        // Plain runs go out whole; only the characters that need escaping one by one.
+        while let Some(i) = rest.find(|c: char| c == '"' || c == '\\' || c.is_control()) {
+            f.write_str(&rest[..i])?;
+            let c = rest[i..].chars().next().unwrap_or_default();
             match c {
                 '"' | '\\' => write!(f, "\\{c}")?,
-                c if c.is_control() => write!(f, "\\x{:02x}", u32::from(c))?,
-                c => write!(f, "{c}")?,
+                c => write!(f, "\\x{:02x}", u32::from(c))?,
             }
+            rest = &rest[i + c.len_utf8()..];
         }
+        f.write_str(rest)?;
         f.write_str("\"")
     }
 }
@@ -174,6 +178,13 @@ mod tests {
         );
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert!(Iso8601(leap).to_string().starts_with("2000-02-29T"));
+    }
+
+    #[test]
+    fn quoted_fields_escape_quotes_backslashes_and_controls() {
+        let q = Quoted(Some("a\"b\\c\x01é d")).to_string();
+        assert_eq!(q, "\"a\\\"b\\\\c\\x01é d\"");
+        assert_eq!(Quoted(None).to_string(), "\"-\"");
     }
 
     #[test]

@@ -62,6 +62,10 @@ struct Args {
     h2_connections: usize,
     #[arg(long, default_value_t = 8)]
     h2_streams: usize,
+    /// Another xlb binary (e.g. built from main), measured alongside as `xlb_baseline`: a
+    /// before/after comparison in one interleaved run.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 /// Set by SIGINT/SIGTERM; checked between runs, so the namespace and processes are cleaned up.
@@ -82,6 +86,13 @@ struct Proxy {
     http: u16,
     https: u16,
 }
+
+/// Where the `--baseline` build listens.
+const BASELINE: Proxy = Proxy {
+    name: "xlb_baseline",
+    http: 8084,
+    https: 8444,
+};
 
 const PROXIES: [Proxy; 3] = [
     Proxy {
@@ -295,8 +306,12 @@ fn main() -> Result<()> {
     };
 
     let mut bench = Bench::new(args.workers)?;
-    start_servers(&mut bench, args.workers)?;
-    for p in PROXIES {
+    start_servers(&mut bench, &args)?;
+    let mut proxies = PROXIES.to_vec();
+    if args.baseline.is_some() {
+        proxies.insert(1, BASELINE);
+    }
+    for &p in &proxies {
         check_answers(&bench, p)?;
     }
 
@@ -313,9 +328,9 @@ fn main() -> Result<()> {
         "wrk against the backend itself: the ceiling",
     );
     for load in [Load::H1, Load::Tls, Load::H2] {
-        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); PROXIES.len()];
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); proxies.len()];
         for _ in 0..rounds {
-            for (i, p) in PROXIES.iter().enumerate() {
+            for (i, p) in proxies.iter().enumerate() {
                 ensure!(!STOP.load(Ordering::Relaxed), "interrupted");
                 let s = match load {
                     Load::H1 => wrk(
@@ -343,7 +358,7 @@ fn main() -> Result<()> {
                 samples[i].push(s);
             }
         }
-        for (p, s) in PROXIES.iter().zip(&samples) {
+        for (p, s) in proxies.iter().zip(&samples) {
             results.add(
                 &format!("l7.{}.{}", p.name, load.name()),
                 s,
@@ -365,7 +380,8 @@ fn main() -> Result<()> {
 }
 
 /// Writes the certificate and the configs, and starts the backend and the three proxies.
-fn start_servers(bench: &mut Bench, workers: usize) -> Result<()> {
+fn start_servers(bench: &mut Bench, args: &Args) -> Result<()> {
+    let workers = args.workers;
     let (cert, key, both) = (
         bench.path("cert.pem"),
         bench.path("key.pem"),
@@ -414,21 +430,12 @@ fn start_servers(bench: &mut Bench, workers: usize) -> Result<()> {
     bench.wait_port("backend", BACKEND_PORT)?;
 
     let cpus = bench.proxy_cpus.clone();
-    let xlb = xlb_bin()?;
-    let xlb_conf = bench.path("xlb.toml");
-    std::fs::write(&xlb_conf, xlb_config(bench, &cert, &key))?;
-    let threads = workers.to_string();
-    bench.spawn(
-        "xlb",
-        &cpus,
-        &[
-            xlb.to_str().context("xlb path")?,
-            "run",
-            "--config",
-            &xlb_conf,
-        ],
-        &[("TOKIO_WORKER_THREADS", threads)],
-    )?;
+    // The peer of the baseline's veth: each agent attaches its XDP program to an interface of
+    // its own.
+    start_xlb(bench, PROXIES[0], "xlb0", &xlb_bin()?, &cert, &key, workers)?;
+    if let Some(baseline) = &args.baseline {
+        start_xlb(bench, BASELINE, "xlb1", baseline, &cert, &key, workers)?;
+    }
     let haproxy = bench.path("haproxy.cfg");
     std::fs::write(&haproxy, haproxy_config(workers, &both))?;
     bench.spawn("haproxy", &cpus, &["haproxy", "-db", "-f", &haproxy], &[])?;
@@ -448,35 +455,56 @@ fn start_servers(bench: &mut Bench, workers: usize) -> Result<()> {
         ],
         &[],
     )?;
-    for p in PROXIES {
+    for p in PROXIES
+        .into_iter()
+        .chain(args.baseline.as_ref().map(|_| BASELINE))
+    {
         bench.wait_port(p.name, p.http)?;
         bench.wait_port(p.name, p.https)?;
     }
     Ok(())
 }
 
-fn xlb_config(bench: &Bench, cert: &str, key: &str) -> String {
+/// Starts `xlb run` as `p`, its XDP program on `iface`.
+fn start_xlb(
+    bench: &mut Bench,
+    p: Proxy,
+    iface: &str,
+    bin: &Path,
+    cert: &str,
+    key: &str,
+    workers: usize,
+) -> Result<()> {
     let listener = |port: u16, tls: &str| {
         format!(
             "[[http_listeners]]\naddress = \"127.0.0.1\"\nport = {port}\n{tls}\
              default_action = {{ type = \"forward\", target_group = \"web\" }}\n\n"
         )
     };
-    format!(
-        "[node]\ninterface = \"xlb0\"\nxdp_mode = \"generic\"\npin_dir = {:?}\n\
+    let config = format!(
+        "[node]\ninterface = \"{iface}\"\nxdp_mode = \"generic\"\npin_dir = {:?}\n\
          api_socket = {:?}\nstate_file = {:?}\n\n\
          [[target_groups]]\nname = \"web\"\nprotocol = \"HTTP\"\nport = {BACKEND_PORT}\n\
          targets = [{{ id = \"127.0.0.1\" }}]\n\n{}{}",
-        bench.pins.display().to_string(),
-        bench.path("xlb.sock"),
-        bench.path("state.json"),
-        listener(PROXIES[0].http, "protocol = \"HTTP\"\n"),
+        bench.pins.join(p.name).display().to_string(),
+        bench.path(&format!("{}.sock", p.name)),
+        bench.path(&format!("{}-state.json", p.name)),
+        listener(p.http, "protocol = \"HTTP\"\n"),
         listener(
-            PROXIES[0].https,
+            p.https,
             &format!(
                 "protocol = \"HTTPS\"\ncertificates = [{{ cert = {cert:?}, key = {key:?} }}]\n"
             )
         ),
+    );
+    let path = bench.path(&format!("{}.toml", p.name));
+    std::fs::write(&path, config)?;
+    let cpus = bench.proxy_cpus.clone();
+    bench.spawn(
+        p.name,
+        &cpus,
+        &[bin.to_str().context("xlb path")?, "run", "--config", &path],
+        &[("TOKIO_WORKER_THREADS", workers.to_string())],
     )
 }
 
