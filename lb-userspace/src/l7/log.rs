@@ -3,12 +3,15 @@
 //! best effort: a full channel drops the line rather than slow requests down.
 
 use std::{
-    fmt,
+    fmt::{self, Write as _},
     net::SocketAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::sync::mpsc;
+
+/// Bytes reserved for a line.
+const LINE_CAPACITY: usize = 512;
 
 /// Where access log lines go.
 #[derive(Debug, Clone, Default)]
@@ -23,8 +26,11 @@ impl AccessLog {
     /// Sends one entry unless the log is off or full.
     pub fn write(&self, entry: &Entry) {
         if let Some(tx) = &self.0 {
+            // Room for a typical line up front: no reallocation while it is written.
+            let mut line = String::with_capacity(LINE_CAPACITY);
+            let _ = write!(line, "{entry}");
             // Best effort, as ALB: a slow reader loses lines, requests do not wait.
-            let _ = tx.try_send(entry.to_string());
+            let _ = tx.try_send(line);
         }
     }
 }

@@ -11,6 +11,7 @@
 
 use std::{
     convert::Infallible,
+    fmt::Write as _,
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
@@ -353,15 +354,13 @@ pub fn upstream_request_filter(
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     let xff = HeaderName::from_static("x-forwarded-for");
-    let client = conn.client.ip().to_string();
     // ALB's default `append` mode: every earlier hop, in order, then the client.
-    let chain = headers
-        .get_all(&xff)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .chain([client.as_str()])
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut chain = String::new();
+    for hop in headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()) {
+        chain.push_str(hop);
+        chain.push_str(", ");
+    }
+    let _ = write!(chain, "{}", conn.client.ip());
     let value = |s: &str| HeaderValue::from_str(s).map_err(|e| forward_error(e.to_string()));
     headers.insert(xff, value(&chain)?);
     headers.insert(
