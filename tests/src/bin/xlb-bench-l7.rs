@@ -413,25 +413,11 @@ fn start_servers(bench: &mut Bench, args: &Args) -> Result<()> {
     let backend = bench.path("backend.conf");
     std::fs::write(&backend, nginx_backend(&bench.dir))?;
     let load = bench.load_cpus.clone();
-    bench.spawn(
-        "backend",
-        &load,
-        &[
-            "nginx",
-            "-p",
-            &bench.path(""),
-            "-e",
-            &bench.path("backend-error.log"),
-            "-c",
-            &backend,
-        ],
-        &[],
-    )?;
+    start_nginx(bench, "backend", &load, &backend)?;
     bench.wait_port("backend", BACKEND_PORT)?;
 
     let cpus = bench.proxy_cpus.clone();
-    // The peer of the baseline's veth: each agent attaches its XDP program to an interface of
-    // its own.
+    // Each agent attaches its XDP program to an interface of its own: the baseline to the peer.
     start_xlb(bench, PROXIES[0], "xlb0", &xlb_bin()?, &cert, &key, workers)?;
     if let Some(baseline) = &args.baseline {
         start_xlb(bench, BASELINE, "xlb1", baseline, &cert, &key, workers)?;
@@ -441,20 +427,7 @@ fn start_servers(bench: &mut Bench, args: &Args) -> Result<()> {
     bench.spawn("haproxy", &cpus, &["haproxy", "-db", "-f", &haproxy], &[])?;
     let nginx = bench.path("nginx.conf");
     std::fs::write(&nginx, nginx_proxy(&bench.dir, workers, &cert, &key))?;
-    bench.spawn(
-        "nginx",
-        &cpus,
-        &[
-            "nginx",
-            "-p",
-            &bench.path(""),
-            "-e",
-            &bench.path("nginx-error.log"),
-            "-c",
-            &nginx,
-        ],
-        &[],
-    )?;
+    start_nginx(bench, "nginx", &cpus, &nginx)?;
     for p in PROXIES
         .into_iter()
         .chain(args.baseline.as_ref().map(|_| BASELINE))
@@ -463,6 +436,17 @@ fn start_servers(bench: &mut Bench, args: &Args) -> Result<()> {
         bench.wait_port(p.name, p.https)?;
     }
     Ok(())
+}
+
+/// Starts nginx as `name` with `config`, its prefix and error log in the temporary directory.
+fn start_nginx(bench: &mut Bench, name: &'static str, cpus: &str, config: &str) -> Result<()> {
+    let (prefix, errors) = (bench.path(""), bench.path(&format!("{name}-error.log")));
+    bench.spawn(
+        name,
+        cpus,
+        &["nginx", "-p", &prefix, "-e", &errors, "-c", config],
+        &[],
+    )
 }
 
 /// Starts `xlb run` as `p`, its XDP program on `iface`.
