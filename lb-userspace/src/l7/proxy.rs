@@ -144,6 +144,7 @@ pub struct Route {
     pub rules: RuleSet<Act>,
     /// ALB's `idle_timeout.timeout_seconds`: for idle connections and for targets' answers.
     pub idle_timeout: Duration,
+    /// Metric handles of the listener and of each rule, resolved once per config.
     pub metrics: RouteMetrics,
 }
 
@@ -153,6 +154,7 @@ pub struct Shared {
     pub client: Client<HttpConnector, Incoming>,
     pub counters: Counters,
     pub log: AccessLog,
+    /// The metric families the routes resolve their handles from.
     pub metrics: Arc<L7Metrics>,
 }
 
