@@ -409,12 +409,14 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
         // The L7 tier, when the config has HTTP listeners; reloads reach it through `l7_config`.
         let (l7_config, l7_rx) = tokio::sync::watch::channel(std::sync::Arc::new(agent.file.l7()));
         let (l7_stop, l7_stopped) = tokio::sync::oneshot::channel::<()>();
-        let (log_tx, mut access_log) = tokio::sync::mpsc::channel::<String>(1024);
+        let (log_tx, access_log) = tokio::sync::mpsc::channel::<String>(ACCESS_LOG_LINES);
+        let access_log = std::thread::spawn(move || write_access_log(access_log));
+        let l7_metrics = std::sync::Arc::new(xlb::metrics::L7Metrics::default());
         let l7 = (!agent.file.http_listeners.is_empty()).then(|| {
             let checks = xlb::health::checker::Checker::new();
             // `xlb targets list` shows the L7 tier's health checks with the agent's.
             agent.l7_health = Some(checks.0.view());
-            tokio::spawn(xlb::l7::serve(l7_rx, Some(log_tx), checks, async {
+            tokio::spawn(xlb::l7::serve(l7_rx, Some(log_tx), l7_metrics.clone(), checks, async {
                 let _ = l7_stopped.await;
             }))
         });
@@ -443,7 +445,7 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
                 }
                 conn = async { metrics.as_ref().expect("guarded").accept().await }, if metrics.is_some() => {
                     let (stream, _) = conn?;
-                    let body = xlb::metrics::render(&mut agent)?;
+                    let body = xlb::metrics::render(&mut agent, &l7_metrics)?;
                     tokio::spawn(xlb::metrics::serve(stream, body));
                 }
                 Some(event) = health.recv() => {
@@ -457,7 +459,6 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
                         tracing::info!(target_group = %g, target = %id, "target finished draining");
                     }
                 }
-                Some(line) = access_log.recv() => println!("{line}"),
                 _ = hup.recv() => match agent.reload() {
                     Ok(()) => tracing::info!(config = %agent.path.display(), "reloaded"),
                     Err(e) => tracing::warn!(error = format!("{e:#}"), "reload refused, keeping the running config"),
@@ -480,11 +481,44 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
             let _ = l7_stop.send(());
             task.await??;
         }
+        // The L7 tier is gone and its log channel closed: the writer ends with the last line.
+        if access_log.join().is_err() {
+            tracing::warn!("the access log writer panicked");
+        }
         anyhow::Ok(())
     })?;
     print!("{}", xlb::stats::table(&mut agent.lb)?);
     println!("xlb: stopped; the datapath stays attached (`xlb stop --detach` removes it)");
     Ok(())
+}
+
+/// How long the access log writer gathers lines after a write: under load, one wake-up and one
+/// write per this many milliseconds rather than per request.
+const ACCESS_LOG_BATCH: Duration = Duration::from_millis(5);
+/// Lines the access log holds before the L7 tier drops them: a batch at a few 100k requests/s.
+const ACCESS_LOG_LINES: usize = 8192;
+
+/// Writes access log lines to stdout, as many as are waiting in one write, until the channel
+/// closes. A thread of its own, so requests never wake the agent's loop and a stdout that blocks
+/// never holds up a runtime worker: the channel fills, and the L7 tier then drops lines rather
+/// than wait (best effort, as ALB's log).
+fn write_access_log(mut lines: tokio::sync::mpsc::Receiver<String>) {
+    use std::io::Write as _;
+    let mut buf = Vec::new();
+    while let Some(first) = lines.blocking_recv() {
+        buf.clear();
+        let mut next = Some(first);
+        while let Some(line) = next {
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+            next = lines.try_recv().ok();
+        }
+        if std::io::stdout().lock().write_all(&buf).is_err() {
+            return;
+        }
+        // Senders do not wake a thread that is not waiting: let the next batch gather.
+        std::thread::sleep(ACCESS_LOG_BATCH);
+    }
 }
 
 /// Every address of this host (network namespace), for the decap program.

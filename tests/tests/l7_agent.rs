@@ -22,7 +22,8 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
         .collect();
     let config = |body: &str| {
         format!(
-            "[node]\ninterface = \"eth0\"\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n\n\
+            "[node]\ninterface = \"eth0\"\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n\
+             metrics_address = \"127.0.0.1:9100\"\n\n\
              [[target_groups]]\nname = \"web\"\nprotocol = \"HTTP\"\nport = 80\ntargets = [{}]\n\n\
              [[http_listeners]]\naddress = \"{LB_V4}\"\nport = 8080\nprotocol = \"HTTP\"\n\
              default_action = {{ type = \"forward\", target_groups = [{{ name = \"web\" }}] }}\n\n\
@@ -81,6 +82,31 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
             "reload not applied: {body}"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // ALB's metrics on the agent's endpoint: nine forwards, each answered by a target.
+    let metrics = lab
+        .exec(
+            Role::Lb,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:9100/metrics",
+            ],
+        )
+        .expect("curl metrics");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let forwarded =
+        format!("{{listener=\"{LB_V4}:8080\",rule=\"default\",target_group=\"web\"}} 9");
+    for name in [
+        "xlb_request_count_total",
+        "xlb_httpcode_target_2xx_count_total",
+    ] {
+        assert!(
+            metrics.contains(&format!("{name}{forwarded}")),
+            "{name}{forwarded} in\n{metrics}"
+        );
     }
     let log = agent.stop().expect("xlb stops cleanly");
     assert!(

@@ -39,7 +39,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the benchmarks and print a table (and JSON with `--json FILE`).
+    /// Run the benchmarks and print a table (and JSON with `--json FILE`); `bench l7` compares
+    /// the L7 tier with HAProxy and nginx, `bench pktgen` drives the kernel's pktgen in the VM.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -83,6 +84,12 @@ fn main() -> Result<()> {
             // pktgen drives the kernel's generator in the VM (or out of a real NIC with --dev).
             if args.first().map(String::as_str) == Some("pktgen") {
                 return vm::pktgen(&args[1..]);
+            }
+            // The L7 tier against HAProxy and nginx, with the real agent.
+            if args.first().map(String::as_str) == Some("l7") {
+                setup::run()?;
+                build_xlb()?;
+                return tool("xlb-bench-l7", &args[1..]);
             }
             setup::run()?;
             tool("xlb-bench", &args)

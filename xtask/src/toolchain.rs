@@ -9,5 +9,16 @@ pub const BPF_TARGET: &str = "bpfel-unknown-none";
 /// bpf-linker release, and the cargo feature that selects rustc's LLVM major version.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
-/// Debian packages used by the build, the lab and the tests.
-pub const DEBIAN_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl", "procps", "openssl"];
+/// Debian packages used by the build, the lab, the tests and the benchmarks (HAProxy, nginx,
+/// wrk and h2load for `bench l7`).
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "curl",
+    "procps",
+    "openssl",
+    "haproxy",
+    "nginx",
+    "wrk",
+    "nghttp2-client",
+];

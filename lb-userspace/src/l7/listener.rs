@@ -27,6 +27,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use rustls::ServerConfig;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -68,7 +69,10 @@ pub async fn run(
                     conns.spawn(conn);
                 }
                 // Out of descriptors and the like: wait a little rather than spin.
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(_) => {
+                    state.load().route.metrics.listener.rejected_connections.inc();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             () = stopped(&mut stop) => break,
@@ -118,6 +122,22 @@ impl Activity {
     }
 }
 
+/// Counts a connection as open (`active_connection_count`) until dropped.
+struct Open(Gauge);
+
+impl Open {
+    fn new(gauge: &Gauge) -> Open {
+        gauge.inc();
+        Open(gauge.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Counts a request as in flight on its connection until dropped.
 struct Busy(Arc<Activity>);
 
@@ -135,21 +155,28 @@ impl Drop for Busy {
     }
 }
 
-/// A client stream (after TLS) that records when bytes last moved, and shows what it reads to
-/// the connection's [`Framing`].
+/// A client stream (after TLS) that records when bytes last moved and how many, and shows what
+/// it reads to the connection's [`Framing`].
 struct Watched<S> {
     inner: S,
     activity: Arc<Activity>,
     framing: desync::Shared,
+    bytes: Counter,
 }
 
 impl<S> Watched<S> {
-    fn new(inner: S, activity: &Arc<Activity>, framing: &desync::Shared) -> Self {
+    fn new(inner: S, activity: &Arc<Activity>, framing: &desync::Shared, bytes: &Counter) -> Self {
         Watched {
             inner,
             activity: activity.clone(),
             framing: framing.clone(),
+            bytes: bytes.clone(),
         }
+    }
+
+    fn moved(&self, n: usize) {
+        self.activity.touch();
+        self.bytes.inc_by(n as u64);
     }
 }
 
@@ -162,7 +189,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.moved(buf.filled().len() - before);
             Framing::feed_shared(&self.framing, &buf.filled()[before..]);
         }
         r
@@ -176,8 +203,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.moved(n);
         }
         r
     }
@@ -188,8 +217,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.moved(n);
         }
         r
     }
@@ -219,6 +250,9 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let now = state.load_full();
     let idle = now.route.idle_timeout;
+    let metrics = now.route.metrics.listener.clone();
+    metrics.new_connections.inc();
+    let _open = Open::new(&metrics.active_connections);
     let activity = Arc::new(Activity {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
@@ -227,14 +261,20 @@ async fn connection(
     let framing = Framing::shared();
     let Some(tls) = &now.tls else {
         let conn = Arc::new(Conn { client, tls: None });
-        let stream = Watched::new(stream, &activity, &framing);
+        let stream = Watched::new(stream, &activity, &framing, &metrics.processed_bytes);
         serve(stream, conn, state, shared, (activity, framing), stop, idle).await;
         return;
     };
     let handshake = TlsAcceptor::from(tls.clone()).accept(stream);
     // A client that never finishes its handshake is idle too.
-    let Ok(Ok(stream)) = tokio::time::timeout(idle, handshake).await else {
-        return;
+    let stream = match tokio::time::timeout(idle, handshake).await {
+        Ok(Ok(stream)) => stream,
+        // A client that leaves before saying anything (a port probe) started no TLS.
+        Ok(Err(e)) if e.kind() != io::ErrorKind::UnexpectedEof => {
+            metrics.tls_errors.inc();
+            return;
+        }
+        _ => return,
     };
     let session = stream.get_ref().1;
     let info = TlsInfo {
@@ -254,7 +294,7 @@ async fn connection(
         client,
         tls: Some(info),
     });
-    let stream = Watched::new(stream, &activity, &framing);
+    let stream = Watched::new(stream, &activity, &framing, &metrics.processed_bytes);
     serve(stream, conn, state, shared, (activity, framing), stop, idle).await;
 }
 

@@ -3,12 +3,15 @@
 //! best effort: a full channel drops the line rather than slow requests down.
 
 use std::{
-    fmt,
+    fmt::{self, Write as _},
     net::SocketAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::sync::mpsc;
+
+/// Bytes reserved for a line.
+const LINE_CAPACITY: usize = 512;
 
 /// Where access log lines go.
 #[derive(Debug, Clone, Default)]
@@ -23,8 +26,11 @@ impl AccessLog {
     /// Sends one entry unless the log is off or full.
     pub fn write(&self, entry: &Entry) {
         if let Some(tx) = &self.0 {
+            // Room for a typical line up front: no reallocation while it is written.
+            let mut line = String::with_capacity(LINE_CAPACITY);
+            let _ = write!(line, "{entry}");
             // Best effort, as ALB: a slow reader loses lines, requests do not wait.
-            let _ = tx.try_send(entry.to_string());
+            let _ = tx.try_send(line);
         }
     }
 }
@@ -87,15 +93,19 @@ struct Quoted<'a>(Option<&'a str>);
 
 impl fmt::Display for Quoted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.0.unwrap_or("-");
+        let mut rest = self.0.unwrap_or("-");
         f.write_str("\"")?;
-        for c in s.chars() {
+        // Plain runs go out whole; only the characters that need escaping one by one.
+        while let Some(i) = rest.find(|c: char| c == '"' || c == '\\' || c.is_control()) {
+            f.write_str(&rest[..i])?;
+            let c = rest[i..].chars().next().unwrap_or_default();
             match c {
                 '"' | '\\' => write!(f, "\\{c}")?,
-                c if c.is_control() => write!(f, "\\x{:02x}", u32::from(c))?,
-                c => write!(f, "{c}")?,
+                c => write!(f, "\\x{:02x}", u32::from(c))?,
             }
+            rest = &rest[i + c.len_utf8()..];
         }
+        f.write_str(rest)?;
         f.write_str("\"")
     }
 }
@@ -174,6 +184,13 @@ mod tests {
         );
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert!(Iso8601(leap).to_string().starts_with("2000-02-29T"));
+    }
+
+    #[test]
+    fn quoted_fields_escape_quotes_backslashes_and_controls() {
+        let q = Quoted(Some("a\"b\\c\x01é d")).to_string();
+        assert_eq!(q, "\"a\\\"b\\\\c\\x01é d\"");
+        assert_eq!(Quoted(None).to_string(), "\"-\"");
     }
 
     #[test]

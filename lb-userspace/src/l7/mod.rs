@@ -53,6 +53,7 @@ use tokio::{
 pub use config::{ConfigError, L7Config};
 
 use crate::health::checker::{Checker, Event, GroupSpec};
+use crate::metrics::L7Metrics;
 
 use self::{
     action::{FixedResponse, Redirect},
@@ -91,18 +92,19 @@ struct Running {
 }
 
 /// Serves the listeners of `config` until `shutdown` resolves, applying each config sent on the
-/// channel. Access log lines go to `access_log` if given. `checks` (from [`Checker::new`]) runs
-/// the target groups' health checks; keep its [`view`](Checker::view) to see their states.
-/// Fails only if the first config cannot be applied; later failures keep the running config and
-/// are printed.
+/// channel. Access log lines go to `access_log` if given; counts go to `metrics`. `checks` (from
+/// [`Checker::new`]) runs the target groups' health checks; keep its [`view`](Checker::view) to
+/// see their states. Fails only if the first config cannot be applied; later failures keep the
+/// running config and are printed.
 pub async fn serve(
     mut config: watch::Receiver<Arc<L7Config>>,
     access_log: Option<mpsc::Sender<String>>,
+    metrics: Arc<L7Metrics>,
     checks: (Checker, mpsc::UnboundedReceiver<Event>),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), L7Error> {
     let (mut checker, mut health) = checks;
-    let shared = Arc::new(Shared::new(log::AccessLog::new(access_log)));
+    let shared = Arc::new(Shared::new(log::AccessLog::new(access_log), metrics));
     let mut running = HashMap::new();
     let first = config.borrow_and_update().clone();
     apply(&first, &shared, &mut running).await?;
@@ -186,7 +188,7 @@ async fn apply(
     let states: Vec<(SocketAddr, State)> = tls_configs
         .into_iter()
         .map(|(l, addr, tls)| {
-            let route = Arc::new(compile_route(l, addr, &groups));
+            let route = Arc::new(compile_route(l, addr, &groups, &shared.metrics));
             (addr, State { route, tls })
         })
         .collect();
@@ -238,8 +240,13 @@ fn health_checks(cfg: &L7Config) -> Vec<GroupSpec> {
         .collect()
 }
 
-/// A listener's rules and actions, compiled against the config's groups.
-fn compile_route(l: &HttpListener, local: SocketAddr, groups: &Groups) -> Route {
+/// A listener's rules and actions, compiled against the config's groups, with their metrics.
+fn compile_route(
+    l: &HttpListener,
+    local: SocketAddr,
+    groups: &Groups,
+    metrics: &L7Metrics,
+) -> Route {
     let idle_timeout = l
         .attributes
         .get("idle_timeout.timeout_seconds")
@@ -257,29 +264,43 @@ fn compile_route(l: &HttpListener, local: SocketAddr, groups: &Groups) -> Route 
             ))
         })
         .collect::<Vec<_>>();
+    let rule_groups = l
+        .rules
+        .iter()
+        .filter_map(|r| Some((r.priority, forwarded_groups(r.actions.first()?))))
+        .chain([(0, forwarded_groups(&l.default_action))]);
     Route {
         local,
         protocol: l.protocol,
         rules: RuleSet::new(rules, compile_action(&l.default_action, groups)),
         idle_timeout,
+        metrics: metrics.route(&local.to_string(), rule_groups),
     }
+}
+
+/// The target groups a forward action names, with their weights (none for other actions).
+fn forward_targets(a: &Action) -> Vec<(&str, u32)> {
+    match a {
+        Action::Forward {
+            target_group: Some(one),
+            ..
+        } => vec![(one.as_str(), 1)],
+        Action::Forward { target_groups, .. } => target_groups
+            .iter()
+            .map(|g| (g.name.as_str(), g.weight))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn forwarded_groups(a: &Action) -> Vec<&str> {
+    forward_targets(a).into_iter().map(|(g, _)| g).collect()
 }
 
 fn compile_action(a: &Action, groups: &Groups) -> Act {
     match a {
-        Action::Forward {
-            target_group,
-            target_groups,
-            stickiness,
-        } => {
-            let named: Vec<(&str, u32)> = match target_group {
-                Some(one) => vec![(one.as_str(), 1)],
-                None => target_groups
-                    .iter()
-                    .map(|g| (g.name.as_str(), g.weight))
-                    .collect(),
-            };
-            let weighted = named
+        Action::Forward { stickiness, .. } => {
+            let weighted = forward_targets(a)
                 .into_iter()
                 .filter_map(|(name, w)| groups.get(name).map(|g| (g.clone(), w)))
                 .collect();

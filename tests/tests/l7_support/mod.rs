@@ -25,6 +25,7 @@ use tokio::{
 use xlb::{
     health::checker::{Checker, TargetStatus, View},
     l7::L7Config,
+    metrics::L7Metrics,
 };
 
 /// A free port on 127.0.0.1 (bound, then released for the server under test).
@@ -44,6 +45,8 @@ pub struct Lab {
     log: Option<mpsc::Receiver<String>>,
     /// The L7 tier's health checks.
     health: Option<View>,
+    /// What xlb counts, for the metrics tests.
+    pub metrics: Arc<L7Metrics>,
 }
 
 impl Lab {
@@ -60,6 +63,7 @@ impl Lab {
             lb: None,
             log: None,
             health: None,
+            metrics: Arc::default(),
         }
     }
 
@@ -113,11 +117,15 @@ impl Lab {
         self.stops.push(stop);
         let checks = Checker::new();
         self.health = Some(checks.0.view());
-        let lb = self
-            .rt
-            .spawn(xlb::l7::serve(rx, Some(log_tx), checks, async {
+        let lb = self.rt.spawn(xlb::l7::serve(
+            rx,
+            Some(log_tx),
+            self.metrics.clone(),
+            checks,
+            async {
                 let _ = stopped.await;
-            }));
+            },
+        ));
         self.config = Some(tx);
         self.lb = Some(lb);
         self.log = Some(log_rx);
@@ -151,6 +159,11 @@ impl Lab {
             }
         }
         out
+    }
+
+    /// Runs `task` on the lab's runtime until the lab is dropped.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.rt.spawn(task);
     }
 
     /// Runs a future on the lab's runtime.

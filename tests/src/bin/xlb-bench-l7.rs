@@ -1,0 +1,702 @@
+//! `xlb-bench-l7`: xlb's L7 tier against HAProxy and nginx (`cargo xtask bench l7`, as root).
+//! Prints a table; `--json FILE` also writes `{"results": {"l7.xlb.h1.rps": number, ...}}`.
+//!
+//! Everything runs in a network namespace made for the run, on its loopback: one nginx serving a
+//! small fixed body is the backend of all three proxies, and each proxy listens for plain HTTP
+//! and HTTPS (ALPN `h2` and `http/1.1`), forwards over keep-alive HTTP/1.1, adds the
+//! `X-Forwarded-*` headers and writes an access log line per request (to /dev/null). xlb is the
+//! real agent (`xlb run`, its XDP program on a veth that carries no traffic).
+//!
+//! Three loads, each in the same way for every proxy: `h1` (wrk, HTTP/1.1 keep-alive), `tls`
+//! (wrk over HTTPS) and `h2` (h2load, HTTP/2 over TLS). The proxies get the same CPUs and the same
+//! number of workers (`--workers`: tokio worker threads, HAProxy's `nbthread`, nginx's
+//! `worker_processes`); the load generator and the backend get the other CPUs. This machine is
+//! small and shared, so runs interleave (xlb, HAProxy, nginx, repeated) and each figure is the
+//! median over the rounds. `l7.direct.h1.*` is wrk against the backend itself: the ceiling the
+//! load generator and the backend allow.
+
+use std::{
+    fmt::Write as _,
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::Parser;
+use xlb_tests::{
+    agent::xlb_bin,
+    lab::{in_netns, netns_command},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "xlb-bench-l7",
+    about = "xlb's L7 tier against HAProxy and nginx (run as root)"
+)]
+struct Args {
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// One short round, to check that the tool works.
+    #[arg(long)]
+    quick: bool,
+    /// Workers of each proxy, each on a CPU of its own (the first ones); the load generator and
+    /// the backend share the rest.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Rounds of (xlb, HAProxy, nginx) per load.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Concurrent connections of wrk (h1, tls).
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// h2load: connections, and concurrent streams on each.
+    #[arg(long, default_value_t = 8)]
+    h2_connections: usize,
+    #[arg(long, default_value_t = 8)]
+    h2_streams: usize,
+    /// Another xlb binary (e.g. built from main), measured alongside as `xlb_baseline`: a
+    /// before/after comparison in one interleaved run.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+}
+
+/// Set by SIGINT/SIGTERM; checked between runs, so the namespace and processes are cleaned up.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+const BACKEND_PORT: u16 = 8000;
+/// What the backend answers.
+const BODY: &str = "hello from the backend\n";
+
+/// A proxy under test and its plain and TLS ports.
+#[derive(Clone, Copy)]
+struct Proxy {
+    name: &'static str,
+    http: u16,
+    https: u16,
+}
+
+/// Where the `--baseline` build listens.
+const BASELINE: Proxy = Proxy {
+    name: "xlb_baseline",
+    http: 8084,
+    https: 8444,
+};
+
+const PROXIES: [Proxy; 3] = [
+    Proxy {
+        name: "xlb",
+        http: 8081,
+        https: 8441,
+    },
+    Proxy {
+        name: "haproxy",
+        http: 8082,
+        https: 8442,
+    },
+    Proxy {
+        name: "nginx",
+        http: 8083,
+        https: 8443,
+    },
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Load {
+    H1,
+    Tls,
+    H2,
+}
+
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::H1 => "h1",
+            Load::Tls => "tls",
+            Load::H2 => "h2",
+        }
+    }
+}
+
+/// One run's outcome.
+#[derive(Clone, Copy)]
+struct Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// The namespace, the temporary directory and the processes of one bench; all removed on drop,
+/// whatever happened.
+struct Bench {
+    ns: String,
+    dir: PathBuf,
+    pins: PathBuf,
+    children: Vec<(&'static str, Child)>,
+    proxy_cpus: String,
+    load_cpus: String,
+}
+
+impl Bench {
+    fn new(workers: usize) -> Result<Bench> {
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        ensure!(
+            workers >= 1 && workers < cpus,
+            "--workers {workers}: needs at least one more CPU for the load generator ({cpus} CPUs)"
+        );
+        let id = std::process::id();
+        let bench = Bench {
+            ns: format!("xlb-bench-l7-{id}"),
+            dir: std::env::temp_dir().join(format!("xlb-bench-l7-{id}")),
+            pins: PathBuf::from(format!("/sys/fs/bpf/xlb-bench-l7-{id}")),
+            children: Vec::new(),
+            proxy_cpus: format!("0-{}", workers - 1),
+            load_cpus: format!("{workers}-{}", cpus - 1),
+        };
+        std::fs::create_dir_all(&bench.dir).context("temp dir")?;
+        run(Command::new("ip").args(["netns", "add", &bench.ns]))?;
+        run(&mut bench.exec(&["ip", "link", "set", "lo", "up"]))?;
+        run(&mut bench.exec(&[
+            "ip", "link", "add", "xlb0", "type", "veth", "peer", "name", "xlb1",
+        ]))?;
+        run(&mut bench.exec(&["ip", "link", "set", "xlb0", "up"]))?;
+        Ok(bench)
+    }
+
+    /// `argv` in the namespace.
+    fn exec(&self, argv: &[&str]) -> Command {
+        netns_command(&self.ns, argv)
+    }
+
+    /// `argv` in the namespace on `cpus`.
+    fn pinned(&self, cpus: &str, argv: &[&str]) -> Command {
+        let mut full = vec!["taskset", "-c", cpus];
+        full.extend_from_slice(argv);
+        self.exec(&full)
+    }
+
+    /// Starts a server on `cpus`; its output goes to a log file in the temporary directory.
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        cpus: &str,
+        argv: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<()> {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let mut cmd = self.pinned(cpus, argv);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {name}: {cmd:?}"))?;
+        self.children.push((name, child));
+        Ok(())
+    }
+
+    /// Waits (10 s at most) until `port` accepts connections in the namespace.
+    fn wait_port(&mut self, name: &str, port: u16) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        while Instant::now() < deadline {
+            let up = in_netns(&self.ns, || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })?;
+            if up {
+                return Ok(());
+            }
+            for (n, c) in &mut self.children {
+                if let Some(st) = c.try_wait()? {
+                    let log = std::fs::read_to_string(self.dir.join(format!("{n}.log")));
+                    bail!("{n} exited ({st}):\n{}", log.unwrap_or_default());
+                }
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        bail!("{name} does not listen on port {port}")
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        // SIGTERM first: nginx's master stops its workers, xlb drains.
+        for (_, c) in &self.children {
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, c) in &mut self.children {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = std::fs::remove_dir_all(&self.pins);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    // SAFETY: geteuid has no preconditions.
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "xlb-bench-l7 needs root (namespaces, XDP)"
+    );
+    for tool in ["haproxy", "nginx", "wrk", "h2load", "openssl", "taskset"] {
+        ensure!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .stdout(Stdio::null())
+                .status()?
+                .success(),
+            "{tool} is missing: run `cargo xtask setup`"
+        );
+    }
+    let handler = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_signal),
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { nix::sys::signal::sigaction(sig, &handler) }.context("signal handler")?;
+    }
+    let (rounds, seconds) = if args.quick {
+        (1, 1)
+    } else {
+        (args.rounds, args.seconds)
+    };
+
+    let mut bench = Bench::new(args.workers)?;
+    start_servers(&mut bench, &args)?;
+    let mut proxies = PROXIES.to_vec();
+    if args.baseline.is_some() {
+        proxies.insert(1, BASELINE);
+    }
+    for &p in &proxies {
+        check_answers(&bench, p)?;
+    }
+
+    let mut results = Results::default();
+    let direct = wrk(
+        &bench,
+        &format!("http://127.0.0.1:{BACKEND_PORT}/"),
+        &args,
+        seconds,
+    )?;
+    results.add(
+        "l7.direct.h1",
+        &[direct],
+        "wrk against the backend itself: the ceiling",
+    );
+    for load in [Load::H1, Load::Tls, Load::H2] {
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); proxies.len()];
+        for _ in 0..rounds {
+            for (i, p) in proxies.iter().enumerate() {
+                ensure!(!STOP.load(Ordering::Relaxed), "interrupted");
+                let s = match load {
+                    Load::H1 => wrk(
+                        &bench,
+                        &format!("http://127.0.0.1:{}/", p.http),
+                        &args,
+                        seconds,
+                    )?,
+                    Load::Tls => wrk(
+                        &bench,
+                        &format!("https://127.0.0.1:{}/", p.https),
+                        &args,
+                        seconds,
+                    )?,
+                    Load::H2 => h2load(&bench, p.https, &args, seconds)?,
+                };
+                println!(
+                    "  {:<8} {:<4} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms",
+                    p.name,
+                    load.name(),
+                    s.rps,
+                    s.p50_ms,
+                    s.p99_ms
+                );
+                samples[i].push(s);
+            }
+        }
+        for (p, s) in proxies.iter().zip(&samples) {
+            results.add(
+                &format!("l7.{}.{}", p.name, load.name()),
+                s,
+                &format!("median of {rounds}"),
+            );
+        }
+    }
+    println!(
+        "\n{} worker(s) per proxy on CPU {}, load generator and backend on CPU {}\n",
+        args.workers, bench.proxy_cpus, bench.load_cpus
+    );
+    println!("{}", results.table());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&results.json())?;
+        std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Writes the certificate and the configs, and starts the backend and the three proxies.
+fn start_servers(bench: &mut Bench, args: &Args) -> Result<()> {
+    let workers = args.workers;
+    let (cert, key, both) = (
+        bench.path("cert.pem"),
+        bench.path("key.pem"),
+        bench.path("both.pem"),
+    );
+    run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &key,
+        "-out",
+        &cert,
+    ]))?;
+    // HAProxy wants the chain and the key in one file.
+    std::fs::write(
+        &both,
+        std::fs::read_to_string(&cert)? + &std::fs::read_to_string(&key)?,
+    )?;
+
+    let backend = bench.path("backend.conf");
+    std::fs::write(&backend, nginx_backend(&bench.dir))?;
+    let load = bench.load_cpus.clone();
+    start_nginx(bench, "backend", &load, &backend)?;
+    bench.wait_port("backend", BACKEND_PORT)?;
+
+    let cpus = bench.proxy_cpus.clone();
+    // Each agent attaches its XDP program to an interface of its own: the baseline to the peer.
+    start_xlb(bench, PROXIES[0], "xlb0", &xlb_bin()?, &cert, &key, workers)?;
+    if let Some(baseline) = &args.baseline {
+        start_xlb(bench, BASELINE, "xlb1", baseline, &cert, &key, workers)?;
+    }
+    let haproxy = bench.path("haproxy.cfg");
+    std::fs::write(&haproxy, haproxy_config(workers, &both))?;
+    bench.spawn("haproxy", &cpus, &["haproxy", "-db", "-f", &haproxy], &[])?;
+    let nginx = bench.path("nginx.conf");
+    std::fs::write(&nginx, nginx_proxy(&bench.dir, workers, &cert, &key))?;
+    start_nginx(bench, "nginx", &cpus, &nginx)?;
+    for p in PROXIES
+        .into_iter()
+        .chain(args.baseline.as_ref().map(|_| BASELINE))
+    {
+        bench.wait_port(p.name, p.http)?;
+        bench.wait_port(p.name, p.https)?;
+    }
+    Ok(())
+}
+
+/// Starts nginx as `name` with `config`, its prefix and error log in the temporary directory.
+fn start_nginx(bench: &mut Bench, name: &'static str, cpus: &str, config: &str) -> Result<()> {
+    let (prefix, errors) = (bench.path(""), bench.path(&format!("{name}-error.log")));
+    bench.spawn(
+        name,
+        cpus,
+        &["nginx", "-p", &prefix, "-e", &errors, "-c", config],
+        &[],
+    )
+}
+
+/// Starts `xlb run` as `p`, its XDP program on `iface`.
+fn start_xlb(
+    bench: &mut Bench,
+    p: Proxy,
+    iface: &str,
+    bin: &Path,
+    cert: &str,
+    key: &str,
+    workers: usize,
+) -> Result<()> {
+    let listener = |port: u16, tls: &str| {
+        format!(
+            "[[http_listeners]]\naddress = \"127.0.0.1\"\nport = {port}\n{tls}\
+             default_action = {{ type = \"forward\", target_group = \"web\" }}\n\n"
+        )
+    };
+    let config = format!(
+        "[node]\ninterface = \"{iface}\"\nxdp_mode = \"generic\"\npin_dir = {:?}\n\
+         api_socket = {:?}\nstate_file = {:?}\n\n\
+         [[target_groups]]\nname = \"web\"\nprotocol = \"HTTP\"\nport = {BACKEND_PORT}\n\
+         targets = [{{ id = \"127.0.0.1\" }}]\n\n{}{}",
+        bench.pins.join(p.name).display().to_string(),
+        bench.path(&format!("{}.sock", p.name)),
+        bench.path(&format!("{}-state.json", p.name)),
+        listener(p.http, "protocol = \"HTTP\"\n"),
+        listener(
+            p.https,
+            &format!(
+                "protocol = \"HTTPS\"\ncertificates = [{{ cert = {cert:?}, key = {key:?} }}]\n"
+            )
+        ),
+    );
+    let path = bench.path(&format!("{}.toml", p.name));
+    std::fs::write(&path, config)?;
+    let cpus = bench.proxy_cpus.clone();
+    bench.spawn(
+        p.name,
+        &cpus,
+        &[bin.to_str().context("xlb path")?, "run", "--config", &path],
+        &[("TOKIO_WORKER_THREADS", workers.to_string())],
+    )
+}
+
+fn haproxy_config(workers: usize, pem: &str) -> String {
+    let p = PROXIES[1];
+    format!(
+        "global\n  nbthread {workers}\n  maxconn 4096\n  log stdout format raw local0\n\n\
+         defaults\n  mode http\n  log global\n  option httplog\n  option forwardfor\n\
+         \x20 timeout connect 10s\n  timeout client 60s\n  timeout server 60s\n\n\
+         frontend web\n  bind 127.0.0.1:{}\n  bind 127.0.0.1:{} ssl crt {pem} alpn h2,http/1.1\n\
+         \x20 http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}\n\
+         \x20 http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}\n\
+         \x20 http-request set-header X-Forwarded-Port %[dst_port]\n\
+         \x20 default_backend web\n\n\
+         backend web\n  server backend 127.0.0.1:{BACKEND_PORT}\n",
+        p.http, p.https
+    )
+}
+
+/// nginx's common part: foreground, its pid file in the temporary directory.
+fn nginx_main(dir: &Path, name: &str, workers: usize) -> String {
+    format!(
+        "daemon off;\nworker_processes {workers};\npid {};\nevents {{ worker_connections 4096; }}\n",
+        dir.join(format!("{name}.pid")).display()
+    )
+}
+
+fn nginx_backend(dir: &Path) -> String {
+    format!(
+        "{}http {{\n  access_log off;\n  keepalive_requests 100000000;\n\
+         \x20 server {{\n    listen 127.0.0.1:{BACKEND_PORT};\n\
+         \x20   location / {{ default_type text/plain; return 200 {BODY:?}; }}\n  }}\n}}\n",
+        nginx_main(dir, "backend", 1)
+    )
+}
+
+fn nginx_proxy(dir: &Path, workers: usize, cert: &str, key: &str) -> String {
+    let p = PROXIES[2];
+    format!(
+        "{}http {{\n  access_log /dev/null;\n  keepalive_requests 100000000;\n\
+         \x20 upstream web {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 256; }}\n\
+         \x20 server {{\n    listen 127.0.0.1:{};\n    listen 127.0.0.1:{} ssl http2;\n\
+         \x20   ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
+         \x20   location / {{\n      proxy_pass http://web;\n      proxy_http_version 1.1;\n\
+         \x20     proxy_set_header Connection \"\";\n\
+         \x20     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+         \x20     proxy_set_header X-Forwarded-Proto $scheme;\n\
+         \x20     proxy_set_header X-Forwarded-Port $server_port;\n    }}\n  }}\n}}\n",
+        nginx_main(dir, "nginx", workers),
+        p.http,
+        p.https
+    )
+}
+
+/// Checks that `p` answers with the backend's body, over HTTP/1.1, HTTPS and h2.
+fn check_answers(bench: &Bench, p: Proxy) -> Result<()> {
+    for (url, version) in [
+        (format!("http://127.0.0.1:{}/", p.http), "--http1.1"),
+        (format!("https://127.0.0.1:{}/", p.https), "--http1.1"),
+        (format!("https://127.0.0.1:{}/", p.https), "--http2"),
+    ] {
+        let body = run(&mut bench.exec(&["curl", "-sSk", "--max-time", "5", version, &url]))?;
+        ensure!(body == BODY, "{} {url} {version} answered {body:?}", p.name);
+    }
+    Ok(())
+}
+
+/// wrk on the load CPUs: one thread, keep-alive.
+fn wrk(bench: &Bench, url: &str, args: &Args, seconds: u64) -> Result<Sample> {
+    let out = run(&mut bench.pinned(
+        &bench.load_cpus,
+        &[
+            "wrk",
+            "-t1",
+            &format!("-c{}", args.connections),
+            &format!("-d{seconds}s"),
+            "--latency",
+            url,
+        ],
+    ))?;
+    ensure!(!out.contains("Non-2xx"), "{url}: errors\n{out}");
+    ensure!(
+        !out.contains("Socket errors"),
+        "{url}: socket errors\n{out}"
+    );
+    let rps = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output:\n{out}"))?;
+    let pct = |p: &str| {
+        out.lines()
+            .map(str::split_whitespace)
+            .find_map(|mut w| (w.next() == Some(p)).then(|| w.next()).flatten())
+            .and_then(wrk_ms)
+            .with_context(|| format!("no {p} latency in wrk's output:\n{out}"))
+    };
+    Ok(Sample {
+        rps,
+        p50_ms: pct("50%")?,
+        p99_ms: pct("99%")?,
+    })
+}
+
+/// A wrk duration (`245.00us`, `1.23ms`, `1.01s`) in milliseconds.
+fn wrk_ms(v: &str) -> Option<f64> {
+    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1e3)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|n| n * scale)
+}
+
+/// h2load on the load CPUs: HTTP/2 over TLS; latencies from its per-request log.
+fn h2load(bench: &Bench, port: u16, args: &Args, seconds: u64) -> Result<Sample> {
+    let log = bench.path(&format!("h2load-{port}.log"));
+    let out = run(&mut bench.pinned(
+        &bench.load_cpus,
+        &[
+            "h2load",
+            "-t1",
+            &format!("-c{}", args.h2_connections),
+            &format!("-m{}", args.h2_streams),
+            &format!("-D{seconds}"),
+            "--warm-up-time=1",
+            &format!("--log-file={log}"),
+            &format!("https://127.0.0.1:{port}/"),
+        ],
+    ))?;
+    ensure!(
+        out.contains("Application protocol: h2"),
+        "no h2 on port {port}:\n{out}"
+    );
+    let done = out
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .with_context(|| format!("h2load's output:\n{out}"))?;
+    ensure!(done.contains(" 0 failed, 0 errored"), "port {port}: {done}");
+    let rps = out
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|v| v.strip_suffix(" req/s"))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no req/s in h2load's output:\n{out}"))?;
+    let mut micros: Vec<f64> = std::fs::read_to_string(&log)?
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok())
+        .collect();
+    let _ = std::fs::remove_file(&log);
+    ensure!(!micros.is_empty(), "h2load logged no request");
+    micros.sort_by(f64::total_cmp);
+    let at = |q: f64| micros[((micros.len() - 1) as f64 * q) as usize] / 1e3;
+    Ok(Sample {
+        rps,
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+    })
+}
+
+/// Results in the order measured.
+#[derive(Default)]
+struct Results(Vec<(String, Sample, String)>);
+
+impl Results {
+    /// The medians of `samples` under `name`.
+    fn add(&mut self, name: &str, samples: &[Sample], note: &str) {
+        let median = |f: fn(&Sample) -> f64| {
+            let mut v: Vec<f64> = samples.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let s = Sample {
+            rps: median(|s| s.rps),
+            p50_ms: median(|s| s.p50_ms),
+            p99_ms: median(|s| s.p99_ms),
+        };
+        self.0.push((name.to_owned(), s, note.to_owned()));
+    }
+
+    fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "| run | req/s | p50 ms | p99 ms | notes |\n|---|---:|---:|---:|---|"
+        );
+        for (name, s, note) in &self.0 {
+            let _ = writeln!(
+                out,
+                "| `{name}` | {:.0} | {:.3} | {:.3} | {note} |",
+                s.rps, s.p50_ms, s.p99_ms
+            );
+        }
+        out
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for (name, s, _) in &self.0 {
+            map.insert(format!("{name}.rps"), serde_json::json!(s.rps));
+            map.insert(format!("{name}.p50_ms"), serde_json::json!(s.p50_ms));
+            map.insert(format!("{name}.p99_ms"), serde_json::json!(s.p99_ms));
+        }
+        serde_json::json!({ "results": map })
+    }
+}
