@@ -11,3 +11,4 @@ pub mod agent;
 pub mod fixture;
 pub mod lab;
 pub mod packet;
+pub mod stop;

@@ -20,7 +20,6 @@ use std::{
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -66,13 +65,6 @@ struct Args {
     /// before/after comparison in one interleaved run.
     #[arg(long)]
     baseline: Option<PathBuf>,
-}
-
-/// Set by SIGINT/SIGTERM; checked between runs, so the namespace and processes are cleaned up.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
 }
 
 const BACKEND_PORT: u16 = 8000;
@@ -287,18 +279,7 @@ fn main() -> Result<()> {
             "{tool} is missing: run `cargo xtask setup`"
         );
     }
-    let handler = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::Handler(on_signal),
-        nix::sys::signal::SaFlags::empty(),
-        nix::sys::signal::SigSet::empty(),
-    );
-    for sig in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-    ] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { nix::sys::signal::sigaction(sig, &handler) }.context("signal handler")?;
-    }
+    xlb_tests::stop::install()?;
     let (rounds, seconds) = if args.quick {
         (1, 1)
     } else {
@@ -331,7 +312,7 @@ fn main() -> Result<()> {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); proxies.len()];
         for _ in 0..rounds {
             for (i, p) in proxies.iter().enumerate() {
-                ensure!(!STOP.load(Ordering::Relaxed), "interrupted");
+                ensure!(!xlb_tests::stop::requested(), "interrupted");
                 let s = match load {
                     Load::H1 => wrk(
                         &bench,

@@ -70,15 +70,8 @@ struct Args {
     no_fib: bool,
 }
 
-/// Set by SIGINT/SIGTERM: every loop checks it, so the namespaces are removed on the way out.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
 fn stopped() -> Result<()> {
-    ensure!(!STOP.load(Ordering::Relaxed), "interrupted");
+    ensure!(!xlb_tests::stop::requested(), "interrupted");
     Ok(())
 }
 
@@ -176,19 +169,7 @@ fn main() -> Result<()> {
         unsafe { libc::geteuid() } == 0,
         "xlb-bench needs root (BPF, network namespaces)"
     );
-    let handler = nix::sys::signal::SigAction::new(
-        nix::sys::signal::SigHandler::Handler(on_signal),
-        nix::sys::signal::SaFlags::empty(),
-        nix::sys::signal::SigSet::empty(),
-    );
-    for sig in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-    ] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { nix::sys::signal::sigaction(sig, &handler) }
-            .context("installing a signal handler")?;
-    }
+    xlb_tests::stop::install()?;
 
     let mut results = Results::default();
     println!("{:<44} {:>12} notes", "metric", "value");
@@ -263,23 +244,32 @@ fn flow_table_memlock(max_entries: u32) -> Result<u64> {
 // ---------------------------------------------------------------------------------------------
 // Maglev
 
+/// Keys of `n` targets (address and port, as the agent makes them): 10.x.y.z:80.
+fn target_keys(n: usize) -> Vec<[u8; 6]> {
+    (0..n)
+        .map(|i| {
+            let [_, a, b, c] = (i as u32).to_be_bytes();
+            [10, a, b, c, 0, 80]
+        })
+        .collect()
+}
+
+/// Maglev targets over `keys`, indices from 1, weights from `weight(i)`.
+fn maglev_targets(keys: &[[u8; 6]], weight: impl Fn(usize) -> u32) -> Vec<MaglevTarget<'_>> {
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| MaglevTarget {
+            key: k,
+            index: i as u32 + 1,
+            weight: weight(i),
+        })
+        .collect()
+}
+
 fn maglev_bench(plan: &Plan, results: &mut Results) {
     for n in [10usize, 100, 1000] {
-        let keys: Vec<[u8; 6]> = (0..n)
-            .map(|i| {
-                let [_, a, b, c] = (i as u32).to_be_bytes();
-                [10, a, b, c, 0, 80]
-            })
-            .collect();
-        let targets: Vec<MaglevTarget<'_>> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| MaglevTarget {
-                key: k,
-                index: i as u32 + 1,
-                weight: 1,
-            })
-            .collect();
+        let keys = target_keys(n);
+        let targets = maglev_targets(&keys, |_| 1);
         // One target leaves (the middle one: its position in the list does not matter).
         let mut fewer = targets.clone();
         fewer.remove(n / 2);
@@ -320,21 +310,8 @@ fn maglev_bench(plan: &Plan, results: &mut Results) {
     }
     // Weighted: weights 1..=4 in turn; balance is measured against the weights.
     let n = 1000usize;
-    let keys: Vec<[u8; 6]> = (0..n)
-        .map(|i| {
-            let [_, a, b, c] = (i as u32).to_be_bytes();
-            [10, a, b, c, 0, 80]
-        })
-        .collect();
-    let targets: Vec<MaglevTarget<'_>> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, k)| MaglevTarget {
-            key: k,
-            index: i as u32 + 1,
-            weight: (i % 4) as u32 + 1,
-        })
-        .collect();
+    let keys = target_keys(n);
+    let targets = maglev_targets(&keys, |i| (i % 4) as u32 + 1);
     let mut times = Vec::new();
     let mut table = Vec::new();
     for _ in 0..plan.maglev_builds {
@@ -1034,7 +1011,7 @@ fn measure(
                     ingress_ifindex: ifindex,
                 };
                 for _ in 0..GEN_MAX_CALLS {
-                    if stop.load(Ordering::Relaxed) || STOP.load(Ordering::Relaxed) {
+                    if stop.load(Ordering::Relaxed) || xlb_tests::stop::requested() {
                         return Ok(());
                     }
                     // Live frames report no return value: the counters tell what happened.
