@@ -1070,6 +1070,32 @@ fn ip(ns: &str, args: &[&str]) -> Result<String> {
 
 /// Runs a command to completion; fails, naming the command and quoting its
 /// stderr, unless it exits with status 0.
+/// Writes a self-signed P-256 certificate for `names` (the first is the subject) and its key,
+/// valid for a day: for the demo's and the L7 bench's HTTPS listeners.
+pub fn self_signed_cert(cert: &Path, key: &Path, names: &[&str]) -> Result<()> {
+    let subject = format!(
+        "/CN={}",
+        names.first().context("a certificate needs a name")?
+    );
+    let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    let san = format!("subjectAltName={}", san.join(","));
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+    ])
+    .args(["-nodes", "-days", "1", "-subj", &subject, "-addext", &san])
+    .arg("-keyout")
+    .arg(key)
+    .arg("-out")
+    .arg(cert);
+    run(&mut cmd).map(drop)
+}
+
 fn run(cmd: &mut Command) -> Result<Output> {
     let out = cmd
         .stdin(Stdio::null())

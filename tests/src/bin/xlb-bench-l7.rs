@@ -368,23 +368,7 @@ fn start_servers(bench: &mut Bench, args: &Args) -> Result<()> {
         bench.path("key.pem"),
         bench.path("both.pem"),
     );
-    run(Command::new("openssl").args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        &key,
-        "-out",
-        &cert,
-    ]))?;
+    xlb_tests::lab::self_signed_cert(Path::new(&cert), Path::new(&key), &["localhost"])?;
     // HAProxy wants the chain and the key in one file.
     std::fs::write(
         &both,

@@ -128,35 +128,12 @@ fn demo(requests: usize) -> Result<()> {
     })?;
     let run = xlb_tests::lab::run_dir("");
     // The HTTPS listener's certificate, self-signed for the demo.
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=demo.example.com",
-            "-addext",
-            "subjectAltName=DNS:demo.example.com,DNS:api.example.com",
-        ])
-        .arg("-keyout")
-        .arg(run.join("demo.key"))
-        .arg("-out")
-        .arg(run.join("demo.pem"))
-        .stderr(std::process::Stdio::null())
-        .status()
-        .context("run openssl")?;
-    anyhow::ensure!(
-        status.success(),
-        "openssl could not make the demo certificate"
-    );
+    xlb_tests::lab::self_signed_cert(
+        &run.join("demo.pem"),
+        &run.join("demo.key"),
+        &["demo.example.com", "api.example.com"],
+    )
+    .context("making the demo certificate")?;
     println!(
         "demo: starting `xlb run --config {}` in the lb namespace",
         config.display()
