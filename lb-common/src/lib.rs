@@ -83,7 +83,9 @@ pub type Addr = [u8; 16];
 
 /// `VIPS` key: the destination a client addresses. `port_be == 0` is an all-ports VIP for
 /// `proto`; the datapath tries the exact port first.
-#[repr(C)]
+// The alignments (here and below) let the BPF compiler copy and compare addresses a word at a
+// time: with alignment 1 every byte is a load and a store of its own.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct VipKey {
     pub addr: Addr,
@@ -117,7 +119,7 @@ pub const VIP_F_ADDRESS_ONLY: u32 = 1 << 2;
 pub const VIP_F_NO_ECHO: u32 = 1 << 3;
 
 /// `BACKENDS` value, indexed by backend index (1-based; 0 means none).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct Backend {
     pub addr: Addr,
@@ -134,7 +136,7 @@ const _: () = assert!(size_of::<Backend>() == 24);
 pub const BACKEND_F_LIVE: u8 = 1 << 0;
 
 /// `FLOWS` key: the 5-tuple of a client's flow as it arrives (client → VIP).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FlowKey {
     pub src: Addr,
@@ -153,14 +155,16 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct FlowState {
     pub backend: u32,
-    pub _pad: u32,
+    /// The flow hash the ring was asked with (the tunnel's outer source carries it): kept so
+    /// that established packets skip hashing their 5-tuple.
+    pub hash: u32,
     /// Last packet, `bpf_ktime_get_ns` (monotonic), for the UDP idle timeout.
     pub seen_ns: u64,
 }
 const _: () = assert!(size_of::<FlowState>() == 16);
 
 /// `CONFIG[0]`: node-wide datapath settings written by the agent.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct Config {
     /// Outer source for IPIP: the first two bytes are the prefix, the last two come from the flow

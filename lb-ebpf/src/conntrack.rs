@@ -61,7 +61,6 @@ pub fn ring(vip: &VipMeta, hash: u32) -> Result<(u32, Backend), Verdict> {
 /// Flow table first (unless `syn`), then the ring; records new flows.
 #[inline(always)]
 pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool) -> Result<Choice, Verdict> {
-    let h = hash(vip, key);
     let udp = key.proto == IPPROTO_UDP;
     // UDP needs the clock for its idle timeout; TCP entries never expire by time.
     // SAFETY: a helper without arguments.
@@ -73,7 +72,7 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool) -> Result<Choice, Verdict
     if !syn && let Some(state) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the LRU value stays valid while the program runs; a concurrent update of the
         // same flow from another CPU can only write another valid backend index.
-        let (index, seen) = unsafe { ((*state).backend, (*state).seen_ns) };
+        let (index, hash, seen) = unsafe { ((*state).backend, (*state).hash, (*state).seen_ns) };
         if (!udp || now.wrapping_sub(seen) < UDP_FLOW_TIMEOUT_NS)
             && let Some(backend) = live_backend(index)
         {
@@ -84,15 +83,16 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool) -> Result<Choice, Verdict
             return Ok(Choice {
                 index,
                 backend,
-                hash: h,
+                hash,
                 new_flow: false,
             });
         }
     }
+    let h = hash(vip, key);
     let (index, backend) = ring(vip, h)?;
     let state = FlowState {
         backend: index,
-        _pad: 0,
+        hash: h,
         seen_ns: now,
     };
     // A full table evicts its least recently used flow; an error here only costs stickiness.
@@ -108,7 +108,6 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool) -> Result<Choice, Verdict
 /// The backend an existing flow uses, without creating one (ICMP errors about a flow).
 #[inline(always)]
 pub fn existing(vip: &VipMeta, key: &FlowKey) -> Result<Choice, Verdict> {
-    let h = hash(vip, key);
     // SAFETY: copied out at once.
     if let Some(state) = unsafe { FLOWS.get(key) }
         && let Some(backend) = live_backend(state.backend)
@@ -116,10 +115,11 @@ pub fn existing(vip: &VipMeta, key: &FlowKey) -> Result<Choice, Verdict> {
         return Ok(Choice {
             index: state.backend,
             backend,
-            hash: h,
+            hash: state.hash,
             new_flow: false,
         });
     }
+    let h = hash(vip, key);
     let (index, backend) = ring(vip, h)?;
     Ok(Choice {
         index,

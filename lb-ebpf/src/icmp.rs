@@ -14,7 +14,7 @@ use lb_common::{
 use crate::{
     csum,
     encap::{back_to_sender, write_eth},
-    parse::{ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
+    parse::{self, ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
     verdict::Verdict,
     vip,
 };
@@ -173,10 +173,8 @@ fn quoted_flow(ctx: &XdpContext, p: &Packet) -> Result<Icmp, Verdict> {
         if ip[0] != 0x45 {
             return Err(other);
         }
-        let mut s = [0u8; 16];
-        let mut d = [0u8; 16];
-        s[..4].copy_from_slice(&ip[12..16]);
-        d[..4].copy_from_slice(&ip[16..20]);
+        let s = parse::v4([ip[12], ip[13], ip[14], ip[15]]);
+        let d = parse::v4([ip[16], ip[17], ip[18], ip[19]]);
         (s, d, ip[9], inner + 20)
     } else {
         let ip: *const [u8; 40] = ptr_at(ctx, inner).ok_or(other)?;

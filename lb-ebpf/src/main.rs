@@ -48,13 +48,11 @@ pub fn xlb_lb(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
     let (ether_type, l3_off) = parse::ethernet(ctx)?;
-    // Filled in place: a `Result<Packet, _>` would cost a second copy of it on the stack.
-    let mut p = Packet::EMPTY;
-    match ether_type {
-        ETH_P_IP => parse::ipv4(ctx, l3_off, &mut p)?,
-        ETH_P_IPV6 => parse::ipv6(ctx, l3_off, &mut p)?,
+    let p = match ether_type {
+        ETH_P_IP => parse::ipv4(ctx, l3_off)?,
+        ETH_P_IPV6 => parse::ipv6(ctx, l3_off)?,
         _ => return Ok(Verdict::pass(Reason::PassNotIp)),
-    }
+    };
     if p.fragment {
         return fragment(ctx, &p, bytes);
     }
