@@ -44,8 +44,9 @@ pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 /// A `NEXT_HOPS` entry. Zeroed (never filled) entries have `expires_ns` 0: always stale.
 #[repr(C)]
 pub struct CachedHop {
-    /// The target it was resolved for: backend indices are reused for other targets.
-    pub addr: Addr,
+    /// The target it was resolved for (its address as two words, compared in two steps):
+    /// backend indices are reused for other targets.
+    pub addr: [u64; 2],
     /// Coarse clock time after which the FIB is asked again.
     pub expires_ns: u64,
     /// The interface the packet came in on: the FIB answer depends on it.
