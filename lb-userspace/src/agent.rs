@@ -161,6 +161,16 @@ impl Agent {
         effective(&self.file, &self.overlay, &out_of_service)
     }
 
+    /// What the L7 tier serves: the file with the API's registrations, without targets that
+    /// drain or carry no weight (they finish their requests but get no new ones).
+    pub fn l7(&self) -> crate::l7::L7Config {
+        let mut cfg = self.effective();
+        for g in &mut cfg.target_groups {
+            g.targets.retain(|t| t.weight > 0);
+        }
+        cfg.l7()
+    }
+
     /// The health checks for the current L4 targets (states of targets that stay are kept);
     /// the L7 tier checks HTTP groups.
     fn update_checks(&mut self) {

@@ -407,7 +407,7 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let api = api::bind(&socket)?;
         // The L7 tier, when the config has HTTP listeners; reloads reach it through `l7_config`.
-        let (l7_config, l7_rx) = tokio::sync::watch::channel(std::sync::Arc::new(agent.file.l7()));
+        let (l7_config, l7_rx) = tokio::sync::watch::channel(std::sync::Arc::new(agent.l7()));
         let (l7_stop, l7_stopped) = tokio::sync::oneshot::channel::<()>();
         let (log_tx, access_log) = tokio::sync::mpsc::channel::<String>(ACCESS_LOG_LINES);
         let access_log = std::thread::spawn(move || write_access_log(access_log));
@@ -466,9 +466,10 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
-            // A reload (SIGHUP or the API) may have changed the HTTP listeners: swap them in.
+            // A reload, a registration or a drain (SIGHUP, the API, a drain's end) may have
+            // changed the HTTP listeners or their targets: swap them in.
             l7_config.send_if_modified(|running| {
-                let new = agent.file.l7();
+                let new = agent.l7();
                 let changed = **running != new;
                 if changed {
                     *running = std::sync::Arc::new(new);

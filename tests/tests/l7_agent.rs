@@ -1,5 +1,6 @@
 //! The L7 tier inside the real agent: `xlb run` in the lab's lb namespace serves an HTTP
-//! listener with ALB rules; a client in the client namespace talks to it with curl.
+//! listener with ALB rules; a client in the client namespace talks to it with curl. Targets
+//! registered and deregistered through the control API reach the L7 tier too.
 
 use std::path::PathBuf;
 
@@ -17,7 +18,8 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
         xlb: Some(xlb_bin().expect("xlb binary")),
     })
     .expect("lab up");
-    let targets: Vec<String> = (1..=3)
+    // Backend 3 joins later, through the API.
+    let targets: Vec<String> = (1..=2)
         .map(|i| format!("{{ id = \"{}\" }}", backend_v4(i)))
         .collect();
     let config = |body: &str| {
@@ -49,12 +51,45 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
         let out = lab.exec(Role::Client, &argv).expect("curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    // Forward: round robin over the three targets.
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..9 {
-        seen.insert(curl(&[&format!("{url}/")]).trim().to_owned());
-    }
-    assert_eq!(seen.len(), 3, "all three targets answer: {seen:?}");
+    // Forward: round robin over the targets; `forwards` counts requests for the metrics below.
+    let mut forwards = 0;
+    let mut answers = |n: usize| {
+        forwards += n;
+        (0..n)
+            .map(|_| curl(&[&format!("{url}/")]).trim().to_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(
+        answers(6),
+        ["backend1", "backend2"].map(String::from).into()
+    );
+    // The API's registration and deregistration reach the L7 tier: backend 3 serves, and
+    // backend 1, draining, gets no new requests.
+    let xlb_cli = |args: &[&str]| {
+        let out = std::process::Command::new(xlb_bin().unwrap())
+            .arg("--socket")
+            .arg(run_dir(lab.prefix()).join("xlb.sock"))
+            .args(args)
+            .output()
+            .expect("run xlb");
+        assert!(out.status.success(), "xlb {args:?}: {out:?}");
+    };
+    let target_args = |verb: &'static str, i: usize| {
+        let id = backend_v4(i).to_string();
+        move || xlb_cli(&["targets", verb, "--target-group", "web", "--id", &id])
+    };
+    target_args("register", 3)();
+    assert_eq!(
+        answers(9),
+        ["backend1", "backend2", "backend3"]
+            .map(String::from)
+            .into()
+    );
+    target_args("deregister", 1)();
+    assert_eq!(
+        answers(6),
+        ["backend2", "backend3"].map(String::from).into()
+    );
     // Fixed response and redirect rules.
     let fixed = curl(&["-w", " %{http_code}", &format!("{url}/maintenance/x")]);
     assert_eq!(fixed, "back soon 503");
@@ -83,7 +118,7 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    // ALB's metrics on the agent's endpoint: nine forwards, each answered by a target.
+    // ALB's metrics on the agent's endpoint: every forward answered by a target.
     let metrics = lab
         .exec(
             Role::Lb,
@@ -98,7 +133,7 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
         .expect("curl metrics");
     let metrics = String::from_utf8_lossy(&metrics.stdout);
     let forwarded =
-        format!("{{listener=\"{LB_V4}:8080\",rule=\"default\",target_group=\"web\"}} 9");
+        format!("{{listener=\"{LB_V4}:8080\",rule=\"default\",target_group=\"web\"}} {forwards}");
     for name in [
         "xlb_request_count_total",
         "xlb_httpcode_target_2xx_count_total",
