@@ -25,9 +25,9 @@ use bytes::Bytes;
 use http::{
     HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
     header::{self, HeaderName},
-    uri::Authority,
+    uri::{Authority, PathAndQuery},
 };
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -41,7 +41,7 @@ use super::{
     config::{ListenerProtocol, ProtocolVersion},
     log::{AccessLog, Entry},
     rules::{RequestView, RuleSet, strip_port},
-    upstream::{BoxError, SendError, Upstream},
+    upstream::{BoxError, Lease, SendError, Upstream},
 };
 
 /// The body of every response xlb sends.
@@ -362,7 +362,7 @@ fn accepts_trailers(headers: &HeaderMap) -> bool {
 }
 
 /// Phase 5 (forward): the request as the target gets it, in the group's HTTP version. HTTP/1.1
-/// goes to the target's address with `Host` kept; HTTP/2 carries the client's host as
+/// keeps `Host` and sends the path alone (origin form); HTTP/2 carries the client's host as
 /// `:authority` and no `Host` (RFC 9113 §8.3.1), and keeps `te: trailers`, the one `TE` value
 /// HTTP/2 allows (§8.2.2). Hop-by-hop headers go; ALB's `X-Forwarded-For` (appended),
 /// `X-Forwarded-Proto` and `X-Forwarded-Port` come.
@@ -378,34 +378,37 @@ pub fn upstream_request_filter(
     let h2 = version != ProtocolVersion::Http1;
     // HTTP/2 moves the client's host into `:authority`.
     let host = h2.then(|| request_host(req).map(str::to_owned)).flatten();
-    if !h2
-        && !req.headers().contains_key(header::HOST)
-        && let Some(authority) = req.uri().authority()
-    {
-        let host = HeaderValue::from_str(authority.as_str())
+    if !h2 && !req.headers().contains_key(header::HOST) {
+        // HTTP/2's `:authority`, else (an HTTP/1.0 client) the target's address.
+        let authority = req
+            .uri()
+            .authority()
+            .map_or_else(|| target.to_string(), |a| a.as_str().to_owned());
+        let host = HeaderValue::from_str(&authority)
             .map_err(|e| forward_error(format!("host {authority}: {e}")))?;
         req.headers_mut().insert(header::HOST, host);
     }
     let trailers = h2 && accepts_trailers(req.headers());
     let upgrade = !h2 && wants_upgrade(req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    let path = std::mem::take(req.uri_mut())
+        .into_parts()
+        .path_and_query
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let uri = |authority: &str| {
         Uri::builder()
             .scheme(protocol.scheme())
             .authority(authority)
-            .path_and_query(path.as_str())
+            .path_and_query(path.clone())
             .build()
     };
     let to_target = || uri(&target.to_string()).map_err(|e| forward_error(e.to_string()));
     *req.uri_mut() = match host {
         // A host that is no authority (a stray character) leaves the target's address.
         Some(host) => uri(&host).or_else(|_| to_target())?,
-        None => to_target()?,
+        None if h2 => to_target()?,
+        // HTTP/1.1 sends the origin form: the connection says which target.
+        None => Uri::from(path),
     };
     if h2 {
         req.headers_mut().remove(header::HOST);
@@ -486,10 +489,12 @@ pub fn response_filter(
     }
 }
 
-/// A target's response body that counts as outstanding until it is sent.
+/// A target's response body that counts as outstanding until it is sent, and returns its
+/// HTTP/1.1 connection for reuse once read to the end.
 struct Tracked {
     inner: Incoming,
     _in_flight: InFlight,
+    lease: Option<Lease>,
 }
 
 impl http_body::Body for Tracked {
@@ -500,7 +505,14 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+            // The server may not poll again once it sees the end: release here, not on drop.
+            if let Some(lease) = self.lease.take() {
+                lease.release();
+            }
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -509,6 +521,17 @@ impl http_body::Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    /// An empty body (HEAD, 204, 304) may never be polled.
+    fn drop(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(lease) = self.lease.take()
+        {
+            lease.release();
+        }
     }
 }
 
@@ -698,7 +721,7 @@ async fn run(
             )
             .await;
             outcome.target_time = Some(sent.elapsed());
-            let mut resp = match answer {
+            let (mut resp, lease) = match answer {
                 Err(_) => {
                     return Err(ProxyError::Timeout {
                         target,
@@ -714,7 +737,7 @@ async fn run(
                 Ok(Err(SendError::Target(source))) => {
                     return Err(ProxyError::Target { target, source });
                 }
-                Ok(Ok(resp)) => resp,
+                Ok(Ok(answer)) => answer,
             };
             outcome.target_status = Some(resp.status().as_u16());
             response_filter(&mut resp, groups, group, pick.target);
@@ -735,6 +758,7 @@ async fn run(
             let body = Tracked {
                 inner: body,
                 _in_flight: pick.in_flight,
+                lease,
             };
             Ok(Response::from_parts(parts, body.boxed()))
         }
