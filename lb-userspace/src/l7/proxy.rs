@@ -149,6 +149,8 @@ pub struct Route {
     pub rules: RuleSet<Act>,
     /// ALB's `idle_timeout.timeout_seconds`: for idle connections and for targets' answers.
     pub idle_timeout: Duration,
+    /// `X-Forwarded-Port`, made once rather than per request.
+    pub forwarded_port: HeaderValue,
     /// Metric handles of the listener and of each rule, resolved once per config.
     pub metrics: RouteMetrics,
 }
@@ -183,12 +185,12 @@ pub struct Conn {
     pub tls: Option<TlsInfo>,
 }
 
-/// What the access log says about a TLS connection.
+/// What the access log says about a TLS connection; shared, not copied, by its requests' entries.
 #[derive(Debug, Clone)]
 pub struct TlsInfo {
-    pub server_name: Option<String>,
-    pub cipher: String,
-    pub protocol: String,
+    pub server_name: Option<Arc<str>>,
+    pub cipher: &'static str,
+    pub protocol: &'static str,
 }
 
 /// Phase 1: refuses requests whose framing two parsers could read differently (request
@@ -429,15 +431,17 @@ pub fn upstream_request_filter(
         chain.push_str(", ");
     }
     let _ = write!(chain, "{}", conn.client.ip());
-    let value = |s: &str| HeaderValue::from_str(s).map_err(|e| forward_error(e.to_string()));
-    headers.insert(xff, value(&chain)?);
+    // The header takes the string's buffer rather than a copy of it.
+    let value = HeaderValue::from_maybe_shared(Bytes::from(chain))
+        .map_err(|e| forward_error(e.to_string()))?;
+    headers.insert(xff, value);
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(route.protocol.scheme()),
     );
     headers.insert(
         HeaderName::from_static("x-forwarded-port"),
-        HeaderValue::from(route.local.port()),
+        route.forwarded_port.clone(),
     );
     Ok(())
 }
@@ -598,11 +602,11 @@ pub async fn handle(
             req.uri().path_and_query().map_or("/", |p| p.as_str()),
             req.version()
         ),
-        user_agent: header_string(req.headers(), header::USER_AGENT),
-        ssl_cipher: conn.tls.as_ref().map(|t| t.cipher.clone()),
-        ssl_protocol: conn.tls.as_ref().map(|t| t.protocol.clone()),
+        user_agent: req.headers().get(header::USER_AGENT).cloned(),
+        ssl_cipher: conn.tls.as_ref().map(|t| t.cipher),
+        ssl_protocol: conn.tls.as_ref().map(|t| t.protocol),
         target_group: None,
-        trace_id: header_string(req.headers(), HeaderName::from_static("x-amzn-trace-id")),
+        trace_id: req.headers().get("x-amzn-trace-id").cloned(),
         domain_name: conn.tls.as_ref().and_then(|t| t.server_name.clone()),
         matched_rule_priority: 0,
         action: None,
@@ -666,13 +670,6 @@ fn kind<B>(conn: &Conn, req: &Request<B>) -> &'static str {
         (true, false, false) => "https",
         (false, _, false) => "http",
     }
-}
-
-fn header_string(headers: &HeaderMap, name: HeaderName) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }
 
 /// Runs an action.
@@ -882,10 +879,10 @@ mod tests {
     fn grpc_over_tls_is_logged_as_grpcs() {
         let conn = |tls: bool| Conn {
             client: SocketAddr::from(([127, 0, 0, 1], 1)),
-            tls: tls.then(|| TlsInfo {
+            tls: tls.then_some(TlsInfo {
                 server_name: None,
-                cipher: "-".into(),
-                protocol: "-".into(),
+                cipher: "-",
+                protocol: "-",
             }),
         };
         let req = |content_type: &str| {
