@@ -278,17 +278,15 @@ async fn connection(
     };
     let session = stream.get_ref().1;
     let info = TlsInfo {
-        server_name: session.server_name().map(str::to_owned),
+        server_name: session.server_name().map(Arc::from),
         cipher: session
             .negotiated_cipher_suite()
             .and_then(|s| s.suite().as_str())
-            .unwrap_or("-")
-            .to_owned(),
+            .unwrap_or("-"),
         protocol: session
             .protocol_version()
             .and_then(|v| v.as_str())
-            .unwrap_or("-")
-            .to_owned(),
+            .unwrap_or("-"),
     };
     let conn = Arc::new(Conn {
         client,

@@ -5,9 +5,11 @@
 use std::{
     fmt::{self, Write as _},
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use http::HeaderValue;
 use tokio::sync::mpsc;
 
 /// Bytes reserved for a line.
@@ -52,12 +54,13 @@ pub struct Entry {
     pub target_status: Option<u16>,
     /// `METHOD scheme://host:port/path?query HTTP/x`.
     pub request: String,
-    pub user_agent: Option<String>,
-    pub ssl_cipher: Option<String>,
-    pub ssl_protocol: Option<String>,
+    /// Kept as received: a header value shares the read buffer, a `String` would be a copy.
+    pub user_agent: Option<HeaderValue>,
+    pub ssl_cipher: Option<&'static str>,
+    pub ssl_protocol: Option<&'static str>,
     pub target_group: Option<String>,
-    pub trace_id: Option<String>,
-    pub domain_name: Option<String>,
+    pub trace_id: Option<HeaderValue>,
+    pub domain_name: Option<Arc<str>>,
     /// 0: the default action.
     pub matched_rule_priority: u32,
     /// `forward`, `redirect` or `fixed-response`.
@@ -82,7 +85,11 @@ struct Secs(Option<Duration>);
 impl fmt::Display for Secs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Some(d) => write!(f, "{:.3}", d.as_secs_f64()),
+            // Milliseconds rounded, in integers: `{:.3}` of a float costs several times as much.
+            Some(d) => {
+                let ms = (d.as_micros() + 500) / 1000;
+                write!(f, "{}.{:03}", ms / 1000, ms % 1000)
+            }
             None => f.write_str("-1"),
         }
     }
@@ -108,6 +115,11 @@ impl fmt::Display for Quoted<'_> {
         f.write_str(rest)?;
         f.write_str("\"")
     }
+}
+
+/// A header value as text, if it is (visible ASCII).
+fn text(v: &Option<HeaderValue>) -> Option<&str> {
+    v.as_ref().and_then(|v| v.to_str().ok())
 }
 
 /// ISO 8601 in UTC with microseconds, as ALB's `time`.
@@ -141,11 +153,13 @@ impl fmt::Display for Iso8601 {
 
 impl fmt::Display for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Both `time` and `request_creation_time` are the time received: format it once.
+        let received = Iso8601(self.received).to_string();
         write!(
             f,
             "{} {} {} {} {} {} {} {} {} {} - - {} {} {} {} {} {} {} \"-\" {} {} {} {} {} \"-\" \"-\" \"-\" \"-\" -",
             self.kind,
-            Iso8601(self.received),
+            received,
             self.elb,
             self.client,
             Opt(&self.target),
@@ -155,14 +169,14 @@ impl fmt::Display for Entry {
             self.elb_status,
             Opt(&self.target_status),
             Quoted(Some(&self.request)),
-            Quoted(self.user_agent.as_deref()),
+            Quoted(text(&self.user_agent)),
             Opt(&self.ssl_cipher),
             Opt(&self.ssl_protocol),
             Opt(&self.target_group),
-            Quoted(self.trace_id.as_deref()),
+            Quoted(text(&self.trace_id)),
             Quoted(self.domain_name.as_deref()),
             self.matched_rule_priority,
-            Iso8601(self.received),
+            received,
             Quoted(self.action),
             Quoted(self.redirect_url.as_deref()),
             Quoted(self.error_reason.as_deref()),
@@ -202,12 +216,12 @@ mod tests {
             client: "192.0.2.1:5000".parse().unwrap(),
             target: Some("10.0.0.1:8080".parse().unwrap()),
             request_processing: Some(Duration::from_millis(1)),
-            target_processing: Some(Duration::from_millis(20)),
+            target_processing: Some(Duration::from_micros(19_600)),
             response_processing: None,
             elb_status: 200,
             target_status: Some(200),
             request: "GET http://a:80/ HTTP/1.1".into(),
-            user_agent: Some("cu\"rl".into()),
+            user_agent: Some(HeaderValue::from_static("cu\"rl")),
             ssl_cipher: None,
             ssl_protocol: None,
             target_group: Some("web".into()),

@@ -43,6 +43,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use thiserror::Error;
 use tokio::{
     net::TcpListener,
@@ -274,6 +275,7 @@ fn compile_route(
         protocol: l.protocol,
         rules: RuleSet::new(rules, compile_action(&l.default_action, groups)),
         idle_timeout,
+        forwarded_port: HeaderValue::from(local.port()),
         metrics: metrics.route(&local.to_string(), rule_groups),
     }
 }

@@ -25,9 +25,9 @@ use bytes::Bytes;
 use http::{
     HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
     header::{self, HeaderName},
-    uri::Authority,
+    uri::{Authority, PathAndQuery},
 };
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -41,7 +41,7 @@ use super::{
     config::{ListenerProtocol, ProtocolVersion},
     log::{AccessLog, Entry},
     rules::{RequestView, RuleSet, strip_port},
-    upstream::{BoxError, SendError, Upstream},
+    upstream::{BoxError, Lease, SendError, Upstream},
 };
 
 /// The body of every response xlb sends.
@@ -149,6 +149,8 @@ pub struct Route {
     pub rules: RuleSet<Act>,
     /// ALB's `idle_timeout.timeout_seconds`: for idle connections and for targets' answers.
     pub idle_timeout: Duration,
+    /// `X-Forwarded-Port`, made once rather than per request.
+    pub forwarded_port: HeaderValue,
     /// Metric handles of the listener and of each rule, resolved once per config.
     pub metrics: RouteMetrics,
 }
@@ -183,12 +185,12 @@ pub struct Conn {
     pub tls: Option<TlsInfo>,
 }
 
-/// What the access log says about a TLS connection.
+/// What the access log says about a TLS connection; shared, not copied, by its requests' entries.
 #[derive(Debug, Clone)]
 pub struct TlsInfo {
-    pub server_name: Option<String>,
-    pub cipher: String,
-    pub protocol: String,
+    pub server_name: Option<Arc<str>>,
+    pub cipher: &'static str,
+    pub protocol: &'static str,
 }
 
 /// Phase 1: refuses requests whose framing two parsers could read differently (request
@@ -362,7 +364,7 @@ fn accepts_trailers(headers: &HeaderMap) -> bool {
 }
 
 /// Phase 5 (forward): the request as the target gets it, in the group's HTTP version. HTTP/1.1
-/// goes to the target's address with `Host` kept; HTTP/2 carries the client's host as
+/// keeps `Host` and sends the path alone (origin form); HTTP/2 carries the client's host as
 /// `:authority` and no `Host` (RFC 9113 §8.3.1), and keeps `te: trailers`, the one `TE` value
 /// HTTP/2 allows (§8.2.2). Hop-by-hop headers go; ALB's `X-Forwarded-For` (appended),
 /// `X-Forwarded-Proto` and `X-Forwarded-Port` come.
@@ -378,34 +380,37 @@ pub fn upstream_request_filter(
     let h2 = version != ProtocolVersion::Http1;
     // HTTP/2 moves the client's host into `:authority`.
     let host = h2.then(|| request_host(req).map(str::to_owned)).flatten();
-    if !h2
-        && !req.headers().contains_key(header::HOST)
-        && let Some(authority) = req.uri().authority()
-    {
-        let host = HeaderValue::from_str(authority.as_str())
+    if !h2 && !req.headers().contains_key(header::HOST) {
+        // HTTP/2's `:authority`, else (an HTTP/1.0 client) the target's address.
+        let authority = req
+            .uri()
+            .authority()
+            .map_or_else(|| target.to_string(), |a| a.as_str().to_owned());
+        let host = HeaderValue::from_str(&authority)
             .map_err(|e| forward_error(format!("host {authority}: {e}")))?;
         req.headers_mut().insert(header::HOST, host);
     }
     let trailers = h2 && accepts_trailers(req.headers());
     let upgrade = !h2 && wants_upgrade(req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    let path = std::mem::take(req.uri_mut())
+        .into_parts()
+        .path_and_query
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let uri = |authority: &str| {
         Uri::builder()
             .scheme(protocol.scheme())
             .authority(authority)
-            .path_and_query(path.as_str())
+            .path_and_query(path.clone())
             .build()
     };
     let to_target = || uri(&target.to_string()).map_err(|e| forward_error(e.to_string()));
     *req.uri_mut() = match host {
         // A host that is no authority (a stray character) leaves the target's address.
         Some(host) => uri(&host).or_else(|_| to_target())?,
-        None => to_target()?,
+        None if h2 => to_target()?,
+        // HTTP/1.1 sends the origin form: the connection says which target.
+        None => Uri::from(path),
     };
     if h2 {
         req.headers_mut().remove(header::HOST);
@@ -426,15 +431,17 @@ pub fn upstream_request_filter(
         chain.push_str(", ");
     }
     let _ = write!(chain, "{}", conn.client.ip());
-    let value = |s: &str| HeaderValue::from_str(s).map_err(|e| forward_error(e.to_string()));
-    headers.insert(xff, value(&chain)?);
+    // The header takes the string's buffer rather than a copy of it.
+    let value = HeaderValue::from_maybe_shared(Bytes::from(chain))
+        .map_err(|e| forward_error(e.to_string()))?;
+    headers.insert(xff, value);
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(route.protocol.scheme()),
     );
     headers.insert(
         HeaderName::from_static("x-forwarded-port"),
-        HeaderValue::from(route.local.port()),
+        route.forwarded_port.clone(),
     );
     Ok(())
 }
@@ -486,10 +493,12 @@ pub fn response_filter(
     }
 }
 
-/// A target's response body that counts as outstanding until it is sent.
+/// A target's response body that counts as outstanding until it is sent, and returns its
+/// HTTP/1.1 connection for reuse once read to the end.
 struct Tracked {
     inner: Incoming,
     _in_flight: InFlight,
+    lease: Option<Lease>,
 }
 
 impl http_body::Body for Tracked {
@@ -500,7 +509,14 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+            // The server may not poll again once it sees the end: release here, not on drop.
+            if let Some(lease) = self.lease.take() {
+                lease.release();
+            }
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -509,6 +525,17 @@ impl http_body::Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    /// An empty body (HEAD, 204, 304) may never be polled.
+    fn drop(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(lease) = self.lease.take()
+        {
+            lease.release();
+        }
     }
 }
 
@@ -575,11 +602,11 @@ pub async fn handle(
             req.uri().path_and_query().map_or("/", |p| p.as_str()),
             req.version()
         ),
-        user_agent: header_string(req.headers(), header::USER_AGENT),
-        ssl_cipher: conn.tls.as_ref().map(|t| t.cipher.clone()),
-        ssl_protocol: conn.tls.as_ref().map(|t| t.protocol.clone()),
+        user_agent: req.headers().get(header::USER_AGENT).cloned(),
+        ssl_cipher: conn.tls.as_ref().map(|t| t.cipher),
+        ssl_protocol: conn.tls.as_ref().map(|t| t.protocol),
         target_group: None,
-        trace_id: header_string(req.headers(), HeaderName::from_static("x-amzn-trace-id")),
+        trace_id: req.headers().get("x-amzn-trace-id").cloned(),
         domain_name: conn.tls.as_ref().and_then(|t| t.server_name.clone()),
         matched_rule_priority: 0,
         action: None,
@@ -645,13 +672,6 @@ fn kind<B>(conn: &Conn, req: &Request<B>) -> &'static str {
     }
 }
 
-fn header_string(headers: &HeaderMap, name: HeaderName) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
 /// Runs an action.
 async fn run(
     act: &Act,
@@ -698,7 +718,7 @@ async fn run(
             )
             .await;
             outcome.target_time = Some(sent.elapsed());
-            let mut resp = match answer {
+            let (mut resp, lease) = match answer {
                 Err(_) => {
                     return Err(ProxyError::Timeout {
                         target,
@@ -714,7 +734,7 @@ async fn run(
                 Ok(Err(SendError::Target(source))) => {
                     return Err(ProxyError::Target { target, source });
                 }
-                Ok(Ok(resp)) => resp,
+                Ok(Ok(answer)) => answer,
             };
             outcome.target_status = Some(resp.status().as_u16());
             response_filter(&mut resp, groups, group, pick.target);
@@ -735,6 +755,7 @@ async fn run(
             let body = Tracked {
                 inner: body,
                 _in_flight: pick.in_flight,
+                lease,
             };
             Ok(Response::from_parts(parts, body.boxed()))
         }
@@ -858,10 +879,10 @@ mod tests {
     fn grpc_over_tls_is_logged_as_grpcs() {
         let conn = |tls: bool| Conn {
             client: SocketAddr::from(([127, 0, 0, 1], 1)),
-            tls: tls.then(|| TlsInfo {
+            tls: tls.then_some(TlsInfo {
                 server_name: None,
-                cipher: "-".into(),
-                protocol: "-".into(),
+                cipher: "-",
+                protocol: "-",
             }),
         };
         let req = |content_type: &str| {

@@ -3,25 +3,30 @@
 //! `protocol_version` says HTTP/1.1 (`HTTP1`) or HTTP/2 (`HTTP2`, `GRPC`; h2c with prior knowledge
 //! in clear, ALPN `h2` over TLS), whatever the client spoke.
 //!
-//! HTTP/1.1 goes through hyper-util's pooled keep-alive client. HTTP/2 does not: that client
-//! connects to the URI's authority, which HTTP/2 sends as `:authority`, and the target must see
-//! the client's host there (RFC 9113 §8.3.1), not its own address. So HTTP/2 uses one
-//! multiplexed connection per target, kept here and replaced when it closes; [`Upstream::retain`]
-//! lets connections to targets that left finish their streams and close.
+//! HTTP/1.1 keeps idle keep-alive connections per target: a request takes one (the most recently
+//! used, or a new one), and [`Lease`] puts it back once the response body has been read to its
+//! end. This is a few lines over hyper's connection API rather than hyper-util's pooled client,
+//! whose pool keys, checkout futures and lazy connects cost more per request than the proxying.
+//! HTTP/2 uses one multiplexed connection per target, kept here and replaced when it closes: it
+//! must send the client's host as `:authority` (RFC 9113 §8.3.1), not the target's address.
+//! [`Upstream::retain`] lets connections to targets that left finish their requests and close.
 
 use std::{
     collections::{HashMap, HashSet},
     net::SocketAddr,
-    sync::{Mutex, PoisonError},
-    time::Duration,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
 };
 
 use http::{Request, Response, Uri};
-use hyper::{body::Incoming, client::conn::http2};
-use hyper_rustls::HttpsConnector;
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
+    client::legacy::connect::HttpConnector,
+    rt::{TokioExecutor, TokioIo, TokioTimer},
 };
 use tower_service::Service as _;
 
@@ -35,7 +40,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long a target may take to accept a connection (ALB's target connection timeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a pooled HTTP/1.1 connection to a target may stay idle.
+/// How long an HTTP/1.1 connection to a target may stay idle before it is not reused.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// How often HTTP/2 connections PING their target, idle or not: a target that vanished without
 /// closing is found and its connection replaced, instead of taking requests until they time out.
@@ -52,13 +57,18 @@ pub enum SendError {
     Target(BoxError),
 }
 
-/// Where HTTP/2 connections go: a target, in clear or over TLS.
+/// Where connections go: a target, in clear or over TLS.
 type Origin = (TargetProtocol, SocketAddr);
+
+/// Idle HTTP/1.1 connections per origin, the most recently used last, with when each went idle.
+type Idle = Mutex<HashMap<Origin, Vec<(http1::SendRequest<Incoming>, Instant)>>>;
 
 /// Clients toward targets, shared by every listener across reloads.
 #[derive(Debug)]
 pub struct Upstream {
-    http1: Client<HttpsConnector<HttpConnector>, Incoming>,
+    /// Connects HTTP/1.1 targets (ALPN `http/1.1` over TLS).
+    h1_connector: HttpsConnector<HttpConnector>,
+    h1: Arc<Idle>,
     /// Connects HTTP/2 targets (ALPN `h2` only).
     h2_connector: HttpsConnector<HttpConnector>,
     h2: Mutex<HashMap<Origin, http2::SendRequest<Incoming>>>,
@@ -73,61 +83,152 @@ fn connector(alpn: &[u8]) -> HttpsConnector<HttpConnector> {
     HttpsConnector::from((tcp, tls::client_config(alpn)))
 }
 
+/// Opens a connection to `origin`, bounded by [`CONNECT_TIMEOUT`].
+async fn connect(
+    connector: &HttpsConnector<HttpConnector>,
+    (protocol, target): Origin,
+) -> Result<MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>, BoxError> {
+    let uri = Uri::builder()
+        .scheme(protocol.scheme())
+        .authority(target.to_string())
+        .path_and_query("/")
+        .build()?;
+    tokio::time::timeout(CONNECT_TIMEOUT, connector.clone().call(uri))
+        .await
+        .map_err(|_| format!("no connection in {CONNECT_TIMEOUT:?}"))?
+}
+
 impl Default for Upstream {
     fn default() -> Self {
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(connector(b"http/1.1"));
         Upstream {
-            http1,
+            h1_connector: connector(b"http/1.1"),
+            h1: Arc::default(),
             h2_connector: connector(b"h2"),
             h2: Mutex::default(),
         }
     }
 }
 
+/// An HTTP/1.1 connection lent to one request; [`Lease::release`] returns it for reuse.
+#[derive(Debug)]
+pub struct Lease {
+    sender: http1::SendRequest<Incoming>,
+    origin: Origin,
+    idle: Arc<Idle>,
+}
+
+impl Lease {
+    /// Returns the connection once its response has been read to the end. A connection dropped
+    /// instead (body cut short, upgrade, timeout) is closed by hyper.
+    pub fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = lock(&self.idle);
+        let conns = idle.entry(self.origin).or_default();
+        // The oldest come first: forget those idle too long.
+        let stale = conns
+            .iter()
+            .take_while(|(_, since)| now.duration_since(*since) >= POOL_IDLE_TIMEOUT)
+            .count();
+        conns.drain(..stale);
+        conns.push((self.sender, now));
+    }
+}
+
 impl Upstream {
-    /// Sends `req` to `target`. The URI is absolute: its scheme is the group's, its authority
-    /// the target's address for HTTP/1.1 and the client's host for HTTP/2.
+    /// Sends `req` to `target`. For HTTP/1.1 the URI is in origin form and the response comes with
+    /// the [`Lease`] of its connection; for HTTP/2 it is absolute, with the client's host as
+    /// authority.
     pub async fn send(
         &self,
         (protocol, version): (TargetProtocol, ProtocolVersion),
         target: SocketAddr,
         req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        let origin = (protocol, target);
         if version == ProtocolVersion::Http1 {
-            return self.http1.request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    SendError::Connect(e.into())
-                } else {
-                    classify(e.into())
-                }
-            });
+            return self.send_h1(origin, req).await;
         }
-        let mut sender = self
-            .h2_sender((protocol, target))
-            .await
-            .map_err(SendError::Connect)?;
-        sender
+        let mut sender = self.h2_sender(origin).await.map_err(SendError::Connect)?;
+        let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| classify(e.into()))
+            .map_err(|e| classify(e.into()))?;
+        Ok((resp, None))
+    }
+
+    async fn send_h1(
+        &self,
+        origin: Origin,
+        mut req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        // An idle connection the target closed meanwhile gives the request back: try a new one.
+        if let Some(mut sender) = self.idle_h1(origin) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, Some(self.lease(sender, origin)))),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(classify(e.into_error().into())),
+                },
+            }
+        }
+        // Boxed, as the HTTP/2 connect below: the connect and TLS handshake futures are large and
+        // rare, and inline they would make every request's future as large, copied at each move.
+        let mut sender = Box::pin(self.connect_h1(origin)).await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| classify(e.into()))?;
+        Ok((resp, Some(self.lease(sender, origin))))
+    }
+
+    /// A new HTTP/1.1 connection to `origin`.
+    async fn connect_h1(&self, origin: Origin) -> Result<http1::SendRequest<Incoming>, SendError> {
+        let io = connect(&self.h1_connector, origin)
+            .await
+            .map_err(SendError::Connect)?;
+        let (sender, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(e.into()))?;
+        // Runs until either side closes; a broken connection fails its request, which reports it.
+        tokio::spawn(conn.with_upgrades());
+        Ok(sender)
+    }
+
+    /// The most recently used idle connection to `origin` that can take a request now.
+    fn idle_h1(&self, origin: Origin) -> Option<http1::SendRequest<Incoming>> {
+        let mut idle = lock(&self.h1);
+        let conns = idle.get_mut(&origin)?;
+        while let Some((sender, since)) = conns.pop() {
+            // A connection still busy (its request body still going) is let go, not waited for.
+            if sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn lease(&self, sender: http1::SendRequest<Incoming>, origin: Origin) -> Lease {
+        Lease {
+            sender,
+            origin,
+            idle: self.h1.clone(),
+        }
     }
 
     /// The open HTTP/2 connection to `origin`, or a new one.
     async fn h2_sender(&self, origin: Origin) -> Result<http2::SendRequest<Incoming>, BoxError> {
-        if let Some(open) = self.connections().get(&origin).filter(|s| !s.is_closed()) {
+        if let Some(open) = lock(&self.h2).get(&origin).filter(|s| !s.is_closed()) {
             return Ok(open.clone());
         }
-        let (protocol, target) = origin;
-        let uri = Uri::builder()
-            .scheme(protocol.scheme())
-            .authority(target.to_string())
-            .path_and_query("/")
-            .build()?;
-        let io = tokio::time::timeout(CONNECT_TIMEOUT, self.h2_connector.clone().call(uri))
-            .await
-            .map_err(|_| format!("no connection in {CONNECT_TIMEOUT:?}"))??;
+        Box::pin(self.connect_h2(origin)).await
+    }
+
+    /// A new HTTP/2 connection to `origin`, kept for the requests to come.
+    async fn connect_h2(&self, origin: Origin) -> Result<http2::SendRequest<Incoming>, BoxError> {
+        let io = connect(&self.h2_connector, origin).await?;
         let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(H2_KEEP_ALIVE)
@@ -138,21 +239,20 @@ impl Upstream {
         tokio::spawn(conn);
         sender.ready().await?;
         // Two requests may race to connect; the last one stays, the other serves its request.
-        self.connections().insert(origin, sender.clone());
+        lock(&self.h2).insert(origin, sender.clone());
         Ok(sender)
     }
 
-    /// Forgets HTTP/2 connections to targets not in `live`: each closes once its streams are
-    /// done, so requests in flight to a deregistered target finish.
+    /// Forgets connections to targets not in `live`: HTTP/2 ones close once their streams are
+    /// done, so requests in flight to a deregistered target finish; idle HTTP/1.1 ones close.
     pub fn retain(&self, live: &HashSet<Origin>) {
-        self.connections().retain(|o, _| live.contains(o));
+        lock(&self.h2).retain(|o, _| live.contains(o));
+        lock(&self.h1).retain(|o, _| live.contains(o));
     }
+}
 
-    fn connections(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<Origin, http2::SendRequest<Incoming>>> {
-        self.h2.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A failed exchange is the client's if its body failed: hyper reports the body stream's error
