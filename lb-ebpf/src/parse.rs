@@ -173,42 +173,28 @@ pub fn ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
     let l3_end = l3_off + ip_len;
     let mut proto = ip.next_hdr;
     let mut l4_off = l3_off + Ipv6Hdr::LEN;
-    let mut fragment = false;
-    let mut ports = Ports::NONE;
-    let mut done = false;
-    for _ in 0..MAX_IPV6_EXT {
-        match proto {
-            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                // Next header, then the length in 8-byte units not counting the first 8.
-                let ext: *const [u8; 2] = ptr_at(ctx, l4_off).ok_or(bad)?;
-                // SAFETY: bounds checked by `ptr_at`.
-                let [next, len] = unsafe { *ext };
-                proto = next;
-                l4_off += (len as usize + 1) * 8;
-            }
-            IPV6_FRAGMENT => {
-                let ext: *const [u8; 2] = ptr_at(ctx, l4_off).ok_or(bad)?;
-                // SAFETY: bounds checked by `ptr_at`.
-                proto = unsafe { (*ext)[0] };
-                l4_off += 8;
-                fragment = true;
-                done = true;
-                break;
-            }
-            _ => {
-                ports = l4(ctx, proto, l4_off, l3_end)?;
-                done = true;
-                break;
-            }
-        }
+    let mut walked = 0;
+    while walked < MAX_IPV6_EXT && matches!(proto, IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS) {
+        // Next header, then the length in 8-byte units not counting the first 8.
+        let ext: *const [u8; 2] = ptr_at(ctx, l4_off).ok_or(bad)?;
+        // SAFETY: bounds checked by `ptr_at`.
+        let [next, len] = unsafe { *ext };
+        proto = next;
+        l4_off += (len as usize + 1) * 8;
+        walked += 1;
     }
-    if !done {
-        // `MAX_IPV6_EXT` headers walked: the next one must be the L4 header.
-        match proto {
-            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT => return Err(bad),
-            _ => ports = l4(ctx, proto, l4_off, l3_end)?,
+    // The fragment header counts as one of the `MAX_IPV6_EXT`; past them the L4 header must come.
+    let (fragment, ports) = match proto {
+        IPV6_FRAGMENT if walked < MAX_IPV6_EXT => {
+            let ext: *const [u8; 2] = ptr_at(ctx, l4_off).ok_or(bad)?;
+            // SAFETY: bounds checked by `ptr_at`.
+            proto = unsafe { (*ext)[0] };
+            l4_off += 8;
+            (true, Ports::NONE)
         }
-    }
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT => return Err(bad),
+        _ => (false, l4(ctx, proto, l4_off, l3_end)?),
+    };
     Ok(Packet {
         l3_off,
         l4_off,
