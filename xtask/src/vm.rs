@@ -113,16 +113,27 @@ struct Dirs {
     work: PathBuf,
 }
 
+/// The workspace's root directory.
+fn workspace_root() -> Result<PathBuf> {
+    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf())
+}
+
+/// Where cargo builds: `CARGO_TARGET_DIR` (relative to the workspace) or `target`.
+pub fn target_dir() -> Result<PathBuf> {
+    let root = workspace_root()?;
+    Ok(std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| if t.is_absolute() { t } else { root.join(t) })
+        .unwrap_or_else(|| root.join("target")))
+}
+
 impl Dirs {
     fn new() -> Result<Dirs> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .context("xtask has no parent directory")?
-            .to_path_buf();
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|t| if t.is_absolute() { t } else { root.join(t) })
-            .unwrap_or_else(|| root.join("target"));
+        let root = workspace_root()?;
+        let target = target_dir()?;
         let work = target.join("xlb-vm");
         fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
         Ok(Dirs {

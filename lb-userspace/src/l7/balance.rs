@@ -205,7 +205,7 @@ impl Drop for InFlight {
 /// A target group, compiled.
 #[derive(Debug)]
 pub struct Group {
-    pub name: String,
+    pub name: Arc<str>,
     /// How xlb talks to the targets: clear or TLS, HTTP/1.1 or HTTP/2.
     pub protocol: (TargetProtocol, ProtocolVersion),
     targets: Vec<Target>,
@@ -307,7 +307,7 @@ impl Group {
             })
             .collect();
         Group {
-            name: tg.name.clone(),
+            name: tg.name.as_str().into(),
             protocol: (tg.protocol, tg.protocol_version),
             targets,
             algorithm,
@@ -452,7 +452,7 @@ pub fn compile(groups: &[HttpTargetGroup], counters: &Counters, now: Instant) ->
         .collect();
     let live: Vec<(String, SocketAddr)> = out
         .values()
-        .flat_map(|g| g.targets.iter().map(|t| (g.name.clone(), t.addr)))
+        .flat_map(|g| g.targets.iter().map(|t| (g.name.to_string(), t.addr)))
         .collect();
     counters.retain(&live);
     out
@@ -611,7 +611,7 @@ mod tests {
         let z = Arc::new(Group::new(&group("z", &[3], &[]), &c, Instant::now()));
         let w = WeightedGroups::new(vec![(a, 1), (b, 3), (z, 0)], None);
         let names: Vec<&str> = (0..8)
-            .map(|_| w.pick(None).unwrap().name.as_str())
+            .map(|_| w.pick(None).unwrap().name.as_ref())
             .collect();
         assert_eq!(names.iter().filter(|n| **n == "a").count(), 2);
         assert_eq!(names.iter().filter(|n| **n == "b").count(), 6);
@@ -621,7 +621,7 @@ mod tests {
         );
         let b_cookie = sticky.groups[1].0.cookie.clone();
         for _ in 0..4 {
-            assert_eq!(sticky.pick(Some(&b_cookie)).unwrap().name, "b");
+            assert_eq!(sticky.pick(Some(&b_cookie)).unwrap().name.as_ref(), "b");
         }
     }
 

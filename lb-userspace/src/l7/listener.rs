@@ -260,7 +260,7 @@ async fn connection(
     });
     let framing = Framing::shared();
     let Some(tls) = &now.tls else {
-        let conn = Arc::new(Conn { client, tls: None });
+        let conn = Arc::new(Conn::new(client, None));
         let stream = Watched::new(stream, &activity, &framing, &metrics.processed_bytes);
         serve(stream, conn, state, shared, (activity, framing), stop, idle).await;
         return;
@@ -288,10 +288,7 @@ async fn connection(
             .and_then(|v| v.as_str())
             .unwrap_or("-"),
     };
-    let conn = Arc::new(Conn {
-        client,
-        tls: Some(info),
-    });
+    let conn = Arc::new(Conn::new(client, Some(info)));
     let stream = Watched::new(stream, &activity, &framing, &metrics.processed_bytes);
     serve(stream, conn, state, shared, (activity, framing), stop, idle).await;
 }

@@ -1,15 +1,18 @@
 //! Access log lines in the field order of ALB's access logs, so tools that read ALB logs read
 //! xlb's. Lines go to a bounded channel the caller drains (e.g. to stdout); like ALB's log this is
 //! best effort: a full channel drops the line rather than slow requests down.
+//!
+//! A line is pushed field by field into one string, numbers through `itoa`: formatting it with
+//! `core::fmt` cost more than parsing the request it describes.
 
 use std::{
-    fmt::{self, Write as _},
+    fmt::Write as _,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use http::HeaderValue;
+use http::{HeaderValue, Method, Version, uri::PathAndQuery};
 use tokio::sync::mpsc;
 
 /// Bytes reserved for a line.
@@ -28,13 +31,29 @@ impl AccessLog {
     /// Sends one entry unless the log is off or full.
     pub fn write(&self, entry: &Entry) {
         if let Some(tx) = &self.0 {
-            // Room for a typical line up front: no reallocation while it is written.
-            let mut line = String::with_capacity(LINE_CAPACITY);
-            let _ = write!(line, "{entry}");
             // Best effort, as ALB: a slow reader loses lines, requests do not wait.
-            let _ = tx.try_send(line);
+            let _ = tx.try_send(entry.line());
         }
     }
+}
+
+/// What ALB's `request` field says: `METHOD scheme://host:port/path?query HTTP/x`. Kept as parts
+/// (each shares the request's buffers) and written out only into the log line.
+#[derive(Debug, Clone)]
+pub struct RequestLine {
+    pub method: Method,
+    pub scheme: &'static str,
+    pub host: Host,
+    pub path: Option<PathAndQuery>,
+    pub version: Version,
+}
+
+/// The host a request named, or the listener's address when it named none.
+#[derive(Debug, Clone)]
+pub enum Host {
+    Header(HeaderValue),
+    Authority(http::uri::Authority),
+    Listener(SocketAddr),
 }
 
 /// One request, as ALB logs it. `None` prints `-` (or -1 for times, as ALB).
@@ -52,13 +71,12 @@ pub struct Entry {
     pub response_processing: Option<Duration>,
     pub elb_status: u16,
     pub target_status: Option<u16>,
-    /// `METHOD scheme://host:port/path?query HTTP/x`.
-    pub request: String,
+    pub request: RequestLine,
     /// Kept as received: a header value shares the read buffer, a `String` would be a copy.
     pub user_agent: Option<HeaderValue>,
     pub ssl_cipher: Option<&'static str>,
     pub ssl_protocol: Option<&'static str>,
-    pub target_group: Option<String>,
+    pub target_group: Option<Arc<str>>,
     pub trace_id: Option<HeaderValue>,
     pub domain_name: Option<Arc<str>>,
     /// 0: the default action.
@@ -69,52 +87,138 @@ pub struct Entry {
     pub error_reason: Option<String>,
 }
 
-struct Opt<'a, T>(&'a Option<T>);
+/// A line being written.
+struct Line(String);
 
-impl<T: fmt::Display> fmt::Display for Opt<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(v) => v.fmt(f),
-            None => f.write_str("-"),
-        }
+impl Line {
+    fn str(&mut self, s: &str) -> &mut Line {
+        self.0.push_str(s);
+        self
     }
-}
 
-struct Secs(Option<Duration>);
+    fn sep(&mut self) -> &mut Line {
+        self.0.push(' ');
+        self
+    }
 
-impl fmt::Display for Secs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            // Milliseconds rounded, in integers: `{:.3}` of a float costs several times as much.
-            Some(d) => {
-                let ms = (d.as_micros() + 500) / 1000;
-                write!(f, "{}.{:03}", ms / 1000, ms % 1000)
+    fn num(&mut self, n: impl itoa::Integer) -> &mut Line {
+        self.str(itoa::Buffer::new().format(n))
+    }
+
+    /// `n` in `width` digits, zeros first.
+    fn padded(&mut self, n: u64, width: usize) -> &mut Line {
+        let mut buf = itoa::Buffer::new();
+        let digits = buf.format(n);
+        for _ in digits.len()..width {
+            self.0.push('0');
+        }
+        self.str(digits)
+    }
+
+    fn opt(&mut self, s: Option<&str>) -> &mut Line {
+        self.str(s.unwrap_or("-"))
+    }
+
+    fn addr(&mut self, a: SocketAddr) -> &mut Line {
+        match a {
+            SocketAddr::V4(v4) => {
+                let [a, b, c, d] = v4.ip().octets();
+                self.num(a).str(".").num(b).str(".").num(c).str(".").num(d);
             }
-            None => f.write_str("-1"),
+            // Rare enough for `core::fmt`.
+            SocketAddr::V6(v6) => {
+                let _ = write!(self.0, "[{}]", v6.ip());
+            }
         }
+        self.str(":").num(a.port())
     }
-}
 
-/// A quoted field; `"` and `\` inside are escaped.
-struct Quoted<'a>(Option<&'a str>);
+    /// Seconds with millisecond precision, rounded; `-1` for none.
+    fn secs(&mut self, d: Option<Duration>) -> &mut Line {
+        let Some(d) = d else { return self.str("-1") };
+        let ms = (d.as_micros() + 500) / 1000;
+        self.num(ms / 1000).str(".").padded((ms % 1000) as u64, 3)
+    }
 
-impl fmt::Display for Quoted<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut rest = self.0.unwrap_or("-");
-        f.write_str("\"")?;
+    /// ISO 8601 in UTC with microseconds, as ALB's `time`.
+    fn time(&mut self, t: SystemTime) -> &mut Line {
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let (days, rem) = (since.as_secs() / 86_400, since.as_secs() % 86_400);
+        let (year, month, day) = civil(days);
+        self.padded(year, 4)
+            .str("-")
+            .padded(month, 2)
+            .str("-")
+            .padded(day, 2);
+        self.str("T")
+            .padded(rem / 3600, 2)
+            .str(":")
+            .padded(rem % 3600 / 60, 2);
+        self.str(":").padded(rem % 60, 2).str(".");
+        self.padded(u64::from(since.subsec_micros()), 6).str("Z")
+    }
+
+    /// `s` in double quotes, `"` and `\` escaped, control characters as `\xNN`.
+    fn quoted(&mut self, s: Option<&str>) -> &mut Line {
+        self.0.push('"');
+        self.escaped(s.unwrap_or("-"));
+        self.str("\"")
+    }
+
+    fn escaped(&mut self, mut rest: &str) {
         // Plain runs go out whole; only the characters that need escaping one by one.
         while let Some(i) = rest.find(|c: char| c == '"' || c == '\\' || c.is_control()) {
-            f.write_str(&rest[..i])?;
+            self.0.push_str(&rest[..i]);
             let c = rest[i..].chars().next().unwrap_or_default();
             match c {
-                '"' | '\\' => write!(f, "\\{c}")?,
-                c => write!(f, "\\x{:02x}", u32::from(c))?,
+                '"' | '\\' => {
+                    self.0.push('\\');
+                    self.0.push(c);
+                }
+                c => {
+                    let _ = write!(self.0, "\\x{:02x}", u32::from(c));
+                }
             }
             rest = &rest[i + c.len_utf8()..];
         }
-        f.write_str(rest)?;
-        f.write_str("\"")
+        self.0.push_str(rest);
     }
+
+    fn request(&mut self, r: &RequestLine) -> &mut Line {
+        self.0.push('"');
+        self.escaped(r.method.as_str());
+        self.str(" ").str(r.scheme).str("://");
+        match &r.host {
+            Host::Header(h) => self.escaped(h.to_str().unwrap_or("-")),
+            Host::Authority(a) => self.escaped(a.as_str()),
+            Host::Listener(a) => {
+                self.addr(*a);
+            }
+        }
+        self.escaped(r.path.as_ref().map_or("/", PathAndQuery::as_str));
+        let version = match r.version {
+            Version::HTTP_09 => "HTTP/0.9",
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        };
+        self.str(" ").str(version).str("\"")
+    }
+}
+
+/// Year, month and day of `days` since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil(days: u64) -> (u64, u64, u64) {
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year.max(0) as u64, month as u64, day as u64)
 }
 
 /// A header value as text, if it is (visible ASCII).
@@ -122,65 +226,41 @@ fn text(v: &Option<HeaderValue>) -> Option<&str> {
     v.as_ref().and_then(|v| v.to_str().ok())
 }
 
-/// ISO 8601 in UTC with microseconds, as ALB's `time`.
-pub struct Iso8601(pub SystemTime);
-
-impl fmt::Display for Iso8601 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs();
-        let (days, rem) = (secs / 86_400, secs % 86_400);
-        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-        let z = days as i64 + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60,
-            since.subsec_micros()
-        )
-    }
-}
-
-impl fmt::Display for Entry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Both `time` and `request_creation_time` are the time received: format it once.
-        let received = Iso8601(self.received).to_string();
-        write!(
-            f,
-            "{} {} {} {} {} {} {} {} {} {} - - {} {} {} {} {} {} {} \"-\" {} {} {} {} {} \"-\" \"-\" \"-\" \"-\" -",
-            self.kind,
-            received,
-            self.elb,
-            self.client,
-            Opt(&self.target),
-            Secs(self.request_processing),
-            Secs(self.target_processing),
-            Secs(self.response_processing),
-            self.elb_status,
-            Opt(&self.target_status),
-            Quoted(Some(&self.request)),
-            Quoted(text(&self.user_agent)),
-            Opt(&self.ssl_cipher),
-            Opt(&self.ssl_protocol),
-            Opt(&self.target_group),
-            Quoted(text(&self.trace_id)),
-            Quoted(self.domain_name.as_deref()),
-            self.matched_rule_priority,
-            received,
-            Quoted(self.action),
-            Quoted(self.redirect_url.as_deref()),
-            Quoted(self.error_reason.as_deref()),
-        )
+impl Entry {
+    /// The entry as one line of ALB's access log (without the newline).
+    pub fn line(&self) -> String {
+        let mut l = Line(String::with_capacity(LINE_CAPACITY));
+        l.str(self.kind).sep();
+        // `time` and, later, `request_creation_time` are both the time received: written once.
+        let at = l.0.len();
+        l.time(self.received);
+        let received = at..l.0.len();
+        l.sep().addr(self.elb).sep().addr(self.client).sep();
+        match self.target {
+            Some(t) => l.addr(t),
+            None => l.str("-"),
+        };
+        l.sep().secs(self.request_processing);
+        l.sep().secs(self.target_processing);
+        l.sep().secs(self.response_processing);
+        l.sep().num(self.elb_status).sep();
+        match self.target_status {
+            Some(s) => l.num(s),
+            None => l.str("-"),
+        };
+        l.str(" - - ").request(&self.request);
+        l.sep().quoted(text(&self.user_agent));
+        l.sep().opt(self.ssl_cipher).sep().opt(self.ssl_protocol);
+        l.sep().opt(self.target_group.as_deref());
+        l.sep().quoted(text(&self.trace_id));
+        l.sep().quoted(self.domain_name.as_deref());
+        l.str(" \"-\" ").num(self.matched_rule_priority).sep();
+        l.0.extend_from_within(received);
+        l.sep().quoted(self.action);
+        l.sep().quoted(self.redirect_url.as_deref());
+        l.sep().quoted(self.error_reason.as_deref());
+        l.str(" \"-\" \"-\" \"-\" \"-\" -");
+        l.0
     }
 }
 
@@ -188,23 +268,37 @@ impl fmt::Display for Entry {
 mod tests {
     use super::*;
 
+    fn line(f: impl FnOnce(&mut Line) -> &mut Line) -> String {
+        let mut l = Line(String::new());
+        f(&mut l);
+        l.0
+    }
+
     #[test]
     fn dates_are_utc_iso8601() {
         let t = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
-        assert_eq!(Iso8601(t).to_string(), "2023-11-14T22:13:20.123456Z");
-        assert_eq!(
-            Iso8601(UNIX_EPOCH).to_string(),
-            "1970-01-01T00:00:00.000000Z"
-        );
+        assert_eq!(line(|l| l.time(t)), "2023-11-14T22:13:20.123456Z");
+        assert_eq!(line(|l| l.time(UNIX_EPOCH)), "1970-01-01T00:00:00.000000Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert!(Iso8601(leap).to_string().starts_with("2000-02-29T"));
+        assert!(line(|l| l.time(leap)).starts_with("2000-02-29T"));
     }
 
     #[test]
     fn quoted_fields_escape_quotes_backslashes_and_controls() {
-        let q = Quoted(Some("a\"b\\c\x01é d")).to_string();
+        let q = line(|l| l.quoted(Some("a\"b\\c\x01é d")));
         assert_eq!(q, "\"a\\\"b\\\\c\\x01é d\"");
-        assert_eq!(Quoted(None).to_string(), "\"-\"");
+        assert_eq!(line(|l| l.quoted(None)), "\"-\"");
+    }
+
+    #[test]
+    fn addresses_and_seconds() {
+        let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        assert_eq!(line(|l| l.addr(v6)), "[2001:db8::1]:443");
+        assert_eq!(
+            line(|l| l.secs(Some(Duration::from_micros(12_345_678)))),
+            "12.346"
+        );
+        assert_eq!(line(|l| l.secs(Some(Duration::from_micros(400)))), "0.000");
     }
 
     #[test]
@@ -220,11 +314,17 @@ mod tests {
             response_processing: None,
             elb_status: 200,
             target_status: Some(200),
-            request: "GET http://a:80/ HTTP/1.1".into(),
+            request: RequestLine {
+                method: Method::GET,
+                scheme: "http",
+                host: Host::Header(HeaderValue::from_static("a:80")),
+                path: Some(PathAndQuery::from_static("/")),
+                version: Version::HTTP_11,
+            },
             user_agent: Some(HeaderValue::from_static("cu\"rl")),
             ssl_cipher: None,
             ssl_protocol: None,
-            target_group: Some("web".into()),
+            target_group: Some(Arc::from("web")),
             trace_id: None,
             domain_name: None,
             matched_rule_priority: 0,
@@ -232,7 +332,7 @@ mod tests {
             redirect_url: None,
             error_reason: None,
         };
-        let line = e.to_string();
+        let line = e.line();
         assert!(
             line.starts_with(
                 "http 1970-01-01T00:00:00.000000Z 127.0.0.1:80 192.0.2.1:5000 10.0.0.1:8080 \
@@ -240,6 +340,9 @@ mod tests {
             ),
             "{line}"
         );
-        assert!(line.contains(" \"forward\" \"-\" \"-\" "), "{line}");
+        assert!(
+            line.contains(" 0 1970-01-01T00:00:00.000000Z \"forward\" \"-\" \"-\" "),
+            "{line}"
+        );
     }
 }

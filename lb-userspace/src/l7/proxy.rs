@@ -13,7 +13,6 @@
 
 use std::{
     convert::Infallible,
-    fmt::Write as _,
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
@@ -39,7 +38,7 @@ use super::{
     action::{FixedResponse, Redirect, RedirectInput},
     balance::{self, Counters, Group, InFlight, Pick, Stickiness, WeightedGroups},
     config::{ListenerProtocol, ProtocolVersion},
-    log::{AccessLog, Entry},
+    log::{AccessLog, Entry, Host, RequestLine},
     rules::{RequestView, RuleSet, strip_port},
     upstream::{BoxError, Lease, SendError, Upstream},
 };
@@ -181,8 +180,22 @@ impl Shared {
 #[derive(Debug, Clone)]
 pub struct Conn {
     pub client: SocketAddr,
+    /// The client's address as `X-Forwarded-For` gives it.
+    client_ip: HeaderValue,
     /// SNI, cipher suite and protocol version on HTTPS.
     pub tls: Option<TlsInfo>,
+}
+
+impl Conn {
+    pub fn new(client: SocketAddr, tls: Option<TlsInfo>) -> Conn {
+        let ip = client.ip().to_string();
+        Conn {
+            client,
+            // An address's text is always a valid header value.
+            client_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("-")),
+            tls,
+        }
+    }
 }
 
 /// What the access log says about a TLS connection; shared, not copied, by its requests' entries.
@@ -269,7 +282,7 @@ pub fn upstream_peer<'a>(
         _ => cookie(headers, s.cookie()),
     });
     let pick = group.pick(sticky).ok_or_else(|| ProxyError::NoTarget {
-        group: group.name.clone(),
+        group: group.name.to_string(),
     })?;
     Ok((group, pick))
 }
@@ -353,7 +366,7 @@ pub fn protocol_filter<B>(req: &Request<B>, group: &Group) -> Result<(), ProxyEr
         _ => return Ok(()),
     };
     Err(ProxyError::Incompatible {
-        group: group.name.clone(),
+        group: group.name.to_string(),
         wants,
     })
 }
@@ -425,15 +438,21 @@ pub fn upstream_request_filter(
     let headers = req.headers_mut();
     let xff = HeaderName::from_static("x-forwarded-for");
     // ALB's default `append` mode: every earlier hop, in order, then the client.
-    let mut chain = String::new();
-    for hop in headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()) {
-        chain.push_str(hop);
-        chain.push_str(", ");
-    }
-    let _ = write!(chain, "{}", conn.client.ip());
-    // The header takes the string's buffer rather than a copy of it.
-    let value = HeaderValue::from_maybe_shared(Bytes::from(chain))
-        .map_err(|e| forward_error(e.to_string()))?;
+    let value = match headers.contains_key(&xff) {
+        // Most requests come straight from their client: its address, made once per connection.
+        false => conn.client_ip.clone(),
+        true => {
+            let mut chain = String::new();
+            for hop in headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()) {
+                chain.push_str(hop);
+                chain.push_str(", ");
+            }
+            chain.push_str(conn.client_ip.to_str().unwrap_or_default());
+            // The header takes the string's buffer rather than a copy of it.
+            HeaderValue::from_maybe_shared(Bytes::from(chain))
+                .map_err(|e| forward_error(e.to_string()))?
+        }
+    };
     headers.insert(xff, value);
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
@@ -568,7 +587,7 @@ fn error_response(e: &ProxyError) -> Response<Body> {
 #[derive(Default)]
 struct Outcome {
     target: Option<SocketAddr>,
-    target_group: Option<String>,
+    target_group: Option<Arc<str>>,
     target_status: Option<u16>,
     target_time: Option<Duration>,
     redirect_url: Option<String>,
@@ -594,14 +613,17 @@ pub async fn handle(
         response_processing: None,
         elb_status: 0,
         target_status: None,
-        request: format!(
-            "{} {}://{}{} {:?}",
-            req.method(),
-            route.protocol.scheme(),
-            request_host(&req).map_or_else(|| route.local.to_string(), |h| h.to_owned()),
-            req.uri().path_and_query().map_or("/", |p| p.as_str()),
-            req.version()
-        ),
+        request: RequestLine {
+            method: req.method().clone(),
+            scheme: route.protocol.scheme(),
+            host: match (req.headers().get(header::HOST), req.uri().authority()) {
+                (Some(h), _) => Host::Header(h.clone()),
+                (None, Some(a)) => Host::Authority(a.clone()),
+                (None, None) => Host::Listener(route.local),
+            },
+            path: req.uri().path_and_query().cloned(),
+            version: req.version(),
+        },
         user_agent: req.headers().get(header::USER_AGENT).cloned(),
         ssl_cipher: conn.tls.as_ref().map(|t| t.cipher),
         ssl_protocol: conn.tls.as_ref().map(|t| t.protocol),
@@ -877,13 +899,13 @@ mod tests {
 
     #[test]
     fn grpc_over_tls_is_logged_as_grpcs() {
-        let conn = |tls: bool| Conn {
-            client: SocketAddr::from(([127, 0, 0, 1], 1)),
-            tls: tls.then_some(TlsInfo {
+        let conn = |tls: bool| {
+            let info = TlsInfo {
                 server_name: None,
                 cipher: "-",
                 protocol: "-",
-            }),
+            };
+            Conn::new(SocketAddr::from(([127, 0, 0, 1], 1)), tls.then_some(info))
         };
         let req = |content_type: &str| {
             Request::builder()

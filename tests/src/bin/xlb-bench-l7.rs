@@ -61,6 +61,10 @@ struct Args {
     h2_connections: usize,
     #[arg(long, default_value_t = 8)]
     h2_streams: usize,
+    /// The xlb binary to measure (`cargo xtask bench l7` passes its `dist` build); by default the
+    /// one next to this tool.
+    #[arg(long)]
+    xlb: Option<PathBuf>,
     /// Another xlb binary (e.g. built from main), measured alongside as `xlb_baseline`: a
     /// before/after comparison in one interleaved run.
     #[arg(long)]
@@ -383,7 +387,11 @@ fn start_servers(bench: &mut Bench, args: &Args) -> Result<()> {
 
     let cpus = bench.proxy_cpus.clone();
     // Each agent attaches its XDP program to an interface of its own: the baseline to the peer.
-    start_xlb(bench, PROXIES[0], "xlb0", &xlb_bin()?, &cert, &key, workers)?;
+    let xlb = match &args.xlb {
+        Some(path) => path.clone(),
+        None => xlb_bin()?,
+    };
+    start_xlb(bench, PROXIES[0], "xlb0", &xlb, &cert, &key, workers)?;
     if let Some(baseline) = &args.baseline {
         start_xlb(bench, BASELINE, "xlb1", baseline, &cert, &key, workers)?;
     }
