@@ -18,7 +18,7 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -95,32 +95,38 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Activity on one connection, for the idle timeout.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Activity {
-    start: Instant,
-    /// Milliseconds after `start` of the last byte read or written.
-    last_ms: AtomicU64,
+    /// Bumped by every read, write and finished request: a counter, not a clock read per I/O.
+    moved: AtomicU64,
     in_flight: AtomicUsize,
 }
 
 impl Activity {
     fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.moved.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Resolves once the connection has been idle for `idle` with nothing in flight.
+    /// Resolves once the connection has been idle for `idle` with nothing in flight: nothing
+    /// moved over [`IDLE_CHECKS`] checks `idle / IDLE_CHECKS` apart, so it closes between `idle`
+    /// and `idle * 5 / 4` after its last byte.
     async fn expired(&self, idle: Duration) {
-        loop {
-            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let quiet = last.elapsed();
-            if quiet >= idle && self.in_flight.load(Ordering::Relaxed) == 0 {
-                return;
+        let mut seen = self.moved.load(Ordering::Relaxed);
+        let mut quiet = 0;
+        while quiet < IDLE_CHECKS {
+            tokio::time::sleep(idle / IDLE_CHECKS).await;
+            let now = self.moved.load(Ordering::Relaxed);
+            if now != seen || self.in_flight.load(Ordering::Relaxed) > 0 {
+                (seen, quiet) = (now, 0);
+            } else {
+                quiet += 1;
             }
-            tokio::time::sleep(idle.saturating_sub(quiet).max(Duration::from_millis(100))).await;
         }
     }
 }
+
+/// How many quiet checks make an idle timeout.
+const IDLE_CHECKS: u32 = 4;
 
 /// Counts a connection as open (`active_connection_count`) until dropped.
 struct Open(Gauge);
@@ -253,11 +259,7 @@ async fn connection(
     let metrics = now.route.metrics.listener.clone();
     metrics.new_connections.inc();
     let _open = Open::new(&metrics.active_connections);
-    let activity = Arc::new(Activity {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-        in_flight: AtomicUsize::new(0),
-    });
+    let activity = Arc::new(Activity::default());
     let framing = Framing::shared();
     let Some(tls) = &now.tls else {
         let conn = Arc::new(Conn::new(client, None));
