@@ -58,14 +58,14 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::Build => {
             setup::run()?;
-            let xlb = build_dist()?;
+            let xlb = build_xlb("dist")?;
             println!("built {}", xlb.display());
             Ok(())
         }
         Task::Test { args } => {
             setup::run()?;
             // The lab tests run the real `xlb` binary, which `cargo test` does not build.
-            build_xlb()?;
+            build_xlb("release")?;
             let mut cmd = vec!["test", "--release"];
             if !args.is_empty() {
                 cmd.push("--");
@@ -75,12 +75,12 @@ fn main() -> Result<()> {
         }
         Task::Demo => {
             setup::run()?;
-            build_xlb()?;
+            build_xlb("release")?;
             tool("xlb-lab", &["demo".into()])
         }
         Task::Lab { args } => {
             setup::run()?;
-            build_xlb()?;
+            build_xlb("release")?;
             tool("xlb-lab", &args)
         }
         Task::Bench { args } => {
@@ -92,7 +92,7 @@ fn main() -> Result<()> {
             // It measures the build users deploy: `dist`, not the tests' `release`.
             if args.first().map(String::as_str) == Some("l7") {
                 setup::run()?;
-                let xlb = build_dist()?;
+                let xlb = build_xlb("dist")?;
                 let mut bench = vec!["--xlb".to_owned(), xlb.display().to_string()];
                 bench.extend_from_slice(&args[1..]);
                 return tool("xlb-bench-l7", &bench);
@@ -124,31 +124,20 @@ fn main() -> Result<()> {
     }
 }
 
-/// Builds the eBPF object and the `xlb` binary that embeds it (`target/release/xlb`).
-fn build_xlb() -> Result<()> {
-    cargo(&[
-        "build",
-        "--release",
-        "--package",
-        "lb-userspace",
-        "--bin",
-        "xlb",
-    ])
-}
-
-/// Builds `xlb` with the `dist` profile (link-time optimization, one codegen unit: slower to
-/// build, so the tests use `release`) and returns its path.
-fn build_dist() -> Result<PathBuf> {
+/// Builds the eBPF object and the `xlb` binary that embeds it with cargo profile `profile`, and
+/// returns the binary's path. The tests use `release`; `dist` (link-time optimization, one codegen
+/// unit) is slower to build and is what users deploy and the L7 bench measures.
+fn build_xlb(profile: &str) -> Result<PathBuf> {
     cargo(&[
         "build",
         "--profile",
-        "dist",
+        profile,
         "--package",
         "lb-userspace",
         "--bin",
         "xlb",
     ])?;
-    Ok(vm::target_dir()?.join("dist").join("xlb"))
+    Ok(vm::target_dir()?.join(profile).join("xlb"))
 }
 
 /// Runs a binary of the `xlb-tests` crate (release build) with `args`.

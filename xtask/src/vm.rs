@@ -155,7 +155,7 @@ pub fn run(args: VmArgs) -> Result<()> {
     let qemu = host_packages(&dirs).context("vm: host packages")?;
     crate::setup::run()?;
     let t = Instant::now();
-    crate::build_xlb()?;
+    crate::build_xlb("release")?;
     let tests = build_tests(&args.tests)?;
     say(&format!("host build: {:.0} s", t.elapsed().as_secs_f64()));
     let image = image(&dirs, args.rebuild).context("vm: image")?;
@@ -205,7 +205,7 @@ pub fn pktgen(args: &[String]) -> Result<()> {
         );
     }
     crate::setup::run()?;
-    crate::build_xlb()?;
+    crate::build_xlb("release")?;
     if args.iter().any(|a| a == "--dev") {
         let mut cmd = Command::new("bash");
         cmd.arg(dirs.script("pktgen.sh"))

@@ -616,10 +616,11 @@ pub async fn handle(
         request: RequestLine {
             method: req.method().clone(),
             scheme: route.protocol.scheme(),
+            // As `request_host`: a `Host` that is text, else `:authority`, else the listener.
             host: match (req.headers().get(header::HOST), req.uri().authority()) {
-                (Some(h), _) => Host::Header(h.clone()),
-                (None, Some(a)) => Host::Authority(a.clone()),
-                (None, None) => Host::Listener(route.local),
+                (Some(h), _) if h.to_str().is_ok() => Host::Header(h.clone()),
+                (_, Some(a)) => Host::Authority(a.clone()),
+                (_, None) => Host::Listener(route.local),
             },
             path: req.uri().path_and_query().cloned(),
             version: req.version(),
