@@ -6,8 +6,9 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use serde::Deserialize;
 use thiserror::Error;
+use toml_edit::{ImDocument, Item, TableLike};
 
-use crate::dataplane::AttachMode;
+use crate::{dataplane::AttachMode, l7::config::ConfigError as L7Error};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -17,16 +18,18 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// Syntax, unknown keys and wrong types; toml's message names the line, column and key.
-    #[error("{path}: {source}")]
+    /// Syntax, unknown keys and wrong types; toml's message names the line, column and key. Not
+    /// a `source`: the message says it all, and a chain would print it twice.
+    #[error("{path}: {error}")]
     Parse {
         path: String,
-        #[source]
-        source: toml::de::Error,
+        error: toml::de::Error,
     },
-    #[error("{path}: {key}: {message}")]
+    /// A value types cannot refuse; `line` is where the key is in the file.
+    #[error("{path}: line {line}: {key}: {message}")]
     Invalid {
         path: String,
+        line: usize,
         key: String,
         message: String,
     },
@@ -244,9 +247,9 @@ impl Config {
 
     /// Parses and validates `text` (named `path` in errors).
     pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         for tg in cfg.target_groups.iter_mut() {
             if let Some(hc) = tg
@@ -259,6 +262,7 @@ impl Config {
         }
         let invalid = |key: String, message: String| ConfigError::Invalid {
             path: path.to_owned(),
+            line: line_of(text, &key),
             key,
             message,
         };
@@ -364,9 +368,11 @@ impl Config {
                 }
             }
         }
-        cfg.l7()
-            .validate()
-            .map_err(|e| invalid("http_listeners".into(), e.to_string()))?;
+        cfg.l7().validate().map_err(|e| match e {
+            L7Error::Invalid { key, message } => invalid(key, message),
+            L7Error::Certificate { key, source } => invalid(key, source.to_string()),
+            L7Error::Parse(e) => invalid("http_listeners".into(), e.to_string()),
+        })?;
         Ok(cfg)
     }
 
@@ -413,6 +419,93 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
             .map_err(|_| format!("{s:?} is not a MAC address like 02:00:00:00:00:01"))?;
     }
     Ok(mac)
+}
+
+/// The line of `text` that holds `key`, a path as the errors name it: `node.mtu`,
+/// `target_groups[2] (web).targets[0].weight`, `http_listeners[0].attributes."a.b"`. An element
+/// named in parentheses is found by its `name` (the L7 tier counts only HTTP groups), else by
+/// index. A key that is not in the file (a default) gets the line of the nearest one above it.
+fn line_of(text: &str, key: &str) -> usize {
+    let Ok(doc) = ImDocument::parse(text) else {
+        return 1;
+    };
+    let mut table: &dyn TableLike = doc.as_table();
+    let mut at = 0;
+    for seg in segments(key) {
+        let Some(item) = table.get(seg.name) else {
+            break;
+        };
+        let span = table.key(seg.name).and_then(|k| k.span()).or(item.span());
+        at = span.map_or(at, |s| s.start);
+        // Tables in the item: those of an array of tables or of an array of inline tables.
+        let elements: Vec<(&dyn TableLike, Option<usize>)> = match item {
+            Item::ArrayOfTables(a) => a
+                .iter()
+                .map(|t| (t as &dyn TableLike, t.span().map(|s| s.start)))
+                .collect(),
+            Item::Value(toml_edit::Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| {
+                    Some((
+                        v.as_inline_table()? as &dyn TableLike,
+                        v.span().map(|s| s.start),
+                    ))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let named = |t: &&(&dyn TableLike, Option<usize>)| {
+            seg.label.is_some() && t.0.get("name").and_then(Item::as_str) == seg.label
+        };
+        let element = elements
+            .iter()
+            .find(named)
+            .or_else(|| seg.index.and_then(|i| elements.get(i)));
+        match (element, item.as_table_like()) {
+            (Some(&(t, start)), _) => {
+                table = t;
+                at = start.unwrap_or(at);
+            }
+            (None, Some(t)) if seg.index.is_none() && seg.label.is_none() => table = t,
+            _ => break,
+        }
+    }
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+/// One step of a key path: a name, maybe an index, maybe a `(label)`.
+struct Segment<'a> {
+    name: &'a str,
+    index: Option<usize>,
+    label: Option<&'a str>,
+}
+
+/// The steps of a key path, split at the dots outside quotes.
+fn segments(key: &str) -> Vec<Segment<'_>> {
+    let mut out = Vec::new();
+    let mut rest = key;
+    while !rest.is_empty() {
+        let (name, after) = match rest.strip_prefix('"') {
+            Some(quoted) => quoted.split_once('"').unwrap_or((quoted, "")),
+            None => rest.split_at(rest.find(['.', '[', ' ']).unwrap_or(rest.len())),
+        };
+        let mut after = after;
+        let mut index = None;
+        if let Some((i, r)) = after.strip_prefix('[').and_then(|a| a.split_once(']')) {
+            index = i.parse().ok();
+            after = r;
+        }
+        let mut label = None;
+        if let Some((l, r)) = after.strip_prefix(" (").and_then(|a| a.split_once(')')) {
+            label = Some(l);
+            after = r;
+        }
+        out.push(Segment { name, index, label });
+        rest = after
+            .strip_prefix('.')
+            .unwrap_or(after.get(1..).unwrap_or(""));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -495,6 +588,32 @@ default_action = { type = "forward", target_group = "web" }
                 .unwrap_err()
                 .to_string()
                 .contains("node.mtu")
+        );
+    }
+
+    #[test]
+    fn refused_values_name_their_line() {
+        let line = |bad: &str| match Config::parse(bad, "x.toml").unwrap_err() {
+            ConfigError::Invalid { line, key, .. } => (line, key),
+            e => panic!("{e}"),
+        };
+        let mtu = GOOD.replace("interface = \"eth0\"", "interface = \"eth0\"\nmtu = 100");
+        assert_eq!(line(&mtu), (4, "node.mtu".into()));
+        let weight = GOOD.replace("weight = 2", "weight = 5000");
+        assert_eq!(line(&weight).0, 9);
+        let group = GOOD.replace("target_group = \"web\"", "target_group = \"api\"");
+        assert_eq!(line(&group).0, 16);
+        // The L7 tier counts HTTP groups only: `api` is its first, the file's second.
+        let l7 = format!(
+            "{GOOD}\n[[target_groups]]\nname = \"api\"\nprotocol = \"HTTP\"\nport = 8080\n\
+             attributes = {{ \"stickiness.enabled\" = \"maybe\" }}\n"
+        );
+        let (at, key) = line(&l7);
+        assert_eq!(at, 22, "{key}");
+        let e = Config::parse(&l7, "x.toml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("x.toml: line 22: target_groups[0] (api)"),
+            "{e}"
         );
     }
 
