@@ -1,6 +1,6 @@
 //! The config file: TOML in the AWS Elastic Load Balancing vocabulary (listeners, target groups,
 //! targets). Parsing refuses unknown keys; [`Config::parse`] then validates what types cannot
-//! say (references, ranges, families) and names the key at fault.
+//! say (references, ranges, families) and names the key at fault and its line.
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 

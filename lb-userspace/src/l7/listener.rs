@@ -313,11 +313,13 @@ async fn serve<S>(
         let ambiguous = Framing::next_request(&framing);
         let route = state.load().route.clone();
         let (conn, shared) = (conn.clone(), shared.clone());
-        async move {
+        // Boxed: a request's future is kilobytes, and hyper moves it (into its dispatcher on
+        // HTTP/1, into a task per stream on HTTP/2) where a pointer would do.
+        Box::pin(async move {
             let resp = proxy::handle(req, ambiguous, route, conn, shared).await;
             drop(busy);
             resp
-        }
+        })
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

@@ -735,9 +735,11 @@ async fn run(
             upstream_request_filter(&mut req, route, conn, group, target)?;
             let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
             let sent = Instant::now();
+            // Boxed: the exchange's future is the largest part of a request's, and unboxed it
+            // would be copied at each level that awaits it.
             let answer = tokio::time::timeout(
                 route.idle_timeout,
-                shared.upstream.send(group.protocol, target, req),
+                Box::pin(shared.upstream.send(group.protocol, target, req)),
             )
             .await;
             outcome.target_time = Some(sent.elapsed());
