@@ -401,8 +401,8 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
     rt.enable_all();
     // A task woken by another runs after those already queued, not next: the writes of many
     // connections then leave together, and the clients and targets on other cores wake once
-    // for several rather than once per request (6 times fewer wake-ups of wrk and of the
-    // backend in `cargo xtask bench l7`; requests/s +5 % on h1, +17 % on h2).
+    // for several rather than once per request (4 times fewer context switches of wrk and of
+    // the backend in `cargo xtask bench l7`; requests/s +5 % on h1 and tls, +17 % on h2).
     #[cfg(tokio_unstable)]
     rt.disable_lifo_slot();
     let rt = rt.build()?;
