@@ -1,15 +1,17 @@
 //! Reloads and shutdown: new rules apply to connections already open, listeners come and go, a
-//! reload that cannot bind changes nothing, and shutdown lets requests in flight finish.
+//! reload that cannot bind changes nothing, shutdown lets requests in flight finish, and a target
+//! that leaves finishes its requests within its deregistration delay, then is cut.
 
 mod l7_support;
 
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    time::Duration,
+    thread,
+    time::{Duration, Instant},
 };
 
-use l7_support::{Lab, curl, free_port, group};
+use l7_support::{Lab, curl, free_port, group, upgrade};
 
 fn config(groups: &str, listeners: &[(u16, &str)]) -> String {
     let mut out = groups.to_owned();
@@ -90,4 +92,76 @@ fn shutdown_lets_requests_in_flight_finish() {
     drop(lab);
     let r = slow.join().expect("slow request");
     assert_eq!((r.status, r.backend()), (200, "a"), "{r:?}");
+}
+
+/// `deregistration_delay.timeout_seconds`, as a group's attribute.
+fn delay(seconds: u32) -> String {
+    format!("\"deregistration_delay.timeout_seconds\" = \"{seconds}\"")
+}
+
+#[test]
+fn a_target_that_leaves_finishes_its_requests_within_its_deregistration_delay() {
+    let mut lab = Lab::new();
+    let (a, b) = (lab.backend("a"), lab.backend("b"));
+    let p = free_port();
+    let url = format!("http://127.0.0.1:{p}/");
+    let slow = move || thread::spawn(move || curl(&[&format!("http://127.0.0.1:{p}/slow")]));
+
+    // The backend answers /slow after 3 s: within a delay of 10 s, the answer comes.
+    lab.start(&config(&group("web", &[a], &delay(10)), &[(p, "web")]));
+    let within = slow();
+    thread::sleep(Duration::from_millis(500));
+    lab.reload(&config(&group("web", &[b], &delay(10)), &[(p, "web")]));
+    assert_eq!(
+        curl(&[&url]).backend(),
+        "b",
+        "new requests go to the target that stays"
+    );
+    let r = within.join().expect("slow request");
+    assert_eq!((r.status, r.backend()), (200, "a"), "{r:?}");
+
+    // With a delay of 1 s, the request still in flight when it ends is cut: the target's
+    // connection closes, and the client gets ALB's 502.
+    lab.reload(&config(&group("web", &[a], &delay(1)), &[(p, "web")]));
+    let cut = slow();
+    thread::sleep(Duration::from_millis(500));
+    let left = Instant::now();
+    lab.reload(&config(&group("web", &[b], &delay(1)), &[(p, "web")]));
+    let r = cut.join().expect("slow request");
+    assert_eq!(r.status, 502, "{r:?} {:#?}", lab.log_lines());
+    let after = left.elapsed();
+    assert!(
+        after < Duration::from_millis(2500),
+        "cut {after:?} after the target left"
+    );
+}
+
+#[test]
+fn a_websocket_to_a_target_that_left_is_cut_when_its_delay_ends() {
+    let mut lab = Lab::new();
+    let (a, b) = (lab.backend("a"), lab.backend("b"));
+    let p = free_port();
+    lab.start(&config(&group("web", &[a], &delay(1)), &[(p, "web")]));
+    let (mut s, head) = upgrade(SocketAddr::from(([127, 0, 0, 1], p)));
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let echo = |s: &mut TcpStream| {
+        s.write_all(b"ping")?;
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got)?;
+        Ok::<_, std::io::Error>(got)
+    };
+    assert_eq!(echo(&mut s).expect("echo"), *b"ping");
+
+    let left = Instant::now();
+    lab.reload(&config(&group("web", &[b], &delay(1)), &[(p, "web")]));
+    assert_eq!(echo(&mut s).expect("echo within the delay"), *b"ping");
+    // Cut when the delay ends: the client's side reads the end of the stream.
+    let mut rest = [0u8; 16];
+    let end = s.read(&mut rest);
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    let after = left.elapsed();
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_millis(3000),
+        "cut {after:?} after the target left"
+    );
 }

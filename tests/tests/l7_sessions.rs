@@ -6,11 +6,11 @@ mod l7_support;
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     time::Duration,
 };
 
-use l7_support::{Lab, curl, free_port, group};
+use l7_support::{Lab, curl, free_port, group, upgrade};
 
 fn listener(port: u16, default_action: &str, rules: &str) -> String {
     format!(
@@ -117,19 +117,7 @@ fn upgrades_are_tunnelled_to_the_target() {
         &(group("echo", &[echo], "")
             + &listener(port, r#"{ type = "forward", target_group = "echo" }"#, "")),
     );
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("read timeout");
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .expect("send");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
-        assert_eq!(s.read(&mut byte).expect("read head"), 1, "closed early");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let (mut s, head) = upgrade(SocketAddr::from(([127, 0, 0, 1], port)));
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
     for msg in [&b"ping"[..], b"second message"] {

@@ -7,6 +7,7 @@ use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    time::Duration,
 };
 
 use ipnet::IpNet;
@@ -61,7 +62,8 @@ pub struct HttpTargetGroup {
     /// 30..=900, round robin only), `stickiness.enabled`, `stickiness.type` (`lb_cookie` |
     /// `app_cookie`), `stickiness.lb_cookie.duration_seconds` and
     /// `stickiness.app_cookie.duration_seconds` (1..=604800, default 86400),
-    /// `stickiness.app_cookie.cookie_name`.
+    /// `stickiness.app_cookie.cookie_name`, `deregistration_delay.timeout_seconds` (0..=3600,
+    /// default 300).
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
     /// Active health checks, with the keys of the L4 groups; none: every target is in service.
@@ -73,6 +75,13 @@ impl HttpTargetGroup {
     /// Where `target` gets requests.
     pub fn addr(&self, target: &HttpTarget) -> SocketAddr {
         SocketAddr::new(target.id, target.port.unwrap_or(self.port))
+    }
+
+    /// `deregistration_delay.timeout_seconds`: how long the requests in flight to a target that
+    /// left may go on (ALB's default 300 s).
+    pub fn deregistration_delay(&self) -> Duration {
+        let s = self.attributes.get("deregistration_delay.timeout_seconds");
+        Duration::from_secs(s.and_then(|v| v.parse().ok()).unwrap_or(300))
     }
 }
 
@@ -304,6 +313,8 @@ enum Value {
     Duration,
     /// `slow_start.duration_seconds`: 0 (off) or 30..=900.
     SlowStart,
+    /// `deregistration_delay.timeout_seconds`: 0..=3600.
+    Delay,
     /// The application's cookie, for `app_cookie` stickiness.
     CookieName,
 }
@@ -323,6 +334,7 @@ const GROUP_ATTRIBUTES: &[(&str, Value)] = &[
     ("stickiness.lb_cookie.duration_seconds", Value::Duration),
     ("stickiness.app_cookie.duration_seconds", Value::Duration),
     ("stickiness.app_cookie.cookie_name", Value::CookieName),
+    ("deregistration_delay.timeout_seconds", Value::Delay),
 ];
 /// Cookie names ALB keeps for itself (`AWSALB`, `AWSALBAPP-*`, `AWSALBTG`): one prefix covers all.
 const RESERVED_COOKIE_PREFIX: &str = "AWSALB";
@@ -674,6 +686,7 @@ fn group_attribute(key: &str, value: &str) -> Result<(), String> {
             Ok(0 | 30..=900) => Ok(()),
             _ => Err(format!("{value:?} is not 0 (off) or 30..=900 seconds")),
         },
+        Value::Delay => seconds(value, 0, 3600).map(|_| ()),
         Value::CookieName => app_cookie_name(value),
     }
 }
@@ -844,6 +857,11 @@ actions = [{ type = "fixed-response", status_code = 200, content_type = "text/pl
             ("status_code = 200", "status_code = 302", "302"),
             ("text/plain", "text/xml", "content_type"),
             ("weight = 3", "weight = 1000", "weight"),
+            (
+                "\"stickiness.type\" = \"lb_cookie\"",
+                "\"stickiness.type\" = \"lb_cookie\", \"deregistration_delay.timeout_seconds\" = \"3601\"",
+                "deregistration_delay.timeout_seconds\": \"3601\" is not a number of seconds in 0..=3600",
+            ),
             (
                 "\"stickiness.type\" = \"lb_cookie\"",
                 "\"stickiness.type\" = \"app_cookie\"",

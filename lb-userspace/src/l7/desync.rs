@@ -85,10 +85,25 @@ impl Framing {
         while !bytes.is_empty() {
             match self.state {
                 State::Off => return,
+                // Most heads arrive whole in one read: parsed where they are, not copied first.
+                State::Head if self.buf.is_empty() => match self.head(bytes) {
+                    Some(used) => bytes = &bytes[used..],
+                    None if self.state == State::Head && bytes.len() <= MAX_HEAD => {
+                        self.buf.extend_from_slice(bytes);
+                        return;
+                    }
+                    None => {
+                        self.state = State::Off;
+                        return;
+                    }
+                },
                 State::Head => {
                     let take = bytes.len().min(MAX_HEAD + 1 - self.buf.len());
                     self.buf.extend_from_slice(&bytes[..take]);
-                    match self.head() {
+                    let head = std::mem::take(&mut self.buf);
+                    let parsed = self.head(&head);
+                    self.buf = head;
+                    match parsed {
                         Some(used) => {
                             // Bytes past the head were counted in `take`; give them back.
                             let extra = self.buf.len() - used;
@@ -149,11 +164,12 @@ impl Framing {
         };
     }
 
-    /// Parses the head in `buf`; returns its length once complete.
-    fn head(&mut self) -> Option<usize> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let used = match req.parse(&self.buf) {
+    /// Parses the head at the start of `buf`; returns its length once complete.
+    fn head(&mut self, buf: &[u8]) -> Option<usize> {
+        // Left uninitialised: the parser writes the headers it finds (4 KiB not cleared per head).
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let used = match req.parse_with_uninit_headers(buf, &mut headers) {
             Ok(httparse::Status::Complete(used)) => used,
             Ok(httparse::Status::Partial) => return None,
             Err(_) => {

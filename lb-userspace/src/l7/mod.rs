@@ -20,8 +20,8 @@
 //!
 //! Target groups with a `health_check` are checked by a [`Checker`] (the one L4 groups use), run
 //! here: each state change flips the target's flag in [`balance::Counters`] and nothing is
-//! rebuilt. HTTP groups have no deregistration delay yet: a target removed by a reload leaves
-//! at once, and its requests in flight finish.
+//! rebuilt. A target that leaves (deregistered, or removed by a reload) gets no new request, and
+//! its requests in flight may go on for its group's deregistration delay, then are cut.
 
 pub mod action;
 pub mod balance;
@@ -35,7 +35,7 @@ pub mod tls;
 pub mod upstream;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     future::Future,
     net::SocketAddr,
     sync::Arc,
@@ -174,16 +174,16 @@ async fn apply(
             bound.insert(*addr, socket);
         }
     }
-    // Deregistered targets: their HTTP/2 connections close once the requests in flight are done.
-    let origins: HashSet<_> = cfg
-        .target_groups
-        .iter()
-        .flat_map(|tg| {
-            let addr = |t: &config::HttpTarget| SocketAddr::new(t.id, t.port.unwrap_or(tg.port));
-            tg.targets.iter().map(move |t| (tg.protocol, addr(t)))
-        })
-        .collect();
-    shared.upstream.retain(&origins);
+    // Targets that left finish their requests in flight, within their group's deregistration
+    // delay (the longest, for a target of several groups).
+    let mut origins = HashMap::new();
+    for tg in &cfg.target_groups {
+        for t in &tg.targets {
+            let delay = origins.entry((tg.protocol, tg.addr(t))).or_default();
+            *delay = tg.deregistration_delay().max(*delay);
+        }
+    }
+    shared.upstream.retain(origins);
     // Only now that nothing can fail: compiling forgets the state of targets that left.
     let groups = balance::compile(&cfg.target_groups, &shared.counters, Instant::now());
     let states: Vec<(SocketAddr, State)> = tls_configs

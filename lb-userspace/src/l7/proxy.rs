@@ -287,17 +287,18 @@ pub fn upstream_peer<'a>(
     Ok((group, pick))
 }
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). As text: a header's
+/// name is compared with these once per message, which needs no `HeaderName` built.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
 /// The elements of a comma-separated header list (RFC 9110 §5.6.1), trimmed.
@@ -312,20 +313,17 @@ fn list(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
 
 /// Removes hop-by-hop headers, and those `Connection` names; keeps an upgrade if asked to.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Empty (no allocation) for the many requests without a `Connection` header.
-    let named: Vec<HeaderName> = list(headers, header::CONNECTION)
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .collect();
-    // One pass over the (few) headers spares most requests the removals, a hash lookup each.
-    let hop: &[HeaderName] = match headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        true => &HOP_BY_HOP,
-        false => &[],
-    };
-    for h in named.iter().chain(hop) {
-        if keep_upgrade && (h == header::UPGRADE || h == header::CONNECTION) {
-            continue;
+    // Most messages have none, `Connection` included (so none it names either): one pass over
+    // the (few) headers spares them a lookup per name, a hash each.
+    if headers.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
+        let named: Vec<HeaderName> = list(headers, header::CONNECTION)
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for h in named.iter().map(HeaderName::as_str).chain(HOP_BY_HOP) {
+            if !(keep_upgrade && (h == "upgrade" || h == "connection")) {
+                headers.remove(h);
+            }
         }
-        headers.remove(h);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -737,9 +735,10 @@ async fn run(
             let sent = Instant::now();
             // Boxed: the exchange's future is the largest part of a request's, and unboxed it
             // would be copied at each level that awaits it.
-            let answer = tokio::time::timeout(
-                route.idle_timeout,
-                Box::pin(shared.upstream.send(group.protocol, target, req)),
+            // The deadline from `sent`, and `sent` for the pool: no more clock reads.
+            let answer = tokio::time::timeout_at(
+                tokio::time::Instant::from_std(sent) + route.idle_timeout,
+                Box::pin(shared.upstream.send(group.protocol, target, req, sent)),
             )
             .await;
             outcome.target_time = Some(sent.elapsed());
@@ -767,7 +766,11 @@ async fn run(
                 && let Some(client_upgrade) = client_upgrade
             {
                 let target_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(client_upgrade, target_upgrade, pick.in_flight));
+                let tunnel = tokio::spawn(tunnel(client_upgrade, target_upgrade, pick.in_flight));
+                // Cut, like the target's connections, when the target's deregistration delay ends.
+                shared
+                    .upstream
+                    .track((group.protocol.0, target), tunnel.abort_handle());
                 let (parts, _) = resp.into_parts();
                 return Ok(Response::from_parts(
                     parts,

@@ -9,10 +9,13 @@
 //! whose pool keys, checkout futures and lazy connects cost more per request than the proxying.
 //! HTTP/2 uses one multiplexed connection per target, kept here and replaced when it closes: it
 //! must send the client's host as `:authority` (RFC 9113 §8.3.1), not the target's address.
-//! [`Upstream::retain`] lets connections to targets that left finish their requests and close.
+//! [`Upstream::retain`] lets connections to targets that left finish their requests and close,
+//! and cuts those still open when the target's deregistration delay ends, as ALB does: the tasks
+//! that run connections and WebSocket tunnels are kept per target for that, which costs nothing
+//! per request.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
@@ -28,6 +31,7 @@ use hyper_util::{
     client::legacy::connect::HttpConnector,
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
+use tokio::task::AbortHandle;
 use tower_service::Service as _;
 
 use super::{
@@ -58,10 +62,18 @@ pub enum SendError {
 }
 
 /// Where connections go: a target, in clear or over TLS.
-type Origin = (TargetProtocol, SocketAddr);
+pub type Origin = (TargetProtocol, SocketAddr);
 
-/// Idle HTTP/1.1 connections per origin, the most recently used last, with when each went idle.
-type Idle = Mutex<HashMap<Origin, Vec<(http1::SendRequest<Incoming>, Instant)>>>;
+/// The HTTP/1.1 pool: idle connections per origin, the most recently used last, with when each
+/// went idle; and the origins in service, with their deregistration delay. One lock for both, so
+/// that a connection to a target that left is never put back.
+#[derive(Debug, Default)]
+struct Pool {
+    idle: HashMap<Origin, Vec<(http1::SendRequest<Incoming>, Instant)>>,
+    live: HashMap<Origin, Duration>,
+}
+
+type Idle = Mutex<Pool>;
 
 /// Clients toward targets, shared by every listener across reloads.
 #[derive(Debug)]
@@ -72,6 +84,8 @@ pub struct Upstream {
     /// Connects HTTP/2 targets (ALPN `h2` only).
     h2_connector: HttpsConnector<HttpConnector>,
     h2: Mutex<HashMap<Origin, http2::SendRequest<Incoming>>>,
+    /// The tasks that run each origin's connections and tunnels.
+    tasks: Mutex<HashMap<Origin, Vec<AbortHandle>>>,
 }
 
 /// A connector for `http://` and `https://` URIs, offering `alpn` over TLS.
@@ -105,6 +119,7 @@ impl Default for Upstream {
             h1: Arc::default(),
             h2_connector: connector(b"h2"),
             h2: Mutex::default(),
+            tasks: Mutex::default(),
         }
     }
 }
@@ -119,14 +134,17 @@ pub struct Lease {
 
 impl Lease {
     /// Returns the connection once its response has been read to the end. A connection dropped
-    /// instead (body cut short, upgrade, timeout) is closed by hyper.
+    /// instead (body cut short, upgrade, timeout, a target that left) is closed by hyper.
     pub fn release(self) {
         if self.sender.is_closed() {
             return;
         }
         let now = Instant::now();
-        let mut idle = lock(&self.idle);
-        let conns = idle.entry(self.origin).or_default();
+        let mut pool = lock(&self.idle);
+        if !pool.live.contains_key(&self.origin) {
+            return;
+        }
+        let conns = pool.idle.entry(self.origin).or_default();
         // The oldest come first: forget those idle too long.
         let stale = conns
             .iter()
@@ -138,18 +156,19 @@ impl Lease {
 }
 
 impl Upstream {
-    /// Sends `req` to `target`. For HTTP/1.1 the URI is in origin form and the response comes with
-    /// the [`Lease`] of its connection; for HTTP/2 it is absolute, with the client's host as
-    /// authority.
+    /// Sends `req` to `target`, at `now`. For HTTP/1.1 the URI is in origin form and the response
+    /// comes with the [`Lease`] of its connection; for HTTP/2 it is absolute, with the client's
+    /// host as authority.
     pub async fn send(
         &self,
         (protocol, version): (TargetProtocol, ProtocolVersion),
         target: SocketAddr,
         req: Request<Incoming>,
+        now: Instant,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         let origin = (protocol, target);
         if version == ProtocolVersion::Http1 {
-            return self.send_h1(origin, req).await;
+            return self.send_h1(origin, req, now).await;
         }
         let mut sender = self.h2_sender(origin).await.map_err(SendError::Connect)?;
         let resp = sender
@@ -163,9 +182,10 @@ impl Upstream {
         &self,
         origin: Origin,
         mut req: Request<Incoming>,
+        now: Instant,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         // An idle connection the target closed meanwhile gives the request back: try a new one.
-        if let Some(mut sender) = self.idle_h1(origin) {
+        if let Some(mut sender) = self.idle_h1(origin, now) {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, Some(self.lease(sender, origin)))),
                 Err(mut e) => match e.take_message() {
@@ -193,17 +213,17 @@ impl Upstream {
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
         // Runs until either side closes; a broken connection fails its request, which reports it.
-        tokio::spawn(conn.with_upgrades());
+        self.track(origin, tokio::spawn(conn.with_upgrades()).abort_handle());
         Ok(sender)
     }
 
     /// The most recently used idle connection to `origin` that can take a request now.
-    fn idle_h1(&self, origin: Origin) -> Option<http1::SendRequest<Incoming>> {
-        let mut idle = lock(&self.h1);
-        let conns = idle.get_mut(&origin)?;
+    fn idle_h1(&self, origin: Origin, now: Instant) -> Option<http1::SendRequest<Incoming>> {
+        let mut pool = lock(&self.h1);
+        let conns = pool.idle.get_mut(&origin)?;
         while let Some((sender, since)) = conns.pop() {
             // A connection still busy (its request body still going) is let go, not waited for.
-            if sender.is_ready() && since.elapsed() < POOL_IDLE_TIMEOUT {
+            if sender.is_ready() && now.saturating_duration_since(since) < POOL_IDLE_TIMEOUT {
                 return Some(sender);
             }
         }
@@ -236,18 +256,47 @@ impl Upstream {
             .handshake(io)
             .await?;
         // Runs until either side closes; a broken connection fails its streams, which report it.
-        tokio::spawn(conn);
+        self.track(origin, tokio::spawn(conn).abort_handle());
         sender.ready().await?;
         // Two requests may race to connect; the last one stays, the other serves its request.
         lock(&self.h2).insert(origin, sender.clone());
         Ok(sender)
     }
 
-    /// Forgets connections to targets not in `live`: HTTP/2 ones close once their streams are
-    /// done, so requests in flight to a deregistered target finish; idle HTTP/1.1 ones close.
-    pub fn retain(&self, live: &HashSet<Origin>) {
-        lock(&self.h2).retain(|o, _| live.contains(o));
-        lock(&self.h1).retain(|o, _| live.contains(o));
+    /// Keeps `task` (a connection or a tunnel to `origin`) to cut when `origin` leaves.
+    pub fn track(&self, origin: Origin, task: AbortHandle) {
+        let mut tasks = lock(&self.tasks);
+        let open = tasks.entry(origin).or_default();
+        open.retain(|t| !t.is_finished());
+        open.push(task);
+    }
+
+    /// Takes the origins in service and their deregistration delays. Those that left get no new
+    /// requests: their idle HTTP/1.1 connections close, their HTTP/2 ones once their streams are
+    /// done; whatever still runs to them when their delay (of the config they left) ends is cut.
+    pub fn retain(&self, live: HashMap<Origin, Duration>) {
+        lock(&self.h2).retain(|o, _| live.contains_key(o));
+        let mut pool = lock(&self.h1);
+        pool.idle.retain(|o, _| live.contains_key(o));
+        let delays = std::mem::replace(&mut pool.live, live);
+        let mut tasks = lock(&self.tasks);
+        let gone: Vec<Origin> = tasks
+            .keys()
+            .filter(|o| !pool.live.contains_key(o))
+            .copied()
+            .collect();
+        for origin in gone {
+            let Some(open) = tasks.remove(&origin) else {
+                continue;
+            };
+            let delay = delays.get(&origin).copied().unwrap_or_default();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                for task in open {
+                    task.abort();
+                }
+            });
+        }
     }
 }
 
@@ -256,13 +305,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A failed exchange is the client's if its body failed: hyper reports the body stream's error
-/// as a "user" error, somewhere in the chain.
+/// (the client connection's, a `hyper::Error`) as a "user" error caused by it, somewhere in the
+/// chain. A connection cut at the end of a deregistration delay is a "user" error too ("dispatch
+/// task is gone"), caused by a message.
 fn classify(e: BoxError) -> SendError {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
     while let Some(c) = cause {
-        if c.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_user)
-        {
+        if c.downcast_ref::<hyper::Error>().is_some_and(|h| {
+            h.is_user() && std::error::Error::source(h).is_some_and(|c| c.is::<hyper::Error>())
+        }) {
             return SendError::ClientBody(e);
         }
         cause = c.source();

@@ -353,6 +353,23 @@ pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Opens a connection to `addr` and switches it to the backends' echo protocol (a WebSocket-style
+/// upgrade); returns it with the response head, in lower case.
+pub fn upgrade(addr: SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .expect("send");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        assert_eq!(s.read(&mut byte).expect("read head"), 1, "closed early");
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8_lossy(&head).to_ascii_lowercase())
+}
+
 /// A target group of backends on 127.0.0.1, as TOML.
 pub fn group(name: &str, ports: &[u16], attributes: &str) -> String {
     let targets: Vec<String> = ports
