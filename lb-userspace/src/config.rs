@@ -218,12 +218,18 @@ const ATTRIBUTES: &[(&str, &[&str])] = &[
     ("load_balancing.cross_zone.enabled", &["true", "false"]),
 ];
 
+/// `deregistration_delay.timeout_seconds` in a group's `attributes`, else ELB's default (300 s):
+/// how long a target that left may finish what it has in flight, for L4 and HTTP groups alike.
+pub(crate) fn deregistration_delay(attributes: &BTreeMap<String, String>) -> std::time::Duration {
+    let s = attributes.get("deregistration_delay.timeout_seconds");
+    std::time::Duration::from_secs(s.and_then(|v| v.parse().ok()).unwrap_or(300))
+}
+
 /// The attributes with their values or the NLB defaults.
 impl TargetGroup {
     /// `deregistration_delay.timeout_seconds` (default 300).
     pub fn deregistration_delay(&self) -> std::time::Duration {
-        let s = self.attributes.get("deregistration_delay.timeout_seconds");
-        std::time::Duration::from_secs(s.and_then(|v| v.parse().ok()).unwrap_or(300))
+        deregistration_delay(&self.attributes)
     }
 
     /// `load_balancing.cross_zone.enabled` (default false, as for NLB).

@@ -80,8 +80,7 @@ impl HttpTargetGroup {
     /// `deregistration_delay.timeout_seconds`: how long the requests in flight to a target that
     /// left may go on (ALB's default 300 s).
     pub fn deregistration_delay(&self) -> Duration {
-        let s = self.attributes.get("deregistration_delay.timeout_seconds");
-        Duration::from_secs(s.and_then(|v| v.parse().ok()).unwrap_or(300))
+        crate::config::deregistration_delay(&self.attributes)
     }
 }
 

@@ -734,8 +734,8 @@ async fn run(
             let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
             let sent = Instant::now();
             // Boxed: the exchange's future is the largest part of a request's, and unboxed it
-            // would be copied at each level that awaits it.
-            // The deadline from `sent`, and `sent` for the pool: no more clock reads.
+            // would be copied at each level that awaits it. The deadline and the pool's idle
+            // check reuse `sent` rather than read the clock again.
             let answer = tokio::time::timeout_at(
                 tokio::time::Instant::from_std(sent) + route.idle_timeout,
                 Box::pin(shared.upstream.send(group.protocol, target, req, sent)),

@@ -279,16 +279,8 @@ impl Upstream {
         let mut pool = lock(&self.h1);
         pool.idle.retain(|o, _| live.contains_key(o));
         let delays = std::mem::replace(&mut pool.live, live);
-        let mut tasks = lock(&self.tasks);
-        let gone: Vec<Origin> = tasks
-            .keys()
-            .filter(|o| !pool.live.contains_key(o))
-            .copied()
-            .collect();
-        for origin in gone {
-            let Some(open) = tasks.remove(&origin) else {
-                continue;
-            };
+        let live = &pool.live;
+        for (origin, open) in lock(&self.tasks).extract_if(|o, _| !live.contains_key(o)) {
             let delay = delays.get(&origin).copied().unwrap_or_default();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
