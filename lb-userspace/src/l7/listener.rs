@@ -321,7 +321,9 @@ async fn serve<S>(
             resp
         })
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // As the target side (`Upstream::connect_h1`): a response's head and body in one `send`.
+    builder.http1().writev(false);
     let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(served);
     tokio::select! {
