@@ -137,6 +137,22 @@ fn a_target_that_leaves_finishes_its_requests_within_its_deregistration_delay() 
 }
 
 #[test]
+fn a_target_back_within_its_deregistration_delay_keeps_its_requests() {
+    let mut lab = Lab::new();
+    let (a, b) = (lab.backend("a"), lab.backend("b"));
+    let p = free_port();
+    lab.start(&config(&group("web", &[a], &delay(2)), &[(p, "web")]));
+    let slow = thread::spawn(move || curl(&[&format!("http://127.0.0.1:{p}/slow")]));
+    thread::sleep(Duration::from_millis(500));
+    lab.reload(&config(&group("web", &[b], &delay(2)), &[(p, "web")]));
+    lab.reload(&config(&group("web", &[a, b], &delay(2)), &[(p, "web")]));
+    // The answer comes 3 s after the request, past the end of the delay: as the target is back,
+    // its connection is not cut.
+    let r = slow.join().expect("slow request");
+    assert_eq!((r.status, r.backend()), (200, "a"), "{r:?}");
+}
+
+#[test]
 fn a_websocket_to_a_target_that_left_is_cut_when_its_delay_ends() {
     let mut lab = Lab::new();
     let (a, b) = (lab.backend("a"), lab.backend("b"));

@@ -10,12 +10,12 @@
 //! HTTP/2 uses one multiplexed connection per target, kept here and replaced when it closes: it
 //! must send the client's host as `:authority` (RFC 9113 §8.3.1), not the target's address.
 //! [`Upstream::retain`] lets connections to targets that left finish their requests and close,
-//! and cuts those still open when the target's deregistration delay ends, as ALB does: the tasks
-//! that run connections and WebSocket tunnels are kept per target for that, which costs nothing
-//! per request.
+//! and cuts those still open when the target's deregistration delay ends, as ALB does (not if the
+//! target is back in service by then): the tasks that run connections and WebSocket tunnels are
+//! kept per target for that, which costs nothing per request.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
@@ -85,7 +85,17 @@ pub struct Upstream {
     h2_connector: HttpsConnector<HttpConnector>,
     h2: Mutex<HashMap<Origin, http2::SendRequest<Incoming>>>,
     /// The tasks that run each origin's connections and tunnels.
-    tasks: Mutex<HashMap<Origin, Vec<AbortHandle>>>,
+    tasks: Arc<Mutex<Tasks>>,
+}
+
+/// The tasks that run connections and tunnels, per origin: those of origins in service, and those
+/// of origins that left, cut when the delay of their departure ends unless they come back first.
+#[derive(Debug, Default)]
+struct Tasks {
+    open: HashMap<Origin, Vec<AbortHandle>>,
+    /// The latest departure of each origin that left (a count, to tell it from earlier ones).
+    leaving: HashMap<Origin, (u64, Vec<AbortHandle>)>,
+    departures: u64,
 }
 
 /// A connector for `http://` and `https://` URIs, offering `alpn` over TLS.
@@ -119,7 +129,7 @@ impl Default for Upstream {
             h1: Arc::default(),
             h2_connector: connector(b"h2"),
             h2: Mutex::default(),
-            tasks: Mutex::default(),
+            tasks: Arc::default(),
         }
     }
 }
@@ -270,26 +280,46 @@ impl Upstream {
     /// Keeps `task` (a connection or a tunnel to `origin`) to cut when `origin` leaves.
     pub fn track(&self, origin: Origin, task: AbortHandle) {
         let mut tasks = lock(&self.tasks);
-        let open = tasks.entry(origin).or_default();
+        let open = tasks.open.entry(origin).or_default();
         open.retain(|t| !t.is_finished());
         open.push(task);
     }
 
     /// Takes the origins in service and their deregistration delays. Those that left get no new
     /// requests: their idle HTTP/1.1 connections close, their HTTP/2 ones once their streams are
-    /// done; whatever still runs to them when their delay (of the config they left) ends is cut.
+    /// done; whatever still runs to them when their delay (of the config they left) ends is cut,
+    /// unless they are back in service by then.
     pub fn retain(&self, live: HashMap<Origin, Duration>) {
         lock(&self.h2).retain(|o, _| live.contains_key(o));
         let mut pool = lock(&self.h1);
         pool.idle.retain(|o, _| live.contains_key(o));
         let delays = std::mem::replace(&mut pool.live, live);
         let live = &pool.live;
-        for (origin, open) in lock(&self.tasks).extract_if(|o, _| !live.contains_key(o)) {
+        let mut tasks = lock(&self.tasks);
+        let Tasks {
+            open,
+            leaving,
+            departures,
+        } = &mut *tasks;
+        for (origin, (_, back)) in leaving.extract_if(|o, _| live.contains_key(o)) {
+            open.entry(origin).or_default().extend(back);
+        }
+        for (origin, left) in open.extract_if(|o, _| !live.contains_key(o)) {
+            *departures += 1;
+            let departure = *departures;
+            let cut = leaving.entry(origin).or_default();
+            cut.0 = departure;
+            cut.1.extend(left);
             let delay = delays.get(&origin).copied().unwrap_or_default();
+            let tasks = self.tasks.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                for task in open {
-                    task.abort();
+                match lock(&tasks).leaving.entry(origin) {
+                    Entry::Occupied(cut) if cut.get().0 == departure => {
+                        cut.remove().1.iter().for_each(AbortHandle::abort);
+                    }
+                    // Back in service, or gone again since: not this departure's to cut.
+                    _ => {}
                 }
             });
         }
