@@ -56,7 +56,7 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     seconds: u64,
     /// Rounds of (xlb, HAProxy, nginx) per load.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Concurrent connections of wrk (h1, tls).
     #[arg(long, default_value_t = 32)]
@@ -454,12 +454,16 @@ fn main() -> Result<()> {
                 &format!("median of {rounds}"),
             );
         }
+        for (p, s) in proxies.iter().zip(&samples).skip(1) {
+            results.pair(load, p.name, &samples[0], s);
+        }
     }
     println!(
         "\n{} worker(s) per proxy on CPU {}, load generator and backend on CPU {}\n",
         args.workers, bench.proxy_cpus, bench.load_cpus
     );
     println!("{}", results.table());
+    println!("{}", results.pairs_table());
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&results.json())?;
         std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))?;
@@ -733,18 +737,71 @@ fn h2load(bench: &Bench, port: u16, args: &Args, seconds: u64) -> Result<Sample>
     })
 }
 
-/// Results in the order measured.
+/// Results in the order measured, and xlb against each other proxy.
 #[derive(Default)]
-struct Results(Vec<(String, Sample, String)>);
+struct Results {
+    medians: Vec<(String, Sample, String)>,
+    pairs: Vec<Paired>,
+}
+
+/// xlb's figures over another proxy's, round by round: both ran in the same round, a few
+/// seconds apart, so the drift of the host between rounds cancels out of each ratio.
+struct Paired {
+    load: Load,
+    other: &'static str,
+    /// xlb's req/s over the other's, one per round.
+    rps: Vec<f64>,
+    /// xlb's CPU time per request over the other's, one per round.
+    cpu: Vec<f64>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 
 impl Results {
+    /// xlb's `ours` against `theirs` of `other`, round by round.
+    fn pair(&mut self, load: Load, other: &'static str, ours: &[Sample], theirs: &[Sample]) {
+        let ratios =
+            |f: fn(&Sample) -> f64| ours.iter().zip(theirs).map(|(a, b)| f(a) / f(b)).collect();
+        self.pairs.push(Paired {
+            load,
+            other,
+            rps: ratios(|s| s.rps),
+            cpu: ratios(|s| s.cpu_us),
+        });
+    }
+
+    fn pairs_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "| xlb against | load | req/s ratio: median (min–max) | CPU µs/req ratio: median | rounds xlb served more |\n\
+             |---|---|---:|---:|---:|"
+        );
+        for p in &self.pairs {
+            let (lo, hi) = p
+                .rps
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+            let won = p.rps.iter().filter(|&&r| r > 1.0).count();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.2} ({lo:.2}–{hi:.2}) | {:.2} | {won} of {} |",
+                p.other,
+                p.load.name(),
+                median(p.rps.clone()),
+                median(p.cpu.clone()),
+                p.rps.len()
+            );
+        }
+        out
+    }
+
     /// The medians of `samples` under `name`.
     fn add(&mut self, name: &str, samples: &[Sample], note: &str) {
-        let median = |f: fn(&Sample) -> f64| {
-            let mut v: Vec<f64> = samples.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
+        let median = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
         let s = Sample {
             rps: median(|s| s.rps),
             p50_ms: median(|s| s.p50_ms),
@@ -753,7 +810,7 @@ impl Results {
             load_idle: median(|s| s.load_idle),
             steal: median(|s| s.steal),
         };
-        self.0.push((name.to_owned(), s, note.to_owned()));
+        self.medians.push((name.to_owned(), s, note.to_owned()));
     }
 
     fn table(&self) -> String {
@@ -763,7 +820,7 @@ impl Results {
             "| run | req/s | p50 ms | p99 ms | CPU µs/req | load CPUs idle | steal | notes |\n\
              |---|---:|---:|---:|---:|---:|---:|---|"
         );
-        for (name, s, note) in &self.0 {
+        for (name, s, note) in &self.medians {
             let _ = writeln!(
                 out,
                 "| `{name}` | {:.0} | {:.3} | {:.3} | {:.1} | {:.0} % | {:.0} % | {note} |",
@@ -775,12 +832,23 @@ impl Results {
 
     fn json(&self) -> serde_json::Value {
         let mut map = serde_json::Map::new();
-        for (name, s, _) in &self.0 {
+        for (name, s, _) in &self.medians {
             map.insert(format!("{name}.rps"), serde_json::json!(s.rps));
             map.insert(format!("{name}.p50_ms"), serde_json::json!(s.p50_ms));
             map.insert(format!("{name}.p99_ms"), serde_json::json!(s.p99_ms));
             map.insert(format!("{name}.cpu_us"), serde_json::json!(s.cpu_us));
             map.insert(format!("{name}.load_idle"), serde_json::json!(s.load_idle));
+        }
+        for p in &self.pairs {
+            let key = format!("l7.xlb.{}.vs_{}", p.load.name(), p.other);
+            map.insert(
+                format!("{key}.rps_ratio"),
+                serde_json::json!(median(p.rps.clone())),
+            );
+            map.insert(
+                format!("{key}.cpu_ratio"),
+                serde_json::json!(median(p.cpu.clone())),
+            );
         }
         serde_json::json!({ "results": map })
     }
