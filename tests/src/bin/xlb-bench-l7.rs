@@ -454,6 +454,7 @@ fn main() -> Result<()> {
                 &format!("median of {rounds}"),
             );
         }
+        // The first is xlb.
         for (p, s) in proxies.iter().zip(&samples).skip(1) {
             results.pair(load, p.name, &samples[0], s);
         }
@@ -755,6 +756,13 @@ struct Paired {
     cpu: Vec<f64>,
 }
 
+impl Paired {
+    /// The median ratios of req/s and of CPU time per request.
+    fn medians(&self) -> (f64, f64) {
+        (median(self.rps.clone()), median(self.cpu.clone()))
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -786,13 +794,12 @@ impl Results {
                 .iter()
                 .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
             let won = p.rps.iter().filter(|&&r| r > 1.0).count();
+            let (rps, cpu) = p.medians();
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.2} ({lo:.2}–{hi:.2}) | {:.2} | {won} of {} |",
+                "| {} | {} | {rps:.2} ({lo:.2}–{hi:.2}) | {cpu:.2} | {won} of {} |",
                 p.other,
                 p.load.name(),
-                median(p.rps.clone()),
-                median(p.cpu.clone()),
                 p.rps.len()
             );
         }
@@ -841,14 +848,9 @@ impl Results {
         }
         for p in &self.pairs {
             let key = format!("l7.xlb.{}.vs_{}", p.load.name(), p.other);
-            map.insert(
-                format!("{key}.rps_ratio"),
-                serde_json::json!(median(p.rps.clone())),
-            );
-            map.insert(
-                format!("{key}.cpu_ratio"),
-                serde_json::json!(median(p.cpu.clone())),
-            );
+            let (rps, cpu) = p.medians();
+            map.insert(format!("{key}.rps_ratio"), serde_json::json!(rps));
+            map.insert(format!("{key}.cpu_ratio"), serde_json::json!(cpu));
         }
         serde_json::json!({ "results": map })
     }
