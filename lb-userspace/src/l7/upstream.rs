@@ -277,9 +277,14 @@ impl Upstream {
         Ok(sender)
     }
 
-    /// Keeps `task` (a connection or a tunnel to `origin`) to cut when `origin` leaves.
+    /// Keeps `task` (a connection or a tunnel to `origin`) to cut when `origin` leaves. One that
+    /// started after `origin` left (its request picked the target before) is cut with the rest.
     pub fn track(&self, origin: Origin, task: AbortHandle) {
         let mut tasks = lock(&self.tasks);
+        if let Some((_, cut)) = tasks.leaving.get_mut(&origin) {
+            cut.push(task);
+            return;
+        }
         let open = tasks.open.entry(origin).or_default();
         open.retain(|t| !t.is_finished());
         open.push(task);

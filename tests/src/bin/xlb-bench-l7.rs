@@ -23,6 +23,7 @@
 use std::{
     fmt::Write as _,
     net::{SocketAddr, TcpStream},
+    ops::Range,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -162,10 +163,10 @@ struct Ticks {
 
 impl Ticks {
     /// The sum over `cpus`.
-    fn now(cpus: &[usize]) -> Result<Ticks> {
+    fn now(cpus: &Range<usize>) -> Result<Ticks> {
         let stat = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
         let mut t = Ticks::default();
-        for &cpu in cpus {
+        for cpu in cpus.clone() {
             let name = format!("cpu{cpu}");
             let v: Vec<u64> = stat
                 .lines()
@@ -205,11 +206,13 @@ struct Bench {
     dir: PathBuf,
     pins: PathBuf,
     children: Vec<(&'static str, Child)>,
-    proxy_cpus: String,
-    load_cpus: String,
-    /// The same, as lists.
-    proxy_set: Vec<usize>,
-    load_set: Vec<usize>,
+    proxy_cpus: Range<usize>,
+    load_cpus: Range<usize>,
+}
+
+/// `cpus` as `taskset -c` takes them.
+fn cpu_list(cpus: &Range<usize>) -> String {
+    format!("{}-{}", cpus.start, cpus.end - 1)
 }
 
 impl Bench {
@@ -225,10 +228,8 @@ impl Bench {
             dir: std::env::temp_dir().join(format!("xlb-bench-l7-{id}")),
             pins: PathBuf::from(format!("/sys/fs/bpf/xlb-bench-l7-{id}")),
             children: Vec::new(),
-            proxy_cpus: format!("0-{}", workers - 1),
-            load_cpus: format!("{workers}-{}", cpus - 1),
-            proxy_set: (0..workers).collect(),
-            load_set: (workers..cpus).collect(),
+            proxy_cpus: 0..workers,
+            load_cpus: workers..cpus,
         };
         std::fs::create_dir_all(&bench.dir).context("temp dir")?;
         run(Command::new("ip").args(["netns", "add", &bench.ns]))?;
@@ -246,8 +247,9 @@ impl Bench {
     }
 
     /// `argv` in the namespace on `cpus`.
-    fn pinned(&self, cpus: &str, argv: &[&str]) -> Command {
-        let mut full = vec!["taskset", "-c", cpus];
+    fn pinned(&self, cpus: &Range<usize>, argv: &[&str]) -> Command {
+        let cpus = cpu_list(cpus);
+        let mut full = vec!["taskset", "-c", &cpus];
         full.extend_from_slice(argv);
         self.exec(&full)
     }
@@ -256,7 +258,7 @@ impl Bench {
     fn spawn(
         &mut self,
         name: &'static str,
-        cpus: &str,
+        cpus: &Range<usize>,
         argv: &[&str],
         env: &[(&str, String)],
     ) -> Result<()> {
@@ -304,12 +306,12 @@ impl Bench {
     fn measured(&self, mut run: impl FnMut() -> Result<Sample>) -> Result<Sample> {
         let mut quietest: Option<Sample> = None;
         for attempt in 1..=ATTEMPTS {
-            let before = (Ticks::now(&self.proxy_set)?, Ticks::now(&self.load_set)?);
+            let before = (Ticks::now(&self.proxy_cpus)?, Ticks::now(&self.load_cpus)?);
             let mut s = run()?;
-            let proxy = Ticks::now(&self.proxy_set)?.since(before.0);
-            let load = Ticks::now(&self.load_set)?.since(before.1);
+            let proxy = Ticks::now(&self.proxy_cpus)?.since(before.0);
+            let load = Ticks::now(&self.load_cpus)?.since(before.1);
             // Busy share times the CPUs: CPU seconds per second, then per request.
-            let cpu_seconds = proxy.busy as f64 / proxy.total() * self.proxy_set.len() as f64;
+            let cpu_seconds = proxy.busy as f64 / proxy.total() * self.proxy_cpus.len() as f64;
             s.cpu_us = cpu_seconds / s.rps.max(1.0) * 1e6;
             s.load_idle = load.idle as f64 / load.total() * 100.0;
             s.steal = (proxy.steal + load.steal) as f64 / (proxy.total() + load.total()) * 100.0;
@@ -461,7 +463,9 @@ fn main() -> Result<()> {
     }
     println!(
         "\n{} worker(s) per proxy on CPU {}, load generator and backend on CPU {}\n",
-        args.workers, bench.proxy_cpus, bench.load_cpus
+        args.workers,
+        cpu_list(&bench.proxy_cpus),
+        cpu_list(&bench.load_cpus)
     );
     println!("{}", results.table());
     println!("{}", results.pairs_table());
@@ -521,7 +525,12 @@ fn start_servers(bench: &mut Bench, args: &Args) -> Result<()> {
 }
 
 /// Starts nginx as `name` with `config`, its prefix and error log in the temporary directory.
-fn start_nginx(bench: &mut Bench, name: &'static str, cpus: &str, config: &str) -> Result<()> {
+fn start_nginx(
+    bench: &mut Bench,
+    name: &'static str,
+    cpus: &Range<usize>,
+    config: &str,
+) -> Result<()> {
     let (prefix, errors) = (bench.path(""), bench.path(&format!("{name}-error.log")));
     bench.spawn(
         name,
