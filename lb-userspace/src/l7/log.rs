@@ -166,8 +166,13 @@ impl Line {
     }
 
     fn escaped(&mut self, mut rest: &str) {
-        // Plain runs go out whole; only the characters that need escaping one by one.
-        while let Some(i) = rest.find(|c: char| c == '"' || c == '\\' || c.is_control()) {
+        // Plain runs go out whole; only the characters that need escaping one by one. Found by
+        // byte, not decoded: each starts with an ASCII byte, or with 0xC2 (U+0080 to U+009F, the
+        // C1 controls, which share it with U+00A0 to U+00BF).
+        while let Some(i) = rest
+            .bytes()
+            .position(|b| matches!(b, b'"' | b'\\' | 0..0x20 | 0x7f | 0xc2))
+        {
             self.0.push_str(&rest[..i]);
             let c = rest[i..].chars().next().unwrap_or_default();
             match c {
@@ -175,9 +180,10 @@ impl Line {
                     self.0.push('\\');
                     self.0.push(c);
                 }
-                c => {
+                c if c.is_control() => {
                     let _ = write!(self.0, "\\x{:02x}", u32::from(c));
                 }
+                c => self.0.push(c),
             }
             rest = &rest[i + c.len_utf8()..];
         }
@@ -285,8 +291,9 @@ mod tests {
 
     #[test]
     fn quoted_fields_escape_quotes_backslashes_and_controls() {
-        let q = line(|l| l.quoted(Some("a\"b\\c\x01é d")));
-        assert_eq!(q, "\"a\\\"b\\\\c\\x01é d\"");
+        // U+0085 is a (C1) control, U+00A0 (the same first byte) is not.
+        let q = line(|l| l.quoted(Some("a\"b\\c\x01é d\u{85}\u{a0}")));
+        assert_eq!(q, "\"a\\\"b\\\\c\\x01é d\\x85\u{a0}\"");
         assert_eq!(line(|l| l.quoted(None)), "\"-\"");
     }
 

@@ -288,7 +288,7 @@ pub fn upstream_peer<'a>(
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). As text: a header's
-/// name is compared with these once per message, which needs no `HeaderName` built.
+/// name is compared with these, which needs no `HeaderName` built.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
@@ -313,16 +313,20 @@ fn list(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
 
 /// Removes hop-by-hop headers, and those `Connection` names; keeps an upgrade if asked to.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages have none, `Connection` included (so none it names either): one pass over
-    // the (few) headers spares them a lookup per name, a hash each.
-    if headers.keys().any(|k| HOP_BY_HOP.contains(&k.as_str())) {
-        let named: Vec<HeaderName> = list(headers, header::CONNECTION)
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+    // Most requests have none; most responses only `Connection: keep-alive`. One pass over the
+    // (few) headers finds those to remove, rather than a lookup, a hash each, per name that
+    // could be there.
+    let hop = |k: &HeaderName| HOP_BY_HOP.contains(&k.as_str());
+    if headers.keys().any(hop) {
+        let named: Vec<&str> = list(headers, header::CONNECTION).collect();
+        let gone: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| hop(k) || named.iter().any(|n| n.eq_ignore_ascii_case(k.as_str())))
+            .filter(|k| !(keep_upgrade && (*k == header::UPGRADE || *k == header::CONNECTION)))
+            .cloned()
             .collect();
-        for h in named.iter().map(HeaderName::as_str).chain(HOP_BY_HOP) {
-            if !(keep_upgrade && (h == "upgrade" || h == "connection")) {
-                headers.remove(h);
-            }
+        for k in gone {
+            headers.remove(k);
         }
     }
     if keep_upgrade {

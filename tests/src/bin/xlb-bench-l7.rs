@@ -56,6 +56,9 @@ struct Args {
     /// Seconds per run.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// The loads to run, in this order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "h1,tls,h2")]
+    load: Vec<Load>,
     /// Rounds of (xlb, HAProxy, nginx) per load.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
@@ -114,7 +117,7 @@ const PROXIES: [Proxy; 3] = [
     },
 ];
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Load {
     H1,
     Tls,
@@ -414,7 +417,7 @@ fn main() -> Result<()> {
         &[direct],
         "wrk against the backend itself: the ceiling",
     );
-    for load in [Load::H1, Load::Tls, Load::H2] {
+    for &load in &args.load {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); proxies.len()];
         for _ in 0..rounds {
             for (i, p) in proxies.iter().enumerate() {
