@@ -60,7 +60,7 @@ struct Args {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "h1,tls,h2")]
     load: Vec<Load>,
     /// Rounds of (xlb, HAProxy, nginx) per load.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 8)]
     rounds: usize,
     /// Concurrent connections of wrk (h1, tls).
     #[arg(long, default_value_t = 32)]
