@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use l7_support::{Lab, curl, free_port, group, upgrade};
+use l7_support::{Lab, Reply, curl, free_port, group, upgrade};
 
 fn config(groups: &str, listeners: &[(u16, &str)]) -> String {
     let mut out = groups.to_owned();
@@ -94,6 +94,11 @@ fn shutdown_lets_requests_in_flight_finish() {
     assert_eq!((r.status, r.backend()), (200, "a"), "{r:?}");
 }
 
+/// A request through port `p` to the backends' `/slow`, which answers after 3 s, in a thread.
+fn slow(p: u16) -> thread::JoinHandle<Reply> {
+    thread::spawn(move || curl(&[&format!("http://127.0.0.1:{p}/slow")]))
+}
+
 /// `deregistration_delay.timeout_seconds`, as a group's attribute.
 fn delay(seconds: u32) -> String {
     format!("\"deregistration_delay.timeout_seconds\" = \"{seconds}\"")
@@ -105,11 +110,10 @@ fn a_target_that_leaves_finishes_its_requests_within_its_deregistration_delay() 
     let (a, b) = (lab.backend("a"), lab.backend("b"));
     let p = free_port();
     let url = format!("http://127.0.0.1:{p}/");
-    let slow = move || thread::spawn(move || curl(&[&format!("http://127.0.0.1:{p}/slow")]));
 
     // The backend answers /slow after 3 s: within a delay of 10 s, the answer comes.
     lab.start(&config(&group("web", &[a], &delay(10)), &[(p, "web")]));
-    let within = slow();
+    let within = slow(p);
     thread::sleep(Duration::from_millis(500));
     lab.reload(&config(&group("web", &[b], &delay(10)), &[(p, "web")]));
     assert_eq!(
@@ -123,7 +127,7 @@ fn a_target_that_leaves_finishes_its_requests_within_its_deregistration_delay() 
     // With a delay of 1 s, the request still in flight when it ends is cut: the target's
     // connection closes, and the client gets ALB's 502.
     lab.reload(&config(&group("web", &[a], &delay(1)), &[(p, "web")]));
-    let cut = slow();
+    let cut = slow(p);
     thread::sleep(Duration::from_millis(500));
     let left = Instant::now();
     lab.reload(&config(&group("web", &[b], &delay(1)), &[(p, "web")]));
@@ -142,13 +146,13 @@ fn a_target_back_within_its_deregistration_delay_keeps_its_requests() {
     let (a, b) = (lab.backend("a"), lab.backend("b"));
     let p = free_port();
     lab.start(&config(&group("web", &[a], &delay(2)), &[(p, "web")]));
-    let slow = thread::spawn(move || curl(&[&format!("http://127.0.0.1:{p}/slow")]));
+    let in_flight = slow(p);
     thread::sleep(Duration::from_millis(500));
     lab.reload(&config(&group("web", &[b], &delay(2)), &[(p, "web")]));
     lab.reload(&config(&group("web", &[a, b], &delay(2)), &[(p, "web")]));
     // The answer comes 3 s after the request, past the end of the delay: as the target is back,
     // its connection is not cut.
-    let r = slow.join().expect("slow request");
+    let r = in_flight.join().expect("slow request");
     assert_eq!((r.status, r.backend()), (200, "a"), "{r:?}");
 }
 

@@ -15,7 +15,7 @@
 //! kept per target for that, which costs nothing per request.
 
 use std::{
-    collections::{HashMap, hash_map::Entry},
+    collections::{HashMap, HashSet, hash_map::Entry},
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
@@ -309,7 +309,16 @@ impl Upstream {
         for (origin, (_, back)) in leaving.extract_if(|o, _| live.contains_key(o)) {
             open.entry(origin).or_default().extend(back);
         }
-        for (origin, left) in open.extract_if(|o, _| !live.contains_key(o)) {
+        // Every origin that left, tasks or not: a connection opened later by a request that picked
+        // it before (`track`) is then cut with its departure too.
+        let gone: HashSet<Origin> = delays
+            .keys()
+            .chain(open.keys())
+            .filter(|o| !live.contains_key(o))
+            .copied()
+            .collect();
+        for origin in gone {
+            let left = open.remove(&origin).unwrap_or_default();
             *departures += 1;
             let departure = *departures;
             let cut = leaving.entry(origin).or_default();
@@ -350,4 +359,51 @@ fn classify(e: BoxError) -> SendError {
         cause = c.source();
     }
     SendError::Target(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin() -> Origin {
+        (
+            TargetProtocol::Http,
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+        )
+    }
+
+    /// A task that runs until cut.
+    fn connection() -> tokio::task::JoinHandle<()> {
+        tokio::spawn(std::future::pending())
+    }
+
+    #[tokio::test]
+    async fn a_connection_opened_after_its_target_left_is_cut_with_it() {
+        let up = Upstream::default();
+        up.retain(HashMap::from([(origin(), Duration::from_millis(50))]));
+        // The target had no connection when it left; a request that picked it before opens one.
+        up.retain(HashMap::new());
+        let late = connection();
+        up.track(origin(), late.abort_handle());
+        let cut = tokio::time::timeout(Duration::from_secs(5), late).await;
+        assert!(
+            cut.expect("cut within the delay")
+                .unwrap_err()
+                .is_cancelled()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_target_back_within_its_delay_keeps_its_connections() {
+        let up = Upstream::default();
+        let live = HashMap::from([(origin(), Duration::from_millis(50))]);
+        up.retain(live.clone());
+        let open = connection();
+        up.track(origin(), open.abort_handle());
+        up.retain(HashMap::new());
+        up.retain(live);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!open.is_finished(), "cut although the target came back");
+        open.abort();
+    }
 }
