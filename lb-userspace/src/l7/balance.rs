@@ -320,13 +320,9 @@ impl Group {
         }
     }
 
-    /// Picks a target: the one `sticky` names if stickiness is on and it is still here and
-    /// healthy, else by the algorithm. `None` when the group has no target.
-    pub fn pick(&self, sticky: Option<&str>) -> Option<Pick<'_>> {
-        self.pick_at(sticky, Instant::now())
-    }
-
-    fn pick_at(&self, sticky: Option<&str>, now: Instant) -> Option<Pick<'_>> {
+    /// Picks a target at `now`: the one `sticky` names if stickiness is on and it is still here
+    /// and healthy, else by the algorithm. `None` when the group has no target.
+    pub fn pick(&self, sticky: Option<&str>, now: Instant) -> Option<Pick<'_>> {
         let healthy = self.targets.iter().filter(|t| t.healthy()).count();
         // Fail open, as ALB: when no target is healthy, every target takes requests.
         let all = healthy == 0 || healthy == self.targets.len();
@@ -538,21 +534,23 @@ mod tests {
 
     #[test]
     fn round_robin_cycles() {
+        let now = Instant::now();
         let c = Counters::default();
-        let g = Group::new(&group("g", &[1, 2, 3], &[]), &c, Instant::now());
+        let g = Group::new(&group("g", &[1, 2, 3], &[]), &c, now);
         let ports: Vec<u16> = (0..6)
-            .map(|_| g.pick(None).unwrap().target.addr.port())
+            .map(|_| g.pick(None, now).unwrap().target.addr.port())
             .collect();
         assert_eq!(ports, [1, 2, 3, 1, 2, 3]);
         assert!(
-            Group::new(&group("e", &[], &[]), &c, Instant::now())
-                .pick(None)
+            Group::new(&group("e", &[], &[]), &c, now)
+                .pick(None, now)
                 .is_none()
         );
     }
 
     #[test]
     fn least_outstanding_avoids_busy_targets() {
+        let now = Instant::now();
         let c = Counters::default();
         let tg = group(
             "g",
@@ -562,15 +560,15 @@ mod tests {
                 "least_outstanding_requests",
             )],
         );
-        let g = Group::new(&tg, &c, Instant::now());
-        let busy = g.pick(None).unwrap();
+        let g = Group::new(&tg, &c, now);
+        let busy = g.pick(None, now).unwrap();
         assert_eq!(busy.target.addr.port(), 1);
         for _ in 0..4 {
-            assert_eq!(g.pick(None).unwrap().target.addr.port(), 2);
+            assert_eq!(g.pick(None, now).unwrap().target.addr.port(), 2);
         }
         // A reload keeps the count of a target that stays.
-        let again = Group::new(&tg, &c, Instant::now());
-        assert_eq!(again.pick(None).unwrap().target.addr.port(), 2);
+        let again = Group::new(&tg, &c, now);
+        assert_eq!(again.pick(None, now).unwrap().target.addr.port(), 2);
         drop(busy);
         assert_eq!(
             again.targets[0].state.outstanding.load(Ordering::Relaxed),
@@ -580,11 +578,12 @@ mod tests {
 
     #[test]
     fn stickiness_follows_the_cookie_only_when_enabled() {
+        let now = Instant::now();
         let c = Counters::default();
         let on = Group::new(
             &group("g", &[1, 2, 3], &[("stickiness.enabled", "true")]),
             &c,
-            Instant::now(),
+            now,
         );
         assert_eq!(
             on.stickiness,
@@ -594,13 +593,13 @@ mod tests {
         );
         let third = on.targets[2].cookie().to_owned();
         for _ in 0..3 {
-            let p = on.pick(Some(&third)).unwrap();
+            let p = on.pick(Some(&third), now).unwrap();
             assert!(p.sticky);
             assert_eq!(p.target.addr.port(), 3);
         }
-        assert!(!on.pick(Some("bogus")).unwrap().sticky);
-        let off = Group::new(&group("g", &[1, 2, 3], &[]), &c, Instant::now());
-        assert!(!off.pick(Some(&third)).unwrap().sticky);
+        assert!(!on.pick(Some("bogus"), now).unwrap().sticky);
+        let off = Group::new(&group("g", &[1, 2, 3], &[]), &c, now);
+        assert!(!off.pick(Some(&third), now).unwrap().sticky);
     }
 
     #[test]
@@ -639,7 +638,7 @@ mod tests {
     fn shares(g: &Group, n: usize, now: Instant) -> HashMap<u16, usize> {
         let mut out = HashMap::new();
         for _ in 0..n {
-            let p = g.pick_at(None, now).unwrap();
+            let p = g.pick(None, now).unwrap();
             *out.entry(p.target.addr.port()).or_default() += 1;
         }
         out
@@ -675,13 +674,13 @@ mod tests {
         );
         let second = g.targets[1].cookie().to_owned();
         let now = Instant::now();
-        assert!(g.pick_at(Some(&second), now).unwrap().sticky);
+        assert!(g.pick(Some(&second), now).unwrap().sticky);
         c.observe(&event("g", 2, State::Healthy, State::Unhealthy), now);
-        let p = g.pick_at(Some(&second), now).unwrap();
+        let p = g.pick(Some(&second), now).unwrap();
         assert_eq!((p.sticky, p.target.addr.port()), (false, 1));
         // Failing open, the cookie holds again.
         c.observe(&event("g", 1, State::Healthy, State::Unhealthy), now);
-        assert!(g.pick_at(Some(&second), now).unwrap().sticky);
+        assert!(g.pick(Some(&second), now).unwrap().sticky);
     }
 
     #[test]
@@ -744,17 +743,17 @@ mod tests {
         );
         for _ in 0..3 {
             let p = g
-                .pick_at(Some(&set.value), t0 + Duration::from_secs(30))
+                .pick(Some(&set.value), t0 + Duration::from_secs(30))
                 .unwrap();
             assert_eq!((p.sticky, p.target.addr.port()), (true, 2));
         }
         // Past the duration, or tampered with, the cookie names nobody.
         let late = t0 + Duration::from_secs(61);
-        assert!(!g.pick_at(Some(&set.value), late).unwrap().sticky);
+        assert!(!g.pick(Some(&set.value), late).unwrap().sticky);
         let longer = set.value.replacen(".3c.", ".ffff.", 1);
         assert_ne!(longer, set.value);
-        assert!(!g.pick_at(Some(&longer), t0).unwrap().sticky);
+        assert!(!g.pick(Some(&longer), t0).unwrap().sticky);
         // The plain target cookie (AWSALB's value) is not enough.
-        assert!(!g.pick_at(Some(g.targets[1].cookie()), t0).unwrap().sticky);
+        assert!(!g.pick(Some(g.targets[1].cookie()), t0).unwrap().sticky);
     }
 }

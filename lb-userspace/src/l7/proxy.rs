@@ -266,10 +266,11 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// Phase 3 (forward): the group, then the target, honouring stickiness cookies.
+/// Phase 3 (forward): the group, then the target, honouring stickiness cookies (as of `now`).
 pub fn upstream_peer<'a>(
     groups: &'a WeightedGroups,
     headers: &HeaderMap,
+    now: Instant,
 ) -> Result<(&'a Arc<Group>, Pick<'a>), ProxyError> {
     let group = groups
         .pick(cookie(headers, balance::GROUP_COOKIE))
@@ -281,9 +282,11 @@ pub fn upstream_peer<'a>(
         Stickiness::AppCookie { cookie_name, .. } if cookie(headers, cookie_name).is_none() => None,
         _ => cookie(headers, s.cookie()),
     });
-    let pick = group.pick(sticky).ok_or_else(|| ProxyError::NoTarget {
-        group: group.name.to_string(),
-    })?;
+    let pick = group
+        .pick(sticky, now)
+        .ok_or_else(|| ProxyError::NoTarget {
+            group: group.name.to_string(),
+        })?;
     Ok((group, pick))
 }
 
@@ -591,6 +594,8 @@ struct Outcome {
     target: Option<SocketAddr>,
     target_group: Option<Arc<str>>,
     target_status: Option<u16>,
+    /// From the request received to its sending to the target, then to the target's answer.
+    request_time: Option<Duration>,
     target_time: Option<Duration>,
     redirect_url: Option<String>,
 }
@@ -644,7 +649,7 @@ pub async fn handle(
             let (priority, act) = self::route(&route, &conn, &req);
             entry.matched_rule_priority = priority;
             entry.action = Some(act.name());
-            run(act, req, &route, &conn, &shared, &mut outcome).await
+            run(act, req, started, &route, &conn, &shared, &mut outcome).await
         }
         Err(e) => {
             route.metrics.listener.desync.inc();
@@ -669,14 +674,13 @@ pub async fn handle(
             entry.target_status.zip(outcome.target_time),
         );
     }
-    let total = started.elapsed();
     match outcome.target_time {
         Some(t) => {
-            entry.request_processing = Some(total.saturating_sub(t));
+            entry.request_processing = outcome.request_time;
             entry.target_processing = Some(t);
             entry.response_processing = Some(Duration::ZERO);
         }
-        None => entry.request_processing = Some(total),
+        None => entry.request_processing = Some(started.elapsed()),
     }
     shared.log.write(&entry);
     Ok(resp)
@@ -697,10 +701,11 @@ fn kind<B>(conn: &Conn, req: &Request<B>) -> &'static str {
     }
 }
 
-/// Runs an action.
+/// Runs an action for a request received at `started`.
 async fn run(
     act: &Act,
     mut req: Request<Incoming>,
+    started: Instant,
     route: &Route,
     conn: &Conn,
     shared: &Shared,
@@ -729,7 +734,7 @@ async fn run(
             Ok(full(r.status, &[(header::LOCATION, value)], Bytes::new()))
         }
         Act::Forward(groups) => {
-            let (group, pick) = upstream_peer(groups, req.headers())?;
+            let (group, pick) = upstream_peer(groups, req.headers(), started)?;
             let target = pick.target.addr;
             outcome.target_group = Some(group.name.clone());
             protocol_filter(&req, group)?;
@@ -737,6 +742,7 @@ async fn run(
             upstream_request_filter(&mut req, route, conn, group, target)?;
             let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
             let sent = Instant::now();
+            outcome.request_time = Some(sent - started);
             // Boxed: the exchange's future is the largest part of a request's, and unboxed it
             // would be copied at each level that awaits it. The deadline and the pool's idle
             // check reuse `sent` rather than read the clock again.
