@@ -420,14 +420,18 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
         // The L7 tier, when the config has HTTP listeners; reloads reach it through `l7_config`.
         let (l7_config, l7_rx) = tokio::sync::watch::channel(std::sync::Arc::new(agent.l7()));
         let (l7_stop, l7_stopped) = tokio::sync::oneshot::channel::<()>();
-        let (log_tx, access_log) = tokio::sync::mpsc::channel::<String>(ACCESS_LOG_LINES);
-        let access_log = std::thread::spawn(move || write_access_log(access_log));
+        let (log, lines) = xlb::l7::log::AccessLog::new(ACCESS_LOG_BYTES);
+        let lines = std::sync::Arc::new(lines);
+        let access_log = std::thread::spawn({
+            let lines = lines.clone();
+            move || write_access_log(&lines)
+        });
         let l7_metrics = std::sync::Arc::new(xlb::metrics::L7Metrics::default());
         let l7 = (!agent.file.http_listeners.is_empty()).then(|| {
             let checks = xlb::health::checker::Checker::new();
             // `xlb targets list` shows the L7 tier's health checks with the agent's.
             agent.l7_health = Some(checks.0.view());
-            tokio::spawn(xlb::l7::serve(l7_rx, Some(log_tx), l7_metrics.clone(), checks, async {
+            tokio::spawn(xlb::l7::serve(l7_rx, log, l7_metrics.clone(), checks, async {
                 let _ = l7_stopped.await;
             }))
         });
@@ -493,7 +497,8 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
             let _ = l7_stop.send(());
             task.await??;
         }
-        // The L7 tier is gone and its log channel closed: the writer ends with the last line.
+        // The L7 tier is gone: the writer ends with the last line.
+        lines.close();
         if access_log.join().is_err() {
             tracing::warn!("the access log writer panicked");
         }
@@ -504,32 +509,28 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
     Ok(())
 }
 
-/// How long the access log writer gathers lines after a write: under load, one wake-up and one
+/// How long the access log writer gathers lines after the first: under load, one wake-up and one
 /// write per this many milliseconds rather than per request.
 const ACCESS_LOG_BATCH: Duration = Duration::from_millis(5);
-/// Lines the access log holds before the L7 tier drops them: a batch at a few 100k requests/s.
-const ACCESS_LOG_LINES: usize = 8192;
+/// Bytes of lines the access log holds before the L7 tier drops them: a batch at a few 100k
+/// requests/s.
+const ACCESS_LOG_BYTES: usize = 4 << 20;
 
-/// Writes access log lines to stdout, as many as are waiting in one write, until the channel
-/// closes. A thread of its own, so requests never wake the agent's loop and a stdout that blocks
-/// never holds up a runtime worker: the channel fills, and the L7 tier then drops lines rather
-/// than wait (best effort, as ALB's log).
-fn write_access_log(mut lines: tokio::sync::mpsc::Receiver<String>) {
+/// Writes access log lines to stdout, in batches, until the log closes. A thread of its own, so
+/// requests never wake the agent's loop and a stdout that blocks never holds up a runtime
+/// worker: the buffer fills, and the L7 tier then drops lines rather than wait (best effort, as
+/// ALB's log).
+fn write_access_log(lines: &xlb::l7::log::Lines) {
     use std::io::Write as _;
-    let mut buf = Vec::new();
-    while let Some(first) = lines.blocking_recv() {
-        buf.clear();
-        let mut next = Some(first);
-        while let Some(line) = next {
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
-            next = lines.try_recv().ok();
-        }
-        if std::io::stdout().lock().write_all(&buf).is_err() {
+    let mut batch = String::new();
+    while lines.next_batch(&mut batch, ACCESS_LOG_BATCH) {
+        if std::io::stdout()
+            .lock()
+            .write_all(batch.as_bytes())
+            .is_err()
+        {
             return;
         }
-        // Senders do not wake a thread that is not waiting: let the next batch gather.
-        std::thread::sleep(ACCESS_LOG_BATCH);
     }
 }
 

@@ -61,6 +61,7 @@ use self::{
     balance::{Groups, WeightedGroups},
     config::{Action, HttpListener, ListenerProtocol},
     listener::State,
+    log::AccessLog,
     proxy::{Act, Route, Shared},
     rules::RuleSet,
 };
@@ -93,19 +94,19 @@ struct Running {
 }
 
 /// Serves the listeners of `config` until `shutdown` resolves, applying each config sent on the
-/// channel. Access log lines go to `access_log` if given; counts go to `metrics`. `checks` (from
+/// channel. Access log lines go to `access_log`; counts go to `metrics`. `checks` (from
 /// [`Checker::new`]) runs the target groups' health checks; keep its [`view`](Checker::view) to
 /// see their states. Fails only if the first config cannot be applied; later failures keep the
 /// running config and are printed.
 pub async fn serve(
     mut config: watch::Receiver<Arc<L7Config>>,
-    access_log: Option<mpsc::Sender<String>>,
+    access_log: AccessLog,
     metrics: Arc<L7Metrics>,
     checks: (Checker, mpsc::UnboundedReceiver<Event>),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), L7Error> {
     let (mut checker, mut health) = checks;
-    let shared = Arc::new(Shared::new(log::AccessLog::new(access_log), metrics));
+    let shared = Arc::new(Shared::new(access_log, metrics));
     let mut running = HashMap::new();
     let first = config.borrow_and_update().clone();
     apply(&first, &shared, &mut running).await?;

@@ -20,11 +20,14 @@ use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpListener,
-    sync::{mpsc, oneshot, watch},
+    sync::{oneshot, watch},
 };
 use xlb::{
     health::checker::{Checker, TargetStatus, View},
-    l7::L7Config,
+    l7::{
+        L7Config,
+        log::{AccessLog, Lines},
+    },
     metrics::L7Metrics,
 };
 
@@ -42,7 +45,7 @@ pub struct Lab {
     stops: Vec<oneshot::Sender<()>>,
     config: Option<watch::Sender<Arc<L7Config>>>,
     lb: Option<tokio::task::JoinHandle<Result<(), xlb::l7::L7Error>>>,
-    log: Option<mpsc::Receiver<String>>,
+    log: Option<Lines>,
     /// The L7 tier's health checks.
     health: Option<View>,
     /// What xlb counts, for the metrics tests.
@@ -112,14 +115,14 @@ impl Lab {
     pub fn start_config(&mut self, cfg: L7Config) {
         let listeners = cfg.clone();
         let (tx, rx) = watch::channel(Arc::new(cfg));
-        let (log_tx, log_rx) = mpsc::channel(1024);
+        let (log, lines) = AccessLog::new(1 << 20);
         let (stop, stopped) = oneshot::channel::<()>();
         self.stops.push(stop);
         let checks = Checker::new();
         self.health = Some(checks.0.view());
         let lb = self.rt.spawn(xlb::l7::serve(
             rx,
-            Some(log_tx),
+            log,
             self.metrics.clone(),
             checks,
             async {
@@ -128,7 +131,7 @@ impl Lab {
         ));
         self.config = Some(tx);
         self.lb = Some(lb);
-        self.log = Some(log_rx);
+        self.log = Some(lines);
         wait_listening(&listeners);
     }
 
@@ -152,13 +155,8 @@ impl Lab {
 
     /// Access log lines written so far.
     pub fn log_lines(&mut self) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(rx) = &mut self.log {
-            while let Ok(line) = rx.try_recv() {
-                out.push(line);
-            }
-        }
-        out
+        let text = self.log.as_ref().map(Lines::take).unwrap_or_default();
+        text.lines().map(String::from).collect()
     }
 
     /// Runs `task` on the lab's runtime until the lab is dropped.
