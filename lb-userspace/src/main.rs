@@ -421,7 +421,6 @@ fn serve(path: PathBuf, stats_interval: u64) -> Result<()> {
         let (l7_config, l7_rx) = tokio::sync::watch::channel(std::sync::Arc::new(agent.l7()));
         let (l7_stop, l7_stopped) = tokio::sync::oneshot::channel::<()>();
         let (log, lines) = xlb::l7::log::AccessLog::new(ACCESS_LOG_BYTES);
-        let lines = std::sync::Arc::new(lines);
         let access_log = std::thread::spawn({
             let lines = lines.clone();
             move || write_access_log(&lines)

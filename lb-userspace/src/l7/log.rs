@@ -4,8 +4,8 @@
 //! requests down.
 //!
 //! A line is pushed field by field straight into that buffer, numbers through `itoa`: formatting
-//! it with `core::fmt` cost more than parsing the request it describes, and a `String` per line
-//! (allocated by a worker, freed by the writer) cost a tenth of a request on `h1` and `h2` in
+//! it with `core::fmt` cost more than parsing the request it describes. When each line was a
+//! `String` of its own sent over a channel, the log took 11 to 15 % of a request's CPU in
 //! `cargo xtask bench l7`.
 
 use std::{
@@ -22,8 +22,9 @@ use http::{HeaderValue, Method, Version, uri::PathAndQuery};
 #[derive(Debug, Clone, Default)]
 pub struct AccessLog(Option<Arc<Shared>>);
 
-/// The reading end of an [`AccessLog`]: takes the lines written so far, in order.
-#[derive(Debug)]
+/// The reading end of an [`AccessLog`]: takes the lines written so far, in order. Its clones
+/// share it (one to read, one to close).
+#[derive(Debug, Clone)]
 pub struct Lines(Arc<Shared>);
 
 #[derive(Debug)]
@@ -62,6 +63,8 @@ impl AccessLog {
             return;
         }
         let first = buffer.text.is_empty();
+        // Written in place, under the lock: a line takes a few hundred ns, and a copy of each line
+        // is what this buffer replaced.
         entry.write_to(&mut buffer.text);
         buffer.text.push('\n');
         drop(buffer);
