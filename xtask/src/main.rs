@@ -4,6 +4,7 @@
 //! Lab, demo and bench work lives in the `xlb-tests` crate (binaries `xlb-lab`, `xlb-bench`): xtask
 //! builds and runs them, so that xtask itself compiles before the BPF toolchain exists.
 
+mod pgo;
 mod setup;
 mod toolchain;
 mod vm;
@@ -26,7 +27,11 @@ enum Task {
     Setup,
     /// Build the eBPF object and the `xlb` binary that embeds it, optimized to deploy
     /// (`target/dist/xlb`: the `dist` profile, with link-time optimization).
-    Build,
+    Build {
+        /// Profile-guided (`target/pgo/use/dist/xlb`, as root): trained on the L7 bench's loads.
+        #[arg(long)]
+        pgo: bool,
+    },
     /// Run every test: unit tests, packet fixtures and network-namespace lab tests (needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -56,9 +61,13 @@ enum Task {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
-        Task::Build => {
+        Task::Build { pgo } => {
             setup::run()?;
-            let xlb = build_xlb("dist")?;
+            let xlb = if pgo {
+                pgo::build()?
+            } else {
+                build_xlb("dist")?
+            };
             println!("built {}", xlb.display());
             Ok(())
         }
@@ -89,10 +98,10 @@ fn main() -> Result<()> {
                 return vm::pktgen(&args[1..]);
             }
             // The L7 tier against HAProxy and nginx, with the real agent.
-            // It measures the build users deploy: `dist`, not the tests' `release`.
+            // It measures the build users deploy: `build --pgo`, not the tests' `release`.
             if args.first().map(String::as_str) == Some("l7") {
                 setup::run()?;
-                let xlb = build_xlb("dist")?;
+                let xlb = pgo::build()?;
                 let mut bench = vec!["--xlb".to_owned(), xlb.display().to_string()];
                 bench.extend_from_slice(&args[1..]);
                 return tool("xlb-bench-l7", &bench);
@@ -142,6 +151,11 @@ fn build_xlb(profile: &str) -> Result<PathBuf> {
 
 /// Runs a binary of the `xlb-tests` crate (release build) with `args`.
 fn tool(bin: &str, args: &[String]) -> Result<()> {
+    status(&mut tool_command(bin, args))
+}
+
+/// The command that runs a binary of the `xlb-tests` crate.
+fn tool_command(bin: &str, args: &[String]) -> Command {
     let mut cmd = vec![
         "run",
         "--release",
@@ -153,7 +167,9 @@ fn tool(bin: &str, args: &[String]) -> Result<()> {
         "--",
     ];
     cmd.extend(args.iter().map(String::as_str));
-    cargo(&cmd)
+    let mut run = Command::new(env!("CARGO"));
+    run.args(cmd);
+    run
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -13,20 +13,23 @@ use anyhow::{Context as _, Result, bail};
 use crate::toolchain::{BPF_LINKER_LLVM_FEATURE, BPF_LINKER_VERSION, DEBIAN_PACKAGES};
 
 pub fn run() -> Result<()> {
-    rust_src().context("setup: rustup component rust-src")?;
+    // rust-src builds `core` for the BPF target; llvm-tools merges the profiles of `build --pgo`.
+    for name in ["rust-src", "llvm-tools"] {
+        component(name).with_context(|| format!("setup: rustup component {name}"))?;
+    }
     bpf_linker().context("setup: bpf-linker")?;
     debian_packages().context("setup: Debian packages")?;
     bpffs().context("setup: bpffs at /sys/fs/bpf")?;
     Ok(())
 }
 
-fn rust_src() -> Result<()> {
+fn component(name: &str) -> Result<()> {
     let installed = output(Command::new("rustup").args(["component", "list", "--installed"]))?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
+    if installed.lines().any(|l| l.starts_with(name)) {
         return Ok(());
     }
-    say("installing rustup component rust-src");
-    check(Command::new("rustup").args(["component", "add", "rust-src"]))
+    say(&format!("installing rustup component {name}"));
+    check(Command::new("rustup").args(["component", "add", name]))
 }
 
 /// bpf-linker built against rustc's own libLLVM. The stamp file records which rustc it was built
@@ -146,7 +149,7 @@ fn say(msg: &str) {
     eprintln!("xtask setup: {msg}");
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("start {cmd:?} (is it installed?)"))?;

@@ -49,6 +49,10 @@ struct Args {
     /// One short round, to check that the tool works.
     #[arg(long)]
     quick: bool,
+    /// Each load once through xlb alone, and no table: the profile run of the profile-guided
+    /// build (`cargo xtask build --pgo`).
+    #[arg(long)]
+    train: bool,
     /// Workers of each proxy, each on a CPU of its own (the first ones); the load generator and
     /// the backend share the rest.
     #[arg(long, default_value_t = 1)]
@@ -70,8 +74,8 @@ struct Args {
     h2_connections: usize,
     #[arg(long, default_value_t = 8)]
     h2_streams: usize,
-    /// The xlb binary to measure (`cargo xtask bench l7` passes its `dist` build); by default the
-    /// one next to this tool.
+    /// The xlb binary to measure (`cargo xtask bench l7` passes its profile-guided build); by
+    /// default the one next to this tool.
     #[arg(long)]
     xlb: Option<PathBuf>,
     /// Another xlb binary (e.g. built from main), measured alongside as `xlb_baseline`: a
@@ -387,20 +391,22 @@ fn main() -> Result<()> {
         );
     }
     xlb_tests::stop::install()?;
-    let (rounds, seconds) = if args.quick {
-        (1, 1)
-    } else {
-        (args.rounds, args.seconds)
+    let (rounds, seconds) = match (args.quick, args.train) {
+        (true, _) => (1, 1),
+        (false, true) => (1, args.seconds),
+        (false, false) => (args.rounds, args.seconds),
     };
 
     let mut bench = Bench::new(args.workers)?;
-    start_servers(&mut bench, &args)?;
-    let mut proxies = PROXIES.to_vec();
-    if args.baseline.is_some() {
-        proxies.insert(1, BASELINE);
-    }
+    let proxies = start_servers(&mut bench, &args)?;
     for &p in &proxies {
         check_answers(&bench, p)?;
+    }
+    if args.train {
+        for &load in &args.load {
+            measure(&bench, PROXIES[0], load, &args, seconds)?;
+        }
+        return Ok(());
     }
 
     let mut results = Results::default();
@@ -421,35 +427,7 @@ fn main() -> Result<()> {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); proxies.len()];
         for _ in 0..rounds {
             for (i, p) in proxies.iter().enumerate() {
-                ensure!(!xlb_tests::stop::requested(), "interrupted");
-                let s = bench.measured(|| match load {
-                    Load::H1 => wrk(
-                        &bench,
-                        &format!("http://127.0.0.1:{}/", p.http),
-                        &args,
-                        seconds,
-                    ),
-                    Load::Tls => wrk(
-                        &bench,
-                        &format!("https://127.0.0.1:{}/", p.https),
-                        &args,
-                        seconds,
-                    ),
-                    Load::H2 => h2load(&bench, p.https, &args, seconds),
-                })?;
-                println!(
-                    "  {:<8} {:<4} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  \
-                     CPU {:>5.1} us/req  load CPUs idle {:>3.0} %  steal {:>2.0} %",
-                    p.name,
-                    load.name(),
-                    s.rps,
-                    s.p50_ms,
-                    s.p99_ms,
-                    s.cpu_us,
-                    s.load_idle,
-                    s.steal
-                );
-                samples[i].push(s);
+                samples[i].push(measure(&bench, *p, load, &args, seconds)?);
             }
         }
         for (p, s) in proxies.iter().zip(&samples) {
@@ -480,8 +458,42 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Writes the certificate and the configs, and starts the backend and the three proxies.
-fn start_servers(bench: &mut Bench, args: &Args) -> Result<()> {
+/// One run of `load` through `p`, printed as it ends.
+fn measure(bench: &Bench, p: Proxy, load: Load, args: &Args, seconds: u64) -> Result<Sample> {
+    ensure!(!xlb_tests::stop::requested(), "interrupted");
+    let s = bench.measured(|| match load {
+        Load::H1 => wrk(
+            bench,
+            &format!("http://127.0.0.1:{}/", p.http),
+            args,
+            seconds,
+        ),
+        Load::Tls => wrk(
+            bench,
+            &format!("https://127.0.0.1:{}/", p.https),
+            args,
+            seconds,
+        ),
+        Load::H2 => h2load(bench, p.https, args, seconds),
+    })?;
+    println!(
+        "  {:<8} {:<4} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  \
+         CPU {:>5.1} us/req  load CPUs idle {:>3.0} %  steal {:>2.0} %",
+        p.name,
+        load.name(),
+        s.rps,
+        s.p50_ms,
+        s.p99_ms,
+        s.cpu_us,
+        s.load_idle,
+        s.steal
+    );
+    Ok(s)
+}
+
+/// Writes the certificate and the configs, and starts the backend and the proxies: xlb alone
+/// when training, else xlb, the baseline if any, HAProxy and nginx. Returns them, xlb first.
+fn start_servers(bench: &mut Bench, args: &Args) -> Result<Vec<Proxy>> {
     let workers = args.workers;
     let (cert, key, both) = (
         bench.path("cert.pem"),
@@ -508,23 +520,25 @@ fn start_servers(bench: &mut Bench, args: &Args) -> Result<()> {
         None => xlb_bin()?,
     };
     start_xlb(bench, PROXIES[0], "xlb0", &xlb, &cert, &key, workers)?;
-    if let Some(baseline) = &args.baseline {
-        start_xlb(bench, BASELINE, "xlb1", baseline, &cert, &key, workers)?;
+    let mut proxies = vec![PROXIES[0]];
+    if !args.train {
+        if let Some(baseline) = &args.baseline {
+            start_xlb(bench, BASELINE, "xlb1", baseline, &cert, &key, workers)?;
+            proxies.push(BASELINE);
+        }
+        let haproxy = bench.path("haproxy.cfg");
+        std::fs::write(&haproxy, haproxy_config(workers, &both))?;
+        bench.spawn("haproxy", &cpus, &["haproxy", "-db", "-f", &haproxy], &[])?;
+        let nginx = bench.path("nginx.conf");
+        std::fs::write(&nginx, nginx_proxy(&bench.dir, workers, &cert, &key))?;
+        start_nginx(bench, "nginx", &cpus, &nginx)?;
+        proxies.extend_from_slice(&PROXIES[1..]);
     }
-    let haproxy = bench.path("haproxy.cfg");
-    std::fs::write(&haproxy, haproxy_config(workers, &both))?;
-    bench.spawn("haproxy", &cpus, &["haproxy", "-db", "-f", &haproxy], &[])?;
-    let nginx = bench.path("nginx.conf");
-    std::fs::write(&nginx, nginx_proxy(&bench.dir, workers, &cert, &key))?;
-    start_nginx(bench, "nginx", &cpus, &nginx)?;
-    for p in PROXIES
-        .into_iter()
-        .chain(args.baseline.as_ref().map(|_| BASELINE))
-    {
+    for p in &proxies {
         bench.wait_port(p.name, p.http)?;
         bench.wait_port(p.name, p.https)?;
     }
-    Ok(())
+    Ok(proxies)
 }
 
 /// Starts nginx as `name` with `config`, its prefix and error log in the temporary directory.
