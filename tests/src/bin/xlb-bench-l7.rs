@@ -780,12 +780,18 @@ struct Paired {
     rps: Vec<f64>,
     /// xlb's CPU time per request over the other's, one per round.
     cpu: Vec<f64>,
+    /// xlb's p99 latency over the other's, one per round.
+    p99: Vec<f64>,
 }
 
 impl Paired {
-    /// The median ratios of req/s and of CPU time per request.
-    fn medians(&self) -> (f64, f64) {
-        (median(self.rps.clone()), median(self.cpu.clone()))
+    /// The median ratios of req/s, of CPU time per request and of p99 latency.
+    fn medians(&self) -> (f64, f64, f64) {
+        (
+            median(self.rps.clone()),
+            median(self.cpu.clone()),
+            median(self.p99.clone()),
+        )
     }
 }
 
@@ -804,6 +810,7 @@ impl Results {
             other,
             rps: ratios(|s| s.rps),
             cpu: ratios(|s| s.cpu_us),
+            p99: ratios(|s| s.p99_ms),
         });
     }
 
@@ -811,8 +818,8 @@ impl Results {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "| xlb against | load | req/s ratio: median (min–max) | CPU µs/req ratio: median | rounds xlb served more |\n\
-             |---|---|---:|---:|---:|"
+            "| xlb against | load | req/s ratio: median (min–max) | CPU µs/req ratio: median | rounds xlb served more \
+             | p99 ratio: median | rounds xlb's p99 was lower |\n|---|---|---:|---:|---:|---:|---:|"
         );
         for p in &self.pairs {
             let (lo, hi) = p
@@ -820,13 +827,15 @@ impl Results {
                 .iter()
                 .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
             let won = p.rps.iter().filter(|&&r| r > 1.0).count();
-            let (rps, cpu) = p.medians();
+            let quicker = p.p99.iter().filter(|&&r| r < 1.0).count();
+            let (rps, cpu, p99) = p.medians();
+            let rounds = p.rps.len();
             let _ = writeln!(
                 out,
-                "| {} | {} | {rps:.2} ({lo:.2}–{hi:.2}) | {cpu:.2} | {won} of {} |",
+                "| {} | {} | {rps:.2} ({lo:.2}–{hi:.2}) | {cpu:.2} | {won} of {rounds} | {p99:.2} \
+                 | {quicker} of {rounds} |",
                 p.other,
                 p.load.name(),
-                p.rps.len()
             );
         }
         out
@@ -874,9 +883,10 @@ impl Results {
         }
         for p in &self.pairs {
             let key = format!("l7.xlb.{}.vs_{}", p.load.name(), p.other);
-            let (rps, cpu) = p.medians();
+            let (rps, cpu, p99) = p.medians();
             map.insert(format!("{key}.rps_ratio"), serde_json::json!(rps));
             map.insert(format!("{key}.cpu_ratio"), serde_json::json!(cpu));
+            map.insert(format!("{key}.p99_ratio"), serde_json::json!(p99));
         }
         serde_json::json!({ "results": map })
     }
