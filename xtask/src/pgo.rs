@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::{setup::output, status, tool_command, vm};
+use crate::{
+    setup::{self, output},
+    status, tool_command, vm,
+};
 
 /// Builds `target/pgo/use/dist/xlb` and returns its path.
 pub fn build() -> Result<PathBuf> {
@@ -84,13 +87,12 @@ fn dist(target_dir: &Path, flag: &str) -> Result<PathBuf> {
 
 /// rustup's `llvm-tools` component (installed by setup): LLVM's own, as rustc's profiles need.
 fn llvm_profdata() -> Result<PathBuf> {
-    let sysroot = output(Command::new("rustc").args(["--print", "sysroot"]))?;
     let version = output(Command::new("rustc").arg("-vV"))?;
     let host = version
         .lines()
         .find_map(|l| l.strip_prefix("host: "))
         .context("no host in `rustc -vV`")?;
-    let path = Path::new(sysroot.trim())
+    let path = setup::sysroot()?
         .join("lib/rustlib")
         .join(host)
         .join("bin/llvm-profdata");

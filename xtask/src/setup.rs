@@ -35,7 +35,7 @@ fn component(name: &str) -> Result<()> {
 /// bpf-linker built against rustc's own libLLVM. The stamp file records which rustc it was built
 /// for, so a rustc upgrade rebuilds it.
 fn bpf_linker() -> Result<()> {
-    let sysroot = PathBuf::from(output(Command::new("rustc").args(["--print", "sysroot"]))?.trim());
+    let sysroot = sysroot()?;
     let llvm = find_libllvm(&sysroot.join("lib"))?;
     let llvm_name = llvm
         .file_name()
@@ -143,6 +143,13 @@ fn bpffs() -> Result<()> {
     }
     say("mounting bpffs at /sys/fs/bpf");
     check(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// The installed rustc's sysroot, where its libLLVM and rustup's LLVM tools live.
+pub fn sysroot() -> Result<PathBuf> {
+    Ok(PathBuf::from(
+        output(Command::new("rustc").args(["--print", "sysroot"]))?.trim(),
+    ))
 }
 
 fn say(msg: &str) {
