@@ -1,10 +1,14 @@
 //! The L7 tier's metrics, named after ALB's CloudWatch metrics: real requests (curl and raw TCP)
 //! through xlb, then a scrape of the metrics endpoint over HTTP, asserting what each counter
-//! says per listener, rule and target group.
+//! says per listener, rule and target group; and the byte counts of the access log.
 
 mod l7_support;
 
-use std::time::{Duration, Instant};
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
 
 use l7_support::{Lab, curl, free_port, group, raw};
 
@@ -142,4 +146,64 @@ fn requests_connections_and_refusals_are_counted_per_listener_rule_and_group() {
     let bytes = value(&scrape, "xlb_processed_bytes_total", &listener).unwrap_or(0.0);
     assert!(bytes > 600.0, "processed bytes {bytes} in\n{scrape}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends `request` on `s` and reads one whole response (its head, then `content-length` bytes).
+fn exchange(s: &mut TcpStream, request: &[u8]) -> Vec<u8> {
+    s.write_all(request).expect("send");
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).expect("read head"), 1, "closed early");
+        response.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).expect("read body");
+    response.extend(body);
+    response
+}
+
+#[test]
+fn the_access_log_counts_each_requests_bytes_heads_included() {
+    let mut lab = Lab::new();
+    let web = lab.backend("web");
+    let port = free_port();
+    lab.start(&format!(
+        "{}[[http_listeners]]\naddress = \"127.0.0.1\"\nport = {port}\nprotocol = \"HTTP\"\n\
+         default_action = {{ type = \"forward\", target_group = \"web\" }}\n\n\
+         [[http_listeners.rules]]\npriority = 10\n\
+         conditions = [{{ field = \"path-pattern\", values = [\"/fixed\"] }}]\n\
+         actions = [{{ type = \"fixed-response\", status_code = 200, content_type = \"text/plain\", \
+         message_body = \"made by xlb\" }}]\n",
+        group("web", &[web], "")
+    ));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    // A body to the target and its answer back; then a response xlb makes (hyper adds its
+    // `date` and `content-length`).
+    let requests: [&[u8]; 2] = [
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\nX-Note: counted\r\n\r\nhello world",
+        b"GET /fixed?x=1 HTTP/1.1\r\nHost: a\r\n\r\n",
+    ];
+    let sizes: Vec<[usize; 2]> = requests
+        .iter()
+        .map(|r| [r.len(), exchange(&mut s, r).len()])
+        .collect();
+    drop(s);
+    let log = lab.log_lines(|l| l.len() >= 2);
+    let logged: Vec<[usize; 2]> = log
+        .iter()
+        .map(|l| {
+            let mut n = l.split(' ').skip(10).map(|n| n.parse().expect("bytes"));
+            [n.next().expect("received"), n.next().expect("sent")]
+        })
+        .collect();
+    assert_eq!(logged, sizes, "{log:#?}");
 }

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use l7_support::{Lab, curl, free_port, group, upgrade};
+use l7_support::{Lab, UPGRADE, curl, free_port, group, upgrade};
 
 fn listener(port: u16, default_action: &str, rules: &str) -> String {
     format!(
@@ -127,6 +127,23 @@ fn upgrades_are_tunnelled_to_the_target() {
         assert_eq!(got, msg);
     }
     drop(s);
-    let log = lab.log_lines();
-    assert!(log.iter().any(|l| l.starts_with("ws ")), "{log:#?}");
+    // Its line is written when the tunnel closes, with every byte each way: the heads, then
+    // the two messages.
+    let log = lab.log_lines(|l| l.iter().any(|l| l.starts_with("ws ")));
+    let ws = log
+        .iter()
+        .find(|l| l.starts_with("ws "))
+        .expect("a ws line");
+    let bytes: Vec<usize> = ws
+        .split(' ')
+        .skip(10)
+        .take(2)
+        .map(|n| n.parse().expect("bytes"))
+        .collect();
+    let messages = b"ping".len() + b"second message".len();
+    assert_eq!(
+        bytes,
+        [UPGRADE.len() + messages, head.len() + messages],
+        "{ws}"
+    );
 }

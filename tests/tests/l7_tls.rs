@@ -178,7 +178,7 @@ fn sni_picks_the_certificate_and_alpn_negotiates_h2() {
     assert_eq!(r.status, 200, "{}", r.stderr);
     assert!(r.stderr.contains("TLSv1.2"), "{}", r.stderr);
 
-    let log = lab.log_lines();
+    let log = lab.log_lines(|l| l.iter().any(|l| l.starts_with("h2 ")));
     assert!(
         log.iter()
             .any(|l| l.starts_with("h2 ") && l.contains("\"api.example.com\"")),

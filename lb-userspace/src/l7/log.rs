@@ -12,7 +12,10 @@ use std::{
     fmt::Write as _,
     mem,
     net::SocketAddr,
-    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -72,6 +75,37 @@ impl AccessLog {
         if first {
             shared.ready.notify_one();
         }
+    }
+}
+
+/// The entry of a request not over yet: its bodies (or its WebSocket) may still be going. It is
+/// written when dropped, however the request ended (its last byte sent, the client gone, the
+/// tunnel closed), as ALB logs a request once it is over, with all its bytes.
+#[derive(Debug)]
+pub struct Pending {
+    pub entry: Entry,
+    log: AccessLog,
+    /// The request body's bytes, counted as they go to the target.
+    uploaded: Option<Arc<AtomicU64>>,
+}
+
+impl AccessLog {
+    /// `entry`, to be written when its request is over; `uploaded` counts its request body.
+    pub fn pending(&self, entry: Entry, uploaded: Option<Arc<AtomicU64>>) -> Pending {
+        Pending {
+            entry,
+            log: self.clone(),
+            uploaded,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(n) = &self.uploaded {
+            self.entry.received_bytes += n.load(Ordering::Relaxed);
+        }
+        self.log.write(&self.entry);
     }
 }
 
@@ -153,6 +187,10 @@ pub struct Entry {
     pub response_processing: Option<Duration>,
     pub elb_status: u16,
     pub target_status: Option<u16>,
+    /// The request's size from the client and the response's to it, heads included; for a
+    /// WebSocket, everything each way until it closed.
+    pub received_bytes: u64,
+    pub sent_bytes: u64,
     pub request: RequestLine,
     /// Kept as received: a header value shares the read buffer, a `String` would be a copy.
     pub user_agent: Option<HeaderValue>,
@@ -352,7 +390,8 @@ impl Entry {
             Some(s) => l.num(s),
             None => l.str("-"),
         };
-        l.str(" - - ").request(&self.request);
+        l.sep().num(self.received_bytes).sep().num(self.sent_bytes);
+        l.sep().request(&self.request);
         l.sep().quoted(text(&self.user_agent));
         l.sep().opt(self.ssl_cipher).sep().opt(self.ssl_protocol);
         l.sep().opt(self.target_group.as_deref());
@@ -417,6 +456,8 @@ mod tests {
             response_processing: None,
             elb_status: 200,
             target_status: Some(200),
+            received_bytes: 78,
+            sent_bytes: 1234,
             request: RequestLine {
                 method: Method::GET,
                 scheme: "http",
@@ -446,7 +487,7 @@ mod tests {
         assert!(
             line.starts_with(
                 "http 1970-01-01T00:00:00.000000Z 127.0.0.1:80 192.0.2.1:5000 10.0.0.1:8080 \
-                 0.001 0.020 -1 200 200 - - \"GET http://a:80/ HTTP/1.1\" \"cu\\\"rl\" - - web \"-\" \"-\" \"-\" 0 "
+                 0.001 0.020 -1 200 200 78 1234 \"GET http://a:80/ HTTP/1.1\" \"cu\\\"rl\" - - web \"-\" \"-\" \"-\" 0 "
             ),
             "{line}"
         );

@@ -4,7 +4,8 @@
 //! [`upstream_peer`] (group, then target), [`protocol_filter`] (what the group's protocol version
 //! takes), [`upstream_request_filter`] (ALB's `X-Forwarded-*` headers, the request in the group's
 //! HTTP version), the [`Upstream`] clients, and [`response_filter`] (stickiness cookies,
-//! hop-by-hop headers). [`handle`] ties them together and writes the access log entry.
+//! hop-by-hop headers). [`handle`] ties them together and makes the access log entry, which the
+//! response body (or a WebSocket's tunnel) writes once the request is over, with its bytes.
 //!
 //! Errors carry who is at fault and map to ALB's status codes: an ambiguous request is the
 //! client's (400), and so is a request the group's protocol version cannot take (ALB's 464); an
@@ -15,7 +16,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, atomic::AtomicU64},
     task::{Context, Poll},
     time::{Duration, Instant, SystemTime},
 };
@@ -27,8 +28,8 @@ use http::{
     uri::{Authority, PathAndQuery},
 };
 use http_body::{Body as _, Frame, SizeHint};
-use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either, Full, combinators::BoxBody};
+use hyper::{body::Incoming, upgrade::OnUpgrade};
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
 
@@ -38,13 +39,13 @@ use super::{
     action::{FixedResponse, Redirect, RedirectInput},
     balance::{self, Counters, Group, InFlight, Pick, Stickiness, WeightedGroups},
     config::{ListenerProtocol, ProtocolVersion},
-    log::{AccessLog, Entry, Host, RequestLine},
+    log::{AccessLog, Entry, Host, Pending, RequestLine},
     rules::{RequestView, RuleSet, strip_port},
-    upstream::{BoxError, Lease, SendError, Upstream},
+    upstream::{BoxError, Lease, Origin, SendError, Upload, Upstream},
 };
 
 /// The body of every response xlb sends.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
 
 /// ALB's status for a request the target group's protocol version cannot take.
 const INCOMPATIBLE_PROTOCOL: u16 = 464;
@@ -386,8 +387,8 @@ fn accepts_trailers(headers: &HeaderMap) -> bool {
 /// `:authority` and no `Host` (RFC 9113 §8.3.1), and keeps `te: trailers`, the one `TE` value
 /// HTTP/2 allows (§8.2.2). Hop-by-hop headers go; ALB's `X-Forwarded-For` (appended),
 /// `X-Forwarded-Proto` and `X-Forwarded-Port` come.
-pub fn upstream_request_filter(
-    req: &mut Request<Incoming>,
+pub fn upstream_request_filter<B>(
+    req: &mut Request<B>,
     route: &Route,
     conn: &Conn,
     group: &Group,
@@ -517,45 +518,66 @@ pub fn response_filter(
     }
 }
 
-/// A target's response body that counts as outstanding until it is sent, and returns its
-/// HTTP/1.1 connection for reuse once read to the end.
-struct Tracked {
-    inner: Incoming,
-    _in_flight: InFlight,
+/// A response body on its way to the client: made here (fixed responses, redirects, errors) or
+/// the target's. It counts its bytes into the request's log line, and writes the line when
+/// dropped: sent to the end, or the client gone (a WebSocket's line goes with its tunnel
+/// instead). A target's body also counts as outstanding until then, and returns its HTTP/1.1
+/// connection for reuse once read to the end.
+struct Sent {
+    body: Either<Full<Bytes>, Incoming>,
+    line: Option<Pending>,
+    _in_flight: Option<InFlight>,
     lease: Option<Lease>,
 }
 
-impl http_body::Body for Tracked {
+impl Sent {
+    fn local(body: Bytes) -> Sent {
+        Sent {
+            body: Either::Left(Full::new(body)),
+            line: None,
+            _in_flight: None,
+            lease: None,
+        }
+    }
+}
+
+impl http_body::Body for Sent {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || this.body.is_end_stream() {
             // The server may not poll again once it sees the end: release here, not on drop.
-            if let Some(lease) = self.lease.take() {
+            if let Some(lease) = this.lease.take() {
                 lease.release();
             }
+        }
+        if let (Poll::Ready(Some(Ok(f))), Some(line)) = (&frame, &mut this.line)
+            && let Some(data) = f.data_ref()
+        {
+            line.entry.sent_bytes += data.len() as u64;
         }
         frame
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.body.size_hint()
     }
 }
 
-impl Drop for Tracked {
+impl Drop for Sent {
     /// An empty body (HEAD, 204, 304) may never be polled.
     fn drop(&mut self) {
-        if self.inner.is_end_stream()
+        if self.body.is_end_stream()
             && let Some(lease) = self.lease.take()
         {
             lease.release();
@@ -563,15 +585,15 @@ impl Drop for Tracked {
     }
 }
 
-fn full(status: StatusCode, headers: &[(HeaderName, HeaderValue)], body: Bytes) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+fn full(status: StatusCode, headers: &[(HeaderName, HeaderValue)], body: Bytes) -> Response<Sent> {
+    let mut resp = Response::new(Sent::local(body));
     *resp.status_mut() = status;
     resp.headers_mut().extend(headers.iter().cloned());
     resp
 }
 
 /// An error page, as ALB's (HTML with the status line); the connection closes after it.
-fn error_response(e: &ProxyError) -> Response<Body> {
+fn error_response(e: &ProxyError) -> Response<Sent> {
     let status = e.status();
     let line = format!(
         "{} {}",
@@ -598,9 +620,21 @@ struct Outcome {
     request_time: Option<Duration>,
     target_time: Option<Duration>,
     redirect_url: Option<String>,
+    /// The request body's bytes sent to the target, counted as they go.
+    uploaded: Option<Arc<AtomicU64>>,
+    /// A WebSocket to run once the client has its response.
+    tunnel: Option<Tunnel>,
 }
 
-/// Runs the phases for one request and logs it.
+/// Both sides of a switch of protocols, and the target's connection tasks it counts among.
+struct Tunnel {
+    client: OnUpgrade,
+    target: OnUpgrade,
+    origin: Origin,
+    in_flight: InFlight,
+}
+
+/// Runs the phases for one request; its log line goes with the response's body.
 pub async fn handle(
     req: Request<Incoming>,
     ambiguous: Option<&'static str>,
@@ -636,6 +670,8 @@ pub async fn handle(
         ssl_cipher: conn.tls.as_ref().map(|t| t.cipher),
         ssl_protocol: conn.tls.as_ref().map(|t| t.protocol),
         target_group: None,
+        received_bytes: request_head_len(&req),
+        sent_bytes: 0,
         trace_id: req.headers().get("x-amzn-trace-id").cloned(),
         domain_name: conn.tls.as_ref().and_then(|t| t.server_name.clone()),
         matched_rule_priority: 0,
@@ -656,7 +692,7 @@ pub async fn handle(
             Err(e)
         }
     };
-    let resp = result.unwrap_or_else(|e| {
+    let mut resp = result.unwrap_or_else(|e| {
         entry.error_reason = Some(format!("{:?}: {e}", e.fault()));
         error_response(&e)
     });
@@ -682,8 +718,57 @@ pub async fn handle(
         }
         None => entry.request_processing = Some(started.elapsed()),
     }
-    shared.log.write(&entry);
-    Ok(resp)
+    entry.sent_bytes = response_head_len(&resp);
+    let line = shared.log.pending(entry, outcome.uploaded);
+    match outcome.tunnel {
+        Some(t) => {
+            let task = tokio::spawn(tunnel(t.client, t.target, t.in_flight, line));
+            // Cut, like the target's connections, when the target's deregistration delay ends.
+            shared.upstream.track(t.origin, task.abort_handle());
+        }
+        None => resp.body_mut().line = Some(line),
+    }
+    Ok(resp.map(BodyExt::boxed))
+}
+
+/// A request head's size as HTTP/1.1 text: its line, a `name: value` line per header, each with
+/// its CRLF, and the empty line. What the client sent, for HTTP/1.1 (hyper keeps no raw head).
+fn request_head_len<B>(req: &Request<B>) -> u64 {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    // `METHOD target HTTP/1.1`
+    let line = req.method().as_str().len() + 1 + target + 1 + 8;
+    head_len(line, req.headers())
+}
+
+/// A response head's size as HTTP/1.1 text, with the `date` and `content-length` hyper adds
+/// when they are missing.
+fn response_head_len(resp: &Response<Sent>) -> u64 {
+    const DATE: usize = "date: Thu, 01 Jan 1970 00:00:00 GMT\r\n".len();
+    let status = resp.status();
+    // `HTTP/1.1 200 OK`
+    let line = 8 + 1 + 3 + 1 + status.canonical_reason().map_or(0, str::len);
+    let mut len = head_len(line, resp.headers());
+    let headers = resp.headers();
+    if !headers.contains_key(header::DATE) {
+        len += DATE as u64;
+    }
+    if !headers.contains_key(header::CONTENT_LENGTH)
+        && !headers.contains_key(header::TRANSFER_ENCODING)
+        && status != StatusCode::SWITCHING_PROTOCOLS
+        && let Some(n) = resp.body().size_hint().exact()
+    {
+        let digits = itoa::Buffer::new().format(n).len();
+        len += ("content-length: \r\n".len() + digits) as u64;
+    }
+    len
+}
+
+fn head_len(line: usize, headers: &HeaderMap) -> u64 {
+    let fields: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + 2 + v.len() + 2)
+        .sum();
+    (line + 2 + fields + 2) as u64
 }
 
 fn kind<B>(conn: &Conn, req: &Request<B>) -> &'static str {
@@ -710,7 +795,7 @@ async fn run(
     conn: &Conn,
     shared: &Shared,
     outcome: &mut Outcome,
-) -> Result<Response<Body>, ProxyError> {
+) -> Result<Response<Sent>, ProxyError> {
     match act {
         Act::Fixed(f) => {
             let headers: Vec<_> = f.content_type_header().into_iter().collect();
@@ -741,6 +826,10 @@ async fn run(
             outcome.target = Some(target);
             upstream_request_filter(&mut req, route, conn, group, target)?;
             let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+            let (head, body) = req.into_parts();
+            let (body, uploaded) = Upload::new(body);
+            outcome.uploaded = uploaded;
+            let req = Request::from_parts(head, body);
             let sent = Instant::now();
             outcome.request_time = Some(sent - started);
             // Boxed: the exchange's future is the largest part of a request's, and unboxed it
@@ -775,44 +864,38 @@ async fn run(
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                 && let Some(client_upgrade) = client_upgrade
             {
-                let target_upgrade = hyper::upgrade::on(&mut resp);
-                let tunnel = tokio::spawn(tunnel(client_upgrade, target_upgrade, pick.in_flight));
-                // Cut, like the target's connections, when the target's deregistration delay ends.
-                shared
-                    .upstream
-                    .track((group.protocol.0, target), tunnel.abort_handle());
-                let (parts, _) = resp.into_parts();
-                return Ok(Response::from_parts(
-                    parts,
-                    http_body_util::Empty::new()
-                        .map_err(|never| match never {})
-                        .boxed(),
-                ));
+                outcome.tunnel = Some(Tunnel {
+                    client: client_upgrade,
+                    target: hyper::upgrade::on(&mut resp),
+                    origin: (group.protocol.0, target),
+                    in_flight: pick.in_flight,
+                });
+                return Ok(resp.map(|_| Sent::local(Bytes::new())));
             }
-            let (parts, body) = resp.into_parts();
-            let body = Tracked {
-                inner: body,
-                _in_flight: pick.in_flight,
+            Ok(resp.map(|body| Sent {
+                body: Either::Right(body),
+                line: None,
+                _in_flight: Some(pick.in_flight),
                 lease,
-            };
-            Ok(Response::from_parts(parts, body.boxed()))
+            }))
         }
     }
 }
 
-/// Copies bytes both ways once client and target have switched protocols (WebSocket).
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    target: hyper::upgrade::OnUpgrade,
-    _in_flight: InFlight,
-) {
+/// Copies bytes both ways once client and target have switched protocols (WebSocket); the
+/// request's log line counts them when the tunnel closes.
+async fn tunnel(client: OnUpgrade, target: OnUpgrade, _in_flight: InFlight, mut line: Pending) {
     let (Ok(client), Ok(target)) = tokio::join!(client, target) else {
         return;
     };
     let mut client = TokioIo::new(client);
     let mut target = TokioIo::new(target);
-    // Either side closing ends the tunnel; the error says only which side, nobody to tell.
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
+    // Either side closing ends the tunnel. An error says only which side: nobody to tell, and
+    // the bytes copied before it are not known (the line then counts the heads alone).
+    if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut target).await {
+        line.entry.received_bytes += up;
+        line.entry.sent_bytes += down;
+    }
 }
 
 #[cfg(test)]

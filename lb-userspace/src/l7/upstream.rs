@@ -17,11 +17,18 @@
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    pin::Pin,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use hyper::{
     body::Incoming,
     client::conn::{http1, http2},
@@ -61,6 +68,49 @@ pub enum SendError {
     Target(BoxError),
 }
 
+/// A client's request body on its way to a target, its bytes counted for the access log.
+#[derive(Debug)]
+pub struct Upload {
+    inner: Incoming,
+    /// Only a body that has bytes gets a counter: most requests have none.
+    read: Option<Arc<AtomicU64>>,
+}
+
+impl Upload {
+    /// `body` to send, and the count of its bytes sent so far (none for an empty body).
+    pub fn new(body: Incoming) -> (Upload, Option<Arc<AtomicU64>>) {
+        let read = (!body.is_end_stream()).then(Arc::default);
+        let count = read.clone();
+        (Upload { inner: body, read }, count)
+    }
+}
+
+impl Body for Upload {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(f))), Some(read)) = (&frame, &self.read)
+            && let Some(data) = f.data_ref()
+        {
+            read.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Where connections go: a target, in clear or over TLS.
 pub type Origin = (TargetProtocol, SocketAddr);
 
@@ -69,7 +119,7 @@ pub type Origin = (TargetProtocol, SocketAddr);
 /// that a connection to a target that left is never put back.
 #[derive(Debug, Default)]
 struct Pool {
-    idle: HashMap<Origin, Vec<(http1::SendRequest<Incoming>, Instant)>>,
+    idle: HashMap<Origin, Vec<(http1::SendRequest<Upload>, Instant)>>,
     live: HashMap<Origin, Duration>,
 }
 
@@ -83,7 +133,7 @@ pub struct Upstream {
     h1: Arc<Idle>,
     /// Connects HTTP/2 targets (ALPN `h2` only).
     h2_connector: HttpsConnector<HttpConnector>,
-    h2: Mutex<HashMap<Origin, http2::SendRequest<Incoming>>>,
+    h2: Mutex<HashMap<Origin, http2::SendRequest<Upload>>>,
     /// The tasks that run each origin's connections and tunnels.
     tasks: Arc<Mutex<Tasks>>,
 }
@@ -137,7 +187,7 @@ impl Default for Upstream {
 /// An HTTP/1.1 connection lent to one request; [`Lease::release`] returns it for reuse.
 #[derive(Debug)]
 pub struct Lease {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<Upload>,
     origin: Origin,
     idle: Arc<Idle>,
 }
@@ -173,7 +223,7 @@ impl Upstream {
         &self,
         (protocol, version): (TargetProtocol, ProtocolVersion),
         target: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<Upload>,
         now: Instant,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         let origin = (protocol, target);
@@ -191,7 +241,7 @@ impl Upstream {
     async fn send_h1(
         &self,
         origin: Origin,
-        mut req: Request<Incoming>,
+        mut req: Request<Upload>,
         now: Instant,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         // An idle connection the target closed meanwhile gives the request back: try a new one.
@@ -215,7 +265,7 @@ impl Upstream {
     }
 
     /// A new HTTP/1.1 connection to `origin`.
-    async fn connect_h1(&self, origin: Origin) -> Result<http1::SendRequest<Incoming>, SendError> {
+    async fn connect_h1(&self, origin: Origin) -> Result<http1::SendRequest<Upload>, SendError> {
         let io = connect(&self.h1_connector, origin)
             .await
             .map_err(SendError::Connect)?;
@@ -232,7 +282,7 @@ impl Upstream {
     }
 
     /// The most recently used idle connection to `origin` that can take a request now.
-    fn idle_h1(&self, origin: Origin, now: Instant) -> Option<http1::SendRequest<Incoming>> {
+    fn idle_h1(&self, origin: Origin, now: Instant) -> Option<http1::SendRequest<Upload>> {
         let mut pool = lock(&self.h1);
         let conns = pool.idle.get_mut(&origin)?;
         while let Some((sender, since)) = conns.pop() {
@@ -244,7 +294,7 @@ impl Upstream {
         None
     }
 
-    fn lease(&self, sender: http1::SendRequest<Incoming>, origin: Origin) -> Lease {
+    fn lease(&self, sender: http1::SendRequest<Upload>, origin: Origin) -> Lease {
         Lease {
             sender,
             origin,
@@ -253,7 +303,7 @@ impl Upstream {
     }
 
     /// The open HTTP/2 connection to `origin`, or a new one.
-    async fn h2_sender(&self, origin: Origin) -> Result<http2::SendRequest<Incoming>, BoxError> {
+    async fn h2_sender(&self, origin: Origin) -> Result<http2::SendRequest<Upload>, BoxError> {
         if let Some(open) = lock(&self.h2).get(&origin).filter(|s| !s.is_closed()) {
             return Ok(open.clone());
         }
@@ -261,7 +311,7 @@ impl Upstream {
     }
 
     /// A new HTTP/2 connection to `origin`, kept for the requests to come.
-    async fn connect_h2(&self, origin: Origin) -> Result<http2::SendRequest<Incoming>, BoxError> {
+    async fn connect_h2(&self, origin: Origin) -> Result<http2::SendRequest<Upload>, BoxError> {
         let io = connect(&self.h2_connector, origin).await?;
         let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

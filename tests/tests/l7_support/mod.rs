@@ -10,7 +10,7 @@ use std::{
     net::{SocketAddr, TcpListener as StdListener, TcpStream},
     process::Command,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -46,6 +46,8 @@ pub struct Lab {
     config: Option<watch::Sender<Arc<L7Config>>>,
     lb: Option<tokio::task::JoinHandle<Result<(), xlb::l7::L7Error>>>,
     log: Option<Lines>,
+    /// The lines taken from `log` so far.
+    logged: Vec<String>,
     /// The L7 tier's health checks.
     health: Option<View>,
     /// What xlb counts, for the metrics tests.
@@ -65,6 +67,7 @@ impl Lab {
             config: None,
             lb: None,
             log: None,
+            logged: Vec::new(),
             health: None,
             metrics: Arc::default(),
         }
@@ -153,10 +156,19 @@ impl Lab {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    /// Access log lines written so far.
-    pub fn log_lines(&mut self) -> Vec<String> {
-        let text = self.log.as_ref().map(Lines::take).unwrap_or_default();
-        text.lines().map(String::from).collect()
+    /// The access log's lines so far, once `done` holds for them (5 s at most, then as they
+    /// are): a request's line is written when it is over, which can be just after its client
+    /// has the whole response.
+    pub fn log_lines(&mut self, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = self.log.as_ref().map(Lines::take).unwrap_or_default();
+            self.logged.extend(text.lines().map(String::from));
+            if done(&self.logged) || Instant::now() > deadline {
+                return self.logged.clone();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Runs `task` on the lab's runtime until the lab is dropped.
@@ -351,14 +363,17 @@ pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The request that switches a connection to the backends' echo protocol.
+pub const UPGRADE: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+
 /// Opens a connection to `addr` and switches it to the backends' echo protocol (a WebSocket-style
 /// upgrade); returns it with the response head, in lower case.
 pub fn upgrade(addr: SocketAddr) -> (TcpStream, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("read timeout");
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .expect("send");
+    s.write_all(UPGRADE).expect("send");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
