@@ -148,6 +148,11 @@ pub struct L7Metrics {
     elb_codes: [Family<Labels, Counter>; 3],
     /// `HTTPCode_Target_{2,3,4,5}XX_Count`: answers of targets.
     target_codes: [Family<Labels, Counter>; 4],
+    /// `HTTPCode_ELB_{500,502,503,504}_Count`: the errors xlb answered, by code.
+    elb_errors: [Family<Labels, Counter>; 4],
+    redirects: Family<Labels, Counter>,
+    fixed_responses: Family<Labels, Counter>,
+    target_connection_errors: Family<Labels, Counter>,
     active_connections: Family<Labels, Gauge>,
     new_connections: Family<Labels, Counter>,
     rejected_connections: Family<Labels, Counter>,
@@ -169,6 +174,10 @@ impl Default for L7Metrics {
             target_response_time: Family::new_with_constructor(response_time_histogram),
             elb_codes: Default::default(),
             target_codes: Default::default(),
+            elb_errors: Default::default(),
+            redirects: Family::default(),
+            fixed_responses: Family::default(),
+            target_connection_errors: Family::default(),
             active_connections: Family::default(),
             new_connections: Family::default(),
             rejected_connections: Family::default(),
@@ -247,6 +256,13 @@ impl L7Metrics {
                 .target_codes
                 .each_ref()
                 .map(|f| f.get_or_create_owned(&lab)),
+            elb_errors: self
+                .elb_errors
+                .each_ref()
+                .map(|f| f.get_or_create_owned(&lab)),
+            redirects: self.redirects.get_or_create_owned(&lab),
+            fixed_responses: self.fixed_responses.get_or_create_owned(&lab),
+            target_connection_errors: self.target_connection_errors.get_or_create_owned(&lab),
         }
     }
 
@@ -290,6 +306,28 @@ impl L7Metrics {
                 family.clone(),
             );
         }
+        for (code, family) in ELB_ERRORS.iter().zip(&self.elb_errors) {
+            reg.register(
+                format!("httpcode_elb_{code}_count"),
+                format!("{code} answers made by xlb itself (HTTPCode_ELB_{code}_Count)"),
+                family.clone(),
+            );
+        }
+        reg.register(
+            "http_redirect_count",
+            "Redirect actions answered (HTTP_Redirect_Count)",
+            self.redirects.clone(),
+        );
+        reg.register(
+            "http_fixed_response_count",
+            "Fixed-response actions answered (HTTP_Fixed_Response_Count)",
+            self.fixed_responses.clone(),
+        );
+        reg.register(
+            "target_connection_error_count",
+            "Connections to targets that failed (TargetConnectionErrorCount)",
+            self.target_connection_errors.clone(),
+        );
         reg.register(
             "active_connection_count",
             "Open client connections per HTTP listener (ActiveConnectionCount)",
@@ -383,7 +421,14 @@ pub struct RequestMetrics {
     target_response_time: Histogram,
     elb_codes: [Counter; 3],
     target_codes: [Counter; 4],
+    elb_errors: [Counter; 4],
+    redirects: Counter,
+    fixed_responses: Counter,
+    target_connection_errors: Counter,
 }
+
+/// The error codes ALB counts one by one (`HTTPCode_ELB_502_Count`, ...).
+const ELB_ERRORS: [u16; 4] = [500, 502, 503, 504];
 
 impl RequestMetrics {
     /// Counts one answered request: `elb_status` is what the client got; `target` the target's
@@ -396,7 +441,12 @@ impl RequestMetrics {
                 self.target_response_time.observe(time.as_secs_f64());
                 (&self.target_codes, status, 200)
             }
-            None => (&self.elb_codes, elb_status, 300),
+            None => {
+                if let Some(i) = ELB_ERRORS.iter().position(|&c| c == elb_status) {
+                    self.elb_errors[i].inc();
+                }
+                (&self.elb_codes, elb_status, 300)
+            }
         };
         if let Some(c) = status
             .checked_sub(first)
@@ -404,6 +454,21 @@ impl RequestMetrics {
         {
             c.inc();
         }
+    }
+
+    /// A redirect action answered (`HTTP_Redirect_Count`).
+    pub fn redirected(&self) {
+        self.redirects.inc();
+    }
+
+    /// A fixed-response action answered (`HTTP_Fixed_Response_Count`).
+    pub fn fixed_response(&self) {
+        self.fixed_responses.inc();
+    }
+
+    /// A connection to a target that failed (`TargetConnectionErrorCount`).
+    pub fn target_connection_error(&self) {
+        self.target_connection_errors.inc();
     }
 }
 

@@ -129,6 +129,22 @@ fn target_failures_map_to_502_503_504() {
     );
     assert!(log[0].contains("\"forward\""), "{}", log[0]);
     assert!(log[0].contains("Target: connect to"), "{}", log[0]);
+    // ALB's counts of each error code, and of connections the dead target refused.
+    let metrics = lab.metrics.render().expect("metrics");
+    let series = |name: &str, rule: &str, group: &str, n: u32| {
+        format!(
+            "xlb_{name}_total{{listener=\"{addr}\",rule=\"{rule}\",target_group=\"{group}\"}} {n}"
+        )
+    };
+    for want in [
+        series("httpcode_elb_502_count", "1", "dead", 1),
+        series("target_connection_error_count", "1", "dead", 1),
+        series("httpcode_elb_503_count", "2", "", 1),
+        series("httpcode_elb_504_count", "default", "live", 1),
+        series("httpcode_elb_500_count", "default", "live", 0),
+    ] {
+        assert!(metrics.lines().any(|l| l == want), "{want} in\n{metrics}");
+    }
 }
 
 #[test]

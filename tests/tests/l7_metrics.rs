@@ -115,6 +115,8 @@ fn requests_connections_and_refusals_are_counted_per_listener_rule_and_group() {
         ("xlb_httpcode_target_4xx_count_total", series("10", ""), 0.0),
         ("xlb_request_count_total", series("20", ""), 1.0),
         ("xlb_httpcode_elb_3xx_count_total", series("20", ""), 1.0),
+        ("xlb_http_fixed_response_count_total", series("10", ""), 1.0),
+        ("xlb_http_redirect_count_total", series("20", ""), 1.0),
         // The refused request matched no rule: the default one, no group.
         (
             "xlb_httpcode_elb_4xx_count_total",

@@ -692,7 +692,9 @@ pub async fn handle(
             Err(e)
         }
     };
+    let mut connect_failed = false;
     let mut resp = result.unwrap_or_else(|e| {
+        connect_failed = matches!(e, ProxyError::Connect { .. });
         entry.error_reason = Some(format!("{:?}: {e}", e.fault()));
         error_response(&e)
     });
@@ -709,6 +711,12 @@ pub async fn handle(
             entry.elb_status,
             entry.target_status.zip(outcome.target_time),
         );
+        match (entry.action, &entry.error_reason) {
+            _ if connect_failed => m.target_connection_error(),
+            (Some("redirect"), None) => m.redirected(),
+            (Some("fixed-response"), None) => m.fixed_response(),
+            _ => {}
+        }
     }
     match outcome.target_time {
         Some(t) => {
