@@ -314,45 +314,50 @@ impl L7Metrics {
             );
         }
         reg.register(
-            "http_redirect_count",
-            "Redirect actions answered (HTTP_Redirect_Count)",
-            self.redirects.clone(),
-        );
-        reg.register(
-            "http_fixed_response_count",
-            "Fixed-response actions answered (HTTP_Fixed_Response_Count)",
-            self.fixed_responses.clone(),
-        );
-        reg.register(
-            "target_connection_error_count",
-            "Connections to targets that failed (TargetConnectionErrorCount)",
-            self.target_connection_errors.clone(),
-        );
-        reg.register(
             "active_connection_count",
             "Open client connections per HTTP listener (ActiveConnectionCount)",
             self.active_connections.clone(),
         );
-        reg.register(
-            "new_connection_count",
-            "Client connections accepted per HTTP listener (NewConnectionCount)",
-            self.new_connections.clone(),
-        );
-        reg.register(
-            "rejected_connection_count",
-            "Connections an HTTP listener failed to accept (RejectedConnectionCount)",
-            self.rejected_connections.clone(),
-        );
-        reg.register(
-            "client_tls_negotiation_error_count",
-            "TLS handshakes that failed (ClientTLSNegotiationErrorCount)",
-            self.tls_errors.clone(),
-        );
-        reg.register(
-            "desync_mitigation_mode_non_compliant_request_count",
-            "Ambiguous requests refused (DesyncMitigationMode_NonCompliant_Request_Count)",
-            self.desync.clone(),
-        );
+        let counters = [
+            (
+                "http_redirect_count",
+                "Redirect actions answered (HTTP_Redirect_Count)",
+                &self.redirects,
+            ),
+            (
+                "http_fixed_response_count",
+                "Fixed-response actions answered (HTTP_Fixed_Response_Count)",
+                &self.fixed_responses,
+            ),
+            (
+                "target_connection_error_count",
+                "Connections to targets that failed (TargetConnectionErrorCount)",
+                &self.target_connection_errors,
+            ),
+            (
+                "new_connection_count",
+                "Client connections accepted per HTTP listener (NewConnectionCount)",
+                &self.new_connections,
+            ),
+            (
+                "rejected_connection_count",
+                "Connections an HTTP listener failed to accept (RejectedConnectionCount)",
+                &self.rejected_connections,
+            ),
+            (
+                "client_tls_negotiation_error_count",
+                "TLS handshakes that failed (ClientTLSNegotiationErrorCount)",
+                &self.tls_errors,
+            ),
+            (
+                "desync_mitigation_mode_non_compliant_request_count",
+                "Ambiguous requests refused (DesyncMitigationMode_NonCompliant_Request_Count)",
+                &self.desync,
+            ),
+        ];
+        for (name, help, family) in counters {
+            reg.register(name, help, family.clone());
+        }
     }
 
     /// The L7 families alone, as metrics text (for processes without the L4 agent).
