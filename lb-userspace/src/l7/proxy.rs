@@ -524,21 +524,17 @@ pub fn response_filter(
 /// instead). A target's body also counts as outstanding until then, and returns its HTTP/1.1
 /// connection for reuse once read to the end.
 struct Sent {
-    body: Either<Full<Bytes>, Incoming>,
+    body: Reply,
     line: Option<Pending>,
     _in_flight: Option<InFlight>,
     lease: Option<Lease>,
 }
 
-impl Sent {
-    fn local(body: Bytes) -> Sent {
-        Sent {
-            body: Either::Left(Full::new(body)),
-            line: None,
-            _in_flight: None,
-            lease: None,
-        }
-    }
+/// A response's body as the action made it: here, or the target's.
+type Reply = Either<Full<Bytes>, Incoming>;
+
+fn local(body: Bytes) -> Reply {
+    Either::Left(Full::new(body))
 }
 
 impl http_body::Body for Sent {
@@ -585,15 +581,15 @@ impl Drop for Sent {
     }
 }
 
-fn full(status: StatusCode, headers: &[(HeaderName, HeaderValue)], body: Bytes) -> Response<Sent> {
-    let mut resp = Response::new(Sent::local(body));
+fn full(status: StatusCode, headers: &[(HeaderName, HeaderValue)], body: Bytes) -> Response<Reply> {
+    let mut resp = Response::new(local(body));
     *resp.status_mut() = status;
     resp.headers_mut().extend(headers.iter().cloned());
     resp
 }
 
 /// An error page, as ALB's (HTML with the status line); the connection closes after it.
-fn error_response(e: &ProxyError) -> Response<Sent> {
+fn error_response(e: &ProxyError) -> Response<Reply> {
     let status = e.status();
     let line = format!(
         "{} {}",
@@ -624,6 +620,9 @@ struct Outcome {
     uploaded: Option<Arc<AtomicU64>>,
     /// A WebSocket to run once the client has its response.
     tunnel: Option<Tunnel>,
+    /// The target's response counts as outstanding until sent; its HTTP/1.1 connection.
+    in_flight: Option<InFlight>,
+    lease: Option<Lease>,
 }
 
 /// Both sides of a switch of protocols, and the target's connection tasks it counts among.
@@ -693,7 +692,7 @@ pub async fn handle(
         }
     };
     let mut connect_failed = false;
-    let mut resp = result.unwrap_or_else(|e| {
+    let resp = result.unwrap_or_else(|e| {
         connect_failed = matches!(e, ProxyError::Connect { .. });
         entry.error_reason = Some(format!("{:?}: {e}", e.fault()));
         error_response(&e)
@@ -728,15 +727,24 @@ pub async fn handle(
     }
     entry.sent_bytes = response_head_len(&resp);
     let line = shared.log.pending(entry, outcome.uploaded);
-    match outcome.tunnel {
+    let line = match outcome.tunnel {
         Some(t) => {
             let task = tokio::spawn(tunnel(t.client, t.target, t.in_flight, line));
             // Cut, like the target's connections, when the target's deregistration delay ends.
             shared.upstream.track(t.origin, task.abort_handle());
+            None
         }
-        None => resp.body_mut().line = Some(line),
-    }
-    Ok(resp.map(BodyExt::boxed))
+        None => Some(line),
+    };
+    // The body, with the line (over 500 bytes), is put together once, where it stays.
+    Ok(resp.map(|body| {
+        BodyExt::boxed(Sent {
+            body,
+            line,
+            _in_flight: outcome.in_flight,
+            lease: outcome.lease,
+        })
+    }))
 }
 
 /// A request head's size as HTTP/1.1 text: its line, a `name: value` line per header, each with
@@ -750,7 +758,7 @@ fn request_head_len<B>(req: &Request<B>) -> u64 {
 
 /// A response head's size as HTTP/1.1 text, with the `date` and `content-length` hyper adds
 /// when they are missing.
-fn response_head_len(resp: &Response<Sent>) -> u64 {
+fn response_head_len(resp: &Response<Reply>) -> u64 {
     const DATE: usize = "date: Thu, 01 Jan 1970 00:00:00 GMT\r\n".len();
     let status = resp.status();
     // `HTTP/1.1 200 OK`
@@ -803,7 +811,7 @@ async fn run(
     conn: &Conn,
     shared: &Shared,
     outcome: &mut Outcome,
-) -> Result<Response<Sent>, ProxyError> {
+) -> Result<Response<Reply>, ProxyError> {
     match act {
         Act::Fixed(f) => {
             let headers: Vec<_> = f.content_type_header().into_iter().collect();
@@ -878,14 +886,11 @@ async fn run(
                     origin: (group.protocol.0, target),
                     in_flight: pick.in_flight,
                 });
-                return Ok(resp.map(|_| Sent::local(Bytes::new())));
+                return Ok(resp.map(|_| local(Bytes::new())));
             }
-            Ok(resp.map(|body| Sent {
-                body: Either::Right(body),
-                line: None,
-                _in_flight: Some(pick.in_flight),
-                lease,
-            }))
+            outcome.in_flight = Some(pick.in_flight);
+            outcome.lease = lease;
+            Ok(resp.map(Either::Right))
         }
     }
 }
