@@ -1,7 +1,8 @@
 //! Access log lines in the field order of ALB's access logs, so tools that read ALB logs read
 //! xlb's. Requests append their lines to one bounded buffer that a writer takes in batches
 //! ([`Lines`]); like ALB's log this is best effort: a full buffer drops the line rather than slow
-//! requests down.
+//! requests down. A request's entry waits as a [`Pending`] until the request is over, so that its
+//! line has all its bytes.
 //!
 //! A line is pushed field by field straight into that buffer, numbers through `itoa`: formatting
 //! it with `core::fmt` cost more than parsing the request it describes. When each line was a
@@ -76,6 +77,15 @@ impl AccessLog {
             shared.ready.notify_one();
         }
     }
+
+    /// `entry`, to be written when its request is over; `uploaded` counts its request body.
+    pub fn pending(&self, entry: Entry, uploaded: Option<Arc<AtomicU64>>) -> Pending {
+        Pending {
+            entry,
+            log: self.clone(),
+            uploaded,
+        }
+    }
 }
 
 /// The entry of a request not over yet: its bodies (or its WebSocket) may still be going. It is
@@ -87,17 +97,6 @@ pub struct Pending {
     log: AccessLog,
     /// The request body's bytes, counted as they go to the target.
     uploaded: Option<Arc<AtomicU64>>,
-}
-
-impl AccessLog {
-    /// `entry`, to be written when its request is over; `uploaded` counts its request body.
-    pub fn pending(&self, entry: Entry, uploaded: Option<Arc<AtomicU64>>) -> Pending {
-        Pending {
-            entry,
-            log: self.clone(),
-            uploaded,
-        }
-    }
 }
 
 impl Drop for Pending {

@@ -779,6 +779,7 @@ fn response_head_len(resp: &Response<Reply>) -> u64 {
     len
 }
 
+/// A head of a `line`-byte first line and `headers`, as HTTP/1.1 text.
 fn head_len(line: usize, headers: &HeaderMap) -> u64 {
     let fields: usize = headers
         .iter()
