@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use l7_support::{Lab, curl, free_port, group, raw};
+use l7_support::{Lab, curl, free_port, group, raw, read_head};
 
 /// The value of the series `name{labels}` in a scrape, if present.
 fn value(scrape: &str, name: &str, labels: &str) -> Option<f64> {
@@ -153,12 +153,7 @@ fn requests_connections_and_refusals_are_counted_per_listener_rule_and_group() {
 /// Sends `request` on `s` and reads one whole response (its head, then `content-length` bytes).
 fn exchange(s: &mut TcpStream, request: &[u8]) -> Vec<u8> {
     s.write_all(request).expect("send");
-    let mut response = Vec::new();
-    let mut byte = [0u8; 1];
-    while !response.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).expect("read head"), 1, "closed early");
-        response.push(byte[0]);
-    }
+    let mut response = read_head(s);
     let head = String::from_utf8_lossy(&response).to_ascii_lowercase();
     let length: usize = head
         .lines()

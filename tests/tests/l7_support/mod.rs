@@ -374,13 +374,19 @@ pub fn upgrade(addr: SocketAddr) -> (TcpStream, String) {
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("read timeout");
     s.write_all(UPGRADE).expect("send");
+    let head = read_head(&mut s);
+    (s, String::from_utf8_lossy(&head).to_ascii_lowercase())
+}
+
+/// Reads a response head (4 KiB at most) byte by byte, so that nothing after it is taken.
+pub fn read_head(s: &mut TcpStream) -> Vec<u8> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
         assert_eq!(s.read(&mut byte).expect("read head"), 1, "closed early");
         head.push(byte[0]);
     }
-    (s, String::from_utf8_lossy(&head).to_ascii_lowercase())
+    head
 }
 
 /// A target group of backends on 127.0.0.1, as TOML.
