@@ -17,21 +17,23 @@ use crate::{
     verdict::Verdict,
 };
 
-/// The chosen backend and whether the ring chose it (a new flow).
+/// The chosen backend (its index: the forward stage reads the entry in place, where it is) and
+/// whether the ring chose it (a new flow).
 pub struct Choice {
     pub index: u32,
-    pub backend: Backend,
     pub hash: u32,
     pub new_flow: bool,
 }
 
+/// Backend `index`, in the `BACKENDS` map.
 #[inline(always)]
-fn live_backend(index: u32) -> Option<Backend> {
-    let b = *BACKENDS.get(index)?;
-    if b.flags & BACKEND_F_LIVE == 0 {
-        return None;
-    }
-    Some(b)
+pub fn backend(index: u32) -> Option<&'static Backend> {
+    BACKENDS.get(index)
+}
+
+#[inline(always)]
+fn live(index: u32) -> bool {
+    backend(index).is_some_and(|b| b.flags & BACKEND_F_LIVE != 0)
 }
 
 #[inline(always)]
@@ -45,17 +47,16 @@ pub fn hash(vip: &VipMeta, key: &FlowKey) -> u32 {
 
 /// Maglev: the VIP's live ring at `hash % M`.
 #[inline(always)]
-pub fn ring(vip: &VipMeta, hash: u32) -> Result<(u32, Backend), Verdict> {
+pub fn ring(vip: &VipMeta, hash: u32) -> Result<u32, Verdict> {
     let slot = (vip.index * 2 + (vip.ring & 1)) * RING_SIZE + hash % RING_SIZE;
     let index = *RINGS
         .get(slot)
         .ok_or(Verdict::drop(Reason::DropNoBackend))?;
     // Index 0: the ring was never filled (no target registered).
-    if index == 0 {
+    if index == 0 || !live(index) {
         return Err(Verdict::drop(Reason::DropNoBackend));
     }
-    let backend = live_backend(index).ok_or(Verdict::drop(Reason::DropNoBackend))?;
-    Ok((index, backend))
+    Ok(index)
 }
 
 /// Flow table first (unless `syn`), then the ring; records new flows.
@@ -73,23 +74,20 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool) -> Result<Choice, Verdict
         // SAFETY: the LRU value stays valid while the program runs; a concurrent update of the
         // same flow from another CPU can only write another valid backend index.
         let (index, hash, seen) = unsafe { ((*state).backend, (*state).hash, (*state).seen_ns) };
-        if (!udp || now.wrapping_sub(seen) < UDP_FLOW_TIMEOUT_NS)
-            && let Some(backend) = live_backend(index)
-        {
+        if (!udp || now.wrapping_sub(seen) < UDP_FLOW_TIMEOUT_NS) && live(index) {
             if udp {
                 // SAFETY: as above.
                 unsafe { (*state).seen_ns = now };
             }
             return Ok(Choice {
                 index,
-                backend,
                 hash,
                 new_flow: false,
             });
         }
     }
     let h = hash(vip, key);
-    let (index, backend) = ring(vip, h)?;
+    let index = ring(vip, h)?;
     let state = FlowState {
         backend: index,
         hash: h,
@@ -99,7 +97,6 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool) -> Result<Choice, Verdict
     let _ = FLOWS.insert(key, state, 0);
     Ok(Choice {
         index,
-        backend,
         hash: h,
         new_flow: true,
     })
@@ -110,20 +107,17 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool) -> Result<Choice, Verdict
 pub fn existing(vip: &VipMeta, key: &FlowKey) -> Result<Choice, Verdict> {
     // SAFETY: copied out at once.
     if let Some(state) = unsafe { FLOWS.get(key) }
-        && let Some(backend) = live_backend(state.backend)
+        && live(state.backend)
     {
         return Ok(Choice {
             index: state.backend,
-            backend,
             hash: state.hash,
             new_flow: false,
         });
     }
     let h = hash(vip, key);
-    let (index, backend) = ring(vip, h)?;
     Ok(Choice {
-        index,
-        backend,
+        index: ring(vip, h)?,
         hash: h,
         new_flow: false,
     })

@@ -2,22 +2,21 @@
 //! another one (`bpf_redirect`), with the next hop from the kernel FIB.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::{
-        bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head,
-    },
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
 use lb_common::{
-    AF_INET, AF_INET6, Addr, Backend, CONFIG_F_NO_FIB, CONFIG_F_NO_PTB, Config, IPPROTO_IPIP,
-    IPPROTO_IPV6, Reason, VIP_F_DSR, VipMeta,
+    AF_INET, Addr, Backend, CONFIG_F_NO_FIB, CONFIG_F_NO_PTB, Config, IPPROTO_IPIP, IPPROTO_IPV6,
+    Reason, VIP_F_DSR, VipMeta,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
 use crate::{
-    conntrack::Choice,
+    conntrack::{self, Choice},
     csum, icmp,
-    maps::{NEXT_HOP_TTL_NS, NEXT_HOPS},
+    l2::{self, Macs, NextHop},
+    maps::{CachedHop, FIB_ARGS, NEXT_HOP_TTL_NS, NEXT_HOPS},
     parse::{ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
     verdict::Verdict,
 };
@@ -25,15 +24,6 @@ use crate::{
 const AF_INET_KERNEL: u8 = 2;
 const AF_INET6_KERNEL: u8 = 10;
 const TUNNEL_TTL: u8 = 64;
-
-/// Where a frame goes after its headers are written.
-pub struct NextHop {
-    dst_mac: [u8; 6],
-    /// From the FIB; `None` keeps the frame's own destination MAC (ours) as the source.
-    src_mac: Option<[u8; 6]>,
-    /// Another interface to redirect to; `None` sends it back out with `XDP_TX`.
-    redirect: Option<u32>,
-}
 
 /// Sends the packet to the chosen backend the way its VIP says.
 #[inline(always)]
@@ -44,12 +34,11 @@ pub fn forward(
     choice: &Choice,
     cfg: &Config,
 ) -> Result<Verdict, Verdict> {
+    let b = conntrack::backend(choice.index).ok_or(Verdict::drop(Reason::DropNoBackend))?;
     if vip.flags & VIP_F_DSR != 0 {
-        return dsr(ctx, &choice.backend);
+        return dsr(ctx, b);
     }
-    // Checked here rather than in `tunnel` so the two out-of-line calls are siblings: the
-    // verifier adds up the stack of nested calls.
-    let outer_len = if choice.backend.family == AF_INET {
+    let outer_len = if b.family == AF_INET {
         Ipv4Hdr::LEN
     } else {
         Ipv6Hdr::LEN
@@ -58,98 +47,87 @@ pub fn forward(
         if cfg.flags & CONFIG_F_NO_PTB != 0 || !p.dont_fragment {
             return Err(Verdict::drop(Reason::DropTooBig));
         }
-        return Ok(icmp::too_big(ctx, p, cfg.mtu - outer_len as u16));
+        return icmp::too_big(ctx, p, cfg.mtu - outer_len as u16);
     }
-    Ok(tunnel(ctx, p, choice, cfg))
+    // One branch on the target's family, into two copies of the path with the family a
+    // constant, rather than a branch on it at every field that differs.
+    if b.family == AF_INET {
+        encapsulate::<true>(ctx, p, choice, cfg, b)
+    } else {
+        encapsulate::<false>(ctx, p, choice, cfg, b)
+    }
 }
 
 /// L2 DSR: the target has the VIP on a local interface; only the destination MAC changes.
 #[inline(always)]
 fn dsr(ctx: &XdpContext, backend: &Backend) -> Result<Verdict, Verdict> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Verdict::drop(Reason::DropShortEth))?;
-    // SAFETY: bounds checked by `ptr_at`.
+    // SAFETY: bounds checked by `ptr_at`. Copies that say they do not overlap: plain
+    // assignments between the packet and a map compiled to calls of a byte-wise `memmove`.
     unsafe {
-        (*eth).src_addr = (*eth).dst_addr;
-        (*eth).dst_addr = backend.mac;
+        let eth = &mut *eth;
+        core::ptr::copy_nonoverlapping(&eth.dst_addr, &mut eth.src_addr, 1);
+        core::ptr::copy_nonoverlapping(&backend.mac, &mut eth.dst_addr, 1);
     }
     Ok(Verdict::tx(Reason::TxDsr))
 }
 
-#[inline(never)]
-fn tunnel(ctx: &XdpContext, p: &Packet, choice: &Choice, cfg: &Config) -> Verdict {
-    // Out of line, returning the 8-byte verdict by value: a `Result` would come back through a
-    // pointer, which the verifier does not allow across BPF-to-BPF calls in every form.
-    match encapsulate(ctx, p, choice, cfg) {
-        Ok(v) | Err(v) => v,
-    }
-}
-
+/// IPIP (`V4`: an IPv4 target) or IP6IP6 toward target `b`.
 #[inline(always)]
-fn encapsulate(
+fn encapsulate<const V4: bool>(
     ctx: &XdpContext,
     p: &Packet,
     choice: &Choice,
     cfg: &Config,
+    b: &Backend,
 ) -> Result<Verdict, Verdict> {
-    let b = &choice.backend;
-    let outer_len = if b.family == AF_INET {
-        Ipv4Hdr::LEN
-    } else {
-        Ipv6Hdr::LEN
-    };
-    let hop = next_hop(ctx, cfg, choice.index, b)?;
-
-    // Keep the Ethernet header (and VLAN tag) before the head moves.
-    let eth: *const [u8; 14] = ptr_at(ctx, 0).ok_or(Verdict::drop(Reason::DropShortEth))?;
-    // SAFETY: bounds checked by `ptr_at`.
-    let eth = unsafe { *eth };
-    let vlan = if p.l3_off > EthHdr::LEN {
-        let v: *const [u8; 4] = ptr_at(ctx, 12).ok_or(Verdict::drop(Reason::DropShortEth))?;
-        // SAFETY: bounds checked by `ptr_at`.
-        Some(unsafe { *v })
-    } else {
-        None
-    };
-
+    let v4 = V4;
+    let outer_len = if v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
+    let hop = next_hop(ctx, cfg, choice.index, b, v4)?;
     // SAFETY: the helper checks the new head against the headroom and fails cleanly.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
         return Err(Verdict::drop(Reason::DropAdjust));
     }
-    let outer_type = if b.family == AF_INET {
-        ETH_P_IP
-    } else {
-        ETH_P_IPV6
-    };
-    write_eth(ctx, &hop, &eth, vlan, outer_type)?;
-    let inner_proto = if p.family == AF_INET {
+    let outer_type = if v4 { ETH_P_IP } else { ETH_P_IPV6 };
+    l2::write(ctx, hop.macs, outer_len, p.l3_off > EthHdr::LEN, outer_type)?;
+    let inner_proto = if p.key.family == AF_INET {
         IPPROTO_IPIP
     } else {
         IPPROTO_IPV6
     };
     let h = choice.hash.to_be_bytes();
-    if b.family == AF_INET {
-        let mut ip = [0u8; 20];
+    // The outer header is written in place, field by field: no copy of it on the stack.
+    if v4 {
         let total = (p.ip_len as usize + Ipv4Hdr::LEN) as u16;
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&total.to_be_bytes());
         // RFC 2003: copy the inner DF bit to the outer header.
-        ip[6] = if p.dont_fragment { 0x40 } else { 0 };
-        ip[8] = TUNNEL_TTL;
-        ip[9] = inner_proto;
-        ip[12] = cfg.tunnel_src_v4[0];
-        ip[13] = cfg.tunnel_src_v4[1];
-        ip[14] = h[2];
-        ip[15] = h[3];
-        ip[16..20].copy_from_slice(&b.addr[..4]);
-        let c = csum::ipv4_header(&ip).to_be_bytes();
-        ip[10] = c[0];
-        ip[11] = c[1];
-        let out: *mut [u8; 20] = ptr_at(ctx, p.l3_off).ok_or(Verdict::drop(Reason::DropAdjust))?;
+        let df: u16 = if p.dont_fragment { 0x4000 } else { 0 };
+        let ttl_proto = (TUNNEL_TTL as u16) << 8 | inner_proto as u16;
+        let src = [cfg.tunnel_src_v4[0], cfg.tunnel_src_v4[1], h[2], h[3]];
+        let dst = [b.addr[0], b.addr[1], b.addr[2], b.addr[3]];
+        let sum = 0x4500u64
+            + total as u64
+            + df as u64
+            + ttl_proto as u64
+            + u16::from_be_bytes([src[0], src[1]]) as u64
+            + u16::from_be_bytes([src[2], src[3]]) as u64
+            + u16::from_be_bytes([dst[0], dst[1]]) as u64
+            + u16::from_be_bytes([dst[2], dst[3]]) as u64;
+        let ip: *mut [u8; 20] = ptr_at(ctx, p.l3_off).ok_or(Verdict::drop(Reason::DropAdjust))?;
         // SAFETY: bounds checked by `ptr_at`.
-        unsafe { *out = ip };
+        unsafe {
+            let ip = &mut *ip;
+            ip[..2].copy_from_slice(&0x4500u16.to_be_bytes());
+            ip[2..4].copy_from_slice(&total.to_be_bytes());
+            ip[4..6].copy_from_slice(&[0, 0]);
+            ip[6..8].copy_from_slice(&df.to_be_bytes());
+            ip[8..10].copy_from_slice(&ttl_proto.to_be_bytes());
+            ip[10..12].copy_from_slice(&csum::fold(sum).to_be_bytes());
+            ip[12..16].copy_from_slice(&src);
+            ip[16..20].copy_from_slice(&dst);
+        }
     } else {
         let ip: *mut [u8; 40] = ptr_at(ctx, p.l3_off).ok_or(Verdict::drop(Reason::DropAdjust))?;
-        // SAFETY: bounds checked by `ptr_at`. Written in place: stack is scarce here.
+        // SAFETY: bounds checked by `ptr_at`.
         unsafe {
             let ip = &mut *ip;
             // Version 6, traffic class 0, flow label from the flow hash (receivers and ECMP
@@ -166,98 +144,45 @@ fn encapsulate(
             ip[24..40].copy_from_slice(&b.addr);
         }
     }
-    Ok(send(&hop, Reason::TxTunnel))
-}
-
-#[inline(always)]
-fn send(hop: &NextHop, reason: Reason) -> Verdict {
-    match hop.redirect {
-        // SAFETY: a helper with plain integer arguments.
-        Some(ifindex) => Verdict {
-            action: unsafe { bpf_redirect(ifindex, 0) } as u32,
-            reason,
-        },
-        None => Verdict {
-            action: xdp_action::XDP_TX,
-            reason,
-        },
-    }
-}
-
-/// Writes the Ethernet header (and the VLAN tag it had) at the head of the frame.
-#[inline(always)]
-pub fn write_eth(
-    ctx: &XdpContext,
-    hop: &NextHop,
-    old: &[u8; 14],
-    vlan: Option<[u8; 4]>,
-    ether_type: u16,
-) -> Result<(), Verdict> {
-    let short = Verdict::drop(Reason::DropAdjust);
-    let out: *mut [u8; 14] = ptr_at(ctx, 0).ok_or(short)?;
-    let mut eth = [0u8; 14];
-    eth[..6].copy_from_slice(&hop.dst_mac);
-    match hop.src_mac {
-        Some(mac) => eth[6..12].copy_from_slice(&mac),
-        // The frame came to our MAC: that is the source now.
-        None => eth[6..12].copy_from_slice(&old[..6]),
-    }
-    let t = ether_type.to_be_bytes();
-    match vlan {
-        Some(tag) => {
-            eth[12] = tag[0];
-            eth[13] = tag[1];
-            let rest: *mut [u8; 4] = ptr_at(ctx, 14).ok_or(short)?;
-            // SAFETY: bounds checked by `ptr_at`.
-            unsafe { *rest = [tag[2], tag[3], t[0], t[1]] };
-        }
-        None => {
-            eth[12] = t[0];
-            eth[13] = t[1];
-        }
-    }
-    // SAFETY: bounds checked by `ptr_at`.
-    unsafe { *out = eth };
-    Ok(())
+    Ok(l2::send(&hop, Reason::TxTunnel))
 }
 
 /// The next hop toward `b` (backend `index`): the kernel FIB (route and neighbour), cached per
-/// CPU for a second, else the configured gateway.
+/// CPU for a second, else the configured gateway. `v4`: `b` is an IPv4 target.
 #[inline(always)]
-fn next_hop(ctx: &XdpContext, cfg: &Config, index: u32, b: &Backend) -> Result<NextHop, Verdict> {
-    if cfg.flags & CONFIG_F_NO_FIB == 0 {
+fn next_hop(
+    ctx: &XdpContext,
+    cfg: &Config,
+    index: u32,
+    b: &Backend,
+    v4: bool,
+) -> Result<NextHop, Verdict> {
+    if cfg.flags & CONFIG_F_NO_FIB == 0
+        && let Some(c) = NEXT_HOPS.get_ptr_mut(index)
+    {
         let ingress = ctx.ingress_ifindex() as u32;
         // SAFETY: a helper without arguments.
         let now = unsafe { bpf_ktime_get_coarse_ns() };
-        let cached = NEXT_HOPS.get_ptr_mut(index);
-        if let Some(c) = cached {
-            // SAFETY: a per-CPU slot: only this CPU uses it while the program runs.
-            let c = unsafe { &*c };
-            if now < c.expires_ns && c.ingress == ingress && c.addr == words(&b.addr) {
-                return Ok(hop(ingress, c.ifindex, c.dst_mac, c.src_mac));
-            }
+        // SAFETY: a per-CPU slot: only this CPU uses it while the program runs.
+        let c = unsafe { &mut *c };
+        if now < c.expires_ns && c.ingress == ingress && c.addr == words(&b.addr) {
+            return Ok(hop(ingress, c));
         }
-        if let Some(fib) = fib(ctx, ingress, b) {
-            if let Some(c) = cached {
-                // SAFETY: as above.
-                unsafe {
-                    (*c).addr = words(&b.addr);
-                    (*c).expires_ns = now + NEXT_HOP_TTL_NS;
-                    (*c).ingress = ingress;
-                    (*c).ifindex = fib.ifindex;
-                    (*c).dst_mac = fib.dmac;
-                    (*c).src_mac = fib.smac;
-                }
-            }
-            return Ok(hop(ingress, fib.ifindex, fib.dmac, fib.smac));
+        if let Some(fib) = fib(ctx, ingress, b, v4) {
+            c.addr = words(&b.addr);
+            c.expires_ns = now + NEXT_HOP_TTL_NS;
+            c.ingress = ingress;
+            c.ifindex = fib.ifindex;
+            c.macs[..6].copy_from_slice(&fib.dmac);
+            c.macs[6..].copy_from_slice(&fib.smac);
+            return Ok(hop(ingress, c));
         }
     }
     if cfg.gateway_mac == [0; 6] {
         return Err(Verdict::drop(Reason::DropNoRoute));
     }
     Ok(NextHop {
-        dst_mac: cfg.gateway_mac,
-        src_mac: None,
+        macs: Macs::Gateway(cfg.gateway_mac),
         redirect: None,
     })
 }
@@ -269,57 +194,46 @@ fn words(a: &Addr) -> [u64; 2] {
     unsafe { core::mem::transmute::<Addr, [u64; 2]>(*a) }
 }
 
+/// The hop a cached FIB answer gives, for a packet that came in on `ingress`.
 #[inline(always)]
-fn hop(ingress: u32, ifindex: u32, dst_mac: [u8; 6], src_mac: [u8; 6]) -> NextHop {
+fn hop(ingress: u32, c: &CachedHop) -> NextHop {
     NextHop {
-        dst_mac,
-        src_mac: Some(src_mac),
-        redirect: (ifindex != ingress).then_some(ifindex),
+        macs: Macs::Resolved(&c.macs),
+        redirect: (c.ifindex != ingress).then_some(c.ifindex),
     }
 }
 
-/// The kernel's route and neighbour for `b`, from the interface the packet came in on.
+/// The kernel's route and neighbour for `b`, from the interface the packet came in on. The
+/// helper's 64-byte argument lives in a per-CPU scratch slot, not on the stack.
 #[inline(always)]
-fn fib(ctx: &XdpContext, ingress: u32, b: &Backend) -> Option<bpf_fib_lookup> {
-    // SAFETY: plain data; every field the kernel reads is set below.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.ifindex = ingress;
-    if b.family == AF_INET {
-        params.family = AF_INET_KERNEL;
-        params.__bindgen_anon_4.ipv4_dst =
-            u32::from_ne_bytes([b.addr[0], b.addr[1], b.addr[2], b.addr[3]]);
-    } else if b.family == AF_INET6 {
-        params.family = AF_INET6_KERNEL;
-        // SAFETY: [u8; 16] and [u32; 4] have the same size; any bits are valid.
-        params.__bindgen_anon_4.ipv6_dst =
-            unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(b.addr) };
+fn fib(ctx: &XdpContext, ingress: u32, b: &Backend, v4: bool) -> Option<&'static bpf_fib_lookup> {
+    let args = FIB_ARGS.get_ptr_mut(0)?;
+    // What the kernel reads, as whole words (field by field, LLVM merged the zeros into a call
+    // of a byte-wise `memset`): the family, with protocol, ports and length 0 (no MTU check: the
+    // tunnel has its own); the ingress interface, with flow info 0; the destination (IPv4
+    // addresses are zero-padded, so both families are the same two words). The answer
+    // overwrites the first two words, so they are written every time; the source words (0: the
+    // kernel picks) are never written by either side.
+    let family = if v4 { AF_INET_KERNEL } else { AF_INET6_KERNEL };
+    let [d0, d1] = words(&b.addr);
+    // SAFETY: a per-CPU slot, used only by this CPU while the program runs; `FibArgs` is
+    // 8-byte aligned and 64 bytes long.
+    unsafe {
+        let w = &mut *args.cast::<[u64; 8]>();
+        w[0] = family as u64;
+        w[1] = ingress as u64;
+        w[4] = d0;
+        w[5] = d1;
     }
-    // SAFETY: `params` is a valid, initialised struct of the size passed.
+    // SAFETY: `args` holds a whole `bpf_fib_lookup` of the size passed.
     let rc = unsafe {
         fib_lookup(
             ctx.ctx.cast(),
-            &mut params,
+            args.cast(),
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )
     };
-    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then_some(params)
-}
-
-/// Builds a NextHop that turns the frame around to where it came from.
-#[inline(always)]
-pub fn back_to_sender(ctx: &XdpContext) -> Result<(NextHop, [u8; 14]), Verdict> {
-    let eth: *const [u8; 14] = ptr_at(ctx, 0).ok_or(Verdict::drop(Reason::DropShortEth))?;
-    // SAFETY: bounds checked by `ptr_at`.
-    let eth = unsafe { *eth };
-    let mut src = [0u8; 6];
-    src.copy_from_slice(&eth[6..12]);
-    Ok((
-        NextHop {
-            dst_mac: src,
-            src_mac: None,
-            redirect: None,
-        },
-        eth,
-    ))
+    // SAFETY: as above; read only until the next packet on this CPU.
+    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then(|| unsafe { &(*args).0 })
 }

@@ -11,9 +11,11 @@ use lb_common::{
     VIP_F_NO_ECHO, VipMeta,
 };
 
+use network_types::eth::EthHdr;
+
 use crate::{
     csum,
-    encap::{back_to_sender, write_eth},
+    l2::{self, Macs},
     parse::{self, ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
     verdict::Verdict,
     vip,
@@ -47,22 +49,23 @@ pub enum Icmp {
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, p: &Packet) -> Result<Icmp, Verdict> {
     // ICMPv6 inside IPv4 (or ICMP inside IPv6) is not this family's ICMP: another protocol.
-    let own = if p.family == AF_INET {
+    let own = if p.key.family == AF_INET {
         IPPROTO_ICMP
     } else {
         IPPROTO_ICMPV6
     };
-    if p.proto != own {
-        return Err(match vip::address(p.family, &p.dst, own) {
+    if p.key.proto != own {
+        return Err(match vip::address(p.key.family, &p.key.dst, own) {
             Some(_) => Verdict::pass(Reason::PassOtherProto),
             None => Verdict::pass(Reason::PassNotVip),
         });
     }
-    let addr = vip::address(p.family, &p.dst, p.proto).ok_or(Verdict::pass(Reason::PassNotVip))?;
+    let addr = vip::address(p.key.family, &p.key.dst, p.key.proto)
+        .ok_or(Verdict::pass(Reason::PassNotVip))?;
     let hdr: *const [u8; 4] = ptr_at(ctx, p.l4_off).ok_or(Verdict::drop(Reason::DropBadL4))?;
     // SAFETY: bounds checked by `ptr_at`.
     let ty = unsafe { (*hdr)[0] };
-    let v4 = p.family == AF_INET;
+    let v4 = p.key.family == AF_INET;
     let (echo, error) = if v4 {
         (
             ty == ICMP_ECHO,
@@ -75,7 +78,7 @@ pub fn handle(ctx: &XdpContext, p: &Packet) -> Result<Icmp, Verdict> {
         )
     };
     if echo && addr.flags & VIP_F_NO_ECHO == 0 {
-        return Ok(Icmp::Reply(echo_reply(ctx, p)));
+        return echo_reply(ctx, p).map(Icmp::Reply);
     }
     if error {
         return quoted_flow(ctx, p);
@@ -84,15 +87,8 @@ pub fn handle(ctx: &XdpContext, p: &Packet) -> Result<Icmp, Verdict> {
 }
 
 /// Turns an echo request into its reply in place: swap addresses, change the type, fix sums.
-#[inline(never)]
-fn echo_reply(ctx: &XdpContext, p: &Packet) -> Verdict {
-    match write_echo_reply(ctx, p) {
-        Ok(v) | Err(v) => v,
-    }
-}
-
 #[inline(always)]
-fn write_echo_reply(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
+fn echo_reply(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
     let bad = Verdict::drop(Reason::DropBadL4);
     let eth: *mut [u8; 12] = ptr_at(ctx, 0).ok_or(bad)?;
     // SAFETY: bounds checked by `ptr_at`.
@@ -104,7 +100,7 @@ fn write_echo_reply(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
         *eth = swapped;
     }
     let icmp: *mut [u8; 4] = ptr_at(ctx, p.l4_off).ok_or(bad)?;
-    if p.family == AF_INET {
+    if p.key.family == AF_INET {
         let ip: *mut [u8; 20] = ptr_at(ctx, p.l3_off).ok_or(bad)?;
         // SAFETY: bounds checked by `ptr_at`.
         unsafe {
@@ -165,7 +161,7 @@ fn write_echo_reply(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
 fn quoted_flow(ctx: &XdpContext, p: &Packet) -> Result<Icmp, Verdict> {
     let other = Verdict::pass(Reason::PassIcmp);
     let inner = p.l4_off + 8;
-    let (src, dst, proto, l4) = if p.family == AF_INET {
+    let (src, dst, proto, l4) = if p.key.family == AF_INET {
         let ip: *const [u8; 20] = ptr_at(ctx, inner).ok_or(other)?;
         // SAFETY: bounds checked by `ptr_at`.
         let ip = unsafe { &*ip };
@@ -198,14 +194,14 @@ fn quoted_flow(ctx: &XdpContext, p: &Packet) -> Result<Icmp, Verdict> {
     let ports = unsafe { *ports };
     let sport_be = u16::from_ne_bytes([ports[0], ports[1]]);
     let dport_be = u16::from_ne_bytes([ports[2], ports[3]]);
-    let vip = vip::listener(p.family, &src, sport_be, proto).ok_or(other)?;
+    let vip = vip::listener(p.key.family, &src, sport_be, proto).ok_or(other)?;
     let key = FlowKey {
         src: dst,
         dst: src,
         sport_be: dport_be,
         dport_be: sport_be,
         proto,
-        family: p.family,
+        family: p.key.family,
         _pad: [0; 2],
     };
     Ok(Icmp::Error { vip, key })
@@ -213,26 +209,10 @@ fn quoted_flow(ctx: &XdpContext, p: &Packet) -> Result<Icmp, Verdict> {
 
 /// Replaces the packet with ICMP "fragmentation needed" (IPv4) or "packet too big" (IPv6)
 /// telling the client that `mtu` is the largest packet the path takes, and sends it back.
-#[inline(never)]
-pub fn too_big(ctx: &XdpContext, p: &Packet, mtu: u16) -> Verdict {
-    // Out of line and returning by value, like `encap::tunnel`.
-    match write_too_big(ctx, p, mtu) {
-        Ok(v) | Err(v) => v,
-    }
-}
-
 #[inline(always)]
-fn write_too_big(ctx: &XdpContext, p: &Packet, mtu: u16) -> Result<Verdict, Verdict> {
+pub fn too_big(ctx: &XdpContext, p: &Packet, mtu: u16) -> Result<Verdict, Verdict> {
     let fail = Verdict::drop(Reason::DropAdjust);
-    let (hop, eth) = back_to_sender(ctx)?;
-    let vlan = if p.l3_off > 14 {
-        let v: *const [u8; 4] = ptr_at(ctx, 12).ok_or(fail)?;
-        // SAFETY: bounds checked by `ptr_at`.
-        Some(unsafe { *v })
-    } else {
-        None
-    };
-    let v4 = p.family == AF_INET;
+    let v4 = p.key.family == AF_INET;
     let (ip_len, quote) = if v4 {
         (20usize, QUOTE_V4)
     } else {
@@ -254,11 +234,11 @@ fn write_too_big(ctx: &XdpContext, p: &Packet, mtu: u16) -> Result<Verdict, Verd
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, new_len as i32 - cur_len as i32) } != 0 {
         return Err(fail);
     }
-    write_eth(
+    l2::write(
         ctx,
-        &hop,
-        &eth,
-        vlan,
+        Macs::Reply,
+        grow,
+        p.l3_off > EthHdr::LEN,
         if v4 { ETH_P_IP } else { ETH_P_IPV6 },
     )?;
     let icmp_off = p.l3_off + ip_len;
@@ -275,8 +255,8 @@ fn write_too_big(ctx: &XdpContext, p: &Packet, mtu: u16) -> Result<Verdict, Verd
         ip[2..4].copy_from_slice(&((20 + msg_len) as u16).to_be_bytes());
         ip[8] = REPLY_TTL;
         ip[9] = IPPROTO_ICMP;
-        ip[12..16].copy_from_slice(&p.dst[..4]);
-        ip[16..20].copy_from_slice(&p.src[..4]);
+        ip[12..16].copy_from_slice(&p.key.dst[..4]);
+        ip[16..20].copy_from_slice(&p.key.src[..4]);
         let c = csum::ipv4_header(&ip).to_be_bytes();
         ip[10] = c[0];
         ip[11] = c[1];
@@ -290,17 +270,18 @@ fn write_too_big(ctx: &XdpContext, p: &Packet, mtu: u16) -> Result<Verdict, Verd
         // SAFETY: bounds checked by `ptr_at`. Written in place: stack is scarce here.
         unsafe {
             let ip = &mut *ip;
-            *ip = [0u8; 40];
-            ip[0] = 0x60;
+            // Version 6, traffic class and flow label 0 (set byte by byte: a whole zeroed
+            // header compiles to a call of `memset`, one more frame on the stack).
+            ip[..4].copy_from_slice(&[0x60, 0, 0, 0]);
             ip[4..6].copy_from_slice(&(msg_len as u16).to_be_bytes());
             ip[6] = IPPROTO_ICMPV6;
             ip[7] = REPLY_TTL;
-            ip[8..24].copy_from_slice(&p.dst);
-            ip[24..40].copy_from_slice(&p.src);
+            ip[8..24].copy_from_slice(&p.key.dst);
+            ip[24..40].copy_from_slice(&p.key.src);
         }
         // Pseudo header: both addresses, upper-layer length, next header.
-        sum = csum::sum_addr(&p.src)
-            + csum::sum_addr(&p.dst)
+        sum = csum::sum_addr(&p.key.src)
+            + csum::sum_addr(&p.key.dst)
             + msg_len as u64
             + IPPROTO_ICMPV6 as u64;
     }

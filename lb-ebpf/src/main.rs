@@ -15,6 +15,7 @@ mod csum;
 mod decap;
 mod encap;
 mod icmp;
+mod l2;
 mod maps;
 mod parse;
 mod stats;
@@ -56,12 +57,12 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
     if p.fragment {
         return fragment(ctx, &p, bytes);
     }
-    let (vip, choice) = match p.proto {
+    let (vip, choice) = match p.key.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
-            let vip = vip::listener(p.family, &p.dst, p.dport_be, p.proto)
+            let vip = vip::listener(p.key.family, &p.key.dst, p.key.dport_be, p.key.proto)
                 .ok_or(Verdict::pass(Reason::PassNotVip))?;
-            let syn = p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-            let choice = conntrack::choose(&vip, &vip::flow_key(&p), syn)?;
+            let syn = p.key.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            let choice = conntrack::choose(&vip, &p.key, syn)?;
             (vip, choice)
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => match icmp::handle(ctx, &p)? {
@@ -69,13 +70,13 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
             Icmp::Error { vip, key } => (vip, conntrack::existing(&vip, &key)?),
         },
         other => {
-            let icmp = if p.family == lb_common::AF_INET {
+            let icmp = if p.key.family == lb_common::AF_INET {
                 IPPROTO_ICMP
             } else {
                 IPPROTO_ICMPV6
             };
             let _ = other;
-            return Err(match vip::address(p.family, &p.dst, icmp) {
+            return Err(match vip::address(p.key.family, &p.key.dst, icmp) {
                 Some(_) => Verdict::pass(Reason::PassOtherProto),
                 None => Verdict::pass(Reason::PassNotVip),
             });
@@ -89,20 +90,19 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
 /// fragments are forwarded by the ring; fragments to other VIP addresses are dropped and counted.
 #[inline(always)]
 fn fragment(ctx: &XdpContext, p: &Packet, bytes: u64) -> Result<Verdict, Verdict> {
-    let vip = vip::address(p.family, &p.dst, p.proto).ok_or(Verdict::pass(Reason::PassNotVip))?;
+    let vip = vip::address(p.key.family, &p.key.dst, p.key.proto)
+        .ok_or(Verdict::pass(Reason::PassNotVip))?;
     if vip.flags & VIP_F_SOURCE_IP == 0 {
         return Err(Verdict::drop(Reason::DropFragment));
     }
-    let key = vip::flow_key(p);
-    let hash = conntrack::hash(&vip, &key);
-    let (index, backend) = conntrack::ring(&vip, hash)?;
+    let hash = conntrack::hash(&vip, &p.key);
+    let index = conntrack::ring(&vip, hash)?;
     send(
         ctx,
         p,
         &vip,
         &Choice {
             index,
-            backend,
             hash,
             new_flow: false,
         },

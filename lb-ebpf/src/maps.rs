@@ -2,7 +2,7 @@
 //! the datapath writes only `FLOWS` and the counters.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
+    bindings::{BPF_F_NO_COMMON_LRU, bpf_fib_lookup},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
@@ -53,9 +53,19 @@ pub struct CachedHop {
     pub ingress: u32,
     /// Where the FIB sends it.
     pub ifindex: u32,
-    pub dst_mac: [u8; 6],
-    pub src_mac: [u8; 6],
+    /// The Ethernet addresses to write: the next hop's, then the egress interface's.
+    pub macs: [u8; 12],
 }
+
+/// Scratch for the argument of `bpf_fib_lookup` (64 bytes), per CPU: the verifier gives a
+/// program 512 bytes of stack for all its frames, and this would be the largest value on it.
+/// Datapath only; not pinned.
+#[map]
+pub static FIB_ARGS: PerCpuArray<FibArgs> = PerCpuArray::with_max_entries(1, 0);
+
+/// A `FIB_ARGS` slot: 8-byte aligned, so that it is written a word at a time.
+#[repr(C, align(8))]
+pub struct FibArgs(pub bpf_fib_lookup);
 
 /// `CONFIG[0]`: node settings (tunnel source prefixes, gateway MAC, MTU). Agent writes.
 #[map]

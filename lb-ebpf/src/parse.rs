@@ -3,7 +3,8 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    AF_INET, AF_INET6, Addr, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Reason,
+    AF_INET, AF_INET6, Addr, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    Reason,
 };
 use network_types::{
     eth::EthHdr,
@@ -72,18 +73,13 @@ pub fn frame_len(ctx: &XdpContext) -> usize {
 
 /// What the stages after parsing need to know about a packet.
 pub struct Packet {
+    /// Addresses, ports, protocol and family: the flow table's key as it is looked up, so
+    /// that it is built once. Ports are zero for ICMP and for fragments without an L4 header.
+    pub key: FlowKey,
     /// Offset of the IP header: 14, or 18 behind a VLAN tag.
     pub l3_off: usize,
     /// Offset of the L4 header (past IPv4 options or IPv6 extension headers).
     pub l4_off: usize,
-    pub family: u8,
-    /// The L4 protocol (after IPv6 extension headers).
-    pub proto: u8,
-    pub src: Addr,
-    pub dst: Addr,
-    /// Ports, network byte order; zero for ICMP and for fragments without an L4 header.
-    pub sport_be: u16,
-    pub dport_be: u16,
     /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10).
     pub tcp_flags: u8,
     /// Part of a fragmented datagram (first or later fragment).
@@ -144,14 +140,17 @@ pub fn ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
         l4(ctx, ip.proto, l4_off, l3_off + ip_len as usize)?
     };
     Ok(Packet {
+        key: FlowKey {
+            src: v4(ip.src_addr),
+            dst: v4(ip.dst_addr),
+            sport_be: ports.sport_be,
+            dport_be: ports.dport_be,
+            proto: ip.proto,
+            family: AF_INET,
+            _pad: [0; 2],
+        },
         l3_off,
         l4_off,
-        family: AF_INET,
-        proto: ip.proto,
-        src: v4(ip.src_addr),
-        dst: v4(ip.dst_addr),
-        sport_be: ports.sport_be,
-        dport_be: ports.dport_be,
         tcp_flags: ports.tcp_flags,
         fragment,
         dont_fragment: frag & 0x4000 != 0,
@@ -196,14 +195,17 @@ pub fn ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
         _ => (false, l4(ctx, proto, l4_off, l3_end)?),
     };
     Ok(Packet {
+        key: FlowKey {
+            src: addr6(&ip.src_addr),
+            dst: addr6(&ip.dst_addr),
+            sport_be: ports.sport_be,
+            dport_be: ports.dport_be,
+            proto,
+            family: AF_INET6,
+            _pad: [0; 2],
+        },
         l3_off,
         l4_off,
-        family: AF_INET6,
-        proto,
-        src: addr6(&ip.src_addr),
-        dst: addr6(&ip.dst_addr),
-        sport_be: ports.sport_be,
-        dport_be: ports.dport_be,
         tcp_flags: ports.tcp_flags,
         fragment,
         dont_fragment: true,

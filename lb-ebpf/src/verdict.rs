@@ -5,7 +5,7 @@ use lb_common::Reason;
 
 /// How a packet leaves the program. Stages return `Result<_, Verdict>`: `Err` stops the pipeline
 /// here, and the entry point counts `reason` exactly once.
-/// Eight bytes, so that out-of-line stages return it in a register.
+/// Eight bytes: it travels in a register.
 #[derive(Clone, Copy)]
 #[repr(C)]
 pub struct Verdict {

@@ -2,7 +2,7 @@
 
 use lb_common::{VIP_F_ADDRESS_ONLY, VipKey, VipMeta};
 
-use crate::{maps::VIPS, parse::Packet};
+use crate::maps::VIPS;
 
 #[inline(always)]
 fn get(key: &VipKey) -> Option<VipMeta> {
@@ -38,18 +38,4 @@ pub fn address(family: u8, addr: &[u8; 16], proto: u8) -> Option<VipMeta> {
         proto,
         family,
     })
-}
-
-/// The flow key of a packet as it arrived (client → VIP).
-#[inline(always)]
-pub fn flow_key(p: &Packet) -> lb_common::FlowKey {
-    lb_common::FlowKey {
-        src: p.src,
-        dst: p.dst,
-        sport_be: p.sport_be,
-        dport_be: p.dport_be,
-        proto: p.proto,
-        family: p.family,
-        _pad: [0; 2],
-    }
 }

@@ -4,6 +4,7 @@
 //! - [`fixture`]: runs the real XDP program on a frame with `BPF_PROG_TEST_RUN` and reports the
 //!   verdict, the output frame and the counters that moved.
 //! - [`agent`]: runs the real `xlb` agent in a lab, and real HTTP clients against it.
+//! - [`stack`]: the verifier's combined stack limit, computed from the eBPF object.
 //! - [`lab`]: network namespaces joined by veth pairs (client, router, lb, backends) with real
 //!   servers, for end-to-end traffic.
 
@@ -11,4 +12,5 @@ pub mod agent;
 pub mod fixture;
 pub mod lab;
 pub mod packet;
+pub mod stack;
 pub mod stop;

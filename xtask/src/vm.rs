@@ -37,11 +37,12 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 use crate::toolchain::DEBIAN_PACKAGES;
 
-/// The Debian release of the guest.
-const SUITE: &str = "bookworm";
-/// Packages debootstrap adds to its minimal base: the kernel and the guest's init helpers. The
-/// provisioning script installs the rest (`provision.sh runtime`).
-const IMAGE_PACKAGES: &[&str] = &["linux-image-amd64", "tini", "bash"];
+/// The Debian release of the guest's userland: the host's own, whose glibc the binaries built
+/// here link against. The kernel comes from the release that `--kernel` names.
+const USERLAND: &str = "bookworm";
+/// Packages debootstrap adds to its minimal base: the guest's init helpers. The provisioning
+/// script installs the rest (`provision.sh runtime`), then the kernel is installed.
+const IMAGE_PACKAGES: &[&str] = &["tini", "bash"];
 /// Mirror when the host's apt sources name no Debian one.
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// Host packages the VM needs, besides QEMU.
@@ -63,8 +64,38 @@ const TCG_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Bound on debootstrap and the provisioning.
 const BUILD_TIMEOUT_SECS: u64 = 1800;
 
+/// A Debian release whose kernel (its `linux-image-amd64`) the guest boots.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Kernel {
+    /// Debian 11: Linux 5.10.
+    Bullseye,
+    /// Debian 12: Linux 6.1.
+    Bookworm,
+    /// Debian 13: Linux 6.12.
+    Trixie,
+}
+
+impl Kernel {
+    fn suite(self) -> &'static str {
+        match self {
+            Kernel::Bullseye => "bullseye",
+            Kernel::Bookworm => "bookworm",
+            Kernel::Trixie => "trixie",
+        }
+    }
+}
+
+/// The end-to-end suite on every kernel: all packet fixtures, the stack budget, the property
+/// test (a shorter run, see `test_job`), and the labs.
+const DEFAULT_TESTS: &str = "stack,fixtures,fixtures_v4,fixtures_v6,fixtures_icmp,fixtures_fragments,\
+                             fixtures_malformed,fixtures_decap,fixtures_fib,property,lab,l4_lab,agent_lab";
+
 #[derive(clap::Args)]
 pub struct VmArgs {
+    /// The kernels to run on, comma-separated: each gets an image of its own, and the VMs run
+    /// side by side.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "bookworm")]
+    kernel: Vec<Kernel>,
     /// Boot with a shell on the console (the payload is mounted at target/release; exit the shell,
     /// or press Ctrl-A X, to power off).
     #[arg(long)]
@@ -73,11 +104,7 @@ pub struct VmArgs {
     #[arg(long, value_enum, default_value_t = Accel::Auto)]
     accel: Accel,
     /// The integration tests of xlb-tests to run (`all` for every one), comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "lab,l4_lab,fixtures,fixtures_v4"
-    )]
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_TESTS)]
     tests: Vec<String>,
     /// Give up (and kill the VM) after this many seconds.
     #[arg(long, default_value_t = 2400)]
@@ -158,38 +185,85 @@ pub fn run(args: VmArgs) -> Result<()> {
     crate::build_xlb("release")?;
     let tests = build_tests(&args.tests)?;
     say(&format!("host build: {:.0} s", t.elapsed().as_secs_f64()));
-    let image = image(&dirs, args.rebuild).context("vm: image")?;
-    let mut vm = Vm {
-        qemu,
-        image,
-        payload: dirs.work.join("payload.img"),
-        cpus: args.cpus,
-        memory: args.memory,
-        release: dirs.release.clone(),
-        log: dirs.work.join("console.log"),
-    };
     if args.shell {
+        let kernel = args.kernel[0];
+        let (image, _) = image(&dirs, kernel, args.rebuild).context("vm: image")?;
+        let mut vm = Vm::new(&dirs, qemu, image, kernel, &args);
         let accel = pick_accel(&dirs, &vm, args.accel)?;
         vm.payload = payload(&dirs, &tests, None).context("vm: payload")?;
         return vm.shell(accel);
     }
     let job = test_job(&dirs, &tests, &args.args, args.timeout)?;
-    vm.payload = payload(&dirs, &tests, Some(&job)).context("vm: payload")?;
-    let out = boot_with_fallback(&dirs, &vm, args.accel, Duration::from_secs(args.timeout))?;
-    say(&format!(
-        "guest suite: exit code {} ({:.0} s in the VM, {:?}); console log: {}",
-        out.rc,
-        out.run_time.as_secs_f64(),
-        out.accel,
-        vm.log.display()
-    ));
-    if out.rc != 0 {
-        bail!(
-            "the end-to-end suite failed in the VM (exit code {})",
-            out.rc
-        );
+    let payload = payload(&dirs, &tests, Some(&job)).context("vm: payload")?;
+    // One thread per kernel: each builds its image (cached) and runs the suite in its own VM.
+    // Side by side they take about the time of one: a guest under TCG mostly waits.
+    let timeout = Duration::from_secs(args.timeout);
+    let runs: Vec<(Kernel, Result<(Outcome, Duration)>)> = thread::scope(|scope| {
+        let handles: Vec<_> = args
+            .kernel
+            .iter()
+            .map(|&kernel| {
+                let (dirs, qemu, payload, args) = (&dirs, &qemu, &payload, &args);
+                scope.spawn(move || {
+                    let (image, built) = image(dirs, kernel, args.rebuild)
+                        .with_context(|| format!("vm: the {} image", kernel.suite()))?;
+                    let mut vm = Vm::new(dirs, qemu.clone(), image, kernel, args);
+                    vm.payload = payload.clone();
+                    let out = boot_with_fallback(dirs, &vm, args.accel, timeout)?;
+                    Ok((out, built))
+                })
+            })
+            .collect();
+        args.kernel
+            .iter()
+            .zip(handles)
+            .map(|(&k, h)| {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the VM thread panicked")));
+                (k, r)
+            })
+            .collect()
+    });
+    let mut failed = Vec::new();
+    for (kernel, r) in &runs {
+        let name = kernel.suite();
+        match r {
+            Ok((out, built)) => {
+                say(&format!(
+                    "{name}: kernel {} ({:?}): {} tests passed, {} failed, {} ignored in {} \
+                     binaries; {:.0} s in the guest, image {:.0} s; exit code {}; console log {}",
+                    out.kernel,
+                    out.accel,
+                    out.tests.passed,
+                    out.tests.failed,
+                    out.tests.ignored,
+                    out.tests.binaries,
+                    out.run_time.as_secs_f64(),
+                    built.as_secs_f64(),
+                    out.rc,
+                    console_log(&dirs, *kernel).display(),
+                ));
+                if out.rc != 0 {
+                    failed.push(name);
+                }
+            }
+            Err(e) => {
+                say(&format!("{name}: no result: {e:#}"));
+                failed.push(name);
+            }
+        }
     }
+    ensure!(
+        failed.is_empty(),
+        "the end-to-end suite failed in the VM on {}",
+        failed.join(", ")
+    );
     Ok(())
+}
+
+fn console_log(dirs: &Dirs, kernel: Kernel) -> PathBuf {
+    dirs.work.join(format!("console-{}.log", kernel.suite()))
 }
 
 /// `cargo xtask bench pktgen [ARGS]`: with `--dev`, pktgen on this host out of a real NIC;
@@ -219,20 +293,29 @@ pub fn pktgen(args: &[String]) -> Result<()> {
         Ok("tcg") => Accel::Tcg,
         _ => Accel::Auto,
     };
-    // --json FILE is written in the guest and handed back on the console.
+    // --json FILE is written in the guest and handed back on the console; --kernel is ours.
     let mut guest_args = Vec::new();
     let mut json = None;
+    let mut kernels = vec![Kernel::Bookworm];
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--json" {
             json = Some(PathBuf::from(it.next().context("--json needs a file")?));
             guest_args.extend(["--json".to_owned(), "/tmp/pktgen.json".to_owned()]);
+        } else if a == "--kernel" {
+            let list = it.next().context("--kernel needs a release")?;
+            kernels = list
+                .split(',')
+                .map(|k| {
+                    <Kernel as clap::ValueEnum>::from_str(k, true)
+                        .map_err(|e| anyhow::anyhow!("--kernel {k}: {e}"))
+                })
+                .collect::<Result<_>>()?;
         } else {
             guest_args.push(a.clone());
         }
     }
     let qemu = host_packages(&dirs).context("vm: host packages")?;
-    let image = image(&dirs, false).context("vm: image")?;
     let mut job = String::from("#!/bin/sh\n# written by `cargo xtask bench pktgen`\n");
     let _ = writeln!(
         job,
@@ -247,28 +330,51 @@ pub fn pktgen(args: &[String]) -> Result<()> {
     }
     job.push_str("exit $rc\n");
     let payload = payload(&dirs, &[], Some(&job)).context("vm: payload")?;
-    let vm = Vm {
-        qemu,
-        image,
-        payload,
-        cpus: 2,
-        memory: 2048,
-        release: dirs.release.clone(),
-        log: dirs.work.join("console.log"),
-    };
-    let out = boot_with_fallback(&dirs, &vm, accel, Duration::from_secs(1200))?;
-    if let (Some(path), Some(text)) = (json, out.files.get("pktgen.json")) {
-        fs::write(&path, format!("{text}\n"))
-            .with_context(|| format!("write {}", path.display()))?;
+    // One kernel after the other: side by side, the guests would share the CPUs they measure.
+    let mut failed = Vec::new();
+    for &kernel in &kernels {
+        let name = kernel.suite();
+        let (image, _) = image(&dirs, kernel, false).context("vm: image")?;
+        let vm = Vm {
+            name,
+            qemu: qemu.clone(),
+            image,
+            payload: payload.clone(),
+            cpus: 2,
+            memory: 2048,
+            release: dirs.release.clone(),
+            log: console_log(&dirs, kernel),
+        };
+        let out = boot_with_fallback(&dirs, &vm, accel, Duration::from_secs(1200))?;
+        if let (Some(path), Some(text)) = (&json, out.files.get("pktgen.json")) {
+            // Several kernels: one file each, `FILE` with the release before its extension.
+            let path = if kernels.len() == 1 {
+                path.clone()
+            } else {
+                let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+                let ext = path
+                    .extension()
+                    .map(|e| format!(".{}", e.to_string_lossy()))
+                    .unwrap_or_default();
+                path.with_file_name(format!("{stem}-{name}{ext}"))
+            };
+            fs::write(&path, format!("{text}\n"))
+                .with_context(|| format!("write {}", path.display()))?;
+        }
+        say(&format!(
+            "{name}: pktgen in the VM, kernel {} ({:?}): figures from an emulated guest only show \
+             that the path works; see vagrant/README.md for a real NIC",
+            out.kernel, out.accel
+        ));
+        if out.rc != 0 {
+            failed.push(name);
+        }
     }
-    say(&format!(
-        "pktgen in the VM ({:?}): figures from an emulated guest only show that the path works; \
-         see vagrant/README.md for a real NIC",
-        out.accel
-    ));
-    if out.rc != 0 {
-        bail!("pktgen failed in the VM (exit code {})", out.rc);
-    }
+    ensure!(
+        failed.is_empty(),
+        "pktgen failed in the VM on {}",
+        failed.join(", ")
+    );
     Ok(())
 }
 
@@ -493,47 +599,52 @@ fn json_str(line: &str, after: &str, key: &str) -> Option<String> {
 // Image
 
 /// A built image: the root disk and the kernel and initrd from its /boot.
+#[derive(Clone)]
 struct Image {
     disk: PathBuf,
     kernel: PathBuf,
     initrd: PathBuf,
 }
 
-fn image(dirs: &Dirs, rebuild: bool) -> Result<Image> {
+/// The image for `kernel`, built unless a current one is cached; with the time its build took
+/// (zero when cached).
+fn image(dirs: &Dirs, kernel: Kernel, rebuild: bool) -> Result<(Image, Duration)> {
     let mirror = debian_mirror();
     let provision = fs::read(dirs.script("provision.sh")).context("read vagrant/provision.sh")?;
     let init = fs::read(dirs.script("vm-init.sh")).context("read vagrant/vm-init.sh")?;
-    let kernel_pkg = apt_candidate("linux-image-amd64");
+    let suite = kernel.suite();
     let mut inputs = Vec::new();
     inputs.extend_from_slice(&provision);
     inputs.extend_from_slice(&init);
     inputs.extend_from_slice(
         format!(
-            "\nsuite {SUITE}\nmirror {mirror}\nimage {IMAGE_PACKAGES:?}\nruntime {DEBIAN_PACKAGES:?}\nkernel {kernel_pkg}\n"
+            "\nuserland {USERLAND}\nkernel {suite}\nmirror {mirror}\nimage {IMAGE_PACKAGES:?}\n\
+             runtime {DEBIAN_PACKAGES:?}\n"
         )
         .as_bytes(),
     );
     let hash = sha256(&inputs)?;
-    let dir = dirs.work.join(format!("image-{}", &hash[..16]));
+    let prefix = format!("image-{suite}-");
+    let dir = dirs.work.join(format!("{prefix}{}", &hash[..16]));
     let img = Image {
         disk: dir.join("root.img"),
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.img"),
     };
     if !rebuild && img.disk.is_file() && img.kernel.is_file() && img.initrd.is_file() {
-        say(&format!("image {} is current", dir.display()));
-        return Ok(img);
+        say(&format!("{suite}: image {} is current", dir.display()));
+        return Ok((img, Duration::ZERO));
     }
     say(&format!(
-        "building the image {} (Debian {SUITE} from {mirror}, kernel package {kernel_pkg})",
+        "{suite}: building the image {} (Debian {USERLAND} from {mirror}, the kernel of {suite})",
         dir.display()
     ));
     let t = Instant::now();
-    let tmp = dirs.work.join("image.tmp");
+    let tmp = dirs.work.join(format!("{prefix}tmp"));
     remove_tree(&tmp)?;
     fs::create_dir_all(&tmp)?;
     let rootfs = tmp.join("rootfs");
-    build_rootfs(dirs, &rootfs, &mirror)?;
+    build_rootfs(dirs, &rootfs, &mirror, kernel)?;
     let boot = |prefix: &str| -> Result<PathBuf> {
         let mut found: Vec<PathBuf> = fs::read_dir(rootfs.join("boot"))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -547,14 +658,14 @@ fn image(dirs: &Dirs, rebuild: bool) -> Result<Image> {
             .pop()
             .with_context(|| format!("no /boot/{prefix}* in the image"))
     };
-    let kernel = boot("vmlinuz-")?;
-    let version = kernel
+    let vmlinuz = boot("vmlinuz-")?;
+    let version = vmlinuz
         .file_name()
         .unwrap_or_default()
         .to_string_lossy()
         .trim_start_matches("vmlinuz-")
         .to_owned();
-    fs::copy(&kernel, tmp.join("vmlinuz"))?;
+    fs::copy(&vmlinuz, tmp.join("vmlinuz"))?;
     fs::copy(boot("initrd.img-")?, tmp.join("initrd.img"))?;
     fs::write(tmp.join("kernel-version"), format!("{version}\n"))?;
     let size_mib = du_mib(&rootfs)? * 5 / 4 + 512;
@@ -566,26 +677,34 @@ fn image(dirs: &Dirs, rebuild: bool) -> Result<Image> {
             .arg(format!("{size_mib}M")),
     )?;
     remove_tree(&rootfs)?;
-    // Older images go; the new one takes its name last, so a half-built one is never used.
+    // Older images of this kernel go (and those from before the kernel matrix, `image-HASH`);
+    // the new one takes its name last, so a half-built one is never used.
     for e in fs::read_dir(&dirs.work)? {
         let p = e?.path();
-        if p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("image-"))
-        {
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let legacy = name
+            .strip_prefix("image-")
+            .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if legacy || (name.starts_with(&prefix) && p != tmp) {
             remove_tree(&p)?;
         }
     }
     fs::rename(&tmp, &dir)?;
     say(&format!(
-        "image built in {:.0} s: kernel {version}, root disk {size_mib} MiB",
+        "{suite}: image built in {:.0} s: kernel {version}, root disk {size_mib} MiB",
         t.elapsed().as_secs_f64()
     ));
-    Ok(img)
+    Ok((img, t.elapsed()))
 }
 
 /// debootstrap, provisioning in a chroot, the guest's init. Mounts happen in private mount
 /// namespaces (`unshare -m`), so none outlives a failure.
-fn build_rootfs(dirs: &Dirs, rootfs: &Path, mirror: &str) -> Result<()> {
+fn build_rootfs(dirs: &Dirs, rootfs: &Path, mirror: &str, kernel: Kernel) -> Result<()> {
+    let suite = kernel.suite();
     let t = Instant::now();
     check(
         Command::new("timeout")
@@ -593,20 +712,34 @@ fn build_rootfs(dirs: &Dirs, rootfs: &Path, mirror: &str) -> Result<()> {
             .args(["unshare", "--mount", "--propagation", "private"])
             .args(["debootstrap", "--variant=minbase"])
             .arg(format!("--include={}", IMAGE_PACKAGES.join(",")))
-            .arg(SUITE)
+            .arg(USERLAND)
             .arg(rootfs)
             .arg(mirror),
     )
     .context("debootstrap")?;
-    say(&format!("debootstrap: {:.0} s", t.elapsed().as_secs_f64()));
+    say(&format!(
+        "{suite}: debootstrap: {:.0} s",
+        t.elapsed().as_secs_f64()
+    ));
     let t = Instant::now();
     fs::copy(dirs.script("provision.sh"), rootfs.join("tmp/provision.sh"))?;
     if Path::new("/etc/resolv.conf").is_file() {
         let _ = fs::remove_file(rootfs.join("etc/resolv.conf"));
         fs::copy("/etc/resolv.conf", rootfs.join("etc/resolv.conf"))?;
     }
+    // The kernel of `suite`, from that release's archive (added for this install only), on the
+    // userland of USERLAND: apt takes from `suite` the kernel and what it needs that the
+    // userland's versions do not satisfy.
+    let sources = "/etc/apt/sources.list.d/xlb-kernel.list";
+    let kernel_install = format!(
+        "set -e; export DEBIAN_FRONTEND=noninteractive; \
+         echo 'deb {mirror} {suite} main' >{sources}; apt-get update -q; \
+         apt-get install -y -q --no-install-recommends linux-image-amd64/{suite}; \
+         rm -f {sources}; apt-get clean"
+    );
     let script = format!(
-        "mount -t proc proc '{r}/proc' && chroot '{r}' /bin/sh /tmp/provision.sh runtime {p}",
+        "mount -t proc proc '{r}/proc' && chroot '{r}' /bin/sh /tmp/provision.sh runtime {p} \
+         && chroot '{r}' /bin/sh -c \"{kernel_install}\"",
         r = rootfs.display(),
         p = DEBIAN_PACKAGES.join(" ")
     );
@@ -616,8 +749,11 @@ fn build_rootfs(dirs: &Dirs, rootfs: &Path, mirror: &str) -> Result<()> {
             .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
             .arg(script),
     )
-    .context("provision.sh runtime in the image")?;
-    say(&format!("provisioning: {:.0} s", t.elapsed().as_secs_f64()));
+    .context("provisioning and the kernel in the image")?;
+    say(&format!(
+        "{suite}: provisioning and kernel: {:.0} s",
+        t.elapsed().as_secs_f64()
+    ));
     fs::remove_file(rootfs.join("tmp/provision.sh"))?;
     let init = rootfs.join(GUEST_INIT.trim_start_matches('/'));
     fs::create_dir_all(init.parent().context("init path")?)?;
@@ -703,20 +839,6 @@ fn debian_mirror() -> String {
     DEFAULT_MIRROR.to_owned()
 }
 
-/// The version apt would install of `pkg` (part of the image's hash), or "unknown".
-fn apt_candidate(pkg: &str) -> String {
-    output(Command::new("apt-cache").args(["policy", pkg]))
-        .ok()
-        .and_then(|out| {
-            out.lines().find_map(|l| {
-                l.trim()
-                    .strip_prefix("Candidate:")
-                    .map(|v| v.trim().to_owned())
-            })
-        })
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
 fn sha256(data: &[u8]) -> Result<String> {
     let mut child = Command::new("sha256sum")
         .stdin(Stdio::piped())
@@ -758,7 +880,9 @@ fn remove_tree(p: &Path) -> Result<()> {
 fn test_job(dirs: &Dirs, tests: &[TestBin], args: &[String], timeout: u64) -> Result<String> {
     let mut job = String::from(
         "#!/bin/sh\n# written by `cargo xtask vm`: the end-to-end suite\n\
-         pass=0; fail=0; failed=\"\"\n",
+         pass=0; fail=0; failed=\"\"\n\
+         # The property test's shorter run: an emulated CPU is some 20 times slower.\n\
+         export XLB_PROPERTY_PACKETS=50000\n",
     );
     // One test at a time unless told otherwise: an emulated guest is slow enough that parallel
     // lab tests miss their own time limits (30 s for the agent to load, 500 ms for a reload).
@@ -870,7 +994,10 @@ fn shell_words(args: &[String]) -> String {
 // ---------------------------------------------------------------------------------------------
 // Boot
 
+#[derive(Clone)]
 struct Vm {
+    /// The kernel's release: names the log and prefixes the console lines shown here.
+    name: &'static str,
     qemu: PathBuf,
     image: Image,
     payload: PathBuf,
@@ -884,10 +1011,46 @@ struct Vm {
 struct Outcome {
     rc: i32,
     accel: Accel,
+    /// `uname -r` in the guest.
+    kernel: String,
     /// From the guest's init starting to its result line.
     run_time: Duration,
+    /// What the test binaries reported.
+    tests: TestCounts,
     /// Files the job handed back on the console.
     files: std::collections::BTreeMap<String, String>,
+}
+
+/// The sums of the test binaries' `test result:` lines.
+#[derive(Default, Debug)]
+struct TestCounts {
+    binaries: u32,
+    passed: u32,
+    failed: u32,
+    ignored: u32,
+}
+
+impl TestCounts {
+    /// Adds a libtest summary: `test result: ok. 12 passed; 0 failed; 1 ignored; ...`.
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        self.binaries += 1;
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u32>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
 }
 
 enum Boot {
@@ -909,6 +1072,19 @@ impl Drop for Guard {
 }
 
 impl Vm {
+    fn new(dirs: &Dirs, qemu: PathBuf, image: Image, kernel: Kernel, args: &VmArgs) -> Vm {
+        Vm {
+            name: kernel.suite(),
+            qemu,
+            image,
+            payload: dirs.work.join("payload.img"),
+            cpus: args.cpus,
+            memory: args.memory,
+            release: dirs.release.clone(),
+            log: console_log(dirs, kernel),
+        }
+    }
+
     fn command(&self, accel: Accel) -> Command {
         let mut cmd = Command::new(&self.qemu);
         // A QEMU unpacked under target/ looks for its firmware next to itself: name Debian's.
@@ -954,8 +1130,9 @@ impl Vm {
                 self.image.disk.display()
             ))
             .arg("-drive")
+            // A snapshot too: guests running side by side share the payload disk.
             .arg(format!(
-                "file={},format=raw,if=virtio",
+                "file={},format=raw,if=virtio,snapshot=on",
                 self.payload.display()
             ))
             // No network device at all: the guest reaches nothing outside itself.
@@ -970,7 +1147,11 @@ impl Vm {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        say(&format!("booting the VM ({accel:?}): {}", describe(&cmd)));
+        let name = self.name;
+        say(&format!(
+            "{name}: booting the VM ({accel:?}): {}",
+            describe(&cmd)
+        ));
         let mut child = cmd.spawn().context("start qemu")?;
         let stdout = child.stdout.take().context("qemu stdout")?;
         let mut stderr = child.stderr.take().context("qemu stderr")?;
@@ -1006,6 +1187,8 @@ impl Vm {
         let mut result: Option<(i32, Duration)> = None;
         let mut result_at: Option<Instant> = None;
         let mut files = std::collections::BTreeMap::new();
+        let mut tests = TestCounts::default();
+        let mut kernel = String::new();
         loop {
             // Bounds: the boot from QEMU's start, the run from the boot, the power-off from the
             // result line.
@@ -1023,11 +1206,19 @@ impl Vm {
                         }
                         continue;
                     }
-                    println!("{line}");
+                    println!("[{name}] {line}");
+                    tests.add(&line);
                     if booted.is_none() && line.contains(INIT_MARKER) {
                         booted = Some(Instant::now());
+                        // `xlb-vm: init: kernel 6.1.0-50-amd64, 2 CPUs, ...`
+                        kernel = line
+                            .split("kernel ")
+                            .nth(1)
+                            .and_then(|r| r.split(',').next())
+                            .unwrap_or_default()
+                            .to_owned();
                         say(&format!(
-                            "guest init after {:.1} s ({accel:?})",
+                            "{name}: guest init after {:.1} s ({accel:?})",
                             start.elapsed().as_secs_f64()
                         ));
                     }
@@ -1043,9 +1234,10 @@ impl Vm {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if result.is_some() {
-                        say(
-                            "the guest did not power off within 15 s after its result: stopping QEMU",
-                        );
+                        say(&format!(
+                            "{name}: the guest did not power off within 30 s after its result: \
+                             stopping QEMU"
+                        ));
                         break;
                     }
                     if booted.is_none() {
@@ -1082,7 +1274,9 @@ impl Vm {
             (Some((rc, run_time)), _) => Ok(Boot::Done(Outcome {
                 rc,
                 accel,
+                kernel,
                 run_time,
+                tests,
                 files,
             })),
             (None, None) => Ok(Boot::NoBoot(format!(
@@ -1173,7 +1367,8 @@ fn boot_with_fallback(dirs: &Dirs, vm: &Vm, wanted: Accel, timeout: Duration) ->
             }
             Boot::NoBoot(why) if i + 1 < list.len() => {
                 say(&format!(
-                    "the guest did not boot with {accel:?} ({why}): trying TCG"
+                    "{}: the guest did not boot with {accel:?} ({why}): trying TCG",
+                    vm.name
                 ));
             }
             Boot::NoBoot(why) => bail!(
@@ -1191,19 +1386,8 @@ fn pick_accel(dirs: &Dirs, vm: &Vm, wanted: Accel) -> Result<Accel> {
     if list.len() == 1 {
         return Ok(list[0]);
     }
-    let probe = Vm {
-        qemu: vm.qemu.clone(),
-        image: Image {
-            disk: vm.image.disk.clone(),
-            kernel: vm.image.kernel.clone(),
-            initrd: vm.image.initrd.clone(),
-        },
-        payload: payload(dirs, &[], Some("#!/bin/sh\nexit 0\n"))?,
-        cpus: vm.cpus,
-        memory: vm.memory,
-        release: vm.release.clone(),
-        log: vm.log.clone(),
-    };
+    let mut probe = vm.clone();
+    probe.payload = payload(dirs, &[], Some("#!/bin/sh\nexit 0\n"))?;
     say("probing which accelerator boots (cached afterwards)");
     let accel = boot_with_fallback(dirs, &probe, wanted, Duration::from_secs(120))?.accel;
     Ok(accel)

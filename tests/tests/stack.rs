@@ -1,0 +1,68 @@
+//! The datapath's stack, against the verifier's limit with a margin.
+//!
+//! Kernels up to 6.1 refuse a program whose call chain uses more than 512 bytes of stack, each
+//! frame rounded up to 32 bytes; newer ones round less and accept more. So a change can pass
+//! every test on a new kernel and not load on Debian 12. This test adds up the frames from the
+//! object itself, as 6.1 does, and keeps the sum below a budget that leaves room for the next
+//! change. Values that do not fit go in a per-CPU scratch map, not on the stack.
+
+use xlb::dataplane::OBJECT;
+use xlb_tests::stack::{self, KERNEL_LIMIT};
+
+/// The most stack any program's call chain may use: 64 bytes under the kernel's limit.
+const BUDGET: u32 = 448;
+
+#[test]
+fn every_programs_deepest_call_chain_fits_the_stack_budget() {
+    let chains = stack::chains(OBJECT).expect("the object's call chains");
+    for c in &chains {
+        println!("{c}");
+    }
+    let names: Vec<&str> = chains.iter().map(|c| c.program.as_str()).collect();
+    for p in ["xlb_lb", "xlb_decap", "xlb_pass"] {
+        assert!(names.contains(&p), "{p} is not in the object: {names:?}");
+    }
+    let over: Vec<String> = chains
+        .iter()
+        .filter(|c| c.total > BUDGET)
+        .map(|c| c.to_string())
+        .collect();
+    assert!(
+        over.is_empty(),
+        "the stack budget is {BUDGET} bytes (the kernel refuses more than {KERNEL_LIMIT}); over it:\n  {}",
+        over.join("\n  ")
+    );
+}
+
+/// The BPF backend lowers a `memset` or `memcpy` it does not expand into a call of a
+/// byte-at-a-time loop: a zeroed struct on the hot path once cost a third of the balancer's own
+/// time, and each call is one more frame on the stack. Every program, every path.
+#[test]
+fn no_program_calls_a_memory_builtin() {
+    let chains = stack::chains(OBJECT).expect("the object's call chains");
+    let calls: Vec<String> = chains
+        .iter()
+        .flat_map(|c| {
+            c.callees
+                .iter()
+                .filter(|f| ["memset", "memmove", "memcpy", "memcmp", "bcmp"].contains(&f.as_str()))
+                .map(move |f| format!("{} calls {f}", c.program))
+        })
+        .collect();
+    assert!(calls.is_empty(), "calls to memory builtins: {calls:?}");
+}
+
+/// The programs are one function each, every stage inlined. With the tunnel and the ICMP answers
+/// out of line (BPF-to-BPF calls), Linux 6.1's verifier pruned a live branch of the tunnel as dead
+/// and hard-wired the other: tunnels between families left with the inner packet's EtherType
+/// (its precision tracking gives up at calls; fixed in 6.3). Inlined, the stack is smaller too.
+#[test]
+fn the_programs_make_no_bpf_to_bpf_calls() {
+    let chains = stack::chains(OBJECT).expect("the object's call chains");
+    let calls: Vec<String> = chains
+        .iter()
+        .filter(|c| !c.callees.is_empty())
+        .map(|c| format!("{} calls {}", c.program, c.callees.join(", ")))
+        .collect();
+    assert!(calls.is_empty(), "{calls:?}");
+}
