@@ -3,7 +3,7 @@
 //! and packets too big for the tunnel get "fragmentation needed" / "packet too big" back.
 
 use aya_ebpf::{
-    helpers::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len},
+    helpers::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use lb_common::{
@@ -226,10 +226,10 @@ pub fn too_big(ctx: &XdpContext, p: &Packet, mtu: u16) -> Result<Verdict, Verdic
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
         return Err(fail);
     }
+    // The frame is now `grow` bytes longer than it came; cut it after the quote. (Worked out
+    // from the parsed length: `bpf_xdp_get_buff_len` would need Linux 5.18.)
     let new_len = p.l3_off + grow + quote;
-    // From the helper: arithmetic on `data_end` here is rejected by the verifier.
-    // SAFETY: a helper reading the context.
-    let cur_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+    let cur_len = p.frame_len + grow;
     // SAFETY: as above.
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, new_len as i32 - cur_len as i32) } != 0 {
         return Err(fail);

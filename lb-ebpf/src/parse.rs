@@ -88,6 +88,8 @@ pub struct Packet {
     pub dont_fragment: bool,
     /// Length of the IP packet (header included).
     pub ip_len: u16,
+    /// Length of the frame (Ethernet padding included).
+    pub frame_len: usize,
 }
 
 pub const TCP_SYN: u8 = 0x02;
@@ -126,7 +128,8 @@ pub fn ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
     if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || (ip_len as usize) < ihl {
         return Err(bad);
     }
-    if l3_off + ip_len as usize > frame_len(ctx) {
+    let len = frame_len(ctx);
+    if l3_off + ip_len as usize > len {
         return Err(bad);
     }
     let frag = u16::from_be_bytes(ip.frags);
@@ -155,6 +158,7 @@ pub fn ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
         fragment,
         dont_fragment: frag & 0x4000 != 0,
         ip_len,
+        frame_len: len,
     })
 }
 
@@ -166,7 +170,8 @@ pub fn ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
     // SAFETY: bounds checked by `ptr_at`.
     let ip = unsafe { &*ip };
     let ip_len = u16::from_be_bytes(ip.payload_len) as usize + Ipv6Hdr::LEN;
-    if ip.vcf[0] >> 4 != 6 || l3_off + ip_len > frame_len(ctx) {
+    let len = frame_len(ctx);
+    if ip.vcf[0] >> 4 != 6 || l3_off + ip_len > len {
         return Err(bad);
     }
     let l3_end = l3_off + ip_len;
@@ -210,6 +215,7 @@ pub fn ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
         fragment,
         dont_fragment: true,
         ip_len: ip_len as u16,
+        frame_len: len,
     })
 }
 

@@ -32,6 +32,15 @@ pub enum DataplaneError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    /// The kernel's verifier refused a program: what it lacks, in one line; the whole log is kept
+    /// for `--verbose` ([`verifier_log`]).
+    #[error("this kernel ({kernel}) refused {program}: {why}")]
+    Refused {
+        program: &'static str,
+        kernel: String,
+        why: String,
+        log: String,
+    },
     #[error("map {name}")]
     Map {
         name: &'static str,
@@ -81,7 +90,7 @@ pub enum Program {
     Decap,
     /// A plain pass, for veth peers of interfaces that send with `XDP_TX`.
     Pass,
-    /// Benchmark: live-frames traffic generator (see [`Dataplane::load_bench`]).
+    /// Benchmark: live-frames traffic generator.
     BenchGen,
     /// Benchmark: swaps MACs and sends the frame back, the baseline.
     BenchReflect,
@@ -174,7 +183,10 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads every program of the object into the kernel with maps of the given sizes.
+    /// Creates the object's maps with the given sizes. A program goes into the kernel when it is
+    /// first used (attached, run, asked about), so a command that needs one program does not
+    /// depend on the kernel accepting the others: `xlb attach --program decap` works on a
+    /// kernel that refuses the balancer.
     pub fn load(sizes: Sizes) -> Result<Self> {
         Self::load_pinned(sizes, None)
     }
@@ -198,29 +210,7 @@ impl Dataplane {
             }
         }
         let ebpf = loader.load(OBJECT).map_err(Box::new)?;
-        let mut dp = Dataplane { ebpf };
-        for p in [Program::Lb, Program::Decap, Program::Pass] {
-            dp.xdp(p)?
-                .load()
-                .map_err(|source| DataplaneError::Program {
-                    name: p.name(),
-                    source: Box::new(source),
-                })?;
-        }
-        Ok(dp)
-    }
-
-    /// Loads the benchmark programs, which [`Dataplane::load`] leaves out.
-    pub fn load_bench(&mut self) -> Result<()> {
-        for p in [Program::BenchGen, Program::BenchReflect, Program::BenchSink] {
-            self.xdp(p)?
-                .load()
-                .map_err(|source| DataplaneError::Program {
-                    name: p.name(),
-                    source: Box::new(source),
-                })?;
-        }
-        Ok(())
+        Ok(Dataplane { ebpf })
     }
 
     /// Detaches a link made by [`Dataplane::attach`].
@@ -314,16 +304,21 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// Program `p`, loaded into the kernel (verified) on first use.
     fn xdp(&mut self, p: Program) -> Result<&mut Xdp> {
         let name = p.name();
         let prog = self.ebpf.program_mut(name).ok_or(DataplaneError::Program {
             name,
             source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
         })?;
-        prog.try_into().map_err(|source| DataplaneError::Program {
+        let xdp: &mut Xdp = prog.try_into().map_err(|source| DataplaneError::Program {
             name,
             source: Box::new(source),
-        })
+        })?;
+        if xdp.fd().is_err() {
+            xdp.load().map_err(|source| refused(name, source))?;
+        }
+        Ok(xdp)
     }
 
     /// Attaches `p` to `iface`; it stays attached while this value lives.
@@ -580,9 +575,125 @@ impl Dataplane {
     }
 }
 
+/// The error for a program the kernel did not load: a verifier refusal becomes
+/// [`DataplaneError::Refused`], with what the kernel lacks when the log says.
+fn refused(program: &'static str, e: aya::programs::ProgramError) -> DataplaneError {
+    use aya::programs::ProgramError;
+    let ProgramError::LoadError { verifier_log, .. } = &e else {
+        return DataplaneError::Program {
+            name: program,
+            source: Box::new(e),
+        };
+    };
+    let log = verifier_log.to_string();
+    DataplaneError::Refused {
+        program,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "Linux".to_owned()),
+        why: kernel_lacks(&log),
+        log,
+    }
+}
+
+/// BPF helpers the datapath calls: (id, name, first Linux release that has it for XDP).
+const HELPERS: &[(u32, &str, &str)] = &[
+    (1, "bpf_map_lookup_elem", "4.8"),
+    (2, "bpf_map_update_elem", "4.8"),
+    (5, "bpf_ktime_get_ns", "4.8"),
+    (23, "bpf_redirect", "4.14"),
+    (28, "bpf_csum_diff", "4.8"),
+    (44, "bpf_xdp_adjust_head", "4.10"),
+    (65, "bpf_xdp_adjust_tail", "4.18"),
+    (69, "bpf_fib_lookup", "4.18"),
+    (160, "bpf_ktime_get_coarse_ns", "5.11"),
+];
+
+/// What a verifier log says the kernel lacks, in one line.
+fn kernel_lacks(log: &str) -> String {
+    // An unknown helper: `unknown func bpf_x#N` (newer kernels) or `invalid func unknown#N`.
+    for line in log.lines() {
+        let Some(at) = line.find("func ") else {
+            continue;
+        };
+        let rest = &line[at + 5..];
+        if !(line.contains("unknown func") || line.contains("invalid func")) {
+            continue;
+        }
+        let id: Option<u32> = rest.rsplit('#').next().and_then(|n| n.trim().parse().ok());
+        if let Some(&(_, name, since)) = id.and_then(|id| HELPERS.iter().find(|h| h.0 == id)) {
+            return format!(
+                "it lacks the BPF helper {name}, which xlb needs (Linux {since} and later have it)"
+            );
+        }
+        return format!("it lacks a BPF helper xlb needs ({})", line.trim());
+    }
+    if let Some(line) = log.lines().find(|l| l.contains("combined stack size")) {
+        return format!(
+            "the program needs more stack than its verifier allows ({}); this is a defect of xlb's, please report it",
+            line.trim()
+        );
+    }
+    if log.contains("too large") || log.contains("too complex") {
+        return "the program is too large or complex for its verifier".to_owned();
+    }
+    // Otherwise the verifier's last words, which name the instruction it stopped at.
+    let last = log
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| {
+            !l.is_empty() && !l.starts_with("verification time") && !l.starts_with("processed ")
+        })
+        .unwrap_or("no reason given");
+    format!("its verifier said: {last}")
+}
+
+/// The verifier's whole log, when `e` (or an error it wraps) is a refused program.
+pub fn verifier_log(e: &anyhow::Error) -> Option<&str> {
+    e.chain()
+        .find_map(|c| match c.downcast_ref::<DataplaneError>() {
+            Some(DataplaneError::Refused { log, .. }) => Some(log.as_str()),
+            _ => None,
+        })
+}
+
 fn sum<'a>(it: impl Iterator<Item = &'a Counters>) -> Counters {
     it.fold(Counters::default(), |a, c| Counters {
         packets: a.packets + c.packets,
         bytes: a.bytes + c.bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_lacks;
+
+    #[test]
+    fn a_refusal_names_what_the_kernel_lacks() {
+        // Linux 5.10 does not know the helper's number at all.
+        let old = "0: (85) call unknown#160\ninvalid func unknown#160\nprocessed 12 insns";
+        assert_eq!(
+            kernel_lacks(old),
+            "it lacks the BPF helper bpf_ktime_get_coarse_ns, which xlb needs (Linux 5.11 and later have it)"
+        );
+        // A helper the kernel has, but not for XDP programs.
+        let other = "15: (85) call bpf_skb_load_bytes#26\nunknown func bpf_skb_load_bytes#26\n";
+        assert_eq!(
+            kernel_lacks(other),
+            "it lacks a BPF helper xlb needs (unknown func bpf_skb_load_bytes#26)"
+        );
+        // Linux 6.1 on the balancer of 32cb35d.
+        let stack = "combined stack size of 3 calls is 544. Too large\nverification time 4043 usec\n\
+                     stack depth 288+120+0+28+216\nprocessed 7717 insns";
+        assert!(kernel_lacks(stack).contains(
+            "more stack than its verifier allows (combined stack size of 3 calls is 544. Too large)"
+        ));
+        // Anything else: the verifier's last words, not its statistics.
+        let other = "27: (61) r1 = *(u32 *)(r2 +0)\ninvalid access to packet, off=0 size=4\nprocessed 30 insns (limit 1000000)";
+        assert_eq!(
+            kernel_lacks(other),
+            "its verifier said: invalid access to packet, off=0 size=4"
+        );
+    }
 }

@@ -29,6 +29,9 @@ struct Cli {
     /// The agent's control socket (`node.api_socket` in its config).
     #[arg(long, global = true, default_value = "/run/xlb/xlb.sock")]
     socket: PathBuf,
+    /// On errors, say more: the kernel verifier's whole log when it refuses a program.
+    #[arg(long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -143,10 +146,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let verbose = cli.verbose;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xlb: {e:#}");
+            match xlb::dataplane::verifier_log(&e) {
+                Some(log) if verbose => eprintln!("xlb: the verifier's log:\n{log}"),
+                Some(_) => eprintln!("xlb: run with --verbose for the verifier's log"),
+                None => {}
+            }
             ExitCode::FAILURE
         }
     }

@@ -734,12 +734,10 @@ fn veth_bench(plan: &Plan, cpu: usize, no_fib: bool, results: &mut Results) -> R
     let _net = BenchNet::up().context("setting up the bench namespaces")?;
 
     let mut gen_dp = Dataplane::load(Sizes::MINIMAL)?;
-    gen_dp.load_bench()?;
     let mut dut = Dataplane::load(Sizes {
         flows: 1 << 18,
         vips: 2,
     })?;
-    dut.load_bench()?;
     configure_lb(&mut dut, no_fib)?;
 
     let gen_ifindex = in_netns(NS_GEN, || nix::net::if_::if_nametoindex(IF_GEN))?
