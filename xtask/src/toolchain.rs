@@ -10,7 +10,7 @@ pub const BPF_TARGET: &str = "bpfel-unknown-none";
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
 /// Debian packages used by the build, the lab, the tests and the benchmarks (HAProxy, nginx,
-/// wrk and h2load for `bench l7`).
+/// wrk and h2load for `bench l7`; strace for `tests/attach.rs`).
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -21,4 +21,5 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "nginx",
     "wrk",
     "nghttp2-client",
+    "strace",
 ];

@@ -86,9 +86,9 @@ impl Kernel {
 }
 
 /// The end-to-end suite on every kernel: all packet fixtures, the stack budget, the property
-/// test (a shorter run, see `test_job`), and the labs.
+/// test (a shorter run, see `test_job`), `xlb attach`, and the labs.
 const DEFAULT_TESTS: &str = "stack,fixtures,fixtures_v4,fixtures_v6,fixtures_icmp,fixtures_fragments,\
-                             fixtures_malformed,fixtures_decap,fixtures_fib,property,lab,l4_lab,agent_lab";
+                             fixtures_malformed,fixtures_decap,fixtures_fib,property,lab,attach,l4_lab,agent_lab";
 
 #[derive(clap::Args)]
 pub struct VmArgs {
