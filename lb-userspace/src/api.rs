@@ -1,8 +1,11 @@
 //! The control API: JSON lines over a Unix socket (mode 0600: root only). The CLI sends one
-//! [`Request`] per connection and reads one [`Response`].
+//! [`Request`] per connection and reads one [`Response`]. This module holds the protocol, the
+//! client ([`call`]) and the server's side of one connection ([`serve_conn`]); the agent answers
+//! the requests (`agent::serve`).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
+    net::{IpAddr, SocketAddr},
     os::unix::{fs::PermissionsExt as _, net::UnixStream},
     path::Path,
     time::Duration,
@@ -11,7 +14,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::agent::{Agent, Registration, TargetRow};
+/// How long a client has to send its request, and the agent to take its answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -24,7 +28,7 @@ pub enum Request {
     Register(Registration),
     Deregister {
         target_group: String,
-        id: std::net::IpAddr,
+        id: IpAddr,
     },
     Reload,
     /// Stop the agent (the datapath stays attached).
@@ -72,6 +76,47 @@ pub struct ListenerStats {
     pub targets: Vec<(String, u64, u64)>,
 }
 
+/// A target registered through the API (`xlb targets register`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Registration {
+    pub target_group: String,
+    pub id: IpAddr,
+    pub weight: u32,
+    pub zone: Option<String>,
+    pub mac: Option<String>,
+}
+
+/// One row of `xlb targets list`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TargetRow {
+    pub target_group: String,
+    pub id: IpAddr,
+    /// The port of a target of an HTTP group (L4 targets get every port of their listener).
+    pub port: Option<u16>,
+    pub weight: u32,
+    pub zone: Option<String>,
+    /// AWS target state: `healthy`, `unhealthy`, `initial`, `draining`, `unavailable`.
+    pub state: String,
+    /// AWS reason code, when the state has one.
+    pub reason: Option<String>,
+    /// Entries in the flow table that point at this target.
+    pub flows: u64,
+    /// Whether the target takes new flows now.
+    pub in_service: bool,
+    /// `file` or `api` (registered through the API: drift from the file).
+    pub source: String,
+}
+
+impl TargetRow {
+    /// The target as operators name it: `address:port` in HTTP groups, the address in L4 ones.
+    pub fn target(&self) -> String {
+        match self.port {
+            Some(port) => SocketAddr::new(self.id, port).to_string(),
+            None => self.id.to_string(),
+        }
+    }
+}
+
 /// Binds the socket, replacing a stale one, root-only.
 pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
@@ -84,130 +129,34 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// Answers one request.
-pub fn handle(agent: &mut Agent, req: Request) -> Response {
-    let done = |r: Result<()>, message: String| match r {
-        Ok(()) => Response::Done { message },
-        Err(e) => Response::Error {
-            message: format!("{e:#}"),
-        },
-    };
-    match req {
-        Request::Status => Response::Status(status(agent)),
-        Request::Stats => match stats(agent) {
-            Ok(r) => r,
-            Err(e) => Response::Error {
-                message: format!("{e:#}"),
-            },
-        },
-        Request::Targets { target_group } => match agent.targets(target_group.as_deref()) {
-            Ok(targets) => Response::Targets { targets },
-            Err(e) => Response::Error {
-                message: format!("{e:#}"),
-            },
-        },
-        Request::Register(r) => {
-            let msg = format!("registered {} in {}", r.id, r.target_group);
-            done(agent.register(r), msg)
-        }
-        Request::Deregister { target_group, id } => {
-            let msg = format!("deregistered {id} from {target_group}: draining");
-            done(agent.deregister(&target_group, id), msg)
-        }
-        Request::Reload => done(agent.reload(), format!("reloaded {}", agent.path.display())),
-        Request::Stop => Response::Done {
-            message: "stopping".into(),
-        },
-    }
-}
-
-fn status(agent: &Agent) -> Status {
-    let drift = agent
-        .overlay
-        .registered
-        .iter()
-        .map(|r| {
-            format!(
-                "registered {} in {} (not in the file)",
-                r.id, r.target_group
-            )
-        })
-        .chain(
-            agent
-                .overlay
-                .deregistered
-                .iter()
-                .map(|d| format!("deregistered {} from {}", d.id, d.target_group)),
-        )
-        .collect();
-    Status {
-        config: agent.path.display().to_string(),
-        interface: agent.file.node.interface.clone(),
-        uptime_seconds: agent.started.elapsed().as_secs(),
-        listeners: agent.file.listeners.len(),
-        target_groups: agent.file.target_groups.len(),
-        drift,
-    }
-}
-
-fn stats(agent: &mut Agent) -> Result<Response> {
-    let table = crate::stats::table(&mut agent.lb)?;
-    let listeners = agent.lb.listeners.clone();
-    let dp = agent.lb.dataplane();
-    let reasons = dp
-        .reasons()?
-        .into_iter()
-        .map(|(r, c)| (r.name().to_owned(), c.packets, c.bytes))
-        .collect();
-    let mut ls = Vec::new();
-    for l in listeners {
-        let c = dp.vip_counters(l.vip)?;
-        let mut targets = Vec::new();
-        for (addr, index, _) in &l.targets {
-            let t = dp.backend_counters(*index)?;
-            targets.push((addr.to_string(), t.packets, t.bytes));
-        }
-        ls.push(ListenerStats {
-            listener: l.name,
-            packets: c.packets,
-            bytes: c.bytes,
-            new_flows: c.new_flows,
-            targets,
-        });
-    }
-    Ok(Response::Stats {
-        table,
-        reasons,
-        listeners: ls,
-    })
-}
-
-/// Serves one connection: a request line in, a response line out (bounded by a timeout).
-/// Returns true when the request was [`Request::Stop`].
-pub async fn serve_conn(agent: &mut Agent, stream: tokio::net::UnixStream) -> Result<bool> {
+/// Serves one connection: a request line in (the client has [`CLIENT_TIMEOUT`] to send it),
+/// `answer`'s response line out. Runs in a task of its own, so a slow client only holds itself.
+pub async fn serve_conn<F>(
+    stream: tokio::net::UnixStream,
+    answer: impl FnOnce(Request) -> F,
+) -> Result<()>
+where
+    F: Future<Output = Response>,
+{
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(r);
-    tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+    tokio::time::timeout(CLIENT_TIMEOUT, reader.read_line(&mut line))
         .await
         .context("request timed out")??;
-    let (resp, stop) = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => {
-            let stop = matches!(req, Request::Stop);
-            (handle(agent, req), stop)
-        }
-        Err(e) => (
-            Response::Error {
-                message: format!("bad request: {e}"),
-            },
-            false,
-        ),
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => answer(req).await,
+        Err(e) => Response::Error {
+            message: format!("bad request: {e}"),
+        },
     };
     let mut out = serde_json::to_vec(&resp)?;
     out.push(b'\n');
-    w.write_all(&out).await?;
-    Ok(stop)
+    tokio::time::timeout(CLIENT_TIMEOUT, w.write_all(&out))
+        .await
+        .context("response timed out")??;
+    Ok(())
 }
 
 /// The CLI side: sends `req` to the agent at `socket`.

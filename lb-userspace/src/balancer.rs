@@ -13,8 +13,9 @@ use lb_common::{
     VIP_F_SOURCE_IP, VipKey, VipMeta,
 };
 
+use lb_config::{Config, Forwarding, Protocol, parse_mac};
+
 use crate::{
-    config::{self, Action, Config, Forwarding, Protocol},
     dataplane::{Dataplane, DataplaneError},
     maglev::{self, MaglevTarget},
 };
@@ -71,26 +72,35 @@ impl Balancer {
         &mut self.dp
     }
 
-    /// Programs `cfg` into the datapath.
+    /// Programs `cfg` into the datapath. A config with more targets than the datapath holds is
+    /// refused before anything is written.
     pub fn apply(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
+        let mut new: BTreeSet<IpAddr> = BTreeSet::new();
+        for l in &cfg.listeners {
+            let tg = cfg.group(l.target_group()).expect("validated");
+            new.extend(tg.targets.iter().map(|t| t.id));
+        }
+        new.retain(|a| !self.backends.contains_key(a));
+        let last = self.backends.values().max().copied().unwrap_or(0) + new.len() as u32;
+        if last >= lb_common::MAX_BACKENDS {
+            return Err(DataplaneError::Full {
+                map: lb_common::names::BACKENDS,
+                max: lb_common::MAX_BACKENDS - 1,
+            });
+        }
         self.dp.set_config(&node_config(cfg))?;
         let mut keys = BTreeSet::new();
         let mut listeners = Vec::new();
         for (vip, l) in cfg.listeners.iter().enumerate() {
             let vip = vip as u32;
-            let Action::Forward { target_group } = &l.default_action;
-            let tg = cfg
-                .target_groups
-                .iter()
-                .find(|t| &t.name == target_group)
-                .expect("validated");
+            let tg = cfg.group(l.target_group()).expect("validated");
             let mut targets = Vec::new();
             for t in &tg.targets {
                 let index = self.backend_index(t.id);
                 let mac = t
                     .mac
                     .as_deref()
-                    .map(config::parse_mac)
+                    .map(parse_mac)
                     .transpose()
                     .unwrap_or_default()
                     .unwrap_or([0; 6]);
@@ -114,7 +124,7 @@ impl Balancer {
             if l.forwarding == Forwarding::Dsr {
                 flags |= VIP_F_DSR;
             }
-            if tg.attributes.get("stickiness.type").map(String::as_str) == Some("source_ip") {
+            if tg.source_ip_stickiness() {
                 flags |= VIP_F_SOURCE_IP;
             }
             let (family, addr) = addr_bytes(l.address);
@@ -272,7 +282,7 @@ fn node_config(cfg: &Config) -> lb_common::Config {
         _pad: [0; 6],
     };
     if let Some(mac) = &n.gateway_mac {
-        c.gateway_mac = config::parse_mac(mac).expect("validated");
+        c.gateway_mac = parse_mac(mac).expect("validated");
         // A configured gateway is used as is.
         c.flags |= CONFIG_F_NO_FIB;
     }

@@ -75,6 +75,8 @@ pub enum DataplaneError {
         #[source]
         source: LinkError,
     },
+    #[error("map {map} is full: it holds {max} entries")]
+    Full { map: &'static str, max: u32 },
     #[error("ring for VIP {vip} has {len} slots, want {RING_SIZE}")]
     RingSize { vip: u32, len: usize },
 }
@@ -131,13 +133,21 @@ impl Sizes {
 }
 
 /// XDP attach mode, as the user asks for it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
     /// In the driver (fast; veth, most NICs).
     Native,
     /// In the generic network stack (works everywhere, slower).
     Generic,
+}
+
+impl From<lb_config::XdpMode> for AttachMode {
+    fn from(m: lb_config::XdpMode) -> AttachMode {
+        match m {
+            lb_config::XdpMode::Native => AttachMode::Native,
+            lb_config::XdpMode::Generic => AttachMode::Generic,
+        }
+    }
 }
 
 impl AttachMode {

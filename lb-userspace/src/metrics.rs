@@ -1,62 +1,46 @@
 //! Prometheus metrics, named after the CloudWatch metrics of a Network Load Balancer where one
 //! exists (`ProcessedBytes` → `xlb_processed_bytes`, `NewFlowCount` → `xlb_new_flow_count`,
-//! `HealthyHostCount` → `xlb_healthy_host_count`, ...).
+//! `HealthyHostCount` → `xlb_healthy_host_count`, ...), and the L7 tier's (`lb_l7::metrics`).
 //!
-//! The L4 counters live in BPF maps; each scrape reads them and renders a fresh registry, so
-//! there is no second copy of the numbers to keep in step. The L7 tier counts in [`L7Metrics`],
-//! named after an Application Load Balancer's metrics (`RequestCount` → `xlb_request_count`,
-//! `HTTPCode_Target_2XX_Count` → `xlb_httpcode_target_2xx_count`, ...), which lives as long as
-//! the process. Requests record through handles resolved when a config is compiled
-//! ([`RouteMetrics`]), so the request path does atomic adds only: no label lookup, no allocation.
+//! The L4 counters live in BPF maps; each scrape renders a fresh registry from a [`Snapshot`] of
+//! them, so there is no second copy of the numbers to keep in step. [`serve`] answers each HTTP
+//! request on its own: a kept-alive scrape connection gets fresh numbers every time.
 
-use std::{
-    collections::BTreeMap,
-    convert::Infallible,
-    sync::{Mutex, PoisonError, atomic::AtomicU64},
-    time::Duration,
-};
+use std::{convert::Infallible, future::Future, sync::atomic::AtomicU64, time::Duration};
 
-use anyhow::Result;
+use lb_l7::metrics::{L7Metrics, Labels};
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
-    },
-    registry::{Registry, Unit},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
 };
 
-use crate::agent::Agent;
+use crate::{api::TargetRow, stats::Snapshot};
 
-type Labels = Vec<(String, String)>;
+/// What one scrape reads from the agent.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    pub counters: Snapshot,
+    pub targets: Vec<TargetRow>,
+}
 
-/// The metrics text for the agent's current state and the L7 tier's counts.
-pub fn render(agent: &mut Agent, l7: &L7Metrics) -> Result<String> {
+/// The metrics text of `scrape` and of the L7 tier's counts.
+pub fn render(scrape: &Scrape, l7: &L7Metrics) -> Result<String, std::fmt::Error> {
     let mut reg = Registry::with_prefix("xlb");
-    let bytes = Family::<Labels, Counter<u64, AtomicU64>>::default();
-    let packets = Family::<Labels, Counter<u64, AtomicU64>>::default();
-    let new_flows = Family::<Labels, Counter<u64, AtomicU64>>::default();
-    let target_bytes = Family::<Labels, Counter<u64, AtomicU64>>::default();
-    let target_packets = Family::<Labels, Counter<u64, AtomicU64>>::default();
-    let reasons = Family::<Labels, Counter<u64, AtomicU64>>::default();
-    let healthy = Family::<Labels, Gauge>::default();
-    let unhealthy = Family::<Labels, Gauge>::default();
-    let flows = Family::<Labels, Gauge>::default();
-
-    let listeners = agent.lb.listeners.clone();
-    for l in &listeners {
-        let c = agent.lb.dataplane().vip_counters(l.vip)?;
+    let counter = Family::<Labels, Counter<u64, AtomicU64>>::default;
+    let gauge = Family::<Labels, Gauge>::default;
+    let (bytes, packets, new_flows) = (counter(), counter(), counter());
+    let (target_bytes, target_packets, reasons) = (counter(), counter(), counter());
+    let (healthy, unhealthy, flows) = (gauge(), gauge(), gauge());
+    for l in &scrape.counters.listeners {
         let lab = vec![("listener".to_owned(), l.name.clone())];
-        bytes.get_or_create(&lab).inc_by(c.bytes);
-        packets.get_or_create(&lab).inc_by(c.packets);
-        new_flows.get_or_create(&lab).inc_by(c.new_flows);
-        for (addr, index, _) in &l.targets {
-            let t = agent.lb.dataplane().backend_counters(*index)?;
+        bytes.get_or_create(&lab).inc_by(l.bytes);
+        packets.get_or_create(&lab).inc_by(l.packets);
+        new_flows.get_or_create(&lab).inc_by(l.new_flows);
+        for t in &l.targets {
             let lab = vec![
                 ("listener".to_owned(), l.name.clone()),
-                ("target".to_owned(), addr.to_string()),
+                ("target".to_owned(), t.addr.to_string()),
             ];
             target_bytes.get_or_create(&lab).inc_by(t.bytes);
             target_packets.get_or_create(&lab).inc_by(t.packets);
@@ -64,12 +48,12 @@ pub fn render(agent: &mut Agent, l7: &L7Metrics) -> Result<String> {
     }
     // ALB's ProcessedBytes and NLB's share a name: one family, L4 and L7 listeners in it.
     l7.add_processed_bytes(&bytes);
-    for (r, c) in agent.lb.dataplane().reasons()? {
+    for (r, c) in &scrape.counters.reasons {
         reasons
             .get_or_create(&vec![("reason".to_owned(), r.name().to_owned())])
             .inc_by(c.packets);
     }
-    for row in agent.targets(None)? {
+    for row in &scrape.targets {
         let group = vec![("target_group".to_owned(), row.target_group.clone())];
         // Hosts count as healthy as AWS counts them: in service and not failing checks.
         let fam = if row.state == "unhealthy" {
@@ -80,424 +64,125 @@ pub fn render(agent: &mut Agent, l7: &L7Metrics) -> Result<String> {
         if row.state != "draining" {
             fam.get_or_create(&group).inc();
         }
-        let target = row.target();
         let lab = vec![
-            ("target_group".to_owned(), row.target_group),
-            ("target".to_owned(), target),
-            ("state".to_owned(), row.state),
+            ("target_group".to_owned(), row.target_group.clone()),
+            ("target".to_owned(), row.target()),
+            ("state".to_owned(), row.state.clone()),
         ];
         flows.get_or_create(&lab).set(row.flows as i64);
     }
-    reg.register(
-        "processed_bytes",
-        "Bytes the datapath processed per listener",
-        bytes,
-    );
-    reg.register(
-        "processed_packets",
-        "Packets the datapath processed per listener",
-        packets,
-    );
-    reg.register(
-        "new_flow_count",
-        "Flows that took a target from the Maglev table",
-        new_flows,
-    );
-    reg.register(
-        "target_processed_bytes",
-        "Bytes sent to each target",
-        target_bytes,
-    );
-    reg.register(
-        "target_processed_packets",
-        "Packets sent to each target",
-        target_packets,
-    );
-    reg.register(
-        "datapath_packets",
-        "Packets by the reason of their verdict",
-        reasons,
-    );
-    reg.register(
-        "healthy_host_count",
-        "Targets in service per target group",
-        healthy,
-    );
-    reg.register(
-        "unhealthy_host_count",
-        "Targets failing health checks per target group",
-        unhealthy,
-    );
-    reg.register(
-        "target_flows",
-        "Flow table entries per target (with its state)",
-        flows,
-    );
+    let counters = [
+        (
+            "processed_bytes",
+            "Bytes the datapath processed per listener",
+            bytes,
+        ),
+        (
+            "processed_packets",
+            "Packets the datapath processed per listener",
+            packets,
+        ),
+        (
+            "new_flow_count",
+            "Flows that took a target from the Maglev table",
+            new_flows,
+        ),
+        (
+            "target_processed_bytes",
+            "Bytes sent to each target",
+            target_bytes,
+        ),
+        (
+            "target_processed_packets",
+            "Packets sent to each target",
+            target_packets,
+        ),
+        (
+            "datapath_packets",
+            "Packets by the reason of their verdict",
+            reasons,
+        ),
+    ];
+    for (name, help, family) in counters {
+        reg.register(name, help, family);
+    }
+    let gauges = [
+        (
+            "healthy_host_count",
+            "Targets in service per target group",
+            healthy,
+        ),
+        (
+            "unhealthy_host_count",
+            "Targets failing health checks per target group",
+            unhealthy,
+        ),
+        (
+            "target_flows",
+            "Flow table entries per target (with its state)",
+            flows,
+        ),
+    ];
+    for (name, help, family) in gauges {
+        reg.register(name, help, family);
+    }
     l7.register(&mut reg);
     let mut out = String::new();
     encode(&mut out, &reg)?;
     Ok(out)
 }
 
-/// The L7 tier's metrics families, shared by every listener across reloads.
-#[derive(Debug)]
-pub struct L7Metrics {
-    requests: Family<Labels, Counter>,
-    target_response_time: Family<Labels, Histogram, fn() -> Histogram>,
-    /// `HTTPCode_ELB_{3,4,5}XX_Count`: answers the load balancer made itself.
-    elb_codes: [Family<Labels, Counter>; 3],
-    /// `HTTPCode_Target_{2,3,4,5}XX_Count`: answers of targets.
-    target_codes: [Family<Labels, Counter>; 4],
-    /// `HTTPCode_ELB_{500,502,503,504}_Count`: the errors xlb answered, by code.
-    elb_errors: [Family<Labels, Counter>; 4],
-    redirects: Family<Labels, Counter>,
-    fixed_responses: Family<Labels, Counter>,
-    target_connection_errors: Family<Labels, Counter>,
-    active_connections: Family<Labels, Gauge>,
-    new_connections: Family<Labels, Counter>,
-    rejected_connections: Family<Labels, Counter>,
-    tls_errors: Family<Labels, Counter>,
-    desync: Family<Labels, Counter>,
-    /// Per listener; rendered into the one `processed_bytes` family with the L4 listeners.
-    processed_bytes: Mutex<BTreeMap<String, Counter>>,
-}
-
-/// Buckets of `target_response_time`: 100 µs to about 52 s, doubling.
-fn response_time_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
-}
-
-impl Default for L7Metrics {
-    fn default() -> Self {
-        L7Metrics {
-            requests: Family::default(),
-            target_response_time: Family::new_with_constructor(response_time_histogram),
-            elb_codes: Default::default(),
-            target_codes: Default::default(),
-            elb_errors: Default::default(),
-            redirects: Family::default(),
-            fixed_responses: Family::default(),
-            target_connection_errors: Family::default(),
-            active_connections: Family::default(),
-            new_connections: Family::default(),
-            rejected_connections: Family::default(),
-            tls_errors: Family::default(),
-            desync: Family::default(),
-            processed_bytes: Mutex::default(),
-        }
-    }
-}
-
-impl L7Metrics {
-    /// The handles of one listener (`listener` is its address), for its connections.
-    pub fn listener(&self, listener: &str) -> ListenerMetrics {
-        let lab = vec![("listener".to_owned(), listener.to_owned())];
-        let processed_bytes = self
-            .processed_bytes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(listener.to_owned())
-            .or_default()
-            .clone();
-        ListenerMetrics {
-            active_connections: self.active_connections.get_or_create_owned(&lab),
-            new_connections: self.new_connections.get_or_create_owned(&lab),
-            rejected_connections: self.rejected_connections.get_or_create_owned(&lab),
-            tls_errors: self.tls_errors.get_or_create_owned(&lab),
-            desync: self.desync.get_or_create_owned(&lab),
-            processed_bytes,
-        }
-    }
-
-    /// The handles of one listener and its rules: each rule's priority (0: the default rule)
-    /// with the target groups its action forwards to.
-    pub fn route<'a>(
-        &self,
-        listener: &str,
-        rules: impl IntoIterator<Item = (u32, Vec<&'a str>)>,
-    ) -> RouteMetrics {
-        let mut rules: Vec<(u32, RuleMetrics)> = rules
-            .into_iter()
-            .map(|(priority, groups)| {
-                let rule = match priority {
-                    0 => "default".to_owned(),
-                    p => p.to_string(),
-                };
-                let request = |group: &str| self.request(listener, &rule, group);
-                let groups = groups.iter().map(|g| (g.to_string(), request(g))).collect();
-                let metrics = RuleMetrics {
-                    no_group: request(""),
-                    groups,
-                };
-                (priority, metrics)
-            })
-            .collect();
-        rules.sort_by_key(|(p, _)| *p);
-        RouteMetrics {
-            listener: self.listener(listener),
-            rules,
-        }
-    }
-
-    fn request(&self, listener: &str, rule: &str, group: &str) -> RequestMetrics {
-        let lab = vec![
-            ("listener".to_owned(), listener.to_owned()),
-            ("rule".to_owned(), rule.to_owned()),
-            ("target_group".to_owned(), group.to_owned()),
-        ];
-        RequestMetrics {
-            requests: self.requests.get_or_create_owned(&lab),
-            target_response_time: self.target_response_time.get_or_create_owned(&lab),
-            elb_codes: self
-                .elb_codes
-                .each_ref()
-                .map(|f| f.get_or_create_owned(&lab)),
-            target_codes: self
-                .target_codes
-                .each_ref()
-                .map(|f| f.get_or_create_owned(&lab)),
-            elb_errors: self
-                .elb_errors
-                .each_ref()
-                .map(|f| f.get_or_create_owned(&lab)),
-            redirects: self.redirects.get_or_create_owned(&lab),
-            fixed_responses: self.fixed_responses.get_or_create_owned(&lab),
-            target_connection_errors: self.target_connection_errors.get_or_create_owned(&lab),
-        }
-    }
-
-    /// Adds the bytes of each HTTP listener to `family`.
-    fn add_processed_bytes(&self, family: &Family<Labels, Counter>) {
-        let listeners = self
-            .processed_bytes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for (listener, c) in listeners.iter() {
-            family
-                .get_or_create(&vec![("listener".to_owned(), listener.clone())])
-                .inc_by(c.get());
-        }
-    }
-
-    /// Adds the families (shared, not copied) to `reg`.
-    fn register(&self, reg: &mut Registry) {
-        reg.register(
-            "request_count",
-            "Requests answered, per listener, rule and target group (RequestCount)",
-            self.requests.clone(),
-        );
-        reg.register_with_unit(
-            "target_response_time",
-            "From the request leaving xlb to the target's response head (TargetResponseTime)",
-            Unit::Seconds,
-            self.target_response_time.clone(),
-        );
-        for (class, family) in ["3xx", "4xx", "5xx"].iter().zip(&self.elb_codes) {
-            reg.register(
-                format!("httpcode_elb_{class}_count"),
-                format!("{class} answers made by xlb itself (HTTPCode_ELB_{class}_Count)"),
-                family.clone(),
-            );
-        }
-        for (class, family) in ["2xx", "3xx", "4xx", "5xx"].iter().zip(&self.target_codes) {
-            reg.register(
-                format!("httpcode_target_{class}_count"),
-                format!("{class} answers of targets (HTTPCode_Target_{class}_Count)"),
-                family.clone(),
-            );
-        }
-        for (code, family) in ELB_ERRORS.iter().zip(&self.elb_errors) {
-            reg.register(
-                format!("httpcode_elb_{code}_count"),
-                format!("{code} answers made by xlb itself (HTTPCode_ELB_{code}_Count)"),
-                family.clone(),
-            );
-        }
-        reg.register(
-            "active_connection_count",
-            "Open client connections per HTTP listener (ActiveConnectionCount)",
-            self.active_connections.clone(),
-        );
-        let counters = [
-            (
-                "http_redirect_count",
-                "Redirect actions answered (HTTP_Redirect_Count)",
-                &self.redirects,
-            ),
-            (
-                "http_fixed_response_count",
-                "Fixed-response actions answered (HTTP_Fixed_Response_Count)",
-                &self.fixed_responses,
-            ),
-            (
-                "target_connection_error_count",
-                "Connections to targets that failed (TargetConnectionErrorCount)",
-                &self.target_connection_errors,
-            ),
-            (
-                "new_connection_count",
-                "Client connections accepted per HTTP listener (NewConnectionCount)",
-                &self.new_connections,
-            ),
-            (
-                "rejected_connection_count",
-                "Connections an HTTP listener failed to accept (RejectedConnectionCount)",
-                &self.rejected_connections,
-            ),
-            (
-                "client_tls_negotiation_error_count",
-                "TLS handshakes that failed (ClientTLSNegotiationErrorCount)",
-                &self.tls_errors,
-            ),
-            (
-                "desync_mitigation_mode_non_compliant_request_count",
-                "Ambiguous requests refused (DesyncMitigationMode_NonCompliant_Request_Count)",
-                &self.desync,
-            ),
-        ];
-        for (name, help, family) in counters {
-            reg.register(name, help, family.clone());
-        }
-    }
-
-    /// The L7 families alone, as metrics text (for processes without the L4 agent).
-    pub fn render(&self) -> Result<String> {
-        let mut reg = Registry::with_prefix("xlb");
-        let bytes = Family::<Labels, Counter>::default();
-        self.add_processed_bytes(&bytes);
-        reg.register("processed_bytes", "Bytes processed per listener", bytes);
-        self.register(&mut reg);
-        let mut out = String::new();
-        encode(&mut out, &reg)?;
-        Ok(out)
-    }
-}
-
-/// One HTTP listener's connection-level handles.
-#[derive(Debug, Clone)]
-pub struct ListenerMetrics {
-    pub active_connections: Gauge,
-    pub new_connections: Counter,
-    pub rejected_connections: Counter,
-    pub tls_errors: Counter,
-    pub desync: Counter,
-    /// Request and response bytes (headers and bodies, after TLS), both ways.
-    pub processed_bytes: Counter,
-}
-
-/// One listener's handles, rules included; compiled with its config.
-#[derive(Debug)]
-pub struct RouteMetrics {
-    pub listener: ListenerMetrics,
-    /// By priority, sorted.
-    rules: Vec<(u32, RuleMetrics)>,
-}
-
-#[derive(Debug)]
-struct RuleMetrics {
-    /// Requests that reached no target group (redirects, fixed responses, refusals).
-    no_group: RequestMetrics,
-    groups: Vec<(String, RequestMetrics)>,
-}
-
-impl RouteMetrics {
-    /// The handles for a request that matched rule `priority` and went to `group`, if any.
-    pub fn request(&self, priority: u32, group: Option<&str>) -> Option<&RequestMetrics> {
-        let i = self
-            .rules
-            .binary_search_by_key(&priority, |(p, _)| *p)
-            .ok()?;
-        let rule = &self.rules[i].1;
-        Some(match group {
-            None => &rule.no_group,
-            Some(g) => rule
-                .groups
-                .iter()
-                .find(|(name, _)| name == g)
-                .map_or(&rule.no_group, |(_, m)| m),
-        })
-    }
-}
-
-/// The handles of one (listener, rule, target group).
-#[derive(Debug, Clone)]
-pub struct RequestMetrics {
-    requests: Counter,
-    target_response_time: Histogram,
-    elb_codes: [Counter; 3],
-    target_codes: [Counter; 4],
-    elb_errors: [Counter; 4],
-    redirects: Counter,
-    fixed_responses: Counter,
-    target_connection_errors: Counter,
-}
-
-/// The error codes ALB counts one by one (`HTTPCode_ELB_502_Count`, ...).
-const ELB_ERRORS: [u16; 4] = [500, 502, 503, 504];
-
-impl RequestMetrics {
-    /// Counts one answered request: `elb_status` is what the client got; `target` the target's
-    /// status and response time, if a target answered. As ALB, an answer counts under
-    /// `httpcode_target_*` if the target made it, else under `httpcode_elb_*`.
-    pub fn record(&self, elb_status: u16, target: Option<(u16, Duration)>) {
-        self.requests.inc();
-        let (codes, status, first): (&[Counter], u16, u16) = match target {
-            Some((status, time)) => {
-                self.target_response_time.observe(time.as_secs_f64());
-                (&self.target_codes, status, 200)
-            }
-            None => {
-                if let Some(i) = ELB_ERRORS.iter().position(|&c| c == elb_status) {
-                    self.elb_errors[i].inc();
-                }
-                (&self.elb_codes, elb_status, 300)
+/// Serves `GET /metrics` on `listener` until the task is dropped: each connection in a task of
+/// its own, each request rendered by `scrape` when it comes (other paths get a 404). An accept
+/// that fails (out of descriptors) is logged and retried.
+pub async fn serve<F, S>(listener: tokio::net::TcpListener, scrape: S)
+where
+    S: Fn() -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Option<String>> + Send,
+{
+    use http_body_util::Full;
+    use hyper::{Response, StatusCode, body::Bytes, service::service_fn};
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accept failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
         };
-        if let Some(c) = status
-            .checked_sub(first)
-            .and_then(|d| codes.get(usize::from(d / 100)))
-        {
-            c.inc();
-        }
-    }
-
-    /// A redirect action answered (`HTTP_Redirect_Count`).
-    pub fn redirected(&self) {
-        self.redirects.inc();
-    }
-
-    /// A fixed-response action answered (`HTTP_Fixed_Response_Count`).
-    pub fn fixed_response(&self) {
-        self.fixed_responses.inc();
-    }
-
-    /// A connection to a target that failed (`TargetConnectionErrorCount`).
-    pub fn target_connection_error(&self) {
-        self.target_connection_errors.inc();
-    }
-}
-
-/// Answers the HTTP requests of one scrape connection with `body`.
-pub async fn serve(stream: tokio::net::TcpStream, body: String) {
-    use http_body_util::Full;
-    use hyper::{Response, body::Bytes, service::service_fn};
-    let service = service_fn(move |_req| {
-        let body = body.clone();
-        async move {
-            let resp = Response::builder()
-                .header(
-                    "content-type",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                )
-                .body(Full::new(Bytes::from(body)));
-            Ok::<_, Infallible>(resp.unwrap_or_default())
-        }
-    });
-    let io = hyper_util::rt::TokioIo::new(stream);
-    if let Err(e) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(io, service)
-        .await
-    {
-        tracing::debug!(error = %e, "metrics connection");
+        let scrape = scrape.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let scrape = scrape.clone();
+                async move {
+                    let found = req.uri().path() == "/metrics";
+                    let body = if found { scrape().await } else { None };
+                    let resp = match body {
+                        Some(text) => Response::builder()
+                            .header(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )
+                            .body(Full::new(Bytes::from(text))),
+                        None => Response::builder()
+                            .status(if found {
+                                StatusCode::SERVICE_UNAVAILABLE
+                            } else {
+                                StatusCode::NOT_FOUND
+                            })
+                            .body(Full::new(Bytes::new())),
+                    };
+                    Ok::<_, Infallible>(resp.unwrap_or_default())
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!(error = %e, "metrics connection");
+            }
+        });
     }
 }

@@ -41,7 +41,7 @@ pub struct Agent {
 impl Agent {
     /// Starts `xlb run --config CONFIG` in the lb namespace and waits until it serves.
     pub fn start(lab: &Lab, xlb: &Path, config: &Path) -> Result<Agent> {
-        let socket = xlb::config::Config::load(config)?.node.api_socket;
+        let socket = lb_config::Config::load(config)?.node.api_socket;
         let mut cmd = lab.command(
             Role::Lb,
             &[

@@ -25,9 +25,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
-use l7_support::{Lab, free_port};
+use l7_support::{Lab, free_port, l7_config};
+use lb_health::State;
+use lb_l7::L7Config;
 use tokio::{net::TcpListener, task::JoinSet};
-use xlb::{health::State, l7::L7Config};
 
 /// The application cookie of the `app_cookie` test.
 const APP_COOKIE: &str = "SESSION";
@@ -246,7 +247,7 @@ default_action = {{ type = "forward", target_group = "web" }}
 "#,
         targets.join(", ")
     );
-    let mut cfg = L7Config::parse(&toml).unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
+    let mut cfg = l7_config(&toml);
     let hc = cfg.target_groups[0]
         .health_check
         .as_mut()

@@ -32,12 +32,10 @@ fn metrics_endpoint(lab: &Lab) -> String {
         socket.local_addr().expect("metrics address")
     );
     let metrics = lab.metrics.clone();
-    lab.spawn(async move {
-        while let Ok((stream, _)) = socket.accept().await {
-            let body = metrics.render().expect("render metrics");
-            tokio::spawn(xlb::metrics::serve(stream, body));
-        }
-    });
+    lab.spawn(xlb::metrics::serve(socket, move || {
+        let metrics = metrics.clone();
+        async move { metrics.render().ok() }
+    }));
     url
 }
 

@@ -17,19 +17,27 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
+use lb_config::Config;
+use lb_health::checker::{Checker, TargetStatus, View};
+use lb_l7::{
+    L7Config,
+    log::{AccessLog, Lines},
+    metrics::L7Metrics,
+};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpListener,
     sync::{oneshot, watch},
 };
-use xlb::{
-    health::checker::{Checker, TargetStatus, View},
-    l7::{
-        L7Config,
-        log::{AccessLog, Lines},
-    },
-    metrics::L7Metrics,
-};
+
+/// The L7 part of `toml`, a config without its `[node]`: parsed and validated as `xlb` does,
+/// certificates loaded.
+pub fn l7_config(toml: &str) -> L7Config {
+    let text = format!("[node]\ninterface = \"lo\"\n{toml}");
+    let cfg = Config::parse(&text, "l7.toml").unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
+    lb_l7::check_certificates(&cfg).unwrap_or_else(|e| panic!("config: {e:?}\n{toml}"));
+    L7Config::of(&cfg)
+}
 
 /// A free port on 127.0.0.1 (bound, then released for the server under test).
 pub fn free_port() -> u16 {
@@ -44,7 +52,7 @@ pub struct Lab {
     rt: tokio::runtime::Runtime,
     stops: Vec<oneshot::Sender<()>>,
     config: Option<watch::Sender<Arc<L7Config>>>,
-    lb: Option<tokio::task::JoinHandle<Result<(), xlb::l7::L7Error>>>,
+    lb: Option<tokio::task::JoinHandle<Result<(), lb_l7::L7Error>>>,
     log: Option<Lines>,
     /// The lines taken from `log` so far.
     logged: Vec<String>,
@@ -109,8 +117,7 @@ impl Lab {
 
     /// Starts xlb's L7 tier on `toml`; panics if the config or the start fails.
     pub fn start(&mut self, toml: &str) {
-        let cfg = L7Config::parse(toml).unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
-        self.start_config(cfg);
+        self.start_config(l7_config(toml));
     }
 
     /// Starts xlb's L7 tier on `cfg` as it is, so tests may set values the file refuses
@@ -123,15 +130,11 @@ impl Lab {
         self.stops.push(stop);
         let checks = Checker::new();
         self.health = Some(checks.0.view());
-        let lb = self.rt.spawn(xlb::l7::serve(
-            rx,
-            log,
-            self.metrics.clone(),
-            checks,
-            async {
+        let lb = self
+            .rt
+            .spawn(lb_l7::serve(rx, log, self.metrics.clone(), checks, async {
                 let _ = stopped.await;
-            },
-        ));
+            }));
         self.config = Some(tx);
         self.lb = Some(lb);
         self.log = Some(lines);
@@ -145,7 +148,7 @@ impl Lab {
 
     /// Applies a new config to the running tier.
     pub fn reload(&mut self, toml: &str) {
-        let cfg = L7Config::parse(toml).unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
+        let cfg = l7_config(toml);
         self.config
             .as_ref()
             .expect("started")

@@ -29,8 +29,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::config::{HttpTargetGroup, ProtocolVersion, TargetProtocol, seconds};
-use crate::health::{State, checker::Event};
+use lb_config::{Protocol, ProtocolVersion, TargetGroup, attribute::seconds};
+use lb_health::{State, checker::Event};
 
 /// `AWSALB`: which target of a group a client sticks to (`lb_cookie` stickiness).
 pub const TARGET_COOKIE: &str = "AWSALB";
@@ -207,7 +207,7 @@ impl Drop for InFlight {
 pub struct Group {
     pub name: Arc<str>,
     /// How xlb talks to the targets: clear or TLS, HTTP/1.1 or HTTP/2.
-    pub protocol: (TargetProtocol, ProtocolVersion),
+    pub protocol: (Protocol, ProtocolVersion),
     targets: Vec<Target>,
     algorithm: Algorithm,
     next: AtomicUsize,
@@ -261,7 +261,7 @@ impl Target {
 
 impl Group {
     /// Compiles a validated group at `now`, reusing `counters`.
-    pub fn new(tg: &HttpTargetGroup, counters: &Counters, now: Instant) -> Group {
+    pub fn new(tg: &TargetGroup, counters: &Counters, now: Instant) -> Group {
         let attr = |k: &str| tg.attributes.get(k).map(String::as_str);
         let algorithm = match attr("load_balancing.algorithm.type") {
             Some("least_outstanding_requests") => Algorithm::LeastOutstandingRequests,
@@ -308,7 +308,7 @@ impl Group {
             .collect();
         Group {
             name: tg.name.as_str().into(),
-            protocol: (tg.protocol, tg.protocol_version),
+            protocol: (tg.protocol, tg.protocol_version()),
             targets,
             algorithm,
             next: AtomicUsize::new(0),
@@ -441,7 +441,7 @@ impl Group {
 pub type Groups = HashMap<String, Arc<Group>>;
 
 /// Compiles every group at `now`, and drops the state of targets that left.
-pub fn compile(groups: &[HttpTargetGroup], counters: &Counters, now: Instant) -> Groups {
+pub fn compile(groups: &[TargetGroup], counters: &Counters, now: Instant) -> Groups {
     let out: Groups = groups
         .iter()
         .map(|tg| (tg.name.clone(), Arc::new(Group::new(tg, counters, now))))
@@ -508,19 +508,23 @@ impl WeightedGroups {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::l7::config::{HttpTarget, TargetProtocol};
+    use lb_config::Target;
 
-    fn group(name: &str, ports: &[u16], attrs: &[(&str, &str)]) -> HttpTargetGroup {
-        HttpTargetGroup {
+    use super::*;
+
+    fn group(name: &str, ports: &[u16], attrs: &[(&str, &str)]) -> TargetGroup {
+        TargetGroup {
             name: name.into(),
-            protocol: TargetProtocol::Http,
-            protocol_version: ProtocolVersion::Http1,
+            protocol: Protocol::Http,
+            protocol_version: None,
             port: 80,
             targets: ports
                 .iter()
-                .map(|p| HttpTarget {
+                .map(|p| Target {
                     id: "127.0.0.1".parse().unwrap(),
+                    weight: 1,
+                    mac: None,
+                    zone: None,
                     port: Some(*p),
                 })
                 .collect(),

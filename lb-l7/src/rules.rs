@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderName, Method};
 use ipnet::IpNet;
 
-use super::config::{Condition, QueryValue};
+use lb_config::{Condition, QueryValue};
 
 /// An ALB wildcard pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,8 +262,9 @@ impl<A> RuleSet<A> {
 
 #[cfg(test)]
 mod tests {
+    use lb_config::Config;
+
     use super::*;
-    use crate::l7::config::L7Config;
 
     #[test]
     fn wildcards_follow_alb() {
@@ -356,7 +357,8 @@ priority = 9
 conditions = [{ field = "http-request-method", values = ["POST"] }]
 actions = [{ type = "forward", target_group = "t" }]
 "#;
-        let cfg = L7Config::parse(text).unwrap();
+        let cfg =
+            Config::parse(&format!("[node]\ninterface = \"lo\"\n{text}"), "rules.toml").unwrap();
         let l = &cfg.http_listeners[0];
         let names = ["a", "b", "c", "d", "e"];
         RuleSet::new(

@@ -24,7 +24,7 @@ use tokio::{
 };
 use tokio_rustls::TlsConnector;
 
-use crate::health::{Matcher, ProbeResult, Reason};
+use crate::{Matcher, ProbeResult, Reason};
 
 /// The longest status line read before giving up on an answer.
 pub const STATUS_LINE_MAX: usize = 1024;
@@ -204,7 +204,7 @@ fn status_code(buf: &[u8]) -> Option<u16> {
 /// Accepts every certificate but still checks the handshake signatures, so the session is a
 /// working TLS session with whoever holds the presented key.
 #[derive(Debug)]
-pub(crate) struct AnyCertificate(pub(crate) WebPkiSupportedAlgorithms);
+pub struct AnyCertificate(pub WebPkiSupportedAlgorithms);
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(

@@ -22,9 +22,7 @@ use std::{
 
 use tokio::{sync::mpsc, task::AbortHandle, time::Instant};
 
-use crate::health::{
-    CheckPort, CheckSpec, Health, ProbeResult, Reason, State, Transition, probe::Prober,
-};
+use crate::{CheckPort, CheckSpec, Health, ProbeResult, Reason, State, Transition, probe::Prober};
 
 /// A target group's checks, as the checker runs them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,7 +256,7 @@ impl Checker {
         View(self.shared.clone())
     }
 
-    /// The states of `group`'s targets, as [`routable`](crate::health::routable) takes them.
+    /// The states of `group`'s targets, as [`routable`](crate::routable) takes them.
     pub fn states(&self, group: &str) -> Vec<(SocketAddr, State)> {
         self.shared
             .lock()
@@ -344,7 +342,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::health::{
+    use crate::{
         Matcher, Thresholds,
         probe::{ProbeKind, testing::HttpServer},
     };
@@ -584,7 +582,7 @@ mod tests {
         assert_eq!(state_of(&c, LOCAL), Some(State::Draining));
         // All that remain are unhealthy: fail open to them, never to the draining one.
         assert_eq!(
-            crate::health::routable(&c.states("web")),
+            crate::routable(&c.states("web")),
             vec![traffic(LOCAL2), traffic(LOCAL3)]
         );
         assert_eq!(

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 
-use super::config::RedirectCode;
+use lb_config::RedirectCode;
 
 /// The request facts a redirect may use.
 #[derive(Debug, Clone, Copy)]

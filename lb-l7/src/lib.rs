@@ -1,7 +1,7 @@
 //! The L7 tier: HTTP and HTTPS listeners with the rules, actions and target groups of an AWS
 //! Application Load Balancer, in the same `xlb` process as the XDP tier.
 //!
-//! - [`config`]: the `[[http_listeners]]` and HTTP `[[target_groups]]` keys, validated.
+//! - [`L7Config`]: what the tier serves of a config (`lb-config` parses and validates it).
 //! - [`rules`]: conditions and their matching (ALB wildcards, priority order).
 //! - [`action`]: the answers the load balancer makes itself (redirect, fixed response).
 //! - [`balance`]: target group and target choice: health, slow start, stickiness cookies.
@@ -11,6 +11,7 @@
 //! - [`listener`]: sockets, TLS handshakes, connections, idle timeout and draining.
 //! - [`tls`]: rustls setup and certificate choice by SNI.
 //! - [`log`]: access log lines in ALB's format.
+//! - [`metrics`]: ALB's CloudWatch metrics, as Prometheus families.
 //!
 //! [`serve`] runs the listeners until a shutdown future resolves. Config changes arrive on a
 //! `tokio::sync::watch` channel: each listener's state sits in an `ArcSwap`, so a reload swaps
@@ -25,10 +26,10 @@
 
 pub mod action;
 pub mod balance;
-pub mod config;
 pub mod desync;
 pub mod listener;
 pub mod log;
+pub mod metrics;
 pub mod proxy;
 pub mod rules;
 pub mod tls;
@@ -51,20 +52,60 @@ use tokio::{
     task::JoinHandle,
 };
 
-pub use config::{ConfigError, L7Config};
-
-use crate::health::checker::{Checker, Event, GroupSpec};
-use crate::metrics::L7Metrics;
+use lb_config::{Config, HttpAction, HttpListener, ListenerProtocol, Refusal, TargetGroup};
+use lb_health::{
+    CheckSpec,
+    checker::{Checker, Event, GroupSpec},
+};
 
 use self::{
     action::{FixedResponse, Redirect},
     balance::{Groups, WeightedGroups},
-    config::{Action, HttpListener, ListenerProtocol},
     listener::State,
     log::AccessLog,
+    metrics::L7Metrics,
     proxy::{Act, Route, Shared},
     rules::RuleSet,
 };
+
+/// What the L7 tier serves of a config: its HTTP listeners, and the HTTP and HTTPS target groups
+/// they forward to (the config's own types, not a second model).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct L7Config {
+    pub target_groups: Vec<TargetGroup>,
+    pub http_listeners: Vec<HttpListener>,
+}
+
+impl L7Config {
+    /// The L7 part of a valid config.
+    pub fn of(cfg: &Config) -> L7Config {
+        L7Config {
+            target_groups: cfg
+                .target_groups
+                .iter()
+                .filter(|g| g.protocol.is_http())
+                .cloned()
+                .collect(),
+            http_listeners: cfg.http_listeners.clone(),
+        }
+    }
+}
+
+/// Loads every certificate of the HTTPS listeners, so that `xlb check` and a reload refuse one
+/// that does not load (with [`Config::load_with`], which names its line).
+pub fn check_certificates(cfg: &Config) -> Result<(), Refusal> {
+    for (i, l) in cfg.http_listeners.iter().enumerate() {
+        for (j, c) in l.certificates.iter().enumerate() {
+            tls::load_certificate(c).map_err(|e| {
+                Refusal::new(
+                    format!("http_listeners[{i}].certificates[{j}]"),
+                    e.to_string(),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
 
 /// Why the L7 tier could not (re)configure.
 #[derive(Debug, Error)]
@@ -82,9 +123,6 @@ pub enum L7Error {
         source: tls::TlsError,
     },
 }
-
-/// ALB's default idle timeout.
-const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running listener.
 struct Running {
@@ -234,7 +272,7 @@ fn health_checks(cfg: &L7Config) -> Vec<GroupSpec> {
         .filter_map(|tg| {
             Some(GroupSpec {
                 name: tg.name.clone(),
-                check: tg.health_check.as_ref()?.spec(),
+                check: CheckSpec::new(tg.health_check.as_ref()?),
                 targets: tg.targets.iter().map(|t| tg.addr(t)).collect(),
                 deregistration_delay: Duration::ZERO,
             })
@@ -249,11 +287,7 @@ fn compile_route(
     groups: &Groups,
     metrics: &L7Metrics,
 ) -> Route {
-    let idle_timeout = l
-        .attributes
-        .get("idle_timeout.timeout_seconds")
-        .and_then(|s| config::seconds(s, 1, 4000).ok())
-        .map_or(DEFAULT_IDLE_TIMEOUT, Duration::from_secs);
+    let idle_timeout = l.idle_timeout();
     let rules = l
         .rules
         .iter()
@@ -282,13 +316,13 @@ fn compile_route(
 }
 
 /// The target groups a forward action names, with their weights (none for other actions).
-fn forward_targets(a: &Action) -> Vec<(&str, u32)> {
+fn forward_targets(a: &HttpAction) -> Vec<(&str, u32)> {
     match a {
-        Action::Forward {
+        HttpAction::Forward {
             target_group: Some(one),
             ..
         } => vec![(one.as_str(), 1)],
-        Action::Forward { target_groups, .. } => target_groups
+        HttpAction::Forward { target_groups, .. } => target_groups
             .iter()
             .map(|g| (g.name.as_str(), g.weight))
             .collect(),
@@ -296,13 +330,13 @@ fn forward_targets(a: &Action) -> Vec<(&str, u32)> {
     }
 }
 
-fn forwarded_groups(a: &Action) -> Vec<&str> {
+fn forwarded_groups(a: &HttpAction) -> Vec<&str> {
     forward_targets(a).into_iter().map(|(g, _)| g).collect()
 }
 
-fn compile_action(a: &Action, groups: &Groups) -> Act {
+fn compile_action(a: &HttpAction, groups: &Groups) -> Act {
     match a {
-        Action::Forward { stickiness, .. } => {
+        HttpAction::Forward { stickiness, .. } => {
             let weighted = forward_targets(a)
                 .into_iter()
                 .filter_map(|(name, w)| groups.get(name).map(|g| (g.clone(), w)))
@@ -313,7 +347,7 @@ fn compile_action(a: &Action, groups: &Groups) -> Act {
                 .map(|s| Duration::from_secs(u64::from(s.duration_seconds)));
             Act::Forward(WeightedGroups::new(weighted, stickiness))
         }
-        Action::Redirect {
+        HttpAction::Redirect {
             protocol,
             host,
             port,
@@ -328,7 +362,7 @@ fn compile_action(a: &Action, groups: &Groups) -> Act {
             query,
             *status_code,
         )),
-        Action::FixedResponse {
+        HttpAction::FixedResponse {
             status_code,
             content_type,
             message_body,

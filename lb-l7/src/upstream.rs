@@ -41,10 +41,9 @@ use hyper_util::{
 use tokio::task::AbortHandle;
 use tower_service::Service as _;
 
-use super::{
-    config::{ProtocolVersion, TargetProtocol},
-    tls,
-};
+use lb_config::{Protocol, ProtocolVersion};
+
+use crate::tls;
 
 /// An error from the connector, hyper or the TLS stack.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -112,7 +111,7 @@ impl Body for Upload {
 }
 
 /// Where connections go: a target, in clear or over TLS.
-pub type Origin = (TargetProtocol, SocketAddr);
+pub type Origin = (Protocol, SocketAddr);
 
 /// The HTTP/1.1 pool: idle connections per origin, the most recently used last, with when each
 /// went idle; and the origins in service, with their deregistration delay. One lock for both, so
@@ -221,7 +220,7 @@ impl Upstream {
     /// host as authority.
     pub async fn send(
         &self,
-        (protocol, version): (TargetProtocol, ProtocolVersion),
+        (protocol, version): (Protocol, ProtocolVersion),
         target: SocketAddr,
         req: Request<Upload>,
         now: Instant,
@@ -416,10 +415,7 @@ mod tests {
     use super::*;
 
     fn origin() -> Origin {
-        (
-            TargetProtocol::Http,
-            SocketAddr::from(([127, 0, 0, 1], 8080)),
-        )
+        (Protocol::Http, SocketAddr::from(([127, 0, 0, 1], 8080)))
     }
 
     /// A task that runs until cut.

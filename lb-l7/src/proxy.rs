@@ -33,13 +33,13 @@ use hyper::{body::Incoming, upgrade::OnUpgrade};
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
 
-use crate::metrics::{L7Metrics, RouteMetrics};
+use lb_config::{ListenerProtocol, ProtocolVersion};
 
-use super::{
+use crate::{
     action::{FixedResponse, Redirect, RedirectInput},
     balance::{self, Counters, Group, InFlight, Pick, Stickiness, WeightedGroups},
-    config::{ListenerProtocol, ProtocolVersion},
     log::{AccessLog, Entry, Host, Pending, RequestLine},
+    metrics::{L7Metrics, RouteMetrics},
     rules::{RequestView, RuleSet, strip_port},
     upstream::{BoxError, Lease, Origin, SendError, Upload, Upstream},
 };
@@ -961,7 +961,7 @@ mod tests {
 
     #[test]
     fn grpc_requests_only_reach_groups_that_take_them() {
-        use crate::l7::config::{HttpTargetGroup, TargetProtocol};
+        use lb_config::{Protocol, TargetGroup};
         let req = |method: &str, content_type: &str| {
             Request::builder()
                 .method(method)
@@ -975,10 +975,10 @@ mod tests {
         assert!(!is_grpc(&req("POST", "application/grpc-web")));
         assert!(!is_grpc(&req("POST", "application/json")));
         let group = |version| {
-            let tg = HttpTargetGroup {
+            let tg = TargetGroup {
                 name: "g".into(),
-                protocol: TargetProtocol::Http,
-                protocol_version: version,
+                protocol: Protocol::Http,
+                protocol_version: Some(version),
                 port: 80,
                 targets: Vec::new(),
                 attributes: Default::default(),

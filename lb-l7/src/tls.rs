@@ -19,8 +19,8 @@ use rustls::{
 };
 use thiserror::Error;
 
-use super::config::CertificateFiles;
-use crate::health::probe::AnyCertificate;
+use lb_config::CertificateFiles;
+use lb_health::probe::AnyCertificate;
 
 /// A certificate that cannot be used, naming its file.
 #[derive(Debug, Error)]

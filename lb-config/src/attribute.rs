@@ -1,0 +1,205 @@
+//! Target group and listener attributes, by their AWS names, in one table: what each takes, its
+//! default, and which groups take it. Values are strings in the file, as in the AWS API.
+
+use std::collections::BTreeMap;
+
+use crate::Refusal;
+
+/// The groups (or listeners) an attribute belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// `TCP`, `UDP` and `TCP_UDP` target groups (NLB's attributes).
+    L4,
+    /// `HTTP` and `HTTPS` target groups, and HTTP listeners (ALB's attributes).
+    L7,
+    /// Both kinds of target groups.
+    Both,
+}
+
+impl Tier {
+    fn takes(self, tier: Tier) -> bool {
+        self == Tier::Both || self == tier
+    }
+}
+
+/// What an attribute takes.
+#[derive(Clone, Copy, Debug)]
+pub enum Values {
+    OneOf(&'static [&'static str]),
+    /// A number of seconds in `min..=max`.
+    Seconds(u64, u64),
+    /// `slow_start.duration_seconds`: 0 (off) or 30..=900.
+    SlowStart,
+    /// An application's cookie name: a cookie token outside ALB's own names.
+    CookieName,
+}
+
+/// One attribute.
+#[derive(Clone, Copy, Debug)]
+pub struct Attribute {
+    pub name: &'static str,
+    pub tier: Tier,
+    pub values: Values,
+    /// The value when the file sets none (empty: no default).
+    pub default: &'static str,
+}
+
+const fn attr(name: &'static str, tier: Tier, values: Values, default: &'static str) -> Attribute {
+    Attribute {
+        name,
+        tier,
+        values,
+        default,
+    }
+}
+
+/// Target group attributes. A name may appear once per tier, with what that tier takes.
+pub const TARGET_GROUP: &[Attribute] = &[
+    attr(
+        "deregistration_delay.timeout_seconds",
+        Tier::Both,
+        Values::Seconds(0, 3600),
+        "300",
+    ),
+    // NLB: 5-tuple hashing unless `source_ip`.
+    attr(
+        "stickiness.type",
+        Tier::L4,
+        Values::OneOf(&["source_ip", "none"]),
+        "none",
+    ),
+    attr(
+        "load_balancing.cross_zone.enabled",
+        Tier::L4,
+        Values::OneOf(&["true", "false"]),
+        "false",
+    ),
+    attr(
+        "load_balancing.algorithm.type",
+        Tier::L7,
+        Values::OneOf(&["round_robin", "least_outstanding_requests"]),
+        "round_robin",
+    ),
+    attr(
+        "slow_start.duration_seconds",
+        Tier::L7,
+        Values::SlowStart,
+        "0",
+    ),
+    attr(
+        "stickiness.enabled",
+        Tier::L7,
+        Values::OneOf(&["true", "false"]),
+        "false",
+    ),
+    attr(
+        "stickiness.type",
+        Tier::L7,
+        Values::OneOf(&["lb_cookie", "app_cookie"]),
+        "lb_cookie",
+    ),
+    attr(
+        "stickiness.lb_cookie.duration_seconds",
+        Tier::L7,
+        Values::Seconds(1, 604_800),
+        "86400",
+    ),
+    attr(
+        "stickiness.app_cookie.duration_seconds",
+        Tier::L7,
+        Values::Seconds(1, 604_800),
+        "86400",
+    ),
+    attr(
+        "stickiness.app_cookie.cookie_name",
+        Tier::L7,
+        Values::CookieName,
+        "",
+    ),
+];
+
+/// HTTP listener attributes (ALB's load balancer attributes, per listener here).
+pub const HTTP_LISTENER: &[Attribute] = &[attr(
+    "idle_timeout.timeout_seconds",
+    Tier::L7,
+    Values::Seconds(1, 4000),
+    "60",
+)];
+
+/// Cookie names ALB keeps for itself (`AWSALB`, `AWSALBAPP-*`, `AWSALBTG`): one prefix covers all.
+pub const RESERVED_COOKIE_PREFIX: &str = "AWSALB";
+
+/// The entry of `table` for `name` in `tier`.
+pub fn find(table: &'static [Attribute], tier: Tier, name: &str) -> Option<&'static Attribute> {
+    table.iter().find(|a| a.name == name && a.tier.takes(tier))
+}
+
+/// `attributes[name]`, or the table's default.
+pub fn value<'a>(
+    table: &'static [Attribute],
+    tier: Tier,
+    attributes: &'a BTreeMap<String, String>,
+    name: &str,
+) -> &'a str {
+    match attributes.get(name) {
+        Some(v) => v,
+        None => find(table, tier, name).map_or("", |a| a.default),
+    }
+}
+
+/// Checks every attribute of `attributes` (at key `at`) against `table`.
+pub(crate) fn check(
+    table: &'static [Attribute],
+    tier: Tier,
+    attributes: &BTreeMap<String, String>,
+    at: &str,
+) -> Result<(), Refusal> {
+    for (k, v) in attributes {
+        let key = format!("{at}.attributes.\"{k}\"");
+        let Some(a) = find(table, tier, k) else {
+            return Err(Refusal::new(key, "unknown attribute"));
+        };
+        a.check(v).map_err(|m| Refusal::new(key, m))?;
+    }
+    Ok(())
+}
+
+impl Attribute {
+    /// Whether `value` is one this attribute takes; the error says what it takes.
+    pub fn check(&self, value: &str) -> Result<(), String> {
+        match self.values {
+            Values::OneOf(allowed) if allowed.contains(&value) => Ok(()),
+            Values::OneOf(allowed) => Err(format!("{value:?} is not one of {allowed:?}")),
+            Values::Seconds(min, max) => seconds(value, min, max).map(|_| ()),
+            Values::SlowStart => match value.parse::<u64>() {
+                Ok(0 | 30..=900) => Ok(()),
+                _ => Err(format!("{value:?} is not 0 (off) or 30..=900 seconds")),
+            },
+            Values::CookieName => cookie_name(value),
+        }
+    }
+}
+
+/// Parses a number of seconds within `min..=max`.
+pub fn seconds(value: &str, min: u64, max: u64) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(s) if (min..=max).contains(&s) => Ok(s),
+        _ => Err(format!(
+            "{value:?} is not a number of seconds in {min}..={max}"
+        )),
+    }
+}
+
+/// An application cookie name: a cookie token (RFC 6265) outside ALB's own names.
+fn cookie_name(name: &str) -> Result<(), String> {
+    if name.starts_with(RESERVED_COOKIE_PREFIX) {
+        return Err(format!(
+            "{name:?} starts with {RESERVED_COOKIE_PREFIX:?}, which ALB keeps for its own cookies"
+        ));
+    }
+    let separator = |c: char| "()<>@,;:\\\"/[]?={}".contains(c);
+    if name.is_empty() || name.chars().any(|c| !c.is_ascii_graphic() || separator(c)) {
+        return Err(format!("{name:?} is not a cookie name"));
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! `[node]`: this load balancer node.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+};
+
+use serde::Deserialize;
+
+use crate::Refusal;
+
+/// This load balancer node.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// The interface the balancer's XDP program is attached to.
+    pub interface: String,
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    /// IPv4 prefix (first two bytes used) for tunnel outer sources.
+    #[serde(default = "default_tunnel_v4")]
+    pub tunnel_source_v4: Ipv4Addr,
+    /// IPv6 prefix (first 12 bytes used) for tunnel outer sources.
+    #[serde(default = "default_tunnel_v6")]
+    pub tunnel_source_v6: Ipv6Addr,
+    /// Largest IP packet toward targets; bigger ones after encapsulation get ICMP "too big".
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Next hop MAC when the kernel FIB has none (e.g. "02:00:00:00:00:01").
+    #[serde(default)]
+    pub gateway_mac: Option<String>,
+    /// Flow table size (entries).
+    #[serde(default = "default_flows")]
+    pub flow_table_size: u32,
+    /// Where the datapath's maps and XDP link are pinned; they outlive the agent, so a restart
+    /// or an upgrade drops no packet and moves no flow.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// This node's availability zone (targets in it are preferred when cross-zone is off).
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Weight of each zone's targets when traffic crosses zones (default 1 each).
+    #[serde(default)]
+    pub zone_weights: BTreeMap<String, u32>,
+    /// The control API's Unix socket (root only, mode 0600), used by the CLI.
+    #[serde(default = "default_api_socket")]
+    pub api_socket: PathBuf,
+    /// Where Prometheus metrics are served (`http://ADDRESS/metrics`); off when absent.
+    #[serde(default)]
+    pub metrics_address: Option<SocketAddr>,
+    /// Where registrations made through the CLI are kept across restarts.
+    #[serde(default = "default_state_file")]
+    pub state_file: PathBuf,
+}
+
+/// Where the XDP program runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver (fast; veth, most NICs).
+    #[default]
+    Native,
+    /// In the generic network stack (works everywhere, slower).
+    Generic,
+}
+
+fn default_tunnel_v4() -> Ipv4Addr {
+    Ipv4Addr::new(172, 16, 0, 0)
+}
+fn default_tunnel_v6() -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0)
+}
+const fn default_mtu() -> u16 {
+    1500
+}
+const fn default_flows() -> u32 {
+    lb_common::FLOWS_DEFAULT
+}
+fn default_api_socket() -> PathBuf {
+    "/run/xlb/xlb.sock".into()
+}
+fn default_state_file() -> PathBuf {
+    "/var/lib/xlb/state.json".into()
+}
+fn default_pin_dir() -> PathBuf {
+    "/sys/fs/bpf/xlb".into()
+}
+
+impl Node {
+    pub(crate) fn validate(&self) -> Result<(), Refusal> {
+        if !(576..=9000).contains(&self.mtu) {
+            return Err(Refusal::new(
+                "node.mtu",
+                format!("{} is outside 576..=9000", self.mtu),
+            ));
+        }
+        if let Some(mac) = &self.gateway_mac {
+            parse_mac(mac).map_err(|m| Refusal::new("node.gateway_mac", m))?;
+        }
+        Ok(())
+    }
+
+    /// `gateway_mac` as bytes (validated at parse).
+    pub fn gateway_mac(&self) -> Option<[u8; 6]> {
+        self.gateway_mac.as_deref().and_then(|m| parse_mac(m).ok())
+    }
+}
+
+/// Parses "aa:bb:cc:dd:ee:ff".
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("{s:?} is not a MAC address like 02:00:00:00:00:01");
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    Ok(mac)
+}

@@ -1,0 +1,604 @@
+//! Parsing and validation: the vocabulary of both tiers, and refusals that name the file, the
+//! line and the key.
+
+use super::*;
+
+fn health_check(text: &str) -> Result<HealthCheck, String> {
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Wrapper {
+        health_check: HealthCheck,
+    }
+    toml::from_str::<Wrapper>(text)
+        .map(|w| w.health_check)
+        .map_err(|e| e.to_string())
+}
+
+const GOOD: &str = r#"
+[node]
+interface = "eth0"
+
+[[target_groups]]
+name = "web"
+protocol = "TCP"
+port = 80
+targets = [{ id = "198.18.1.11" }, { id = "198.18.1.12", weight = 2 }]
+attributes = { "stickiness.type" = "source_ip" }
+
+[[listeners]]
+address = "198.18.100.1"
+port = 80
+protocol = "TCP"
+default_action = { type = "forward", target_group = "web" }
+"#;
+
+#[test]
+fn parses_the_example_with_defaults() {
+    let c = Config::parse(GOOD, "x.toml").unwrap();
+    assert_eq!(c.node.mtu, 1500);
+    assert_eq!(c.node.xdp_mode, XdpMode::Native);
+    assert_eq!(c.target_groups[0].targets[1].weight, 2);
+    assert_eq!(c.listeners[0].forwarding, Forwarding::Tunnel);
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let bad = GOOD.replace("port = 80\ntargets", "prot = 80\ntargets");
+    let e = Config::parse(&bad, "x.toml").unwrap_err().to_string();
+    assert!(e.contains("prot") && e.contains("line 8"), "{e}");
+}
+
+#[test]
+fn bad_address_is_refused() {
+    let bad = GOOD.replace("198.18.1.12", "198.18.1.300");
+    let e = Config::parse(&bad, "x.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("line 9") && e.contains("invalid IP address"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_target_group_is_named() {
+    let bad = GOOD.replace("target_group = \"web\"", "target_group = \"api\"");
+    let e = Config::parse(&bad, "x.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("listeners[0].default_action.target_group") && e.contains("\"api\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn out_of_range_values_are_refused() {
+    let bad = GOOD.replace("weight = 2", "weight = 5000");
+    assert!(
+        Config::parse(&bad, "x.toml")
+            .unwrap_err()
+            .to_string()
+            .contains("weight")
+    );
+    let bad = GOOD.replace("source_ip", "cookie");
+    assert!(
+        Config::parse(&bad, "x.toml")
+            .unwrap_err()
+            .to_string()
+            .contains("stickiness.type")
+    );
+    let bad = GOOD.replace("interface = \"eth0\"", "interface = \"eth0\"\nmtu = 100");
+    assert!(
+        Config::parse(&bad, "x.toml")
+            .unwrap_err()
+            .to_string()
+            .contains("node.mtu")
+    );
+}
+
+#[test]
+fn refused_values_name_their_line() {
+    let line = |bad: &str| match Config::parse(bad, "x.toml").unwrap_err() {
+        ConfigError::Invalid { line, key, .. } => (line, key),
+        e => panic!("{e}"),
+    };
+    let mtu = GOOD.replace("interface = \"eth0\"", "interface = \"eth0\"\nmtu = 100");
+    assert_eq!(line(&mtu), (4, "node.mtu".into()));
+    let weight = GOOD.replace("weight = 2", "weight = 5000");
+    assert_eq!(line(&weight).0, 9);
+    let group = GOOD.replace("target_group = \"web\"", "target_group = \"api\"");
+    assert_eq!(line(&group).0, 16);
+    // An HTTP group is named by its place in the file, like every group.
+    let l7 = format!(
+        "{GOOD}\n[[target_groups]]\nname = \"api\"\nprotocol = \"HTTP\"\nport = 8080\n\
+             attributes = {{ \"stickiness.enabled\" = \"maybe\" }}\n"
+    );
+    let (at, key) = line(&l7);
+    assert_eq!(at, 22, "{key}");
+    let e = Config::parse(&l7, "x.toml").unwrap_err().to_string();
+    assert!(
+        e.starts_with("x.toml: line 22: target_groups[1] (api)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn dsr_needs_target_macs() {
+    let bad = GOOD.replace(
+        "protocol = \"TCP\"\ndefault_action",
+        "protocol = \"TCP\"\nforwarding = \"dsr\"\ndefault_action",
+    );
+    let e = Config::parse(&bad, "x.toml").unwrap_err().to_string();
+    assert!(e.contains("mac"), "{e}");
+}
+#[test]
+fn https_groups_have_protocol_versions_and_http_checks_by_default() {
+    let https = format!(
+        "{GOOD}\n[[target_groups]]\nname = \"api\"\nprotocol = \"HTTPS\"\nprotocol_version = \"GRPC\"\nport = 443\ntargets = [{{ id = \"198.18.1.21\" }}]\n\
+             health_check = {{ path = \"/health\" }}\n"
+    );
+    // Once refused: the L4 parse path defaulted the check to TCP, which takes no path.
+    let cfg = Config::parse(&https, "x.toml").unwrap();
+    let tg = cfg.group("api").unwrap();
+    assert_eq!(
+        (tg.protocol, tg.protocol_version()),
+        (Protocol::Https, ProtocolVersion::Grpc)
+    );
+    let hc = tg.health_check.as_ref().unwrap();
+    assert_eq!(
+        (hc.protocol(), hc.path.as_deref()),
+        (CheckProtocol::Http, Some("/health"))
+    );
+    // L4 groups check over TCP when the file says nothing.
+    let tcp = GOOD.replace(
+        "port = 80\ntargets",
+        "port = 80\nhealth_check = {}\ntargets",
+    );
+    let cfg = Config::parse(&tcp, "x.toml").unwrap();
+    let hc = cfg.group("web").unwrap().health_check.as_ref().unwrap();
+    assert_eq!(hc.protocol(), CheckProtocol::Tcp);
+    let bad = GOOD.replace(
+        "port = 80\ntargets",
+        "port = 80\nprotocol_version = \"HTTP2\"\ntargets",
+    );
+    let e = Config::parse(&bad, "x.toml").unwrap_err().to_string();
+    assert!(e.contains("target_groups[0] (web).protocol_version"), "{e}");
+}
+
+#[test]
+fn attributes_belong_to_their_tier_with_defaults_from_one_table() {
+    let cfg = Config::parse(GOOD, "x.toml").unwrap();
+    let web = cfg.group("web").unwrap();
+    assert!(web.source_ip_stickiness());
+    assert_eq!(
+        web.deregistration_delay(),
+        std::time::Duration::from_secs(300)
+    );
+    assert!(!web.cross_zone());
+    // An ALB attribute on an NLB group, and the other way round.
+    let e = Config::parse(
+        &GOOD.replace(
+            "\"stickiness.type\" = \"source_ip\"",
+            "\"slow_start.duration_seconds\" = \"30\"",
+        ),
+        "x.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("slow_start.duration_seconds\": unknown attribute"),
+        "{e}"
+    );
+    let http = format!(
+        "{GOOD}\n[[target_groups]]\nname = \"api\"\nprotocol = \"HTTP\"\nport = 80\n\
+             attributes = {{ \"load_balancing.cross_zone.enabled\" = \"true\" }}\n"
+    );
+    let e = Config::parse(&http, "x.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("(api).attributes.\"load_balancing.cross_zone.enabled\": unknown attribute"),
+        "{e}"
+    );
+    // The same name takes each tier's values.
+    let http = format!(
+        "{GOOD}\n[[target_groups]]\nname = \"api\"\nprotocol = \"HTTP\"\nport = 80\n\
+             attributes = {{ \"stickiness.type\" = \"source_ip\" }}\n"
+    );
+    let e = Config::parse(&http, "x.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("\"source_ip\" is not one of [\"lb_cookie\", \"app_cookie\"]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn http_listeners_forward_to_http_groups_only() {
+    let mixed = format!(
+        "{GOOD}\n[[http_listeners]]\naddress = \"127.0.0.1\"\nport = 8080\nprotocol = \"HTTP\"\n\
+             default_action = {{ type = \"forward\", target_group = \"web\" }}\n"
+    );
+    let e = Config::parse(&mixed, "x.toml").unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "http_listeners[0].default_action: \"web\" is not an HTTP or HTTPS target group"
+        ),
+        "{e}"
+    );
+}
+
+const EXAMPLE: &str = r#"
+[node]
+interface = "lo"
+[[target_groups]]
+name = "web"
+protocol = "HTTP"
+port = 8080
+targets = [{ id = "127.0.0.1" }, { id = "127.0.0.1", port = 8081 }]
+attributes = { "stickiness.enabled" = "true", "stickiness.type" = "lb_cookie" }
+
+[[target_groups]]
+name = "img"
+protocol = "HTTPS"
+protocol_version = "HTTP2"
+port = 9000
+
+[[http_listeners]]
+address = "127.0.0.1"
+port = 8000
+protocol = "HTTP"
+default_action = { type = "forward", target_group = "web" }
+
+[[http_listeners.rules]]
+priority = 10
+conditions = [
+  { field = "host-header", values = ["*.example.com"] },
+  { field = "path-pattern", values = ["/img/*"] },
+  { field = "http-header", name = "User-Agent", values = ["*Chrome*"] },
+  { field = "query-string", values = [{ key = "v", value = "1" }, { value = "x*" }] },
+  { field = "source-ip", values = ["10.0.0.0/8", "2001:db8::/32"] },
+  { field = "http-request-method", values = ["GET", "HEAD"] },
+]
+actions = [{ type = "forward", target_groups = [{ name = "img", weight = 1 }, { name = "web", weight = 3 }], stickiness = { enabled = true, duration_seconds = 60 } }]
+
+[[http_listeners.rules]]
+priority = 20
+conditions = [{ field = "path-pattern", values = ["/old"] }]
+actions = [{ type = "redirect", protocol = "HTTPS", port = "443", status_code = "HTTP_301" }]
+
+[[http_listeners.rules]]
+priority = 30
+conditions = [{ field = "path-pattern", values = ["/health"] }]
+actions = [{ type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "ok" }]
+"#;
+
+#[test]
+fn parses_every_condition_and_action() {
+    let c = Config::parse(EXAMPLE, "x.toml").unwrap();
+    let l = &c.http_listeners[0];
+    assert_eq!(l.rules.len(), 3);
+    assert_eq!(l.rules[0].conditions.len(), 6);
+    assert_eq!(c.target_groups[0].targets[1].port, Some(8081));
+    assert_eq!(
+        (
+            c.target_groups[0].protocol,
+            c.target_groups[0].protocol_version()
+        ),
+        (Protocol::Http, ProtocolVersion::Http1)
+    );
+    assert_eq!(
+        (
+            c.target_groups[1].protocol,
+            c.target_groups[1].protocol_version()
+        ),
+        (Protocol::Https, ProtocolVersion::Http2)
+    );
+    let HttpAction::Redirect { host, path, .. } = &l.rules[1].actions[0] else {
+        panic!("not a redirect: {:?}", l.rules[1].actions[0]);
+    };
+    assert_eq!((host.as_str(), path.as_str()), ("#{host}", "/#{path}"));
+}
+
+fn refused(from: &str, to: &str) -> String {
+    let text = EXAMPLE.replacen(from, to, 1);
+    assert_ne!(text, EXAMPLE, "{from:?} is not in the example");
+    Config::parse(&text, "x.toml").unwrap_err().to_string()
+}
+
+#[test]
+fn health_checks_and_app_cookies() {
+    let text = EXAMPLE
+            .replacen(
+                "port = 9000\n",
+                "port = 9000\nhealth_check = { path = \"/health\" }\n",
+                1,
+            )
+            .replacen(
+                "\"stickiness.type\" = \"lb_cookie\"",
+                "\"stickiness.type\" = \"app_cookie\", \"stickiness.app_cookie.cookie_name\" = \"SESSION\"",
+                1,
+            );
+    let c = Config::parse(&text, "x.toml").unwrap();
+    // ALB's default for HTTP groups, where L4 groups default to TCP.
+    let hc = c.target_groups[1].health_check.as_ref().unwrap();
+    assert_eq!(hc.protocol(), CheckProtocol::Http);
+    let e = refused(
+        "port = 9000\n",
+        "port = 9000\nhealth_check = { interval_seconds = 1 }\n",
+    );
+    assert!(
+        e.contains("target_groups[1] (img).health_check: interval_seconds"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_keys_and_fields_are_refused() {
+    assert!(refused("priority = 10", "priority = 10\nweight = 1").contains("weight"));
+    let e = refused("field = \"host-header\"", "field = \"host\"");
+    assert!(e.contains("host"), "{e}");
+    assert!(refused("\"10.0.0.0/8\"", "\"10.0.0.0/33\"").contains("line"));
+    let e = refused(
+        "protocol_version = \"HTTP2\"",
+        "protocol_version = \"HTTP3\"",
+    );
+    assert!(e.contains("protocol_version") && e.contains("line"), "{e}");
+}
+
+#[test]
+fn semantic_errors_name_the_key() {
+    let cases = [
+        ("priority = 20", "priority = 10", "rules[1].priority"),
+        ("priority = 30", "priority = 50001", "rules[2].priority"),
+        (
+            "target_group = \"web\"",
+            "target_group = \"api\"",
+            "\"api\"",
+        ),
+        ("protocol = \"HTTPS\", port = \"443\", ", "", "must change"),
+        ("status_code = 200", "status_code = 302", "302"),
+        ("text/plain", "text/xml", "content_type"),
+        ("weight = 3", "weight = 1000", "weight"),
+        (
+            "\"stickiness.type\" = \"lb_cookie\"",
+            "\"stickiness.type\" = \"lb_cookie\", \"deregistration_delay.timeout_seconds\" = \"3601\"",
+            "deregistration_delay.timeout_seconds\": \"3601\" is not a number of seconds in 0..=3600",
+        ),
+        (
+            "\"stickiness.type\" = \"lb_cookie\"",
+            "\"stickiness.type\" = \"app_cookie\"",
+            "stickiness.app_cookie.cookie_name\": app_cookie stickiness needs",
+        ),
+        (
+            "\"stickiness.type\" = \"lb_cookie\"",
+            "\"stickiness.type\" = \"app_cookie\", \"stickiness.app_cookie.cookie_name\" = \"AWSALBAPP-1\"",
+            "\"AWSALBAPP-1\" starts with \"AWSALB\"",
+        ),
+        (
+            "\"stickiness.type\" = \"lb_cookie\"",
+            "\"stickiness.type\" = \"app_cookie\", \"stickiness.app_cookie.cookie_name\" = \"a b\"",
+            "not a cookie name",
+        ),
+        (
+            "\"stickiness.type\" = \"lb_cookie\"",
+            "\"load_balancing.algorithm.type\" = \"least_outstanding_requests\", \"slow_start.duration_seconds\" = \"30\"",
+            "(web).attributes.\"slow_start.duration_seconds\": slow start cannot be used with least_outstanding_requests",
+        ),
+        (
+            "\"stickiness.type\" = \"lb_cookie\"",
+            "\"slow_start.duration_seconds\" = \"29\"",
+            "not 0 (off) or 30..=900",
+        ),
+        ("port = 8000", "port = 0", "http_listeners[0].port"),
+        (
+            "protocol = \"HTTP\"\ndefault",
+            "protocol = \"HTTPS\"\ndefault",
+            "certificate",
+        ),
+        (
+            "[{ field = \"path-pattern\", values = [\"/old\"] }]",
+            "[]",
+            "needs a condition",
+        ),
+        (
+            "values = [\"/health\"]",
+            "values = []",
+            "at least one value",
+        ),
+        (
+            "name = \"User-Agent\"",
+            "name = \"User Agent\"",
+            "not a header name",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        let e = refused(from, to);
+        assert!(e.contains(expect), "{from:?} → {to:?}: {e}");
+    }
+}
+
+#[test]
+fn health_check_defaults_are_aws() {
+    let hc = health_check("[health_check]").unwrap();
+    assert_eq!(hc, HealthCheck::default());
+    hc.validate().unwrap();
+    assert_eq!(
+        (
+            hc.protocol(),
+            hc.port,
+            hc.interval_seconds,
+            hc.timeout_seconds
+        ),
+        (CheckProtocol::Tcp, CheckPort::TrafficPort, 30, 5)
+    );
+    assert_eq!((hc.healthy_threshold, hc.unhealthy_threshold), (5, 2));
+}
+
+#[test]
+fn parses_every_key() {
+    let hc = health_check(
+        r#"[health_check]
+protocol = "HTTPS"
+port = 8443
+path = "/healthz"
+interval_seconds = 10
+timeout_seconds = 3
+healthy_threshold = 2
+unhealthy_threshold = 3
+matcher = "200-299,301"
+"#,
+    )
+    .unwrap();
+    hc.validate().unwrap();
+    assert_eq!(hc.protocol(), CheckProtocol::Https);
+    assert_eq!(hc.port, CheckPort::Port(8443));
+    assert_eq!(hc.path.as_deref(), Some("/healthz"));
+    assert_eq!(
+        hc.matcher.as_ref().map(ToString::to_string).as_deref(),
+        Some("200-299,301")
+    );
+    assert_eq!(
+        (
+            hc.interval_seconds,
+            hc.timeout_seconds,
+            hc.healthy_threshold,
+            hc.unhealthy_threshold
+        ),
+        (10, 3, 2, 3)
+    );
+    assert_eq!(
+        health_check("[health_check]\nport = \"traffic-port\"")
+            .unwrap()
+            .port,
+        CheckPort::TrafficPort
+    );
+}
+
+#[test]
+fn bad_values_are_refused_at_parse_naming_the_key() {
+    for (text, want) in [
+        ("prot = \"TCP\"", "prot"),
+        ("protocol = \"UDP\"", "protocol"),
+        ("port = \"traffic\"", "traffic-port"),
+        ("port = 0", "port"),
+        ("port = 70000", "port"),
+        ("matcher = \"20x\"", "matcher"),
+    ] {
+        let e = health_check(&format!("[health_check]\n{text}")).unwrap_err();
+        assert!(e.contains(want), "{text}: {e}");
+    }
+}
+
+#[test]
+fn validate_names_the_key() {
+    let http = HealthCheck {
+        protocol: Some(CheckProtocol::Http),
+        ..HealthCheck::default()
+    };
+    for (hc, want) in [
+        (
+            HealthCheck {
+                interval_seconds: 4,
+                timeout_seconds: 2,
+                ..HealthCheck::default()
+            },
+            "interval_seconds: 4 is outside 5..=300",
+        ),
+        (
+            HealthCheck {
+                timeout_seconds: 1,
+                ..HealthCheck::default()
+            },
+            "timeout_seconds: 1",
+        ),
+        (
+            HealthCheck {
+                timeout_seconds: 30,
+                ..HealthCheck::default()
+            },
+            "timeout_seconds: 30 must be less than interval_seconds (30)",
+        ),
+        (
+            HealthCheck {
+                healthy_threshold: 11,
+                ..HealthCheck::default()
+            },
+            "healthy_threshold: 11",
+        ),
+        (
+            HealthCheck {
+                unhealthy_threshold: 1,
+                ..HealthCheck::default()
+            },
+            "unhealthy_threshold: 1",
+        ),
+        (
+            HealthCheck {
+                port: CheckPort::Port(0),
+                ..HealthCheck::default()
+            },
+            "port: 0",
+        ),
+        (
+            HealthCheck {
+                path: Some("/".into()),
+                ..HealthCheck::default()
+            },
+            "path: TCP",
+        ),
+        (
+            HealthCheck {
+                matcher: Some(Matcher::default()),
+                ..HealthCheck::default()
+            },
+            "matcher: TCP",
+        ),
+        (
+            HealthCheck {
+                path: Some("health".into()),
+                ..http.clone()
+            },
+            "path: \"health\"",
+        ),
+        (
+            HealthCheck {
+                path: Some("/a b".into()),
+                ..http.clone()
+            },
+            "path: \"/a b\" contains ' '",
+        ),
+        (
+            HealthCheck {
+                path: Some(format!("/{}", "a".repeat(1024))),
+                ..http.clone()
+            },
+            "path: longer",
+        ),
+    ] {
+        let e = hc.validate().unwrap_err();
+        assert!(e.starts_with(want), "{e}");
+    }
+}
+
+#[test]
+fn matcher_syntax() {
+    let m = Matcher::parse("200").unwrap();
+    assert!(m.matches(200) && !m.matches(201));
+    let m = Matcher::parse("200,202").unwrap();
+    assert!(m.matches(200) && m.matches(202) && !m.matches(201));
+    let m = Matcher::parse("200-299").unwrap();
+    assert!(m.matches(200) && m.matches(250) && m.matches(299) && !m.matches(300));
+    let m = Matcher::parse("200-204,301,500-599").unwrap();
+    assert!(m.matches(204) && m.matches(301) && m.matches(503) && !m.matches(404));
+    for (bad, want) in [
+        ("", "\"\" in matcher \"\" is not a status code"),
+        ("abc", "\"abc\" in matcher"),
+        ("200,", "\"\" in matcher \"200,\""),
+        ("200-", "\"\" in matcher \"200-\""),
+        (
+            "299-200",
+            "range \"299-200\" in matcher \"299-200\" is empty",
+        ),
+        ("199", "199 in matcher \"199\" is outside 200-599"),
+        ("600", "600 in matcher"),
+        ("200-300-400", "\"300-400\" in matcher"),
+    ] {
+        let e = Matcher::parse(bad).unwrap_err();
+        assert!(e.starts_with(want), "{bad}: {e}");
+    }
+}

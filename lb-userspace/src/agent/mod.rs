@@ -1,0 +1,451 @@
+//! The agent: its state on top of the config file, and the tasks around it.
+//!
+//! - This file: [`Agent`], the state. Registrations and deregistrations made through the
+//!   control API, draining deadlines, the health of L4 targets, and the effective config the
+//!   [`Balancer`] applies: which targets take new flows, with what weight.
+//! - [`overlay`]: the API's changes, persisted across restarts.
+//! - [`effective`]: the file plus the overlay, with draining, health and zones applied.
+//! - [`serve`]: `xlb run`: the agent's tasks (API, metrics, health, L7 tier, signals, drains)
+//!   around one loop that owns the state.
+
+mod effective;
+mod overlay;
+pub mod serve;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use lb_config::{Config, TargetGroup};
+use lb_health::{
+    CheckSpec,
+    checker::{Checker, GroupSpec, View},
+};
+use lb_l7::L7Config;
+
+use self::overlay::{Deregistration, unix_now};
+pub use self::{effective::effective, overlay::Overlay};
+use crate::{
+    api::{Registration, Request, Response, Status, TargetRow},
+    balancer::Balancer,
+    metrics::Scrape,
+    stats::Snapshot,
+};
+
+/// The agent: the file, the overlay, draining, and the balancer it drives.
+pub struct Agent {
+    pub path: PathBuf,
+    pub file: Config,
+    pub overlay: Overlay,
+    /// (group, target) → when its deregistration delay ends.
+    draining: BTreeMap<(String, IpAddr), Instant>,
+    pub lb: Balancer,
+    pub started: Instant,
+    /// Runs the L4 target groups' health checks; its events go to the serve loop.
+    checker: Checker,
+    /// The L7 tier's checks of HTTP target groups, which it runs itself.
+    pub l7_health: Option<View>,
+}
+
+impl Agent {
+    /// Takes over `lb` with the file at `path`, reads the persisted overlay, starts the health
+    /// checks, applies. Must run inside a tokio runtime (the checks are tasks); health events
+    /// come out of the returned receiver, and [`Agent::apply`] takes them into account.
+    pub fn start(
+        path: PathBuf,
+        file: Config,
+        lb: Balancer,
+    ) -> Result<(
+        Agent,
+        tokio::sync::mpsc::UnboundedReceiver<lb_health::checker::Event>,
+    )> {
+        let overlay = overlay::load(&file.node.state_file)?;
+        let (checker, events) = Checker::new();
+        let mut agent = Agent {
+            path,
+            file,
+            overlay,
+            draining: BTreeMap::new(),
+            lb,
+            started: Instant::now(),
+            checker,
+            l7_health: None,
+        };
+        // A drain that was under way when the last agent stopped goes on until its end.
+        let now = unix_now();
+        for d in agent.overlay.deregistered.clone() {
+            if d.drain_until > now {
+                let left = Duration::from_secs(d.drain_until - now);
+                agent
+                    .draining
+                    .insert((d.target_group, d.id), Instant::now() + left);
+            }
+        }
+        agent.apply()?;
+        Ok((agent, events))
+    }
+
+    fn group(&self, name: &str) -> Option<&TargetGroup> {
+        self.file.group(name)
+    }
+
+    /// The file's config plus the overlay, with ring weights for draining and zones applied.
+    pub fn effective(&self) -> Config {
+        let routable: BTreeMap<&str, Vec<IpAddr>> = self
+            .file
+            .target_groups
+            .iter()
+            .filter(|g| g.health_check.is_some() && !g.protocol.is_http())
+            .map(|g| {
+                let up = lb_health::routable(&self.checker.states(&g.name));
+                (g.name.as_str(), up.iter().map(SocketAddr::ip).collect())
+            })
+            .collect();
+        let out_of_service = |g: &str, id: IpAddr| {
+            self.draining.contains_key(&(g.to_owned(), id))
+                || routable.get(g).is_some_and(|r| !r.contains(&id))
+        };
+        effective(&self.file, &self.overlay, &out_of_service)
+    }
+
+    /// What the L7 tier serves: the file with the API's registrations, without targets that
+    /// drain or carry no weight (they finish their requests but get no new ones).
+    pub fn l7(&self) -> L7Config {
+        let mut cfg = self.effective();
+        for g in &mut cfg.target_groups {
+            g.targets.retain(|t| t.weight > 0);
+        }
+        L7Config::of(&cfg)
+    }
+
+    /// The health checks for the current L4 targets (states of targets that stay are kept);
+    /// the L7 tier checks HTTP groups.
+    fn update_checks(&mut self) {
+        let cfg = effective(&self.file, &self.overlay, &|_, _| false);
+        let specs: Vec<GroupSpec> = cfg
+            .target_groups
+            .iter()
+            .filter(|g| !g.protocol.is_http())
+            .filter_map(|g| {
+                let hc = g.health_check.as_ref()?;
+                let targets = g
+                    .targets
+                    .iter()
+                    .filter(|t| !self.draining.contains_key(&(g.name.clone(), t.id)))
+                    .map(|t| SocketAddr::new(t.id, g.port));
+                Some(GroupSpec {
+                    name: g.name.clone(),
+                    check: CheckSpec::new(hc),
+                    targets: targets.collect(),
+                    deregistration_delay: g.deregistration_delay(),
+                })
+            })
+            .collect();
+        self.checker.update(&specs);
+    }
+
+    /// Applies the effective config to the datapath.
+    pub fn apply(&mut self) -> Result<()> {
+        self.update_checks();
+        let cfg = self.effective();
+        self.lb.apply(&cfg).context("apply to the datapath")
+    }
+
+    /// Makes a change to the file, the overlay or the drains and applies it. A change that
+    /// does not apply is undone (the datapath keeps what it ran) and never saved; one that
+    /// applies is saved to the state file.
+    fn change(&mut self, f: impl FnOnce(&mut Agent)) -> Result<()> {
+        let before = (
+            self.file.clone(),
+            self.overlay.clone(),
+            self.draining.clone(),
+        );
+        f(self);
+        if let Err(e) = self.apply() {
+            (self.file, self.overlay, self.draining) = before;
+            if let Err(again) = self.apply() {
+                tracing::error!(
+                    error = format!("{again:#}"),
+                    "re-applying the running config failed"
+                );
+            }
+            return Err(e.context("refused, nothing changed"));
+        }
+        self.save()
+    }
+
+    /// Re-reads the file; a bad file is refused and the running config stays.
+    pub fn reload(&mut self) -> Result<()> {
+        let new = Config::load_with(&self.path, lb_l7::check_certificates)?;
+        if new.node != self.file.node {
+            bail!("[node] changed: restart the agent to apply it");
+        }
+        self.change(|a| a.file = new)
+    }
+
+    pub fn register(&mut self, r: Registration) -> Result<()> {
+        if self.group(&r.target_group).is_none() {
+            bail!("no target group named {:?}", r.target_group);
+        }
+        let (group, id, weight) = (r.target_group.clone(), r.id, r.weight);
+        self.change(|a| {
+            let key = (r.target_group.clone(), r.id);
+            a.overlay
+                .deregistered
+                .retain(|d| (&d.target_group, d.id) != (&key.0, key.1));
+            a.draining.remove(&key);
+            a.overlay
+                .registered
+                .retain(|x| (x.target_group.as_str(), x.id) != (key.0.as_str(), key.1));
+            a.overlay.registered.push(r);
+        })?;
+        tracing::info!(target_group = %group, target = %id, weight, "target registered");
+        Ok(())
+    }
+
+    /// Takes a target out for new flows at once; its flows go on until the group's
+    /// deregistration delay passes.
+    pub fn deregister(&mut self, group: &str, id: IpAddr) -> Result<()> {
+        let g = self
+            .group(group)
+            .with_context(|| format!("no target group named {group:?}"))?;
+        let delay = g.deregistration_delay();
+        let known = g.targets.iter().any(|t| t.id == id)
+            || self
+                .overlay
+                .registered
+                .iter()
+                .any(|r| r.target_group == group && r.id == id);
+        if !known {
+            bail!("{id} is not registered in {group:?}");
+        }
+        self.change(|a| {
+            let key = (group.to_owned(), id);
+            a.overlay
+                .deregistered
+                .retain(|d| (&d.target_group, d.id) != (&key.0, key.1));
+            a.overlay.deregistered.push(Deregistration {
+                target_group: group.to_owned(),
+                id,
+                drain_until: unix_now() + delay.as_secs(),
+            });
+            a.draining.insert(key, Instant::now() + delay);
+        })?;
+        tracing::info!(target_group = group, target = %id, delay_seconds = delay.as_secs(), "target draining");
+        Ok(())
+    }
+
+    /// Ends drains whose delay has passed: the targets leave the datapath and their remaining
+    /// flows are re-balanced. Returns the (group, target) pairs that finished.
+    pub fn expire_drains(&mut self, now: Instant) -> Result<Vec<(String, IpAddr)>> {
+        let done: Vec<_> = self
+            .draining
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &done {
+            self.draining.remove(k);
+        }
+        if !done.is_empty() {
+            self.apply()?;
+            for (_, id) in &done {
+                self.lb.retire(*id)?;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Time until the next drain ends.
+    pub fn next_drain(&self) -> Option<Duration> {
+        self.draining
+            .values()
+            .min()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Every target of every group (or of `group`), with its state and flows.
+    pub fn targets(&mut self, group: Option<&str>) -> Result<Vec<TargetRow>> {
+        let flows = self.lb.flows_per_target()?;
+        let cfg = self.effective();
+        let mut snapshot = self.checker.snapshot();
+        snapshot.extend(self.l7_health.iter().flat_map(View::snapshot));
+        let mut rows = Vec::new();
+        for g in cfg
+            .target_groups
+            .iter()
+            .filter(|g| group.is_none_or(|n| n == g.name))
+        {
+            // The L7 tier's view of an HTTP group: checked targets it routes to (fail open).
+            let states: Vec<(SocketAddr, lb_health::State)> = snapshot
+                .iter()
+                .filter(|s| g.protocol.is_http() && s.group == g.name)
+                .map(|s| (s.target, s.health.state))
+                .collect();
+            let l7_up = (!states.is_empty()).then(|| lb_health::routable(&states));
+            for t in &g.targets {
+                let key = (g.name.clone(), t.id);
+                let draining = self.draining.contains_key(&key);
+                let from_api = !self
+                    .file
+                    .target_groups
+                    .iter()
+                    .any(|f| f.name == g.name && f.targets.iter().any(|x| x.id == t.id));
+                let configured = self
+                    .file
+                    .target_groups
+                    .iter()
+                    .find(|f| f.name == g.name)
+                    .and_then(|f| f.targets.iter().find(|x| x.id == t.id))
+                    .map(|x| x.weight);
+                let registered = self
+                    .overlay
+                    .registered
+                    .iter()
+                    .find(|r| r.target_group == g.name && r.id == t.id)
+                    .map(|r| r.weight);
+                let weight = configured.or(registered).unwrap_or(0);
+                let port = g.protocol.is_http().then(|| t.port.unwrap_or(g.port));
+                let traffic = SocketAddr::new(t.id, port.unwrap_or(g.port));
+                let checked = snapshot
+                    .iter()
+                    .find(|s| s.group == g.name && s.target == traffic);
+                let (state, reason) = match (draining, checked) {
+                    (true, _) => (
+                        "draining".to_owned(),
+                        Some("Target.DeregistrationInProgress".to_owned()),
+                    ),
+                    (false, Some(s)) => (
+                        s.health.state.to_string(),
+                        s.health.reason.map(|r| r.to_string()),
+                    ),
+                    (false, None) => (
+                        "unavailable".to_owned(),
+                        Some("Target.HealthCheckDisabled".to_owned()),
+                    ),
+                };
+                rows.push(TargetRow {
+                    target_group: g.name.clone(),
+                    id: t.id,
+                    port,
+                    weight,
+                    zone: t.zone.clone(),
+                    state,
+                    reason,
+                    flows: flows.get(&t.id).copied().unwrap_or(0),
+                    in_service: match &l7_up {
+                        Some(up) => up.contains(&traffic),
+                        None => t.weight > 0,
+                    },
+                    source: if from_api { "api" } else { "file" }.into(),
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    fn save(&self) -> Result<()> {
+        overlay::save(&self.file.node.state_file, &self.overlay)
+    }
+
+    /// Answers one API request; true when it asks the agent to stop.
+    pub fn answer(&mut self, req: Request) -> (Response, bool) {
+        let done = |r: Result<()>, message: String| match r {
+            Ok(()) => Response::Done { message },
+            Err(e) => Response::Error {
+                message: format!("{e:#}"),
+            },
+        };
+        let error = |e: anyhow::Error| Response::Error {
+            message: format!("{e:#}"),
+        };
+        let resp = match req {
+            Request::Status => Response::Status(self.status()),
+            Request::Stats => match Snapshot::read(&mut self.lb) {
+                Ok(s) => Response::Stats {
+                    table: s.table(),
+                    reasons: s
+                        .reasons
+                        .iter()
+                        .map(|(r, c)| (r.name().to_owned(), c.packets, c.bytes))
+                        .collect(),
+                    listeners: s.listener_stats(),
+                },
+                Err(e) => error(e.into()),
+            },
+            Request::Targets { target_group } => match self.targets(target_group.as_deref()) {
+                Ok(targets) => Response::Targets { targets },
+                Err(e) => error(e),
+            },
+            Request::Register(r) => {
+                let msg = format!("registered {} in {}", r.id, r.target_group);
+                done(self.register(r), msg)
+            }
+            Request::Deregister { target_group, id } => {
+                let msg = format!("deregistered {id} from {target_group}: draining");
+                done(self.deregister(&target_group, id), msg)
+            }
+            Request::Reload => {
+                let msg = format!("reloaded {}", self.path.display());
+                let r = self.reload();
+                match &r {
+                    Ok(()) => tracing::info!(config = %self.path.display(), "reloaded"),
+                    Err(e) => tracing::warn!(
+                        error = format!("{e:#}"),
+                        "reload refused, keeping the running config"
+                    ),
+                }
+                done(r, msg)
+            }
+            Request::Stop => {
+                return (
+                    Response::Done {
+                        message: "stopping".into(),
+                    },
+                    true,
+                );
+            }
+        };
+        (resp, false)
+    }
+
+    fn status(&self) -> Status {
+        let drift = self
+            .overlay
+            .registered
+            .iter()
+            .map(|r| {
+                format!(
+                    "registered {} in {} (not in the file)",
+                    r.id, r.target_group
+                )
+            })
+            .chain(
+                self.overlay
+                    .deregistered
+                    .iter()
+                    .map(|d| format!("deregistered {} from {}", d.id, d.target_group)),
+            )
+            .collect();
+        Status {
+            config: self.path.display().to_string(),
+            interface: self.file.node.interface.clone(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            listeners: self.file.listeners.len(),
+            target_groups: self.file.target_groups.len(),
+            drift,
+        }
+    }
+
+    /// What a metrics scrape renders: the counters and the targets' states.
+    pub fn scrape(&mut self) -> Result<Scrape> {
+        Ok(Scrape {
+            counters: Snapshot::read(&mut self.lb)?,
+            targets: self.targets(None)?,
+        })
+    }
+}

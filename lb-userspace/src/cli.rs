@@ -1,0 +1,248 @@
+//! The CLI's commands: they talk to a running agent over the control API, check a config, or
+//! attach a helper program. Each prints what an operator reads; `--json` prints the API's data.
+
+use std::{
+    net::IpAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use lb_config::Config;
+
+use crate::{
+    api::{self, ListenerStats, Registration, Request, Response},
+    dataplane::{AttachMode, Dataplane, Program, Sizes},
+};
+
+/// `xlb check`: validates a config without touching the system (certificates are loaded).
+pub fn check(config: &Path) -> Result<()> {
+    let cfg = Config::load_with(config, lb_l7::check_certificates)?;
+    println!(
+        "{}: ok ({} listeners, {} http listeners, {} target groups)",
+        config.display(),
+        cfg.listeners.len(),
+        cfg.http_listeners.len(),
+        cfg.target_groups.len()
+    );
+    Ok(())
+}
+
+/// The programs `xlb attach` puts on an interface.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Helper {
+    /// Removes xlb's tunnels on targets.
+    Decap,
+    /// Passes every packet: for veth peers of interfaces that send with `XDP_TX`.
+    Pass,
+}
+
+/// `xlb attach`: loads only the `helper` program, attaches it to `iface` and pins its link at
+/// `pin`, so it stays after this process.
+pub fn attach(helper: Helper, iface: &str, pin: &Path, mode: AttachMode) -> Result<()> {
+    let mut dp = Dataplane::load(Sizes::MINIMAL)?;
+    let program = match helper {
+        Helper::Decap => {
+            for addr in host_addresses()? {
+                dp.add_decap_addr(&crate::balancer::addr_bytes(addr).1)?;
+            }
+            Program::Decap
+        }
+        Helper::Pass => Program::Pass,
+    };
+    dp.attach_pinned(program, iface, mode, pin)?;
+    Ok(())
+}
+
+/// `xlb status`.
+pub fn status(socket: &Path, json: bool) -> Result<()> {
+    match api::call(socket, &Request::Status)? {
+        Response::Status(s) if json => print_json(&s),
+        Response::Status(s) => {
+            println!("config      {}", s.config);
+            println!("interface   {}", s.interface);
+            println!("uptime      {} s", s.uptime_seconds);
+            println!("listeners   {}", s.listeners);
+            println!("groups      {}", s.target_groups);
+            if s.drift.is_empty() {
+                println!("drift       none: the datapath runs the file's targets");
+            }
+            for d in s.drift {
+                println!("drift       {d}");
+            }
+            Ok(())
+        }
+        other => unexpected(other),
+    }
+}
+
+/// `xlb stats`.
+pub fn stats(socket: &Path, json: bool) -> Result<()> {
+    match api::call(socket, &Request::Stats)? {
+        Response::Stats {
+            reasons, listeners, ..
+        } if json => print_json(&serde_json::json!({ "listeners": listeners, "reasons": reasons })),
+        Response::Stats { table, .. } => {
+            print!("{table}");
+            Ok(())
+        }
+        other => unexpected(other),
+    }
+}
+
+/// `xlb targets list`.
+pub fn targets(socket: &Path, target_group: Option<String>, json: bool) -> Result<()> {
+    let targets = match api::call(socket, &Request::Targets { target_group })? {
+        Response::Targets { targets } => targets,
+        other => return unexpected(other),
+    };
+    if json {
+        return print_json(&targets);
+    }
+    let row = |c: [&str; 8]| {
+        println!(
+            "{:<12} {:<28} {:>6} {:<8} {:<12} {:<32} {:>8} {:<6}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+        );
+    };
+    row([
+        "group", "target", "weight", "zone", "state", "reason", "flows", "source",
+    ]);
+    for t in targets {
+        row([
+            &t.target_group,
+            &t.target(),
+            &t.weight.to_string(),
+            t.zone.as_deref().unwrap_or("-"),
+            &t.state,
+            t.reason.as_deref().unwrap_or("-"),
+            &t.flows.to_string(),
+            &t.source,
+        ]);
+    }
+    Ok(())
+}
+
+/// `xlb targets register`.
+pub fn register(socket: &Path, r: Registration) -> Result<()> {
+    done(api::call(socket, &Request::Register(r))?)
+}
+
+/// `xlb targets deregister`.
+pub fn deregister(socket: &Path, target_group: String, id: IpAddr) -> Result<()> {
+    done(api::call(
+        socket,
+        &Request::Deregister { target_group, id },
+    )?)
+}
+
+/// `xlb reload`.
+pub fn reload(socket: &Path) -> Result<()> {
+    done(api::call(socket, &Request::Reload)?)
+}
+
+/// `xlb stop`: stops the agent; with `detach`, also removes the datapath pinned at `pin_dir`.
+pub fn stop(socket: &Path, detach: bool, pin_dir: &Path) -> Result<()> {
+    match api::call(socket, &Request::Stop) {
+        Ok(r) => done(r)?,
+        Err(e) if detach => eprintln!("xlb: no agent to stop ({e:#})"),
+        Err(e) => return Err(e),
+    }
+    if detach {
+        match std::fs::remove_dir_all(pin_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("remove {}", pin_dir.display())),
+        }
+        // Without its pins the XDP program detaches once no process holds it.
+        println!("detached: removed {}", pin_dir.display());
+    }
+    Ok(())
+}
+
+/// `xlb top`: polls the agent's counters and prints rates, redrawing the terminal.
+pub fn top(socket: &Path, every: Duration, count: Option<u64>) -> Result<()> {
+    let read = || -> Result<Vec<ListenerStats>> {
+        match api::call(socket, &Request::Stats)? {
+            Response::Stats { listeners, .. } => Ok(listeners),
+            other => unexpected(other).map(|()| Vec::new()),
+        }
+    };
+    let mut before = read()?;
+    let mut last = Instant::now();
+    for _ in 0..count.unwrap_or(u64::MAX) {
+        std::thread::sleep(every);
+        let now = read()?;
+        let secs = last.elapsed().as_secs_f64();
+        last = Instant::now();
+        // Clear the screen and home the cursor (ANSI), then one line per listener and target.
+        print!("\x1b[2J\x1b[H");
+        println!(
+            "xlb top: every {}s  {:<34} {:>12} {:>14} {:>12}",
+            every.as_secs(),
+            "listener / target",
+            "packets/s",
+            "bits/s",
+            "new flows/s"
+        );
+        for (l, b) in now
+            .iter()
+            .zip(before.iter().chain(std::iter::repeat(&now[0])))
+        {
+            let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+            println!(
+                "{:<50} {:>12.0} {:>14.0} {:>12.0}",
+                l.listener,
+                rate(l.packets, b.packets),
+                rate(l.bytes, b.bytes) * 8.0,
+                rate(l.new_flows, b.new_flows)
+            );
+            for (t, bt) in l.targets.iter().zip(b.targets.iter()) {
+                println!(
+                    "  {:<48} {:>12.0} {:>14.0}",
+                    t.0,
+                    rate(t.1, bt.1),
+                    rate(t.2, bt.2) * 8.0
+                );
+            }
+        }
+        before = now;
+    }
+    Ok(())
+}
+
+fn done(r: Response) -> Result<()> {
+    match r {
+        Response::Done { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        other => unexpected(other),
+    }
+}
+
+fn unexpected(r: Response) -> Result<()> {
+    match r {
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Every address of this host (network namespace), for the decap program.
+fn host_addresses() -> Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().context("getifaddrs")? {
+        let Some(addr) = ifa.address else { continue };
+        if let Some(v4) = addr.as_sockaddr_in() {
+            out.push(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            out.push(IpAddr::V6(v6.ip()));
+        }
+    }
+    Ok(out)
+}
