@@ -64,8 +64,8 @@ pub fn ring(vip: &VipMeta, hash: u32) -> Result<u32, Verdict> {
 pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool) -> Result<Choice, Verdict> {
     let udp = key.proto == IPPROTO_UDP;
     // UDP needs the clock for its idle timeout; TCP entries never expire by time.
-    // SAFETY: a helper without arguments.
     let now = if udp {
+        // SAFETY: a helper without arguments.
         unsafe { bpf_ktime_get_ns() }
     } else {
         0

@@ -72,8 +72,8 @@ pub fn write(
 #[inline(always)]
 pub fn send(hop: &NextHop, reason: Reason) -> Verdict {
     match hop.redirect {
-        // SAFETY: a helper with plain integer arguments.
         Some(ifindex) => Verdict {
+            // SAFETY: a helper with plain integer arguments.
             action: unsafe { bpf_redirect(ifindex, 0) } as u32,
             reason,
         },

@@ -984,7 +984,7 @@ mod tests {
                 attributes: Default::default(),
                 health_check: None,
             };
-            Group::new(&tg, &Counters::default(), std::time::Instant::now())
+            Group::new(&tg, &Counters::default(), Instant::now())
         };
         let (h1, h2, g) = (
             group(ProtocolVersion::Http1),

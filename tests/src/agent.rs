@@ -94,6 +94,11 @@ impl Agent {
         }
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the agent with SIGKILL, as a crash would.
     pub fn kill9(mut self) {
         let _ = self.child.kill();

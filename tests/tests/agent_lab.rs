@@ -378,3 +378,157 @@ fn health_checks_fail_over_then_fail_open_and_export_metrics() {
     );
     agent.stop().unwrap();
 }
+
+/// One HTTP/1.1 request on `stream` (kept alive); returns the status and the body.
+fn get(stream: &mut TcpStream, path: &str) -> (u16, String) {
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: xlb\r\n\r\n").expect("send");
+    let mut r = BufReader::new(stream.try_clone().expect("clone"));
+    let mut status = String::new();
+    r.read_line(&mut status).expect("status line");
+    let mut length = 0;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).expect("header");
+        if h.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().expect("length");
+        }
+    }
+    let mut body = vec![0; length];
+    std::io::Read::read_exact(&mut r, &mut body).expect("body");
+    let code = status
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value of the sample `name` (with its labels) in metrics text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+#[test]
+fn stalled_clients_hold_only_themselves_and_scrapes_are_fresh_on_one_connection() {
+    let lab = lab("xag-f-");
+    let cfg = write(
+        &lab,
+        &config(
+            &lab,
+            &[(1, "a"), (2, "a")],
+            "metrics_address = \"127.0.0.1:9101\"",
+            "",
+        ),
+    );
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    // API clients that connect and say nothing, and a scrape that never finishes its request:
+    // each once held the agent's loop for 5 s.
+    let stalled: Vec<std::os::unix::net::UnixStream> = (0..3)
+        .map(|_| std::os::unix::net::UnixStream::connect(socket(&lab)).expect("connect API"))
+        .collect();
+    let mut half = in_netns(&lab.ns(Role::Lb), || TcpStream::connect("127.0.0.1:9101"))
+        .unwrap()
+        .expect("connect metrics");
+    half.write_all(b"GET /metr").unwrap();
+    let t = std::time::Instant::now();
+    for _ in 0..5 {
+        let (ok, out) = cli(&lab, &["status"]);
+        assert!(ok, "{out}");
+    }
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "5 status calls took {took:?}"
+    );
+    // One kept-alive scrape connection sees the counters move; other paths are not found.
+    let mut scrape = in_netns(&lab.ns(Role::Lb), || TcpStream::connect("127.0.0.1:9101"))
+        .unwrap()
+        .expect("connect metrics");
+    scrape
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let name = "xlb_processed_packets_total{listener=\"198.18.100.1:80/Tcp\"}";
+    let (code, first) = get(&mut scrape, "/metrics");
+    assert_eq!(code, 200, "{first}");
+    let before = sample(&first, name).expect("the listener's packets");
+    let s = spread(&lab, 20);
+    assert_eq!(s.values().sum::<usize>(), 20, "{s:?}");
+    let (code, second) = get(&mut scrape, "/metrics");
+    assert_eq!(code, 200);
+    let after = sample(&second, name).expect("the listener's packets");
+    assert!(after > before, "{before} then {after}: the same body twice");
+    assert_eq!(get(&mut scrape, "/").0, 404);
+    drop((stalled, half));
+    agent.stop().unwrap();
+}
+
+#[test]
+fn accept_errors_and_a_refused_apply_do_not_end_the_agent() {
+    let lab = lab("xag-g-");
+    let good = config(&lab, &[(1, "a"), (2, "a")], "", "");
+    let cfg = write(&lab, &good);
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    // Out of descriptors: the agent's limit set just above what it holds, then more API
+    // clients than that. Its accepts fail for a while; it must go on.
+    let pid = agent.pid().to_string();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the agent's descriptors")
+        .count();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files")?.split_whitespace().next())
+        .expect("the agent's descriptor limit")
+        .to_owned();
+    let prlimit = |soft: &str| {
+        let status = Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={soft}:")])
+            .status()
+            .expect("prlimit");
+        assert!(status.success());
+    };
+    prlimit(&(fds + 2).to_string());
+    let crowd: Vec<std::os::unix::net::UnixStream> = (0..8)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(socket(&lab)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(crowd);
+    prlimit(&soft);
+    let (ok, out) = cli(&lab, &["status"]);
+    assert!(ok, "the agent goes on after failed accepts: {out}");
+    // More targets than the datapath holds: refused before anything is written; the
+    // running targets stay and still take traffic.
+    let many: Vec<String> = (0..4096u32)
+        .map(|i| {
+            format!(
+                "{{ id = \"10.{}.{}.{}\" }}",
+                i >> 16,
+                (i >> 8) & 255,
+                i & 255
+            )
+        })
+        .collect();
+    let big = good.replacen(
+        "targets = [",
+        &format!("targets = [{}, ", many.join(", ")),
+        1,
+    );
+    std::fs::write(&cfg, big).unwrap();
+    let (ok, out) = cli(&lab, &["reload"]);
+    assert!(!ok && out.contains("BACKENDS is full"), "{out}");
+    let (ok, out) = cli(&lab, &["targets", "list"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.lines().count(),
+        3,
+        "the two running targets stay: {out}"
+    );
+    let s = spread(&lab, 40);
+    assert_eq!(s.values().sum::<usize>(), 40, "traffic unaffected: {s:?}");
+    assert!(s.keys().all(|k| k.starts_with("backend")), "{s:?}");
+    agent.stop().unwrap();
+}

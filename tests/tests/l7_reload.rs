@@ -87,8 +87,8 @@ fn shutdown_lets_requests_in_flight_finish() {
     let a = lab.backend("a");
     let p = free_port();
     lab.start(&config(&group("a", &[a], ""), &[(p, "a")]));
-    let slow = std::thread::spawn(move || curl(&[&format!("http://127.0.0.1:{p}/slow")]));
-    std::thread::sleep(Duration::from_millis(500));
+    let slow = thread::spawn(move || curl(&[&format!("http://127.0.0.1:{p}/slow")]));
+    thread::sleep(Duration::from_millis(500));
     drop(lab);
     let r = slow.join().expect("slow request");
     assert_eq!((r.status, r.backend()), (200, "a"), "{r:?}");

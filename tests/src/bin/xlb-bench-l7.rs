@@ -375,8 +375,8 @@ fn run(cmd: &mut Command) -> Result<String> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    // SAFETY: geteuid has no preconditions.
     ensure!(
+        // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() } == 0,
         "xlb-bench-l7 needs root (namespaces, XDP)"
     );

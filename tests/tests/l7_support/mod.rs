@@ -175,12 +175,12 @@ impl Lab {
     }
 
     /// Runs `task` on the lab's runtime until the lab is dropped.
-    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.rt.spawn(task);
     }
 
     /// Runs a future on the lab's runtime.
-    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
     }
 }
