@@ -92,6 +92,16 @@ impl Protocol {
         }
     }
 
+    /// The IP protocol numbers an L4 listener of this protocol balances.
+    pub fn ip_protocols(self) -> &'static [u8] {
+        match self {
+            Protocol::Tcp => &[6],
+            Protocol::Udp => &[17],
+            Protocol::TcpUdp => &[6, 17],
+            Protocol::Http | Protocol::Https => &[],
+        }
+    }
+
     /// The tier whose attributes the group takes.
     pub fn tier(self) -> Tier {
         if self.is_http() { Tier::L7 } else { Tier::L4 }

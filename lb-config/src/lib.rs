@@ -132,11 +132,13 @@ impl Config {
                 hc.protocol.get_or_insert(default);
             }
         }
-        cfg.validate().map_err(|r| locate::error(text, path, r))?;
+        cfg.check().map_err(|r| locate::error(text, path, r))?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), Refusal> {
+    /// Checks what types cannot say: what [`Config::parse`] runs after parsing, and what the
+    /// agent runs on the file with its registrations (the same checks, the same messages).
+    pub fn check(&self) -> Result<(), Refusal> {
         self.node.validate()?;
         let mut names = BTreeSet::new();
         for (i, tg) in self.target_groups.iter().enumerate() {

@@ -1,6 +1,6 @@
 //! `[[listeners]]`: the L4 listeners, VIPs balanced by the XDP tier.
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Deserialize;
 
@@ -53,6 +53,24 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), Refusal> {
             format!("at most {} listeners", lb_common::MAX_VIPS),
         ));
     }
+    // What the datapath looks a packet up by: two listeners on one (address, port, protocol)
+    // would be one VIP, the second never served.
+    let mut seen: BTreeMap<(IpAddr, u16, u8), usize> = BTreeMap::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        for p in l.protocol.ip_protocols() {
+            if let Some(first) = seen.insert((l.address, l.port, *p), i) {
+                return Err(Refusal::new(
+                    format!("listeners[{i}]"),
+                    format!(
+                        "listeners[{first}] already listens on {} port {} {}",
+                        l.address,
+                        l.port,
+                        if *p == 6 { "TCP" } else { "UDP" }
+                    ),
+                ));
+            }
+        }
+    }
     for (i, l) in cfg.listeners.iter().enumerate() {
         let key = format!("listeners[{i}].default_action.target_group");
         let name = l.target_group();
@@ -65,7 +83,28 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), Refusal> {
                 "HTTP belongs to http_listeners, not to L4 listeners",
             ));
         }
+        if l.forwarding == Forwarding::Tunnel && cfg.node.in_tunnel_sources(l.address) {
+            return Err(Refusal::new(
+                format!("listeners[{i}].address"),
+                format!(
+                    "{} is inside the tunnel sources ({}): replies would look like tunnel traffic",
+                    l.address,
+                    cfg.node.tunnel_prefix(l.address)
+                ),
+            ));
+        }
         for (j, t) in tg.targets.iter().enumerate() {
+            if l.forwarding == Forwarding::Tunnel && cfg.node.in_tunnel_sources(t.id) {
+                return Err(Refusal::new(
+                    format!("target_groups ({}).targets[{j}].id", tg.name),
+                    format!(
+                        "{} is inside the tunnel sources ({}): the path would drop its tunnels as \
+                         martians; set node.tunnel_source_v4/v6 to a prefix no host uses",
+                        t.id,
+                        cfg.node.tunnel_prefix(t.id)
+                    ),
+                ));
+            }
             if l.address.is_ipv6() && t.id.is_ipv4() && l.forwarding == Forwarding::Tunnel {
                 return Err(Refusal::new(
                     format!("target_groups ({}).targets[{j}].id", tg.name),

@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
 };
 
@@ -99,6 +99,30 @@ impl Node {
             parse_mac(mac).map_err(|m| Refusal::new("node.gateway_mac", m))?;
         }
         Ok(())
+    }
+
+    /// Whether `addr` is inside the prefix tunnels take their outer source from: the /16 of
+    /// `tunnel_source_v4`, the /96 of `tunnel_source_v6` (the rest comes from the flow hash).
+    pub fn in_tunnel_sources(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => a.octets()[..2] == self.tunnel_source_v4.octets()[..2],
+            IpAddr::V6(a) => a.octets()[..12] == self.tunnel_source_v6.octets()[..12],
+        }
+    }
+
+    /// The tunnel source prefix of `addr`'s family, as a CIDR.
+    pub fn tunnel_prefix(&self, addr: IpAddr) -> String {
+        match addr {
+            IpAddr::V4(_) => {
+                let [a, b, ..] = self.tunnel_source_v4.octets();
+                format!("{a}.{b}.0.0/16")
+            }
+            IpAddr::V6(_) => {
+                let mut o = self.tunnel_source_v6.octets();
+                o[12..].fill(0);
+                format!("{}/96", Ipv6Addr::from(o))
+            }
+        }
     }
 
     /// `gateway_mac` as bytes (validated at parse).

@@ -208,6 +208,55 @@ fn attributes_belong_to_their_tier_with_defaults_from_one_table() {
 }
 
 #[test]
+fn a_second_listener_on_one_vip_port_and_protocol_is_refused() {
+    let listener = "\n[[listeners]]\naddress = \"198.18.100.1\"\nport = 80\nprotocol = \"TCP_UDP\"\n\
+                    default_action = { type = \"forward\", target_group = \"web\" }\n";
+    let e = Config::parse(&format!("{GOOD}{listener}"), "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("listeners[1]: listeners[0] already listens on 198.18.100.1 port 80 TCP"),
+        "{e}"
+    );
+    // Another port, or all ports (the exact port is looked up first), is another VIP.
+    for other in ["port = 81", "port = 0"] {
+        let text = format!("{GOOD}{}", listener.replace("port = 80", other));
+        Config::parse(&text, "x.toml").unwrap();
+    }
+}
+
+#[test]
+fn tunnel_sources_must_not_hold_targets_or_vips() {
+    let inside = GOOD.replace("198.18.1.12", "172.16.9.9");
+    let e = Config::parse(&inside, "x.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("target_groups (web).targets[1].id: 172.16.9.9 is inside the tunnel sources (172.16.0.0/16)"),
+        "{e}"
+    );
+    let vip = GOOD.replace("address = \"198.18.100.1\"", "address = \"172.16.0.1\"");
+    let e = Config::parse(&vip, "x.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("listeners[0].address: 172.16.0.1 is inside"),
+        "{e}"
+    );
+    // Another prefix makes them fine.
+    let moved = inside.replace(
+        "interface = \"eth0\"",
+        "interface = \"eth0\"\ntunnel_source_v4 = \"100.127.0.0\"",
+    );
+    Config::parse(&moved, "x.toml").unwrap();
+    let v6 = GOOD
+        .replace("198.18.1.12", "fd00::7")
+        .replace("198.18.1.11", "2001:db8:1::11")
+        .replace("198.18.100.1", "2001:db8::1");
+    let e = Config::parse(&v6, "x.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("fd00::7 is inside the tunnel sources (fd00::/96)"),
+        "{e}"
+    );
+}
+
+#[test]
 fn http_listeners_forward_to_http_groups_only() {
     let mixed = format!(
         "{GOOD}\n[[http_listeners]]\naddress = \"127.0.0.1\"\nport = 8080\nprotocol = \"HTTP\"\n\

@@ -8,7 +8,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use lb_config::Config;
 
 use crate::{
     api::{self, ListenerStats, Registration, Request, Response},
@@ -17,7 +16,7 @@ use crate::{
 
 /// `xlb check`: validates a config without touching the system (certificates are loaded).
 pub fn check(config: &Path) -> Result<()> {
-    let cfg = Config::load_with(config, lb_l7::check_certificates)?;
+    let cfg = crate::agent::load_config(config)?;
     println!(
         "{}: ok ({} listeners, {} http listeners, {} target groups)",
         config.display(),
@@ -43,7 +42,7 @@ pub fn attach(helper: Helper, iface: &str, pin: &Path, mode: AttachMode) -> Resu
     let mut dp = Dataplane::load(Sizes::MINIMAL)?;
     let program = match helper {
         Helper::Decap => {
-            for addr in host_addresses()? {
+            for (_, addr) in crate::agent::host::addresses()? {
                 dp.add_decap_addr(&crate::balancer::addr_bytes(addr).1)?;
             }
             Program::Decap
@@ -231,18 +230,4 @@ fn unexpected(r: Response) -> Result<()> {
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
-}
-
-/// Every address of this host (network namespace), for the decap program.
-fn host_addresses() -> Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    for ifa in nix::ifaddrs::getifaddrs().context("getifaddrs")? {
-        let Some(addr) = ifa.address else { continue };
-        if let Some(v4) = addr.as_sockaddr_in() {
-            out.push(IpAddr::V4(v4.ip()));
-        } else if let Some(v6) = addr.as_sockaddr_in6() {
-            out.push(IpAddr::V6(v6.ip()));
-        }
-    }
-    Ok(out)
 }

@@ -532,3 +532,65 @@ fn accept_errors_and_a_refused_apply_do_not_end_the_agent() {
     assert!(s.keys().all(|k| k.starts_with("backend")), "{s:?}");
     agent.stop().unwrap();
 }
+
+#[test]
+fn reloads_that_claim_the_hosts_address_or_repeat_a_listener_are_refused() {
+    let lab = lab("xag-h-");
+    let good = config(&lab, &[(1, "a"), (2, "a")], "", "");
+    let cfg = write(&lab, &good);
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    let extra = |address: &str, port: u16| {
+        format!(
+            "{good}\n[[listeners]]\naddress = \"{address}\"\nport = {port}\nprotocol = \"TCP\"\n\
+             default_action = {{ type = \"forward\", target_group = \"web\" }}\n"
+        )
+    };
+    // The lb's own address as a VIP: its packets are the host's; once silently not served.
+    let own = extra(&xlb_tests::lab::LB_V4.to_string(), 8080);
+    std::fs::write(&cfg, &own).unwrap();
+    let (ok, out) = cli(&lab, &["reload"]);
+    assert!(!ok, "{out}");
+    let line = 1 + own
+        .lines()
+        .position(|l| l == "address = \"198.18.1.2\"")
+        .expect("the listener's address");
+    assert!(
+        out.contains(&format!(
+            "line {line}: listeners[2].address: 198.18.1.2 is an address of this host"
+        )),
+        "{out}"
+    );
+    // `xlb check` where the agent runs says the same.
+    let check = lab
+        .command(
+            Role::Lb,
+            &[
+                xlb_bin().unwrap().to_str().unwrap(),
+                "check",
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .expect("xlb check");
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        !check.status.success() && err.contains("is an address of this host"),
+        "{err}"
+    );
+    // A second listener on the VIP's port: a second all-zero row once.
+    std::fs::write(&cfg, extra(&VIP_V4.to_string(), HTTP_PORT)).unwrap();
+    let (ok, out) = cli(&lab, &["reload"]);
+    assert!(
+        !ok && out.contains("listeners[0] already listens on 198.18.100.1 port 80 TCP"),
+        "{out}"
+    );
+    let s = spread(&lab, 40);
+    assert_eq!(s.values().sum::<usize>(), 40, "traffic unaffected: {s:?}");
+    let (ok, out) = cli(&lab, &["stats"]);
+    assert!(
+        ok && out.matches("198.18.100.1:80/Tcp").count() == 1,
+        "{out}"
+    );
+    agent.stop().unwrap();
+}

@@ -5,10 +5,12 @@
 //!   [`Balancer`] applies: which targets take new flows, with what weight.
 //! - [`overlay`]: the API's changes, persisted across restarts.
 //! - [`effective`]: the file plus the overlay, with draining, health and zones applied.
+//! - [`host`]: what a config may not ask of the host (its own addresses as VIPs).
 //! - [`serve`]: `xlb run`: the agent's tasks (API, metrics, health, L7 tier, signals, drains)
 //!   around one loop that owns the state.
 
 mod effective;
+pub mod host;
 mod overlay;
 pub mod serve;
 
@@ -35,6 +37,19 @@ use crate::{
     metrics::Scrape,
     stats::Snapshot,
 };
+
+/// Reads and checks the config at `path` as `xlb run`, a reload and `xlb check` do: the file,
+/// the certificates it names, and what it asks of this host.
+pub fn load_config(path: &std::path::Path) -> Result<Config, lb_config::ConfigError> {
+    Config::load_with(path, |cfg| {
+        lb_l7::check_certificates(cfg)?;
+        // Without the host's addresses there is nothing to check them against.
+        match host::addresses() {
+            Ok(addrs) => host::check(cfg, &addrs),
+            Err(_) => Ok(()),
+        }
+    })
+}
 
 /// The agent: the file, the overlay, draining, and the balancer it drives.
 pub struct Agent {
@@ -180,7 +195,7 @@ impl Agent {
 
     /// Re-reads the file; a bad file is refused and the running config stays.
     pub fn reload(&mut self) -> Result<()> {
-        let new = Config::load_with(&self.path, lb_l7::check_certificates)?;
+        let new = load_config(&self.path)?;
         if new.node != self.file.node {
             bail!("[node] changed: restart the agent to apply it");
         }

@@ -16,7 +16,6 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
-use lb_config::Config;
 use lb_l7::{log::AccessLog, metrics::L7Metrics};
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -57,7 +56,7 @@ pub fn run(path: PathBuf, stats_interval: Option<Duration>) -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-    let cfg = Config::load_with(&path, lb_l7::check_certificates)?;
+    let cfg = super::load_config(&path)?;
     let sizes = Sizes {
         flows: cfg.node.flow_table_size,
         vips: lb_common::MAX_VIPS,

@@ -1,0 +1,108 @@
+//! What a config may not ask of the host it runs on, checked where the agent runs (`xlb run`,
+//! a reload, `xlb check`): a VIP that is one of the host's own addresses (the kernel's sockets
+//! and the balancer would both claim its packets), or a host address inside the tunnel sources
+//! (its replies would look like tunnelled traffic to the path).
+
+use std::net::IpAddr;
+
+use anyhow::{Context as _, Result};
+use lb_config::{Config, Forwarding, Refusal};
+
+/// Every address of this host (its network namespace), with the interface that holds it.
+pub fn addresses() -> Result<Vec<(String, IpAddr)>> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().context("getifaddrs")? {
+        let Some(addr) = ifa.address else { continue };
+        let ip = if let Some(v4) = addr.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        out.push((ifa.interface_name, ip));
+    }
+    Ok(out)
+}
+
+/// Refuses a config that claims one of `host`'s addresses as a VIP, or puts one inside the
+/// tunnel sources.
+pub fn check(cfg: &Config, host: &[(String, IpAddr)]) -> Result<(), Refusal> {
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        if let Some((iface, _)) = host.iter().find(|(_, a)| *a == l.address) {
+            return Err(Refusal::new(
+                format!("listeners[{i}].address"),
+                format!(
+                    "{} is an address of this host (on {iface}): a VIP must be an address \
+                     no interface of the balancer holds",
+                    l.address
+                ),
+            ));
+        }
+    }
+    // The families of the outer headers tunnels have: their targets'.
+    let outer: Vec<bool> = cfg
+        .listeners
+        .iter()
+        .filter(|l| l.forwarding == Forwarding::Tunnel)
+        .filter_map(|l| cfg.group(l.target_group()))
+        .flat_map(|g| g.targets.iter().map(|t| t.id.is_ipv4()))
+        .collect();
+    if let Some((iface, a)) = host.iter().find(|(_, a)| {
+        outer.contains(&a.is_ipv4()) && !a.is_loopback() && cfg.node.in_tunnel_sources(*a)
+    }) {
+        let key = if a.is_ipv4() {
+            "node.tunnel_source_v4"
+        } else {
+            "node.tunnel_source_v6"
+        };
+        return Err(Refusal::new(
+            key,
+            format!(
+                "this host's {a} (on {iface}) is inside the tunnel sources ({}): pick a prefix \
+                 no host on the path uses",
+                cfg.node.tunnel_prefix(*a)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vips_and_tunnel_sources_keep_off_the_hosts_addresses() {
+        let text = r#"
+[node]
+interface = "eth0"
+
+[[target_groups]]
+name = "web"
+protocol = "TCP"
+port = 80
+targets = [{ id = "198.18.1.11" }]
+
+[[listeners]]
+address = "198.18.100.1"
+port = 80
+protocol = "TCP"
+default_action = { type = "forward", target_group = "web" }
+"#;
+        let cfg = Config::parse(text, "x.toml").unwrap();
+        let host = |a: &str| vec![("eth0".to_owned(), a.parse().unwrap())];
+        check(&cfg, &host("198.18.1.2")).unwrap();
+        let e = check(&cfg, &host("198.18.100.1")).unwrap_err();
+        assert_eq!(e.key, "listeners[0].address");
+        assert!(
+            e.message.contains("is an address of this host (on eth0)"),
+            "{e:?}"
+        );
+        let e = check(&cfg, &host("172.16.3.4")).unwrap_err();
+        assert_eq!(e.key, "node.tunnel_source_v4");
+        assert!(e.message.contains("172.16.0.0/16"), "{e:?}");
+        // No IPv6 target, no IPv6 tunnel: the host's IPv6 addresses do not matter.
+        check(&cfg, &host("fd00::2")).unwrap();
+    }
+}
