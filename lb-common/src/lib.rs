@@ -1,4 +1,5 @@
-//! Types shared by xlb's datapath (`lb-ebpf`) and its agent (`lb-userspace`).
+//! Types shared by xlb's datapath (`lb-ebpf`) and its agent (`lb-userspace`); [`bench`] holds
+//! those of the benchmark's own programs (`lb-ebpf-bench`) and `xlb-bench`.
 //!
 //! Every map key and value is defined once, here: `#[repr(C)]`, fixed-width integers, explicit
 //! padding, `bytemuck::Pod` so hidden padding fails to compile, and a size assertion beside each
@@ -21,13 +22,6 @@ pub mod names {
     pub const PROG_LB: &str = "xlb_lb";
     pub const PROG_DECAP: &str = "xlb_decap";
     pub const PROG_PASS: &str = "xlb_pass";
-    /// Benchmark programs (`xlb-bench` only): live-frames generator, MAC-swap reflector, sink.
-    pub const PROG_BENCH_GEN: &str = "xlb_bench_gen";
-    pub const PROG_BENCH_REFLECT: &str = "xlb_bench_refl";
-    pub const PROG_BENCH_SINK: &str = "xlb_bench_sink";
-    /// Benchmark maps (not in [`MAPS`]: never pinned): generator template, per-CPU packet counts.
-    pub const BENCH_GEN: &str = "BENCH_GEN";
-    pub const BENCH_STATS: &str = "BENCH_STATS";
     pub const VIPS: &str = "VIPS";
     pub const BACKENDS: &str = "BACKENDS";
     pub const RINGS: &str = "RINGS";
@@ -321,6 +315,50 @@ impl DecapReason {
     }
 }
 
+/// The benchmark's own XDP programs (`lb-ebpf-bench`), which `xlb-bench` loads beside xlb's:
+/// not part of the object xlb ships.
+pub mod bench {
+    use bytemuck::{Pod, Zeroable};
+
+    /// Live-frames traffic generator.
+    pub const PROG_GEN: &str = "xlb_bench_gen";
+    /// Swaps the MACs and sends the frame back: the baseline.
+    pub const PROG_REFLECT: &str = "xlb_bench_refl";
+    /// Drops what comes back to the generator's interface.
+    pub const PROG_SINK: &str = "xlb_bench_sink";
+    /// The generator's [`GenConfig`], at index 0.
+    pub const BENCH_GEN: &str = "BENCH_GEN";
+    /// Per-CPU packet counts, one slot per program: `STAT_*`.
+    pub const BENCH_STATS: &str = "BENCH_STATS";
+
+    /// `BENCH_STATS` slots.
+    pub const STAT_GEN: u32 = 0;
+    pub const STAT_REFLECT: u32 = 1;
+    pub const STAT_SINK: u32 = 2;
+    /// Entries in `BENCH_STATS`.
+    pub const STATS_LEN: u32 = 3;
+
+    /// Largest frame the generator writes (bytes).
+    pub const GEN_FRAME_MAX: usize = 128;
+
+    /// `BENCH_GEN[0]`: the frame the generator sends and how it varies the flow.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Pod, Zeroable)]
+    pub struct GenConfig {
+        /// Offset of the L4 source port.
+        pub sport_off: u32,
+        /// Offset of the L4 checksum, 0 for none.
+        pub csum_off: u32,
+        /// Flow count minus one (a power of two minus one).
+        pub flow_mask: u32,
+        pub _pad: u32,
+        /// The frame, in 8-byte words, bytes in wire order; the run's input frame has the length
+        /// to write (a multiple of 8, at most `GEN_FRAME_MAX`).
+        pub frame: [u64; GEN_FRAME_MAX / 8],
+    }
+    const _: () = assert!(size_of::<GenConfig>() == 144);
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
@@ -339,4 +377,6 @@ mod user {
     unsafe impl aya::Pod for super::Counters {}
     // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
     unsafe impl aya::Pod for super::VipCounters {}
+    // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
+    unsafe impl aya::Pod for super::bench::GenConfig {}
 }

@@ -9,7 +9,6 @@
 #![no_std]
 #![no_main]
 
-mod bench;
 mod conntrack;
 mod csum;
 mod decap;

@@ -92,12 +92,6 @@ pub enum Program {
     Decap,
     /// A plain pass, for veth peers of interfaces that send with `XDP_TX`.
     Pass,
-    /// Benchmark: live-frames traffic generator.
-    BenchGen,
-    /// Benchmark: swaps MACs and sends the frame back, the baseline.
-    BenchReflect,
-    /// Benchmark: drops and counts, for the generator's own interface.
-    BenchSink,
 }
 
 impl Program {
@@ -106,9 +100,6 @@ impl Program {
             Program::Lb => names::PROG_LB,
             Program::Decap => names::PROG_DECAP,
             Program::Pass => names::PROG_PASS,
-            Program::BenchGen => names::PROG_BENCH_GEN,
-            Program::BenchReflect => names::PROG_BENCH_REFLECT,
-            Program::BenchSink => names::PROG_BENCH_SINK,
         }
     }
 }
@@ -170,9 +161,6 @@ impl AttachMode {
 pub struct RunOptions {
     /// Runs per call (the kernel reports the mean duration).
     pub repeat: u32,
-    /// `Some(batch)`: live-frames mode (`BPF_F_TEST_XDP_LIVE_FRAMES`): `XDP_TX` and redirects
-    /// really send; no output frame.
-    pub live_frames: Option<u32>,
     /// The `xdp_md` ingress interface (in the calling thread's namespace); 0 for none.
     pub ingress_ifindex: u32,
 }
@@ -183,7 +171,7 @@ pub struct RunResult {
     pub action: u32,
     /// Kernel-reported time per run.
     pub duration: std::time::Duration,
-    /// The output frame (empty in live-frames mode).
+    /// The output frame.
     pub frame: Vec<u8>,
 }
 
@@ -240,32 +228,26 @@ impl Dataplane {
         frame: &[u8],
         opts: RunOptions,
     ) -> Result<RunResult> {
-        use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions};
+        use aya::programs::{TestRun as _, TestRunOptions};
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex. The kernel wants data 0 and data_end the frame length.
         let md: [u32; 6] = [0, frame.len() as u32, 0, opts.ingress_ifindex, 0, 0];
         let ctx: Vec<u8> = md.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let mut out = vec![0u8; frame.len() + 256];
-        let live = opts.live_frames.is_some();
-        let attrs = match opts.live_frames {
-            Some(batch) => TestRunAttrs::new().xdp_live_frames(batch),
-            None => TestRunAttrs::new(),
-        };
         let res = self
             .xdp(p)?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
-                data_out: if live { None } else { Some(&mut out) },
-                ctx_in: (opts.ingress_ifindex != 0 || live).then_some(&ctx[..]),
-                ctx_out: None,
+                data_out: Some(&mut out),
+                ctx_in: (opts.ingress_ifindex != 0).then_some(&ctx[..]),
                 repeat: opts.repeat.max(1),
-                attrs,
+                ..Default::default()
             })
             .map_err(|source| DataplaneError::Program {
                 name: p.name(),
                 source: Box::new(source),
             })?;
-        out.truncate(if live { 0 } else { res.data_size_out as usize });
+        out.truncate(res.data_size_out as usize);
         Ok(RunResult {
             action: res.return_value,
             duration: res.duration,
@@ -273,22 +255,10 @@ impl Dataplane {
         })
     }
 
-    /// Writes the benchmark generator's configuration (`BENCH_GEN[0]`, layout in `bench.rs`).
-    pub fn set_bench_gen<const N: usize>(&mut self, value: &[u8; N]) -> Result<()> {
-        let name = names::BENCH_GEN;
-        self.array::<[u8; N]>(name)?
-            .set(0, value, 0)
-            .map_err(|source| DataplaneError::Map { name, source })
-    }
-
-    /// Turns on the kernel's run-time statistics of every BPF program (`BPF_ENABLE_STATS`) for
-    /// as long as the returned descriptor is open.
-    pub fn enable_run_stats() -> std::io::Result<std::os::fd::OwnedFd> {
-        aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| e.io_error)
-    }
-
-    /// The kernel's total run time and run count of `p` (counted while run-time statistics are
-    /// on, see [`Dataplane::enable_run_stats`]).
+    /// The kernel's total run time and run count of `p`: the program's own cost, which only the
+    /// holder of the loaded program can read (`xlb-bench` reports it as `*.prog_ns`). The kernel
+    /// counts only while run-time statistics are on (`BPF_ENABLE_STATS`, or the sysctl
+    /// `kernel.bpf_stats_enabled`).
     pub fn run_stats(&mut self, p: Program) -> Result<(std::time::Duration, u64)> {
         let info = self
             .xdp(p)?
@@ -298,20 +268,6 @@ impl Dataplane {
                 source: Box::new(source),
             })?;
         Ok((info.run_time(), info.run_count()))
-    }
-
-    /// The benchmark packet counters (generated, reflected, sunk), summed over CPUs.
-    pub fn bench_stats(&mut self) -> Result<[u64; 3]> {
-        let name = names::BENCH_STATS;
-        let map = self.per_cpu::<u64>(name)?;
-        let mut out = [0u64; 3];
-        for (i, o) in out.iter_mut().enumerate() {
-            let v = map
-                .get(&(i as u32), 0)
-                .map_err(|source| DataplaneError::Map { name, source })?;
-            *o = v.iter().sum();
-        }
-        Ok(out)
     }
 
     /// Program `p`, loaded into the kernel (verified) on first use.

@@ -140,6 +140,7 @@ fn no_crate_has_a_module_cycle() {
         "lb-common",
         "lb-config",
         "lb-ebpf",
+        "lb-ebpf-bench",
         "lb-health",
         "lb-l7",
         "lb-userspace",

@@ -6,6 +6,7 @@
 //! object itself, as 6.1 does, and keeps the sum below a budget that leaves room for the next
 //! change. Values that do not fit go in a per-CPU scratch map, not on the stack.
 
+use lb_common::names;
 use xlb::dataplane::{Dataplane, OBJECT, Program, Sizes};
 use xlb_tests::stack::{self, KERNEL_LIMIT};
 
@@ -79,4 +80,19 @@ fn every_program_loads_on_this_kernel() {
         .filter_map(|p| dp.test_run(p, &frame).err().map(|e| e.to_string()))
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// What ships is the agent's own: the benchmark's generator, reflector and sink, and their maps,
+/// are built into `xlb-bench` alone (`lb-ebpf-bench`), never into the object `xlb` embeds.
+#[test]
+fn the_shipped_object_has_the_agents_three_programs_and_no_bench_map() {
+    let obj = aya_obj::Object::parse(OBJECT).expect("parse the eBPF object");
+    let mut programs: Vec<&str> = obj.programs.keys().map(String::as_str).collect();
+    programs.sort_unstable();
+    assert_eq!(
+        programs,
+        [names::PROG_DECAP, names::PROG_LB, names::PROG_PASS]
+    );
+    let bench: Vec<&String> = obj.maps.keys().filter(|m| m.starts_with("BENCH")).collect();
+    assert!(bench.is_empty(), "benchmark maps in the object: {bench:?}");
 }

@@ -51,7 +51,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run `cargo fmt --check` and clippy on the host crates and on the eBPF crate.
+    /// Run `cargo fmt --check` and clippy on the host crates and on the eBPF crates.
     Lint,
     /// Build a Debian VM (debootstrap + Debian's kernel, cached), boot it with QEMU and run the
     /// end-to-end suite inside; `--shell` gives its console. See vagrant/README.md.
@@ -118,6 +118,8 @@ fn main() -> Result<()> {
                 "clippy",
                 "--package",
                 "lb-ebpf",
+                "--package",
+                "lb-ebpf-bench",
                 "--release",
                 "-Z",
                 "build-std=core",

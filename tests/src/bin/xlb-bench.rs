@@ -20,6 +20,8 @@
 //!   run-time statistics on (`BPF_ENABLE_STATS`, off again at once since they slow every program)
 //!   gives the program under test's own cost (`*.prog_ns`). `--no-fib` configures the balancer
 //!   to skip the kernel FIB lookup (gateway MAC), to show what the lookup costs.
+//!   The generator, reflector and sink are this tool's own XDP object (`lb-ebpf-bench`, built
+//!   by `tests/build.rs`); `xlb_lb` is xlb's, loaded by its `Dataplane` as the agent loads it.
 //! - `maglev.*`: table build time, balance (max slots over mean) and disruption when one of N
 //!   targets leaves, for the weighted builder and the paper's (`maglev.vanilla.*`).
 
@@ -34,10 +36,16 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use aya::{
+    Ebpf,
+    maps::{Array, PerCpuArray},
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+};
 use clap::Parser;
 use lb_common::{
     AF_INET, AF_INET6, BACKEND_F_LIVE, Backend, CONFIG_F_NO_FIB, Config, IPPROTO_TCP, RING_SIZE,
     Reason, VipKey, VipMeta,
+    bench::{self, GEN_FRAME_MAX, GenConfig, STAT_REFLECT, STATS_LEN},
 };
 use xlb::{
     dataplane::{AttachMode, Dataplane, Program, RunOptions, Sizes},
@@ -647,6 +655,96 @@ fn cmd(c: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// `xlb-bench`'s own XDP object (`lb-ebpf-bench`, built by `build.rs`), apart from xlb's.
+static GEAR: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-bench"));
+
+/// The bench's programs around the one under test, loaded: the generator, the reflector (the
+/// baseline) and the sink, with their maps.
+struct Gear {
+    ebpf: Ebpf,
+}
+
+impl Gear {
+    fn load() -> Result<Gear> {
+        let ebpf = Ebpf::load(GEAR).context("loading the bench's XDP object")?;
+        let mut gear = Gear { ebpf };
+        for name in [bench::PROG_GEN, bench::PROG_REFLECT, bench::PROG_SINK] {
+            gear.xdp_mut(name)?
+                .load()
+                .with_context(|| format!("loading {name}"))?;
+        }
+        Ok(gear)
+    }
+
+    fn xdp(&self, name: &str) -> Result<&Xdp> {
+        let missing = || format!("{name} is not in the bench's object");
+        Ok(self.ebpf.program(name).with_context(missing)?.try_into()?)
+    }
+
+    fn xdp_mut(&mut self, name: &str) -> Result<&mut Xdp> {
+        let missing = || format!("{name} is not in the bench's object");
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .with_context(missing)?
+            .try_into()?)
+    }
+
+    /// Attaches program `name` to `iface` in native mode, as the balancer is.
+    fn attach(&mut self, name: &str, iface: &str) -> Result<XdpLinkId> {
+        self.xdp_mut(name)?
+            .attach(iface, XdpMode::Driver)
+            .with_context(|| format!("attaching {name} to {iface}"))
+    }
+
+    fn detach(&mut self, name: &str, link: XdpLinkId) -> Result<()> {
+        Ok(self.xdp_mut(name)?.detach(link)?)
+    }
+
+    /// Sets what the generator sends.
+    fn set_traffic(&mut self, traffic: &Traffic) -> Result<()> {
+        let map = self.ebpf.map_mut(bench::BENCH_GEN);
+        let mut map = Array::<_, GenConfig>::try_from(map.context("no BENCH_GEN map")?)?;
+        map.set(0, traffic.config()?, 0)?;
+        Ok(())
+    }
+
+    /// Packets each program counted, by `BENCH_STATS` slot, summed over CPUs.
+    fn packets(&self) -> Result<[u64; STATS_LEN as usize]> {
+        let map = self.ebpf.map(bench::BENCH_STATS);
+        let map = PerCpuArray::<_, u64>::try_from(map.context("no BENCH_STATS map")?)?;
+        let mut out = [0; STATS_LEN as usize];
+        for (slot, n) in (0..).zip(&mut out) {
+            *n = map.get(&slot, 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// The kernel's run time and run count of program `name`, as `Dataplane::run_stats` gives
+    /// them for the balancer.
+    fn run_stats(&self, name: &str) -> Result<(Duration, u64)> {
+        let info = self.xdp(name)?.info()?;
+        Ok((info.run_time(), info.run_count()))
+    }
+
+    /// One `BPF_PROG_RUN` call of the generator in live-frames mode: `GEN_REPEAT` frames out of
+    /// interface `ifindex` (of the calling thread's namespace).
+    fn generate(&self, frame: &[u8], ifindex: u32) -> Result<()> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex; live frames go out of the ingress interface.
+        let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+        // Live frames report no return value: the counters tell what happened.
+        self.xdp(bench::PROG_GEN)?.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(bytemuck::bytes_of(&md)),
+            repeat: GEN_REPEAT,
+            attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+            ..Default::default()
+        })?;
+        Ok(())
+    }
+}
+
 /// What the generator sends in one measurement.
 struct Traffic {
     frame: Vec<u8>,
@@ -684,10 +782,10 @@ impl Traffic {
         }
     }
 
-    /// `BENCH_GEN[0]` as `bench.rs` lays it out.
-    fn config(&self) -> Result<[u8; 144]> {
+    /// The generator's configuration (`BENCH_GEN[0]`).
+    fn config(&self) -> Result<GenConfig> {
         ensure!(
-            self.frame.len().is_multiple_of(8) && self.frame.len() <= 128,
+            self.frame.len().is_multiple_of(8) && self.frame.len() <= GEN_FRAME_MAX,
             "generator frame of {} bytes",
             self.frame.len()
         );
@@ -696,19 +794,43 @@ impl Traffic {
             "flow count {} is not a power of two",
             self.flows
         );
-        let mut c = [0u8; 144];
-        c[0..4].copy_from_slice(&self.sport_off.to_ne_bytes());
-        c[4..8].copy_from_slice(&self.csum_off.to_ne_bytes());
-        c[8..12].copy_from_slice(&(self.flows - 1).to_ne_bytes());
-        c[16..16 + self.frame.len()].copy_from_slice(&self.frame);
-        Ok(c)
+        let mut frame = [0u64; GEN_FRAME_MAX / 8];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut frame)[..self.frame.len()]
+            .copy_from_slice(&self.frame);
+        Ok(GenConfig {
+            sport_off: self.sport_off,
+            csum_off: self.csum_off,
+            flow_mask: self.flows - 1,
+            _pad: 0,
+            frame,
+        })
     }
 }
 
+/// The program under test.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dut {
+    /// The bench's own `xlb_bench_refl`.
     Reflector,
+    /// xlb's `xlb_lb`, in its `Dataplane`.
     Lb,
+}
+
+impl Dut {
+    /// Attaches the program to the veth's end in `NS_DUT`.
+    fn attach(self, gear: &mut Gear, dut: &mut Dataplane) -> Result<XdpLinkId> {
+        in_netns(NS_DUT, || match self {
+            Dut::Reflector => gear.attach(bench::PROG_REFLECT, IF_DUT),
+            Dut::Lb => Ok(dut.attach(Program::Lb, IF_DUT, AttachMode::Native)?),
+        })?
+    }
+
+    fn detach(self, gear: &mut Gear, dut: &mut Dataplane, link: XdpLinkId) -> Result<()> {
+        match self {
+            Dut::Reflector => gear.detach(bench::PROG_REFLECT, link),
+            Dut::Lb => Ok(dut.detach(Program::Lb, link)?),
+        }
+    }
 }
 
 struct Case {
@@ -733,7 +855,7 @@ struct Measured {
 fn veth_bench(plan: &Plan, cpu: usize, no_fib: bool, results: &mut Results) -> Result<()> {
     let _net = BenchNet::up().context("setting up the bench namespaces")?;
 
-    let mut gen_dp = Dataplane::load(Sizes::MINIMAL)?;
+    let mut gear = Gear::load()?;
     let mut dut = Dataplane::load(Sizes {
         flows: 1 << 18,
         vips: 2,
@@ -742,9 +864,7 @@ fn veth_bench(plan: &Plan, cpu: usize, no_fib: bool, results: &mut Results) -> R
 
     let gen_ifindex = in_netns(NS_GEN, || nix::net::if_::if_nametoindex(IF_GEN))?
         .context("ifindex of the generator's veth")?;
-    let sink = in_netns(NS_GEN, || {
-        gen_dp.attach(Program::BenchSink, IF_GEN, AttachMode::Native)
-    })??;
+    let sink = in_netns(NS_GEN, || gear.attach(bench::PROG_SINK, IF_GEN))??;
 
     let cases = [
         Case {
@@ -790,7 +910,7 @@ fn veth_bench(plan: &Plan, cpu: usize, no_fib: bool, results: &mut Results) -> R
             if round == plan.rounds && case.dut != Dut::Reflector {
                 continue;
             }
-            let m = measure(plan, cpu, gen_ifindex, &mut gen_dp, &mut dut, case)?;
+            let m = measure(plan, cpu, gen_ifindex, &mut gear, &mut dut, case)?;
             eprintln!(
                 "  round {}: {:<32} {:.3} Mpps",
                 round + 1,
@@ -815,8 +935,8 @@ fn veth_bench(plan: &Plan, cpu: usize, no_fib: bool, results: &mut Results) -> R
                 .collect();
         }
     }
-    gen_dp.detach(Program::BenchSink, sink)?;
-    let [generated, _, sunk] = gen_dp.bench_stats()?;
+    gear.detach(bench::PROG_SINK, sink)?;
+    let [generated, _, sunk] = gear.packets()?;
 
     for (i, case) in cases.iter().enumerate() {
         let mut checked = if good[i] < 0.999 {
@@ -946,22 +1066,22 @@ struct Snapshot {
     runs: u64,
 }
 
-fn snapshot(dp: &mut Dataplane, case: &Case, prog: Program) -> Result<Snapshot> {
-    let (run, runs) = dp.run_stats(prog)?;
-    let (packets, good, new_flows) = match case.dut {
+fn snapshot(dut: &mut Dataplane, gear: &Gear, case: &Case) -> Result<Snapshot> {
+    let ((run, runs), packets, good, new_flows) = match case.dut {
         Dut::Reflector => {
-            let n = dp.bench_stats()?[1];
-            (n, n, 0)
+            let n = gear.packets()?[STAT_REFLECT as usize];
+            (gear.run_stats(bench::PROG_REFLECT)?, n, n, 0)
         }
         Dut::Lb => {
-            let r = dp.reasons()?;
+            let r = dut.reasons()?;
             let all = r.iter().map(|(_, c)| c.packets).sum();
             let tx = r
                 .iter()
                 .filter(|(r, _)| *r == Reason::TxTunnel)
                 .map(|(_, c)| c.packets)
                 .sum();
-            (all, tx, dp.vip_counters(case.vip)?.new_flows)
+            let new_flows = dut.vip_counters(case.vip)?.new_flows;
+            (dut.run_stats(Program::Lb)?, all, tx, new_flows)
         }
     };
     Ok(Snapshot {
@@ -978,16 +1098,12 @@ fn measure(
     plan: &Plan,
     cpu: usize,
     ifindex: u32,
-    gen_dp: &mut Dataplane,
+    gear: &mut Gear,
     dut: &mut Dataplane,
     case: &Case,
 ) -> Result<Measured> {
-    gen_dp.set_bench_gen(&case.traffic.config()?)?;
-    let prog = match case.dut {
-        Dut::Reflector => Program::BenchReflect,
-        Dut::Lb => Program::Lb,
-    };
-    let link = in_netns(NS_DUT, || dut.attach(prog, IF_DUT, AttachMode::Native))??;
+    gear.set_traffic(&case.traffic)?;
+    let link = case.dut.attach(gear, dut)?;
     let stop = AtomicBool::new(false);
     let frame = &case.traffic.frame;
     let result = thread::scope(|s| {
@@ -1003,34 +1119,29 @@ fn measure(
                 let param = libc::sched_param { sched_priority: 1 };
                 // SAFETY: plain call on this thread (0) with a valid parameter.
                 unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
-                let opts = RunOptions {
-                    repeat: GEN_REPEAT,
-                    live_frames: Some(BATCH),
-                    ingress_ifindex: ifindex,
-                };
                 for _ in 0..GEN_MAX_CALLS {
                     if stop.load(Ordering::Relaxed) || xlb_tests::stop::requested() {
                         return Ok(());
                     }
-                    // Live frames report no return value: the counters tell what happened.
-                    gen_dp.test_run_with(Program::BenchGen, frame, opts)?;
+                    gear.generate(frame, ifindex)?;
                 }
                 Ok(())
             })?
         });
         let counted = (|| -> Result<[Snapshot; 4]> {
             sleep(plan.warmup)?;
-            let a = snapshot(dut, case, prog)?;
+            let a = snapshot(dut, gear, case)?;
             sleep(plan.interval)?;
-            let b = snapshot(dut, case, prog)?;
+            let b = snapshot(dut, gear, case)?;
             // Then the program's own cost, from the kernel's run-time statistics. They are on
             // only for this shorter second interval: they slow every program down a little.
-            let stats = Dataplane::enable_run_stats()
+            let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .map_err(|e| e.io_error)
                 .inspect_err(|e| eprintln!("xlb-bench: no BPF run-time statistics: {e}"))
                 .ok();
-            let c = snapshot(dut, case, prog)?;
+            let c = snapshot(dut, gear, case)?;
             sleep(plan.interval / 2)?;
-            let d = snapshot(dut, case, prog)?;
+            let d = snapshot(dut, gear, case)?;
             drop(stats);
             Ok([a, b, c, d])
         })();
@@ -1042,7 +1153,7 @@ fn measure(
         counted
     });
     // Detach before looking at the result, so a failed measurement leaves nothing attached.
-    dut.detach(prog, link)?;
+    case.dut.detach(gear, dut, link)?;
     let [a, b, c, d] = result?;
     let n = b.packets - a.packets;
     ensure!(

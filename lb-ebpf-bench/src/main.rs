@@ -1,4 +1,5 @@
-//! Programs for `xlb-bench` only; the agent never attaches them.
+//! `xlb-bench`'s XDP programs. They live apart from xlb's (`lb-ebpf`) so that the object xlb
+//! ships holds only what the agent runs; `tests/build.rs` builds this one for `xlb-bench`.
 //!
 //! - `xlb_bench_gen`: a traffic generator for `BPF_PROG_RUN` in live-frames mode. The kernel
 //!   recycles live frames without restoring their bytes (the program under test on the other end
@@ -12,6 +13,8 @@
 //!   peer sends with `XDP_TX` needs an XDP program).
 //!
 //! Each counts its packets in its own slot of the per-CPU `BENCH_STATS`.
+#![no_std]
+#![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -19,39 +22,13 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
-
-use crate::parse::{data, data_end, ptr_at};
-
-/// Largest frame the generator writes (bytes).
-const GEN_MAX: usize = 128;
-
-/// `BENCH_STATS` slots.
-const STAT_GEN: u32 = 0;
-const STAT_REFLECT: u32 = 1;
-const STAT_SINK: u32 = 2;
-
-/// `BENCH_GEN[0]`, written by `xlb-bench` (same layout there).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct GenConfig {
-    /// Offset of the L4 source port.
-    pub sport_off: u32,
-    /// Offset of the L4 checksum, 0 for none.
-    pub csum_off: u32,
-    /// Flow count minus one (a power of two minus one).
-    pub flow_mask: u32,
-    pub _pad: u32,
-    /// The frame, in 8-byte words; the run's input frame has the length to write (a multiple
-    /// of 8, at most `GEN_MAX`).
-    pub frame: [u64; GEN_MAX / 8],
-}
+use lb_common::bench::{GEN_FRAME_MAX, GenConfig, STAT_GEN, STAT_REFLECT, STAT_SINK, STATS_LEN};
 
 #[map]
 static BENCH_GEN: Array<GenConfig> = Array::with_max_entries(1, 0);
 
-/// Per-CPU packet counts: generated, reflected, sunk.
 #[map]
-static BENCH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
+static BENCH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
 
 /// Bumps this CPU's counter `slot`; returns its value before.
 #[inline(always)]
@@ -67,6 +44,30 @@ fn count(slot: u32) -> u64 {
     }
 }
 
+/// The frame's start and end. Read volatile, as `lb-ebpf`'s `parse::data` explains, so that the
+/// verifier always sees them as packet pointers.
+#[inline(always)]
+fn frame(ctx: &XdpContext) -> (usize, usize) {
+    // SAFETY: `ctx.ctx` is the context the kernel passed to the program.
+    unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
+            core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
+        )
+    }
+}
+
+/// A pointer to a `T` at `offset` in the frame, or `None` past its end. Callers bound `offset`
+/// (the verifier refuses an unbounded one).
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let (start, end) = frame(ctx);
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
 #[xdp]
 pub fn xlb_bench_gen(ctx: XdpContext) -> u32 {
     match generate(&ctx) {
@@ -79,10 +80,9 @@ pub fn xlb_bench_gen(ctx: XdpContext) -> u32 {
 fn generate(ctx: &XdpContext) -> Option<()> {
     let cfg = BENCH_GEN.get(0)?;
     let seq = count(STAT_GEN);
-    let start = data(ctx);
-    let end = data_end(ctx);
+    let (start, end) = frame(ctx);
     let mut i = 0;
-    while i < GEN_MAX / 8 {
+    while i < GEN_FRAME_MAX / 8 {
         if start + i * 8 + 8 > end {
             break;
         }
@@ -132,3 +132,13 @@ pub fn xlb_bench_sink(_ctx: XdpContext) -> u32 {
     count(STAT_SINK);
     xdp_action::XDP_DROP
 }
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
