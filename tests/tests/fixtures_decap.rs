@@ -147,7 +147,7 @@ fn outer6(dst: Ipv6Addr, vlan: Option<u16>) -> xlb_tests::packet::Ipv6Builder {
 
 /// Every tunnel kind the balancer makes, addressed to this host, untagged and tagged.
 #[test]
-fn given_tunnels_addressed_to_this_host_when_they_arrive_then_the_outer_header_is_removed() {
+fn tunnels_addressed_to_this_host_have_their_outer_header_removed() {
     let mut f = Fixture::new();
     let (i4, i6) = (inner_v4(), inner_v6());
     let (i4, i6) = (ip_bytes(&i4), ip_bytes(&i6));
@@ -220,7 +220,7 @@ fn given_tunnels_addressed_to_this_host_when_they_arrive_then_the_outer_header_i
 
 /// The balancer's own output, fed to the target's decap, gives back the client's packet.
 #[test]
-fn given_the_balancers_output_when_the_target_decapsulates_it_then_the_clients_packet_comes_back() {
+fn the_balancers_output_decapsulated_by_the_target_gives_back_the_clients_packet() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     f.listener(VIP_V6, 53, Proto::Udp, 0, &[BACKEND1_V6]);
@@ -242,7 +242,7 @@ fn given_the_balancers_output_when_the_target_decapsulates_it_then_the_clients_p
 
 /// Tunnels to other hosts, traffic that is not a tunnel, and non-IP frames: passed untouched.
 #[test]
-fn given_traffic_that_is_not_a_tunnel_for_this_host_when_it_arrives_then_it_passes_untouched() {
+fn traffic_that_is_not_a_tunnel_for_this_host_passes_untouched() {
     let mut f = Fixture::new();
     let (i4, i6) = (inner_v4(), inner_v6());
     let (i4, i6) = (ip_bytes(&i4), ip_bytes(&i6));
@@ -302,7 +302,7 @@ fn given_traffic_that_is_not_a_tunnel_for_this_host_when_it_arrives_then_it_pass
 /// A tunnel for this host whose inner packet is missing or of the wrong version, or whose outer
 /// header length is below 20: dropped as malformed.
 #[test]
-fn given_tunnels_for_this_host_with_malformed_headers_when_they_arrive_then_they_are_dropped() {
+fn tunnels_for_this_host_with_malformed_headers_are_dropped() {
     let mut f = Fixture::new();
     let (i4, i6) = (inner_v4(), inner_v6());
     let (i4, i6) = (ip_bytes(&i4), ip_bytes(&i6));
@@ -338,8 +338,7 @@ fn given_tunnels_for_this_host_with_malformed_headers_when_they_arrive_then_they
 /// the others none of its header. Fragments of the outer packet are left to the kernel, which
 /// reassembles them: passed untouched.
 #[test]
-fn given_a_fragmented_tunnel_packet_for_this_host_when_its_fragments_arrive_then_they_pass_untouched()
- {
+fn fragments_of_a_tunnel_packet_for_this_host_pass_untouched() {
     let mut f = Fixture::new();
     let inner = Packet::eth(MAC_CLIENT, MAC_LB)
         .ipv4(CLIENT_V4, VIP_V4)

@@ -80,7 +80,7 @@ fn v6_tcp_fragments(dst: Ipv6Addr) -> [Vec<u8>; 2] {
 
 /// Fragments to a 5-tuple VIP (its address entry has no source-IP flag) are dropped.
 #[test]
-fn given_five_tuple_vips_with_address_entries_when_fragments_arrive_then_they_are_dropped() {
+fn fragments_to_five_tuple_vips_with_address_entries_are_dropped() {
     let mut f = Fixture::new();
     let tcp = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     f.address_entry(VIP_V4, Proto::Tcp, tcp, 0);
@@ -172,7 +172,7 @@ fn given_five_tuple_vips_with_address_entries_when_fragments_arrive_then_they_ar
 
 /// Fragments to a VIP address without an entry for their protocol are not ours.
 #[test]
-fn given_no_address_entry_for_the_protocol_when_fragments_arrive_then_they_pass() {
+fn fragments_with_no_address_entry_for_their_protocol_pass() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     f.listener(VIP_V6, 443, Proto::Tcp, 0, &[BACKEND1_V6]);
@@ -213,7 +213,7 @@ fn given_no_address_entry_for_the_protocol_when_fragments_arrive_then_they_pass(
 
 /// Fragments to addresses that are not VIPs pass untouched.
 #[test]
-fn given_a_vip_when_fragments_to_other_addresses_arrive_then_they_pass_untouched() {
+fn fragments_to_addresses_other_than_a_vip_pass_untouched() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V4, 80, Proto::Tcp, VIP_F_SOURCE_IP, &[BACKEND1_V4]);
     f.address_entry(VIP_V4, Proto::Tcp, vip, VIP_F_SOURCE_IP);
@@ -258,8 +258,7 @@ fn given_a_vip_when_fragments_to_other_addresses_arrive_then_they_pass_untouched
 /// hash: all fragments, and the unfragmented packets of the same client, reach the same target.
 /// They are not flows: nothing is recorded, no new flow counted.
 #[test]
-fn given_a_source_ip_vip_with_an_address_entry_when_fragments_arrive_then_all_go_to_the_clients_target()
- {
+fn fragments_to_a_source_ip_vip_with_an_address_entry_all_go_to_the_clients_target() {
     let mut f = Fixture::new();
     let vip = f.listener(
         VIP_V4,
@@ -338,8 +337,7 @@ fn given_a_source_ip_vip_with_an_address_entry_when_fragments_arrive_then_all_go
 /// A source-IP VIP for another client: another target possibly, but the same for all its
 /// fragments; IPv6 fragments likewise.
 #[test]
-fn given_a_source_ip_v6_vip_with_an_address_entry_when_fragments_arrive_then_they_are_tunnelled_by_source()
- {
+fn fragments_to_a_source_ip_v6_vip_with_an_address_entry_are_tunnelled_by_source() {
     let mut f = Fixture::new();
     let vip = f.listener(
         VIP_V6,
@@ -401,8 +399,7 @@ fn given_a_source_ip_v6_vip_with_an_address_entry_when_fragments_arrive_then_the
 /// Source-IP VIP in DSR mode: fragments go by DSR. With an empty ring: dropped as no backend.
 /// With a target that is gone: dropped as no backend too (fragments have no flow to fall back on).
 #[test]
-fn given_source_ip_vips_in_dsr_mode_or_without_targets_when_fragments_arrive_then_dsr_or_no_backend()
- {
+fn fragments_to_source_ip_dsr_vips_go_by_dsr_and_without_targets_drop_as_no_backend() {
     let mut f = Fixture::new();
     let dsr = f.listener(
         VIP_V4,
@@ -458,8 +455,7 @@ fn given_source_ip_vips_in_dsr_mode_or_without_targets_when_fragments_arrive_the
 /// A forwarded fragment is subject to the tunnel MTU like any packet: an IPv6 fragment too big
 /// for the tunnel gets "packet too big"; an IPv4 fragment (DF clear) is dropped.
 #[test]
-fn given_a_source_ip_vip_when_a_fragment_is_too_big_for_the_tunnel_then_v6_gets_ptb_and_v4_is_dropped()
- {
+fn a_too_big_fragment_to_a_source_ip_vip_gets_ptb_in_v6_and_is_dropped_in_v4() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V4, 80, Proto::Tcp, VIP_F_SOURCE_IP, &[BACKEND1_V4]);
     f.address_entry(VIP_V4, Proto::Tcp, vip, VIP_F_SOURCE_IP);
@@ -501,8 +497,7 @@ fn given_a_source_ip_vip_when_a_fragment_is_too_big_for_the_tunnel_then_v6_gets_
 /// The address entry's own flags decide: a source-IP listener whose address entry lacks the
 /// flag drops fragments; a 5-tuple listener whose address entry has it forwards them.
 #[test]
-fn given_address_entries_whose_flags_differ_from_the_listener_when_fragments_arrive_then_the_entry_decides()
- {
+fn an_address_entry_whose_flags_differ_from_the_listener_decides_for_fragments() {
     let mut f = Fixture::new();
     let tcp = f.listener(VIP_V4, 80, Proto::Tcp, VIP_F_SOURCE_IP, &[BACKEND1_V4]);
     f.address_entry(VIP_V4, Proto::Tcp, tcp, 0);

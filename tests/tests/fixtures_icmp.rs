@@ -30,7 +30,7 @@ fn v6(a: Ipv6Addr) -> IpAddr {
 /// type changed, checksums right; the rest of the header (tos, id, DF, options) and the payload
 /// stay; a VLAN tag stays.
 #[test]
-fn given_vips_when_echo_requests_arrive_then_they_are_answered_in_place() {
+fn echo_requests_to_vips_are_answered_in_place() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     f.listener(VIP_V6, 443, Proto::Tcp, 0, &[BACKEND1_V6]);
@@ -223,7 +223,7 @@ fn given_vips_when_echo_requests_arrive_then_they_are_answered_in_place() {
 /// `VIP_F_NO_ECHO` leaves echo requests to the stack; echo to a non-VIP is not ours; other ICMP
 /// to a VIP (echo replies, timestamps, neighbour discovery) is passed too.
 #[test]
-fn given_no_echo_vips_and_non_vips_when_echo_or_other_icmp_arrives_then_it_passes_untouched() {
+fn echo_to_no_echo_vips_or_non_vips_and_other_icmp_pass_untouched() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, VIP_F_NO_ECHO, &[BACKEND1_V4]);
     f.listener(VIP_V6, 80, Proto::Tcp, VIP_F_NO_ECHO, &[BACKEND1_V6]);
@@ -370,8 +370,7 @@ fn from_router6() -> xlb_tests::packet::Ipv6Builder {
 /// go, whole, in the tunnel to the target of the client's flow (the quote's reverse), with the
 /// tunnel source from that flow's hash. Errors about other packets are passed.
 #[test]
-fn given_established_v4_flows_when_icmp_errors_about_them_arrive_then_they_go_to_the_flows_target()
-{
+fn icmp_errors_about_established_v4_flows_go_to_the_flows_target() {
     let mut f = Fixture::new();
     let tcp = f.listener(
         VIP_V4,
@@ -495,7 +494,7 @@ fn given_established_v4_flows_when_icmp_errors_about_them_arrive_then_they_go_to
 /// ICMPv4 errors whose quote is not about a VIP flow go to the stack (PassIcmp); errors to
 /// a non-VIP address are not ours (PassNotVip).
 #[test]
-fn given_v4_vips_when_icmp_errors_quote_other_packets_then_they_pass_untouched() {
+fn icmp_errors_to_v4_vips_quoting_other_packets_pass_untouched() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     let q = |src: Ipv4Addr, sport: u16| {
@@ -598,8 +597,7 @@ fn given_v4_vips_when_icmp_errors_quote_other_packets_then_they_pass_untouched()
 /// An error about a flow goes to the flow's target even after the ring moved on; an error about
 /// a flow the table does not know goes where the ring says, without creating a flow.
 #[test]
-fn given_a_ring_change_when_an_icmp_error_arrives_then_known_flows_keep_their_target_and_unknown_use_the_ring()
- {
+fn after_a_ring_change_icmp_errors_follow_known_flows_and_the_ring_for_unknown_ones() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     let syn = Packet::eth(MAC_CLIENT, MAC_LB)
@@ -652,7 +650,7 @@ fn given_a_ring_change_when_an_icmp_error_arrives_then_known_flows_keep_their_ta
 /// Errors about flows of a DSR VIP go by DSR; about a source-IP VIP, with the source hash; to a
 /// VIP without targets, dropped as no backend.
 #[test]
-fn given_dsr_source_ip_and_empty_vips_when_icmp_errors_arrive_then_each_mode_applies() {
+fn icmp_errors_to_dsr_source_ip_and_empty_vips_follow_each_vips_mode() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 8080, Proto::Tcp, VIP_F_DSR, &[BACKEND1_V4]);
     f.listener(VIP_V4, 80, Proto::Tcp, VIP_F_SOURCE_IP, &[BACKEND2_V4]);
@@ -695,7 +693,7 @@ fn given_dsr_source_ip_and_empty_vips_when_icmp_errors_arrive_then_each_mode_app
 /// ICMPv6 errors (packet too big, unreachable, time exceeded) about VIP flows go to the flow's
 /// target in IP6IP6; about other packets they pass.
 #[test]
-fn given_established_v6_flows_when_icmpv6_errors_arrive_then_they_go_to_the_flows_target_or_pass() {
+fn icmpv6_errors_go_to_the_established_v6_flows_target_or_pass() {
     let mut f = Fixture::new();
     f.listener(VIP_V6, 443, Proto::Tcp, 0, &[BACKEND1_V6]);
     f.listener(VIP_V6, 53, Proto::Udp, 0, &[BACKEND1_V6]);
@@ -804,8 +802,7 @@ fn given_established_v6_flows_when_icmpv6_errors_arrive_then_they_go_to_the_flow
 /// The quote ends where the error's IP length says: ports past it (in Ethernet padding or a
 /// trailer) are not read, and the error goes to the stack.
 #[test]
-fn given_an_icmp_error_whose_ip_length_cuts_the_quote_before_the_ports_when_it_arrives_then_it_passes()
- {
+fn an_icmp_error_whose_ip_length_cuts_the_quote_before_the_ports_passes() {
     use xlb_tests::packet::{set_ipv4_total_len, set_ipv6_payload_len};
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
@@ -890,8 +887,7 @@ fn packet_too_big(frame: &[u8], mtu: u32, vlan: Option<u16>) -> Vec<u8> {
 /// tunnelled; one of 1381 gets "fragmentation needed" with MTU 1380 if DF is set, is dropped if
 /// not (no fragmentation here), and is dropped when PTB generation is off.
 #[test]
-fn given_an_mtu_of_1400_when_v4_packets_around_the_limit_arrive_then_fits_are_tunnelled_and_others_get_frag_needed()
- {
+fn at_an_mtu_of_1400_v4_packets_that_fit_are_tunnelled_and_others_get_frag_needed() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     f.config(|c| c.mtu = 1400);
@@ -973,8 +969,7 @@ fn given_an_mtu_of_1400_when_v4_packets_around_the_limit_arrive_then_fits_are_tu
 
 /// The MTU advertised subtracts the tunnel actually used: 20 for IPIP, 40 for IPv4-in-IPv6.
 #[test]
-fn given_a_v4_vip_with_a_v6_target_when_a_packet_is_too_big_then_the_mtu_advertised_leaves_room_for_ipv6()
- {
+fn the_mtu_advertised_for_a_v4_vip_with_a_v6_target_leaves_room_for_ipv6() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V6]);
     let h = hash5(&flow_key(v4(CLIENT_V4), v4(VIP_V4), 40000, 80, Proto::Tcp));
@@ -1002,8 +997,7 @@ fn given_a_v4_vip_with_a_v6_target_when_a_packet_is_too_big_then_the_mtu_adverti
 /// IPv6: at MTU 1500 an IPv6 packet of 1460 bytes fits in IP6IP6; 1461 gets "packet too big"
 /// with MTU 1460 quoting 128 bytes; towards an IPv4 target, the tunnel takes 20 (MTU 1480).
 #[test]
-fn given_the_default_mtu_when_v6_packets_around_the_limit_arrive_then_fits_are_tunnelled_and_others_get_packet_too_big()
- {
+fn at_the_default_mtu_v6_packets_that_fit_are_tunnelled_and_others_get_packet_too_big() {
     let mut f = Fixture::new();
     f.listener(VIP_V6, 443, Proto::Tcp, 0, &[BACKEND1_V6]);
     f.listener(VIP_V6, 8443, Proto::Tcp, 0, &[BACKEND1_V4]);
@@ -1095,7 +1089,7 @@ fn given_the_default_mtu_when_v6_packets_around_the_limit_arrive_then_fits_are_t
 
 /// A smaller configured MTU for IPv6 (1280), and an MTU of 0 meaning "no limit".
 #[test]
-fn given_other_mtus_when_packets_arrive_then_the_limit_follows_the_config() {
+fn the_limit_follows_the_config_for_other_mtus() {
     let mut f = Fixture::new();
     f.listener(VIP_V6, 443, Proto::Tcp, 0, &[BACKEND1_V6]);
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
@@ -1134,7 +1128,7 @@ fn given_other_mtus_when_packets_arrive_then_the_limit_follows_the_config() {
 /// When the MTU is so small that the packet is shorter than the quote an error would carry,
 /// no error is built: dropped as too big.
 #[test]
-fn given_a_tiny_mtu_when_a_packet_shorter_than_the_quote_is_too_big_then_it_is_dropped() {
+fn a_too_big_packet_shorter_than_the_quote_under_a_tiny_mtu_is_dropped() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     f.config(|c| c.mtu = 60);
@@ -1150,8 +1144,7 @@ fn given_a_tiny_mtu_when_a_packet_shorter_than_the_quote_is_too_big_then_it_is_d
 /// The generated error, spelled out byte by byte once, to check the builder's view against the
 /// protocol: type 3 code 4, MTU in bytes 6..8.
 #[test]
-fn given_a_too_big_v4_packet_when_frag_needed_is_sent_then_its_icmp_header_says_type_3_code_4_and_the_mtu()
- {
+fn frag_needed_for_a_too_big_v4_packet_says_type_3_code_4_and_the_mtu() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     let over = big4(1481, true);

@@ -63,7 +63,7 @@ fn cut6(frame: Vec<u8>, len: usize) -> Vec<u8> {
 
 /// Broken IPv4 headers: `DropBadIpv4`, to a VIP or not (the header is checked first).
 #[test]
-fn given_broken_ipv4_headers_when_they_arrive_then_they_are_dropped_as_bad_ipv4() {
+fn broken_ipv4_headers_are_dropped_as_bad_ipv4() {
     let mut f = vip_fixture();
     let other = Packet::eth(MAC_CLIENT, MAC_LB)
         .ipv4(CLIENT_V4, OTHER_V4)
@@ -163,7 +163,7 @@ fn given_broken_ipv4_headers_when_they_arrive_then_they_are_dropped_as_bad_ipv4(
 
 /// Broken IPv6 headers: `DropBadIpv6`.
 #[test]
-fn given_broken_ipv6_headers_when_they_arrive_then_they_are_dropped_as_bad_ipv6() {
+fn broken_ipv6_headers_are_dropped_as_bad_ipv6() {
     let mut f = vip_fixture();
     use ExtHeader::*;
     let five = Packet::eth(MAC_CLIENT, MAC_LB)
@@ -272,7 +272,7 @@ fn given_broken_ipv6_headers_when_they_arrive_then_they_are_dropped_as_bad_ipv6(
 /// Truncated or broken L4 headers: `DropBadL4`, whether or not to a VIP (ports are read before
 /// the VIP lookup).
 #[test]
-fn given_truncated_or_broken_l4_headers_when_they_arrive_then_they_are_dropped_as_bad_l4() {
+fn truncated_or_broken_l4_headers_are_dropped_as_bad_l4() {
     let mut f = vip_fixture();
     let udp4 = Packet::eth(MAC_CLIENT, MAC_LB)
         .ipv4(CLIENT_V4, VIP_V4)
@@ -388,7 +388,7 @@ fn given_truncated_or_broken_l4_headers_when_they_arrive_then_they_are_dropped_a
 
 /// Frames that are not IPv4/IPv6: `PassNotIp`; shorter than a VLAN header: `DropShortEth`.
 #[test]
-fn given_non_ip_link_layers_when_they_arrive_then_they_pass_as_not_ip() {
+fn non_ip_link_layers_pass_as_not_ip() {
     let mut f = vip_fixture();
     let cases = vec![
         Case::pass(
@@ -440,7 +440,7 @@ fn given_non_ip_link_layers_when_they_arrive_then_they_pass_as_not_ip() {
 /// Double-tagged (802.1ad then 802.1Q) frames: only one tag is parsed, so the inner tag's ether
 /// type is not IP: passed.
 #[test]
-fn given_a_double_tagged_frame_when_it_arrives_then_it_passes_as_not_ip() {
+fn a_double_tagged_frame_passes_as_not_ip() {
     let mut f = vip_fixture();
     let inner = Packet::eth(MAC_CLIENT, MAC_LB)
         .vlan(20)
@@ -461,7 +461,7 @@ fn given_a_double_tagged_frame_when_it_arrives_then_it_passes_as_not_ip() {
 
 /// A single 802.1ad (service) tag is a tag like 802.1Q: parsed, and kept on the tunnelled frame.
 #[test]
-fn given_a_single_802_1ad_tag_when_a_syn_to_a_vip_arrives_then_it_is_tunnelled_with_the_tag_kept() {
+fn a_syn_to_a_vip_under_a_single_802_1ad_tag_is_tunnelled_with_the_tag_kept() {
     let mut f = vip_fixture();
     let mut frame = Packet::eth(MAC_CLIENT, MAC_LB)
         .vlan(20)
@@ -490,8 +490,7 @@ fn given_a_single_802_1ad_tag_when_a_syn_to_a_vip_arrives_then_it_is_tunnelled_w
 /// IP protocols xlb does not balance (GRE, SCTP, ESP, IPIP, no next header): to a VIP address,
 /// `PassOtherProto`; to any other address, `PassNotVip`. Untouched either way.
 #[test]
-fn given_other_ip_protocols_when_they_arrive_then_vip_addresses_count_other_proto_and_others_not_vip()
- {
+fn other_ip_protocols_count_as_other_proto_to_vip_addresses_and_not_vip_elsewhere() {
     let mut f = vip_fixture();
     let to4 = |dst: Ipv4Addr, proto: u8| {
         Packet::eth(MAC_CLIENT, MAC_LB)
@@ -581,7 +580,7 @@ fn given_other_ip_protocols_when_they_arrive_then_vip_addresses_count_other_prot
 
 /// The counters' byte totals follow frame sizes: a dropped frame counts its own length.
 #[test]
-fn given_a_malformed_frame_when_it_is_dropped_then_its_reason_counts_its_bytes() {
+fn a_dropped_malformed_frame_counts_its_bytes_under_its_reason() {
     let mut f = vip_fixture();
     let frame = with(syn4(), |p| set_ipv4_ihl(p, 3));
     let before = f.dataplane().reasons().expect("reasons");
@@ -594,8 +593,7 @@ fn given_a_malformed_frame_when_it_is_dropped_then_its_reason_counts_its_bytes()
 /// An L4 header cut short by the IP length is truncated even when the frame goes on (Ethernet
 /// padding, trailing bytes): the IP packet ends where its length field says.
 #[test]
-fn given_l4_headers_cut_by_the_ip_length_but_not_the_frame_when_they_arrive_then_they_are_dropped_as_bad_l4()
- {
+fn l4_headers_cut_by_the_ip_length_but_not_the_frame_are_dropped_as_bad_l4() {
     let mut f = vip_fixture();
     let udp4 = Packet::eth(MAC_CLIENT, MAC_LB)
         .ipv4(CLIENT_V4, VIP_V4)

@@ -27,8 +27,7 @@ fn key(sport: u16, dport: u16, proto: Proto) -> FlowKey {
 /// and without IPv4 options and DF. One target per VIP, so the target is known; the tunnel's outer
 /// source comes from the 5-tuple hash.
 #[test]
-fn given_v4_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_each_is_forwarded_exactly()
- {
+fn packets_to_v4_tcp_and_udp_vips_in_tunnel_and_dsr_mode_are_each_forwarded_exactly() {
     let mut f = Fixture::new();
     let tcp_t = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     let udp_t = f.listener(VIP_V4, 53, Proto::Udp, 0, &[BACKEND1_V4]);
@@ -268,7 +267,7 @@ fn given_v4_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_eac
 
 /// IPv4 VIPs with IPv6 targets: IPv4-in-IPv6 (next header 4), flow label from the hash.
 #[test]
-fn given_a_v4_vip_with_a_v6_target_when_packets_arrive_then_they_are_sent_in_ipv4_in_ipv6() {
+fn packets_to_a_v4_vip_with_a_v6_target_are_sent_in_ipv4_in_ipv6() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V6]);
     f.listener(VIP_V4, 53, Proto::Udp, 0, &[BACKEND1_V6]);
@@ -323,7 +322,7 @@ fn given_a_v4_vip_with_a_v6_target_when_packets_arrive_then_they_are_sent_in_ipv
 /// An all-ports VIP (port 0) catches every port of its protocol; an exact listener on the same
 /// address wins for its port; the all-ports TCP VIP does not catch UDP.
 #[test]
-fn given_an_all_ports_vip_and_an_exact_port_vip_when_ports_vary_then_the_exact_port_wins() {
+fn an_exact_port_vip_wins_over_an_all_ports_vip_as_ports_vary() {
     let mut f = Fixture::new();
     let exact = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     let all = f.listener(VIP_V4, 0, Proto::Tcp, 0, &[BACKEND2_V4]);
@@ -381,7 +380,7 @@ fn given_an_all_ports_vip_and_an_exact_port_vip_when_ports_vary_then_the_exact_p
 
 /// An all-ports UDP VIP in DSR mode.
 #[test]
-fn given_an_all_ports_udp_dsr_vip_when_datagrams_to_any_port_arrive_then_they_go_by_dsr() {
+fn datagrams_to_any_port_of_an_all_ports_udp_dsr_vip_go_by_dsr() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V4, 0, Proto::Udp, VIP_F_DSR, &[BACKEND1_V4]);
     let cases = vec![
@@ -403,7 +402,7 @@ fn given_an_all_ports_udp_dsr_vip_when_datagrams_to_any_port_arrive_then_they_go
 /// An address-only entry (for fragments) is not a listener: it does not catch ports, not even
 /// port 0 (an exact-match lookup on port 0 must not find it).
 #[test]
-fn given_only_an_address_entry_when_tcp_arrives_on_any_port_then_it_is_not_a_vip() {
+fn an_address_entry_alone_is_not_a_vip_for_tcp_on_any_port() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V4, 80, Proto::Udp, 0, &[BACKEND1_V4]);
     f.address_entry(VIP_V4, Proto::Tcp, vip, 0);
@@ -427,7 +426,7 @@ fn given_only_an_address_entry_when_tcp_arrives_on_any_port_then_it_is_not_a_vip
 /// source_ip stickiness: the hash covers the source address only, so every port of a client
 /// goes to one target; the tunnel source comes from that hash.
 #[test]
-fn given_a_source_ip_vip_when_one_client_uses_many_ports_then_all_go_to_the_source_hash_target() {
+fn a_source_ip_vip_sends_all_ports_of_one_client_to_the_source_hash_target() {
     let mut f = Fixture::new();
     let vip = f.listener(
         VIP_V4,
@@ -500,7 +499,7 @@ fn given_a_source_ip_vip_when_one_client_uses_many_ports_then_all_go_to_the_sour
 
 /// source_ip with DSR: only MACs change.
 #[test]
-fn given_a_source_ip_dsr_vip_when_a_client_connects_then_dsr_is_used() {
+fn a_client_connecting_to_a_source_ip_dsr_vip_goes_by_dsr() {
     let mut f = Fixture::new();
     f.listener(
         VIP_V4,
@@ -522,7 +521,7 @@ fn given_a_source_ip_dsr_vip_when_a_client_connects_then_dsr_is_used() {
 
 /// Many flows over three targets: each lands where the Maglev table says for its 5-tuple hash.
 #[test]
-fn given_three_targets_when_many_tcp_flows_start_then_each_lands_on_its_maglev_slot() {
+fn many_new_tcp_flows_over_three_targets_each_land_on_their_maglev_slot() {
     let mut f = Fixture::new();
     let vip = f.listener(
         VIP_V4,
@@ -560,7 +559,7 @@ fn given_three_targets_when_many_tcp_flows_start_then_each_lands_on_its_maglev_s
 /// SYN consults the ring; SYN-ACK and ACK follow the flow table; an ACK without an entry takes
 /// the ring and creates one.
 #[test]
-fn given_an_established_flow_when_the_ring_changes_then_syn_rebalances_but_syn_ack_and_ack_stay() {
+fn after_a_ring_change_syn_rebalances_an_established_flow_but_syn_ack_and_ack_stay() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     let h = hash5(&key(1000, 80, Proto::Tcp));
@@ -632,7 +631,7 @@ fn given_an_established_flow_when_the_ring_changes_then_syn_rebalances_but_syn_a
 /// A flow pinned to a target that is gone (live flag cleared) is re-balanced by the ring, for
 /// TCP and UDP; the flow entry moves to the new target.
 #[test]
-fn given_flows_on_a_target_that_is_gone_when_their_next_packets_arrive_then_they_are_rebalanced() {
+fn flows_on_a_gone_target_are_rebalanced_on_their_next_packets() {
     let mut f = Fixture::new();
     let tcp = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     let udp = f.listener(VIP_V4, 53, Proto::Udp, 0, &[BACKEND1_V4]);
@@ -696,7 +695,7 @@ fn given_flows_on_a_target_that_is_gone_when_their_next_packets_arrive_then_they
 /// A VIP whose ring is empty, or whose ring points at a target that is gone, drops with
 /// `DropNoBackend`; nothing is counted on the VIP and no flow is made.
 #[test]
-fn given_no_usable_target_when_packets_arrive_then_they_are_dropped_as_no_backend() {
+fn packets_with_no_usable_target_are_dropped_as_no_backend() {
     let mut f = Fixture::new();
     let empty = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[]);
     f.listener(VIP_V4, 53, Proto::Udp, 0, &[]);
@@ -743,7 +742,7 @@ fn given_no_usable_target_when_packets_arrive_then_they_are_dropped_as_no_backen
 /// With no gateway MAC and no FIB route, a tunnelled packet has no next hop: `DropNoRoute`.
 /// DSR needs no next hop and still works.
 #[test]
-fn given_no_gateway_mac_when_a_packet_must_be_tunnelled_then_it_is_dropped_as_no_route() {
+fn a_packet_to_tunnel_without_a_gateway_mac_is_dropped_as_no_route() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     f.listener(VIP_V4, 8080, Proto::Tcp, VIP_F_DSR, &[BACKEND1_V4]);
@@ -764,7 +763,7 @@ fn given_no_gateway_mac_when_a_packet_must_be_tunnelled_then_it_is_dropped_as_no
 
 /// A second VIP has counters of its own.
 #[test]
-fn given_two_vips_when_each_gets_traffic_then_each_vip_counts_only_its_own() {
+fn each_of_two_vips_counts_only_its_own_traffic() {
     let mut f = Fixture::new();
     let a = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     let vip2 = Ipv4Addr::new(198, 18, 100, 2);
@@ -801,7 +800,7 @@ fn given_two_vips_when_each_gets_traffic_then_each_vip_counts_only_its_own() {
 /// Ethernet padding after a short IP packet: the tunnel carries the IP packet (outer length
 /// counts it only) and the padding stays at the end of the frame.
 #[test]
-fn given_a_padded_minimum_frame_when_it_is_tunnelled_then_the_outer_length_excludes_the_padding() {
+fn a_padded_minimum_frame_is_tunnelled_with_the_padding_left_out_of_the_outer_length() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     let syn = to_vip().tcp(1000, 80).syn().build();
@@ -817,7 +816,7 @@ fn given_a_padded_minimum_frame_when_it_is_tunnelled_then_the_outer_length_exclu
 
 /// A listener on another address is not this one; a VIP entry of another family is not either.
 #[test]
-fn given_a_v4_vip_when_traffic_goes_to_other_addresses_or_ports_then_it_passes_untouched() {
+fn traffic_to_other_addresses_or_ports_than_a_v4_vip_passes_untouched() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     let other = Ipv4Addr::new(198, 18, 100, 99);
@@ -870,7 +869,7 @@ fn given_a_v4_vip_when_traffic_goes_to_other_addresses_or_ports_then_it_passes_u
 
 /// A UDP flow's entry records when it was last seen; each datagram refreshes it.
 #[test]
-fn given_a_udp_flow_when_datagrams_follow_then_its_last_seen_time_advances() {
+fn a_udp_flows_last_seen_time_advances_as_datagrams_follow() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V4, 53, Proto::Udp, 0, &[BACKEND1_V4]);
     let dgram = to_vip().udp(2000, 53).build();
@@ -906,7 +905,7 @@ fn given_a_udp_flow_when_datagrams_follow_then_its_last_seen_time_advances() {
 
 /// A TCP flow's entry has no time (TCP flows never expire by time).
 #[test]
-fn given_a_tcp_flow_when_it_is_recorded_then_it_has_no_timestamp() {
+fn a_recorded_tcp_flow_has_no_timestamp() {
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     f.run_cases(&[Case::tunnel(
@@ -924,7 +923,7 @@ fn given_a_tcp_flow_when_it_is_recorded_then_it_has_no_timestamp() {
 /// A UDP flow idle for longer than the timeout (30 s) is re-balanced on its next datagram.
 /// (Sleeps 31 s: the datapath reads the kernel's monotonic clock.)
 #[test]
-fn given_a_udp_flow_idle_past_the_timeout_when_the_next_datagram_arrives_then_it_is_rebalanced() {
+fn a_udp_flow_idle_past_the_timeout_is_rebalanced_on_its_next_datagram() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V4, 53, Proto::Udp, 0, &[BACKEND1_V4]);
     let dgram = to_vip().udp(2001, 53).build();
@@ -952,7 +951,7 @@ fn given_a_udp_flow_idle_past_the_timeout_when_the_next_datagram_arrives_then_it
 
 /// A VIP entry pointing at the second ring of its VIP (`VipMeta::ring = 1`) uses that ring.
 #[test]
-fn given_a_vip_switched_to_its_standby_ring_when_a_flow_starts_then_the_standby_ring_is_used() {
+fn a_new_flow_to_a_vip_switched_to_its_standby_ring_uses_the_standby_ring() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
     let b2 = f.backend(BACKEND2_V4);

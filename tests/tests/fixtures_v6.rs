@@ -41,8 +41,7 @@ fn h(sport: u16, dport: u16, proto: Proto) -> u32 {
 }
 /// TCP/UDP × first/established × IP6IP6/DSR, untagged and tagged, inner header fields kept.
 #[test]
-fn given_v6_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_each_is_forwarded_exactly()
- {
+fn packets_to_v6_tcp_and_udp_vips_in_tunnel_and_dsr_mode_are_each_forwarded_exactly() {
     let mut f = Fixture::new();
     let tcp_t = f.listener(VIP_V6, 443, Proto::Tcp, 0, &[BACKEND1_V6]);
     let udp_t = f.listener(VIP_V6, 53, Proto::Udp, 0, &[BACKEND1_V6]);
@@ -137,7 +136,7 @@ fn given_v6_tcp_and_udp_vips_in_tunnel_and_dsr_mode_when_packets_arrive_then_eac
 /// Extension headers before TCP/UDP are walked to find the ports; the packet is forwarded with
 /// them intact. Up to four are walked.
 #[test]
-fn given_v6_vips_when_extension_headers_precede_tcp_or_udp_then_ports_are_found_and_headers_kept() {
+fn tcp_and_udp_ports_after_v6_extension_headers_are_found_and_the_headers_kept() {
     let mut f = Fixture::new();
     f.listener(VIP_V6, 443, Proto::Tcp, 0, &[BACKEND1_V6]);
     f.listener(VIP_V6, 53, Proto::Udp, 0, &[BACKEND1_V6]);
@@ -243,7 +242,7 @@ fn given_v6_vips_when_extension_headers_precede_tcp_or_udp_then_ports_are_found_
 
 /// A hop-by-hop header with a length field above zero (16 bytes): the walk uses its length.
 #[test]
-fn given_a_long_hop_by_hop_header_when_tcp_follows_then_the_walk_skips_its_full_length() {
+fn a_long_hop_by_hop_header_before_tcp_is_skipped_by_its_full_length() {
     let mut f = Fixture::new();
     f.listener(VIP_V6, 443, Proto::Tcp, 0, &[BACKEND1_V6]);
     // Build with a hop-by-hop header, then widen it by 8 bytes of PadN by hand.
@@ -276,8 +275,7 @@ fn given_a_long_hop_by_hop_header_when_tcp_follows_then_the_walk_skips_its_full_
 /// IPv6 VIPs with IPv4 targets: IPv6-in-IPv4 (protocol 41), outer DF set (IPv6 is never
 /// fragmented on the way).
 #[test]
-fn given_a_v6_vip_with_a_v4_target_when_packets_arrive_then_they_are_sent_in_ipv6_in_ipv4_with_df()
-{
+fn packets_to_a_v6_vip_with_a_v4_target_are_sent_in_ipv6_in_ipv4_with_df() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V6, 443, Proto::Tcp, 0, &[BACKEND1_V4]);
     f.listener(VIP_V6, 53, Proto::Udp, 0, &[BACKEND1_V4]);
@@ -336,7 +334,7 @@ fn given_a_v6_vip_with_a_v4_target_when_packets_arrive_then_they_are_sent_in_ipv
 
 /// All-ports IPv6 VIP with an exact listener on the same address.
 #[test]
-fn given_an_all_ports_v6_vip_and_an_exact_port_when_ports_vary_then_the_exact_port_wins() {
+fn an_exact_port_wins_over_an_all_ports_v6_vip_as_ports_vary() {
     let mut f = Fixture::new();
     f.listener(VIP_V6, 443, Proto::Tcp, 0, &[BACKEND1_V6]);
     f.listener(VIP_V6, 0, Proto::Tcp, 0, &[BACKEND2_V6]);
@@ -378,7 +376,7 @@ fn given_an_all_ports_v6_vip_and_an_exact_port_when_ports_vary_then_the_exact_po
 
 /// source_ip stickiness for IPv6: all ports of one client to the target of its source hash.
 #[test]
-fn given_a_source_ip_v6_vip_when_one_client_uses_many_ports_then_all_go_to_one_target() {
+fn a_source_ip_v6_vip_sends_all_ports_of_one_client_to_one_target() {
     let mut f = Fixture::new();
     f.listener(
         VIP_V6,
@@ -429,7 +427,7 @@ fn given_a_source_ip_v6_vip_when_one_client_uses_many_ports_then_all_go_to_one_t
 
 /// Many IPv6 flows over three targets land where the Maglev table says.
 #[test]
-fn given_three_v6_targets_when_many_udp_flows_start_then_each_lands_on_its_maglev_slot() {
+fn many_new_udp_flows_over_three_v6_targets_each_land_on_their_maglev_slot() {
     let mut f = Fixture::new();
     f.listener(
         VIP_V6,
@@ -458,8 +456,7 @@ fn given_three_v6_targets_when_many_udp_flows_start_then_each_lands_on_its_magle
 
 /// Established IPv6 flows stay; SYN re-balances; a gone target re-balances.
 #[test]
-fn given_an_established_v6_flow_when_the_ring_changes_or_its_target_goes_then_it_follows_the_rules()
-{
+fn an_established_v6_flow_follows_the_rules_when_the_ring_changes_or_its_target_goes() {
     let mut f = Fixture::new();
     let vip = f.listener(VIP_V6, 443, Proto::Tcp, 0, &[BACKEND1_V6]);
     let hash = h(1000, 443, Proto::Tcp);
@@ -497,8 +494,7 @@ fn given_an_established_v6_flow_when_the_ring_changes_or_its_target_goes_then_it
 
 /// Empty ring, no next hop, not a VIP.
 #[test]
-fn given_v6_vips_without_usable_targets_or_routes_when_packets_arrive_then_they_are_dropped_or_passed()
- {
+fn packets_to_v6_vips_without_usable_targets_or_routes_are_dropped_or_passed() {
     let mut f = Fixture::new();
     f.listener(VIP_V6, 443, Proto::Tcp, 0, &[]);
     f.listener(VIP_V6, 53, Proto::Udp, 0, &[BACKEND1_V6]);

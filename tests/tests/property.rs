@@ -468,8 +468,7 @@ const MALFORMED: [Reason; 4] = [
 const POOL: usize = 4096;
 
 #[test]
-fn given_a_million_random_and_mutated_frames_when_run_then_never_aborted_non_vips_never_modified_and_one_reason_each()
- {
+fn random_and_mutated_frames_never_abort_never_modify_non_vips_and_count_one_reason_each() {
     let seed = seed();
     let total = packets();
     let started = Instant::now();
