@@ -32,7 +32,8 @@ pub mod names {
     pub const REASON_STATS: &str = "REASON_STATS";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
-    /// Every map, for pinning and for the smoke test that each name resolves.
+    /// The maps the agent pins (they outlive it); the datapath's per-CPU scratch maps
+    /// (`NEXT_HOPS`, `FIB_ARGS`) are not among them: a new agent starts them empty.
     pub const MAPS: &[&str] = &[
         VIPS,
         BACKENDS,

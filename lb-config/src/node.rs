@@ -98,6 +98,13 @@ impl Node {
         if let Some(mac) = &self.gateway_mac {
             parse_mac(mac).map_err(|m| Refusal::new("node.gateway_mac", m))?;
         }
+        // A target's ring weight is its weight (at most 1000) times its zone's.
+        if let Some((zone, w)) = self.zone_weights.iter().find(|(_, w)| **w > 1000) {
+            return Err(Refusal::new(
+                format!("node.zone_weights.{zone}"),
+                format!("{w} is outside 0..=1000"),
+            ));
+        }
         Ok(())
     }
 

@@ -25,7 +25,10 @@ pub enum Request {
     Targets {
         target_group: Option<String>,
     },
-    Register(Registration),
+    /// Targets to add, applied together (AWS's `RegisterTargets`).
+    Register {
+        targets: Vec<Registration>,
+    },
     Deregister {
         target_group: String,
         id: IpAddr,
@@ -84,6 +87,9 @@ pub struct Registration {
     pub weight: u32,
     pub zone: Option<String>,
     pub mac: Option<String>,
+    /// Its own port (HTTP groups); the group's otherwise.
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 /// One row of `xlb targets list`.

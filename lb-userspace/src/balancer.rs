@@ -3,7 +3,7 @@
 //! before, so a reload changes only what changed, and established flows keep their targets.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     net::IpAddr,
 };
 
@@ -32,9 +32,12 @@ pub struct AppliedListener {
 /// The agent's view of the datapath it programs.
 pub struct Balancer {
     dp: Dataplane,
-    /// Backend index per target address; indices are never reused while the agent runs, so a
-    /// flow pinned to an index never silently moves to another target.
+    /// Backend index per target address, while the target is in the datapath.
     backends: BTreeMap<IpAddr, u32>,
+    /// Indices of targets that left (their drain over), oldest first: reused for new targets
+    /// so that the datapath's `MAX_BACKENDS` bounds the targets at one time, not over the
+    /// agent's life. A flow still pinned to a reused index had lost its target already.
+    free: VecDeque<u32>,
     /// VIP keys written, to remove the ones a new config drops.
     keys: BTreeSet<VipKey>,
     /// The live ring (0 or 1) per VIP index.
@@ -48,8 +51,13 @@ impl Balancer {
     /// live ring is known, so the next table goes to the standby one.
     pub fn new(mut dp: Dataplane) -> Result<Balancer, DataplaneError> {
         let mut backends = BTreeMap::new();
+        let mut free = VecDeque::new();
         for (index, b) in dp.backends()? {
-            backends.insert(addr_from(b.family, &b.addr), index);
+            if b.flags & BACKEND_F_LIVE != 0 {
+                backends.insert(addr_from(b.family, &b.addr), index);
+            } else {
+                free.push_back(index);
+            }
         }
         let mut keys = BTreeSet::new();
         let mut rings = BTreeMap::new();
@@ -62,6 +70,7 @@ impl Balancer {
         Ok(Balancer {
             dp,
             backends,
+            free,
             keys,
             rings,
             listeners: Vec::new(),
@@ -81,8 +90,8 @@ impl Balancer {
             new.extend(tg.targets.iter().map(|t| t.id));
         }
         new.retain(|a| !self.backends.contains_key(a));
-        let last = self.backends.values().max().copied().unwrap_or(0) + new.len() as u32;
-        if last >= lb_common::MAX_BACKENDS {
+        let fresh = new.len().saturating_sub(self.free.len()) as u32;
+        if self.next_unused() + fresh > lb_common::MAX_BACKENDS {
             return Err(DataplaneError::Full {
                 map: lb_common::names::BACKENDS,
                 max: lb_common::MAX_BACKENDS - 1,
@@ -207,7 +216,8 @@ impl Balancer {
     }
 
     /// Takes a target out of the datapath for good (its drain is over): flows still pinned to it
-    /// are re-balanced on their next packet. A target still in some listener stays.
+    /// are re-balanced on their next packet, and its index goes back to the free list. A target
+    /// still in some listener stays.
     pub fn retire(&mut self, addr: IpAddr) -> Result<(), DataplaneError> {
         let in_use = self
             .listeners
@@ -224,8 +234,30 @@ impl Balancer {
                     mac: [0; 6],
                 },
             )?;
+            self.backends.remove(&addr);
+            self.free.push_back(index);
         }
         Ok(())
+    }
+
+    /// Retires the targets in the datapath that no listener of what was last applied has (an
+    /// earlier agent left them, with a config that had them); returns them.
+    pub fn retire_orphans(&mut self) -> Result<Vec<IpAddr>, DataplaneError> {
+        let orphans: Vec<IpAddr> = self
+            .backends
+            .keys()
+            .filter(|a| {
+                !self
+                    .listeners
+                    .iter()
+                    .any(|l| l.targets.iter().any(|(t, _, _)| t == *a))
+            })
+            .copied()
+            .collect();
+        for a in &orphans {
+            self.retire(*a)?;
+        }
+        Ok(orphans)
     }
 
     /// Flow table entries per target.
@@ -240,9 +272,23 @@ impl Balancer {
         Ok(out)
     }
 
+    /// The index of `addr`'s target: its own, a freed one, or the next never used.
     fn backend_index(&mut self, addr: IpAddr) -> u32 {
-        let next = self.backends.values().max().copied().unwrap_or(0) + 1;
-        *self.backends.entry(addr).or_insert(next)
+        if let Some(&index) = self.backends.get(&addr) {
+            return index;
+        }
+        let index = match self.free.pop_front() {
+            Some(index) => index,
+            None => self.next_unused(),
+        };
+        self.backends.insert(addr, index);
+        index
+    }
+
+    /// The lowest index no target has held (index 0 means "no backend").
+    fn next_unused(&self) -> u32 {
+        let used = self.backends.values().chain(&self.free);
+        used.max().copied().unwrap_or(0) + 1
     }
 }
 

@@ -122,9 +122,41 @@ pub fn targets(socket: &Path, target_group: Option<String>, json: bool) -> Resul
     Ok(())
 }
 
+/// `xlb targets register`: one or more targets, applied together.
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    #[arg(long)]
+    target_group: String,
+    /// A target's address; several `--id` register several targets in one change.
+    #[arg(long = "id", required = true)]
+    ids: Vec<IpAddr>,
+    #[arg(long, default_value_t = 1)]
+    weight: u32,
+    #[arg(long)]
+    zone: Option<String>,
+    /// The targets' MAC (for `dsr` listeners; one target at a time).
+    #[arg(long)]
+    mac: Option<String>,
+    /// The targets' port, in HTTP groups (the group's by default).
+    #[arg(long)]
+    port: Option<u16>,
+}
+
 /// `xlb targets register`.
-pub fn register(socket: &Path, r: Registration) -> Result<()> {
-    done(api::call(socket, &Request::Register(r))?)
+pub fn register(socket: &Path, args: RegisterArgs) -> Result<()> {
+    let targets = args
+        .ids
+        .iter()
+        .map(|&id| Registration {
+            target_group: args.target_group.clone(),
+            id,
+            weight: args.weight,
+            zone: args.zone.clone(),
+            mac: args.mac.clone(),
+            port: args.port,
+        })
+        .collect();
+    done(api::call(socket, &Request::Register { targets })?)
 }
 
 /// `xlb targets deregister`.

@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use xlb::{agent, api::Registration, cli, dataplane::AttachMode};
+use xlb::{agent, cli, dataplane::AttachMode};
 
 #[derive(Parser)]
 #[command(
@@ -100,18 +100,7 @@ enum TargetsAction {
         json: bool,
     },
     /// Add a target to a group (kept across agent restarts).
-    Register {
-        #[arg(long)]
-        target_group: String,
-        #[arg(long)]
-        id: IpAddr,
-        #[arg(long, default_value_t = 1)]
-        weight: u32,
-        #[arg(long)]
-        zone: Option<String>,
-        #[arg(long)]
-        mac: Option<String>,
-    },
+    Register(cli::RegisterArgs),
     /// Take a target out of a group: no new flows at once, existing ones until the group's
     /// deregistration delay.
     Deregister {
@@ -170,22 +159,7 @@ fn run(cli: Cli) -> Result<()> {
         } => cli::attach(program, &iface, &pin, xdp_mode),
         Command::Targets { action } => match action {
             TargetsAction::List { target_group, json } => cli::targets(socket, target_group, json),
-            TargetsAction::Register {
-                target_group,
-                id,
-                weight,
-                zone,
-                mac,
-            } => cli::register(
-                socket,
-                Registration {
-                    target_group,
-                    id,
-                    weight,
-                    zone,
-                    mac,
-                },
-            ),
+            TargetsAction::Register(args) => cli::register(socket, args),
             TargetsAction::Deregister { target_group, id } => {
                 cli::deregister(socket, target_group, id)
             }

@@ -594,3 +594,114 @@ fn reloads_that_claim_the_hosts_address_or_repeat_a_listener_are_refused() {
     );
     agent.stop().unwrap();
 }
+
+#[test]
+fn a_target_a_reload_removes_drains_then_its_flows_end() {
+    let lab = lab("xag-i-");
+    let delay = "\"deregistration_delay.timeout_seconds\" = \"3\"";
+    let all = config(&lab, &[(1, "a"), (2, "a"), (3, "a")], "", delay);
+    let cfg = write(&lab, &all);
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    let conn = in_netns(&lab.ns(Role::Client), || {
+        let s = TcpStream::connect_timeout(
+            &SocketAddr::from((VIP_V4, ECHO_PORT)),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    })
+    .unwrap();
+    let owner = echo_owner(&conn).expect("echo");
+    let index: usize = owner.trim_start_matches("backend").parse().unwrap();
+    let kept: Vec<(usize, &str)> = (1..=3).filter(|i| *i != index).map(|i| (i, "a")).collect();
+    std::fs::write(&cfg, config(&lab, &kept, "", delay)).unwrap();
+    let (ok, out) = cli(&lab, &["reload"]);
+    assert!(ok, "{out}");
+    // It drains as a deregistered target does: listed as draining, no new flows, its
+    // connection goes on.
+    let (_, list) = cli(&lab, &["targets", "list"]);
+    let row = list
+        .lines()
+        .find(|l| l.contains(&backend_v4(index).to_string()))
+        .unwrap_or_else(|| panic!("the removed target is listed while it drains: {list}"));
+    assert!(row.contains("draining") && row.contains(" file"), "{list}");
+    let s = spread(&lab, 60);
+    assert!(!s.contains_key(&owner), "{s:?}");
+    assert_eq!(echo_owner(&conn).expect("draining connection"), owner);
+    let (_, status) = cli(&lab, &["status"]);
+    assert!(
+        status.contains("left web with a reload: draining"),
+        "{status}"
+    );
+    // When the delay is over it leaves, and its flow with it.
+    std::thread::sleep(Duration::from_secs(4));
+    let (_, list) = cli(&lab, &["targets", "list"]);
+    assert!(!list.contains(&backend_v4(index).to_string()), "{list}");
+    assert!(
+        echo_owner(&conn).map_or(true, |o| o != owner),
+        "the flow was not re-balanced after the drain"
+    );
+    agent.stop().unwrap();
+}
+
+#[test]
+fn api_registrations_are_checked_as_the_file_is_and_taken_together() {
+    let lab = lab("xag-j-");
+    let cfg = write(&lab, &config(&lab, &[(1, "a")], "", ""));
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    let register = |extra: &[&str]| {
+        let mut args = vec!["targets", "register", "--target-group", "web"];
+        args.extend_from_slice(extra);
+        cli(&lab, &args)
+    };
+    let (b2, b3) = (backend_v4(2).to_string(), backend_v4(3).to_string());
+    for (args, want) in [
+        (
+            vec!["--id", &b2, "--weight", "5000"],
+            "weight: 5000 is outside 0..=1000",
+        ),
+        (
+            vec!["--id", &b2, "--mac", "zz:00:00:00:00:01"],
+            "is not a MAC address",
+        ),
+    ] {
+        let (ok, out) = register(&args);
+        assert!(!ok && out.contains(want), "{args:?}: {out}");
+    }
+    let (ok, out) = cli(
+        &lab,
+        &["targets", "register", "--target-group", "nope", "--id", &b2],
+    );
+    assert!(
+        !ok && out.contains("no target group named \"nope\""),
+        "{out}"
+    );
+    let (_, status) = cli(&lab, &["status"]);
+    assert!(
+        !status.contains(&b2),
+        "a refused registration is not kept: {status}"
+    );
+    // Two targets in one call, one change.
+    let (ok, out) = register(&["--id", &b2, "--id", &b3]);
+    assert!(ok && out.contains(&b2) && out.contains(&b3), "{out}");
+    let s = spread(&lab, 90);
+    assert_eq!(s.len(), 3, "{s:?}");
+    agent.stop().unwrap();
+}
+
+#[test]
+fn a_state_file_that_no_longer_applies_is_reported_and_the_agent_starts() {
+    let lab = lab("xag-k-");
+    let cfg = write(&lab, &config(&lab, &[(1, "a")], "", ""));
+    let state = run_dir(lab.prefix()).join("state.json");
+    let gone = format!(
+        r#"{{"registered":[{{"target_group":"old","id":"{}","weight":1,"zone":null,"mac":null}}],"deregistered":[]}}"#,
+        backend_v4(2)
+    );
+    std::fs::write(&state, gone).unwrap();
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run starts");
+    let s = spread(&lab, 30);
+    assert_eq!(s.keys().collect::<Vec<_>>(), ["backend1"], "{s:?}");
+    agent.stop().unwrap();
+}

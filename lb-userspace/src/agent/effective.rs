@@ -7,30 +7,25 @@ use lb_config::{Config, Target};
 
 use super::overlay::Overlay;
 
-/// The effective config: `file` plus `overlay`; targets that are draining, or outside the node's
-/// zone while the zone has a target in service and cross-zone is off, get ring weight 0 (they
-/// keep their flows but take no new ones). With cross-zone on, weights are multiplied by the
-/// zone's weight.
-pub fn effective(
-    file: &Config,
-    overlay: &Overlay,
-    draining: &dyn Fn(&str, IpAddr) -> bool,
-) -> Config {
+/// `file` with the overlay's targets: those registered through the API and those a reload
+/// took out while they drain; without the deregistered ones whose drain is over. What API
+/// registrations are validated on, with the file's rules.
+pub fn merged(file: &Config, overlay: &Overlay, draining: &dyn Fn(&str, IpAddr) -> bool) -> Config {
     let mut cfg = file.clone();
-    let node_zone = cfg.node.zone.clone();
     for g in &mut cfg.target_groups {
-        for r in overlay
+        let extra = overlay
             .registered
             .iter()
-            .filter(|r| r.target_group == g.name)
-        {
+            .chain(overlay.departed.iter().map(|d| &d.target))
+            .filter(|r| r.target_group == g.name);
+        for r in extra {
             if !g.targets.iter().any(|t| t.id == r.id) {
                 g.targets.push(Target {
                     id: r.id,
                     weight: r.weight,
                     mac: r.mac.clone(),
                     zone: r.zone.clone(),
-                    port: None,
+                    port: r.port,
                 });
             }
         }
@@ -43,6 +38,23 @@ pub fn effective(
                 .any(|d| d.target_group == name && d.id == id)
         };
         g.targets.retain(|t| !dereg(t.id) || draining(&name, t.id));
+    }
+    cfg
+}
+
+/// The effective config: [`merged`]; targets that are draining, or outside the node's zone
+/// while the zone has a target in service and cross-zone is off, get ring weight 0 (they keep
+/// their flows but take no new ones). With cross-zone on, weights are multiplied by the zone's
+/// weight.
+pub fn effective(
+    file: &Config,
+    overlay: &Overlay,
+    draining: &dyn Fn(&str, IpAddr) -> bool,
+) -> Config {
+    let mut cfg = merged(file, overlay, draining);
+    let node_zone = cfg.node.zone.clone();
+    for g in &mut cfg.target_groups {
+        let name = g.name.clone();
         let cross = g.cross_zone();
         let serving: Vec<bool> = g
             .targets
@@ -62,7 +74,7 @@ pub fn effective(
                 .unwrap_or(1);
             t.weight = match (s && zone_ok, cross) {
                 (false, _) => 0,
-                (true, true) => t.weight * zone_weight,
+                (true, true) => t.weight.saturating_mul(zone_weight),
                 (true, false) => t.weight,
             };
         }
@@ -164,6 +176,7 @@ attributes = {{ "load_balancing.cross_zone.enabled" = "{cross_zone}" }}
             weight: 1,
             zone: Some("a".into()),
             mac: None,
+            port: None,
         });
         o.deregistered.push(Deregistration {
             target_group: "web".into(),

@@ -29,7 +29,7 @@ use lb_health::{
 };
 use lb_l7::L7Config;
 
-use self::overlay::{Deregistration, unix_now};
+use self::overlay::{Departure, Deregistration, unix_now};
 pub use self::{effective::effective, overlay::Overlay};
 use crate::{
     api::{Registration, Request, Response, Status, TargetRow},
@@ -92,15 +92,50 @@ impl Agent {
         };
         // A drain that was under way when the last agent stopped goes on until its end.
         let now = unix_now();
-        for d in agent.overlay.deregistered.clone() {
-            if d.drain_until > now {
-                let left = Duration::from_secs(d.drain_until - now);
+        let drains = agent
+            .overlay
+            .deregistered
+            .iter()
+            .map(|d| (&d.target_group, d.id, d.drain_until))
+            .chain(
+                agent
+                    .overlay
+                    .departed
+                    .iter()
+                    .map(|d| (&d.target.target_group, d.target.id, d.drain_until)),
+            );
+        for (group, id, until) in drains.collect::<Vec<_>>() {
+            if until > now {
+                let left = Duration::from_secs(until - now);
                 agent
                     .draining
-                    .insert((d.target_group, d.id), Instant::now() + left);
+                    .insert((group.clone(), id), Instant::now() + left);
             }
         }
-        agent.apply()?;
+        agent.overlay.departed.retain(|d| d.drain_until > now);
+        // A state file that no longer applies (its groups gone, or more targets than the
+        // datapath holds) does not keep the agent from starting with what does.
+        agent.overlay.registered.retain(|r| {
+            let known = agent.file.group(&r.target_group).is_some();
+            if !known {
+                tracing::warn!(target_group = %r.target_group, target = %r.id, "state file: no such target group any more; registration dropped");
+            }
+            known
+        });
+        if let Err(e) = agent.apply() {
+            let dropped = std::mem::take(&mut agent.overlay.registered);
+            tracing::warn!(
+                error = format!("{e:#}"),
+                registrations = dropped.len(),
+                "state file: its registrations do not apply; starting without them"
+            );
+            agent.apply()?;
+            agent.save()?;
+        }
+        // Targets an earlier agent left in the datapath that this config does not have.
+        for id in agent.lb.retire_orphans()? {
+            tracing::info!(target = %id, "target in the datapath but not in the config: retired");
+        }
         Ok((agent, events))
     }
 
@@ -193,32 +228,93 @@ impl Agent {
         self.save()
     }
 
-    /// Re-reads the file; a bad file is refused and the running config stays.
+    /// Re-reads the file; a bad file is refused and the running config stays. Targets the new
+    /// file no longer has drain for their group's deregistration delay, as deregistered ones do.
     pub fn reload(&mut self) -> Result<()> {
         let new = load_config(&self.path)?;
         if new.node != self.file.node {
             bail!("[node] changed: restart the agent to apply it");
         }
-        self.change(|a| a.file = new)
+        let departing: Vec<(Departure, Duration)> = self
+            .file
+            .target_groups
+            .iter()
+            .filter_map(|old| Some((old, new.group(&old.name)?)))
+            .flat_map(|(old, kept)| {
+                old.targets
+                    .iter()
+                    .filter(|t| !kept.targets.iter().any(|k| k.id == t.id))
+                    .map(move |t| {
+                        let d = Departure {
+                            target: Registration {
+                                target_group: old.name.clone(),
+                                id: t.id,
+                                weight: t.weight,
+                                zone: t.zone.clone(),
+                                mac: t.mac.clone(),
+                                port: t.port,
+                            },
+                            drain_until: unix_now() + old.deregistration_delay().as_secs(),
+                        };
+                        (d, old.deregistration_delay())
+                    })
+            })
+            .collect();
+        self.change(|a| {
+            // Targets back in the file stop departing.
+            a.overlay.departed.retain(|d| {
+                let back = new.group(&d.target.target_group).is_some_and(|g| {
+                    g.targets.iter().any(|t| t.id == d.target.id)
+                });
+                if back {
+                    a.draining.remove(&(d.target.target_group.clone(), d.target.id));
+                }
+                !back
+            });
+            for (d, delay) in departing {
+                tracing::info!(target_group = %d.target.target_group, target = %d.target.id, delay_seconds = delay.as_secs(), "target left the file: draining");
+                a.draining.insert(
+                    (d.target.target_group.clone(), d.target.id),
+                    Instant::now() + delay,
+                );
+                a.overlay.departed.push(d);
+            }
+            a.file = new;
+        })
     }
 
-    pub fn register(&mut self, r: Registration) -> Result<()> {
-        if self.group(&r.target_group).is_none() {
-            bail!("no target group named {:?}", r.target_group);
+    /// Adds targets through the API, in one apply. They are checked as the file is, with the
+    /// same rules and messages.
+    pub fn register(&mut self, targets: Vec<Registration>) -> Result<()> {
+        for r in &targets {
+            if self.group(&r.target_group).is_none() {
+                bail!("no target group named {:?}", r.target_group);
+            }
         }
-        let (group, id, weight) = (r.target_group.clone(), r.id, r.weight);
-        self.change(|a| {
-            let key = (r.target_group.clone(), r.id);
-            a.overlay
+        let mut overlay = self.overlay.clone();
+        for r in &targets {
+            let key = (r.target_group.as_str(), r.id);
+            overlay
                 .deregistered
-                .retain(|d| (&d.target_group, d.id) != (&key.0, key.1));
-            a.draining.remove(&key);
-            a.overlay
+                .retain(|d| (d.target_group.as_str(), d.id) != key);
+            overlay
                 .registered
-                .retain(|x| (x.target_group.as_str(), x.id) != (key.0.as_str(), key.1));
-            a.overlay.registered.push(r);
+                .retain(|x| (x.target_group.as_str(), x.id) != key);
+            overlay.registered.push(r.clone());
+        }
+        let draining = |g: &str, id: IpAddr| self.draining.contains_key(&(g.to_owned(), id));
+        effective::merged(&self.file, &overlay, &draining)
+            .check()
+            .map_err(|r| anyhow::anyhow!("{}: {}", r.key, r.message))?;
+        self.change(|a| {
+            for r in &targets {
+                a.draining.remove(&(r.target_group.clone(), r.id));
+            }
+            a.overlay = overlay;
         })?;
-        tracing::info!(target_group = %group, target = %id, weight, "target registered");
+        for r in &targets {
+            tracing::info!(target_group = %r.target_group, target = %r.id, weight = r.weight, "target registered");
+        }
         Ok(())
     }
 
@@ -263,14 +359,18 @@ impl Agent {
             .filter(|(_, d)| **d <= now)
             .map(|(k, _)| k.clone())
             .collect();
+        if done.is_empty() {
+            return Ok(done);
+        }
         for k in &done {
             self.draining.remove(k);
         }
-        if !done.is_empty() {
-            self.apply()?;
-            for (_, id) in &done {
-                self.lb.retire(*id)?;
-            }
+        let over = |d: &Departure| done.contains(&(d.target.target_group.clone(), d.target.id));
+        self.overlay.departed.retain(|d| !over(d));
+        self.apply()?;
+        self.save()?;
+        for (_, id) in &done {
+            self.lb.retire(*id)?;
         }
         Ok(done)
     }
@@ -305,11 +405,16 @@ impl Agent {
             for t in &g.targets {
                 let key = (g.name.clone(), t.id);
                 let draining = self.draining.contains_key(&key);
-                let from_api = !self
+                let in_file = self
                     .file
-                    .target_groups
-                    .iter()
-                    .any(|f| f.name == g.name && f.targets.iter().any(|x| x.id == t.id));
+                    .group(&g.name)
+                    .is_some_and(|f| f.targets.iter().any(|x| x.id == t.id));
+                let from_api = !in_file
+                    && self
+                        .overlay
+                        .registered
+                        .iter()
+                        .any(|r| r.target_group == g.name && r.id == t.id);
                 let configured = self
                     .file
                     .target_groups
@@ -396,9 +501,13 @@ impl Agent {
                 Ok(targets) => Response::Targets { targets },
                 Err(e) => error(e),
             },
-            Request::Register(r) => {
-                let msg = format!("registered {} in {}", r.id, r.target_group);
-                done(self.register(r), msg)
+            Request::Register { targets } => {
+                let names: Vec<String> = targets
+                    .iter()
+                    .map(|r| format!("{} in {}", r.id, r.target_group))
+                    .collect();
+                let msg = format!("registered {}", names.join(", "));
+                done(self.register(targets), msg)
             }
             Request::Deregister { target_group, id } => {
                 let msg = format!("deregistered {id} from {target_group}: draining");
@@ -434,10 +543,16 @@ impl Agent {
             .registered
             .iter()
             .map(|r| {
-                format!(
-                    "registered {} in {} (not in the file)",
-                    r.id, r.target_group
-                )
+                let in_file = self
+                    .file
+                    .group(&r.target_group)
+                    .is_some_and(|g| g.targets.iter().any(|t| t.id == r.id));
+                let why = if in_file {
+                    "in the file too: the file's weight, zone and MAC apply"
+                } else {
+                    "not in the file"
+                };
+                format!("registered {} in {} ({why})", r.id, r.target_group)
             })
             .chain(
                 self.overlay
@@ -445,6 +560,12 @@ impl Agent {
                     .iter()
                     .map(|d| format!("deregistered {} from {}", d.id, d.target_group)),
             )
+            .chain(self.overlay.departed.iter().map(|d| {
+                format!(
+                    "{} left {} with a reload: draining",
+                    d.target.id, d.target.target_group
+                )
+            }))
             .collect();
         Status {
             config: self.path.display().to_string(),

@@ -1,5 +1,5 @@
-//! The changes made through the API (registrations and deregistrations), kept in
-//! `node.state_file` across restarts and reported as drift from the file.
+//! The changes made through the API (registrations and deregistrations), and the targets a
+//! reload took out of the file while they drain, kept in `node.state_file` across restarts.
 
 use std::{net::IpAddr, path::Path};
 
@@ -8,13 +8,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::Registration;
 
-/// Changes made through the API, kept in `node.state_file` across restarts.
+/// What the agent runs beyond the file, kept in `node.state_file` across restarts.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Overlay {
-    /// Targets added to a group.
+    /// Targets added to a group through the API.
     pub registered: Vec<Registration>,
-    /// Targets taken out of a group (of the file or of `registered`).
+    /// Targets taken out of a group through the API (of the file or of `registered`).
     pub deregistered: Vec<Deregistration>,
+    /// Targets a reload took out of the file, until their drain ends.
+    #[serde(default)]
+    pub departed: Vec<Departure>,
+}
+
+/// A target that left the file: it takes no new flows, and its own go on until its group's
+/// deregistration delay ends, as for a deregistered one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Departure {
+    pub target: Registration,
+    /// When its drain ends (seconds since the Unix epoch).
+    pub drain_until: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
