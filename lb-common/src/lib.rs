@@ -239,10 +239,13 @@ pub enum Reason {
     DropTooBig,
     /// Growing or shrinking the frame failed.
     DropAdjust,
+    /// Tunnelled, then passed to the kernel: the FIB knows the route to the target but not the
+    /// next hop's MAC yet, and the kernel resolves it while it forwards this packet.
+    PassNoNeighbour,
 }
 
 impl Reason {
-    pub const COUNT: u32 = Reason::DropAdjust as u32 + 1;
+    pub const COUNT: u32 = Reason::PassNoNeighbour as u32 + 1;
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::TxTunnel,
         Reason::TxDsr,
@@ -261,6 +264,7 @@ impl Reason {
         Reason::DropNoRoute,
         Reason::DropTooBig,
         Reason::DropAdjust,
+        Reason::PassNoNeighbour,
     ];
 
     /// The snake_case name that `xlb stats` and the metrics print.
@@ -283,6 +287,7 @@ impl Reason {
             Reason::DropNoRoute => "drop_no_route",
             Reason::DropTooBig => "drop_too_big",
             Reason::DropAdjust => "drop_adjust",
+            Reason::PassNoNeighbour => "pass_no_neighbour",
         }
     }
 }

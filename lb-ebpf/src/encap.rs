@@ -2,7 +2,7 @@
 //! another one (`bpf_redirect`), with the next hop from the kernel FIB.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
@@ -168,14 +168,25 @@ fn next_hop(
         if now < c.expires_ns && c.ingress == ingress && c.addr == words(&b.addr) {
             return Ok(hop(ingress, c));
         }
-        if let Some(fib) = fib(ctx, ingress, b, v4) {
-            c.addr = words(&b.addr);
-            c.expires_ns = now + NEXT_HOP_TTL_NS;
-            c.ingress = ingress;
-            c.ifindex = fib.ifindex;
-            c.macs[..6].copy_from_slice(&fib.dmac);
-            c.macs[6..].copy_from_slice(&fib.smac);
-            return Ok(hop(ingress, c));
+        match fib(ctx, ingress, b, v4) {
+            Ok(fib) => {
+                c.addr = words(&b.addr);
+                c.expires_ns = now + NEXT_HOP_TTL_NS;
+                c.ingress = ingress;
+                c.ifindex = fib.ifindex;
+                c.macs[..6].copy_from_slice(&fib.dmac);
+                c.macs[6..].copy_from_slice(&fib.smac);
+                return Ok(hop(ingress, c));
+            }
+            // A route, but no neighbour entry yet: the kernel resolves it (ARP, neighbour
+            // discovery) as it forwards this packet; the next ones find it. Not cached.
+            Err(rc) if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 => {
+                return Ok(NextHop {
+                    macs: Macs::Kernel,
+                    redirect: None,
+                });
+            }
+            Err(_) => {}
         }
     }
     if cfg.gateway_mac == [0; 6] {
@@ -203,11 +214,17 @@ fn hop(ingress: u32, c: &CachedHop) -> NextHop {
     }
 }
 
-/// The kernel's route and neighbour for `b`, from the interface the packet came in on. The
+/// The kernel's route and neighbour for `b`, from the interface the packet came in on (or the
+/// helper's return code when it has none). The
 /// helper's 64-byte argument lives in a per-CPU scratch slot, not on the stack.
 #[inline(always)]
-fn fib(ctx: &XdpContext, ingress: u32, b: &Backend, v4: bool) -> Option<&'static bpf_fib_lookup> {
-    let args = FIB_ARGS.get_ptr_mut(0)?;
+fn fib(
+    ctx: &XdpContext,
+    ingress: u32,
+    b: &Backend,
+    v4: bool,
+) -> Result<&'static bpf_fib_lookup, i64> {
+    let args = FIB_ARGS.get_ptr_mut(0).ok_or(-1)?;
     // What the kernel reads, as whole words (field by field, LLVM merged the zeros into a call
     // of a byte-wise `memset`): the family, with protocol, ports and length 0 (no MTU check: the
     // tunnel has its own); the ingress interface, with flow info 0; the destination (IPv4
@@ -234,6 +251,9 @@ fn fib(ctx: &XdpContext, ingress: u32, b: &Backend, v4: bool) -> Option<&'static
             0,
         )
     };
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return Err(rc);
+    }
     // SAFETY: as above; read only until the next packet on this CPU.
-    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64).then(|| unsafe { &(*args).0 })
+    Ok(unsafe { &(*args).0 })
 }

@@ -16,6 +16,8 @@ pub enum Macs {
     Gateway([u8; 6]),
     /// Back to the MAC the frame came from.
     Reply,
+    /// As the frame came: the kernel, which gets it, resolves the next hop itself.
+    Kernel,
 }
 
 /// Where a frame goes after its headers are written.
@@ -54,6 +56,7 @@ pub fn write(
                 out[..6].copy_from_slice(&old[6..12]);
                 out[6..12].copy_from_slice(&old[..6]);
             }
+            Macs::Kernel => out[..12].copy_from_slice(&old[..12]),
         }
         let t = ether_type.to_be_bytes();
         if vlan {
@@ -71,6 +74,9 @@ pub fn write(
 /// The verdict that sends the frame on its way to `hop`.
 #[inline(always)]
 pub fn send(hop: &NextHop, reason: Reason) -> Verdict {
+    if let Macs::Kernel = hop.macs {
+        return Verdict::pass(Reason::PassNoNeighbour);
+    }
     match hop.redirect {
         Some(ifindex) => Verdict {
             // SAFETY: a helper with plain integer arguments.

@@ -120,8 +120,11 @@ fn send(
     let cfg: &Config = CONFIG.get(0).ok_or(Verdict::drop(Reason::DropNoRoute))?;
     let v = encap::forward(ctx, p, vip, choice, cfg)?;
     // Counted once the packet is on its way to the target (not when it was answered with
-    // "too big" instead).
-    if matches!(v.reason, Reason::TxTunnel | Reason::TxDsr) {
+    // "too big" instead), by the datapath or by the kernel that resolves its next hop.
+    if matches!(
+        v.reason,
+        Reason::TxTunnel | Reason::TxDsr | Reason::PassNoNeighbour
+    ) {
         stats::vip(vip.index, bytes, choice.new_flow);
         stats::backend(choice.index, bytes);
     }

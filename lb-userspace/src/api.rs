@@ -67,6 +67,9 @@ pub struct Status {
     pub target_groups: usize,
     /// Registrations made through the API that the file does not have.
     pub drift: Vec<String>,
+    /// What keeps the config from working on this host (forwarding off, ...).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -69,6 +69,9 @@ pub fn status(socket: &Path, json: bool) -> Result<()> {
             for d in s.drift {
                 println!("drift       {d}");
             }
+            for w in s.warnings {
+                println!("warning     {w}");
+            }
             Ok(())
         }
         other => unexpected(other),

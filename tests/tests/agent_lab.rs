@@ -705,3 +705,38 @@ fn a_state_file_that_no_longer_applies_is_reported_and_the_agent_starts() {
     assert_eq!(s.keys().collect::<Vec<_>>(), ["backend1"], "{s:?}");
     agent.stop().unwrap();
 }
+
+#[test]
+fn forwarding_off_is_named_with_what_to_set() {
+    let lab = lab("xag-l-");
+    let off = lab
+        .exec(
+            Role::Lb,
+            &["sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=0"],
+        )
+        .expect("sysctl");
+    assert!(off.status.success());
+    let cfg = write(&lab, &config(&lab, &[(1, "a")], "", ""));
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    let (ok, status) = cli(&lab, &["status"]);
+    assert!(ok, "{status}");
+    assert!(
+        status.contains("warning     net.ipv4.conf.eth0.forwarding is 0")
+            && status.contains("sysctl -w net.ipv4.conf.eth0.forwarding=1")
+            && status.contains("node.gateway_mac"),
+        "{status}"
+    );
+    // As it says: nothing reaches the targets until forwarding is on.
+    let s = spread(&lab, 3);
+    assert!(!s.keys().any(|k| k.starts_with("backend")), "{s:?}");
+    lab.exec(
+        Role::Lb,
+        &["sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=1"],
+    )
+    .expect("sysctl");
+    let (_, status) = cli(&lab, &["status"]);
+    assert!(!status.contains("warning"), "{status}");
+    let s = spread(&lab, 10);
+    assert_eq!(s.get("backend1"), Some(&10), "{s:?}");
+    agent.stop().unwrap();
+}

@@ -190,3 +190,43 @@ fn a_cached_next_hop_is_used_for_a_second_then_the_fib_is_asked_again() {
         "asked again after a second"
     );
 }
+
+#[test]
+fn a_target_whose_neighbour_is_not_resolved_yet_goes_through_the_kernel() {
+    pin_cpu();
+    let mut f = Fixture::new();
+    let ingress = links();
+    // On out0's subnet, with no neighbour entry: the FIB has a route and no MAC.
+    let unresolved_v4 = Ipv4Addr::new(198, 18, 1, 44);
+    let unresolved_v6 = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x44);
+    f.listener(VIP_V4, 80, Proto::Tcp, 0, &[unresolved_v4.into()]);
+    f.listener(VIP_V6, 80, Proto::Tcp, 0, &[unresolved_v6.into()]);
+    let syn_v6 = Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv6(CLIENT_V6, VIP_V6)
+        .tcp(1000, 80)
+        .syn()
+        .build();
+    for (frame, target) in [
+        (syn_v4(1000), IpAddr::from(unresolved_v4)),
+        (syn_v6, unresolved_v6.into()),
+    ] {
+        let out = f.run_on(ingress, &frame);
+        // Tunnelled and passed up, its Ethernet addresses as they came, for the kernel to
+        // forward once it has resolved the neighbour.
+        assert_eq!(out.action, xlb_tests::fixture::XDP_PASS);
+        assert_eq!(out.reasons, [(Reason::PassNoNeighbour, 1)]);
+        let fr = &out.frame;
+        assert_eq!((&fr[..6], &fr[6..12]), (&MAC_LB[..], &MAC_CLIENT[..]));
+        let outer = match u16::from_be_bytes([fr[12], fr[13]]) {
+            0x0800 => IpAddr::from(<[u8; 4]>::try_from(&fr[30..34]).unwrap()),
+            0x86dd => IpAddr::from(<[u8; 16]>::try_from(&fr[38..54]).unwrap()),
+            t => panic!("outer ether type {t:#x}"),
+        };
+        assert_eq!(outer, target);
+    }
+    // Once the kernel knows the neighbour, the datapath sends by itself (nothing was cached).
+    neighbour(unresolved_v4.into(), MAC_FAR_NEW, "out0");
+    let out = f.run_on(ingress, &syn_v4(1001));
+    assert_eq!(out.action, XDP_REDIRECT);
+    assert_eq!(sent_to(&out), (MAC_FAR_NEW, MAC_OUT, unresolved_v4.into()));
+}

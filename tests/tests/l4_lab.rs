@@ -45,14 +45,14 @@ fn config(lab: &Lab, targets: &[usize], dsr: bool) -> String {
         .collect();
     let fwd = if dsr { "dsr" } else { "tunnel" };
     let pins = xlb_tests::lab::pin_dir(lab.prefix()).join("agent");
+    let run = xlb_tests::lab::run_dir(lab.prefix());
     let mut s = format!(
-        "[node]\ninterface = \"eth0\"\nmtu = 1600\npin_dir = \"{}\"\napi_socket = \"{}\"\n\n\
+        "[node]\ninterface = \"eth0\"\nmtu = 1600\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n\n\
          [[target_groups]]\nname = \"v4\"\nprotocol = \"TCP\"\nport = 80\ntargets = [{}]\n\n\
          [[target_groups]]\nname = \"v6\"\nprotocol = \"TCP\"\nport = 80\ntargets = [{}]\n",
         pins.display(),
-        xlb_tests::lab::run_dir(lab.prefix())
-            .join("xlb.sock")
-            .display(),
+        run.join("xlb.sock").display(),
+        run.join("state.json").display(),
         v4.join(", "),
         v6.join(", ")
     );
@@ -284,7 +284,7 @@ fn weighted_udp(prefix: &str, dsr: bool) {
     };
     let fwd = if dsr { "dsr" } else { "tunnel" };
     let mut text = format!(
-        "[node]\ninterface = \"eth0\"\nmtu = 1600\npin_dir = \"{}\"\napi_socket = \"{}\"\n\n\
+        "[node]\ninterface = \"eth0\"\nmtu = 1600\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n\n\
          [[target_groups]]\nname = \"u4\"\nprotocol = \"UDP\"\nport = 53\ntargets = [{}]\n\n\
          [[target_groups]]\nname = \"u6\"\nprotocol = \"UDP\"\nport = 53\ntargets = [{}]\n",
         xlb_tests::lab::pin_dir(lab.prefix())
@@ -292,6 +292,9 @@ fn weighted_udp(prefix: &str, dsr: bool) {
             .display(),
         xlb_tests::lab::run_dir(lab.prefix())
             .join("xlb.sock")
+            .display(),
+        xlb_tests::lab::run_dir(lab.prefix())
+            .join("state.json")
             .display(),
         targets(&|i| backend_v4(i).to_string()),
         targets(&|i| backend_v6(i).to_string()),
@@ -403,4 +406,32 @@ fn cached_next_hops_follow_neighbour_changes() {
     );
     assert_eq!(get().expect("request after the change"), "backend1");
     agent.stop().expect("xlb stops cleanly");
+}
+
+/// Without a neighbour entry for a target (a cold ARP cache, a target just moved), the first
+/// packets go through the kernel, which resolves it: nothing is lost, v4 or v6.
+#[test]
+fn targets_without_neighbour_entries_are_reached_through_the_kernel() {
+    let lab = lab("xl4h-", 1);
+    for target in [backend_v4(1).to_string(), backend_v6(1).to_string()] {
+        let out = lab
+            .exec(Role::Lb, &["ip", "neigh", "del", &target, "dev", "eth0"])
+            .expect("ip neigh del");
+        assert!(out.status.success(), "ip neigh del {target}");
+    }
+    let cfg = write_config(&lab, &config(&lab, &[1], false));
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
+        let got = in_netns(&lab.ns(Role::Client), || {
+            xlb_tests::agent::http_get(SocketAddr::new(vip, HTTP_PORT))
+        })
+        .unwrap();
+        assert_eq!(got.expect("the first request"), "backend1", "{vip}");
+    }
+    let stats = agent.stop().expect("xlb stops cleanly");
+    let passed = stats
+        .lines()
+        .find(|l| l.starts_with("pass_no_neighbour"))
+        .unwrap_or_else(|| panic!("no packet went through the kernel:\n{stats}"));
+    assert!(passed.split_whitespace().nth(1).unwrap() != "0", "{passed}");
 }

@@ -3,7 +3,7 @@
 //! and the balancer would both claim its packets), or a host address inside the tunnel sources
 //! (its replies would look like tunnelled traffic to the path).
 
-use std::net::IpAddr;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use anyhow::{Context as _, Result};
 use lb_config::{Config, Forwarding, Refusal};
@@ -66,6 +66,41 @@ pub fn check(cfg: &Config, host: &[(String, IpAddr)]) -> Result<(), Refusal> {
         ));
     }
     Ok(())
+}
+
+/// What keeps tunnels from leaving on this host, as lines for the log and `xlb status`: the
+/// kernel's FIB answers `bpf_fib_lookup` only on an interface that forwards, so with forwarding
+/// off and no `gateway_mac` every tunnelled packet is dropped (`drop_no_route`).
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    if cfg.node.gateway_mac.is_some() {
+        return Vec::new();
+    }
+    let iface = &cfg.node.interface;
+    let families: BTreeSet<bool> = cfg
+        .listeners
+        .iter()
+        .filter(|l| l.forwarding == Forwarding::Tunnel)
+        .filter_map(|l| cfg.group(l.target_group()))
+        .flat_map(|g| g.targets.iter().map(|t| t.id.is_ipv4()))
+        .collect();
+    let mut out = Vec::new();
+    for v4 in families {
+        let (family, ip) = if v4 {
+            ("IPv4", "ipv4")
+        } else {
+            ("IPv6", "ipv6")
+        };
+        let key = format!("net.{ip}.conf.{iface}.forwarding");
+        let path = format!("/proc/sys/net/{ip}/conf/{iface}/forwarding");
+        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+            out.push(format!(
+                "{key} is 0: the kernel's FIB gives no next hop toward {family} targets and their \
+                 tunnelled packets are dropped (drop_no_route); set it to 1 (sysctl -w {key}=1), \
+                 or set node.gateway_mac"
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -104,12 +104,27 @@ impl Agent {
                     .iter()
                     .map(|d| (&d.target.target_group, d.target.id, d.drain_until)),
             );
-        for (group, id, until) in drains.collect::<Vec<_>>() {
+        // A departure whose target is back in the file is over.
+        let file = agent.file.clone();
+        let back = |d: &Departure| {
+            file.group(&d.target.target_group)
+                .is_some_and(|g| g.targets.iter().any(|t| t.id == d.target.id))
+        };
+        let drains: Vec<_> = drains
+            .filter(|(g, id, _)| {
+                !agent
+                    .overlay
+                    .departed
+                    .iter()
+                    .any(|d| &d.target.target_group == *g && d.target.id == *id && back(d))
+            })
+            .map(|(g, id, until)| (g.clone(), id, until))
+            .collect();
+        agent.overlay.departed.retain(|d| !back(d));
+        for (group, id, until) in drains {
             if until > now {
                 let left = Duration::from_secs(until - now);
-                agent
-                    .draining
-                    .insert((group.clone(), id), Instant::now() + left);
+                agent.draining.insert((group, id), Instant::now() + left);
             }
         }
         agent.overlay.departed.retain(|d| d.drain_until > now);
@@ -131,6 +146,9 @@ impl Agent {
             );
             agent.apply()?;
             agent.save()?;
+        }
+        for w in host::warnings(&agent.file) {
+            tracing::warn!("{w}");
         }
         // Targets an earlier agent left in the datapath that this config does not have.
         for id in agent.lb.retire_orphans()? {
@@ -574,6 +592,7 @@ impl Agent {
             listeners: self.file.listeners.len(),
             target_groups: self.file.target_groups.len(),
             drift,
+            warnings: host::warnings(&self.file),
         }
     }
 
