@@ -153,7 +153,8 @@ pub struct FlowState {
     /// The flow hash the ring was asked with (the tunnel's outer source carries it): kept so
     /// that established packets skip hashing their 5-tuple.
     pub hash: u32,
-    /// Last packet, `bpf_ktime_get_ns` (monotonic), for the UDP idle timeout.
+    /// UDP: the last packet, `bpf_ktime_get_ns` (monotonic), for the idle timeout. TCP: 0 while
+    /// open; when the client's FIN or RST passed, so that a flow's connection counts as closed.
     pub seen_ns: u64,
 }
 const _: () = assert!(size_of::<FlowState>() == 16);
@@ -199,6 +200,8 @@ pub struct VipCounters {
     pub bytes: u64,
     /// Flows that took a backend from the Maglev ring (new or re-balanced).
     pub new_flows: u64,
+    /// Packets to this listener that were dropped (no target, no route, too big, ...).
+    pub dropped: u64,
 }
 
 /// Why a packet got its verdict. Indexes `REASON_STATS`; every verdict bumps exactly one.

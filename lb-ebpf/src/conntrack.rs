@@ -59,9 +59,10 @@ pub fn ring(vip: &VipMeta, hash: u32) -> Result<u32, Verdict> {
     Ok(index)
 }
 
-/// Flow table first (unless `syn`), then the ring; records new flows.
+/// Flow table first (unless `syn`), then the ring; records new flows. `closing`: a TCP FIN or
+/// RST, marked on the flow's entry so that the agent counts its connection as closed.
 #[inline(always)]
-pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool) -> Result<Choice, Verdict> {
+pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool, closing: bool) -> Result<Choice, Verdict> {
     let udp = key.proto == IPPROTO_UDP;
     // UDP needs the clock for its idle timeout; TCP entries never expire by time.
     let now = if udp {
@@ -78,6 +79,9 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool) -> Result<Choice, Verdict
             if udp {
                 // SAFETY: as above.
                 unsafe { (*state).seen_ns = now };
+            } else if closing && seen == 0 {
+                // SAFETY: as above; a helper without arguments.
+                unsafe { (*state).seen_ns = bpf_ktime_get_ns() };
             }
             return Ok(Choice {
                 index,

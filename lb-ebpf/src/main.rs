@@ -24,14 +24,14 @@ mod vip;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     Config, DecapReason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Reason,
-    VIP_F_SOURCE_IP,
+    VIP_F_SOURCE_IP, VipMeta,
 };
 
 use crate::{
     conntrack::Choice,
     icmp::Icmp,
     maps::CONFIG,
-    parse::{ETH_P_IP, ETH_P_IPV6, Packet, TCP_ACK, TCP_SYN},
+    parse::{ETH_P_IP, ETH_P_IPV6, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     verdict::Verdict,
 };
 
@@ -56,17 +56,26 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
     if p.fragment {
         return fragment(ctx, &p, bytes);
     }
-    let (vip, choice) = match p.key.proto {
+    match p.key.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let vip = vip::listener(p.key.family, &p.key.dst, p.key.dport_be, p.key.proto)
                 .ok_or(Verdict::pass(Reason::PassNotVip))?;
-            let syn = p.key.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-            let choice = conntrack::choose(&vip, &p.key, syn)?;
-            (vip, choice)
+            let tcp = p.key.proto == IPPROTO_TCP;
+            let syn = tcp && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            let closing = tcp && p.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+            counted(
+                &vip,
+                conntrack::choose(&vip, &p.key, syn, closing)
+                    .and_then(|choice| send(ctx, &p, &vip, &choice, bytes)),
+            )
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => match icmp::handle(ctx, &p)? {
-            Icmp::Reply(v) => return Ok(v),
-            Icmp::Error { vip, key } => (vip, conntrack::existing(&vip, &key)?),
+            Icmp::Reply(v) => Ok(v),
+            Icmp::Error { vip, key } => counted(
+                &vip,
+                conntrack::existing(&vip, &key)
+                    .and_then(|choice| send(ctx, &p, &vip, &choice, bytes)),
+            ),
         },
         other => {
             let icmp = if p.key.family == lb_common::AF_INET {
@@ -75,13 +84,23 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
                 IPPROTO_ICMPV6
             };
             let _ = other;
-            return Err(match vip::address(p.key.family, &p.key.dst, icmp) {
+            Err(match vip::address(p.key.family, &p.key.dst, icmp) {
                 Some(_) => Verdict::pass(Reason::PassOtherProto),
                 None => Verdict::pass(Reason::PassNotVip),
-            });
+            })
         }
-    };
-    send(ctx, &p, &vip, &choice, bytes)
+    }
+}
+
+/// Counts a packet of listener `vip` that ends dropped in the listener's counters.
+#[inline(always)]
+fn counted(vip: &VipMeta, r: Result<Verdict, Verdict>) -> Result<Verdict, Verdict> {
+    if let Ok(v) | Err(v) = &r
+        && v.action == xdp_action::XDP_DROP
+    {
+        stats::vip_dropped(vip.index);
+    }
+    r
 }
 
 /// Fragment policy: all fragments of a datagram must reach one target, and only the first has
@@ -92,28 +111,25 @@ fn fragment(ctx: &XdpContext, p: &Packet, bytes: u64) -> Result<Verdict, Verdict
     let vip = vip::address(p.key.family, &p.key.dst, p.key.proto)
         .ok_or(Verdict::pass(Reason::PassNotVip))?;
     if vip.flags & VIP_F_SOURCE_IP == 0 {
-        return Err(Verdict::drop(Reason::DropFragment));
+        return counted(&vip, Err(Verdict::drop(Reason::DropFragment)));
     }
     let hash = conntrack::hash(&vip, &p.key);
-    let index = conntrack::ring(&vip, hash)?;
-    send(
-        ctx,
-        p,
-        &vip,
-        &Choice {
+    let r = conntrack::ring(&vip, hash).and_then(|index| {
+        let choice = Choice {
             index,
             hash,
             new_flow: false,
-        },
-        bytes,
-    )
+        };
+        send(ctx, p, &vip, &choice, bytes)
+    });
+    counted(&vip, r)
 }
 
 #[inline(always)]
 fn send(
     ctx: &XdpContext,
     p: &Packet,
-    vip: &lb_common::VipMeta,
+    vip: &VipMeta,
     choice: &Choice,
     bytes: u64,
 ) -> Result<Verdict, Verdict> {

@@ -92,7 +92,9 @@ pub struct Packet {
     pub frame_len: usize,
 }
 
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// Ethernet and one optional VLAN tag → (EtherType, L3 offset).

@@ -41,3 +41,12 @@ pub fn vip(index: u32, bytes: u64, new_flow: bool) {
         }
     }
 }
+
+/// A packet to listener `index` that was dropped.
+#[inline(always)]
+pub fn vip_dropped(index: u32) {
+    if let Some(c) = VIP_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, as above.
+        unsafe { (*c).dropped += 1 };
+    }
+}

@@ -78,6 +78,9 @@ pub struct ListenerStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Packets to the listener that were dropped.
+    #[serde(default)]
+    pub dropped: u64,
     /// (target, packets, bytes).
     pub targets: Vec<(String, u64, u64)>,
 }
@@ -108,7 +111,8 @@ pub struct TargetRow {
     pub state: String,
     /// AWS reason code, when the state has one.
     pub reason: Option<String>,
-    /// Entries in the flow table that point at this target.
+    /// Live flows on this target: TCP connections its clients have not closed (no FIN or RST
+    /// seen), UDP flows within their idle timeout.
     pub flows: u64,
     /// Whether the target takes new flows now.
     pub in_service: bool,

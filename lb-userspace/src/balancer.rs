@@ -20,6 +20,9 @@ use crate::{
     maglev::{self, MaglevTarget},
 };
 
+/// A listener as the datapath knows it: address, port, IP protocols.
+type ListenerKey = (IpAddr, u16, &'static [u8]);
+
 /// What was applied for one listener.
 #[derive(Debug, Clone)]
 pub struct AppliedListener {
@@ -42,6 +45,9 @@ pub struct Balancer {
     keys: BTreeSet<VipKey>,
     /// The live ring (0 or 1) per VIP index.
     rings: BTreeMap<u32, u32>,
+    /// Each listener's VIP index, by what it listens on: the counters and the ring stay with
+    /// the listener when a reload reorders the file.
+    vips: BTreeMap<ListenerKey, u32>,
     pub listeners: Vec<AppliedListener>,
 }
 
@@ -61,10 +67,31 @@ impl Balancer {
         }
         let mut keys = BTreeSet::new();
         let mut rings = BTreeMap::new();
+        let mut listening: BTreeMap<u32, (IpAddr, u16, Vec<u8>)> = BTreeMap::new();
         for (key, meta) in dp.vips()? {
             keys.insert(key);
             if meta.flags & VIP_F_ADDRESS_ONLY == 0 {
                 rings.insert(meta.index, meta.ring);
+                let l = listening.entry(meta.index).or_insert_with(|| {
+                    (
+                        addr_from(key.family, &key.addr),
+                        u16::from_be(key.port_be),
+                        Vec::new(),
+                    )
+                });
+                l.2.push(key.proto);
+            }
+        }
+        // The listeners an earlier agent applied, so that each keeps its index.
+        let mut vips = BTreeMap::new();
+        for (index, (addr, port, mut protos)) in listening {
+            protos.sort_unstable();
+            let protos = [Protocol::Tcp, Protocol::Udp, Protocol::TcpUdp]
+                .map(protocols)
+                .into_iter()
+                .find(|p| *p == &protos[..]);
+            if let Some(protos) = protos {
+                vips.insert((addr, port, protos), index);
             }
         }
         Ok(Balancer {
@@ -73,6 +100,7 @@ impl Balancer {
             free,
             keys,
             rings,
+            vips,
             listeners: Vec::new(),
         })
     }
@@ -98,14 +126,21 @@ impl Balancer {
             });
         }
         self.dp.set_config(&node_config(cfg))?;
+        // Listeners that left free their index for new ones, which start with zeroed counters.
+        let wanted: BTreeSet<ListenerKey> = cfg
+            .listeners
+            .iter()
+            .map(|l| (l.address, l.port, protocols(l.protocol)))
+            .collect();
+        self.vips.retain(|k, _| wanted.contains(k));
         let mut keys = BTreeSet::new();
         let mut listeners = Vec::new();
-        for (vip, l) in cfg.listeners.iter().enumerate() {
-            let vip = vip as u32;
+        for l in &cfg.listeners {
+            let vip = self.vip_index((l.address, l.port, protocols(l.protocol)))?;
             let tg = cfg.group(l.target_group()).expect("validated");
             let mut targets = Vec::new();
             for t in &tg.targets {
-                let index = self.backend_index(t.id);
+                let index = self.backend_index(t.id)?;
                 let mac = t
                     .mac
                     .as_deref()
@@ -260,29 +295,62 @@ impl Balancer {
         Ok(orphans)
     }
 
-    /// Flow table entries per target.
+    /// Live flows per target: TCP connections whose client has sent no FIN or RST, UDP flows
+    /// within their idle timeout. (The flow table also holds the closed and idle ones until the
+    /// LRU evicts them.)
     pub fn flows_per_target(&mut self) -> Result<BTreeMap<IpAddr, u64>, DataplaneError> {
         let by_index: BTreeMap<u32, IpAddr> = self.backends.iter().map(|(a, i)| (*i, *a)).collect();
+        // The datapath's clock: `bpf_ktime_get_ns` is CLOCK_MONOTONIC.
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+            .unwrap_or(0);
         let mut out = BTreeMap::new();
-        for (_, state) in self.dp.flows()? {
-            if let Some(addr) = by_index.get(&state.backend) {
+        for (key, state) in self.dp.flows()? {
+            let live = if key.proto == IPPROTO_UDP {
+                now.saturating_sub(state.seen_ns) < lb_common::UDP_FLOW_TIMEOUT_NS
+            } else {
+                state.seen_ns == 0
+            };
+            if let (true, Some(addr)) = (live, by_index.get(&state.backend)) {
                 *out.entry(*addr).or_insert(0) += 1;
             }
         }
         Ok(out)
     }
 
-    /// The index of `addr`'s target: its own, a freed one, or the next never used.
-    fn backend_index(&mut self, addr: IpAddr) -> u32 {
+    /// The index of `addr`'s target: its own, a freed one, or the next never used. A reused
+    /// index starts with zeroed counters.
+    fn backend_index(&mut self, addr: IpAddr) -> Result<u32, DataplaneError> {
         if let Some(&index) = self.backends.get(&addr) {
-            return index;
+            return Ok(index);
         }
         let index = match self.free.pop_front() {
-            Some(index) => index,
+            Some(index) => {
+                self.dp.reset_backend_counters(index)?;
+                index
+            }
             None => self.next_unused(),
         };
         self.backends.insert(addr, index);
-        index
+        Ok(index)
+    }
+
+    /// The VIP index of listener `key`: its own, else the lowest free one, with its counters
+    /// zeroed.
+    fn vip_index(&mut self, key: ListenerKey) -> Result<u32, DataplaneError> {
+        if let Some(&index) = self.vips.get(&key) {
+            return Ok(index);
+        }
+        let taken: BTreeSet<u32> = self.vips.values().copied().collect();
+        let index = (0..lb_common::MAX_VIPS)
+            .find(|i| !taken.contains(i))
+            .ok_or(DataplaneError::Full {
+                map: lb_common::names::VIP_STATS,
+                max: lb_common::MAX_VIPS,
+            })?;
+        self.dp.reset_vip_counters(index)?;
+        self.vips.insert(key, index);
+        Ok(index)
     }
 
     /// The lowest index no target has held (index 0 means "no backend").

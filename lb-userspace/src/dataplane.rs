@@ -488,7 +488,34 @@ impl Dataplane {
             packets: a.packets + c.packets,
             bytes: a.bytes + c.bytes,
             new_flows: a.new_flows + c.new_flows,
+            dropped: a.dropped + c.dropped,
         }))
+    }
+
+    /// Zeroes the counters of listener `index` (it is given to another listener).
+    pub fn reset_vip_counters(&mut self, index: u32) -> Result<()> {
+        self.reset::<VipCounters>(names::VIP_STATS, index)
+    }
+
+    /// Zeroes the counters of backend `index` (it is given to another target).
+    pub fn reset_backend_counters(&mut self, index: u32) -> Result<()> {
+        self.reset::<Counters>(names::BACKEND_STATS, index)
+    }
+
+    fn reset<V: aya::Pod + Default>(&mut self, name: &'static str, index: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map {
+            name,
+            source: aya::maps::MapError::IoError(e),
+        })?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![V::default(); cpus]).map_err(|e| {
+            DataplaneError::Map {
+                name,
+                source: aya::maps::MapError::IoError(e),
+            }
+        })?;
+        self.per_cpu::<V>(name)?
+            .set(index, zeros, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 
     pub fn backend_counters(&mut self, index: u32) -> Result<Counters> {

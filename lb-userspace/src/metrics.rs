@@ -29,7 +29,7 @@ pub fn render(scrape: &Scrape, l7: &L7Metrics) -> Result<String, std::fmt::Error
     let mut reg = Registry::with_prefix("xlb");
     let counter = Family::<Labels, Counter<u64, AtomicU64>>::default;
     let gauge = Family::<Labels, Gauge>::default;
-    let (bytes, packets, new_flows) = (counter(), counter(), counter());
+    let (bytes, packets, new_flows, dropped) = (counter(), counter(), counter(), counter());
     let (target_bytes, target_packets, reasons) = (counter(), counter(), counter());
     let (healthy, unhealthy, flows) = (gauge(), gauge(), gauge());
     for l in &scrape.counters.listeners {
@@ -37,6 +37,7 @@ pub fn render(scrape: &Scrape, l7: &L7Metrics) -> Result<String, std::fmt::Error
         bytes.get_or_create(&lab).inc_by(l.bytes);
         packets.get_or_create(&lab).inc_by(l.packets);
         new_flows.get_or_create(&lab).inc_by(l.new_flows);
+        dropped.get_or_create(&lab).inc_by(l.dropped);
         for t in &l.targets {
             let lab = vec![
                 ("listener".to_owned(), l.name.clone()),
@@ -55,6 +56,9 @@ pub fn render(scrape: &Scrape, l7: &L7Metrics) -> Result<String, std::fmt::Error
     }
     for row in &scrape.targets {
         let group = vec![("target_group".to_owned(), row.target_group.clone())];
+        // Both gauges for every group, at 0 when none counts (groups without checks too).
+        let _ = healthy.get_or_create(&group);
+        let _ = unhealthy.get_or_create(&group);
         // Hosts count as healthy as AWS counts them: in service and not failing checks.
         let fam = if row.state == "unhealthy" {
             &unhealthy
@@ -88,6 +92,11 @@ pub fn render(scrape: &Scrape, l7: &L7Metrics) -> Result<String, std::fmt::Error
             new_flows,
         ),
         (
+            "dropped_packets",
+            "Packets to each listener that the datapath dropped",
+            dropped,
+        ),
+        (
             "target_processed_bytes",
             "Bytes sent to each target",
             target_bytes,
@@ -119,7 +128,7 @@ pub fn render(scrape: &Scrape, l7: &L7Metrics) -> Result<String, std::fmt::Error
         ),
         (
             "target_flows",
-            "Flow table entries per target (with its state)",
+            "Live flows per target: TCP connections their clients have not closed, UDP flows not idle",
             flows,
         ),
     ];

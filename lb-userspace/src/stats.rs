@@ -23,6 +23,8 @@ pub struct ListenerCounters {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Its packets that were dropped.
+    pub dropped: u64,
     pub targets: Vec<TargetCounters>,
 }
 
@@ -57,6 +59,7 @@ impl Snapshot {
                 packets: c.packets,
                 bytes: c.bytes,
                 new_flows: c.new_flows,
+                dropped: c.dropped,
                 targets,
             });
         }
@@ -71,14 +74,14 @@ impl Snapshot {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<40} {:>12} {:>14} {:>10}",
-            "listener / target", "packets", "bytes", "new flows"
+            "{:<40} {:>12} {:>14} {:>10} {:>10}",
+            "listener / target", "packets", "bytes", "new flows", "dropped"
         );
         for l in &self.listeners {
             let _ = writeln!(
                 out,
-                "{:<40} {:>12} {:>14} {:>10}",
-                l.name, l.packets, l.bytes, l.new_flows
+                "{:<40} {:>12} {:>14} {:>10} {:>10}",
+                l.name, l.packets, l.bytes, l.new_flows, l.dropped
             );
             for t in &l.targets {
                 let _ = writeln!(
@@ -106,6 +109,7 @@ impl Snapshot {
                 packets: l.packets,
                 bytes: l.bytes,
                 new_flows: l.new_flows,
+                dropped: l.dropped,
                 targets: l
                     .targets
                     .iter()

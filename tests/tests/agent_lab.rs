@@ -740,3 +740,105 @@ fn forwarding_off_is_named_with_what_to_set() {
     assert_eq!(s.get("backend1"), Some(&10), "{s:?}");
     agent.stop().unwrap();
 }
+
+/// Reads `name` (with its labels) from one scrape of the lab's metrics address.
+fn scrape(lab: &Lab, addr: &str, name: &str) -> (Option<f64>, String) {
+    let mut s = in_netns(&lab.ns(Role::Lb), || TcpStream::connect(addr))
+        .unwrap()
+        .expect("connect metrics");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (code, body) = get(&mut s, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    (sample(&body, name), body)
+}
+
+#[test]
+fn listeners_keep_their_counters_when_a_reload_reorders_them_and_closed_connections_leave_the_flow_count()
+ {
+    let lab = lab("xag-m-");
+    let metrics = "127.0.0.1:9102";
+    let text = config(
+        &lab,
+        &[(1, "a"), (2, "a")],
+        &format!("metrics_address = \"{metrics}\""),
+        "",
+    );
+    let cfg = write(&lab, &text);
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    let packets =
+        |port: u16| format!("xlb_processed_packets_total{{listener=\"{VIP_V4}:{port}/Tcp\"}}");
+    // Both health gauges exist for the group, the unhealthy one at 0.
+    let (unhealthy, body) = scrape(
+        &lab,
+        metrics,
+        "xlb_unhealthy_host_count{target_group=\"web\"}",
+    );
+    assert_eq!(unhealthy, Some(0.0), "{body}");
+    // Twenty HTTP connections, each closed by its client; one echo connection held open.
+    let s = spread(&lab, 20);
+    assert_eq!(s.values().sum::<usize>(), 20, "{s:?}");
+    let conn = in_netns(&lab.ns(Role::Client), || {
+        let s = TcpStream::connect_timeout(
+            &SocketAddr::from((VIP_V4, ECHO_PORT)),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    })
+    .unwrap();
+    let owner = echo_owner(&conn).expect("echo");
+    let index: usize = owner.trim_start_matches("backend").parse().unwrap();
+    // Summed over the target's states (it may still be in `initial`).
+    let flows = |i: usize| -> f64 {
+        let prefix = format!(
+            "xlb_target_flows{{target_group=\"web\",target=\"{}\",",
+            backend_v4(i)
+        );
+        let (_, body) = scrape(&lab, metrics, "");
+        body.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    for i in [1, 2] {
+        let want = if i == index { 1.0 } else { 0.0 };
+        let (_, body) = scrape(&lab, metrics, "");
+        let shown: Vec<&str> = body
+            .lines()
+            .filter(|l| l.contains("target_flows"))
+            .collect();
+        assert_eq!(
+            flows(i),
+            want,
+            "backend {i}; the echo connection is on {index}: {shown:?}"
+        );
+    }
+    let http = scrape(&lab, metrics, &packets(HTTP_PORT))
+        .0
+        .expect("http packets");
+    let echo = scrape(&lab, metrics, &packets(ECHO_PORT))
+        .0
+        .expect("echo packets");
+    assert!(http > echo, "{http} {echo}");
+    // The listeners change places in the file: each keeps its counters.
+    let (head, rest) = text.split_at(text.find("\n[[listeners]]").unwrap());
+    let mut listeners: Vec<&str> = rest.split_inclusive('\n').collect();
+    let half = listeners.len() / 2;
+    listeners.rotate_left(half);
+    std::fs::write(&cfg, format!("{head}{}", listeners.concat())).unwrap();
+    let (ok, out) = cli(&lab, &["reload"]);
+    assert!(ok, "{out}");
+    let (_, stats) = cli(&lab, &["stats"]);
+    assert!(
+        stats.find(&format!(":{ECHO_PORT}")) < stats.find(&format!(":{HTTP_PORT}")),
+        "the reload took the new order: {stats}"
+    );
+    assert_eq!(scrape(&lab, metrics, &packets(HTTP_PORT)).0, Some(http));
+    assert_eq!(scrape(&lab, metrics, &packets(ECHO_PORT)).0, Some(echo));
+    assert_eq!(
+        echo_owner(&conn).expect("the echo connection goes on"),
+        owner
+    );
+    agent.stop().unwrap();
+}

@@ -334,3 +334,70 @@ fn decap_strips_ipip_addressed_to_the_host() {
     assert_eq!(action, XDP_PASS);
     assert_eq!(out.len(), tunnelled.len());
 }
+
+/// A listener's drops are counted on that listener; another listener's counters do not move.
+#[test]
+fn packets_a_listener_drops_are_counted_on_that_listener() {
+    let mut f = Fixture::new();
+    let empty = f.listener(VIP_V4, 80, Proto::Tcp, 0, &[]);
+    let served = f.listener(VIP_V4, 81, Proto::Tcp, 0, &[BACKEND1_V4]);
+    for port in [40000, 40001, 40002] {
+        let syn = Packet::eth(MAC_CLIENT, MAC_LB)
+            .ipv4(CLIENT_V4, VIP_V4)
+            .tcp(port, 80)
+            .syn()
+            .build();
+        let out = f.run(&syn);
+        assert_eq!(
+            (out.action, out.reason()),
+            (XDP_DROP, Reason::DropNoBackend)
+        );
+    }
+    let syn = Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .tcp(40003, 81)
+        .syn()
+        .build();
+    assert_eq!(f.run(&syn).reason(), Reason::TxTunnel);
+    assert_eq!(f.vip_counters(empty).dropped, 3);
+    let c = f.vip_counters(served);
+    assert_eq!((c.packets, c.dropped), (1, 0));
+}
+
+/// The client's FIN marks its flow as closing (the agent then stops counting it as a live
+/// connection); packets after it still reach the flow's target.
+#[test]
+fn a_client_fin_marks_its_flow_closing_and_the_flow_keeps_its_target() {
+    let mut f = Fixture::new();
+    f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4]);
+    let tcp = |port| {
+        Packet::eth(MAC_CLIENT, MAC_LB)
+            .ipv4(CLIENT_V4, VIP_V4)
+            .tcp(port, 80)
+    };
+    assert_eq!(f.run(&tcp(40000).syn().build()).reason(), Reason::TxTunnel);
+    assert_eq!(f.run(&tcp(40001).syn().build()).reason(), Reason::TxTunnel);
+    assert_eq!(f.run(&tcp(40000).ack().build()).reason(), Reason::TxTunnel);
+    let open = |f: &mut Fixture| {
+        let mut ports: Vec<(u16, bool)> = f
+            .flow_entries()
+            .iter()
+            .map(|(k, s)| (u16::from_be(k.sport_be), s.seen_ns == 0))
+            .collect();
+        ports.sort_unstable();
+        ports
+    };
+    assert_eq!(open(&mut f), vec![(40000, true), (40001, true)]);
+    let fin = tcp(40000).fin().ack().build();
+    let key = flow_key(v4(CLIENT_V4), v4(VIP_V4), 40000, 80, Proto::Tcp);
+    let out = f.run(&fin);
+    assert_frame_eq(&out.frame, &ipip(&fin, BACKEND1_V4, hash5(&key), false));
+    assert_eq!(open(&mut f), vec![(40000, false), (40001, true)]);
+    let rst = tcp(40001).rst().build();
+    assert_eq!(f.run(&rst).reason(), Reason::TxTunnel);
+    assert_eq!(open(&mut f), vec![(40000, false), (40001, false)]);
+    // The last ACK after the FIN still goes to the flow's target.
+    let last = tcp(40000).ack().build();
+    let out = f.run(&last);
+    assert_frame_eq(&out.frame, &ipip(&last, BACKEND1_V4, hash5(&key), false));
+}
