@@ -32,6 +32,7 @@ pub mod names {
     pub const REASON_STATS: &str = "REASON_STATS";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
+    pub const NEXT_HOPS: &str = "NEXT_HOPS";
     /// The maps the agent pins (they outlive it); the datapath's per-CPU scratch maps
     /// (`NEXT_HOPS`, `FIB_ARGS`) are not among them: a new agent starts them empty.
     pub const MAPS: &[&str] = &[
@@ -48,15 +49,15 @@ pub mod names {
     ];
 }
 
-/// Most VIPs (listeners) one node serves; sizes `VIPS` and `VIP_STATS`.
-pub const MAX_VIPS: u32 = 64;
-/// Most targets over all VIPs. Index 0 is reserved: a ring slot holding 0 is "no backend".
-pub const MAX_BACKENDS: u32 = 4096;
+/// Default most listeners (VIPs) one node serves (`node.max_listeners`); the agent sizes
+/// `VIPS`, `VIP_STATS` and `RINGS` from its setting at load time.
+pub const LISTENERS_DEFAULT: u32 = 64;
+/// Default most targets over all listeners (`node.max_targets`); sizes `BACKENDS` and its
+/// companions at load time. Index 0 is reserved: a ring slot holding 0 is "no backend".
+pub const TARGETS_DEFAULT: u32 = 16384;
 /// Maglev ring size M (prime). Each VIP owns two rings (active and standby) so that a new table is
 /// written off to the side and switched in with one `VipMeta` update.
 pub const RING_SIZE: u32 = 65537;
-/// Entries in `RINGS`.
-pub const RINGS_LEN: u32 = MAX_VIPS * 2 * RING_SIZE;
 /// Default flow table size (entries); the agent may set another at load time.
 pub const FLOWS_DEFAULT: u32 = 1 << 20;
 /// A UDP flow idle for this long is re-balanced on its next packet (TCP flows have no timeout).
@@ -95,7 +96,7 @@ const _: () = assert!(size_of::<VipKey>() == 20);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct VipMeta {
-    /// Index into `VIP_STATS`, below `MAX_VIPS`.
+    /// Index into `VIP_STATS`, below `node.max_listeners`.
     pub index: u32,
     /// Which of the VIP's two rings is live: `RINGS[(index * 2 + ring) * RING_SIZE ..]`.
     pub ring: u32,

@@ -36,7 +36,7 @@ pub use crate::{
         QueryValue, RedirectCode, Rule, WeightedTargetGroup,
     },
     listener::{Action, Forwarding, Listener},
-    node::{Node, XdpMode, parse_mac},
+    node::{Node, Paths, XdpMode, parse_mac},
 };
 
 /// Why a config is refused.

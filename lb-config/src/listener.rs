@@ -1,6 +1,9 @@
 //! `[[listeners]]`: the L4 listeners, VIPs balanced by the XDP tier.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use serde::Deserialize;
 
@@ -47,10 +50,31 @@ impl Listener {
 
 /// Checks the L4 listeners against the groups they name.
 pub(crate) fn validate(cfg: &Config) -> Result<(), Refusal> {
-    if cfg.listeners.len() > lb_common::MAX_VIPS as usize {
+    let max = cfg.node.max_listeners;
+    if cfg.listeners.len() > max as usize {
         return Err(Refusal::new(
             "listeners",
-            format!("at most {} listeners", lb_common::MAX_VIPS),
+            format!(
+                "{} listeners; node.max_listeners allows {max}",
+                cfg.listeners.len()
+            ),
+        ));
+    }
+    // Each target address of the groups L4 listeners forward to takes a datapath slot.
+    let targets: BTreeSet<IpAddr> = cfg
+        .listeners
+        .iter()
+        .filter_map(|l| cfg.group(l.target_group()))
+        .flat_map(|g| g.targets.iter().map(|t| t.id))
+        .collect();
+    let max = cfg.node.max_targets;
+    if targets.len() > max as usize {
+        return Err(Refusal::new(
+            "target_groups",
+            format!(
+                "the L4 listeners' groups hold {} targets; node.max_targets allows {max}",
+                targets.len()
+            ),
         ));
     }
     // What the datapath looks a packet up by: two listeners on one (address, port, protocol)

@@ -33,6 +33,13 @@ pub struct Node {
     /// Flow table size (entries).
     #[serde(default = "default_flows")]
     pub flow_table_size: u32,
+    /// Most L4 listeners at once. Each holds two Maglev tables of 65537 entries (512 KiB);
+    /// `xlb check` reports the datapath's memory.
+    #[serde(default = "default_max_listeners")]
+    pub max_listeners: u32,
+    /// Most L4 targets at once, draining ones included.
+    #[serde(default = "default_max_targets")]
+    pub max_targets: u32,
     /// Where the datapath's maps and XDP link are pinned; they outlive the agent, so a restart
     /// or an upgrade drops no packet and moves no flow.
     #[serde(default = "default_pin_dir")]
@@ -52,6 +59,44 @@ pub struct Node {
     /// Where registrations made through the CLI are kept across restarts.
     #[serde(default = "default_state_file")]
     pub state_file: PathBuf,
+}
+
+/// Where the agent of a config file listens and pins: what the CLI needs to reach it. Read
+/// without validating the rest, so that a file being edited still names its agent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Paths {
+    #[serde(default = "default_api_socket")]
+    pub api_socket: PathBuf,
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Paths {
+        Paths {
+            api_socket: default_api_socket(),
+            pin_dir: default_pin_dir(),
+        }
+    }
+}
+
+impl Paths {
+    /// The paths `[node]` of the file at `path` sets (defaults for those it leaves out).
+    pub fn read(path: &std::path::Path) -> Result<Paths, crate::ConfigError> {
+        #[derive(Deserialize)]
+        struct File {
+            #[serde(default)]
+            node: Paths,
+        }
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| crate::ConfigError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        let file: File = toml::from_str(&text)
+            .map_err(|error| crate::ConfigError::Parse { path: name, error })?;
+        Ok(file.node)
+    }
 }
 
 /// Where the XDP program runs.
@@ -77,6 +122,16 @@ const fn default_mtu() -> u16 {
 const fn default_flows() -> u32 {
     lb_common::FLOWS_DEFAULT
 }
+const fn default_max_listeners() -> u32 {
+    lb_common::LISTENERS_DEFAULT
+}
+const fn default_max_targets() -> u32 {
+    lb_common::TARGETS_DEFAULT
+}
+/// The largest `max_listeners` (2 GiB of Maglev tables).
+pub const MAX_LISTENERS: u32 = 4096;
+/// The largest `max_targets`: 2^20 backend slots (a Maglev table of 65537 still takes them).
+pub const MAX_TARGETS: u32 = 1 << 20;
 fn default_api_socket() -> PathBuf {
     "/run/xlb/xlb.sock".into()
 }
@@ -97,6 +152,21 @@ impl Node {
         }
         if let Some(mac) = &self.gateway_mac {
             parse_mac(mac).map_err(|m| Refusal::new("node.gateway_mac", m))?;
+        }
+        if !(1..=MAX_LISTENERS).contains(&self.max_listeners) {
+            return Err(Refusal::new(
+                "node.max_listeners",
+                format!("{} is outside 1..={MAX_LISTENERS}", self.max_listeners),
+            ));
+        }
+        if !(1..=MAX_TARGETS).contains(&self.max_targets) {
+            return Err(Refusal::new(
+                "node.max_targets",
+                format!("{} is outside 1..={MAX_TARGETS}", self.max_targets),
+            ));
+        }
+        if self.flow_table_size == 0 {
+            return Err(Refusal::new("node.flow_table_size", "must be at least 1"));
         }
         // A target's ring weight is its weight (at most 1000) times its zone's.
         if let Some((zone, w)) = self.zone_weights.iter().find(|(_, w)| **w > 1000) {

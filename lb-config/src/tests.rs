@@ -651,3 +651,41 @@ fn matcher_syntax() {
         assert!(e.starts_with(want), "{bad}: {e}");
     }
 }
+
+#[test]
+fn the_nodes_sizes_bound_listeners_and_targets_by_name() {
+    let c = Config::parse(GOOD, "x.toml").unwrap();
+    assert_eq!(
+        (c.node.max_listeners, c.node.max_targets),
+        (lb_common::LISTENERS_DEFAULT, lb_common::TARGETS_DEFAULT)
+    );
+    let sized = |node: &str| GOOD.replace("interface = \"eth0\"", node);
+    // 1,024 listeners and 16,384 targets are within reach.
+    let big = sized("interface = \"eth0\"\nmax_listeners = 1024\nmax_targets = 16384");
+    Config::parse(&big, "x.toml").unwrap();
+    let cases = [
+        ("max_listeners = 0", "node.max_listeners"),
+        ("max_listeners = 4097", "node.max_listeners"),
+        ("max_targets = 0", "node.max_targets"),
+        ("flow_table_size = 0", "node.flow_table_size"),
+        ("max_targets = 1", "node.max_targets allows 1"),
+    ];
+    for (line, refusal) in cases {
+        let text = sized(&format!("interface = \"eth0\"\n{line}"));
+        let e = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains(refusal) && e.contains("x.toml"), "{line}: {e}");
+    }
+    let two = format!(
+        "{GOOD}\n[[listeners]]\naddress = \"198.18.100.1\"\nport = 81\nprotocol = \"TCP\"\n\
+         default_action = {{ type = \"forward\", target_group = \"web\" }}\n"
+    );
+    let text = two.replace(
+        "interface = \"eth0\"",
+        "interface = \"eth0\"\nmax_listeners = 1",
+    );
+    let e = Config::parse(&text, "x.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("2 listeners; node.max_listeners allows 1"),
+        "{e}"
+    );
+}

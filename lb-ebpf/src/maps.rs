@@ -2,28 +2,31 @@
 //! the datapath writes only `FLOWS` and the counters.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, bpf_fib_lookup},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, bpf_fib_lookup},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Addr, Backend, Config, Counters, DecapReason, FLOWS_DEFAULT, FlowKey, FlowState, MAX_BACKENDS,
-    MAX_DECAP_ADDRS, MAX_VIPS, RINGS_LEN, Reason, VipCounters, VipKey, VipMeta,
+    Addr, Backend, Config, Counters, DecapReason, FLOWS_DEFAULT, FlowKey, FlowState,
+    LISTENERS_DEFAULT, MAX_DECAP_ADDRS, RING_SIZE, Reason, TARGETS_DEFAULT, VipCounters, VipKey,
+    VipMeta,
 };
 
 /// VIP (address, port, protocol) → its index, live ring and flags. Also holds per-address entries
 /// (`VIP_F_ADDRESS_ONLY`) for echo, ICMP errors and fragments. Agent writes.
 #[map]
-pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS * 4, 0);
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(LISTENERS_DEFAULT * 4, 0);
 
 /// Backend index → target address, MAC and flags. Index 0 is never used. Agent writes.
 #[map]
-pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(TARGETS_DEFAULT + 1, 0);
 
 /// Maglev rings, two per VIP: `(vip_index * 2 + ring) * RING_SIZE + hash % RING_SIZE` → backend
-/// index. Agent writes the standby ring, then flips `VipMeta::ring`.
+/// index. Agent writes the standby ring (through a memory mapping: a ring is 65,537 slots),
+/// then flips `VipMeta::ring`.
 #[map]
-pub static RINGS: Array<u32> = Array::with_max_entries(RINGS_LEN, 0);
+pub static RINGS: Array<u32> =
+    Array::with_max_entries(LISTENERS_DEFAULT * 2 * RING_SIZE, BPF_F_MMAPABLE);
 
 /// Flow 5-tuple → backend it was given. LRU with per-CPU LRU lists (no shared list lock on the
 /// hot path). Datapath writes; the agent reads it to count flows per draining target.
@@ -35,7 +38,8 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> =
 /// lookup is the most expensive step of the tunnel path, and its answer changes rarely. Datapath
 /// only; not pinned (a restart refills it).
 #[map]
-pub static NEXT_HOPS: PerCpuArray<CachedHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+pub static NEXT_HOPS: PerCpuArray<CachedHop> =
+    PerCpuArray::with_max_entries(TARGETS_DEFAULT + 1, 0);
 
 /// How long a cached next hop is used before the FIB is asked again: route and neighbour changes
 /// take effect within this time.
@@ -73,11 +77,13 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 /// Per-CPU counters per VIP index.
 #[map]
-pub static VIP_STATS: PerCpuArray<VipCounters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+pub static VIP_STATS: PerCpuArray<VipCounters> =
+    PerCpuArray::with_max_entries(LISTENERS_DEFAULT, 0);
 
 /// Per-CPU counters per backend index.
 #[map]
-pub static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+pub static BACKEND_STATS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(TARGETS_DEFAULT + 1, 0);
 
 /// Per-CPU counters per [`Reason`]: every packet the balancer sees bumps exactly one.
 #[map]

@@ -38,13 +38,15 @@ pub struct Balancer {
     /// Backend index per target address, while the target is in the datapath.
     backends: BTreeMap<IpAddr, u32>,
     /// Indices of targets that left (their drain over), oldest first: reused for new targets
-    /// so that the datapath's `MAX_BACKENDS` bounds the targets at one time, not over the
+    /// so that `node.max_targets` bounds the targets at one time, not over the
     /// agent's life. A flow still pinned to a reused index had lost its target already.
     free: VecDeque<u32>,
     /// VIP keys written, to remove the ones a new config drops.
     keys: BTreeSet<VipKey>,
     /// The live ring (0 or 1) per VIP index.
     rings: BTreeMap<u32, u32>,
+    /// The targets (address, index, weight) each VIP index's live ring was built from.
+    tables: BTreeMap<u32, Vec<(IpAddr, u32, u32)>>,
     /// Each listener's VIP index, by what it listens on: the counters and the ring stay with
     /// the listener when a reload reorders the file.
     vips: BTreeMap<ListenerKey, u32>,
@@ -100,6 +102,7 @@ impl Balancer {
             free,
             keys,
             rings,
+            tables: BTreeMap::new(),
             vips,
             listeners: Vec::new(),
         })
@@ -119,10 +122,12 @@ impl Balancer {
         }
         new.retain(|a| !self.backends.contains_key(a));
         let fresh = new.len().saturating_sub(self.free.len()) as u32;
-        if self.next_unused() + fresh > lb_common::MAX_BACKENDS {
-            return Err(DataplaneError::Full {
-                map: lb_common::names::BACKENDS,
-                max: lb_common::MAX_BACKENDS - 1,
+        let max = self.dp.sizes().targets;
+        if self.next_unused() - 1 + fresh > max {
+            return Err(DataplaneError::Capacity {
+                setting: "max_targets",
+                max,
+                what: "the targets, draining ones included,",
             });
         }
         self.dp.set_config(&node_config(cfg))?;
@@ -160,10 +165,19 @@ impl Balancer {
                 )?;
                 targets.push((t.id, index, t.weight));
             }
-            // Write the standby ring, then flip the VIP to it in one map update.
-            let ring = 1 - self.rings.get(&vip).copied().unwrap_or(1);
-            self.dp.write_ring(vip, ring, &table(&targets))?;
-            self.rings.insert(vip, ring);
+            // Write the standby ring, then flip the VIP to it in one map update; a listener
+            // whose targets did not change keeps its ring (a table takes milliseconds to build,
+            // and a health change would otherwise rebuild every listener's).
+            let ring = match self.rings.get(&vip) {
+                Some(&live) if self.tables.get(&vip) == Some(&targets) => live,
+                live => {
+                    let ring = 1 - live.copied().unwrap_or(1);
+                    self.dp.write_ring(vip, ring, &table(&targets))?;
+                    self.rings.insert(vip, ring);
+                    self.tables.insert(vip, targets.clone());
+                    ring
+                }
+            };
             let mut flags = 0;
             if l.forwarding == Forwarding::Dsr {
                 flags |= VIP_F_DSR;
@@ -342,11 +356,13 @@ impl Balancer {
             return Ok(index);
         }
         let taken: BTreeSet<u32> = self.vips.values().copied().collect();
-        let index = (0..lb_common::MAX_VIPS)
+        let max = self.dp.sizes().listeners;
+        let index = (0..max)
             .find(|i| !taken.contains(i))
-            .ok_or(DataplaneError::Full {
-                map: lb_common::names::VIP_STATS,
-                max: lb_common::MAX_VIPS,
+            .ok_or(DataplaneError::Capacity {
+                setting: "max_listeners",
+                max,
+                what: "the listeners",
             })?;
         self.dp.reset_vip_counters(index)?;
         self.vips.insert(key, index);
@@ -382,7 +398,7 @@ fn table(targets: &[(IpAddr, u32, u32)]) -> Vec<u32> {
             weight: *weight,
         })
         .collect();
-    maglev::build(&mt, RING_SIZE).expect("RING_SIZE is prime and larger than MAX_BACKENDS")
+    maglev::build(&mt, RING_SIZE).expect("RING_SIZE is prime and larger than node.max_targets")
 }
 
 fn node_config(cfg: &Config) -> lb_common::Config {

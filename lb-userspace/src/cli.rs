@@ -24,6 +24,24 @@ pub fn check(config: &Path) -> Result<()> {
         cfg.http_listeners.len(),
         cfg.target_groups.len()
     );
+    // What the datapath's maps will take: most of it is decided by [node]'s sizes.
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(_, e)| e)
+        .context("read the possible CPUs")?;
+    let maps = Sizes::of(&cfg.node).memory(cpus)?;
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    let total: u64 = maps.iter().map(|(_, b)| b).sum();
+    let n = &cfg.node;
+    println!(
+        "datapath memory: {:.1} MiB for {} flows, {} listeners, {} targets on {cpus} CPUs",
+        mib(total),
+        n.flow_table_size,
+        n.max_listeners,
+        n.max_targets
+    );
+    for (name, bytes) in maps.iter().take(4) {
+        println!("  {name:<14} {:>9.1} MiB", mib(*bytes));
+    }
     Ok(())
 }
 

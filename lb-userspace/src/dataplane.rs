@@ -69,14 +69,38 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error("remove the pin {path}")]
+    Unpin {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("re-open the XDP link pinned at {path}")]
     Link {
         path: String,
         #[source]
         source: LinkError,
     },
-    #[error("map {map} is full: it holds {max} entries")]
-    Full { map: &'static str, max: u32 },
+    #[error("read the XDP object: {why}")]
+    Object { why: String },
+    /// A map pinned by an earlier agent does not have the shape this one needs: other sizes in
+    /// `[node]`, or another version of xlb.
+    #[error(
+        "the map pinned at {path} holds {pinned}; this config and version of xlb need {wanted}. \
+         Set [node] back to the sizes it was made with, or start afresh with `xlb stop --detach` \
+         (it detaches the datapath and drops every flow)"
+    )]
+    PinnedShape {
+        path: String,
+        pinned: String,
+        wanted: String,
+    },
+    #[error("{what} would exceed node.{setting} ({max})")]
+    Capacity {
+        setting: &'static str,
+        max: u32,
+        what: &'static str,
+    },
     #[error("ring for VIP {vip} has {len} slots, want {RING_SIZE}")]
     RingSize { vip: u32, len: usize },
 }
@@ -105,22 +129,99 @@ impl Program {
 }
 
 /// How the datapath's maps are sized when the object is loaded.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sizes {
     /// Flow table entries.
     pub flows: u32,
-    /// VIPs that can have rings (each costs 2 × `RING_SIZE` × 4 bytes).
-    pub vips: u32,
+    /// Listeners (VIPs); each costs two Maglev rings of `RING_SIZE` × 4 bytes.
+    pub listeners: u32,
+    /// Targets (backend slots; the datapath's slot 0 means "none" and comes on top).
+    pub targets: u32,
 }
 
 impl Sizes {
-    /// The balancer's defaults.
-    pub const DEFAULT: Sizes = Sizes {
-        flows: lb_common::FLOWS_DEFAULT,
-        vips: lb_common::MAX_VIPS,
+    /// For decap or pass programs alone: the balancer's maps shrink to one entry.
+    pub const MINIMAL: Sizes = Sizes {
+        flows: 1,
+        listeners: 1,
+        targets: 1,
     };
-    /// For decap or pass programs alone: the balancer's big maps shrink to one entry.
-    pub const MINIMAL: Sizes = Sizes { flows: 1, vips: 0 };
+
+    /// The sizes `[node]` asks for.
+    pub fn of(node: &lb_config::Node) -> Sizes {
+        Sizes {
+            flows: node.flow_table_size,
+            listeners: node.max_listeners,
+            targets: node.max_targets,
+        }
+    }
+
+    /// Entries of each map these sizes set (the others keep the object's).
+    fn entries(self) -> [(&'static str, u32); 7] {
+        let (l, t) = (self.listeners.max(1), self.targets.max(1) + 1);
+        [
+            (names::FLOWS, self.flows.max(1)),
+            (names::RINGS, l * 2 * RING_SIZE),
+            (names::VIPS, l * 4),
+            (names::VIP_STATS, l),
+            (names::BACKENDS, t),
+            (names::BACKEND_STATS, t),
+            (names::NEXT_HOPS, t),
+        ]
+    }
+
+    /// The kernel memory each map takes at these sizes, largest first, in bytes: as Linux 6.4
+    /// and later account it (`memlock` in a map's fdinfo), for `cpus` possible CPUs. An array
+    /// holds its entries (one per CPU for per-CPU maps); a hash map preallocates every element
+    /// with the kernel's 48-byte header, and a bucket per entry rounded up to a power of two.
+    pub fn memory(self, cpus: usize) -> Result<Vec<(String, u64)>> {
+        let object = aya_obj::Object::parse(OBJECT)
+            .map_err(|e| DataplaneError::Object { why: e.to_string() })?;
+        let set = self.entries();
+        let up8 = |n: u32| u64::from(n).div_ceil(8) * 8;
+        let page = page_size() as u64;
+        let mut out: Vec<(String, u64)> = object
+            .maps
+            .iter()
+            .filter(|(name, _)| !name.starts_with('.'))
+            .map(|(name, m)| {
+                let entries = set
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(m.max_entries(), |(_, e)| *e);
+                let n = u64::from(entries);
+                let bytes = match m.map_type() {
+                    // A mappable array takes whole pages, and one for its header.
+                    BPF_MAP_TYPE_ARRAY if m.map_flags() & BPF_F_MMAPABLE != 0 => {
+                        (n * up8(m.value_size())).div_ceil(page) * page + page
+                    }
+                    BPF_MAP_TYPE_ARRAY => n * up8(m.value_size()),
+                    BPF_MAP_TYPE_PERCPU_ARRAY => n * (up8(m.value_size()) * cpus as u64 + 8),
+                    _ => {
+                        let element = 48 + up8(m.key_size()) + up8(m.value_size());
+                        n * element + n.next_power_of_two() * 16
+                    }
+                };
+                (name.clone(), bytes)
+            })
+            .collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+}
+
+// Map types (`enum bpf_map_type`), as the object and the kernel number them.
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+fn page_size() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as usize)
 }
 
 /// XDP attach mode, as the user asks for it.
@@ -156,6 +257,18 @@ impl AttachMode {
     }
 }
 
+/// What [`Dataplane::attach_or_replace`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new link, pinned.
+    New,
+    /// The pinned link now runs this program.
+    Replaced,
+    /// The pinned link held another interface (by index), or none (severed): a new one replaced
+    /// it.
+    Moved { from: Option<u32> },
+}
+
 /// How [`Dataplane::test_run_with`] runs a program.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunOptions {
@@ -178,6 +291,7 @@ pub struct RunResult {
 /// The loaded XDP object: programs and maps.
 pub struct Dataplane {
     ebpf: Ebpf,
+    sizes: Sizes,
 }
 
 impl Dataplane {
@@ -192,23 +306,30 @@ impl Dataplane {
     /// Like [`Dataplane::load`], with every map pinned under `pin_dir`. Maps already pinned
     /// there are reused, not recreated: a restarted or upgraded agent keeps the flow table,
     /// the rings and the counters of the one before it.
+    /// A pinned map of another shape (other sizes, another version's layout) is refused
+    /// before anything is loaded.
     pub fn load_pinned(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Self> {
-        let rings = (sizes.vips * 2 * RING_SIZE).max(1);
         let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(names::FLOWS, sizes.flows.max(1))
-            .map_max_entries(names::RINGS, rings);
+        for (name, entries) in sizes.entries() {
+            loader.map_max_entries(name, entries);
+        }
         if let Some(dir) = pin_dir {
             std::fs::create_dir_all(dir).map_err(|source| DataplaneError::PinDir {
                 path: dir.display().to_string(),
                 source,
             })?;
+            check_pins(sizes, dir)?;
             for name in names::MAPS {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
         let ebpf = loader.load(OBJECT).map_err(Box::new)?;
-        Ok(Dataplane { ebpf })
+        Ok(Dataplane { ebpf, sizes })
+    }
+
+    /// The sizes the maps were made with.
+    pub fn sizes(&self) -> Sizes {
+        self.sizes
     }
 
     /// Detaches a link made by [`Dataplane::attach`].
@@ -332,32 +453,54 @@ impl Dataplane {
     /// earlier agent made it), its program is replaced atomically (`bpf_link_update`), so no
     /// packet goes without a program; otherwise a new link is made and pinned. Either way the
     /// program stays attached after this process exits.
+    ///
+    /// A pinned link that no longer holds `iface` (the interface was deleted and made again, and
+    /// the kernel severed the link; or the config names another interface) is unpinned and a
+    /// new one made: the answer says so, for the log.
     pub fn attach_or_replace(
         &mut self,
         p: Program,
         iface: &str,
         mode: AttachMode,
         link_pin: &Path,
-    ) -> Result<()> {
-        if link_pin.exists() {
-            let pinned = PinnedLink::from_pin(link_pin).map_err(|source| DataplaneError::Link {
-                path: link_pin.display().to_string(),
+    ) -> Result<Attached> {
+        let path = || link_pin.display().to_string();
+        if !link_pin.exists() {
+            self.attach_pinned(p, iface, mode, link_pin)?;
+            return Ok(Attached::New);
+        }
+        let link: FdLink = PinnedLink::from_pin(link_pin)
+            .map_err(|source| DataplaneError::Link {
+                path: path(),
+                source,
+            })?
+            .into();
+        let was = link_ifindex(&link).map_err(|source| DataplaneError::Link {
+            path: path(),
+            source,
+        })?;
+        let now = nix::net::if_::if_nametoindex(iface).ok();
+        if was.is_some() && was == now {
+            let link = XdpLink::try_from(link).map_err(|source| DataplaneError::Link {
+                path: path(),
                 source,
             })?;
-            let link =
-                XdpLink::try_from(FdLink::from(pinned)).map_err(|source| DataplaneError::Link {
-                    path: link_pin.display().to_string(),
-                    source,
-                })?;
             self.xdp(p)?
                 .attach_to_link(link)
                 .map_err(|source| DataplaneError::Program {
                     name: p.name(),
                     source: Box::new(source),
                 })?;
-            return Ok(());
+            return Ok(Attached::Replaced);
         }
-        self.attach_pinned(p, iface, mode, link_pin)
+        // Dropping the old link's last reference detaches it from whatever it still holds.
+        std::fs::remove_file(link_pin).map_err(|source| DataplaneError::Unpin {
+            path: path(),
+            source,
+        })?;
+        drop(link);
+        self.attach_pinned(p, iface, mode, link_pin)?;
+        Ok(Attached::Moved { from: was })
     }
 
     /// Runs `p` once on `frame` with `BPF_PROG_TEST_RUN`; returns the action and the output frame.
@@ -439,13 +582,44 @@ impl Dataplane {
                 len: table.len(),
             });
         }
+        // One copy into the map's memory (RINGS is mmapable), not one system call per slot:
+        // 65,537 updates took 70 ms a ring, over a minute for 1,024 listeners.
         let name = names::RINGS;
-        let mut rings = self.array::<u32>(name)?;
-        let base = (vip * 2 + ring) * RING_SIZE;
-        for (i, b) in table.iter().enumerate() {
-            rings
-                .set(base + i as u32, b, 0)
-                .map_err(|source| DataplaneError::Map { name, source })?;
+        let aya::maps::Map::Array(rings) = self.map(name)? else {
+            return Err(DataplaneError::MissingMap { name });
+        };
+        let os = |e: nix::Error| DataplaneError::Map {
+            name,
+            source: aya::maps::MapError::IoError(e.into()),
+        };
+        let page = page_size();
+        // An array map lays its values out 8 bytes apart: a slot is a u32 and 4 bytes of padding.
+        let mut bytes = vec![0u8; table.len() * 8];
+        for (slot, b) in bytes.chunks_exact_mut(8).zip(table) {
+            slot[..4].copy_from_slice(&b.to_ne_bytes());
+        }
+        let start = (vip as usize * 2 + ring as usize) * RING_SIZE as usize * 8;
+        let offset = start / page * page;
+        let len = std::num::NonZeroUsize::new(start - offset + bytes.len()).expect("a ring");
+        let prot = nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE;
+        // SAFETY: a fresh shared mapping of the map's pages [offset, offset + len), which the
+        // kernel checks against the map's size; nothing else in this process refers to it.
+        let at = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                len,
+                prot,
+                nix::sys::mman::MapFlags::MAP_SHARED,
+                rings.fd(),
+                offset as i64,
+            )
+        }
+        .map_err(os)?;
+        // SAFETY: the mapping is `len` bytes long and the ring lies at its end.
+        unsafe {
+            let dst = at.as_ptr().cast::<u8>().add(start - offset);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
+            nix::sys::mman::munmap(at, len.get()).map_err(os)?;
         }
         Ok(())
     }
@@ -656,6 +830,89 @@ fn sum<'a>(it: impl Iterator<Item = &'a Counters>) -> Counters {
         packets: a.packets + c.packets,
         bytes: a.bytes + c.bytes,
     })
+}
+
+/// Refuses maps pinned under `dir` whose type, key, value or size differ from what the object
+/// at `sizes` makes: the kernel would hand the programs a map they were not built for.
+fn check_pins(sizes: Sizes, dir: &Path) -> Result<()> {
+    let object = aya_obj::Object::parse(OBJECT)
+        .map_err(|e| DataplaneError::Object { why: e.to_string() })?;
+    let set = sizes.entries();
+    let shape = |t: u32, k: u32, v: u32, n: u32, flags: u32| {
+        let kind = match t {
+            BPF_MAP_TYPE_HASH => "hash".to_owned(),
+            BPF_MAP_TYPE_ARRAY => "array".to_owned(),
+            BPF_MAP_TYPE_PERCPU_ARRAY => "per-CPU array".to_owned(),
+            BPF_MAP_TYPE_LRU_HASH => "LRU hash".to_owned(),
+            other => format!("type {other}"),
+        };
+        format!("{n} entries ({kind}, {k}-byte keys, {v}-byte values, flags {flags:#x})")
+    };
+    for name in names::MAPS {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let Some(def) = object.maps.get(*name) else {
+            continue;
+        };
+        let entries = set
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(def.max_entries(), |(_, e)| *e);
+        let wanted = shape(
+            def.map_type(),
+            def.key_size(),
+            def.value_size(),
+            entries,
+            def.map_flags(),
+        );
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .map_err(|source| DataplaneError::Map { name, source })?;
+        let kind = info.map_type().map_or(u32::MAX, |t| t as u32);
+        let pinned = shape(
+            kind,
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags(),
+        );
+        if pinned != wanted {
+            return Err(DataplaneError::PinnedShape {
+                path: path.display().to_string(),
+                pinned,
+                wanted,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The interface index a pinned XDP link holds; `None` when the kernel severed it (its
+/// interface was deleted). Read from the link's fdinfo, found by its id: aya gives neither.
+fn link_ifindex(link: &FdLink) -> std::result::Result<Option<u32>, LinkError> {
+    let id = link.info()?.id();
+    let field = |info: &str, name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u32>().ok())
+    };
+    let unreadable = |io_error| {
+        LinkError::SyscallError(aya::sys::SyscallError {
+            call: "read /proc/self/fdinfo",
+            io_error,
+        })
+    };
+    for fd in std::fs::read_dir("/proc/self/fdinfo").map_err(unreadable)? {
+        let Ok(info) = std::fs::read_to_string(fd.map_err(unreadable)?.path()) else {
+            continue;
+        };
+        if field(&info, "link_id:") == Some(id) {
+            return Ok(field(&info, "ifindex:").filter(|i| *i != 0));
+        }
+    }
+    Err(unreadable(std::io::Error::other(format!(
+        "no descriptor of link {id}"
+    ))))
 }
 
 #[cfg(test)]

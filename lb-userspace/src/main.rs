@@ -4,8 +4,9 @@
 
 use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
+use lb_config::Paths;
 use xlb::{agent, cli, dataplane::AttachMode};
 
 #[derive(Parser)]
@@ -15,9 +16,13 @@ use xlb::{agent, cli, dataplane::AttachMode};
     about = "An L4 load balancer in XDP, configured in the AWS ELB vocabulary"
 )]
 struct Cli {
-    /// The agent's control socket (`node.api_socket` in its config).
-    #[arg(long, global = true, default_value = "/run/xlb/xlb.sock")]
-    socket: PathBuf,
+    /// The config file [default: /etc/xlb/xlb.toml]. `run` and `check` read it; the other
+    /// commands take the agent's socket and pin directory from its `[node]`, when it exists.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// The agent's control socket [default: `node.api_socket` of the config].
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
     /// On errors, say more: the kernel verifier's whole log when it refuses a program.
     #[arg(long, global = true)]
     verbose: bool,
@@ -31,17 +36,12 @@ enum Command {
     /// API until stopped. SIGHUP reloads the config. The datapath stays attached when the agent
     /// exits: a restart drops no packet and moves no flow.
     Run {
-        #[arg(long)]
-        config: PathBuf,
         /// Print the counters every this many seconds (0: only at exit).
         #[arg(long, default_value_t = 0)]
         stats_interval: u64,
     },
-    /// Validate a config file without touching the system.
-    Check {
-        #[arg(long)]
-        config: PathBuf,
-    },
+    /// Validate a config file without touching the system; report the datapath's memory.
+    Check,
     /// Show the running agent: config, uptime, drift from the file.
     Status {
         #[arg(long)]
@@ -72,9 +72,9 @@ enum Command {
     Stop {
         #[arg(long)]
         detach: bool,
-        /// Where the datapath is pinned (`node.pin_dir`).
-        #[arg(long, default_value = "/sys/fs/bpf/xlb")]
-        pin_dir: PathBuf,
+        /// Where the datapath is pinned [default: `node.pin_dir` of the config].
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
     },
     /// Attach a helper program to an interface and pin its link (it stays after exit; remove the
     /// pin to detach). `decap` goes on targets of tunnel listeners; `pass` on veth peers.
@@ -133,24 +133,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where `--config` points when it is not given.
+const DEFAULT_CONFIG: &str = "/etc/xlb/xlb.toml";
+
 fn run(cli: Cli) -> Result<()> {
-    let socket = cli.socket.as_path();
+    let config = cli.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into());
+    // The agent's socket and pins, as its config names them: the given file, else the default
+    // one when it exists, else the defaults.
+    let paths = || -> Result<Paths> {
+        if cli.config.is_none() && !config.exists() {
+            return Ok(Paths::default());
+        }
+        Paths::read(&config).with_context(|| {
+            format!(
+                "find the agent's socket and pins in {} (or give --socket)",
+                config.display()
+            )
+        })
+    };
+    let socket = || -> Result<PathBuf> {
+        match &cli.socket {
+            Some(s) => Ok(s.clone()),
+            None => Ok(paths()?.api_socket),
+        }
+    };
     match cli.command {
-        Command::Run {
-            config,
-            stats_interval,
-        } => agent::serve::run(
+        Command::Run { stats_interval } => agent::serve::run(
             config,
             (stats_interval > 0).then(|| Duration::from_secs(stats_interval)),
         ),
-        Command::Check { config } => cli::check(&config),
-        Command::Status { json } => cli::status(socket, json),
-        Command::Stats { json } => cli::stats(socket, json),
+        Command::Check => cli::check(&config),
+        Command::Status { json } => cli::status(&socket()?, json),
+        Command::Stats { json } => cli::stats(&socket()?, json),
         Command::Top { interval, count } => {
-            cli::top(socket, Duration::from_secs(interval.max(1)), count)
+            cli::top(&socket()?, Duration::from_secs(interval.max(1)), count)
         }
-        Command::Reload => cli::reload(socket),
-        Command::Stop { detach, pin_dir } => cli::stop(socket, detach, &pin_dir),
+        Command::Reload => cli::reload(&socket()?),
+        Command::Stop { detach, pin_dir } => {
+            let pin_dir = match pin_dir {
+                Some(p) => p,
+                None => paths()?.pin_dir,
+            };
+            cli::stop(&socket()?, detach, &pin_dir)
+        }
         Command::Attach {
             program,
             iface,
@@ -158,10 +183,12 @@ fn run(cli: Cli) -> Result<()> {
             xdp_mode,
         } => cli::attach(program, &iface, &pin, xdp_mode),
         Command::Targets { action } => match action {
-            TargetsAction::List { target_group, json } => cli::targets(socket, target_group, json),
-            TargetsAction::Register(args) => cli::register(socket, args),
+            TargetsAction::List { target_group, json } => {
+                cli::targets(&socket()?, target_group, json)
+            }
+            TargetsAction::Register(args) => cli::register(&socket()?, args),
             TargetsAction::Deregister { target_group, id } => {
-                cli::deregister(socket, target_group, id)
+                cli::deregister(&socket()?, target_group, id)
             }
         },
     }

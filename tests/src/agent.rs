@@ -41,9 +41,24 @@ pub struct Agent {
 impl Agent {
     /// Starts `xlb run --config CONFIG` in the lb namespace and waits until it serves.
     pub fn start(lab: &Lab, xlb: &Path, config: &Path) -> Result<Agent> {
+        Agent::start_with(&lab.ns(Role::Lb), xlb, config, Stdio::inherit())
+    }
+
+    /// Like [`Agent::start`], in the namespace `ns` (of a lab this process did not build).
+    pub fn start_in(ns: &str, xlb: &Path, config: &Path) -> Result<Agent> {
+        Agent::start_with(ns, xlb, config, Stdio::inherit())
+    }
+
+    /// Like [`Agent::start`], with the agent's log (its stderr) written to `log`.
+    pub fn start_logged(lab: &Lab, xlb: &Path, config: &Path, log: &Path) -> Result<Agent> {
+        let file = std::fs::File::create(log).context("create the agent's log")?;
+        Agent::start_with(&lab.ns(Role::Lb), xlb, config, Stdio::from(file))
+    }
+
+    fn start_with(ns: &str, xlb: &Path, config: &Path, stderr: Stdio) -> Result<Agent> {
         let socket = lb_config::Config::load(config)?.node.api_socket;
-        let mut cmd = lab.command(
-            Role::Lb,
+        let mut cmd = crate::lab::netns_command(
+            ns,
             &[
                 xlb.to_str().context("xlb path")?,
                 "run",
@@ -53,7 +68,7 @@ impl Agent {
         );
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .context("start xlb run")?;
         let stdout = child.stdout.take().context("xlb stdout")?;

@@ -115,7 +115,8 @@ impl Fixture {
         );
         let dp = Dataplane::load(Sizes {
             flows: 4096,
-            vips: 4,
+            listeners: 4,
+            targets: 64,
         })
         .expect("load the XDP object");
         let mut f = Fixture {

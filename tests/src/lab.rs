@@ -352,6 +352,10 @@ impl Lab {
         if let Err(e) = remove_dir_if_present(&run_dir) {
             errors.push(e);
         }
+        // The roots go with the last lab (another lab's directory keeps them).
+        for root in [PIN_ROOT, RUN_ROOT] {
+            let _ = fs::remove_dir(root);
+        }
         match errors.as_slice() {
             [] => Ok(()),
             _ => {

@@ -469,7 +469,7 @@ fn stalled_clients_hold_only_themselves_and_scrapes_are_fresh_on_one_connection(
 #[test]
 fn accept_errors_and_a_refused_apply_do_not_end_the_agent() {
     let lab = lab("xag-g-");
-    let good = config(&lab, &[(1, "a"), (2, "a")], "", "");
+    let good = config(&lab, &[(1, "a"), (2, "a")], "max_targets = 4", "");
     let cfg = write(&lab, &good);
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
     // Out of descriptors: the agent's limit set just above what it holds, then more API
@@ -500,26 +500,31 @@ fn accept_errors_and_a_refused_apply_do_not_end_the_agent() {
     prlimit(&soft);
     let (ok, out) = cli(&lab, &["status"]);
     assert!(ok, "the agent goes on after failed accepts: {out}");
-    // More targets than the datapath holds: refused before anything is written; the
-    // running targets stay and still take traffic.
-    let many: Vec<String> = (0..4096u32)
-        .map(|i| {
-            format!(
-                "{{ id = \"10.{}.{}.{}\" }}",
-                i >> 16,
-                (i >> 8) & 255,
-                i & 255
-            )
-        })
-        .collect();
-    let big = good.replacen(
-        "targets = [",
-        &format!("targets = [{}, ", many.join(", ")),
-        1,
-    );
-    std::fs::write(&cfg, big).unwrap();
-    let (ok, out) = cli(&lab, &["reload"]);
-    assert!(!ok && out.contains("BACKENDS is full"), "{out}");
+    // More targets than node.max_targets: a file with too many is refused by name; a file
+    // within it whose new targets, with the leaving ones draining, would not fit is refused
+    // before anything is written. Either way the running targets stay and take traffic.
+    let others = |n: u32| -> String {
+        let t: Vec<String> = (1..=n)
+            .map(|i| format!("{{ id = \"10.0.0.{i}\" }}"))
+            .collect();
+        t.join(", ")
+    };
+    for (n, refusal) in [
+        (5, "node.max_targets allows 4"),
+        (
+            3,
+            "the targets, draining ones included, would exceed node.max_targets (4)",
+        ),
+    ] {
+        let text = good.replacen(
+            &good[good.find("targets = [").unwrap()..good.find("]\nattributes").unwrap() + 1],
+            &format!("targets = [{}]", others(n)),
+            1,
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let (ok, out) = cli(&lab, &["reload"]);
+        assert!(!ok && out.contains(refusal), "{n} targets: {out}");
+    }
     let (ok, out) = cli(&lab, &["targets", "list"]);
     assert!(ok, "{out}");
     assert_eq!(
@@ -841,4 +846,154 @@ fn listeners_keep_their_counters_when_a_reload_reorders_them_and_closed_connecti
         owner
     );
     agent.stop().unwrap();
+}
+
+#[test]
+fn the_cli_finds_the_agent_by_its_config_and_a_severed_link_is_replaced() {
+    let lab = lab("xag-n-");
+    let ns = lab.ns(Role::Lb);
+    let ip = |args: &str| {
+        let argv: Vec<&str> = ["ip", "-n", &ns]
+            .into_iter()
+            .chain(args.split(' '))
+            .collect();
+        let out = Command::new(argv[0]).args(&argv[1..]).output().expect("ip");
+        assert!(out.status.success(), "{args}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let make = || {
+        ip("link add sev0 type veth peer name sev1");
+        ip("link set sev0 up");
+        ip("link set sev1 up");
+    };
+    make();
+    // The balancer on sev0; the CLI is given only the config.
+    let text = config(&lab, &[(1, "a")], "", "").replace("\"eth0\"", "\"sev0\"");
+    let cfg = write(&lab, &text);
+    let xlb = |args: &[&str]| {
+        let out = Command::new(xlb_bin().unwrap())
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .expect("run xlb");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    let (ok, out) = xlb(&["status"]);
+    assert!(ok, "status through the config's socket: {out}");
+    agent.stop().unwrap();
+    assert!(
+        ip("link show sev0").contains("xdp"),
+        "the link outlives the agent"
+    );
+    // The interface is deleted and made again: the kernel severs the pinned link.
+    ip("link del sev0");
+    make();
+    assert!(!ip("link show sev0").contains("xdp"));
+    let log = run_dir(lab.prefix()).join("agent.log");
+    let agent = Agent::start_logged(&lab, &xlb_bin().unwrap(), &cfg, &log).expect("xlb run again");
+    assert!(ip("link show sev0").contains("xdp"), "attached anew");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("severed") && text.contains("sev0"),
+        "the log says what happened: {text}"
+    );
+    // `stop --detach` removes the config's pin directory.
+    let pins = pin_dir(lab.prefix()).join("agent");
+    assert!(pins.join("link").exists());
+    let (ok, out) = xlb(&["stop", "--detach"]);
+    assert!(ok, "{out}");
+    assert!(out.contains(&pins.display().to_string()), "{out}");
+    assert!(!pins.exists(), "{out}");
+    drop(agent);
+    let gone = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !ip("link show sev0").contains("xdp")
+    });
+    assert!(gone, "detached");
+}
+
+/// The README's lab by hand: `xlb-lab up` with no options, `xlb run` started by hand, traffic;
+/// `xlb-lab down` leaves nothing of the lab in bpffs.
+#[test]
+fn a_lab_brought_up_by_hand_forwards_and_goes_away_whole() {
+    let prefix = "xag-o-";
+    let xlb_lab = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_xlb-lab"))
+            .args(args)
+            .args(["--prefix", prefix])
+            .output()
+            .expect("xlb-lab");
+        assert!(out.status.success(), "xlb-lab {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    /// Takes the lab down however the test ends.
+    struct Down<F: Fn(&[&str]) -> String>(F);
+    impl<F: Fn(&[&str]) -> String> Drop for Down<F> {
+        fn drop(&mut self) {
+            (self.0)(&["down"]);
+        }
+    }
+    xlb_lab(&["up", "--backends", "2"]);
+    let down = Down(xlb_lab);
+    let run = run_dir(prefix);
+    let text = format!(
+        "[node]\ninterface = \"eth0\"\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n\n\
+         [[target_groups]]\nname = \"web\"\nprotocol = \"TCP\"\nport = 80\n\
+         targets = [{{ id = \"{}\" }}, {{ id = \"{}\" }}]\n\n\
+         [[listeners]]\naddress = \"{VIP_V4}\"\nport = {HTTP_PORT}\nprotocol = \"TCP\"\n\
+         default_action = {{ type = \"forward\", target_group = \"web\" }}\n",
+        pin_dir(prefix).join("agent").display(),
+        run.join("xlb.sock").display(),
+        run.join("state.json").display(),
+        backend_v4(1),
+        backend_v4(2),
+    );
+    let cfg = run.join("xlb.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let agent = Agent::start_in(
+        &xlb_tests::lab::ns_name(prefix, Role::Lb),
+        &xlb_bin().unwrap(),
+        &cfg,
+    )
+    .expect("xlb run");
+    let answers = in_netns(&xlb_tests::lab::ns_name(prefix, Role::Client), || {
+        (0..10)
+            .map(|_| {
+                let mut s = TcpStream::connect_timeout(
+                    &SocketAddr::from((VIP_V4, HTTP_PORT)),
+                    Duration::from_secs(2),
+                )?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                write!(
+                    s,
+                    "GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut body = String::new();
+                std::io::Read::read_to_string(&mut s, &mut body)?;
+                Ok(body)
+            })
+            .collect::<std::io::Result<Vec<String>>>()
+    })
+    .unwrap()
+    .expect("the VIP answers");
+    assert!(answers.iter().all(|a| a.contains("backend")), "{answers:?}");
+    agent.stop().unwrap();
+    drop(down);
+    assert!(!pin_dir(prefix).exists(), "the lab's pins are gone");
+    // The roots go with the last lab: present only while another lab holds a directory there.
+    for root in ["/sys/fs/bpf/xlb-lab", "/run/xlb-lab"] {
+        let ok = (0..20).any(|_| {
+            let left = std::fs::read_dir(root).map(|d| d.count());
+            if matches!(left, Err(_) | Ok(1..)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            false
+        });
+        assert!(ok, "{root} is left empty");
+    }
 }

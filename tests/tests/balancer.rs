@@ -34,7 +34,8 @@ fn batch(n: u8) -> Vec<IpAddr> {
 fn targets_that_left_give_their_indices_to_new_ones() {
     let dp = Dataplane::load(Sizes {
         flows: 1024,
-        vips: 1,
+        listeners: 1,
+        targets: 4095,
     })
     .expect("load the maps");
     let mut lb = Balancer::new(dp).expect("balancer");
@@ -52,9 +53,62 @@ fn targets_that_left_give_their_indices_to_new_ones() {
     let mut many = batch(3);
     many.extend(batch(4).into_iter().take(1200));
     let e = lb.apply(&config(&many)).unwrap_err().to_string();
-    assert!(e.contains("BACKENDS is full"), "{e}");
+    assert!(e.contains("would exceed node.max_targets (4095)"), "{e}");
     assert!(
         lb.listeners.iter().all(|l| l.targets.is_empty()),
         "nothing written"
     );
+}
+
+/// `listeners` TCP listeners on ports from 1000, each group of `per_group` targets serving
+/// `listeners / groups` of them.
+fn many(listeners: u32, groups: u32, per_group: u32) -> Config {
+    let mut text = format!(
+        "[node]\ninterface = \"lo\"\nmax_listeners = {listeners}\nmax_targets = {}\n",
+        groups * per_group
+    );
+    for g in 0..groups {
+        let list: Vec<String> = (0..per_group)
+            .map(|i| {
+                let n = g * per_group + i;
+                format!(
+                    "{{ id = \"10.{}.{}.{}\" }}",
+                    n >> 16,
+                    (n >> 8) & 255,
+                    n & 255
+                )
+            })
+            .collect();
+        text += &format!(
+            "\n[[target_groups]]\nname = \"g{g}\"\nprotocol = \"TCP\"\nport = 80\ntargets = [{}]\n",
+            list.join(", ")
+        );
+    }
+    for l in 0..listeners {
+        text += &format!(
+            "\n[[listeners]]\naddress = \"198.18.100.1\"\nport = {}\nprotocol = \"TCP\"\n\
+             default_action = {{ type = \"forward\", target_group = \"g{}\" }}\n",
+            1000 + l,
+            l % groups
+        );
+    }
+    Config::parse(&text, "many.toml").expect("config")
+}
+
+#[test]
+fn a_node_holds_1024_listeners_and_16384_targets() {
+    let cfg = many(1024, 16, 1024);
+    let dp = Dataplane::load(Sizes::of(&cfg.node)).expect("load the maps");
+    let mut lb = Balancer::new(dp).expect("balancer");
+    lb.apply(&cfg).expect("apply");
+    assert_eq!(lb.listeners.len(), 1024);
+    let targets: std::collections::BTreeSet<_> = lb
+        .listeners
+        .iter()
+        .flat_map(|l| l.targets.iter().map(|t| t.0))
+        .collect();
+    assert_eq!(targets.len(), 16384);
+    // One more listener than the node holds is refused by the balancer too.
+    let e = lb.apply(&many(1025, 16, 1)).unwrap_err().to_string();
+    assert!(e.contains("would exceed node.max_listeners (1024)"), "{e}");
 }

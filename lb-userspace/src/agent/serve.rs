@@ -26,7 +26,7 @@ use super::Agent;
 use crate::{
     api::{self, Request, Response},
     balancer::Balancer,
-    dataplane::{Dataplane, Program, Sizes},
+    dataplane::{Attached, Dataplane, Program, Sizes},
     metrics,
     stats::Snapshot,
 };
@@ -57,12 +57,8 @@ pub fn run(path: PathBuf, stats_interval: Option<Duration>) -> Result<()> {
         .with_target(false)
         .init();
     let cfg = super::load_config(&path)?;
-    let sizes = Sizes {
-        flows: cfg.node.flow_table_size,
-        vips: lb_common::MAX_VIPS,
-    };
     let node = cfg.node.clone();
-    let dp = Dataplane::load_pinned(sizes, Some(&node.pin_dir.join("maps")))?;
+    let dp = Dataplane::load_pinned(Sizes::of(&node), Some(&node.pin_dir.join("maps")))?;
     let lb = Balancer::new(dp)?;
     // Multi-threaded: the L7 tier's connections use every core.
     let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -78,12 +74,25 @@ pub fn run(path: PathBuf, stats_interval: Option<Duration>) -> Result<()> {
     let _runtime = rt.enter();
     let (mut agent, health) = Agent::start(path, cfg, lb)?;
     // Tables first, then the program: a restarted agent swaps its program into the running link.
-    agent.lb.dataplane().attach_or_replace(
+    let link = node.pin_dir.join("link");
+    let attached = agent.lb.dataplane().attach_or_replace(
         Program::Lb,
         &node.interface,
         node.xdp_mode.into(),
-        &node.pin_dir.join("link"),
+        &link,
     )?;
+    if let Attached::Moved { from } = attached {
+        let was = match from {
+            Some(index) => format!("interface index {index}"),
+            None => "no interface (the kernel severed it: its interface was deleted)".to_owned(),
+        };
+        tracing::warn!(
+            link = %link.display(),
+            interface = %node.interface,
+            "the pinned XDP link held {was}; a new link attaches the balancer to {}",
+            node.interface
+        );
+    }
     rt.block_on(serve(&mut agent, health, stats_interval))?;
     match Snapshot::read(&mut agent.lb) {
         Ok(s) => print!("{}", s.table()),

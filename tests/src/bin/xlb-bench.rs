@@ -220,7 +220,11 @@ fn main() -> Result<()> {
 fn flow_memory_bench(results: &mut Results) -> Result<()> {
     let (small, large) = (1u32 << 12, 1u32 << 20);
     let memlock = |flows: u32| -> Result<u64> {
-        let _dp = Dataplane::load(Sizes { flows, vips: 1 })?;
+        let _dp = Dataplane::load(Sizes {
+            flows,
+            listeners: 1,
+            targets: 16,
+        })?;
         flow_table_memlock(flows)
     };
     let per_flow = (memlock(large)? - memlock(small)?) as f64 / f64::from(large - small);
@@ -858,7 +862,8 @@ fn veth_bench(plan: &Plan, cpu: usize, no_fib: bool, results: &mut Results) -> R
     let mut gear = Gear::load()?;
     let mut dut = Dataplane::load(Sizes {
         flows: 1 << 18,
-        vips: 2,
+        listeners: 2,
+        targets: 64,
     })?;
     configure_lb(&mut dut, no_fib)?;
 

@@ -55,9 +55,13 @@ enum Command {
         /// Number of backends.
         #[arg(long, default_value_t = DEFAULT_BACKENDS)]
         backends: usize,
-        /// The xlb binary, to attach the lab's helper XDP programs.
+        /// The xlb binary that attaches the lab's helper XDP programs (pass on the router's
+        /// port to the balancer, decap on the backends) [default: the one next to xlb-lab].
         #[arg(long)]
         xlb: Option<PathBuf>,
+        /// Attach no helper program: the balancer's tunnels and XDP_TX then go nowhere.
+        #[arg(long, conflicts_with = "xlb")]
+        no_helpers: bool,
     },
     /// Tear down a lab: servers, namespaces, pinned programs.
     Down {
@@ -93,8 +97,14 @@ fn main() -> Result<()> {
             prefix,
             backends,
             xlb,
+            no_helpers,
         } => {
             let server_bin = std::env::current_exe().context("locating the xlb-lab binary")?;
+            let xlb = match (xlb, no_helpers) {
+                (_, true) => None,
+                (Some(xlb), false) => Some(xlb),
+                (None, false) => Some(agent::xlb_bin()?),
+            };
             let lab = Lab::up(LabSpec {
                 prefix: prefix.clone(),
                 backends,
