@@ -552,3 +552,71 @@ fn agent_lists_l7_target_health() {
     assert!(answers.keys().all(|a| a.ends_with(" 200")), "{answers:?}");
     agent.stop().expect("xlb stops cleanly");
 }
+
+/// An HTTPS target group is checked by the L7 tier only, on each target's own port: the L4
+/// checker once checked it too, on the group's port, and took its targets out. Run as root.
+#[test]
+fn an_https_group_is_checked_by_the_l7_tier_alone() {
+    use xlb_tests::{
+        agent::{Agent, xlb_bin},
+        lab::{LB_V4, Lab as NetLab, LabSpec, backend_v4, pin_dir, run_dir},
+    };
+    let lab = NetLab::up(LabSpec {
+        prefix: "xl7s-".into(),
+        backends: 1,
+        server_bin: std::path::PathBuf::from(env!("CARGO_BIN_EXE_xlb-lab")),
+        xlb: Some(xlb_bin().expect("xlb binary")),
+    })
+    .expect("lab up");
+    // The target's own port (80) answers the HTTP check; the group's port (443) counts who
+    // connects to it.
+    let group_port = xlb_tests::lab::in_netns(&lab.ns(xlb_tests::lab::Role::Backend(1)), || {
+        let l = std::net::TcpListener::bind(("0.0.0.0", 443)).expect("bind 443");
+        l.set_nonblocking(true).expect("nonblocking");
+        l
+    })
+    .expect("in the backend's namespace");
+    let socket = run_dir(lab.prefix()).join("xlb.sock");
+    let config = format!(
+        "[node]\ninterface = \"eth0\"\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n\n\
+         [[target_groups]]\nname = \"api\"\nprotocol = \"HTTPS\"\nport = 443\n\
+         targets = [{{ id = \"{}\", port = 80 }}]\n\
+         health_check = {{ protocol = \"HTTP\", interval_seconds = 5, timeout_seconds = 2, \
+         healthy_threshold = 2, unhealthy_threshold = 2 }}\n\n\
+         [[http_listeners]]\naddress = \"{LB_V4}\"\nport = 8080\nprotocol = \"HTTP\"\n\
+         default_action = {{ type = \"forward\", target_group = \"api\" }}\n",
+        pin_dir(lab.prefix()).join("agent").display(),
+        socket.display(),
+        run_dir(lab.prefix()).join("state.json").display(),
+        backend_v4(1),
+    );
+    let path = run_dir(lab.prefix()).join("xlb.toml");
+    std::fs::write(&path, config).expect("write config");
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &path).expect("xlb run");
+    let states = || -> Vec<String> {
+        let out = std::process::Command::new(xlb_bin().unwrap())
+            .arg("--socket")
+            .arg(&socket)
+            .args(["targets", "list", "--json"])
+            .output()
+            .expect("run xlb targets list");
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        rows.iter()
+            .map(|r| r["state"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    // Checks come every 5 s: in 12 s, two or three, all on port 80.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(12) {
+        let s = states();
+        assert_eq!(s.len(), 1, "one row for the one target: {s:?}");
+        assert_ne!(s[0], "unhealthy", "after {:?}", started.elapsed());
+        if let Ok((_, from)) = group_port.accept() {
+            panic!("a check on the group's port 443, from {from}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(states(), vec!["healthy".to_owned()]);
+    agent.stop().expect("xlb stops cleanly");
+}
