@@ -350,7 +350,7 @@ fn refused(from: &str, to: &str) -> String {
 }
 
 #[test]
-fn health_checks_and_app_cookies() {
+fn http_groups_check_over_http_and_take_app_cookies() {
     let text = EXAMPLE
             .replacen(
                 "port = 9000\n",
@@ -625,7 +625,7 @@ fn validate_names_the_key() {
 }
 
 #[test]
-fn matcher_syntax() {
+fn matchers_take_codes_lists_and_ranges_and_refuse_the_rest() {
     let m = Matcher::parse("200").unwrap();
     assert!(m.matches(200) && !m.matches(201));
     let m = Matcher::parse("200,202").unwrap();

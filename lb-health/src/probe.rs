@@ -474,7 +474,7 @@ mod tests {
     }
 
     #[test]
-    fn status_lines() {
+    fn only_well_formed_http1_status_lines_give_a_code() {
         assert_eq!(status_code(b"HTTP/1.1 200 OK\r\n"), Some(200));
         assert_eq!(status_code(b"HTTP/1.0 404\n"), Some(404));
         assert_eq!(status_code(b"HTTP/1.1 200 OK"), None);

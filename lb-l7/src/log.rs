@@ -433,7 +433,7 @@ mod tests {
     }
 
     #[test]
-    fn addresses_and_seconds() {
+    fn addresses_and_durations_are_written_as_alb_writes_them() {
         let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
         assert_eq!(line(|l| l.addr(v6)), "[2001:db8::1]:443");
         assert_eq!(

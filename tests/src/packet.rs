@@ -1317,7 +1317,7 @@ mod tests {
     }
 
     #[test]
-    fn header_defaults() {
+    fn headers_default_to_ttl_64_no_flags_and_no_options() {
         let v4 = Packet::eth(MAC_CLIENT, MAC_LB).ipv4(CLIENT4, VIP4);
         let ip = ipv4(&v4.clone().udp(1, 2).build());
         assert_eq!(ip.time_to_live, 64);
@@ -1342,7 +1342,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_flags_set() {
+    fn tcp_flags_are_set_with_a_valid_checksum() {
         let frame = Packet::eth(MAC_CLIENT, MAC_LB)
             .ipv4(CLIENT4, VIP4)
             .tcp(1, 2)
@@ -1404,7 +1404,7 @@ mod tests {
     }
 
     #[test]
-    fn icmp_echo_checksums() {
+    fn icmp_echo_requests_and_replies_have_valid_checksums() {
         let request4 = Packet::eth(MAC_CLIENT, MAC_LB)
             .ipv4(CLIENT4, VIP4)
             .icmpv4_echo_request(7, 1)
@@ -1483,7 +1483,7 @@ mod tests {
     }
 
     #[test]
-    fn non_ip_frame() {
+    fn a_non_ip_frame_keeps_its_vlan_and_ethertype() {
         let frame = Packet::eth(MAC_CLIENT, MAC_LB)
             .vlan(5)
             .ether_payload(0x88cc, b"lldp");
@@ -1509,7 +1509,7 @@ mod tests {
     }
 
     #[test]
-    fn ipv4_fragments() {
+    fn ipv4_fragments_carry_offset_more_flag_and_checksum() {
         let first = Packet::eth(MAC_CLIENT, MAC_LB)
             .ipv4(CLIENT4, VIP4)
             .id(99)
@@ -1549,7 +1549,7 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_extension_chain() {
+    fn ipv6_extension_headers_chain_to_the_transport() {
         let frame = Packet::eth(MAC_CLIENT, MAC_LB)
             .ipv6(CLIENT6, VIP6)
             .ipv6_ext(ExtHeader::HopByHop)
@@ -1586,7 +1586,7 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_fragment_extension() {
+    fn an_ipv6_fragment_header_carries_offset_id_and_more_flag() {
         let frame = Packet::eth(MAC_CLIENT, MAC_LB)
             .ipv6(CLIENT6, VIP6)
             .ipv6_ext(ExtHeader::Fragment {
@@ -1829,7 +1829,7 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_mutators() {
+    fn ipv6_mutators_change_only_their_field() {
         let frame = Packet::eth(MAC_CLIENT, MAC_LB)
             .ipv6(CLIENT6, VIP6)
             .udp(1, 2)

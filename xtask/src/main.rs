@@ -101,8 +101,12 @@ fn main() -> Result<()> {
             // It measures the build users deploy: `build --pgo`, not the tests' `release`.
             if args.first().map(String::as_str) == Some("l7") {
                 setup::run()?;
-                let xlb = pgo::build()?;
-                let mut bench = vec!["--xlb".to_owned(), xlb.display().to_string()];
+                // `--xlb PATH` measures that binary; without it, a fresh `build --pgo`.
+                let mut bench = Vec::new();
+                if !args.iter().any(|a| a == "--xlb" || a.starts_with("--xlb=")) {
+                    let xlb = pgo::build()?;
+                    bench = vec!["--xlb".to_owned(), xlb.display().to_string()];
+                }
                 bench.extend_from_slice(&args[1..]);
                 return tool("xlb-bench-l7", &bench);
             }
