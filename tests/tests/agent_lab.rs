@@ -997,3 +997,63 @@ fn a_lab_brought_up_by_hand_forwards_and_goes_away_whole() {
         assert!(ok, "{root} is left empty");
     }
 }
+
+/// What the operator reads: every reload (taken or refused) and every health change of a burst
+/// leaves a log line; a registration of a target the file has is said to be in the file too.
+#[test]
+fn reloads_and_each_health_change_of_a_burst_are_logged() {
+    let lab = lab("xag-p-");
+    let check = "\n[target_groups.health_check]\nprotocol = \"TCP\"\ninterval_seconds = 5\n\
+                 timeout_seconds = 2\nhealthy_threshold = 2\nunhealthy_threshold = 2\n";
+    let text = config(&lab, &[(1, "a"), (2, "a"), (3, "a")], "", "");
+    let text = text.replacen("\n\n[[listeners]]", &format!("{check}\n[[listeners]]"), 1);
+    let cfg = write(&lab, &text);
+    let log = run_dir(lab.prefix()).join("agent.log");
+    let agent = Agent::start_logged(&lab, &xlb_bin().unwrap(), &cfg, &log).expect("xlb run");
+    let logged = |what: &str, n: usize| -> String {
+        let t0 = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.matches(what).count() >= n {
+                return text;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "{n} × {what:?} not in the log: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let (ok, out) = cli(&lab, &["reload"]);
+    assert!(ok, "{out}");
+    logged("reloaded", 1);
+    std::fs::write(&cfg, text.replace("port = 80\n", "port = 99999\n")).unwrap();
+    let (ok, _) = cli(&lab, &["reload"]);
+    assert!(!ok);
+    logged("reload refused, keeping the running config", 1);
+    std::fs::write(&cfg, &text).unwrap();
+    // Two targets fail together: one burst of events, a line each.
+    logged("to=healthy", 3);
+    kill_backend(&lab, 1);
+    kill_backend(&lab, 2);
+    let text = logged("to=unhealthy", 2);
+    for i in [1, 2] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains("to=unhealthy") && l.contains(&backend_v4(i).to_string())),
+            "backend{i}: {text}"
+        );
+    }
+    let id = backend_v4(3).to_string();
+    let (ok, out) = cli(
+        &lab,
+        &["targets", "register", "--target-group", "web", "--id", &id],
+    );
+    assert!(ok, "{out}");
+    let (_, status) = cli(&lab, &["status"]);
+    assert!(
+        status.contains(&format!("registered {id} in web (in the file too")),
+        "{status}"
+    );
+    agent.stop().unwrap();
+}
