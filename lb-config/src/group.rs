@@ -155,6 +155,16 @@ impl TargetGroup {
         if let Some(hc) = &self.health_check {
             hc.validate()
                 .map_err(|m| Refusal::new(format!("{at}.health_check"), m))?;
+            // ALB's matcher stops at 499 (NLB's at 599).
+            let highest = hc.matcher.as_ref().map_or(200, |m| m.highest());
+            if self.protocol.is_http() && highest > 499 {
+                return Err(Refusal::new(
+                    format!("{at}.health_check"),
+                    format!(
+                        "matcher: {highest} is outside 200-499, ALB's range for HTTP and HTTPS groups"
+                    ),
+                ));
+            }
         }
         attribute::check(
             attribute::TARGET_GROUP,

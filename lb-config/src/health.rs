@@ -11,6 +11,10 @@ use serde::{Deserialize, Deserializer, de};
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
+    /// `HealthCheckEnabled`: `false` turns the group's checks off (its targets are
+    /// `unavailable` and take traffic). HTTP and HTTPS groups are checked unless it says so.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
     /// Unset in the file: `TCP` (NLB's default) for TCP/UDP groups, `HTTP` (ALB's) for HTTP and
     /// HTTPS groups; [`Config::parse`](crate::Config::parse) fills it in.
     #[serde(default)]
@@ -37,6 +41,9 @@ pub struct HealthCheck {
     pub matcher: Option<Matcher>,
 }
 
+const fn default_enabled() -> bool {
+    true
+}
 const fn default_interval() -> u32 {
     30
 }
@@ -53,6 +60,7 @@ const fn default_unhealthy() -> u32 {
 impl Default for HealthCheck {
     fn default() -> Self {
         HealthCheck {
+            enabled: true,
             protocol: None,
             port: CheckPort::default(),
             path: None,
@@ -168,6 +176,11 @@ impl Matcher {
             text: text.to_owned(),
             ranges,
         })
+    }
+
+    /// The highest code it accepts.
+    pub fn highest(&self) -> u16 {
+        self.ranges.iter().map(|r| *r.end()).max().unwrap_or(200)
     }
 
     /// Whether `status` counts as success.

@@ -125,8 +125,16 @@ impl Config {
             path: path.to_owned(),
             error,
         })?;
-        // One default for every group: NLB's (TCP) for L4 groups, ALB's (HTTP) for L7 ones.
+        // ALB checks HTTP and HTTPS groups whether or not the file says how (with its defaults);
+        // `enabled = false` turns any group's checks off. One default protocol for every group:
+        // NLB's (TCP) for L4 groups, ALB's (HTTP) for L7 ones.
         for tg in &mut cfg.target_groups {
+            if tg.protocol.is_http() {
+                tg.health_check.get_or_insert_with(HealthCheck::default);
+            }
+            if tg.health_check.as_ref().is_some_and(|hc| !hc.enabled) {
+                tg.health_check = None;
+            }
             let default = tg.protocol.default_check();
             if let Some(hc) = tg.health_check.as_mut() {
                 hc.protocol.get_or_insert(default);

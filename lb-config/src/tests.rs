@@ -689,3 +689,59 @@ fn the_nodes_sizes_bound_listeners_and_targets_by_name() {
         "{e}"
     );
 }
+
+#[test]
+fn http_groups_are_checked_with_albs_defaults_unless_turned_off() {
+    let c = Config::parse(EXAMPLE, "x.toml").unwrap();
+    let http = c
+        .target_groups
+        .iter()
+        .find(|g| g.protocol.is_http())
+        .unwrap();
+    let hc = http.health_check.as_ref().expect("checked without a block");
+    assert_eq!(
+        (
+            hc.protocol(),
+            hc.interval_seconds,
+            hc.timeout_seconds,
+            hc.healthy_threshold,
+            hc.unhealthy_threshold
+        ),
+        (CheckProtocol::Http, 30, 5, 5, 2)
+    );
+    assert!(hc.path.is_none() && hc.matcher.is_none(), "/ and 200");
+    // L4 groups stay unchecked without a block, as before.
+    let tcp = Config::parse(GOOD, "x.toml").unwrap();
+    assert!(tcp.target_groups[0].health_check.is_none());
+    // `enabled = false` turns them off, in either tier.
+    let name = &http.name;
+    let off = EXAMPLE.replacen(
+        &format!("name = \"{name}\"\n"),
+        &format!("name = \"{name}\"\nhealth_check = {{ enabled = false }}\n"),
+        1,
+    );
+    let c = Config::parse(&off, "x.toml").unwrap();
+    assert!(c.group(name).unwrap().health_check.is_none());
+    let off = GOOD.replace(
+        "port = 80\ntargets",
+        "port = 80\nhealth_check = { enabled = false }\ntargets",
+    );
+    assert!(
+        Config::parse(&off, "x.toml").unwrap().target_groups[0]
+            .health_check
+            .is_none()
+    );
+    // ALB's matcher stops at 499; an L4 group's HTTP check may match up to 599.
+    let wide = EXAMPLE.replacen(
+        &format!("name = \"{name}\"\n"),
+        &format!("name = \"{name}\"\nhealth_check = {{ matcher = \"200-599\" }}\n"),
+        1,
+    );
+    let e = Config::parse(&wide, "x.toml").unwrap_err().to_string();
+    assert!(e.contains("matcher: 599 is outside 200-499"), "{e}");
+    let nlb = GOOD.replace(
+        "port = 80\ntargets",
+        "port = 80\nhealth_check = { protocol = \"HTTP\", matcher = \"200-599\" }\ntargets",
+    );
+    Config::parse(&nlb, "x.toml").unwrap();
+}

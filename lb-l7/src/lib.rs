@@ -10,6 +10,7 @@
 //! - [`upstream`]: the clients toward targets (HTTP/1.1 or HTTP/2, clear or TLS).
 //! - [`listener`]: sockets, TLS handshakes, connections, idle timeout and draining.
 //! - [`tls`]: rustls setup and certificate choice by SNI.
+//! - [`trace`]: `X-Amzn-Trace-Id`, as ALB adds and updates it.
 //! - [`log`]: access log lines in ALB's format.
 //! - [`metrics`]: ALB's CloudWatch metrics, as Prometheus families.
 //!
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod rules;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 use std::{

@@ -41,6 +41,7 @@ use crate::{
     log::{AccessLog, Entry, Host, Pending, RequestLine},
     metrics::{L7Metrics, RouteMetrics},
     rules::{RequestView, RuleSet, strip_port},
+    trace,
     upstream::{BoxError, Lease, Origin, SendError, Upload, Upstream},
 };
 
@@ -635,13 +636,14 @@ struct Tunnel {
 
 /// Runs the phases for one request; its log line goes with the response's body.
 pub async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     ambiguous: Option<&'static str>,
     route: Arc<Route>,
     conn: Arc<Conn>,
     shared: Arc<Shared>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
+    let trace_id = trace::next(req.headers().get(trace::HEADER));
     let mut entry = Entry {
         kind: kind(&conn, &req),
         received: SystemTime::now(),
@@ -671,13 +673,16 @@ pub async fn handle(
         target_group: None,
         received_bytes: request_head_len(&req),
         sent_bytes: 0,
-        trace_id: req.headers().get("x-amzn-trace-id").cloned(),
+        trace_id: Some(trace_id.clone()),
         domain_name: conn.tls.as_ref().and_then(|t| t.server_name.clone()),
         matched_rule_priority: 0,
         action: None,
         redirect_url: None,
         error_reason: None,
     };
+    // After the entry took the head's size as the client sent it.
+    req.headers_mut()
+        .insert(HeaderName::from_static(trace::HEADER), trace_id);
     let mut outcome = Outcome::default();
     let result = match request_filter(req.headers(), ambiguous) {
         Ok(()) => {

@@ -222,3 +222,78 @@ actions = [{{ type = "forward", target_groups = [{{ name = "ab", weight = 1 }}, 
     assert_eq!(seen.iter().filter(|s| *s == "c").count(), 6, "{seen:?}");
     assert_eq!(seen.len(), 8);
 }
+
+/// The value of field `name` (`Root`, `Self`) of an `X-Amzn-Trace-Id`, checked for ALB's form
+/// `1-<8 hex>-<24 hex>`.
+fn trace_field<'a>(header: &'a str, name: &str) -> &'a str {
+    let value = header
+        .split(';')
+        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {name} in {header:?}"));
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit());
+    assert!(
+        parts.len() == 3 && parts[0] == "1" && hex(parts[1], 8) && hex(parts[2], 24),
+        "{value:?} is not ALB's trace id form"
+    );
+    value
+}
+
+#[test]
+fn requests_get_albs_trace_id_and_the_access_log_has_it() {
+    let mut lab = Lab::new();
+    let web = lab.backend("web");
+    let port = free_port();
+    lab.start(&format!(
+        "{}[[http_listeners]]\naddress = \"127.0.0.1\"\nport = {port}\nprotocol = \"HTTP\"\n\
+         default_action = {{ type = \"forward\", target_group = \"web\" }}\n",
+        group("web", &[web], "")
+    ));
+    let base = format!("http://127.0.0.1:{port}");
+    // None sent: a Root.
+    let r = curl(&[&format!("{base}/a")]);
+    let fresh = r
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("x-amzn-trace-id: "))
+        .unwrap_or_else(|| panic!("no trace id forwarded:\n{}", r.body))
+        .to_owned();
+    let root = trace_field(&fresh, "Root").to_owned();
+    assert!(!fresh.contains("Self="), "{fresh}");
+    // A Root sent: kept, with a Self in front; the client's Self is replaced, other fields kept.
+    let sent = "Root=1-67891233-abcdef012345678912345678;Self=1-00000000-000000000000000000000000;Sampled=1";
+    let r = curl(&["-H", &format!("X-Amzn-Trace-Id: {sent}"), &format!("{base}/b")]);
+    let forwarded = r
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("x-amzn-trace-id: "))
+        .unwrap_or_else(|| panic!("no trace id forwarded:\n{}", r.body))
+        .to_owned();
+    assert!(forwarded.starts_with("Self=1-"), "{forwarded}");
+    assert_ne!(
+        trace_field(&forwarded, "Self"),
+        "1-00000000-000000000000000000000000"
+    );
+    assert!(
+        forwarded.ends_with(";Root=1-67891233-abcdef012345678912345678;Sampled=1"),
+        "{forwarded}"
+    );
+    // Fields without a Root: one is put in front.
+    let r = curl(&["-H", "X-Amzn-Trace-Id: Sampled=0", &format!("{base}/c")]);
+    let own = r
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("x-amzn-trace-id: "))
+        .expect("trace id")
+        .to_owned();
+    assert!(own.starts_with("Root=1-") && own.ends_with(";Sampled=0"), "{own}");
+    // The access log's trace_id is what the target got.
+    let log = lab.log_lines(|l| l.len() >= 3);
+    for id in [&fresh, &forwarded, &own] {
+        assert!(
+            log.iter().any(|l| l.contains(&format!("\"{id}\""))),
+            "{id} not logged in {log:#?}"
+        );
+    }
+    assert!(log.iter().any(|l| l.contains(&root)));
+}
