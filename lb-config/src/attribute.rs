@@ -77,8 +77,19 @@ pub const TARGET_GROUP: &[Attribute] = &[
     attr(
         "load_balancing.algorithm.type",
         Tier::L7,
-        Values::OneOf(&["round_robin", "least_outstanding_requests"]),
+        Values::OneOf(&[
+            "round_robin",
+            "least_outstanding_requests",
+            "weighted_random",
+        ]),
         "round_robin",
+    ),
+    // ALB's anomaly mitigation of `weighted_random` is not implemented: only `off` is taken.
+    attr(
+        "load_balancing.algorithm.anomaly_mitigation",
+        Tier::L7,
+        Values::OneOf(&["off"]),
+        "off",
     ),
     attr(
         "slow_start.duration_seconds",
@@ -119,12 +130,49 @@ pub const TARGET_GROUP: &[Attribute] = &[
 ];
 
 /// HTTP listener attributes (ALB's load balancer attributes, per listener here).
-pub const HTTP_LISTENER: &[Attribute] = &[attr(
-    "idle_timeout.timeout_seconds",
-    Tier::L7,
-    Values::Seconds(1, 4000),
-    "60",
-)];
+pub const HTTP_LISTENER: &[Attribute] = &[
+    attr(
+        "idle_timeout.timeout_seconds",
+        Tier::L7,
+        Values::Seconds(1, 4000),
+        "60",
+    ),
+    // What becomes of `X-Forwarded-For`: the client appended, the client's header kept, or none.
+    attr(
+        "routing.http.xff_header_processing.mode",
+        Tier::L7,
+        Values::OneOf(&["append", "preserve", "remove"]),
+        "append",
+    ),
+    // In `append` mode, the client's port too (`ip:port`).
+    attr(
+        "routing.http.xff_client_port.enabled",
+        Tier::L7,
+        Values::OneOf(&["true", "false"]),
+        "false",
+    ),
+    // Off: a `Host` without a port gets the listener's, unless that is the scheme's default.
+    attr(
+        "routing.http.preserve_host_header.enabled",
+        Tier::L7,
+        Values::OneOf(&["true", "false"]),
+        "false",
+    ),
+    // Headers whose names are not `[A-Za-z0-9-]+` are removed before routing.
+    attr(
+        "routing.http.drop_invalid_header_fields.enabled",
+        Tier::L7,
+        Values::OneOf(&["true", "false"]),
+        "false",
+    ),
+    // HTTPS: `X-Amzn-TLS-Version` and `X-Amzn-TLS-Cipher-Suite` to the targets.
+    attr(
+        "routing.http.x_amzn_tls_version_and_cipher_suite.enabled",
+        Tier::L7,
+        Values::OneOf(&["true", "false"]),
+        "false",
+    ),
+];
 
 /// Cookie names ALB keeps for itself (`AWSALB`, `AWSALBAPP-*`, `AWSALBTG`): one prefix covers all.
 pub const RESERVED_COOKIE_PREFIX: &str = "AWSALB";

@@ -30,7 +30,7 @@ pub struct HttpListener {
     pub default_action: HttpAction,
     #[serde(default)]
     pub rules: Vec<Rule>,
-    /// ALB attributes by their AWS names: `idle_timeout.timeout_seconds` (1..=4000, default 60).
+    /// ALB attributes by their AWS names (`attribute::HTTP_LISTENER`).
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
 }
@@ -60,16 +60,41 @@ impl HttpListener {
         SocketAddr::new(self.address, self.port)
     }
 
+    /// An attribute's value, or its default.
+    fn attribute(&self, name: &str) -> &str {
+        attribute::value(attribute::HTTP_LISTENER, Tier::L7, &self.attributes, name)
+    }
+
     /// `idle_timeout.timeout_seconds`: how long a connection may stay idle.
     pub fn idle_timeout(&self) -> Duration {
-        let v = attribute::value(
-            attribute::HTTP_LISTENER,
-            Tier::L7,
-            &self.attributes,
-            "idle_timeout.timeout_seconds",
-        );
+        let v = self.attribute("idle_timeout.timeout_seconds");
         Duration::from_secs(v.parse().unwrap_or(60))
     }
+
+    /// `routing.http.xff_header_processing.mode`.
+    pub fn xff_mode(&self) -> XffMode {
+        match self.attribute("routing.http.xff_header_processing.mode") {
+            "preserve" => XffMode::Preserve,
+            "remove" => XffMode::Remove,
+            _ => XffMode::Append,
+        }
+    }
+
+    /// Whether boolean attribute `name` is `true`.
+    pub fn enabled(&self, name: &str) -> bool {
+        self.attribute(name) == "true"
+    }
+}
+
+/// ALB's `routing.http.xff_header_processing.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XffMode {
+    /// The client's address after those the request carried (the default).
+    Append,
+    /// The request's header as it came, none if it had none.
+    Preserve,
+    /// No `X-Forwarded-For`.
+    Remove,
 }
 
 /// A certificate chain and its private key, both PEM files.
@@ -107,6 +132,34 @@ pub enum Condition {
     QueryString { values: Vec<QueryValue> },
     /// The client's address (not `X-Forwarded-For`).
     SourceIp { values: Vec<IpNet> },
+}
+
+impl Condition {
+    /// Its field's name and how many values it has.
+    fn field_and_count(&self) -> (&'static str, usize) {
+        match self {
+            Condition::HostHeader { values } => ("host-header", values.len()),
+            Condition::PathPattern { values } => ("path-pattern", values.len()),
+            Condition::HttpHeader { values, .. } => ("http-header", values.len()),
+            Condition::HttpRequestMethod { values } => ("http-request-method", values.len()),
+            Condition::QueryString { values } => ("query-string", values.len()),
+            Condition::SourceIp { values } => ("source-ip", values.len()),
+        }
+    }
+
+    /// The texts its wildcards can be in: patterns, and a query-string value's key and value.
+    fn texts(&self) -> Vec<&str> {
+        match self {
+            Condition::HostHeader { values }
+            | Condition::PathPattern { values }
+            | Condition::HttpHeader { values, .. } => values.iter().map(String::as_str).collect(),
+            Condition::QueryString { values } => values
+                .iter()
+                .flat_map(|q| [q.key.as_deref().unwrap_or(""), q.value.as_str()])
+                .collect(),
+            Condition::HttpRequestMethod { .. } | Condition::SourceIp { .. } => Vec::new(),
+        }
+    }
 }
 
 /// A query-string condition value; without `key` it matches any parameter's value.
@@ -223,6 +276,9 @@ const MAX_PATTERN_LEN: usize = 128;
 const MAX_BODY_LEN: usize = 1024;
 /// Most target groups in one forward (ALB's limit).
 const MAX_FORWARD_GROUPS: usize = 5;
+/// Most condition values in one rule, and most wildcards (`*`, `?`) in them (ALB's quotas).
+const MAX_RULE_VALUES: usize = 5;
+const MAX_RULE_WILDCARDS: usize = 5;
 
 /// Checks the HTTP listeners: ports, certificates named, attributes, rules and the groups their
 /// actions name. Whether the certificates load is the L7 tier's to check.
@@ -434,17 +490,28 @@ fn check_conditions(conditions: &[Condition], at: &str) -> Result<(), Refusal> {
             "a rule needs a condition (the default action has none)",
         ));
     }
+    let values: usize = conditions.iter().map(|c| c.field_and_count().1).sum();
+    if values > MAX_RULE_VALUES {
+        return Err(Refusal::new(
+            format!("{at}.conditions"),
+            format!("{values} condition values; ALB takes {MAX_RULE_VALUES} per rule"),
+        ));
+    }
+    let wildcards: usize = conditions
+        .iter()
+        .flat_map(Condition::texts)
+        .map(|v| v.matches(['*', '?']).count())
+        .sum();
+    if wildcards > MAX_RULE_WILDCARDS {
+        return Err(Refusal::new(
+            format!("{at}.conditions"),
+            format!("{wildcards} wildcards; ALB takes {MAX_RULE_WILDCARDS} per rule"),
+        ));
+    }
     let mut once = std::collections::BTreeSet::new();
     for (i, c) in conditions.iter().enumerate() {
         let cat = format!("{at}.conditions[{i}]");
-        let (field, count) = match c {
-            Condition::HostHeader { values } => ("host-header", values.len()),
-            Condition::PathPattern { values } => ("path-pattern", values.len()),
-            Condition::HttpHeader { values, .. } => ("http-header", values.len()),
-            Condition::HttpRequestMethod { values } => ("http-request-method", values.len()),
-            Condition::QueryString { values } => ("query-string", values.len()),
-            Condition::SourceIp { values } => ("source-ip", values.len()),
-        };
+        let (field, count) = c.field_and_count();
         if count == 0 {
             return Err(Refusal::new(
                 format!("{cat}.values"),

@@ -33,7 +33,7 @@ pub use crate::{
     health::{CheckPort, CheckProtocol, HealthCheck, Matcher},
     http::{
         CertificateFiles, Condition, GroupStickiness, HttpAction, HttpListener, ListenerProtocol,
-        QueryValue, RedirectCode, Rule, WeightedTargetGroup,
+        QueryValue, RedirectCode, Rule, WeightedTargetGroup, XffMode,
     },
     listener::{Action, Forwarding, Listener},
     node::{Node, Paths, XdpMode, parse_mac},

@@ -299,8 +299,6 @@ conditions = [
   { field = "host-header", values = ["*.example.com"] },
   { field = "path-pattern", values = ["/img/*"] },
   { field = "http-header", name = "User-Agent", values = ["*Chrome*"] },
-  { field = "query-string", values = [{ key = "v", value = "1" }, { value = "x*" }] },
-  { field = "source-ip", values = ["10.0.0.0/8", "2001:db8::/32"] },
   { field = "http-request-method", values = ["GET", "HEAD"] },
 ]
 actions = [{ type = "forward", target_groups = [{ name = "img", weight = 1 }, { name = "web", weight = 3 }], stickiness = { enabled = true, duration_seconds = 60 } }]
@@ -314,14 +312,23 @@ actions = [{ type = "redirect", protocol = "HTTPS", port = "443", status_code = 
 priority = 30
 conditions = [{ field = "path-pattern", values = ["/health"] }]
 actions = [{ type = "fixed-response", status_code = 200, content_type = "text/plain", message_body = "ok" }]
+
+[[http_listeners.rules]]
+priority = 40
+conditions = [
+  { field = "query-string", values = [{ key = "v", value = "1" }, { value = "x*" }] },
+  { field = "source-ip", values = ["10.0.0.0/8", "2001:db8::/32"] },
+]
+actions = [{ type = "forward", target_group = "web" }]
 "#;
 
 #[test]
 fn parses_every_condition_and_action() {
     let c = Config::parse(EXAMPLE, "x.toml").unwrap();
     let l = &c.http_listeners[0];
-    assert_eq!(l.rules.len(), 3);
-    assert_eq!(l.rules[0].conditions.len(), 6);
+    assert_eq!(l.rules.len(), 4);
+    assert_eq!(l.rules[0].conditions.len(), 4);
+    assert_eq!(l.rules[3].conditions.len(), 2);
     assert_eq!(c.target_groups[0].targets[1].port, Some(8081));
     assert_eq!(
         (
@@ -744,4 +751,91 @@ fn http_groups_are_checked_with_albs_defaults_unless_turned_off() {
         "port = 80\nhealth_check = { protocol = \"HTTP\", matcher = \"200-599\" }\ntargets",
     );
     Config::parse(&nlb, "x.toml").unwrap();
+}
+
+#[test]
+fn rules_beyond_albs_quotas_of_values_and_wildcards_are_refused() {
+    // Five values (1 + 1 + 1 + 2) and four wildcards are within ALB's quotas.
+    Config::parse(EXAMPLE, "x.toml").unwrap();
+    let e = refused(
+        "values = [\"GET\", \"HEAD\"]",
+        "values = [\"GET\", \"HEAD\", \"PUT\"]",
+    );
+    assert!(
+        e.contains(
+            "http_listeners[0].rules[0].conditions: 6 condition values; ALB takes 5 per rule"
+        ),
+        "{e}"
+    );
+    let e = refused("values = [\"/img/*\"]", "values = [\"/?m?/*\"]");
+    assert!(
+        e.contains("rules[0].conditions: 6 wildcards; ALB takes 5 per rule"),
+        "{e}"
+    );
+    // Wildcards in a query string's key count too.
+    let e = refused(
+        "{ key = \"v\", value = \"1\" }",
+        "{ key = \"v*?*\", value = \"1??\" }",
+    );
+    assert!(e.contains("rules[3].conditions: 6 wildcards"), "{e}");
+}
+
+#[test]
+fn weighted_random_is_an_algorithm_without_anomaly_mitigation() {
+    let text = EXAMPLE.replacen(
+        "\"stickiness.type\" = \"lb_cookie\"",
+        "\"stickiness.type\" = \"lb_cookie\", \"load_balancing.algorithm.type\" = \"weighted_random\", \"load_balancing.algorithm.anomaly_mitigation\" = \"off\"",
+        1,
+    );
+    Config::parse(&text, "x.toml").unwrap();
+    let e = refused(
+        "\"stickiness.type\" = \"lb_cookie\"",
+        "\"load_balancing.algorithm.type\" = \"weighted_random\", \"load_balancing.algorithm.anomaly_mitigation\" = \"on\"",
+    );
+    assert!(
+        e.contains("(web).attributes.\"load_balancing.algorithm.anomaly_mitigation\": \"on\" is not one of [\"off\"]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn listener_attributes_take_albs_values() {
+    let with = |attributes: &str| {
+        EXAMPLE.replacen(
+            "port = 8000\n",
+            &format!("port = 8000\nattributes = {{ {attributes} }}\n"),
+            1,
+        )
+    };
+    let c = Config::parse(&with(""), "x.toml").unwrap();
+    let l = &c.http_listeners[0];
+    assert_eq!(l.xff_mode(), XffMode::Append);
+    assert!(!l.enabled("routing.http.preserve_host_header.enabled"));
+    let c = Config::parse(
+        &with(r#""routing.http.xff_header_processing.mode" = "remove", "routing.http.preserve_host_header.enabled" = "true""#),
+        "x.toml",
+    )
+    .unwrap();
+    let l = &c.http_listeners[0];
+    assert_eq!(l.xff_mode(), XffMode::Remove);
+    assert!(l.enabled("routing.http.preserve_host_header.enabled"));
+    for (attribute, bad) in [
+        ("routing.http.xff_header_processing.mode", "drop"),
+        ("routing.http.xff_client_port.enabled", "yes"),
+        ("routing.http.drop_invalid_header_fields.enabled", "1"),
+        (
+            "routing.http.x_amzn_tls_version_and_cipher_suite.enabled",
+            "on",
+        ),
+    ] {
+        let e = Config::parse(&with(&format!("\"{attribute}\" = \"{bad}\"")), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "http_listeners[0].attributes.\"{attribute}\": \"{bad}\" is not one of"
+            )),
+            "{e}"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! Choosing where a forwarded request goes: the target group of a weighted forward, then a target
-//! in the group by the group's algorithm (`round_robin` or `least_outstanding_requests`), unless a
+//! in the group by the group's algorithm (`round_robin`, `least_outstanding_requests` or
+//! `weighted_random`, without ALB's anomaly mitigation), unless a
 //! stickiness cookie names one. What is known of a target lives in [`Counters`], which outlives
 //! config reloads, so a target that stays in a group keeps its count (pingora#269's lesson), its
 //! health and its slow start.
@@ -150,6 +151,8 @@ impl Counters {
 pub enum Algorithm {
     RoundRobin,
     LeastOutstandingRequests,
+    /// Each request to a target drawn at random, by weight (slow start's, else equal).
+    WeightedRandom,
 }
 
 /// How a group keeps a client on one target.
@@ -265,6 +268,7 @@ impl Group {
         let attr = |k: &str| tg.attributes.get(k).map(String::as_str);
         let algorithm = match attr("load_balancing.algorithm.type") {
             Some("least_outstanding_requests") => Algorithm::LeastOutstandingRequests,
+            Some("weighted_random") => Algorithm::WeightedRandom,
             _ => Algorithm::RoundRobin,
         };
         let duration = |key: &str| {
@@ -401,13 +405,18 @@ impl Group {
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         let start = turn % n;
         match (self.algorithm, self.slow_start) {
-            (Algorithm::RoundRobin, Some(ramp))
+            (Algorithm::RoundRobin | Algorithm::WeightedRandom, Some(ramp))
                 if up().any(|t| t.weight(now, self.epoch, ramp) < FULL_WEIGHT) =>
             {
                 let weights = up().map(|t| (t, t.weight(now, self.epoch, ramp)));
-                Self::weighted(weights, turn)
+                let point = match self.algorithm {
+                    Algorithm::WeightedRandom => fastrand::u64(..),
+                    _ => (turn as u64).wrapping_mul(GOLDEN),
+                };
+                Self::weighted(weights, point)
             }
             (Algorithm::RoundRobin, _) => up().nth(start),
+            (Algorithm::WeightedRandom, _) => up().nth(fastrand::usize(..n)),
             // Ties go round robin: the scan starts where round robin would pick.
             (Algorithm::LeastOutstandingRequests, _) => up()
                 .skip(start)
@@ -416,15 +425,15 @@ impl Group {
         }
     }
 
-    /// The target whose stretch of the total weight holds turn `turn`'s point. The points
-    /// `turn × φ mod 1` (a Weyl sequence) fall evenly over any run of turns, so each target's
-    /// share follows its weight within a few dozen requests, with one atomic counter and no lock.
+    /// The target whose stretch of the total weight holds `fraction` (of 2^64). Round robin's
+    /// points `turn × φ mod 1` (a Weyl sequence) fall evenly over any run of turns, so each
+    /// target's share follows its weight within a few dozen requests, with one atomic counter and
+    /// no lock; weighted random's are random.
     fn weighted<'a>(
         weights: impl Iterator<Item = (&'a Target, u64)> + Clone,
-        turn: usize,
+        fraction: u64,
     ) -> Option<&'a Target> {
         let total: u64 = weights.clone().map(|(_, w)| w).sum();
-        let fraction = (turn as u64).wrapping_mul(GOLDEN);
         let point = u64::try_from((u128::from(fraction) * u128::from(total)) >> 64).ok()?;
         let mut upto = 0;
         weights
@@ -550,6 +559,28 @@ mod tests {
                 .pick(None, now)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn weighted_random_draws_each_target_by_chance() {
+        let now = Instant::now();
+        let c = Counters::default();
+        let tg = group(
+            "g",
+            &[1, 2, 3],
+            &[("load_balancing.algorithm.type", "weighted_random")],
+        );
+        let g = Group::new(&tg, &c, now);
+        let ports: Vec<u16> = (0..3000)
+            .map(|_| g.pick(None, now).unwrap().target.addr.port())
+            .collect();
+        // About a third each (1000 ± 150 is over 5 standard deviations wide) ...
+        for p in [1, 2, 3] {
+            let n = ports.iter().filter(|&&q| q == p).count();
+            assert!((850..1150).contains(&n), "target {p}: {n} of 3000");
+        }
+        // ... and not in turn: round robin would never pick one target twice in a row.
+        assert!(ports.windows(2).any(|w| w[0] == w[1]));
     }
 
     #[test]

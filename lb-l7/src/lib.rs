@@ -66,7 +66,7 @@ use self::{
     listener::State,
     log::AccessLog,
     metrics::L7Metrics,
-    proxy::{Act, Route, Shared},
+    proxy::{Act, HeaderAttributes, Route, Shared},
     rules::RuleSet,
 };
 
@@ -313,6 +313,13 @@ fn compile_route(
         rules: RuleSet::new(rules, compile_action(&l.default_action, groups)),
         idle_timeout,
         forwarded_port: HeaderValue::from(local.port()),
+        headers: HeaderAttributes {
+            xff: l.xff_mode(),
+            xff_client_port: l.enabled("routing.http.xff_client_port.enabled"),
+            preserve_host: l.enabled("routing.http.preserve_host_header.enabled"),
+            drop_invalid: l.enabled("routing.http.drop_invalid_header_fields.enabled"),
+            tls_headers: l.enabled("routing.http.x_amzn_tls_version_and_cipher_suite.enabled"),
+        },
         metrics: metrics.route(&local.to_string(), rule_groups),
     }
 }

@@ -33,7 +33,7 @@ use hyper::{body::Incoming, upgrade::OnUpgrade};
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
 
-use lb_config::{ListenerProtocol, ProtocolVersion};
+use lb_config::{ListenerProtocol, ProtocolVersion, XffMode};
 
 use crate::{
     action::{FixedResponse, Redirect, RedirectInput},
@@ -42,7 +42,7 @@ use crate::{
     metrics::{L7Metrics, RouteMetrics},
     rules::{RequestView, RuleSet, strip_port},
     trace,
-    upstream::{BoxError, Lease, Origin, SendError, Upload, Upstream},
+    upstream::{BoxError, Lease, Origin, Progress, SendError, Upload, Upstream},
 };
 
 /// The body of every response xlb sends.
@@ -50,6 +50,10 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// ALB's status for a request the target group's protocol version cannot take.
 const INCOMPATIBLE_PROTOCOL: u16 = 464;
+/// ALB's status for an `X-Forwarded-For` of more than [`MAX_FORWARDED_FOR`] addresses.
+const TOO_MANY_FORWARDED_FOR: u16 = 463;
+/// The most addresses ALB takes in `X-Forwarded-For`.
+const MAX_FORWARDED_FOR: usize = 30;
 
 /// Who caused a failed request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +68,12 @@ pub enum Fault {
 pub enum ProxyError {
     #[error("ambiguous request: {reason}")]
     Ambiguous { reason: &'static str },
+    #[error("TRACE is not allowed")]
+    Trace,
+    #[error("X-Forwarded-For has {count} addresses, more than {MAX_FORWARDED_FOR}")]
+    TooManyForwardedFor { count: usize },
+    #[error("the client sent none of its body for {timeout:?}")]
+    ClientTimeout { timeout: Duration },
     #[error("target group {group} has no target")]
     NoTarget { group: String },
     #[error("target group {group} takes {wants}")]
@@ -100,6 +110,11 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Ambiguous { .. } | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Trace => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::TooManyForwardedFor { .. } => {
+                StatusCode::from_u16(TOO_MANY_FORWARDED_FOR).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            ProxyError::ClientTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Incompatible { .. } => {
                 StatusCode::from_u16(INCOMPATIBLE_PROTOCOL).unwrap_or(StatusCode::BAD_REQUEST)
             }
@@ -114,6 +129,9 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
             ProxyError::Ambiguous { .. }
+            | ProxyError::Trace
+            | ProxyError::TooManyForwardedFor { .. }
+            | ProxyError::ClientTimeout { .. }
             | ProxyError::ClientBody { .. }
             | ProxyError::Incompatible { .. } => Fault::Client,
             ProxyError::Connect { .. } | ProxyError::Target { .. } | ProxyError::Timeout { .. } => {
@@ -152,8 +170,24 @@ pub struct Route {
     pub idle_timeout: Duration,
     /// `X-Forwarded-Port`, made once rather than per request.
     pub forwarded_port: HeaderValue,
+    /// ALB's attributes for the headers targets get.
+    pub headers: HeaderAttributes,
     /// Metric handles of the listener and of each rule, resolved once per config.
     pub metrics: RouteMetrics,
+}
+
+/// ALB's listener attributes (`routing.http.*`) that change the request's headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderAttributes {
+    pub xff: XffMode,
+    /// `xff_client_port.enabled`: `ip:port` rather than `ip` when appending.
+    pub xff_client_port: bool,
+    /// `preserve_host_header.enabled`: off, a `Host` without a port gets the listener's.
+    pub preserve_host: bool,
+    /// `drop_invalid_header_fields.enabled`.
+    pub drop_invalid: bool,
+    /// `x_amzn_tls_version_and_cipher_suite.enabled`.
+    pub tls_headers: bool,
 }
 
 /// What every listener shares, across reloads.
@@ -236,6 +270,39 @@ pub fn request_filter(
     Ok(())
 }
 
+/// Phase 1 too: what ALB refuses or drops whatever the rules say: TRACE (405), an
+/// `X-Forwarded-For` of more than 30 addresses (463), and with `drop_invalid_header_fields`,
+/// headers whose names are not letters, digits and hyphens (removed before the rules see them).
+pub fn header_filter<B>(
+    req: &mut Request<B>,
+    attributes: HeaderAttributes,
+) -> Result<(), ProxyError> {
+    if req.method() == Method::TRACE {
+        return Err(ProxyError::Trace);
+    }
+    let count = list(req.headers(), HeaderName::from_static("x-forwarded-for")).count();
+    if count > MAX_FORWARDED_FOR {
+        return Err(ProxyError::TooManyForwardedFor { count });
+    }
+    if attributes.drop_invalid {
+        let valid = |k: &HeaderName| {
+            k.as_str()
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        let invalid: Vec<HeaderName> = req
+            .headers()
+            .keys()
+            .filter(|k| !valid(k))
+            .cloned()
+            .collect();
+        for k in invalid {
+            req.headers_mut().remove(k);
+        }
+    }
+    Ok(())
+}
+
 /// The host a request is for: `Host`, else HTTP/2's `:authority`.
 fn request_host<B>(req: &Request<B>) -> Option<&str> {
     req.headers()
@@ -254,6 +321,21 @@ pub fn route<'a, B>(r: &'a Route, conn: &Conn, req: &Request<B>) -> (u32, &'a Ac
         headers: req.headers(),
         client: conn.client.ip(),
     })
+}
+
+/// The CORS twin ALB sets beside a stickiness cookie (`SameSite=None; Secure`, so browsers send it
+/// on cross-origin requests), and takes when the client sends only it.
+fn cors_twin(name: &str) -> Option<&'static str> {
+    match name {
+        balance::TARGET_COOKIE => Some("AWSALBCORS"),
+        balance::GROUP_COOKIE => Some("AWSALBTGCORS"),
+        _ => None,
+    }
+}
+
+/// The value of stickiness cookie `name`, or of its CORS twin.
+fn sticky_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    cookie(headers, name).or_else(|| cookie(headers, cors_twin(name)?))
 }
 
 /// The value of cookie `name` in the request, if any.
@@ -275,14 +357,14 @@ pub fn upstream_peer<'a>(
     now: Instant,
 ) -> Result<(&'a Arc<Group>, Pick<'a>), ProxyError> {
     let group = groups
-        .pick(cookie(headers, balance::GROUP_COOKIE))
+        .pick(sticky_cookie(headers, balance::GROUP_COOKIE))
         .ok_or_else(|| ProxyError::NoTarget {
             group: "(weighted forward)".into(),
         })?;
     let sticky = group.stickiness.as_ref().and_then(|s| match s {
         // As ALB: the client sends the application's cookie with ours, or sticks no more.
         Stickiness::AppCookie { cookie_name, .. } if cookie(headers, cookie_name).is_none() => None,
-        _ => cookie(headers, s.cookie()),
+        _ => sticky_cookie(headers, s.cookie()),
     });
     let pick = group
         .pick(sticky, now)
@@ -399,7 +481,21 @@ pub fn upstream_request_filter<B>(
     let (protocol, version) = group.protocol;
     let h2 = version != ProtocolVersion::Http1;
     // HTTP/2 moves the client's host into `:authority`.
-    let host = h2.then(|| request_host(req).map(str::to_owned)).flatten();
+    let host = h2
+        .then(|| request_host(req).map(|h| with_listener_port(h, route)))
+        .flatten();
+    if !h2
+        && let Some(text) = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+        && adds_port(text, route)
+    {
+        let ported = with_listener_port(text, route);
+        let value = HeaderValue::from_str(&ported)
+            .map_err(|e| forward_error(format!("host {ported}: {e}")))?;
+        req.headers_mut().insert(header::HOST, value);
+    }
     if !h2 && !req.headers().contains_key(header::HOST) {
         // HTTP/2's `:authority`, else (an HTTP/1.0 client) the target's address.
         let authority = req
@@ -444,23 +540,29 @@ pub fn upstream_request_filter<B>(
     }
     let headers = req.headers_mut();
     let xff = HeaderName::from_static("x-forwarded-for");
-    // ALB's default `append` mode: every earlier hop, in order, then the client.
-    let value = match headers.contains_key(&xff) {
-        // Most requests come straight from their client: its address, made once per connection.
-        false => conn.client_ip.clone(),
-        true => {
-            let mut chain = String::new();
-            for hop in headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()) {
-                chain.push_str(hop);
-                chain.push_str(", ");
-            }
-            chain.push_str(conn.client_ip.to_str().unwrap_or_default());
-            // The header takes the string's buffer rather than a copy of it.
-            HeaderValue::from_maybe_shared(Bytes::from(chain))
-                .map_err(|e| forward_error(e.to_string()))?
+    match route.headers.xff {
+        XffMode::Append => {
+            let value = forwarded_for(headers, conn, route.headers.xff_client_port)
+                .map_err(|e| forward_error(e.to_string()))?;
+            headers.insert(xff, value);
         }
-    };
-    headers.insert(xff, value);
+        XffMode::Preserve => {}
+        XffMode::Remove => {
+            headers.remove(xff);
+        }
+    }
+    if route.headers.tls_headers
+        && let Some(tls) = &conn.tls
+    {
+        headers.insert(
+            HeaderName::from_static("x-amzn-tls-version"),
+            HeaderValue::from_static(tls.protocol),
+        );
+        headers.insert(
+            HeaderName::from_static("x-amzn-tls-cipher-suite"),
+            HeaderValue::from_static(tls.cipher),
+        );
+    }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(route.protocol.scheme()),
@@ -472,10 +574,64 @@ pub fn upstream_request_filter<B>(
     Ok(())
 }
 
-/// `name=value; Expires=...; Path=/` for a stickiness cookie.
-fn set_cookie(name: &str, value: &str, duration: Duration) -> Option<HeaderValue> {
+/// `host` as ALB sends it on: unless `preserve_host_header`, a host without a port gets the
+/// listener's, if that is not the scheme's default.
+fn with_listener_port(host: &str, route: &Route) -> String {
+    match adds_port(host, route) {
+        true => format!("{host}:{}", route.local.port()),
+        false => host.to_owned(),
+    }
+}
+
+/// Whether ALB would add the listener's port to `host`.
+fn adds_port(host: &str, route: &Route) -> bool {
+    let default = match route.protocol {
+        ListenerProtocol::Http => 80,
+        ListenerProtocol::Https => 443,
+    };
+    !route.headers.preserve_host && route.local.port() != default && strip_port(host) == host
+}
+
+/// ALB's `append` mode: every earlier hop, in order, then the client (`ip:port` with
+/// `xff_client_port`).
+fn forwarded_for(
+    headers: &HeaderMap,
+    conn: &Conn,
+    client_port: bool,
+) -> Result<HeaderValue, header::InvalidHeaderValue> {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    if !client_port && !headers.contains_key(&xff) {
+        // Most requests come straight from their client: its address, made once per connection.
+        return Ok(conn.client_ip.clone());
+    }
+    let mut chain = String::new();
+    for hop in headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()) {
+        chain.push_str(hop);
+        chain.push_str(", ");
+    }
+    if client_port {
+        chain.push_str(&conn.client.to_string());
+    } else {
+        chain.push_str(conn.client_ip.to_str().unwrap_or_default());
+    }
+    // The header takes the string's buffer rather than a copy of it.
+    HeaderValue::from_maybe_shared(Bytes::from(chain))
+}
+
+/// Appends `name=value; Expires=...; Path=/` for a stickiness cookie, and its CORS twin.
+fn set_cookie(headers: &mut HeaderMap, name: &str, value: &str, duration: Duration) {
     let expires = httpdate::fmt_http_date(SystemTime::now() + duration);
-    HeaderValue::from_str(&format!("{name}={value}; Expires={expires}; Path=/")).ok()
+    let cookie = format!("{name}={value}; Expires={expires}; Path=/");
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        headers.append(header::SET_COOKIE, v);
+    }
+    if let Some(twin) = cors_twin(name)
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "{twin}={value}; Expires={expires}; Path=/; SameSite=None; Secure"
+        ))
+    {
+        headers.append(header::SET_COOKIE, v);
+    }
 }
 
 /// Whether `headers` set cookie `name`.
@@ -490,7 +646,8 @@ fn sets_cookie(headers: &HeaderMap, name: &str) -> bool {
 
 /// Phase 6 (forward): the target's response as the client gets it: hop-by-hop headers gone
 /// (unless switching protocols), stickiness cookies issued as ALB does: `AWSALB` and `AWSALBTG`
-/// on every response, `AWSALBAPP-0` when the target sets the application cookie.
+/// with their CORS twins on every response, `AWSALBAPP-0` when the target sets the application
+/// cookie.
 pub fn response_filter(
     resp: &mut Response<Incoming>,
     groups: &WeightedGroups,
@@ -505,17 +662,13 @@ pub fn response_filter(
         Some(Stickiness::LbCookie { .. }) => true,
         None => false,
     };
-    if issue
-        && let Some(s) = group.sticky_cookie(target, Instant::now())
-        && let Some(c) = set_cookie(s.name, &s.value, s.expires)
-    {
-        headers.append(header::SET_COOKIE, c);
+    if issue && let Some(s) = group.sticky_cookie(target, Instant::now()) {
+        set_cookie(headers, s.name, &s.value, s.expires);
     }
     if groups.is_weighted()
         && let Some(d) = groups.stickiness
-        && let Some(c) = set_cookie(balance::GROUP_COOKIE, &group.cookie, d)
     {
-        headers.append(header::SET_COOKIE, c);
+        set_cookie(headers, balance::GROUP_COOKIE, &group.cookie, d);
     }
 }
 
@@ -589,14 +742,18 @@ fn full(status: StatusCode, headers: &[(HeaderName, HeaderValue)], body: Bytes) 
     resp
 }
 
+/// The reason phrase of a status, ALB's own included.
+fn reason(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        INCOMPATIBLE_PROTOCOL => "Incompatible Protocol",
+        _ => status.canonical_reason().unwrap_or(""),
+    }
+}
+
 /// An error page, as ALB's (HTML with the status line); the connection closes after it.
 fn error_response(e: &ProxyError) -> Response<Reply> {
     let status = e.status();
-    let line = format!(
-        "{} {}",
-        status.as_str(),
-        status.canonical_reason().unwrap_or("")
-    );
+    let line = format!("{} {}", status.as_str(), reason(status));
     let page = format!(
         "<html>\r\n<head><title>{line}</title></head>\r\n<body>\r\n<center><h1>{line}</h1></center>\r\n</body>\r\n</html>\r\n"
     );
@@ -604,7 +761,14 @@ fn error_response(e: &ProxyError) -> Response<Reply> {
     if e.fault() == Fault::Client {
         headers.push((header::CONNECTION, HeaderValue::from_static("close")));
     }
-    full(status, &headers, Bytes::from(page))
+    let mut resp = full(status, &headers, Bytes::from(page));
+    if status.canonical_reason().is_none() {
+        resp.extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(
+                reason(status).as_bytes(),
+            ));
+    }
+    resp
 }
 
 /// What the forward phases found, for the log.
@@ -684,18 +848,17 @@ pub async fn handle(
     req.headers_mut()
         .insert(HeaderName::from_static(trace::HEADER), trace_id);
     let mut outcome = Outcome::default();
-    let result = match request_filter(req.headers(), ambiguous) {
-        Ok(()) => {
-            let (priority, act) = self::route(&route, &conn, &req);
-            entry.matched_rule_priority = priority;
-            entry.action = Some(act.name());
-            run(act, req, started, &route, &conn, &shared, &mut outcome).await
-        }
-        Err(e) => {
+    let result = async {
+        request_filter(req.headers(), ambiguous).inspect_err(|_| {
             route.metrics.listener.desync.inc();
-            Err(e)
-        }
-    };
+        })?;
+        header_filter(&mut req, route.headers)?;
+        let (priority, act) = self::route(&route, &conn, &req);
+        entry.matched_rule_priority = priority;
+        entry.action = Some(act.name());
+        run(act, req, started, &route, &conn, &shared, &mut outcome).await
+    }
+    .await;
     let mut connect_failed = false;
     let resp = result.unwrap_or_else(|e| {
         connect_failed = matches!(e, ProxyError::Connect { .. });
@@ -849,37 +1012,29 @@ async fn run(
             upstream_request_filter(&mut req, route, conn, group, target)?;
             let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
             let (head, body) = req.into_parts();
-            let (body, uploaded) = Upload::new(body);
-            outcome.uploaded = uploaded;
-            let req = Request::from_parts(head, body);
             let sent = Instant::now();
+            let body = Upload::new(body, sent);
+            outcome.uploaded = body.counter();
+            let progress = body.progress();
+            let req = Request::from_parts(head, body);
             outcome.request_time = Some(sent - started);
             // Boxed: the exchange's future is the largest part of a request's, and unboxed it
             // would be copied at each level that awaits it. The deadline and the pool's idle
             // check reuse `sent` rather than read the clock again.
-            let answer = tokio::time::timeout_at(
-                tokio::time::Instant::from_std(sent) + route.idle_timeout,
-                Box::pin(shared.upstream.send(group.protocol, target, req, sent)),
-            )
-            .await;
+            let exchange = Box::pin(shared.upstream.send(group.protocol, target, req, sent));
+            let answer = answer(exchange, sent, progress, route.idle_timeout, target).await;
             outcome.target_time = Some(sent.elapsed());
-            let (mut resp, lease) = match answer {
-                Err(_) => {
-                    return Err(ProxyError::Timeout {
-                        target,
-                        timeout: route.idle_timeout,
-                    });
-                }
-                Ok(Err(SendError::Connect(source))) => {
+            let (mut resp, lease) = match answer? {
+                Err(SendError::Connect(source)) => {
                     return Err(ProxyError::Connect { target, source });
                 }
-                Ok(Err(SendError::ClientBody(source))) => {
+                Err(SendError::ClientBody(source)) => {
                     return Err(ProxyError::ClientBody { target, source });
                 }
-                Ok(Err(SendError::Target(source))) => {
+                Err(SendError::Target(source)) => {
                     return Err(ProxyError::Target { target, source });
                 }
-                Ok(Ok(answer)) => answer,
+                Ok(answer) => answer,
             };
             outcome.target_status = Some(resp.status().as_u16());
             response_filter(&mut resp, groups, group, pick.target);
@@ -897,6 +1052,36 @@ async fn run(
             outcome.in_flight = Some(pick.in_flight);
             outcome.lease = lease;
             Ok(resp.map(Either::Right))
+        }
+    }
+}
+
+/// Waits for the target's answer to a request sent at `sent`, as ALB's idle timeout: the wait
+/// ends when nothing has moved for `idle`, counted from the last byte of the request's body
+/// while it is still coming. A client that stops sending its body gets a 408, a target that
+/// does not answer the whole request a 504.
+async fn answer<F: Future>(
+    mut exchange: Pin<Box<F>>,
+    sent: Instant,
+    progress: Option<Arc<Progress>>,
+    idle: Duration,
+    target: SocketAddr,
+) -> Result<F::Output, ProxyError> {
+    let mut deadline = sent + idle;
+    loop {
+        if let Ok(out) = tokio::time::timeout_at(deadline.into(), exchange.as_mut()).await {
+            return Ok(out);
+        }
+        let (last, done) = progress.as_ref().map_or((sent, true), |p| p.last());
+        match (last + idle > Instant::now(), done) {
+            (true, _) => deadline = last + idle,
+            (false, false) => return Err(ProxyError::ClientTimeout { timeout: idle }),
+            (false, true) => {
+                return Err(ProxyError::Timeout {
+                    target,
+                    timeout: idle,
+                });
+            }
         }
     }
 }

@@ -20,7 +20,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -67,20 +67,67 @@ pub enum SendError {
     Target(BoxError),
 }
 
-/// A client's request body on its way to a target, its bytes counted for the access log.
+/// A client's request body on its way to a target, its bytes counted for the access log and its
+/// last movement kept for the idle timeout.
 #[derive(Debug)]
 pub struct Upload {
     inner: Incoming,
     /// Only a body that has bytes gets a counter: most requests have none.
     read: Option<Arc<AtomicU64>>,
+    progress: Option<Arc<Progress>>,
+}
+
+/// When a request body last moved: whether the client or the target is the one keeping a
+/// request waiting.
+#[derive(Debug)]
+pub struct Progress {
+    start: Instant,
+    /// Milliseconds from `start` to the body's last frame (or its end).
+    last_ms: AtomicU64,
+    done: AtomicBool,
+}
+
+impl Progress {
+    fn moved(&self, done: bool) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+        if done {
+            self.done.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// When the body last moved, and whether it is all sent.
+    pub fn last(&self) -> (Instant, bool) {
+        let at = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        (at, self.done.load(Ordering::Relaxed))
+    }
 }
 
 impl Upload {
-    /// `body` to send, and the count of its bytes sent so far (none for an empty body).
-    pub fn new(body: Incoming) -> (Upload, Option<Arc<AtomicU64>>) {
-        let read = (!body.is_end_stream()).then(Arc::default);
-        let count = read.clone();
-        (Upload { inner: body, read }, count)
+    /// `body` to send from `now` on.
+    pub fn new(body: Incoming, now: Instant) -> Upload {
+        let has_bytes = !body.is_end_stream();
+        Upload {
+            inner: body,
+            read: has_bytes.then(Arc::default),
+            progress: has_bytes.then(|| {
+                Arc::new(Progress {
+                    start: now,
+                    last_ms: AtomicU64::new(0),
+                    done: AtomicBool::new(false),
+                })
+            }),
+        }
+    }
+
+    /// The count of its bytes sent so far (none for an empty body).
+    pub fn counter(&self) -> Option<Arc<AtomicU64>> {
+        self.read.clone()
+    }
+
+    /// Its progress (none for an empty body, which is sent with its head).
+    pub fn progress(&self) -> Option<Arc<Progress>> {
+        self.progress.clone()
     }
 }
 
@@ -97,6 +144,9 @@ impl Body for Upload {
             && let Some(data) = f.data_ref()
         {
             read.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        if let (Poll::Ready(_), Some(p)) = (&frame, &self.progress) {
+            p.moved(matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream());
         }
         frame
     }

@@ -1,6 +1,7 @@
 //! How the L7 tier fails, with ALB's status codes: ambiguous requests get 400 (request
-//! smuggling defence), a dead target 502, an empty target group 503, a target slower than the
-//! idle timeout 504; and an idle client connection is closed.
+//! smuggling defence), TRACE 405, a client that stops sending its body 408, an `X-Forwarded-For`
+//! of over 30 addresses 463, a dead target 502, an empty target group 503, a target slower than
+//! the idle timeout 504; and an idle client connection is closed when its idle timeout ends.
 
 mod l7_support;
 
@@ -174,7 +175,101 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     assert!(closed, "the connection stayed open");
     let waited = quiet.elapsed();
     assert!(
-        (Duration::from_millis(900)..Duration::from_millis(2500)).contains(&waited),
+        (Duration::from_millis(900)..Duration::from_millis(1150)).contains(&waited),
         "closed after {waited:?}"
     );
+}
+
+#[test]
+fn trace_and_long_forwarded_for_chains_are_refused_as_alb_refuses_them() {
+    let (mut lab, addr) = errors_lab();
+    let response = raw(addr, b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(
+        status_line(&response).starts_with("HTTP/1.1 405"),
+        "{response}"
+    );
+    assert!(!response.contains("live"), "TRACE reached the target");
+    let chain = |n: usize| {
+        (0..n)
+            .map(|i| format!("192.0.2.{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // 30 addresses pass, split over two headers as well as in one.
+    let r = curl(&[
+        "-H",
+        &format!("X-Forwarded-For: {}", chain(30)),
+        &format!("http://{addr}/"),
+    ]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = curl(&[
+        "-H",
+        &format!("X-Forwarded-For: {}", chain(16)),
+        "-H",
+        &format!("X-Forwarded-For: {}", chain(15)),
+        &format!("http://{addr}/"),
+    ]);
+    assert_eq!(r.status, 463, "{r:?}");
+    assert!(!r.body.contains("live"), "{}", r.body);
+    let log = lab.log_lines(|l| l.len() >= 3);
+    let statuses: Vec<&str> = log.iter().filter_map(|l| l.split(' ').nth(8)).collect();
+    assert_eq!(statuses, ["405", "200", "463"], "{log:#?}");
+}
+
+/// Sends a POST of `len` body bytes, `parts` of it `every` apart, and returns the response.
+fn upload(addr: SocketAddr, len: usize, parts: &[&[u8]], every: Duration) -> (String, Duration) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(8)))
+        .expect("read timeout");
+    s.write_all(format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n").as_bytes())
+        .expect("send head");
+    let started = Instant::now();
+    for part in parts {
+        s.write_all(part).expect("send body");
+        std::thread::sleep(every);
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+        if out.windows(4).any(|w| w == b"\r\n\r\n")
+            && String::from_utf8_lossy(&out).contains("live")
+        {
+            break;
+        }
+    }
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn a_client_that_stops_sending_its_body_gets_408_and_a_slow_one_is_waited_for() {
+    let (mut lab, addr) = errors_lab();
+    // Half a body, then nothing: ALB's 408 after the idle timeout (1 s), not a 504 on the target.
+    let (response, waited) = upload(addr, 10, &[b"hello"], Duration::ZERO);
+    assert!(
+        status_line(&response).starts_with("HTTP/1.1 408"),
+        "{response}"
+    );
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(2500)).contains(&waited),
+        "408 after {waited:?}"
+    );
+    // A body that keeps coming, a byte every 0.4 s for 2.4 s: longer than the idle timeout in
+    // all, but never idle that long.
+    let parts: Vec<&[u8]> = vec![b"a", b"b", b"c", b"d", b"e", b"f"];
+    let (response, _) = upload(addr, 6, &parts, Duration::from_millis(400));
+    assert!(
+        status_line(&response).starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    assert!(response.contains("body: abcdef"), "{response}");
+    let log = lab.log_lines(|l| l.len() >= 2);
+    let statuses: Vec<&str> = log.iter().filter_map(|l| l.split(' ').nth(8)).collect();
+    assert_eq!(statuses, ["408", "200"], "{log:#?}");
 }

@@ -413,7 +413,15 @@ fn grpc_trailers_reach_the_client_and_groups_refuse_what_they_cannot_take() {
     for flags in ["--http1.1", "--http2-prior-knowledge"] {
         let r = curl(&[flags, &format!("http://{addr}/echo.Echo/Say")]);
         assert_eq!(r.status, 464, "{flags}: {}", r.body);
+        assert!(r.body.contains("464 Incompatible Protocol"), "{}", r.body);
     }
+    // HTTP/1.1 carries a reason phrase, and 464 has none of its own.
+    let r = curl(&["--http1.1", &format!("http://{addr}/echo.Echo/Say")]);
+    assert!(
+        r.stderr.contains("< HTTP/1.1 464 Incompatible Protocol"),
+        "{}",
+        r.stderr
+    );
     let r = grpc_call(&lab, port, "/other.Svc/Call", b"hi");
     assert_eq!(r.status, 464, "{r:?}");
     let log = lab.log_lines(|l| l.len() >= 4);

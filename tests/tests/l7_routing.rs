@@ -262,7 +262,11 @@ fn requests_get_albs_trace_id_and_the_access_log_has_it() {
     assert!(!fresh.contains("Self="), "{fresh}");
     // A Root sent: kept, with a Self in front; the client's Self is replaced, other fields kept.
     let sent = "Root=1-67891233-abcdef012345678912345678;Self=1-00000000-000000000000000000000000;Sampled=1";
-    let r = curl(&["-H", &format!("X-Amzn-Trace-Id: {sent}"), &format!("{base}/b")]);
+    let r = curl(&[
+        "-H",
+        &format!("X-Amzn-Trace-Id: {sent}"),
+        &format!("{base}/b"),
+    ]);
     let forwarded = r
         .body
         .lines()
@@ -286,7 +290,10 @@ fn requests_get_albs_trace_id_and_the_access_log_has_it() {
         .find_map(|l| l.strip_prefix("x-amzn-trace-id: "))
         .expect("trace id")
         .to_owned();
-    assert!(own.starts_with("Root=1-") && own.ends_with(";Sampled=0"), "{own}");
+    assert!(
+        own.starts_with("Root=1-") && own.ends_with(";Sampled=0"),
+        "{own}"
+    );
     // The access log's trace_id is what the target got.
     let log = lab.log_lines(|l| l.len() >= 3);
     for id in [&fresh, &forwarded, &own] {
@@ -296,4 +303,84 @@ fn requests_get_albs_trace_id_and_the_access_log_has_it() {
         );
     }
     assert!(log.iter().any(|l| l.contains(&root)));
+}
+
+/// The value of header `name` as the backend got it (none if it got none).
+fn forwarded<'a>(r: &'a l7_support::Reply, name: &str) -> Option<&'a str> {
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+}
+
+#[test]
+fn listener_attributes_shape_the_forwarded_headers_as_albs_do() {
+    let mut lab = Lab::new();
+    let web = lab.backend("web");
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let listener = |port: u16, attributes: &str| {
+        format!(
+            "[[http_listeners]]\naddress = \"127.0.0.1\"\nport = {port}\nprotocol = \"HTTP\"\n\
+             default_action = {{ type = \"forward\", target_group = \"web\" }}\n\
+             attributes = {{ {attributes} }}\n\n"
+        )
+    };
+    lab.start(&format!(
+        "{}{}{}{}{}",
+        group("web", &[web], ""),
+        listener(ports[0], ""),
+        listener(
+            ports[1],
+            r#""routing.http.xff_header_processing.mode" = "preserve", "routing.http.preserve_host_header.enabled" = "true", "routing.http.drop_invalid_header_fields.enabled" = "true""#
+        ),
+        listener(
+            ports[2],
+            r#""routing.http.xff_header_processing.mode" = "remove""#
+        ),
+        listener(
+            ports[3],
+            r#""routing.http.xff_client_port.enabled" = "true""#
+        ),
+    ));
+    let get = |port: u16, headers: &[&str]| {
+        let mut args: Vec<&str> = headers.iter().flat_map(|h| ["-H", *h]).collect();
+        let url = format!("http://127.0.0.1:{port}/");
+        args.push(&url);
+        curl(&args)
+    };
+    let sent = [
+        "Host: svc.internal",
+        "X-Forwarded-For: 203.0.113.9",
+        "X_Bad: 1",
+        "X-Good: 1",
+    ];
+    // ALB's defaults: the listener's port after a host without one; the client appended; any
+    // header name passes.
+    let r = get(ports[0], &sent);
+    let host = format!("svc.internal:{}", ports[0]);
+    assert_eq!(forwarded(&r, "host"), Some(host.as_str()), "{}", r.body);
+    assert_eq!(
+        forwarded(&r, "x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(forwarded(&r, "x_bad"), Some("1"), "{}", r.body);
+    let r = get(ports[0], &["Host: svc.internal:8080"]);
+    assert_eq!(forwarded(&r, "host"), Some("svc.internal:8080"));
+    // preserve: Host and X-Forwarded-For as sent (none if none), invalid names dropped.
+    let r = get(ports[1], &sent);
+    assert_eq!(forwarded(&r, "host"), Some("svc.internal"), "{}", r.body);
+    assert_eq!(forwarded(&r, "x-forwarded-for"), Some("203.0.113.9"));
+    assert_eq!(forwarded(&r, "x_bad"), None, "{}", r.body);
+    assert_eq!(forwarded(&r, "x-good"), Some("1"));
+    let r = get(ports[1], &[]);
+    assert_eq!(forwarded(&r, "x-forwarded-for"), None, "{}", r.body);
+    // remove: none at all.
+    let r = get(ports[2], &sent);
+    assert_eq!(forwarded(&r, "x-forwarded-for"), None, "{}", r.body);
+    // The client's port too.
+    let r = get(ports[3], &sent);
+    let xff = forwarded(&r, "x-forwarded-for").expect("x-forwarded-for");
+    let port = xff
+        .strip_prefix("203.0.113.9, 127.0.0.1:")
+        .unwrap_or_else(|| panic!("{xff}"));
+    assert!(port.parse::<u16>().is_ok_and(|p| p > 0), "{xff}");
 }

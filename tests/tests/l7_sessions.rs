@@ -1,6 +1,6 @@
-//! What spans requests: `lb_cookie` stickiness (`AWSALB`), target group stickiness of weighted
-//! forwards (`AWSALBTG`), `least_outstanding_requests` steering around a busy target, and
-//! WebSocket-style upgrades tunnelled to the target.
+//! What spans requests: `lb_cookie` stickiness (`AWSALB`, `AWSALBCORS`), target group stickiness of
+//! weighted forwards (`AWSALBTG`, `AWSALBTGCORS`), `least_outstanding_requests` steering around a
+//! busy target, and WebSocket-style upgrades tunnelled to the target.
 
 mod l7_support;
 
@@ -60,6 +60,18 @@ fn lb_cookie_keeps_a_client_on_its_target() {
     assert!(unpinned.iter().any(|b| *b != pinned), "{unpinned:?}");
     // A cookie naming no target is ignored.
     assert_eq!(curl(&["-b", "AWSALB=0123", &url]).status, 200);
+    // `AWSALBCORS` comes with it, for cross-origin requests, and is taken alone.
+    let cors = cookie(&first, "AWSALBCORS");
+    assert_eq!(cors["AWSALBCORS".len()..], awsalb["AWSALB".len()..]);
+    let set = first.all("set-cookie").join("\n");
+    assert!(
+        set.lines()
+            .any(|c| c.starts_with("AWSALBCORS=") && c.ends_with("; Path=/; SameSite=None; Secure")),
+        "{set}"
+    );
+    for _ in 0..3 {
+        assert_eq!(curl(&["-b", cors, &url]).backend(), pinned);
+    }
 }
 
 #[test]
@@ -78,8 +90,11 @@ fn group_stickiness_keeps_a_client_on_its_target_group() {
     let url = format!("http://127.0.0.1:{port}/");
     let first = curl(&[&url]);
     let tg = cookie(&first, "AWSALBTG").to_owned();
+    let tg_cors = cookie(&first, "AWSALBTGCORS");
+    assert_eq!(tg_cors["AWSALBTGCORS".len()..], tg["AWSALBTG".len()..]);
     for _ in 0..4 {
         assert_eq!(curl(&["-b", &tg, &url]).backend(), first.backend());
+        assert_eq!(curl(&["-b", tg_cors, &url]).backend(), first.backend());
     }
     let spread: Vec<String> = (0..4).map(|_| curl(&[&url]).backend().to_owned()).collect();
     assert!(spread.contains(&"blue".to_owned()) && spread.contains(&"green".to_owned()));

@@ -137,6 +137,7 @@ fn sni_picks_the_certificate_and_alpn_negotiates_h2() {
         );
         assert_eq!(r.version, "1.1");
         assert!(r.body.contains("x-forwarded-proto: https"), "{}", r.body);
+        assert!(!r.body.contains("x-amzn-tls"), "off by default: {}", r.body);
         assert!(
             r.body.contains(&format!("x-forwarded-port: {tls_port}")),
             "{}",
@@ -238,4 +239,48 @@ fn reload_swaps_certificates_without_a_restart() {
     assert_eq!(https(&pki, "new.example.com", tls_port, &[]).status, 200);
     assert_eq!(https(&pki, "more.example.com", tls_port, &[]).status, 200);
     assert_eq!(https(&pki, "old.example.com", tls_port, &[]).exit, 60);
+}
+
+#[test]
+fn targets_get_the_tls_version_and_cipher_suite_when_the_listener_says_so() {
+    let pki = Pki::new("tls-headers");
+    let certs = [pki.leaf("default", &["default.example.com"])];
+    let mut lab = Lab::new();
+    let backend = lab.backend("web");
+    let (tls_port, http_port) = (free_port(), free_port());
+    let toml = tls_toml(backend, tls_port, http_port, &certs).replacen(
+        "protocol = \"HTTPS\"\n",
+        "protocol = \"HTTPS\"\nattributes = { \"routing.http.x_amzn_tls_version_and_cipher_suite.enabled\" = \"true\" }\n",
+        1,
+    );
+    lab.start(&toml);
+    let mut seen = Vec::new();
+    for max in ["1.2", "1.3"] {
+        let r = https(&pki, "default.example.com", tls_port, &["--tls-max", max]);
+        assert_eq!(r.status, 200, "{}", r.stderr);
+        let header = |name: &str| {
+            r.body
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .unwrap_or_else(|| panic!("no {name} in {}", r.body))
+                .to_owned()
+        };
+        let (version, cipher) = (
+            header("x-amzn-tls-version"),
+            header("x-amzn-tls-cipher-suite"),
+        );
+        assert!(
+            version.contains(max) || version.contains(&max.replace('.', "_")),
+            "{version}"
+        );
+        seen.push(format!(" {cipher} {version} "));
+    }
+    // The same names as the access log's ssl_cipher and ssl_protocol.
+    let log = lab.log_lines(|l| l.len() >= 2);
+    for s in &seen {
+        assert!(
+            log.iter().any(|l| l.contains(s.as_str())),
+            "{s:?} in {log:#?}"
+        );
+    }
 }
