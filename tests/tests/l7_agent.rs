@@ -1,6 +1,7 @@
 //! The L7 tier inside the real agent: `xlb run` in the lab's lb namespace serves an HTTP
 //! listener with ALB rules; a client in the client namespace talks to it with curl. Targets
-//! registered and deregistered through the control API reach the L7 tier too.
+//! registered and deregistered through the control API reach the L7 tier too, and a group without
+//! a `health_check` block is checked with ALB's defaults.
 
 use std::path::PathBuf;
 
@@ -78,6 +79,27 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
         let id = backend_v4(i).to_string();
         move || xlb_cli(&["targets", verb, "--target-group", "web", "--id", &id])
     };
+    // A group without a health_check block is checked with ALB's defaults: its targets are
+    // `initial` until their first check (staggered over the 30 s interval) passes, not
+    // `unavailable` as unchecked targets are.
+    let listed = std::process::Command::new(xlb_bin().unwrap())
+        .arg("--socket")
+        .arg(run_dir(lab.prefix()).join("xlb.sock"))
+        .args(["targets", "list"])
+        .output()
+        .expect("xlb targets list");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    for i in 1..=2 {
+        let row = listed
+            .lines()
+            .find(|l| l.contains(&backend_v4(i).to_string()))
+            .unwrap_or_else(|| panic!("backend {i} not listed:\n{listed}"));
+        let state = row.split_whitespace().nth(4);
+        assert!(
+            matches!(state, Some("initial" | "healthy")) && !row.contains("HealthCheckDisabled"),
+            "{listed}"
+        );
+    }
     target_args("register", 3)();
     assert_eq!(
         answers(9),
