@@ -309,6 +309,13 @@ impl Dataplane {
     /// A pinned map of another shape (other sizes, another version's layout) is refused
     /// before anything is loaded.
     pub fn load_pinned(sizes: Sizes, pin_dir: Option<&Path>) -> Result<Self> {
+        Self::load_object(OBJECT, sizes, pin_dir)
+    }
+
+    /// Like [`Dataplane::load_pinned`], from another build's object (`xlb-bench --baseline`
+    /// compares two builds' programs on the same maps and packets). Its maps must have this
+    /// build's layouts.
+    pub fn load_object(object: &[u8], sizes: Sizes, pin_dir: Option<&Path>) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         for (name, entries) in sizes.entries() {
             loader.map_max_entries(name, entries);
@@ -323,7 +330,7 @@ impl Dataplane {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
-        let ebpf = loader.load(OBJECT).map_err(Box::new)?;
+        let ebpf = loader.load(object).map_err(Box::new)?;
         Ok(Dataplane { ebpf, sizes })
     }
 

@@ -105,6 +105,11 @@ impl Default for Fixture {
 impl Fixture {
     /// Loads the program in a fresh network namespace with the fixtures' node config.
     pub fn new() -> Fixture {
+        Fixture::with_object(xlb::dataplane::OBJECT)
+    }
+
+    /// [`Fixture::new`] with another build's XDP object.
+    pub fn with_object(object: &[u8]) -> Fixture {
         // SAFETY: affects only this thread; a test thread owns its namespace until it ends.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
         assert_eq!(
@@ -113,12 +118,12 @@ impl Fixture {
             "unshare(CLONE_NEWNET): {} (run as root)",
             std::io::Error::last_os_error()
         );
-        let dp = Dataplane::load(Sizes {
+        let sizes = Sizes {
             flows: 4096,
             listeners: 4,
             targets: 64,
-        })
-        .expect("load the XDP object");
+        };
+        let dp = Dataplane::load_object(object, sizes, None).expect("load the XDP object");
         let mut f = Fixture {
             dp,
             next_vip: 0,

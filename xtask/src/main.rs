@@ -4,6 +4,7 @@
 //! Lab, demo and bench work lives in the `xlb-tests` crate (binaries `xlb-lab`, `xlb-bench`): xtask
 //! builds and runs them, so that xtask itself compiles before the BPF toolchain exists.
 
+mod baseline;
 mod pgo;
 mod setup;
 mod toolchain;
@@ -45,8 +46,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the benchmarks and print a table (and JSON with `--json FILE`); `bench l7` compares
-    /// the L7 tier with HAProxy and nginx, `bench pktgen` drives the kernel's pktgen in the VM.
+    /// Run the benchmarks and print a table (and JSON with `--json FILE`); `--baseline-rev REV`
+    /// runs that commit's `xlb_lb` beside this one's; `bench l7` compares the L7 tier with HAProxy
+    /// and nginx, `bench pktgen` drives the kernel's pktgen in the VM.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -111,6 +113,18 @@ fn main() -> Result<()> {
                 return tool("xlb-bench-l7", &bench);
             }
             setup::run()?;
+            // `--baseline-rev REV`: that commit's object, built here, as `--baseline OBJECT`.
+            let mut args = args;
+            if let Some(i) = args.iter().position(|a| a == "--baseline-rev") {
+                let Some(rev) = args.get(i + 1).cloned() else {
+                    bail!("--baseline-rev needs a commit");
+                };
+                let object = baseline::object(&rev)?;
+                args.splice(
+                    i..i + 2,
+                    ["--baseline".to_owned(), object.display().to_string()],
+                );
+            }
             tool("xlb-bench", &args)
         }
         Task::Lint => {

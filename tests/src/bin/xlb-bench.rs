@@ -76,6 +76,10 @@ struct Args {
     /// what the lookup costs.
     #[arg(long)]
     no_fib: bool,
+    /// Another build's XDP object (`cargo xtask bench --baseline-rev REV` builds one): its
+    /// `xlb_lb` runs the same test-run cases, interleaved with this build's, as `baseline.*`.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 fn stopped() -> Result<()> {
@@ -134,7 +138,7 @@ struct Results(Vec<(String, f64, String)>);
 impl Results {
     fn add(&mut self, name: &str, value: f64, note: impl Into<String>) {
         let note = note.into();
-        println!("{name:<44} {:>12} {note}", fmt_value(value));
+        println!("{name:<56} {:>12} {note}", fmt_value(value));
         self.0.push((name.to_owned(), value, note));
     }
 
@@ -180,12 +184,21 @@ fn main() -> Result<()> {
     xlb_tests::stop::install()?;
 
     let mut results = Results::default();
-    println!("{:<44} {:>12} notes", "metric", "value");
+    println!("{:<56} {:>12} notes", "metric", "value");
     maglev_bench(&plan, &mut results);
     flow_memory_bench(&mut results)?;
     // The fixture unshares its thread's network namespace: give it a thread of its own.
-    thread::scope(|s| s.spawn(|| testrun_bench(&plan, &mut results)).join())
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+    let baseline = match &args.baseline {
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    thread::scope(|s| {
+        s.spawn(|| testrun_bench(&plan, baseline.as_deref(), &mut results))
+            .join()
+    })
+    .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
     if !args.no_veth {
         let cpu = args
             .cpu
@@ -320,6 +333,39 @@ fn maglev_bench(plan: &Plan, results: &mut Results) {
             );
         }
     }
+    // Table sizes against target counts: the paper's M ≥ 100·N keeps a leaving target's
+    // disruption near its ideal share 1/N. Sizes are primes: 2^16 + 1 (xlb's), 2^17 − 1, 2^19 − 1.
+    for m in [65_537u32, 131_071, 524_287] {
+        results.add(
+            &format!("maglev.m{m}.kib_per_listener"),
+            f64::from(2 * m * 8) / 1024.0,
+            "two rings of 8-byte slots",
+        );
+        for n in [10usize, 100, 1000, 5000] {
+            let keys = target_keys(n);
+            let targets = maglev_targets(&keys, |_| 1);
+            let mut fewer = targets.clone();
+            fewer.remove(n / 2);
+            let mut times = Vec::new();
+            let mut table = Vec::new();
+            for _ in 0..plan.maglev_builds.min(5) {
+                let t = Instant::now();
+                table = maglev::build(&targets, m).expect("maglev build");
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let after = maglev::build(&fewer, m).expect("maglev build");
+            results.add(
+                &format!("maglev.m{m}.n{n}.build.ms"),
+                median(&mut times),
+                "median",
+            );
+            results.add(
+                &format!("maglev.m{m}.n{n}.disruption_over_ideal"),
+                maglev::disruption(&table, &after) * n as f64,
+                "slots moved when one target leaves, over 1/N",
+            );
+        }
+    }
     // Weighted: weights 1..=4 in turn; balance is measured against the weights.
     let n = 1000usize;
     let keys = target_keys(n);
@@ -358,15 +404,10 @@ fn median(v: &mut [f64]) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // BPF_PROG_TEST_RUN
 
-fn testrun_bench(plan: &Plan, results: &mut Results) -> Result<()> {
-    let mut f = Fixture::new();
-    let v4_targets = [
-        fixture::BACKEND1_V4,
-        fixture::BACKEND2_V4,
-        fixture::BACKEND3_V4,
-    ];
-    f.listener(fixture::VIP_V4, 80, Proto::Tcp, 0, &v4_targets);
-    f.listener(fixture::VIP_V6, 80, Proto::Tcp, 0, &[fixture::BACKEND1_V6]);
+/// Test-run timings of each case, for this build and, given its object, a baseline build: the
+/// two take turns in ten slices of each case's calls, so a change in the machine's speed during
+/// the run touches both alike.
+fn testrun_bench(plan: &Plan, baseline: Option<&[u8]>, results: &mut Results) -> Result<()> {
     let pad = [0u8; 10];
     let v4 = |flags: fn(xlb_tests::packet::TcpBuilder) -> xlb_tests::packet::TcpBuilder,
               dst: Ipv4Addr| {
@@ -392,101 +433,249 @@ fn testrun_bench(plan: &Plan, results: &mut Results) -> Result<()> {
         .ack()
         .build();
 
-    // The flows exist before their ACKs are timed.
-    for (frame, want) in [
-        (&syn, Reason::TxTunnel),
-        (&v6_syn, Reason::TxTunnel),
-        (&other, Reason::PassNotVip),
-    ] {
-        let out = f.run(frame);
-        ensure!(
-            out.reason() == want,
-            "setup packet gave {:?}, want {want:?}",
-            out.reasons
-        );
+    // Same listeners and flows for each build: the flows exist before their ACKs are timed.
+    let prepare = |mut f: Fixture| -> Result<Fixture> {
+        let v4_targets = [
+            fixture::BACKEND1_V4,
+            fixture::BACKEND2_V4,
+            fixture::BACKEND3_V4,
+        ];
+        f.listener(fixture::VIP_V4, 80, Proto::Tcp, 0, &v4_targets);
+        f.listener(fixture::VIP_V6, 80, Proto::Tcp, 0, &[fixture::BACKEND1_V6]);
+        for (frame, want) in [
+            (&syn, Reason::TxTunnel),
+            (&v6_syn, Reason::TxTunnel),
+            (&other, Reason::PassNotVip),
+        ] {
+            let out = f.run(frame);
+            ensure!(
+                out.reason() == want,
+                "setup packet gave {:?}, want {want:?}",
+                out.reasons
+            );
+        }
+        Ok(f)
+    };
+    // Each fixture unshares this thread's namespace: the last one's holds the links, and every
+    // test run looks its ingress interface up there.
+    let mut builds = vec![("", prepare(Fixture::new())?)];
+    if let Some(object) = baseline {
+        builds.push(("baseline.", prepare(Fixture::with_object(object))?));
     }
+    let slices = if builds.len() > 1 { 10 } else { 1 };
     let n = plan.testrun_calls;
-    let cases: [(&str, Program, &[u8], u32, &str); 5] = [
+    // The next hop as deployments find it: the kernel FIB with the answer cached per CPU (the
+    // default; targets on the ingress link, so `XDP_TX`), the configured gateway MAC
+    // (`CONFIG_F_NO_FIB`), or a FIB lookup that fails on every packet and falls back to the
+    // gateway (no ingress interface, no route: those cases run before the links are made).
+    let (fib, gateway, miss) = (Hop::Fib, Hop::Gateway, Hop::FibMiss);
+    let cases: [(&str, Program, Hop, &[u8], u32, &str); 9] = [
         (
             "testrun.empty.ns",
             Program::Pass,
+            miss,
             &ack,
             XDP_PASS,
             "xlb_pass (XDP_PASS): the floor",
         ),
         (
-            "testrun.lb.v4.established.ns",
+            "testrun.lb.v4.established.fib_miss.ns",
             Program::Lb,
+            miss,
             &ack,
             XDP_TX,
-            "TCP ACK, flow in table, IPIP",
+            "as established, FIB lookup failing on every packet",
+        ),
+        (
+            "testrun.lb.non_vip.fib_miss.ns",
+            Program::Lb,
+            miss,
+            &other,
+            XDP_PASS,
+            "not a VIP, no ingress interface",
+        ),
+        (
+            "testrun.lb.v4.established.ns",
+            Program::Lb,
+            fib,
+            &ack,
+            XDP_TX,
+            "TCP ACK, flow in table, IPIP; FIB answer cached",
         ),
         (
             "testrun.lb.v4.syn.ns",
             Program::Lb,
+            fib,
             &syn,
             XDP_TX,
-            "TCP SYN: ring + flow insert, IPIP",
+            "TCP SYN: ring + flow insert, IPIP; FIB answer cached",
         ),
         (
             "testrun.lb.v6.established.ns",
             Program::Lb,
+            fib,
             &v6_ack,
             XDP_TX,
-            "TCP ACK, flow in table, IP6IP6",
+            "TCP ACK, flow in table, IP6IP6; FIB answer cached",
+        ),
+        (
+            "testrun.lb.v4.established.gateway.ns",
+            Program::Lb,
+            gateway,
+            &ack,
+            XDP_TX,
+            "as established, gateway_mac (no FIB lookup)",
+        ),
+        (
+            "testrun.lb.v4.syn.gateway.ns",
+            Program::Lb,
+            gateway,
+            &syn,
+            XDP_TX,
+            "as SYN, gateway_mac (no FIB lookup)",
         ),
         (
             "testrun.lb.non_vip.ns",
             Program::Lb,
+            fib,
             &other,
             XDP_PASS,
             "not a VIP: passed",
         ),
     ];
-    let mut empty = f64::NAN;
-    for (name, prog, frame, want, note) in cases {
-        let dp = f.dataplane();
-        let before = total_reasons(dp)?;
-        let mut ns = Vec::with_capacity(n);
-        for i in 0..n {
-            if i % 4096 == 0 {
-                stopped()?;
-            }
-            let r = dp.test_run_with(
-                prog,
-                frame,
-                RunOptions {
-                    repeat: 1,
-                    ..Default::default()
-                },
-            )?;
-            ensure!(r.action == want, "{name}: action {} want {want}", r.action);
-            ns.push(r.duration.as_nanos() as f64);
+    let mut empty = vec![f64::NAN; builds.len()];
+    let mut links = None;
+    for (name, prog, hop, frame, want, note) in cases {
+        let ingress_ifindex = match (hop, links) {
+            (Hop::Fib, Some(i)) => i,
+            (Hop::Fib, None) => *links.insert(testrun_links()?),
+            (Hop::Gateway | Hop::FibMiss, _) => 0,
+        };
+        let mut ns = vec![Vec::with_capacity(n); builds.len()];
+        let mut before = Vec::new();
+        for (_, f) in &mut builds {
+            f.config(|c| {
+                if hop == Hop::Gateway {
+                    c.flags |= CONFIG_F_NO_FIB;
+                }
+            });
+            before.push(total_reasons(f.dataplane())?);
         }
-        if prog == Program::Lb {
-            let moved = total_reasons(dp)? - before;
-            ensure!(
-                moved == n as u64,
-                "{name}: {moved} packets counted for {n} runs"
+        for _ in 0..slices {
+            for ((_, f), ns) in builds.iter_mut().zip(&mut ns) {
+                let dp = f.dataplane();
+                for i in 0..n / slices {
+                    if i % 4096 == 0 {
+                        stopped()?;
+                    }
+                    let r = dp.test_run_with(
+                        prog,
+                        frame,
+                        RunOptions {
+                            repeat: 1,
+                            ingress_ifindex,
+                            ..Default::default()
+                        },
+                    )?;
+                    ensure!(r.action == want, "{name}: action {} want {want}", r.action);
+                    ns.push(r.duration.as_nanos() as f64);
+                }
+            }
+        }
+        let mut medians = Vec::new();
+        for (b, ((prefix, f), ns)) in builds.iter_mut().zip(&mut ns).enumerate() {
+            let runs = ns.len();
+            if prog == Program::Lb {
+                let moved = total_reasons(f.dataplane())? - before[b];
+                ensure!(
+                    moved == runs as u64,
+                    "{prefix}{name}: {moved} packets counted for {runs} runs"
+                );
+            }
+            let mean = ns.iter().sum::<f64>() / runs as f64;
+            let med = median(ns);
+            if prog == Program::Pass {
+                empty[b] = med;
+            }
+            let extra = if prog == Program::Lb {
+                format!(", {:.0} over empty", med - empty[b])
+            } else {
+                String::new()
+            };
+            results.add(
+                &format!("{prefix}{name}"),
+                med,
+                format!("{note}; median of {runs} (mean {mean:.1}){extra}"),
+            );
+            medians.push(med - empty[b]);
+        }
+        if let [this, base] = medians[..]
+            && prog == Program::Lb
+        {
+            results.add(
+                &format!("{name}.over_baseline"),
+                this / base,
+                "this build's time over the baseline's, the empty program's taken off both",
             );
         }
-        let mean = ns.iter().sum::<f64>() / n as f64;
-        let med = median(&mut ns);
-        if prog == Program::Pass {
-            empty = med;
-        }
-        let extra = if prog == Program::Lb {
-            format!(", {:.0} over empty", med - empty)
-        } else {
-            String::new()
-        };
-        results.add(
-            name,
-            med,
-            format!("{note}; median of {n} (mean {mean:.1}){extra}"),
-        );
     }
     Ok(())
+}
+
+/// Where a test-run packet's next hop comes from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// The FIB, from an ingress interface that resolves every target ([`testrun_links`]).
+    Fib,
+    Gateway,
+    FibMiss,
+}
+
+/// A veth pair in the test-run thread's namespace (the fixture unshared it), forwarding, with
+/// the fixture's targets on its link and their neighbours resolved; returns its index.
+fn testrun_links() -> Result<u32> {
+    let run = |argv: &[&str]| cmd(Command::new(argv[0]).args(&argv[1..]));
+    run(&[
+        "ip", "link", "add", "tr0", "type", "veth", "peer", "name", "tr1",
+    ])?;
+    for dev in ["tr0", "tr1"] {
+        run(&["ip", "link", "set", dev, "up"])?;
+    }
+    // The FIB answers only for an ingress interface that forwards (this namespace's sysctls).
+    run(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"])?;
+    run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+    run(&["ip", "addr", "add", "198.18.1.1/24", "dev", "tr0"])?;
+    run(&[
+        "ip",
+        "addr",
+        "add",
+        "2001:db8:2::1/64",
+        "dev",
+        "tr0",
+        "nodad",
+    ])?;
+    let mac = mac_str(fixture::BACKEND_MAC);
+    for target in [
+        fixture::BACKEND1_V4,
+        fixture::BACKEND2_V4,
+        fixture::BACKEND3_V4,
+        fixture::BACKEND1_V6,
+    ] {
+        let addr = target.to_string();
+        run(&[
+            "ip",
+            "neigh",
+            "replace",
+            &addr,
+            "lladdr",
+            &mac,
+            "dev",
+            "tr0",
+            "nud",
+            "permanent",
+        ])?;
+    }
+    Ok(nix::net::if_::if_nametoindex("tr0")?)
 }
 
 fn total_reasons(dp: &mut Dataplane) -> Result<u64> {
