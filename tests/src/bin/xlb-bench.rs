@@ -469,7 +469,7 @@ fn testrun_bench(plan: &Plan, baseline: Option<&[u8]>, results: &mut Results) ->
     // (`CONFIG_F_NO_FIB`), or a FIB lookup that fails on every packet and falls back to the
     // gateway (no ingress interface, no route: those cases run before the links are made).
     let (fib, gateway, miss) = (Hop::Fib, Hop::Gateway, Hop::FibMiss);
-    let cases: [(&str, Program, Hop, &[u8], u32, &str); 9] = [
+    let cases: [TestRunCase; 9] = [
         (
             "testrun.empty.ns",
             Program::Pass,
@@ -574,7 +574,6 @@ fn testrun_bench(plan: &Plan, baseline: Option<&[u8]>, results: &mut Results) ->
                         RunOptions {
                             repeat: 1,
                             ingress_ifindex,
-                            ..Default::default()
                         },
                     )?;
                     ensure!(r.action == want, "{name}: action {} want {want}", r.action);
@@ -621,6 +620,9 @@ fn testrun_bench(plan: &Plan, baseline: Option<&[u8]>, results: &mut Results) ->
     }
     Ok(())
 }
+
+/// A test-run case: its name, program, next hop, frame, expected action and note.
+type TestRunCase<'a> = (&'a str, Program, Hop, &'a [u8], u32, &'a str);
 
 /// Where a test-run packet's next hop comes from.
 #[derive(Clone, Copy, PartialEq, Eq)]
