@@ -172,6 +172,14 @@ pub const HTTP_LISTENER: &[Attribute] = &[
         Values::OneOf(&["true", "false"]),
         "false",
     ),
+    // ALB's `connection_logs.s3.enabled`, off by default as there; the lines go where the
+    // access log goes, not to S3.
+    attr(
+        "connection_logs.enabled",
+        Tier::L7,
+        Values::OneOf(&["true", "false"]),
+        "false",
+    ),
 ];
 
 /// Cookie names ALB keeps for itself (`AWSALB`, `AWSALBAPP-*`, `AWSALBTG`): one prefix covers all.
