@@ -11,7 +11,7 @@
 //! - [`listener`]: sockets, TLS handshakes, connections, idle timeout and draining.
 //! - [`tls`]: rustls setup and certificate choice by SNI.
 //! - [`trace`]: `X-Amzn-Trace-Id`, as ALB adds and updates it.
-//! - [`log`]: access log lines in ALB's format.
+//! - [`log`]: access log and connection log lines in ALB's formats.
 //! - [`metrics`]: ALB's CloudWatch metrics, as Prometheus families.
 //!
 //! [`serve`] runs the listeners until a shutdown future resolves. Config changes arrive on a
@@ -134,7 +134,7 @@ struct Running {
 }
 
 /// Serves the listeners of `config` until `shutdown` resolves, applying each config sent on the
-/// channel. Access log lines go to `access_log`; counts go to `metrics`. `checks` (from
+/// channel. Access (and connection) log lines go to `access_log`; counts go to `metrics`. `checks` (from
 /// [`Checker::new`]) runs the target groups' health checks; keep its [`view`](Checker::view) to
 /// see their states. Fails only if the first config cannot be applied; later failures keep the
 /// running config and are printed.
@@ -312,6 +312,7 @@ fn compile_route(
         protocol: l.protocol,
         rules: RuleSet::new(rules, compile_action(&l.default_action, groups)),
         idle_timeout,
+        connection_logs: l.enabled("connection_logs.enabled"),
         forwarded_port: HeaderValue::from(local.port()),
         headers: HeaderAttributes {
             xff: l.xff_mode(),

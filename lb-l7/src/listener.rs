@@ -9,16 +9,23 @@
 //! accepting, asks open connections to finish (HTTP/2 GOAWAY; on HTTP/1, hyper puts
 //! `Connection: close` on the responses still to come, then closes) and waits for them at most
 //! [`DRAIN_TIMEOUT`].
+//!
+//! Logs made here rather than per request: a listener with `connection_logs.enabled` writes ALB's
+//! connection log line once a connection is set up (after its TLS handshake) or has failed to
+//! be; and a request that hyper's HTTP/1 parser refuses (it answers 400 itself, before any
+//! request reaches xlb) gets its access log line when its connection ends.
 
 use std::{
+    error::Error,
     io,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant, SystemTime},
 };
 
 use arc_swap::ArcSwap;
@@ -39,7 +46,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{
     desync::{self, Framing},
+    log::{ConnTraceId, Connection, Entry, Handshake},
     proxy::{self, Conn, Route, Shared, TlsInfo},
+    tls,
 };
 
 /// How long a stopping listener waits for its connections to finish.
@@ -94,17 +103,34 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
-/// Activity on one connection, for the idle timeout.
+/// Activity on one connection, for the idle timeout and the log of a request hyper refused.
 #[derive(Debug, Default)]
 struct Activity {
     /// Bumped by every read, write and finished request: a counter, not a clock read per I/O.
     moved: AtomicU64,
     in_flight: AtomicUsize,
+    /// Bytes read from and written to the client, in all.
+    read: AtomicU64,
+    written: AtomicU64,
+    /// `read` and `written` when the last request was answered: what came after is a refused
+    /// request's.
+    answered: [AtomicU64; 2],
 }
 
 impl Activity {
     fn touch(&self) {
         self.moved.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes read and written since the last request was answered.
+    fn since_answered(&self) -> (u64, u64) {
+        let [read, written] = &self.answered;
+        let since = |total: &AtomicU64, mark: &AtomicU64| {
+            total
+                .load(Ordering::Relaxed)
+                .saturating_sub(mark.load(Ordering::Relaxed))
+        };
+        (since(&self.read, read), since(&self.written, written))
     }
 
     /// Resolves once the connection has been idle for `idle` with nothing in flight: nothing
@@ -157,8 +183,12 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
+        let a = &self.0;
+        a.in_flight.fetch_sub(1, Ordering::Relaxed);
+        a.touch();
+        let [read, written] = &a.answered;
+        read.store(a.read.load(Ordering::Relaxed), Ordering::Relaxed);
+        written.store(a.written.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -181,9 +211,10 @@ impl<S> Watched<S> {
         }
     }
 
-    fn moved(&self, n: usize) {
+    fn moved(&self, n: usize, total: &AtomicU64) {
         self.activity.touch();
         self.bytes.inc_by(n as u64);
+        total.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -196,7 +227,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.moved(buf.filled().len() - before);
+            self.moved(buf.filled().len() - before, &self.activity.read);
             Framing::feed_shared(&self.framing, &buf.filled()[before..]);
         }
         r
@@ -213,7 +244,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         if let Poll::Ready(Ok(n)) = r
             && n > 0
         {
-            self.moved(n);
+            self.moved(n, &self.activity.written);
         }
         r
     }
@@ -227,7 +258,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         if let Poll::Ready(Ok(n)) = r
             && n > 0
         {
-            self.moved(n);
+            self.moved(n, &self.activity.written);
         }
         r
     }
@@ -248,7 +279,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 /// One client connection: TLS if the listener has it, then HTTP until idle, closed or stopped.
 async fn connection(
     stream: TcpStream,
-    client: std::net::SocketAddr,
+    client: SocketAddr,
     state: Arc<ArcSwap<State>>,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
@@ -264,34 +295,43 @@ async fn connection(
     let framing = Framing::shared();
     let Some(tls) = &now.tls else {
         let conn = Arc::new(Conn::new(client, None));
+        log_connection(&now.route, &shared, client, None, conn.trace_id);
         let stream = Watched::new(stream, &activity, &framing, &metrics.processed_bytes);
         serve(stream, conn, state, shared, (activity, framing), stop, idle).await;
         return;
     };
+    let started = Instant::now();
     let handshake = TlsAcceptor::from(tls.clone()).accept(stream);
     // A client that never finishes its handshake is idle too.
     let stream = match tokio::time::timeout(idle, handshake).await {
         Ok(Ok(stream)) => stream,
-        // A client that leaves before saying anything (a port probe) started no TLS.
-        Ok(Err(e)) if e.kind() != io::ErrorKind::UnexpectedEof => {
-            metrics.tls_errors.inc();
+        failed => {
+            // A client that leaves before saying anything (a port probe) started no TLS.
+            if let Ok(Err(e)) = &failed
+                && e.kind() != io::ErrorKind::UnexpectedEof
+            {
+                metrics.tls_errors.inc();
+            }
+            let failed = Some(Handshake::Failed);
+            log_connection(&now.route, &shared, client, failed, ConnTraceId::new());
             return;
         }
-        _ => return,
     };
     let session = stream.get_ref().1;
     let info = TlsInfo {
         server_name: session.server_name().map(Arc::from),
         cipher: session
             .negotiated_cipher_suite()
-            .and_then(|s| s.suite().as_str())
-            .unwrap_or("-"),
-        protocol: session
-            .protocol_version()
-            .and_then(|v| v.as_str())
-            .unwrap_or("-"),
+            .map_or("-", |s| tls::openssl_cipher(s.suite())),
+        protocol: session.protocol_version().map_or("-", tls::protocol_name),
+    };
+    let done = Handshake::Done {
+        protocol: info.protocol,
+        cipher: info.cipher,
+        latency: started.elapsed(),
     };
     let conn = Arc::new(Conn::new(client, Some(info)));
+    log_connection(&now.route, &shared, client, Some(done), conn.trace_id);
     let stream = Watched::new(stream, &activity, &framing, &metrics.processed_bytes);
     serve(stream, conn, state, shared, (activity, framing), stop, idle).await;
 }
@@ -309,6 +349,7 @@ async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let busy_on = activity.clone();
+    let refused = (conn.clone(), state.clone(), shared.clone());
     let service = service_fn(move |req| {
         let busy = Busy::new(&busy_on);
         let ambiguous = Framing::next_request(&framing);
@@ -327,11 +368,90 @@ async fn serve<S>(
     builder.http1().writev(false);
     let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(served);
-    tokio::select! {
-        _ = served.as_mut() => return,
+    let ended = tokio::select! {
+        ended = served.as_mut() => ended,
         _ = activity.expired(idle) => return,
-        () = stopped(&mut stop) => served.as_mut().graceful_shutdown(),
+        () = stopped(&mut stop) => {
+            served.as_mut().graceful_shutdown();
+            // Stopping: let the connection finish what it has; the listener bounds the wait.
+            served.await
+        }
+    };
+    if let Err(e) = ended
+        && let Some(status) = refused_status(&*e)
+    {
+        let (conn, state, shared) = refused;
+        let bytes = activity.since_answered();
+        shared
+            .log
+            .write(&refused_entry(&conn, &state.load().route, status, bytes));
     }
-    // Stopping: let the connection finish what it has; the listener bounds the wait.
-    let _ = served.await;
+}
+
+/// The status hyper's HTTP/1 parser answered a request it refused with, if it did.
+fn refused_status(e: &(dyn Error + 'static)) -> Option<u16> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if !e.is_parse() || e.is_parse_status() || e.is_parse_version_h2() {
+        return None;
+    }
+    // hyper answers a head over its buffer with 431, a URI over 64 KiB with 414 (told apart by
+    // its message only), anything else it cannot parse with 400.
+    Some(match e.is_parse_too_large() {
+        true if e.to_string().contains("URI") => 414,
+        true => 431,
+        false => 400,
+    })
+}
+
+/// The access log entry of a request the parser refused, with the bytes the connection moved
+/// since its last answered request: as ALB logs a malformed request, without method, path,
+/// version, rule or target.
+fn refused_entry(conn: &Conn, route: &Route, status: u16, (read, written): (u64, u64)) -> Entry {
+    let tls = conn.tls.as_ref();
+    Entry {
+        kind: if tls.is_some() { "https" } else { "http" },
+        received: SystemTime::now(),
+        responded: None,
+        elb: route.local,
+        client: conn.client,
+        target: None,
+        request_processing: None,
+        target_processing: None,
+        response_processing: None,
+        elb_status: status,
+        target_status: None,
+        received_bytes: read,
+        sent_bytes: written,
+        request: None,
+        user_agent: None,
+        ssl_cipher: tls.map(|t| t.cipher),
+        ssl_protocol: tls.map(|t| t.protocol),
+        target_group: None,
+        trace_id: None,
+        domain_name: tls.and_then(|t| t.server_name.clone()),
+        matched_rule_priority: None,
+        action: None,
+        redirect_url: None,
+        error_reason: None,
+        conn_trace_id: conn.trace_id,
+    }
+}
+
+/// Writes a connection's line to ALB's connection log, if its listener keeps one.
+fn log_connection(
+    route: &Route,
+    shared: &Shared,
+    client: SocketAddr,
+    tls: Option<Handshake>,
+    trace_id: ConnTraceId,
+) {
+    if route.connection_logs {
+        shared.log.connection(&Connection {
+            at: SystemTime::now(),
+            client,
+            listener_port: route.local.port(),
+            tls,
+            trace_id,
+        });
+    }
 }

@@ -4,6 +4,9 @@
 //! requests down. A request's entry waits as a [`Pending`] until the request is over, so that its
 //! line has all its bytes.
 //!
+//! ALB's connection log ([`Connection`]) shares the buffer: its lines start with their time, an
+//! access log line with its type, so the two are told apart by their first character.
+//!
 //! A line is pushed field by field straight into that buffer, numbers through `itoa`: formatting
 //! it with `core::fmt` cost more than parsing the request it describes. When each line was a
 //! `String` of its own sent over a channel, the log took 11 to 15 % of a request's CPU in
@@ -12,7 +15,7 @@
 use std::{
     fmt::Write as _,
     mem,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc, Condvar, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -78,12 +81,28 @@ impl AccessLog {
         }
     }
 
-    /// `entry`, to be written when its request is over; `uploaded` counts its request body.
-    pub fn pending(&self, entry: Entry, uploaded: Option<Arc<AtomicU64>>) -> Pending {
+    /// Appends one connection log line unless the log is off or full.
+    pub fn connection(&self, c: &Connection) {
+        let Some(shared) = &self.0 else { return };
+        let mut buffer = shared.lock();
+        if buffer.closed || buffer.text.len() >= shared.capacity {
+            return;
+        }
+        let first = buffer.text.is_empty();
+        c.write_to(&mut buffer.text);
+        buffer.text.push('\n');
+        drop(buffer);
+        if first {
+            shared.ready.notify_one();
+        }
+    }
+
+    /// `entry`, to be written when its request is over (however it ends).
+    pub fn pending(&self, entry: Entry) -> Pending {
         Pending {
             entry,
             log: self.clone(),
-            uploaded,
+            uploaded: None,
         }
     }
 }
@@ -97,6 +116,13 @@ pub struct Pending {
     log: AccessLog,
     /// The request body's bytes, counted as they go to the target.
     uploaded: Option<Arc<AtomicU64>>,
+}
+
+impl Pending {
+    /// Counts `uploaded`, the request body's bytes as they go to the target, into the line.
+    pub fn count_upload(&mut self, uploaded: Option<Arc<AtomicU64>>) {
+        self.uploaded = uploaded;
+    }
 }
 
 impl Drop for Pending {
@@ -176,7 +202,11 @@ pub enum Host {
 pub struct Entry {
     /// `http`, `https`, `h2` or `ws`/`wss`.
     pub kind: &'static str,
+    /// ALB's `request_creation_time`.
     pub received: SystemTime,
+    /// ALB's `time`: when the response went out. `None`: when the line is written (a WebSocket
+    /// closed, a client gone before its answer).
+    pub responded: Option<SystemTime>,
     /// The listener, standing for ALB's `elb` name.
     pub elb: SocketAddr,
     pub client: SocketAddr,
@@ -190,7 +220,8 @@ pub struct Entry {
     /// WebSocket, everything each way until it closed.
     pub received_bytes: u64,
     pub sent_bytes: u64,
-    pub request: RequestLine,
+    /// `None`: a request the HTTP parser refused.
+    pub request: Option<RequestLine>,
     /// Kept as received: a header value shares the read buffer, a `String` would be a copy.
     pub user_agent: Option<HeaderValue>,
     pub ssl_cipher: Option<&'static str>,
@@ -198,12 +229,55 @@ pub struct Entry {
     pub target_group: Option<Arc<str>>,
     pub trace_id: Option<HeaderValue>,
     pub domain_name: Option<Arc<str>>,
-    /// 0: the default action.
-    pub matched_rule_priority: u32,
+    /// 0: the default action; `None`: no rule ran.
+    pub matched_rule_priority: Option<u32>,
     /// `forward`, `redirect` or `fixed-response`.
     pub action: Option<&'static str>,
     pub redirect_url: Option<String>,
-    pub error_reason: Option<String>,
+    /// One of ALB's error reason codes.
+    pub error_reason: Option<&'static str>,
+    pub conn_trace_id: ConnTraceId,
+}
+
+/// ALB's `conn_trace_id`: an opaque id for a client connection, on its connection log line and on
+/// the access log line of each of its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnTraceId(u128);
+
+impl ConnTraceId {
+    /// A fresh, random id.
+    pub fn new() -> ConnTraceId {
+        ConnTraceId(fastrand::u128(..))
+    }
+}
+
+impl Default for ConnTraceId {
+    fn default() -> ConnTraceId {
+        ConnTraceId::new()
+    }
+}
+
+/// One client connection, as ALB's connection log has it.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// When the connection was set up, or failed to be (its handshake's end).
+    pub at: SystemTime,
+    pub client: SocketAddr,
+    pub listener_port: u16,
+    /// `None` on HTTP listeners.
+    pub tls: Option<Handshake>,
+    pub trace_id: ConnTraceId,
+}
+
+/// How a TLS handshake ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Handshake {
+    Done {
+        protocol: &'static str,
+        cipher: &'static str,
+        latency: Duration,
+    },
+    Failed,
 }
 
 /// A line being written, at the end of a text.
@@ -238,17 +312,25 @@ impl Line<'_> {
         self.str(s.unwrap_or("-"))
     }
 
-    fn addr(&mut self, a: SocketAddr) -> &mut Self {
-        match a {
-            SocketAddr::V4(v4) => {
-                let [a, b, c, d] = v4.ip().octets();
-                self.num(a).str(".").num(b).str(".").num(c).str(".").num(d);
+    fn ip(&mut self, ip: IpAddr) -> &mut Self {
+        match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, c, d] = v4.octets();
+                self.num(a).str(".").num(b).str(".").num(c).str(".").num(d)
             }
             // Rare enough for `core::fmt`.
-            SocketAddr::V6(v6) => {
-                let _ = write!(self.0, "[{}]", v6.ip());
+            IpAddr::V6(v6) => {
+                let _ = write!(self.0, "{v6}");
+                self
             }
         }
+    }
+
+    fn addr(&mut self, a: SocketAddr) -> &mut Self {
+        match a {
+            SocketAddr::V4(_) => self.ip(a.ip()),
+            SocketAddr::V6(_) => self.str("[").ip(a.ip()).str("]"),
+        };
         self.str(":").num(a.port())
     }
 
@@ -275,6 +357,18 @@ impl Line<'_> {
     fn two(&mut self, n: u64) -> &mut Self {
         for digit in [n / 10 % 10, n % 10] {
             self.0.push(char::from(b'0' + digit as u8));
+        }
+        self
+    }
+
+    /// `TID_` and 32 hex digits, as ALB writes it; pushed digit by digit, not through
+    /// `core::fmt` (see the module doc).
+    fn trace_id(&mut self, id: ConnTraceId) -> &mut Self {
+        self.0.push_str("TID_");
+        for shift in (0..32).rev() {
+            let nibble = (id.0 >> (shift * 4)) as u8 & 0xf;
+            self.0
+                .push(char::from(b"0123456789abcdef"[usize::from(nibble)]));
         }
         self
     }
@@ -309,16 +403,22 @@ impl Line<'_> {
         self.0.push_str(rest);
     }
 
-    fn request(&mut self, r: &RequestLine) -> &mut Self {
+    /// ALB's `request`: the host always with a port, the listener's when it names none.
+    fn request(&mut self, r: &RequestLine, port: u16) -> &mut Self {
         self.0.push('"');
         self.escaped(r.method.as_str());
         self.str(" ").str(r.scheme).str("://");
-        match &r.host {
-            Host::Header(h) => self.escaped(h.to_str().unwrap_or("-")),
-            Host::Authority(a) => self.escaped(a.as_str()),
+        let host = match &r.host {
+            Host::Header(h) => h.to_str().unwrap_or("-"),
+            Host::Authority(a) => a.as_str(),
             Host::Listener(a) => {
                 self.addr(*a);
+                ""
             }
+        };
+        self.escaped(host);
+        if !host.is_empty() && !has_port(host) {
+            self.str(":").num(port);
         }
         self.escaped(r.path.as_ref().map_or("/", PathAndQuery::as_str));
         let version = match r.version {
@@ -329,6 +429,14 @@ impl Line<'_> {
             _ => "HTTP/1.1",
         };
         self.str(" ").str(version).str("\"")
+    }
+}
+
+/// Whether a host (`name`, `v4`, `[v6]`, each maybe with `:port`) names a port.
+fn has_port(host: &str) -> bool {
+    match host.rsplit_once(']') {
+        Some((_, rest)) => rest.starts_with(':'),
+        None => host.contains(':'),
     }
 }
 
@@ -372,10 +480,7 @@ impl Entry {
     fn write_to(&self, out: &mut String) {
         let mut l = Line(out);
         l.str(self.kind).sep();
-        // `time` and, later, `request_creation_time` are both the time received: written once.
-        let at = l.0.len();
-        l.time(self.received);
-        let received = at..l.0.len();
+        l.time(self.responded.unwrap_or_else(SystemTime::now));
         l.sep().addr(self.elb).sep().addr(self.client).sep();
         match self.target {
             Some(t) => l.addr(t),
@@ -389,19 +494,79 @@ impl Entry {
             Some(s) => l.num(s),
             None => l.str("-"),
         };
-        l.sep().num(self.received_bytes).sep().num(self.sent_bytes);
-        l.sep().request(&self.request);
+        l.sep()
+            .num(self.received_bytes)
+            .sep()
+            .num(self.sent_bytes)
+            .sep();
+        match &self.request {
+            Some(r) => l.request(r, self.elb.port()),
+            // As ALB writes a request it could not parse: no method, no path, no version. The
+            // parser refuses only HTTP/1, whose kind is its scheme.
+            None => l
+                .str("\"- ")
+                .str(self.kind)
+                .str("://")
+                .addr(self.elb)
+                .str("- -\""),
+        };
         l.sep().quoted(text(&self.user_agent));
         l.sep().opt(self.ssl_cipher).sep().opt(self.ssl_protocol);
         l.sep().opt(self.target_group.as_deref());
         l.sep().quoted(text(&self.trace_id));
         l.sep().quoted(self.domain_name.as_deref());
-        l.str(" \"-\" ").num(self.matched_rule_priority).sep();
-        l.0.extend_from_within(received);
+        l.str(" \"-\" ");
+        match self.matched_rule_priority {
+            Some(p) => l.num(p),
+            None => l.str("-"),
+        };
+        l.sep().time(self.received);
         l.sep().quoted(self.action);
         l.sep().quoted(self.redirect_url.as_deref());
-        l.sep().quoted(self.error_reason.as_deref());
-        l.str(" \"-\" \"-\" \"-\" \"-\" -");
+        l.sep().quoted(self.error_reason);
+        // `target:port_list` and `target_status_code_list`: one target per request, as ALB.
+        match self.target {
+            Some(t) => l.str(" \"").addr(t).str("\""),
+            None => l.str(" \"-\""),
+        };
+        match self.target_status {
+            Some(s) => l.str(" \"").num(s).str("\""),
+            None => l.str(" \"-\""),
+        };
+        // `classification` and `classification_reason`.
+        l.str(" \"-\" \"-\"");
+        l.sep().trace_id(self.conn_trace_id);
+    }
+}
+
+impl Connection {
+    /// Appends the connection to `out` as one line of ALB's connection log (without the newline):
+    /// its first 12 fields, up to `conn_trace_id`. No client certificates (xlb has no mutual
+    /// TLS): their three fields are `-`.
+    fn write_to(&self, out: &mut String) {
+        let mut l = Line(out);
+        l.time(self.at).sep().ip(self.client.ip());
+        l.sep()
+            .num(self.client.port())
+            .sep()
+            .num(self.listener_port)
+            .sep();
+        match self.tls {
+            Some(Handshake::Done {
+                protocol,
+                cipher,
+                latency,
+            }) => l.str(protocol).sep().str(cipher).sep().secs(Some(latency)),
+            _ => l.str("- - -"),
+        };
+        l.str(" - - - ");
+        match self.tls {
+            Some(Handshake::Done { .. }) => l.str("Success"),
+            // Not a client certificate's fault: ALB's code for every other failure.
+            Some(Handshake::Failed) => l.str("Failed:UnmappedConnectionError"),
+            None => l.str("-"),
+        };
+        l.sep().trace_id(self.trace_id);
     }
 }
 
@@ -447,6 +612,7 @@ mod tests {
         Entry {
             kind: "http",
             received: UNIX_EPOCH,
+            responded: Some(UNIX_EPOCH + Duration::from_millis(21)),
             elb: "127.0.0.1:80".parse().unwrap(),
             client: "192.0.2.1:5000".parse().unwrap(),
             target: Some("10.0.0.1:8080".parse().unwrap()),
@@ -457,24 +623,31 @@ mod tests {
             target_status: Some(200),
             received_bytes: 78,
             sent_bytes: 1234,
-            request: RequestLine {
+            request: Some(RequestLine {
                 method: Method::GET,
                 scheme: "http",
                 host: Host::Header(HeaderValue::from_static("a:80")),
                 path: Some(PathAndQuery::from_static("/")),
                 version: Version::HTTP_11,
-            },
+            }),
             user_agent: Some(HeaderValue::from_static("cu\"rl")),
             ssl_cipher: None,
             ssl_protocol: None,
             target_group: Some(Arc::from("web")),
             trace_id: None,
             domain_name: None,
-            matched_rule_priority: 0,
+            matched_rule_priority: Some(0),
             action: Some("forward"),
             redirect_url: None,
             error_reason: None,
+            conn_trace_id: ConnTraceId(0xab),
         }
+    }
+
+    fn written(e: &Entry) -> String {
+        let mut text = String::new();
+        e.write_to(&mut text);
+        text
     }
 
     #[test]
@@ -485,14 +658,108 @@ mod tests {
         let line = lines.take();
         assert!(
             line.starts_with(
-                "http 1970-01-01T00:00:00.000000Z 127.0.0.1:80 192.0.2.1:5000 10.0.0.1:8080 \
+                "http 1970-01-01T00:00:00.021000Z 127.0.0.1:80 192.0.2.1:5000 10.0.0.1:8080 \
                  0.001 0.020 -1 200 200 78 1234 \"GET http://a:80/ HTTP/1.1\" \"cu\\\"rl\" - - web \"-\" \"-\" \"-\" 0 "
             ),
             "{line}"
         );
         assert!(
-            line.contains(" 0 1970-01-01T00:00:00.000000Z \"forward\" \"-\" \"-\" "),
+            line.ends_with(
+                " 0 1970-01-01T00:00:00.000000Z \"forward\" \"-\" \"-\" \"10.0.0.1:8080\" \"200\" \
+                 \"-\" \"-\" TID_000000000000000000000000000000ab\n"
+            ),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn the_request_field_always_names_a_port() {
+        let with_host = |host| {
+            let mut e = sample();
+            if let Some(r) = &mut e.request {
+                r.host = host;
+            }
+            written(&e)
+        };
+        let header = |h| Host::Header(HeaderValue::from_static(h));
+        for (host, want) in [
+            (header("a"), "\"GET http://a:80/ HTTP/1.1\""),
+            (header("a:8080"), "\"GET http://a:8080/ HTTP/1.1\""),
+            (
+                header("[2001:db8::1]"),
+                "\"GET http://[2001:db8::1]:80/ HTTP/1.1\"",
+            ),
+            (
+                header("[2001:db8::1]:81"),
+                "\"GET http://[2001:db8::1]:81/ HTTP/1.1\"",
+            ),
+            (
+                Host::Authority("b".parse().unwrap()),
+                "\"GET http://b:80/ HTTP/1.1\"",
+            ),
+            (
+                Host::Listener("127.0.0.1:80".parse().unwrap()),
+                "\"GET http://127.0.0.1:80/ HTTP/1.1\"",
+            ),
+        ] {
+            let line = with_host(host);
+            assert!(line.contains(want), "{want} in {line}");
+        }
+    }
+
+    #[test]
+    fn a_refused_request_is_written_as_alb_writes_a_malformed_one() {
+        let mut e = sample();
+        e.request = None;
+        (e.target, e.target_status, e.matched_rule_priority, e.action) = (None, None, None, None);
+        let line = written(&e);
+        assert!(
+            line.contains(" 200 - 78 1234 \"- http://127.0.0.1:80- -\" "),
+            "{line}"
+        );
+        assert!(
+            line.contains(" \"-\" - 1970-01-01T00:00:00.000000Z \"-\" \"-\" \"-\" \"-\" \"-\" "),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn connection_lines_have_albs_fields_up_to_conn_trace_id() {
+        let line = |tls| {
+            let mut text = String::new();
+            Connection {
+                at: UNIX_EPOCH,
+                client: "192.0.2.1:5000".parse().unwrap(),
+                listener_port: 443,
+                tls,
+                trace_id: ConnTraceId(1),
+            }
+            .write_to(&mut text);
+            text
+        };
+        let done = Handshake::Done {
+            protocol: "TLSv1.3",
+            cipher: "TLS_AES_128_GCM_SHA256",
+            latency: Duration::from_micros(4_036_400),
+        };
+        let tid = "TID_00000000000000000000000000000001";
+        assert_eq!(
+            line(Some(done)),
+            format!(
+                "1970-01-01T00:00:00.000000Z 192.0.2.1 5000 443 TLSv1.3 TLS_AES_128_GCM_SHA256 \
+                 4.036 - - - Success {tid}"
+            )
+        );
+        assert_eq!(
+            line(Some(Handshake::Failed)),
+            format!(
+                "1970-01-01T00:00:00.000000Z 192.0.2.1 5000 443 - - - - - - \
+                 Failed:UnmappedConnectionError {tid}"
+            )
+        );
+        assert_eq!(
+            line(None),
+            format!("1970-01-01T00:00:00.000000Z 192.0.2.1 5000 443 - - - - - - - {tid}")
         );
     }
 

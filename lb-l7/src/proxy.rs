@@ -38,7 +38,7 @@ use lb_config::{ListenerProtocol, ProtocolVersion, XffMode};
 use crate::{
     action::{FixedResponse, Redirect, RedirectInput},
     balance::{self, Counters, Group, InFlight, Pick, Stickiness, WeightedGroups},
-    log::{AccessLog, Entry, Host, Pending, RequestLine},
+    log::{AccessLog, ConnTraceId, Entry, Host, Pending, RequestLine},
     metrics::{L7Metrics, RouteMetrics},
     rules::{RequestView, RuleSet, strip_port},
     trace,
@@ -54,6 +54,10 @@ const INCOMPATIBLE_PROTOCOL: u16 = 464;
 const TOO_MANY_FORWARDED_FOR: u16 = 463;
 /// The most addresses ALB takes in `X-Forwarded-For`.
 const MAX_FORWARDED_FOR: usize = 30;
+
+/// ALB's status, in the access log only, for a request whose client closed the connection
+/// before the load balancer could answer.
+const CLIENT_CLOSED: u16 = 460;
 
 /// Who caused a failed request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +129,25 @@ impl ProxyError {
         }
     }
 
+    /// ALB's code for the access log's `error_reason`, where it has one.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::Connect { .. } => Some("TargetConnectionError"),
+            ProxyError::Target { .. } => Some("TargetResponseError"),
+            ProxyError::Timeout { .. } => Some("TargetTimeout"),
+            ProxyError::ClientBody { .. } => Some("IncompleteRequest"),
+            // Told by the status alone (405, 463, 408, 503, 464, 500), or by the desync
+            // classification (400).
+            ProxyError::Trace
+            | ProxyError::TooManyForwardedFor { .. }
+            | ProxyError::ClientTimeout { .. }
+            | ProxyError::NoTarget { .. }
+            | ProxyError::Incompatible { .. }
+            | ProxyError::Forward { .. }
+            | ProxyError::Ambiguous { .. } => None,
+        }
+    }
+
     /// Who is at fault.
     pub fn fault(&self) -> Fault {
         match self {
@@ -168,6 +191,8 @@ pub struct Route {
     pub rules: RuleSet<Act>,
     /// ALB's `idle_timeout.timeout_seconds`: for idle connections and for targets' answers.
     pub idle_timeout: Duration,
+    /// `connection_logs.enabled`: a connection log line per connection.
+    pub connection_logs: bool,
     /// `X-Forwarded-Port`, made once rather than per request.
     pub forwarded_port: HeaderValue,
     /// ALB's attributes for the headers targets get.
@@ -220,6 +245,8 @@ pub struct Conn {
     client_ip: HeaderValue,
     /// SNI, cipher suite and protocol version on HTTPS.
     pub tls: Option<TlsInfo>,
+    /// ALB's `conn_trace_id`, on the connection's log lines.
+    pub trace_id: ConnTraceId,
 }
 
 impl Conn {
@@ -230,6 +257,7 @@ impl Conn {
             // An address's text is always a valid header value.
             client_ip: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("-")),
             tls,
+            trace_id: ConnTraceId::new(),
         }
     }
 }
@@ -771,14 +799,12 @@ fn error_response(e: &ProxyError) -> Response<Reply> {
     resp
 }
 
-/// What the forward phases found, for the log.
+/// What the forward phases found, for the log (the target, its group and the time to send to it
+/// go into the entry at once: a 460's line has them).
 #[derive(Default)]
 struct Outcome {
-    target: Option<SocketAddr>,
-    target_group: Option<Arc<str>>,
     target_status: Option<u16>,
-    /// From the request received to its sending to the target, then to the target's answer.
-    request_time: Option<Duration>,
+    /// From the request's sending to the target to the target's answer.
     target_time: Option<Duration>,
     redirect_url: Option<String>,
     /// The request body's bytes sent to the target, counted as they go.
@@ -808,18 +834,21 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let trace_id = trace::next(req.headers().get(trace::HEADER));
-    let mut entry = Entry {
+    // Written when its request is over, however that comes: made here, the line is also written
+    // if hyper drops this future because the client left before its answer (ALB's 460).
+    let mut line = shared.log.pending(Entry {
         kind: kind(&conn, &req),
         received: SystemTime::now(),
+        responded: None,
         elb: route.local,
         client: conn.client,
         target: None,
         request_processing: None,
         target_processing: None,
         response_processing: None,
-        elb_status: 0,
+        elb_status: CLIENT_CLOSED,
         target_status: None,
-        request: RequestLine {
+        request: Some(RequestLine {
             method: req.method().clone(),
             scheme: route.protocol.scheme(),
             // As `request_host`: a `Host` that is text, else `:authority`, else the listener.
@@ -830,7 +859,7 @@ pub async fn handle(
             },
             path: req.uri().path_and_query().cloned(),
             version: req.version(),
-        },
+        }),
         user_agent: req.headers().get(header::USER_AGENT).cloned(),
         ssl_cipher: conn.tls.as_ref().map(|t| t.cipher),
         ssl_protocol: conn.tls.as_ref().map(|t| t.protocol),
@@ -839,11 +868,13 @@ pub async fn handle(
         sent_bytes: 0,
         trace_id: Some(trace_id.clone()),
         domain_name: conn.tls.as_ref().and_then(|t| t.server_name.clone()),
-        matched_rule_priority: 0,
+        matched_rule_priority: None,
         action: None,
         redirect_url: None,
         error_reason: None,
-    };
+        conn_trace_id: conn.trace_id,
+    });
+    let entry = &mut line.entry;
     // After the entry took the head's size as the client sent it.
     req.headers_mut()
         .insert(HeaderName::from_static(trace::HEADER), trace_id);
@@ -854,47 +885,57 @@ pub async fn handle(
         })?;
         header_filter(&mut req, route.headers)?;
         let (priority, act) = self::route(&route, &conn, &req);
-        entry.matched_rule_priority = priority;
+        entry.matched_rule_priority = Some(priority);
         entry.action = Some(act.name());
-        run(act, req, started, &route, &conn, &shared, &mut outcome).await
+        let phases = Phases {
+            route: &route,
+            conn: &conn,
+            shared: &shared,
+        };
+        run(act, req, started, phases, &mut *entry, &mut outcome).await
     }
     .await;
-    let mut connect_failed = false;
+    let (mut connect_failed, mut failed) = (false, false);
     let resp = result.unwrap_or_else(|e| {
         connect_failed = matches!(e, ProxyError::Connect { .. });
-        entry.error_reason = Some(format!("{:?}: {e}", e.fault()));
+        failed = true;
+        entry.error_reason = e.reason();
         error_response(&e)
     });
-    entry.target = outcome.target;
-    entry.target_group = outcome.target_group;
     entry.target_status = outcome.target_status;
     entry.redirect_url = outcome.redirect_url;
     entry.elb_status = resp.status().as_u16();
+    let priority = entry.matched_rule_priority.unwrap_or(0);
     if let Some(m) = route
         .metrics
-        .request(entry.matched_rule_priority, entry.target_group.as_deref())
+        .request(priority, entry.target_group.as_deref())
     {
         m.record(
             entry.elb_status,
             entry.target_status.zip(outcome.target_time),
         );
-        match (entry.action, &entry.error_reason) {
+        match entry.action {
             _ if connect_failed => m.target_connection_error(),
-            (Some("redirect"), None) => m.redirected(),
-            (Some("fixed-response"), None) => m.fixed_response(),
+            Some("redirect") if !failed => m.redirected(),
+            Some("fixed-response") if !failed => m.fixed_response(),
             _ => {}
         }
     }
-    match outcome.target_time {
-        Some(t) => {
-            entry.request_processing = outcome.request_time;
+    // As ALB: the three times when a target answered, else -1 for all (not dispatched, or no
+    // answer: the target refused, closed or timed out; a redirect or fixed response).
+    match (entry.target_status, outcome.target_time) {
+        (Some(_), Some(t)) => {
             entry.target_processing = Some(t);
             entry.response_processing = Some(Duration::ZERO);
         }
-        None => entry.request_processing = Some(started.elapsed()),
+        _ => entry.request_processing = None,
     }
     entry.sent_bytes = response_head_len(&resp);
-    let line = shared.log.pending(entry, outcome.uploaded);
+    // A WebSocket's `time` is when it closes.
+    if outcome.tunnel.is_none() {
+        entry.responded = Some(SystemTime::now());
+    }
+    line.count_upload(outcome.uploaded);
     let line = match outcome.tunnel {
         Some(t) => {
             let task = tokio::spawn(tunnel(t.client, t.target, t.in_flight, line));
@@ -971,14 +1012,24 @@ fn kind<B>(conn: &Conn, req: &Request<B>) -> &'static str {
     }
 }
 
+/// What a request's phases read: its listener, its connection, what all listeners share.
+struct Phases<'a> {
+    route: &'a Route,
+    conn: &'a Conn,
+    shared: &'a Shared,
+}
+
 /// Runs an action for a request received at `started`.
 async fn run(
     act: &Act,
     mut req: Request<Incoming>,
     started: Instant,
-    route: &Route,
-    conn: &Conn,
-    shared: &Shared,
+    Phases {
+        route,
+        conn,
+        shared,
+    }: Phases<'_>,
+    entry: &mut Entry,
     outcome: &mut Outcome,
 ) -> Result<Response<Reply>, ProxyError> {
     match act {
@@ -1006,9 +1057,9 @@ async fn run(
         Act::Forward(groups) => {
             let (group, pick) = upstream_peer(groups, req.headers(), started)?;
             let target = pick.target.addr;
-            outcome.target_group = Some(group.name.clone());
+            entry.target_group = Some(group.name.clone());
             protocol_filter(&req, group)?;
-            outcome.target = Some(target);
+            entry.target = Some(target);
             upstream_request_filter(&mut req, route, conn, group, target)?;
             let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
             let (head, body) = req.into_parts();
@@ -1017,7 +1068,7 @@ async fn run(
             outcome.uploaded = body.counter();
             let progress = body.progress();
             let req = Request::from_parts(head, body);
-            outcome.request_time = Some(sent - started);
+            entry.request_processing = Some(sent - started);
             // Boxed: the exchange's future is the largest part of a request's, and unboxed it
             // would be copied at each level that awaits it. The deadline and the pool's idle
             // check reuse `sent` rather than read the clock again.

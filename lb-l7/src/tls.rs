@@ -11,7 +11,7 @@
 use std::{fmt, path::PathBuf, sync::Arc};
 
 use rustls::{
-    ClientConfig, ServerConfig,
+    CipherSuite, ClientConfig, ProtocolVersion, ServerConfig,
     crypto::aws_lc_rs,
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
     server::{ClientHello, ResolvesServerCert},
@@ -125,6 +125,34 @@ pub fn server_config(certificates: &[CertificateFiles]) -> Result<Arc<ServerConf
     Ok(Arc::new(cfg))
 }
 
+/// A cipher suite by its OpenSSL name, as ALB's logs write it (`-` for one rustls does not offer
+/// here). Each of aws-lc-rs's suites, by hand: rustls knows only the IANA names.
+pub fn openssl_cipher(suite: CipherSuite) -> &'static str {
+    match suite {
+        CipherSuite::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
+        CipherSuite::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => {
+            "ECDHE-ECDSA-CHACHA20-POLY1305"
+        }
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
+        CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
+        CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
+        _ => "-",
+    }
+}
+
+/// A protocol version as ALB's logs write it: `TLSv1.2`, `TLSv1.3`.
+pub fn protocol_name(version: ProtocolVersion) -> &'static str {
+    match version {
+        ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        _ => "-",
+    }
+}
+
 /// The TLS config toward HTTPS targets: TLS 1.2 and 1.3, ALPN `alpn` only (`h2` or
 /// `http/1.1`, per the group's protocol version), and any certificate accepted, as ALB (the
 /// health checks' verifier: handshake signatures are still checked). SNI comes from the target's
@@ -140,4 +168,23 @@ pub fn client_config(alpn: &[u8]) -> Arc<ClientConfig> {
         .with_no_client_auth();
     cfg.alpn_protocols = vec![alpn.to_vec()];
     Arc::new(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_suite_a_listener_offers_has_an_openssl_name() {
+        for suite in aws_lc_rs::ALL_CIPHER_SUITES {
+            let name = openssl_cipher(suite.suite());
+            assert_ne!(name, "-", "{:?}", suite.suite());
+            assert!(!name.contains("WITH"), "{name}");
+        }
+        assert_eq!(
+            openssl_cipher(CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256),
+            "ECDHE-RSA-AES128-GCM-SHA256"
+        );
+        assert_eq!(protocol_name(ProtocolVersion::TLSv1_3), "TLSv1.3");
+    }
 }

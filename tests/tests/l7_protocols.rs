@@ -427,7 +427,7 @@ fn grpc_trailers_reach_the_client_and_groups_refuse_what_they_cannot_take() {
     let log = lab.log_lines(|l| l.len() >= 4);
     assert!(
         log.iter()
-            .any(|l| l.contains(" 464 ") && l.contains("only gRPC")),
+            .any(|l| l.contains(" -1 -1 -1 464 - ") && l.contains("\"forward\"")),
         "{log:#?}"
     );
 }

@@ -265,7 +265,7 @@ async fn scrape(commands: mpsc::Sender<Command>, l7: Arc<L7Metrics>) -> Option<S
     metrics::render(&scrape, &l7).ok()
 }
 
-/// Writes access log lines to stdout, in batches, until the log closes. A thread of its own, so
+/// Writes access (and connection) log lines to stdout, in batches, until the log closes. A thread of its own, so
 /// requests never wake the agent's loop and a stdout that blocks never holds up a runtime
 /// worker: the buffer fills, and the L7 tier then drops lines rather than wait (best effort, as
 /// ALB's log).
