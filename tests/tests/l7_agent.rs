@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use xlb_tests::{
     agent::{Agent, xlb_bin},
-    lab::{LB_V4, Lab, LabSpec, Role, backend_v4, pin_dir, run_dir},
+    lab::{CLIENT_V4, LB_V4, Lab, LabSpec, Role, backend_v4, pin_dir, run_dir},
 };
 
 #[test]
@@ -171,4 +171,98 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
             .any(|l| l.starts_with("http ") && l.contains("503")),
         "access log lines:\n{log}"
     );
+}
+
+/// ALB's request handling through the real agent, seen from the client and from the target:
+/// `X-Amzn-Trace-Id`, `X-Forwarded-For` and `Host` as ALB forwards them, TRACE and over-long
+/// `X-Forwarded-For` refused, `AWSALBCORS` beside `AWSALB`, and the access log on the agent's
+/// stdout with the trace id and ALB's status codes.
+#[test]
+fn the_agent_forwards_and_refuses_requests_as_alb_does() {
+    let lab = Lab::up(LabSpec {
+        prefix: "xl7b-".into(),
+        backends: 1,
+        server_bin: PathBuf::from(env!("CARGO_BIN_EXE_xlb-lab")),
+        xlb: Some(xlb_bin().expect("xlb binary")),
+    })
+    .expect("lab up");
+    let config = format!(
+        "[node]\ninterface = \"eth0\"\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n\n\
+         [[target_groups]]\nname = \"web\"\nprotocol = \"HTTP\"\nport = 80\n\
+         targets = [{{ id = \"{}\" }}]\n\
+         attributes = {{ \"stickiness.enabled\" = \"true\", \"stickiness.type\" = \"lb_cookie\" }}\n\n\
+         [[http_listeners]]\naddress = \"{LB_V4}\"\nport = 8080\nprotocol = \"HTTP\"\n\
+         default_action = {{ type = \"forward\", target_group = \"web\" }}\n",
+        pin_dir(lab.prefix()).join("agent").display(),
+        run_dir(lab.prefix()).join("xlb.sock").display(),
+        run_dir(lab.prefix()).join("state.json").display(),
+        backend_v4(1),
+    );
+    let path = run_dir(lab.prefix()).join("xlb.toml");
+    std::fs::write(&path, config).unwrap();
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &path).expect("xlb run");
+    let url = format!("http://{LB_V4}:8080");
+    // `curl -i`: the status line and headers, then the body.
+    let curl = |args: &[&str]| -> String {
+        let mut argv = vec!["curl", "-sS", "-i", "--max-time", "5"];
+        argv.extend_from_slice(args);
+        let out = lab.exec(Role::Client, &argv).expect("curl");
+        String::from_utf8_lossy(&out.stdout).replace('\r', "")
+    };
+    let seen = curl(&[
+        "-H",
+        "Host: shop.example",
+        "-H",
+        "X-Forwarded-For: 203.0.113.9",
+        &format!("{url}/headers"),
+    ]);
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    let header = |name: &str| {
+        seen.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+            .unwrap_or_else(|| panic!("no {name} in\n{seen}"))
+            .to_owned()
+    };
+    let trace = header("x-amzn-trace-id");
+    assert!(trace.starts_with("Root=1-") && trace.len() == 40, "{trace}");
+    assert_eq!(
+        header("x-forwarded-for"),
+        format!("203.0.113.9, {CLIENT_V4}")
+    );
+    // Not port 80: ALB adds the listener's port to a Host without one.
+    assert_eq!(header("host"), "shop.example:8080");
+    let cookies: Vec<&str> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("set-cookie: "))
+        .collect();
+    assert!(
+        cookies.iter().any(|c| c.starts_with("AWSALB="))
+            && cookies
+                .iter()
+                .any(|c| c.starts_with("AWSALBCORS=") && c.ends_with("SameSite=None; Secure")),
+        "{cookies:?}"
+    );
+    let trace_refused = curl(&["-X", "TRACE", &format!("{url}/")]);
+    assert!(trace_refused.starts_with("HTTP/1.1 405"), "{trace_refused}");
+    let chain: Vec<String> = (0..31).map(|i| format!("192.0.2.{i}")).collect();
+    let long = curl(&[
+        "-H",
+        &format!("X-Forwarded-For: {}", chain.join(", ")),
+        &format!("{url}/"),
+    ]);
+    assert!(long.starts_with("HTTP/1.1 463"), "{long}");
+    let log = agent.stop().expect("xlb stops cleanly");
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("http ")).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" 200 200 ") && l.contains(&format!("\"{trace}\""))),
+        "the trace id the target got is logged:\n{log}"
+    );
+    for status in [" 405 - ", " 463 - "] {
+        assert!(
+            lines.iter().any(|l| l.contains(status)),
+            "{status} in\n{log}"
+        );
+    }
 }

@@ -403,10 +403,10 @@ async fn echo_conn(stream: TcpStream, name: Arc<str>) -> io::Result<()> {
     }
 }
 
-/// Answers every HTTP/1.x request with 200 and body `{name}\n`, keeping the
-/// connection alive unless the client asks otherwise.
+/// Answers every HTTP/1.x request with 200 and body `{name}\n` (and, for `GET /headers`, the
+/// request's header lines after it, as received, so tests see what a load balancer forwarded),
+/// keeping the connection alive unless the client asks otherwise.
 async fn http_conn(stream: TcpStream, name: Arc<str>) -> io::Result<()> {
-    let body = format!("{name}\n");
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::new(rd);
     while let Some(request) = read_request_head(&mut rd).await? {
@@ -416,6 +416,10 @@ async fn http_conn(stream: TcpStream, name: Arc<str>) -> io::Result<()> {
             &mut tokio::io::sink(),
         )
         .await?;
+        let mut body = format!("{name}\n");
+        if request.headers_asked {
+            body.push_str(&request.lines.concat());
+        }
         let connection = if request.close { "close" } else { "keep-alive" };
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
@@ -434,6 +438,10 @@ async fn http_conn(stream: TcpStream, name: Arc<str>) -> io::Result<()> {
 struct RequestHead {
     close: bool,
     content_length: u64,
+    /// `GET /headers`: answer with the header lines.
+    headers_asked: bool,
+    /// The header lines as received, CRLF and all.
+    lines: Vec<String>,
 }
 
 /// Reads a request line and headers; None if the client closed first.
@@ -453,6 +461,8 @@ where
         // HTTP/1.0 closes by default, HTTP/1.1 keeps alive.
         close: line.trim_ascii_end().ends_with(b"HTTP/1.0"),
         content_length: 0,
+        headers_asked: line.starts_with(b"GET /headers "),
+        lines: Vec::new(),
     };
     for _ in 0..MAX_HEADERS {
         line.clear();
@@ -463,6 +473,7 @@ where
         if header.is_empty() {
             return Ok(Some(head));
         }
+        head.lines.push(String::from_utf8_lossy(&line).into_owned());
         let Some((key, value)) = header.split_once(':') else {
             continue;
         };
