@@ -622,10 +622,11 @@ fn testrun_bench(plan: &Plan, baseline: Option<&[u8]>, results: &mut Results) ->
             );
             // Durations come in steps of the clock's resolution (10 ns here), which a median
             // keeps: the comparison takes means, without the slowest tenth (interrupts).
-            trimmed.push(trimmed_mean(ns) - empty_mean[b]);
+            let fastest = trimmed_mean(ns);
             if prog == Program::Pass {
-                empty_mean[b] = trimmed[b] + empty_mean[b];
+                empty_mean[b] = fastest;
             }
+            trimmed.push(fastest - empty_mean[b]);
         }
         if let [this, base] = trimmed[..]
             && prog == Program::Lb
