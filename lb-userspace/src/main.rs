@@ -5,7 +5,7 @@
 use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context as _, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use lb_config::Paths;
 use xlb::{agent, cli, dataplane::AttachMode};
 
@@ -87,6 +87,18 @@ enum Command {
         pin: PathBuf,
         #[arg(long, value_enum, default_value_t = AttachMode::Native)]
         xdp_mode: AttachMode,
+    },
+    /// Print the completion script of a shell for xlb (e.g. `xlb completions bash >
+    /// /usr/share/bash-completion/completions/xlb`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of xlb and of each of its commands (`xlb.1`, `xlb-run.1`, ...) into a
+    /// directory.
+    Man {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -182,6 +194,14 @@ fn run(cli: Cli) -> Result<()> {
             pin,
             xdp_mode,
         } => cli::attach(program, &iface, &pin, xdp_mode),
+        // Both from the command-line definitions above, so they cannot drift from them.
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "xlb", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+            .with_context(|| format!("write the man pages into {}", dir.display())),
         Command::Targets { action } => match action {
             TargetsAction::List { target_group, json } => {
                 cli::targets(&socket()?, target_group, json)

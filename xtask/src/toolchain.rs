@@ -22,4 +22,6 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "wrk",
     "nghttp2-client",
     "strace",
+    // groff checks the man pages xlb writes.
+    "groff-base",
 ];
