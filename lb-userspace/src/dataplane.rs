@@ -530,6 +530,12 @@ impl Dataplane {
         Ok((res.return_value, out))
     }
 
+    /// Every map by name, as aya made it: `xlb-tests`' instruction counter copies their contents
+    /// to run the programs outside the kernel on the same maps.
+    pub fn maps(&self) -> impl Iterator<Item = (&str, &aya::maps::Map)> {
+        self.ebpf.maps()
+    }
+
     fn map(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
         self.ebpf
             .map_mut(name)
