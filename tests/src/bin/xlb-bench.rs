@@ -5,6 +5,10 @@
 //!   timing, median over many calls), for a plain `XDP_PASS` program and for `xlb_lb` on
 //!   established, SYN and non-VIP packets. Repeat 1 because the balancer changes the frame it
 //!   runs on (tunnel headers), so the kernel's repeat would measure something else.
+//! - `insns.*`: eBPF instructions one packet of each test-run case executes (and `*.stack`, those
+//!   that load or store through r10), counted by running the object's bytecode on a copy of the
+//!   case's maps (`xlb_tests::ebpf_count`; this host has no PMU to count them). Each count is
+//!   checked against one kernel run of the same frame: same verdict, same frame out.
 //! - `veth.*`: packets per second through a veth pair joining two namespaces made for the bench.
 //!   In one, `xlb_bench_gen` runs with `BPF_PROG_RUN` in live-frames mode and sends every frame
 //!   (`XDP_TX`) into the veth; in the other the program under test receives it: the MAC-swap
@@ -52,9 +56,11 @@ use xlb::{
     maglev::{self, MaglevTarget},
 };
 use xlb_tests::{
-    fixture::{self, Fixture, Proto, XDP_PASS, XDP_TX},
+    ebpf_count::Machine,
+    fixture::{self, Fixture},
     lab::{in_netns, netns_command},
-    packet::{MAC_CLIENT, MAC_LB, Packet},
+    packet::Packet,
+    testrun::{self, Frames, Hop, prepare},
 };
 
 #[derive(Parser)]
@@ -413,157 +419,44 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Test-run timings of each case, for this build and, given its object, a baseline build: the
 /// two take turns in ten slices of each case's calls, so a change in the machine's speed during
-/// the run touches both alike.
+/// the run touches both alike. Then each case's executed instructions (`insns.*`), counted by
+/// running the program's bytecode on a copy of the same maps (`xlb_tests::ebpf_count`).
 fn testrun_bench(plan: &Plan, baseline: Option<&[u8]>, results: &mut Results) -> Result<()> {
-    let pad = [0u8; 10];
-    let v4 = |flags: fn(xlb_tests::packet::TcpBuilder) -> xlb_tests::packet::TcpBuilder,
-              dst: Ipv4Addr| {
-        flags(
-            Packet::eth(MAC_CLIENT, MAC_LB)
-                .ipv4(fixture::CLIENT_V4, dst)
-                .tcp(40000, 80),
-        )
-        .payload(&pad)
-        .build()
-    };
-    let syn = v4(|t| t.syn(), fixture::VIP_V4);
-    let ack = v4(|t| t.ack(), fixture::VIP_V4);
-    let other = v4(|t| t.ack(), Ipv4Addr::new(198, 18, 200, 1));
-    let v6_syn = Packet::eth(MAC_CLIENT, MAC_LB)
-        .ipv6(fixture::CLIENT_V6, fixture::VIP_V6)
-        .tcp(40000, 80)
-        .syn()
-        .build();
-    let v6_ack = Packet::eth(MAC_CLIENT, MAC_LB)
-        .ipv6(fixture::CLIENT_V6, fixture::VIP_V6)
-        .tcp(40000, 80)
-        .ack()
-        .build();
-
+    let frames = Frames::new();
     // Same listeners and flows for each build: the flows exist before their ACKs are timed.
-    let prepare = |mut f: Fixture| -> Result<Fixture> {
-        let v4_targets = [
-            fixture::BACKEND1_V4,
-            fixture::BACKEND2_V4,
-            fixture::BACKEND3_V4,
-        ];
-        f.listener(fixture::VIP_V4, 80, Proto::Tcp, 0, &v4_targets);
-        f.listener(fixture::VIP_V6, 80, Proto::Tcp, 0, &[fixture::BACKEND1_V6]);
-        for (frame, want) in [
-            (&syn, Reason::TxTunnel),
-            (&v6_syn, Reason::TxTunnel),
-            (&other, Reason::PassNotVip),
-        ] {
-            let out = f.run(frame);
-            ensure!(
-                out.reason() == want,
-                "setup packet gave {:?}, want {want:?}",
-                out.reasons
-            );
-        }
-        Ok(f)
-    };
     // Each fixture unshares this thread's namespace: the last one's holds the links, and every
     // test run looks its ingress interface up there.
-    let mut builds = vec![("", prepare(Fixture::new())?)];
+    let mut builds = vec![("", prepare(Fixture::new(), &frames)?, xlb::dataplane::OBJECT)];
     if let Some(object) = baseline {
-        builds.push(("baseline.", prepare(Fixture::with_object(object))?));
+        builds.push(("baseline.", prepare(Fixture::with_object(object), &frames)?, object));
+    }
+    // Each build's counter, on a copy of its maps as prepared.
+    let mut counters = Vec::new();
+    for (_, f, object) in &mut builds {
+        let mut m = Machine::new(object)?;
+        m.copy_maps(f.dataplane())?;
+        counters.push(m);
     }
     let slices = if builds.len() > 1 { 10 } else { 1 };
     let n = plan.testrun_calls;
-    // The next hop as deployments find it: the kernel FIB with the answer cached per CPU (the
-    // default; targets on the ingress link, so `XDP_TX`), the configured gateway MAC
-    // (`CONFIG_F_NO_FIB`), or a FIB lookup that fails on every packet and falls back to the
-    // gateway (no ingress interface, no route: those cases run before the links are made).
-    let (fib, gateway, miss) = (Hop::Fib, Hop::Gateway, Hop::FibMiss);
-    let cases: [TestRunCase; 9] = [
-        (
-            "testrun.empty.ns",
-            Program::Pass,
-            miss,
-            &ack,
-            XDP_PASS,
-            "xlb_pass (XDP_PASS): the floor",
-        ),
-        (
-            "testrun.lb.v4.established.fib_miss.ns",
-            Program::Lb,
-            miss,
-            &ack,
-            XDP_TX,
-            "as established, FIB lookup failing on every packet",
-        ),
-        (
-            "testrun.lb.non_vip.fib_miss.ns",
-            Program::Lb,
-            miss,
-            &other,
-            XDP_PASS,
-            "not a VIP, no ingress interface",
-        ),
-        (
-            "testrun.lb.v4.established.ns",
-            Program::Lb,
-            fib,
-            &ack,
-            XDP_TX,
-            "TCP ACK, flow in table, IPIP; FIB answer cached",
-        ),
-        (
-            "testrun.lb.v4.syn.ns",
-            Program::Lb,
-            fib,
-            &syn,
-            XDP_TX,
-            "TCP SYN: ring + flow insert, IPIP; FIB answer cached",
-        ),
-        (
-            "testrun.lb.v6.established.ns",
-            Program::Lb,
-            fib,
-            &v6_ack,
-            XDP_TX,
-            "TCP ACK, flow in table, IP6IP6; FIB answer cached",
-        ),
-        (
-            "testrun.lb.v4.established.gateway.ns",
-            Program::Lb,
-            gateway,
-            &ack,
-            XDP_TX,
-            "as established, gateway_mac (no FIB lookup)",
-        ),
-        (
-            "testrun.lb.v4.syn.gateway.ns",
-            Program::Lb,
-            gateway,
-            &syn,
-            XDP_TX,
-            "as SYN, gateway_mac (no FIB lookup)",
-        ),
-        (
-            "testrun.lb.non_vip.ns",
-            Program::Lb,
-            fib,
-            &other,
-            XDP_PASS,
-            "not a VIP: passed",
-        ),
-    ];
+    let cases = testrun::cases(&frames);
+    let mut counted = Vec::new();
     let mut empty = vec![f64::NAN; builds.len()];
     let mut empty_mean = vec![0.0; builds.len()];
     let mut links = None;
-    for (name, prog, hop, frame, want, note) in cases {
-        let ingress_ifindex = match (hop, links) {
+    for case in &cases {
+        let name = format!("testrun.{}.ns", case.path);
+        let (prog, frame, want) = (case.program, case.frame, case.action);
+        let ingress_ifindex = match (case.hop, links) {
             (Hop::Fib, Some(i)) => i,
-            (Hop::Fib, None) => *links.insert(testrun_links()?),
+            (Hop::Fib, None) => *links.insert(testrun::links()?),
             (Hop::Gateway | Hop::FibMiss, _) => 0,
         };
         let mut ns = vec![Vec::with_capacity(n); builds.len()];
         let mut before = Vec::new();
-        for (_, f) in &mut builds {
+        for (_, f, _) in &mut builds {
             f.config(|c| {
-                if hop == Hop::Gateway {
+                if case.hop == Hop::Gateway {
                     c.flags |= CONFIG_F_NO_FIB;
                 }
             });
@@ -576,7 +469,7 @@ fn testrun_bench(plan: &Plan, baseline: Option<&[u8]>, results: &mut Results) ->
             if slice % 2 == 1 {
                 turn.reverse();
             }
-            for ((_, f), ns) in turn {
+            for ((_, f, _), ns) in turn {
                 let dp = f.dataplane();
                 for i in 0..n / slices {
                     if i % 4096 == 0 {
@@ -596,7 +489,7 @@ fn testrun_bench(plan: &Plan, baseline: Option<&[u8]>, results: &mut Results) ->
             }
         }
         let mut trimmed = Vec::new();
-        for (b, ((prefix, f), ns)) in builds.iter_mut().zip(&mut ns).enumerate() {
+        for (b, ((prefix, f, _), ns)) in builds.iter_mut().zip(&mut ns).enumerate() {
             let runs = ns.len();
             if prog == Program::Lb {
                 let moved = total_reasons(f.dataplane())? - before[b];
@@ -618,7 +511,7 @@ fn testrun_bench(plan: &Plan, baseline: Option<&[u8]>, results: &mut Results) ->
             results.add(
                 &format!("{prefix}{name}"),
                 med,
-                format!("{note}; median of {runs} (mean {mean:.1}){extra}"),
+                format!("{}; median of {runs} (mean {mean:.1}){extra}", case.note),
             );
             // Durations come in steps of the clock's resolution (10 ns here), which a median
             // keeps: the comparison takes means, without the slowest tenth (interrupts).
@@ -637,67 +530,37 @@ fn testrun_bench(plan: &Plan, baseline: Option<&[u8]>, results: &mut Results) ->
                 "this build's time over the baseline's (means of the fastest 90%), the empty program's taken off both",
             );
         }
+        // The count, on the config this case set; the counter's FIB answers as the links do.
+        for ((_, f, _), m) in builds.iter_mut().zip(&mut counters) {
+            m.routes = links.map(testrun::routes).unwrap_or_default();
+            m.copy_map(f.dataplane(), lb_common::names::CONFIG)?;
+            counted.push(testrun::count(m, f.dataplane(), case, ingress_ifindex)?);
+        }
+    }
+    // Rows per path, this build's then the baseline's.
+    for (case, runs) in cases.iter().zip(counted.chunks(builds.len())) {
+        let path = if case.program == Program::Pass {
+            "pass"
+        } else {
+            case.path
+        };
+        for ((prefix, _, _), run) in builds.iter().zip(runs) {
+            results.add(
+                &format!("{prefix}insns.{path}"),
+                run.insns as f64,
+                format!(
+                    "{}; eBPF instructions executed (object bytecode, a helper call is one)",
+                    case.note
+                ),
+            );
+            results.add(
+                &format!("{prefix}insns.{path}.stack"),
+                run.stack as f64,
+                "of those, loads and stores through r10",
+            );
+        }
     }
     Ok(())
-}
-
-/// A test-run case: its name, program, next hop, frame, expected action and note.
-type TestRunCase<'a> = (&'a str, Program, Hop, &'a [u8], u32, &'a str);
-
-/// Where a test-run packet's next hop comes from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Hop {
-    /// The FIB, from an ingress interface that resolves every target ([`testrun_links`]).
-    Fib,
-    Gateway,
-    FibMiss,
-}
-
-/// A veth pair in the test-run thread's namespace (the fixture unshared it), forwarding, with
-/// the fixture's targets on its link and their neighbours resolved; returns its index.
-fn testrun_links() -> Result<u32> {
-    let run = |argv: &[&str]| cmd(Command::new(argv[0]).args(&argv[1..]));
-    run(&[
-        "ip", "link", "add", "tr0", "type", "veth", "peer", "name", "tr1",
-    ])?;
-    for dev in ["tr0", "tr1"] {
-        run(&["ip", "link", "set", dev, "up"])?;
-    }
-    // The FIB answers only for an ingress interface that forwards (this namespace's sysctls).
-    run(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"])?;
-    run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
-    run(&["ip", "addr", "add", "198.18.1.1/24", "dev", "tr0"])?;
-    run(&[
-        "ip",
-        "addr",
-        "add",
-        "2001:db8:2::1/64",
-        "dev",
-        "tr0",
-        "nodad",
-    ])?;
-    let mac = mac_str(fixture::BACKEND_MAC);
-    for target in [
-        fixture::BACKEND1_V4,
-        fixture::BACKEND2_V4,
-        fixture::BACKEND3_V4,
-        fixture::BACKEND1_V6,
-    ] {
-        let addr = target.to_string();
-        run(&[
-            "ip",
-            "neigh",
-            "replace",
-            &addr,
-            "lladdr",
-            &mac,
-            "dev",
-            "tr0",
-            "nud",
-            "permanent",
-        ])?;
-    }
-    Ok(nix::net::if_::if_nametoindex("tr0")?)
 }
 
 fn total_reasons(dp: &mut Dataplane) -> Result<u64> {
