@@ -16,7 +16,8 @@
 //! once. A helper call is one instruction (the helper's own work is not counted); a 16-byte
 //! `lddw` is one. The kernel rewrites a few before running them (context loads, array lookups
 //! inlined), so what its JIT runs differs by a few instructions. Stack accesses are the loads and
-//! stores whose base register is r10.
+//! stores whose address is on the stack, through r10 or a pointer made from it (the helpers'
+//! reads of keys are not among them).
 //!
 //! Memory: each region (the context, the packet, a stack frame, a map value) is a 4 GiB window
 //! of a 64-bit address, its number in the high 32 bits; every access is bounds-checked (the
@@ -44,7 +45,7 @@ pub struct Run {
     pub frame: Vec<u8>,
     /// Instructions executed.
     pub insns: u64,
-    /// Of those, loads and stores through r10 (the stack).
+    /// Of those, loads and stores to the stack.
     pub stack: u64,
 }
 
@@ -447,6 +448,11 @@ const BPF_PSEUDO_MAP_FD: u8 = 1;
 const BPF_PSEUDO_MAP_VALUE: u8 = 2;
 const BPF_PSEUDO_CALL: u8 = 1;
 
+/// Whether address `a` is in a stack frame.
+fn on_stack(a: u64) -> bool {
+    (STACK..STACK + MAX_CALL_DEPTH as u64).contains(&(a >> 32))
+}
+
 fn size_of_mode(code: u8) -> usize {
     match code & 0x18 {
         0x00 => 4,
@@ -492,7 +498,7 @@ impl Cpu<'_> {
                         BPF_MEMSX => sign_extend(v, size),
                         _ => bail!("insn {at}: load mode {code:#04x}"),
                     };
-                    self.stack += u64::from(src == 10);
+                    self.stack += u64::from(on_stack(a));
                 }
                 class @ (BPF_ST | BPF_STX) => {
                     let size = size_of_mode(code);
@@ -504,7 +510,7 @@ impl Cpu<'_> {
                         _ => bail!("insn {at}: store mode {code:#04x}"),
                     }
                     .with_context(|| format!("insn {at}"))?;
-                    self.stack += u64::from(dst == 10);
+                    self.stack += u64::from(on_stack(a));
                 }
                 BPF_LD => {
                     ensure!(
@@ -596,9 +602,7 @@ impl Cpu<'_> {
         let (region, off) = (a >> 32, (a & 0xffff_ffff) as usize);
         let bytes: &mut [u8] = match region {
             PACKET => &mut self.packet[..],
-            r if (STACK..STACK + MAX_CALL_DEPTH as u64).contains(&r) => {
-                &mut self.stacks[(r - STACK) as usize][..]
-            }
+            r if on_stack(a) => &mut self.stacks[(r - STACK) as usize][..],
             r if r >= VALUE && ((r - VALUE) as usize) < self.m.values.len() => {
                 &mut self.m.values[(r - VALUE) as usize][..]
             }

@@ -6,7 +6,7 @@
 //!   established, SYN and non-VIP packets. Repeat 1 because the balancer changes the frame it
 //!   runs on (tunnel headers), so the kernel's repeat would measure something else.
 //! - `insns.*`: eBPF instructions one packet of each test-run case executes (and `*.stack`, those
-//!   that load or store through r10), counted by running the object's bytecode on a copy of the
+//!   that load or store on the stack), counted by running the object's bytecode on a copy of the
 //!   case's maps (`xlb_tests::ebpf_count`; this host has no PMU to count them). Each count is
 //!   checked against one kernel run of the same frame: same verdict, same frame out.
 //! - `veth.*`: packets per second through a veth pair joining two namespaces made for the bench.
@@ -426,9 +426,17 @@ fn testrun_bench(plan: &Plan, baseline: Option<&[u8]>, results: &mut Results) ->
     // Same listeners and flows for each build: the flows exist before their ACKs are timed.
     // Each fixture unshares this thread's namespace: the last one's holds the links, and every
     // test run looks its ingress interface up there.
-    let mut builds = vec![("", prepare(Fixture::new(), &frames)?, xlb::dataplane::OBJECT)];
+    let mut builds = vec![(
+        "",
+        prepare(Fixture::new(), &frames)?,
+        xlb::dataplane::OBJECT,
+    )];
     if let Some(object) = baseline {
-        builds.push(("baseline.", prepare(Fixture::with_object(object), &frames)?, object));
+        builds.push((
+            "baseline.",
+            prepare(Fixture::with_object(object), &frames)?,
+            object,
+        ));
     }
     // Each build's counter, on a copy of its maps as prepared.
     let mut counters = Vec::new();
@@ -556,7 +564,7 @@ fn testrun_bench(plan: &Plan, baseline: Option<&[u8]>, results: &mut Results) ->
             results.add(
                 &format!("{prefix}insns.{path}.stack"),
                 run.stack as f64,
-                "of those, loads and stores through r10",
+                "of those, loads and stores on the stack",
             );
         }
     }
