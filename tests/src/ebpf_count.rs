@@ -117,8 +117,10 @@ const TAILROOM: usize = 320;
 /// `struct xdp_frame` sits at the start of the headroom: the head cannot move into it.
 const XDP_FRAME_SIZE: usize = 40;
 const ETH_HLEN: usize = 14;
+/// A run longer than this loops: the verifier would have refused the program.
 const INSN_LIMIT: u64 = 1_000_000;
 
+// What helpers return (negated errno values, verdicts).
 const EINVAL: i64 = 22;
 const ENOENT: i64 = 2;
 const EEXIST: i64 = 17;
@@ -231,6 +233,7 @@ impl Machine {
             "map {name}: the kernel's has other key or value sizes"
         );
         m.max_entries = info.max_entries();
+        // The replaced values stay allocated (a pointer may still name one): copy large maps once.
         m.entries.clear();
         // A per-CPU value comes as one 8-byte-aligned slot per possible CPU.
         let value_len = match m.kind {
