@@ -1,6 +1,7 @@
 //! xlb's configuration: one TOML file in the AWS Elastic Load Balancing vocabulary, for both tiers.
 //!
 //! - [`Node`] (`node.rs`): this load balancer node: its interface, datapath settings, sockets.
+//! - [`bgp`]: `[node.bgp]`, how the node announces its VIPs through BIRD.
 //! - [`TargetGroup`] (`group.rs`): one model for every target group, L4 (`TCP`, `UDP`,
 //!   `TCP_UDP`) and L7 (`HTTP`, `HTTPS`), with its targets.
 //! - [`attribute`]: the one table of target group and listener attributes (name, values,
@@ -16,6 +17,7 @@
 //! [`Config::load_with`].
 
 pub mod attribute;
+pub mod bgp;
 mod group;
 mod health;
 mod http;

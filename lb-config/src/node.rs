@@ -8,7 +8,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::Refusal;
+use crate::{Refusal, bgp::Bgp};
 
 /// This load balancer node.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -59,6 +59,9 @@ pub struct Node {
     /// Where registrations made through the CLI are kept across restarts.
     #[serde(default = "default_state_file")]
     pub state_file: PathBuf,
+    /// Announce the VIPs this node can serve with BGP, through BIRD.
+    #[serde(default)]
+    pub bgp: Option<Bgp>,
 }
 
 /// Where the agent of a config file listens and pins: what the CLI needs to reach it. Read
@@ -167,6 +170,9 @@ impl Node {
         }
         if self.flow_table_size == 0 {
             return Err(Refusal::new("node.flow_table_size", "must be at least 1"));
+        }
+        if let Some(bgp) = &self.bgp {
+            bgp.validate()?;
         }
         // A target's ring weight is its weight (at most 1000) times its zone's.
         if let Some((zone, w)) = self.zone_weights.iter().find(|(_, w)| **w > 1000) {

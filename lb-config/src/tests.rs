@@ -839,3 +839,58 @@ fn listener_attributes_take_albs_values() {
         );
     }
 }
+
+#[test]
+fn bgp_settings_are_checked_and_refusals_name_the_key() {
+    let with = |bgp: &str| {
+        EXAMPLE.replacen(
+            "[node]\ninterface = \"lo\"\n",
+            &format!("[node]\ninterface = \"lo\"\n{bgp}\n"),
+            1,
+        )
+    };
+    let good = "bgp = { local_as = 65001, router_id = \"198.18.1.2\", peers = [{ address = \"198.18.1.1\", remote_as = 65000 }], communities = [\"65001:100\"] }";
+    let c = Config::parse(&with(good), "x.toml").unwrap();
+    let bgp = c.node.bgp.as_ref().unwrap();
+    assert_eq!((bgp.hold_time, bgp.peers.len()), (3, 1));
+    assert_eq!(
+        bgp.control_socket,
+        std::path::PathBuf::from("/run/bird/bird.ctl")
+    );
+    for (from, to, expect) in [
+        (
+            "peers = [{ address = \"198.18.1.1\", remote_as = 65000 }]",
+            "peers = []",
+            "node.bgp.peers: announcing needs at least one peer",
+        ),
+        (
+            "local_as = 65001",
+            "local_as = 0",
+            "node.bgp.local_as: 0 is not an AS number",
+        ),
+        (
+            "communities = [\"65001:100\"]",
+            "communities = [\"65001:100\", \"70000:1\"]",
+            "node.bgp.communities[1]: \"70000:1\" is not a community",
+        ),
+        (
+            "communities = [\"65001:100\"]",
+            "hold_time = 2",
+            "node.bgp.hold_time: 2 is not 0 (never) or 3..=65535",
+        ),
+        (
+            "peers = [{ address = \"198.18.1.1\", remote_as = 65000 }]",
+            "peers = [{ address = \"198.18.1.1\", remote_as = 65000 }, { address = \"198.18.1.1\", remote_as = 65002 }]",
+            "node.bgp.peers[1].address: 198.18.1.1 is already a peer",
+        ),
+    ] {
+        let e = Config::parse(&with(&good.replacen(from, to, 1)), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expect), "{to}: {e}");
+    }
+    let e = Config::parse(&with(&good.replacen("local_as", "local_asn", 1)), "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("local_asn") && e.contains("line"), "{e}");
+}

@@ -8,14 +8,16 @@
 //! - [`host`]: what a config may not ask of the host (its own addresses as VIPs).
 //! - [`serve`]: `xlb run`: the agent's tasks (API, metrics, health, L7 tier, signals, drains)
 //!   around one loop that owns the state.
+//! - [`bgp`]: announcing the VIPs the node can serve through BIRD.
 
+pub mod bgp;
 mod effective;
 pub mod host;
 mod overlay;
 pub mod serve;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
@@ -399,6 +401,36 @@ impl Agent {
             .values()
             .min()
             .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// The VIPs this node can serve, as ELB's node health has it: the addresses of L4 listeners
+    /// whose target group has a target in service (a weight, not draining, and healthy when the
+    /// group is checked; not merely failed open to).
+    pub fn servable_vips(&self) -> BTreeSet<IpAddr> {
+        let cfg = effective(&self.file, &self.overlay, &|g, id| {
+            self.draining.contains_key(&(g.to_owned(), id))
+        });
+        let in_service = |name: &str| {
+            let Some(g) = cfg.group(name) else {
+                return false;
+            };
+            let healthy: Option<Vec<IpAddr>> = g.health_check.is_some().then(|| {
+                self.checker
+                    .states(&g.name)
+                    .into_iter()
+                    .filter(|(_, s)| *s == lb_health::State::Healthy)
+                    .map(|(a, _)| a.ip())
+                    .collect()
+            });
+            g.targets
+                .iter()
+                .any(|t| t.weight > 0 && healthy.as_ref().is_none_or(|h| h.contains(&t.id)))
+        };
+        cfg.listeners
+            .iter()
+            .filter(|l| in_service(l.target_group()))
+            .map(|l| l.address)
+            .collect()
     }
 
     /// Every target of every group (or of `group`), with its state and flows.

@@ -6,7 +6,8 @@
 //! - The **API server** and the **metrics server** accept connections and serve each in a task of
 //!   its own; they reach the state through [`Command`]s with a reply channel. A slow or stuck
 //!   client holds only its own task. An accept that fails is logged and retried.
-//! - The **L7 tier** runs in its own task and gets each new config on a `watch` channel.
+//! - The **L7 tier** runs in its own task and gets each new config on a `watch` channel; the
+//!   **BGP announcer** ([`bgp`]) gets the VIPs the node can serve the same way.
 //! - The **access log** has a thread of its own, so a stdout that blocks never holds a runtime
 //!   worker.
 //!
@@ -22,7 +23,7 @@ use tokio::{
     sync::{mpsc, oneshot, watch},
 };
 
-use super::Agent;
+use super::{Agent, bgp};
 use crate::{
     api::{self, Request, Response},
     balancer::Balancer,
@@ -37,6 +38,8 @@ const ACCESS_LOG_BATCH: Duration = Duration::from_millis(5);
 /// Bytes of lines the access log holds before the L7 tier drops them: a batch at a few 100k
 /// requests/s.
 const ACCESS_LOG_BYTES: usize = 4 << 20;
+/// How long a stop waits for BIRD to take the withdrawal of the VIPs.
+const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(10);
 /// Commands waiting for the state loop; API and metrics clients wait their turn beyond it.
 const COMMANDS: usize = 64;
 
@@ -141,6 +144,12 @@ async fn serve(
             let _ = l7_stopped.await;
         }))
     });
+    // The VIPs this node can serve, announced through BIRD while it can ([node.bgp]).
+    let (vips, announced) = watch::channel(agent.servable_vips());
+    let announcer = node
+        .bgp
+        .clone()
+        .map(|bgp| tokio::spawn(bgp::announcer(bgp, announced)));
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -208,6 +217,24 @@ async fn serve(
             }
             changed
         });
+        // Any of those, or a health change, may have changed what this node can serve.
+        vips.send_if_modified(|announced| {
+            let now = agent.servable_vips();
+            let changed = *announced != now;
+            if changed {
+                *announced = now;
+            }
+            changed
+        });
+    }
+    // A stopped agent no longer follows its targets' health: withdraw every VIP first (the
+    // datapath stays attached for the flows the routers still send).
+    vips.send_replace(Default::default());
+    drop(vips);
+    if let Some(task) = announcer
+        && tokio::time::timeout(WITHDRAW_TIMEOUT, task).await.is_err()
+    {
+        tracing::warn!("BIRD did not take the withdrawal in time; its routes may stay");
     }
     api_task.abort();
     if let Some(t) = metrics_task {
