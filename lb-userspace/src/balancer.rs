@@ -32,6 +32,20 @@ pub struct AppliedListener {
     pub targets: Vec<(IpAddr, u32, u32)>,
 }
 
+/// What the flow table holds: [`Balancer::flows`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowCensus {
+    /// Live flows per target address.
+    pub per_target: BTreeMap<IpAddr, u64>,
+    /// Live flows, whatever their target (one that has left included).
+    pub live: u64,
+    /// Every entry: the live flows and the closed or idle ones the LRU has not evicted yet.
+    pub entries: u64,
+    /// The most entries the table holds (`node.flow_table_size`); beyond it the LRU evicts the
+    /// oldest, live or not, and an evicted live flow is balanced again on its next packet.
+    pub capacity: u64,
+}
+
 /// The agent's view of the datapath it programs.
 pub struct Balancer {
     dp: Dataplane,
@@ -309,27 +323,35 @@ impl Balancer {
         Ok(orphans)
     }
 
-    /// Live flows per target: TCP connections whose client has sent no FIN or RST, UDP flows
-    /// within their idle timeout. (The flow table also holds the closed and idle ones until the
-    /// LRU evicts them.)
-    pub fn flows_per_target(&mut self) -> Result<BTreeMap<IpAddr, u64>, DataplaneError> {
+    /// The flow table in one pass: live flows per target, and how full it is. A flow is live
+    /// while its TCP client has sent no FIN or RST, or its UDP datagrams come within the idle
+    /// timeout.
+    pub fn flows(&mut self) -> Result<FlowCensus, DataplaneError> {
         let by_index: BTreeMap<u32, IpAddr> = self.backends.iter().map(|(a, i)| (*i, *a)).collect();
         // The datapath's clock: `bpf_ktime_get_ns` is CLOCK_MONOTONIC.
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
             .unwrap_or(0);
-        let mut out = BTreeMap::new();
+        let mut census = FlowCensus {
+            capacity: u64::from(self.dp.sizes().flows),
+            ..FlowCensus::default()
+        };
         for (key, state) in self.dp.flows()? {
+            census.entries += 1;
             let live = if key.proto == IPPROTO_UDP {
                 now.saturating_sub(state.seen_ns) < lb_common::UDP_FLOW_TIMEOUT_NS
             } else {
                 state.seen_ns == 0
             };
-            if let (true, Some(addr)) = (live, by_index.get(&state.backend)) {
-                *out.entry(*addr).or_insert(0) += 1;
+            if !live {
+                continue;
+            }
+            census.live += 1;
+            if let Some(addr) = by_index.get(&state.backend) {
+                *census.per_target.entry(*addr).or_insert(0) += 1;
             }
         }
-        Ok(out)
+        Ok(census)
     }
 
     /// The index of `addr`'s target: its own, a freed one, or the next never used. A reused

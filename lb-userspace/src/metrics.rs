@@ -22,6 +22,19 @@ use crate::{api::TargetRow, stats::Snapshot};
 pub struct Scrape {
     pub counters: Snapshot,
     pub targets: Vec<TargetRow>,
+    pub flow_table: FlowTable,
+}
+
+/// How full the flow table is: what the "flow table nearly full" alarm watches, since past its
+/// capacity the LRU evicts live flows, which then move to whatever target the table picks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowTable {
+    /// `node.flow_table_size`.
+    pub capacity: u64,
+    /// Entries held, closed and idle flows the LRU keeps included.
+    pub entries: u64,
+    /// Live flows (NLB's ActiveFlowCount for the whole node).
+    pub live: u64,
 }
 
 /// The metrics text of `scrape` and of the L7 tier's counts.
@@ -135,6 +148,28 @@ pub fn render(scrape: &Scrape, l7: &L7Metrics) -> Result<String, std::fmt::Error
     for (name, help, family) in gauges {
         reg.register(name, help, family);
     }
+    let table = [
+        (
+            "flow_table_size",
+            "Entries the flow table holds at most (node.flow_table_size)",
+            scrape.flow_table.capacity,
+        ),
+        (
+            "flow_table_entries",
+            "Entries in the flow table, closed and idle flows not yet evicted included",
+            scrape.flow_table.entries,
+        ),
+        (
+            "active_flow_count",
+            "Live flows of every listener (ActiveFlowCount)",
+            scrape.flow_table.live,
+        ),
+    ];
+    for (name, help, value) in table {
+        let g = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        g.set(i64::try_from(value).unwrap_or(i64::MAX));
+        reg.register(name, help, g);
+    }
     l7.register(&mut reg);
     let mut out = String::new();
     encode(&mut out, &reg)?;
@@ -193,5 +228,30 @@ where
                 tracing::debug!(error = %e, "metrics connection");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_table_fill_is_exported_as_three_gauges() {
+        let scrape = Scrape {
+            flow_table: FlowTable {
+                capacity: 1024,
+                entries: 900,
+                live: 700,
+            },
+            ..Scrape::default()
+        };
+        let text = render(&scrape, &L7Metrics::default()).unwrap();
+        for line in [
+            "xlb_flow_table_size 1024",
+            "xlb_flow_table_entries 900",
+            "xlb_active_flow_count 700",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

@@ -36,7 +36,7 @@ pub use self::{effective::effective, overlay::Overlay};
 use crate::{
     api::{Registration, Request, Response, Status, TargetRow},
     balancer::Balancer,
-    metrics::Scrape,
+    metrics::{FlowTable, Scrape},
     stats::Snapshot,
 };
 
@@ -435,7 +435,12 @@ impl Agent {
 
     /// Every target of every group (or of `group`), with its state and flows.
     pub fn targets(&mut self, group: Option<&str>) -> Result<Vec<TargetRow>> {
-        let flows = self.lb.flows_per_target()?;
+        let flows = self.lb.flows()?.per_target;
+        Ok(self.rows(group, &flows))
+    }
+
+    /// The rows of [`Agent::targets`], with `flows` live flows per target.
+    fn rows(&self, group: Option<&str>, flows: &BTreeMap<IpAddr, u64>) -> Vec<TargetRow> {
         let cfg = self.effective();
         let mut snapshot = self.checker.snapshot();
         snapshot.extend(self.l7_health.iter().flat_map(View::snapshot));
@@ -515,7 +520,7 @@ impl Agent {
                 });
             }
         }
-        Ok(rows)
+        rows
     }
 
     fn save(&self) -> Result<()> {
@@ -628,11 +633,18 @@ impl Agent {
         }
     }
 
-    /// What a metrics scrape renders: the counters and the targets' states.
+    /// What a metrics scrape renders: the counters, the targets' states and the flow table's
+    /// fill, from one pass over the flow table.
     pub fn scrape(&mut self) -> Result<Scrape> {
+        let flows = self.lb.flows()?;
         Ok(Scrape {
             counters: Snapshot::read(&mut self.lb)?,
-            targets: self.targets(None)?,
+            targets: self.rows(None, &flows.per_target),
+            flow_table: FlowTable {
+                capacity: flows.capacity,
+                entries: flows.entries,
+                live: flows.live,
+            },
         })
     }
 }
