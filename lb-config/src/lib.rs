@@ -106,7 +106,8 @@ impl Config {
     }
 
     /// Like [`Config::load`], with `check` run on the valid config: what only a tier can check
-    /// (certificates that load) is refused with the file, line and key like the rest.
+    /// (certificates that load) is refused with the file, line and key like the rest. Relative
+    /// certificate paths are made relative to the file's directory first.
     pub fn load_with(
         path: &Path,
         check: impl FnOnce(&Config) -> Result<(), Refusal>,
@@ -116,9 +117,26 @@ impl Config {
             source,
         })?;
         let name = path.display().to_string();
-        let cfg = Config::parse(&text, &name)?;
+        let mut cfg = Config::parse(&text, &name)?;
+        // A service's working directory is rarely its config's: a file's relative paths name
+        // files beside it, wherever xlb was started.
+        if let Some(dir) = path.parent() {
+            cfg.resolve_paths(dir);
+        }
         check(&cfg).map_err(|r| locate::error(&text, &name, r))?;
         Ok(cfg)
+    }
+
+    /// Makes the relative certificate and key paths relative to `dir`.
+    fn resolve_paths(&mut self, dir: &Path) {
+        for c in self
+            .http_listeners
+            .iter_mut()
+            .flat_map(|l| l.certificates.iter_mut())
+        {
+            c.cert = dir.join(&c.cert);
+            c.key = dir.join(&c.key);
+        }
     }
 
     /// Parses and validates `text` (named `path` in errors).

@@ -893,4 +893,19 @@ fn bgp_settings_are_checked_and_refusals_name_the_key() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("local_asn") && e.contains("line"), "{e}");
+
+fn certificate_paths_are_relative_to_the_config_files_directory() {
+    let dir = std::env::temp_dir().join(format!("xlb-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("xlb.toml");
+    let text = "[node]\ninterface = \"lo\"\n\
+        [[http_listeners]]\naddress = \"127.0.0.1\"\nport = 8443\nprotocol = \"HTTPS\"\n\
+        certificates = [{ cert = \"certs/site.pem\", key = \"/etc/xlb/site.key\" }]\n\
+        default_action = { type = \"fixed-response\", status_code = 200 }\n";
+    std::fs::write(&path, text).unwrap();
+    let loaded = Config::load(&path);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let files = &loaded.unwrap().http_listeners[0].certificates[0];
+    assert_eq!(files.cert, dir.join("certs/site.pem"));
+    assert_eq!(files.key, Path::new("/etc/xlb/site.key"));
 }
