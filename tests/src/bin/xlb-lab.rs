@@ -137,13 +137,6 @@ fn demo(requests: usize) -> Result<()> {
         xlb: Some(xlb.clone()),
     })?;
     let run = xlb_tests::lab::run_dir("");
-    // The HTTPS listener's certificate, self-signed for the demo.
-    xlb_tests::lab::self_signed_cert(
-        &run.join("demo.pem"),
-        &run.join("demo.key"),
-        &["demo.example.com", "api.example.com"],
-    )
-    .context("making the demo certificate")?;
     println!(
         "demo: starting `xlb run --config {}` in the lb namespace",
         config.display()
