@@ -10,7 +10,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::toolchain::{BPF_LINKER_LLVM_FEATURE, BPF_LINKER_VERSION, DEBIAN_PACKAGES};
+use crate::toolchain::{
+    BPF_LINKER_LLVM_FEATURE, BPF_LINKER_VERSION, DEBIAN_PACKAGES, HOST_TEST_PACKAGES,
+};
 
 pub fn run() -> Result<()> {
     // rust-src builds `core` for the BPF target; llvm-tools merges the profiles of `build --pgo`.
@@ -107,6 +109,7 @@ fn find_libllvm(dir: &Path) -> Result<PathBuf> {
 fn debian_packages() -> Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
+        .chain(HOST_TEST_PACKAGES)
         .copied()
         .filter(|p| {
             Command::new("dpkg-query")

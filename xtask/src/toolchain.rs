@@ -25,3 +25,6 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     // groff checks the man pages xlb writes.
     "groff-base",
 ];
+/// Debian packages only the host's tests use, kept out of the VM images (`cargo xtask vm` does
+/// not run those tests): promtool, from `prometheus`, for `tests/monitoring.rs`.
+pub const HOST_TEST_PACKAGES: &[&str] = &["prometheus"];
