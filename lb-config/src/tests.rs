@@ -893,7 +893,9 @@ fn bgp_settings_are_checked_and_refusals_name_the_key() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("local_asn") && e.contains("line"), "{e}");
+}
 
+#[test]
 fn certificate_paths_are_relative_to_the_config_files_directory() {
     let dir = std::env::temp_dir().join(format!("xlb-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
