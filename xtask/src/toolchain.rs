@@ -22,9 +22,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "wrk",
     "nghttp2-client",
     "strace",
-    // groff checks the man pages xlb writes.
-    "groff-base",
 ];
 /// Debian packages only the host's tests use, kept out of the VM images (`cargo xtask vm` does
-/// not run those tests): promtool, from `prometheus`, for `tests/monitoring.rs`.
-pub const HOST_TEST_PACKAGES: &[&str] = &["prometheus"];
+/// not run those tests): promtool, from `prometheus`, for `tests/monitoring.rs`; BIRD for
+/// `tests/bgp_lab.rs`; groff for the man pages `tests/cli_help.rs` checks.
+pub const HOST_TEST_PACKAGES: &[&str] = &["prometheus", "bird2", "groff-base"];
