@@ -130,6 +130,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A command piped into `head` ends quietly when its reader goes, as Unix tools do. The agent
+    // keeps Rust's default (SIGPIPE ignored): a closed stdout must never end it.
+    if !matches!(cli.command, Command::Run { .. }) {
+        // SAFETY: restores a signal's default action before any other thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let verbose = cli.verbose;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

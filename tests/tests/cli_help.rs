@@ -93,3 +93,25 @@ fn man_pages_cover_every_command_and_groff_reads_them_cleanly() {
     assert!(register.contains("target\\-group"), "{register}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_command_piped_into_head_ends_quietly() {
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/examples/nlb-tunnel.toml"
+    );
+    // The reader is gone before xlb writes: its first line meets a closed pipe.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{{ sleep 0.3; {} check --config {config}; }} | true",
+            xlb_bin().expect("xlb binary").display()
+        ))
+        .output()
+        .expect("run sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+}
