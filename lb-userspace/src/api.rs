@@ -34,6 +34,11 @@ pub enum Request {
         id: IpAddr,
     },
     Reload,
+    /// Withdraw every VIP from BGP (`announce: false`, `xlb node drain`) or announce again those
+    /// the node can serve (`xlb node resume`).
+    Announce {
+        announce: bool,
+    },
     /// Stop the agent (the datapath stays attached).
     Stop,
 }

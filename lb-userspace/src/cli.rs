@@ -188,6 +188,37 @@ pub fn deregister(socket: &Path, target_group: String, id: IpAddr) -> Result<()>
     )?)
 }
 
+/// `xlb node drain`: withdraws every VIP, then waits (at most `timeout`) for the flows through
+/// this node to end, and says how many are left. Routers move new flows to other nodes at once;
+/// flows they still send here are served until they end.
+pub fn drain(socket: &Path, timeout: Duration) -> Result<()> {
+    done(api::call(socket, &Request::Announce { announce: false })?)?;
+    let started = Instant::now();
+    loop {
+        let flows: u64 = match api::call(socket, &Request::Targets { target_group: None })? {
+            Response::Targets { targets } => targets.iter().map(|t| t.flows).sum(),
+            other => return unexpected(other),
+        };
+        let waited = started.elapsed().as_secs_f64();
+        if flows == 0 {
+            println!("drained: no flow left after {waited:.1} s");
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            bail!("{flows} flows still go through this node after {waited:.0} s");
+        }
+        std::thread::sleep(DRAIN_POLL);
+    }
+}
+
+/// How often `xlb node drain` counts the flows left.
+const DRAIN_POLL: Duration = Duration::from_millis(500);
+
+/// `xlb node resume`: announces again the VIPs the node can serve.
+pub fn resume(socket: &Path) -> Result<()> {
+    done(api::call(socket, &Request::Announce { announce: true })?)
+}
+
 /// `xlb reload`.
 pub fn reload(socket: &Path) -> Result<()> {
     done(api::call(socket, &Request::Reload)?)

@@ -68,6 +68,11 @@ enum Command {
     },
     /// Re-read the config file (same as SIGHUP); a bad file is refused and the running config stays.
     Reload,
+    /// Take this node out of its routers' ECMP set and back ([node.bgp]).
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
     /// Stop the agent. With `--detach`, also remove the datapath (unpin maps and link).
     Stop {
         #[arg(long)]
@@ -121,6 +126,19 @@ enum TargetsAction {
         #[arg(long)]
         id: IpAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Withdraw every VIP, then wait for the flows through this node to end (or the timeout) and
+    /// say how many are left. The node stays withdrawn until `resume` or a restart.
+    Drain {
+        /// Seconds to wait for the flows.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Announce again the VIPs this node can serve.
+    Resume,
 }
 
 // The L7 tier allocates and frees small buffers per request; mimalloc's per-thread free lists
@@ -187,6 +205,10 @@ fn run(cli: Cli) -> Result<()> {
             cli::top(&socket()?, Duration::from_secs(interval.max(1)), count)
         }
         Command::Reload => cli::reload(&socket()?),
+        Command::Node { action } => match action {
+            NodeAction::Drain { timeout } => cli::drain(&socket()?, Duration::from_secs(timeout)),
+            NodeAction::Resume => cli::resume(&socket()?),
+        },
         Command::Stop { detach, pin_dir } => {
             let pin_dir = match pin_dir {
                 Some(p) => p,

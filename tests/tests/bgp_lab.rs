@@ -1,6 +1,7 @@
 //! VIPs announced with BGP through a real BIRD: the lab's router runs BIRD and peers with the
 //! BIRD next to `xlb run` on the lb node. The router learns a VIP while the node can serve it,
-//! and forgets it when the node's targets leave and when the agent stops. Run as root, with
+//! and forgets it when the node's targets leave, when the node is drained (until resumed) and when
+//! the agent stops. Run as root, with
 //! BIRD 2 installed (`cargo xtask setup`).
 
 use std::{
@@ -141,6 +142,52 @@ fn the_router_learns_a_vip_while_the_node_can_serve_it() {
     );
     targets("register");
     wait_route(&lab, &router_ctl, true, "announced again with a target");
+    // `xlb node drain`: withdrawn at once, then it waits for the flows through the node: a client
+    // holds a connection for 3 s.
+    let mut held = lab
+        .spawn(
+            Role::Client,
+            &[
+                "python3",
+                "-c",
+                &format!(
+                    "import socket, time; s = socket.create_connection(('{VIP_V4}', {HTTP_PORT}), 5); time.sleep(3)"
+                ),
+            ],
+        )
+        .expect("a held connection");
+    std::thread::sleep(Duration::from_millis(800));
+    let xlb = |args: &[&str]| {
+        Command::new(xlb_bin().unwrap())
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .expect("run xlb")
+    };
+    let started = Instant::now();
+    let drain = xlb(&["node", "drain", "--timeout", "20"]);
+    let waited = started.elapsed();
+    let said = String::from_utf8_lossy(&drain.stdout);
+    assert!(drain.status.success(), "{drain:?}");
+    assert!(said.contains("drained: no flow left"), "{said}");
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "drained after {waited:?}: {said}"
+    );
+    assert!(
+        held.wait().expect("client").success(),
+        "the held connection"
+    );
+    wait_route(&lab, &router_ctl, false, "withdrawn by xlb node drain");
+    // A drained node stays out until resumed.
+    assert!(xlb(&["node", "resume"]).status.success());
+    wait_route(
+        &lab,
+        &router_ctl,
+        true,
+        "announced again by xlb node resume",
+    );
     // A stopped agent withdraws before it goes.
     agent.stop().expect("xlb stops cleanly");
     wait_route(&lab, &router_ctl, false, "withdrawn when the agent stops");

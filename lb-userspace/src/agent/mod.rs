@@ -60,6 +60,8 @@ pub struct Agent {
     pub overlay: Overlay,
     /// (group, target) → when its deregistration delay ends.
     draining: BTreeMap<(String, IpAddr), Instant>,
+    /// `xlb node drain`: announce no VIP until `xlb node resume` (or a restart).
+    withdrawn: bool,
     pub lb: Balancer,
     pub started: Instant,
     /// Runs the L4 target groups' health checks; its events go to the serve loop.
@@ -87,6 +89,7 @@ impl Agent {
             file,
             overlay,
             draining: BTreeMap::new(),
+            withdrawn: false,
             lb,
             started: Instant::now(),
             checker,
@@ -405,8 +408,11 @@ impl Agent {
 
     /// The VIPs this node can serve, as ELB's node health has it: the addresses of L4 listeners
     /// whose target group has a target in service (a weight, not draining, and healthy when the
-    /// group is checked; not merely failed open to).
+    /// group is checked; not merely failed open to). None while the node is drained.
     pub fn servable_vips(&self) -> BTreeSet<IpAddr> {
+        if self.withdrawn {
+            return BTreeSet::new();
+        }
         let cfg = effective(&self.file, &self.overlay, &|g, id| {
             self.draining.contains_key(&(g.to_owned(), id))
         });
@@ -579,6 +585,16 @@ impl Agent {
                     ),
                 }
                 done(r, msg)
+            }
+            Request::Announce { announce } => {
+                self.withdrawn = !announce;
+                let message = match (&self.file.node.bgp, announce) {
+                    (None, _) => "no [node.bgp]: nothing is announced".to_owned(),
+                    (Some(_), true) => "announcing the VIPs this node can serve".to_owned(),
+                    (Some(_), false) => "withdrawing every VIP".to_owned(),
+                };
+                tracing::info!(announce, "{message}");
+                Response::Done { message }
             }
             Request::Stop => {
                 return (
