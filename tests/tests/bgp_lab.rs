@@ -5,6 +5,7 @@
 //! BIRD 2 installed (`cargo xtask setup`).
 
 use std::{
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -46,29 +47,35 @@ fn router_routes(lab: &Lab, socket: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Whether the router has a route to `vip` through the lb node.
+fn has_route(lab: &Lab, socket: &Path, vip: Ipv4Addr) -> bool {
+    let routes = router_routes(lab, socket);
+    let vip = format!("{vip}/32");
+    // `198.18.100.1/32  unicast [xlb ...] * (100) [AS65001i]`, then `via 198.18.1.2 on br0`.
+    let lines: Vec<&str> = routes.lines().collect();
+    lines.windows(2).any(|w| {
+        w[0].starts_with(&vip) && w[0].contains("AS65001") && w[1].contains(&format!("via {LB_V4}"))
+    })
+}
+
 /// Waits (30 s at most) until the router has (or has not) a route to the VIP through the lb node.
 fn wait_route(lab: &Lab, socket: &Path, present: bool, what: &str) {
-    let vip = format!("{VIP_V4}/32");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let routes = router_routes(lab, socket);
-        // `198.18.100.1/32  unicast [xlb ...] * (100) [AS65001i]`, then `via 198.18.1.2 on br0`.
-        let lines: Vec<&str> = routes.lines().collect();
-        let has = lines.windows(2).any(|w| {
-            w[0].starts_with(&vip)
-                && w[0].contains("AS65001")
-                && w[1].contains(&format!("via {LB_V4}"))
-        });
-        if has == present {
+        if has_route(lab, socket, VIP_V4) == present {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: the router's routes:\n{routes}"
+            "{what}: the router's routes:\n{}",
+            router_routes(lab, socket)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A VIP whose group's targets are all unhealthy.
+const UNSERVED: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 2);
 
 #[test]
 fn the_router_learns_a_vip_while_the_node_can_serve_it() {
@@ -109,18 +116,31 @@ fn the_router_learns_a_vip_while_the_node_can_serve_it() {
          targets = [{{ id = \"{}\" }}]\n\
          attributes = {{ \"deregistration_delay.timeout_seconds\" = \"2\" }}\n\n\
          [[listeners]]\naddress = \"{VIP_V4}\"\nport = {HTTP_PORT}\nprotocol = \"TCP\"\n\
-         default_action = {{ type = \"forward\", target_group = \"web\" }}\n",
+         default_action = {{ type = \"forward\", target_group = \"web\" }}\n\n\
+         [[target_groups]]\nname = \"unhealthy\"\nprotocol = \"TCP\"\nport = 80\n\
+         targets = [{{ id = \"{}\" }}]\n\
+         health_check = {{ port = 81, interval_seconds = 5, timeout_seconds = 2, unhealthy_threshold = 2 }}\n\n\
+         [[listeners]]\naddress = \"{UNSERVED}\"\nport = {HTTP_PORT}\nprotocol = \"TCP\"\n\
+         default_action = {{ type = \"forward\", target_group = \"unhealthy\" }}\n",
         pin_dir(lab.prefix()).join("agent").display(),
         socket.display(),
         dir.join("state.json").display(),
         lb_conf.display(),
         lb_ctl.display(),
         backend_v4(1),
+        backend_v4(1),
     );
     let path = dir.join("xlb.toml");
     std::fs::write(&path, config).unwrap();
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &path).expect("xlb run");
     wait_route(&lab, &router_ctl, true, "announced once the agent serves");
+    // A VIP whose only target fails its checks (nobody on port 81) is never announced: the
+    // datapath fails open to it, but the node does not offer it to the routers.
+    assert!(
+        !has_route(&lab, &router_ctl, UNSERVED),
+        "{}",
+        router_routes(&lab, &router_ctl)
+    );
     // The group's one target leaves: nothing to serve, the VIP is withdrawn; it comes back with
     // the target.
     let targets = |verb: &str| {
