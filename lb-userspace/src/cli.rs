@@ -10,13 +10,51 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    api::{self, ListenerStats, Registration, Request, Response},
+    api::{self, ListenerStats, Registration, Request, Response, TargetRow},
     dataplane::{AttachMode, Dataplane, Program, Sizes},
 };
+
+/// How reports print (`--output`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// The process's `--output`, for what every command prints the same way (confirmations).
+static OUTPUT: std::sync::OnceLock<Output> = std::sync::OnceLock::new();
+
+/// Sets `--output` for this process (once, at start).
+pub fn set_output(o: Output) {
+    let _ = OUTPUT.set(o);
+}
+
+fn json_output() -> bool {
+    OUTPUT.get() == Some(&Output::Json)
+}
 
 /// `xlb check`: validates a config without touching the system (certificates are loaded).
 pub fn check(config: &Path) -> Result<()> {
     let cfg = crate::agent::load_config(config)?;
+    // What the datapath's maps will take: most of it is decided by [node]'s sizes.
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(_, e)| e)
+        .context("read the possible CPUs")?;
+    let maps = Sizes::of(&cfg.node).memory(cpus)?;
+    if json_output() {
+        let bytes: serde_json::Map<String, serde_json::Value> = maps
+            .iter()
+            .map(|(name, b)| (name.clone(), (*b).into()))
+            .collect();
+        return print_json(&serde_json::json!({
+            "config": config.display().to_string(),
+            "listeners": cfg.listeners.len(),
+            "http_listeners": cfg.http_listeners.len(),
+            "target_groups": cfg.target_groups.len(),
+            "cpus": cpus,
+            "map_bytes": bytes,
+        }));
+    }
     println!(
         "{}: ok ({} listeners, {} http listeners, {} target groups)",
         config.display(),
@@ -24,11 +62,6 @@ pub fn check(config: &Path) -> Result<()> {
         cfg.http_listeners.len(),
         cfg.target_groups.len()
     );
-    // What the datapath's maps will take: most of it is decided by [node]'s sizes.
-    let cpus = aya::util::nr_cpus()
-        .map_err(|(_, e)| e)
-        .context("read the possible CPUs")?;
-    let maps = Sizes::of(&cfg.node).memory(cpus)?;
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
     let total: u64 = maps.iter().map(|(_, b)| b).sum();
     let n = &cfg.node;
@@ -143,6 +176,70 @@ pub fn targets(socket: &Path, target_group: Option<String>, json: bool) -> Resul
     Ok(())
 }
 
+/// `xlb targets health`: each target's health in the shape of `aws elbv2 describe-target-health`
+/// (`TargetHealthDescriptions`), or a table of the same.
+pub fn health(socket: &Path, target_group: Option<String>, json: bool) -> Result<()> {
+    let targets = match api::call(socket, &Request::Targets { target_group })? {
+        Response::Targets { targets } => targets,
+        other => return unexpected(other),
+    };
+    if json {
+        let described: Vec<serde_json::Value> = targets.iter().map(describe_health).collect();
+        return print_json(&serde_json::json!({ "TargetHealthDescriptions": described }));
+    }
+    println!(
+        "{:<12} {:<28} {:<12} {:<32} description",
+        "group", "target", "state", "reason"
+    );
+    for t in &targets {
+        println!(
+            "{:<12} {:<28} {:<12} {:<32} {}",
+            t.target_group,
+            t.target(),
+            t.state,
+            t.reason.as_deref().unwrap_or("-"),
+            health_description(t.reason.as_deref()).unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+/// One `TargetHealthDescription`, with xlb's group name beside AWS's fields.
+fn describe_health(t: &TargetRow) -> serde_json::Value {
+    let mut target = serde_json::json!({ "Id": t.id.to_string() });
+    if let Some(port) = t.port {
+        target["Port"] = port.into();
+    }
+    let mut health = serde_json::json!({ "State": t.state });
+    if let Some(reason) = &t.reason {
+        health["Reason"] = reason.as_str().into();
+    }
+    if let Some(d) = health_description(t.reason.as_deref()) {
+        health["Description"] = d.into();
+    }
+    serde_json::json!({
+        "TargetGroupName": t.target_group,
+        "Target": target,
+        "TargetHealth": health,
+    })
+}
+
+/// AWS's description of a target health reason.
+fn health_description(reason: Option<&str>) -> Option<&'static str> {
+    Some(match reason? {
+        "Elb.InitialHealthChecking" => "Initial health checks in progress.",
+        "Target.ResponseCodeMismatch" => {
+            "Health checks failed with a code the matcher does not take."
+        }
+        "Target.Timeout" => "Request timed out.",
+        "Target.FailedHealthChecks" => "Health checks failed.",
+        "Target.DeregistrationInProgress" => "Target deregistration is in progress.",
+        "Target.NotRegistered" => "Target is not registered to the target group.",
+        "Target.HealthCheckDisabled" => "Health checks are disabled.",
+        _ => return None,
+    })
+}
+
 /// `xlb targets register`: one or more targets, applied together.
 #[derive(Debug, clap::Args)]
 pub struct RegisterArgs {
@@ -191,8 +288,12 @@ pub fn deregister(socket: &Path, target_group: String, id: IpAddr) -> Result<()>
 /// `xlb node drain`: withdraws every VIP, then waits (at most `timeout`) for the flows through
 /// this node to end, and says how many are left. Routers move new flows to other nodes at once;
 /// flows they still send here are served until they end.
-pub fn drain(socket: &Path, timeout: Duration) -> Result<()> {
-    done(api::call(socket, &Request::Announce { announce: false })?)?;
+pub fn drain(socket: &Path, timeout: Duration, json: bool) -> Result<()> {
+    match api::call(socket, &Request::Announce { announce: false })? {
+        Response::Done { message } if !json => println!("{message}"),
+        Response::Done { .. } => {}
+        other => return unexpected(other),
+    }
     let started = Instant::now();
     loop {
         let flows: u64 = match api::call(socket, &Request::Targets { target_group: None })? {
@@ -200,11 +301,17 @@ pub fn drain(socket: &Path, timeout: Duration) -> Result<()> {
             other => return unexpected(other),
         };
         let waited = started.elapsed().as_secs_f64();
+        let over = flows == 0 || started.elapsed() >= timeout;
+        if over && json {
+            print_json(&serde_json::json!({ "flows_left": flows, "seconds": waited }))?;
+        }
         if flows == 0 {
-            println!("drained: no flow left after {waited:.1} s");
+            if !json {
+                println!("drained: no flow left after {waited:.1} s");
+            }
             return Ok(());
         }
-        if started.elapsed() >= timeout {
+        if over {
             bail!("{flows} flows still go through this node after {waited:.0} s");
         }
         std::thread::sleep(DRAIN_POLL);
@@ -296,6 +403,9 @@ pub fn top(socket: &Path, every: Duration, count: Option<u64>) -> Result<()> {
 
 fn done(r: Response) -> Result<()> {
     match r {
+        Response::Done { message } if json_output() => {
+            print_json(&serde_json::json!({ "message": message }))
+        }
         Response::Done { message } => {
             println!("{message}");
             Ok(())

@@ -26,6 +26,9 @@ struct Cli {
     /// On errors, say more: the kernel verifier's whole log when it refuses a program.
     #[arg(long, global = true)]
     verbose: bool,
+    /// How commands that report print: a table for people, or JSON (the API's data) for tools.
+    #[arg(long, global = true, value_enum, default_value_t = cli::Output::Table)]
+    output: cli::Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +47,7 @@ enum Command {
     Check,
     /// Show the running agent: config, uptime, drift from the file.
     Status {
+        /// Same as `--output json`.
         #[arg(long)]
         json: bool,
     },
@@ -54,6 +58,7 @@ enum Command {
     },
     /// The datapath's counters: per listener, per target, per reason.
     Stats {
+        /// Same as `--output json`.
         #[arg(long)]
         json: bool,
     },
@@ -113,8 +118,14 @@ enum TargetsAction {
     List {
         #[arg(long)]
         target_group: Option<String>,
+        /// Same as `--output json`.
         #[arg(long)]
         json: bool,
+    },
+    /// Targets' health as `aws elbv2 describe-target-health` shows it.
+    Health {
+        #[arg(long)]
+        target_group: Option<String>,
     },
     /// Add a target to a group (kept across agent restarts).
     Register(cli::RegisterArgs),
@@ -173,6 +184,8 @@ fn main() -> ExitCode {
 const DEFAULT_CONFIG: &str = "/etc/xlb/xlb.toml";
 
 fn run(cli: Cli) -> Result<()> {
+    cli::set_output(cli.output);
+    let json = |flag: bool| flag || cli.output == cli::Output::Json;
     let config = cli.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into());
     // The agent's socket and pins, as its config names them: the given file, else the default
     // one when it exists, else the defaults.
@@ -199,14 +212,16 @@ fn run(cli: Cli) -> Result<()> {
             (stats_interval > 0).then(|| Duration::from_secs(stats_interval)),
         ),
         Command::Check => cli::check(&config),
-        Command::Status { json } => cli::status(&socket()?, json),
-        Command::Stats { json } => cli::stats(&socket()?, json),
+        Command::Status { json: flag } => cli::status(&socket()?, json(flag)),
+        Command::Stats { json: flag } => cli::stats(&socket()?, json(flag)),
         Command::Top { interval, count } => {
             cli::top(&socket()?, Duration::from_secs(interval.max(1)), count)
         }
         Command::Reload => cli::reload(&socket()?),
         Command::Node { action } => match action {
-            NodeAction::Drain { timeout } => cli::drain(&socket()?, Duration::from_secs(timeout)),
+            NodeAction::Drain { timeout } => {
+                cli::drain(&socket()?, Duration::from_secs(timeout), json(false))
+            }
             NodeAction::Resume => cli::resume(&socket()?),
         },
         Command::Stop { detach, pin_dir } => {
@@ -231,8 +246,12 @@ fn run(cli: Cli) -> Result<()> {
             .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
             .with_context(|| format!("write the man pages into {}", dir.display())),
         Command::Targets { action } => match action {
-            TargetsAction::List { target_group, json } => {
-                cli::targets(&socket()?, target_group, json)
+            TargetsAction::List {
+                target_group,
+                json: flag,
+            } => cli::targets(&socket()?, target_group, json(flag)),
+            TargetsAction::Health { target_group } => {
+                cli::health(&socket()?, target_group, json(false))
             }
             TargetsAction::Register(args) => cli::register(&socket()?, args),
             TargetsAction::Deregister { target_group, id } => {

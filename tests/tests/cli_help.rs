@@ -115,3 +115,18 @@ fn a_command_piped_into_head_ends_quietly() {
         "{stderr}"
     );
 }
+
+#[test]
+fn output_json_makes_check_print_json() {
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/examples/nlb-tunnel.toml"
+    );
+    let out = xlb(&["--output", "json", "check", "--config", config]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["listeners"], 3, "{v}");
+    assert!(
+        v["map_bytes"]["FLOWS"].as_u64().is_some_and(|b| b > 0),
+        "{v}"
+    );
+}

@@ -100,6 +100,41 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
             "{listed}"
         );
     }
+    // The same as `aws elbv2 describe-target-health` shows it.
+    let described = std::process::Command::new(xlb_bin().unwrap())
+        .arg("--socket")
+        .arg(run_dir(lab.prefix()).join("xlb.sock"))
+        .args([
+            "--output",
+            "json",
+            "targets",
+            "health",
+            "--target-group",
+            "web",
+        ])
+        .output()
+        .expect("xlb targets health");
+    let described: serde_json::Value =
+        serde_json::from_slice(&described.stdout).expect("JSON from xlb targets health");
+    let descriptions = described["TargetHealthDescriptions"]
+        .as_array()
+        .expect("TargetHealthDescriptions");
+    assert_eq!(descriptions.len(), 2, "{described}");
+    for d in descriptions {
+        let state = d["TargetHealth"]["State"].as_str().unwrap_or_default();
+        assert!(matches!(state, "initial" | "healthy"), "{d}");
+        assert_eq!(d["Target"]["Port"], 80, "{d}");
+        if state == "initial" {
+            assert_eq!(
+                d["TargetHealth"]["Reason"], "Elb.InitialHealthChecking",
+                "{d}"
+            );
+            assert_eq!(
+                d["TargetHealth"]["Description"], "Initial health checks in progress.",
+                "{d}"
+            );
+        }
+    }
     target_args("register", 3)();
     assert_eq!(
         answers(9),
