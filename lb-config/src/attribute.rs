@@ -180,6 +180,13 @@ pub const HTTP_LISTENER: &[Attribute] = &[
         Values::OneOf(&["true", "false"]),
         "false",
     ),
+    // What is done with HTTP/1 requests that do not comply with RFC 7230 (see `DesyncMode`).
+    attr(
+        "routing.http.desync_mitigation_mode",
+        Tier::L7,
+        Values::OneOf(&["monitor", "defensive", "strictest"]),
+        "defensive",
+    ),
 ];
 
 /// Cookie names ALB keeps for itself (`AWSALB`, `AWSALBAPP-*`, `AWSALBTG`): one prefix covers all.

@@ -84,6 +84,29 @@ impl HttpListener {
     pub fn enabled(&self, name: &str) -> bool {
         self.attribute(name) == "true"
     }
+
+    /// `routing.http.desync_mitigation_mode`: what is done with requests that do not comply
+    /// with RFC 7230.
+    pub fn desync_mitigation_mode(&self) -> DesyncMode {
+        match self.attribute("routing.http.desync_mitigation_mode") {
+            "monitor" => DesyncMode::Monitor,
+            "strictest" => DesyncMode::Strictest,
+            _ => DesyncMode::Defensive,
+        }
+    }
+}
+
+/// ALB's desync mitigation modes: which classifications of a request are forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DesyncMode {
+    /// Forwards every request.
+    Monitor,
+    /// Forwards Compliant and Acceptable requests; Ambiguous ones too, then closes both
+    /// connections; blocks Severe ones.
+    #[default]
+    Defensive,
+    /// Forwards Compliant requests only.
+    Strictest,
 }
 
 /// ALB's `routing.http.xff_header_processing.mode`.

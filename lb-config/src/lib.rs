@@ -34,8 +34,8 @@ pub use crate::{
     group::{Protocol, ProtocolVersion, Target, TargetGroup},
     health::{CheckPort, CheckProtocol, HealthCheck, Matcher},
     http::{
-        CertificateFiles, Condition, GroupStickiness, HttpAction, HttpListener, ListenerProtocol,
-        QueryValue, RedirectCode, Rule, WeightedTargetGroup, XffMode,
+        CertificateFiles, Condition, DesyncMode, GroupStickiness, HttpAction, HttpListener,
+        ListenerProtocol, QueryValue, RedirectCode, Rule, WeightedTargetGroup, XffMode,
     },
     listener::{Action, Forwarding, Listener},
     node::{Node, Paths, XdpMode, parse_mac},

@@ -271,6 +271,38 @@ fn http_listeners_forward_to_http_groups_only() {
     );
 }
 
+#[test]
+fn the_desync_mitigation_mode_is_defensive_unless_set_to_one_of_albs_modes() {
+    let listener = |attributes: &str| {
+        format!(
+            "{EXAMPLE}\n[[http_listeners]]\naddress = \"127.0.0.1\"\nport = 8001\nprotocol = \"HTTP\"\n\
+             default_action = {{ type = \"forward\", target_group = \"web\" }}\n\
+             attributes = {{ {attributes} }}\n"
+        )
+    };
+    let mode = |attributes: &str| {
+        Config::parse(&listener(attributes), "x.toml")
+            .map(|c| c.http_listeners[1].desync_mitigation_mode())
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(mode(""), Ok(DesyncMode::Defensive));
+    for (value, want) in [
+        ("monitor", DesyncMode::Monitor),
+        ("defensive", DesyncMode::Defensive),
+        ("strictest", DesyncMode::Strictest),
+    ] {
+        let set = format!("\"routing.http.desync_mitigation_mode\" = \"{value}\"");
+        assert_eq!(mode(&set), Ok(want), "{value}");
+    }
+    let e = mode("\"routing.http.desync_mitigation_mode\" = \"off\"").unwrap_err();
+    assert!(
+        e.contains(
+            "http_listeners[1].attributes.\"routing.http.desync_mitigation_mode\": \"off\" is not one of"
+        ),
+        "{e}"
+    );
+}
+
 const EXAMPLE: &str = r#"
 [node]
 interface = "lo"
