@@ -5,7 +5,8 @@
 //! - [`rules`]: conditions and their matching (ALB wildcards, priority order).
 //! - [`action`]: the answers the load balancer makes itself (redirect, fixed response).
 //! - [`balance`]: target group and target choice: health, slow start, stickiness cookies.
-//! - [`desync`]: the raw HTTP/1 framing check against request smuggling.
+//! - [`desync`]: ALB's desync mitigation: each raw HTTP/1 head classified, judged by the mode,
+//!   and handed to hyper as it is, rewritten or refused.
 //! - [`proxy`]: one request's phases, from the desync check to the access log entry.
 //! - [`upstream`]: the clients toward targets (HTTP/1.1 or HTTP/2, clear or TLS).
 //! - [`listener`]: sockets, TLS handshakes, connections, idle timeout and draining.
@@ -313,6 +314,7 @@ fn compile_route(
         rules: RuleSet::new(rules, compile_action(&l.default_action, groups)),
         idle_timeout,
         connection_logs: l.enabled("connection_logs.enabled"),
+        desync_mode: l.desync_mitigation_mode(),
         forwarded_port: HeaderValue::from(local.port()),
         headers: HeaderAttributes {
             xff: l.xff_mode(),

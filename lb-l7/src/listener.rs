@@ -24,7 +24,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -44,8 +44,10 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
+use http::{StatusCode, Version};
+
 use super::{
-    desync::{self, Framing},
+    desync::{self, Framing, Verdict},
     log::{ConnTraceId, Connection, Entry, Handshake},
     proxy::{self, Conn, Route, Shared, TlsInfo},
     tls,
@@ -192,13 +194,20 @@ impl Drop for Busy {
     }
 }
 
-/// A client stream (after TLS) that records when bytes last moved and how many, and shows what
-/// it reads to the connection's [`Framing`].
+/// How long a connection whose request was refused keeps reading (and dropping) what the
+/// client still sends once the refusal is written: closed with unread bytes, the socket would
+/// send a reset that can destroy the refusal before the client reads it.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// A client stream (after TLS) that records when bytes last moved and how many, and reads
+/// through the connection's [`Framing`], which decides what hyper reads.
 struct Watched<S> {
     inner: S,
     activity: Arc<Activity>,
     framing: desync::Shared,
     bytes: Counter,
+    /// Once shutting down after a refusal: the end of the linger.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> Watched<S> {
@@ -208,6 +217,7 @@ impl<S> Watched<S> {
             activity: activity.clone(),
             framing: framing.clone(),
             bytes: bytes.clone(),
+            linger: None,
         }
     }
 
@@ -224,17 +234,56 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.moved(buf.filled().len() - before, &self.activity.read);
-            Framing::feed_shared(&self.framing, &buf.filled()[before..]);
+        let this = &mut *self;
+        if Framing::drain_shared(&this.framing, buf) {
+            return Poll::Ready(Ok(()));
         }
-        r
+        let before = buf.filled().len();
+        // Bounded: each turn reads bytes, and a read of none is the end.
+        loop {
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            let read = buf.filled().len() - before;
+            if read == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            this.moved(read, &this.activity.read);
+            Framing::filter(&this.framing, buf, before);
+            // Nothing for hyper yet (a head not whole, or dropped bytes): read on, as an empty
+            // read would say the client is gone.
+            if buf.filled().len() > before {
+                return Poll::Ready(Ok(()));
+            }
+        }
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Watched<S> {
+    /// After a refusal: the write side shut, what the client still sends is read and dropped
+    /// until it closes or [`LINGER`] passes.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.linger.is_none() {
+            ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+            self.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    let linger = self.linger.as_mut().map(|l| l.as_mut().poll(cx));
+                    return match linger {
+                        Some(Poll::Pending) => Poll::Pending,
+                        _ => Poll::Ready(Ok(())),
+                    };
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -272,6 +321,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if Framing::discarding(&self.framing) {
+            return self.poll_linger(cx);
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -292,7 +344,8 @@ async fn connection(
     metrics.new_connections.inc();
     let _open = Open::new(&metrics.active_connections);
     let activity = Arc::new(Activity::default());
-    let framing = Framing::shared();
+    // The mode when the connection opened holds for all its requests.
+    let framing = Framing::shared(now.route.desync_mode);
     let Some(tls) = &now.tls else {
         let conn = Arc::new(Conn::new(client, None));
         log_connection(&now.route, &shared, client, None, conn.trace_id);
@@ -352,13 +405,19 @@ async fn serve<S>(
     let refused = (conn.clone(), state.clone(), shared.clone());
     let service = service_fn(move |req| {
         let busy = Busy::new(&busy_on);
-        let ambiguous = Framing::next_request(&framing);
+        let verdict = match req.version() {
+            Version::HTTP_2 => Verdict::COMPLIANT,
+            _ => Framing::next_request(&framing),
+        };
         let route = state.load().route.clone();
-        let (conn, shared) = (conn.clone(), shared.clone());
+        let (conn, shared, framing) = (conn.clone(), shared.clone(), framing.clone());
         // Boxed: a request's future is kilobytes, and hyper moves it (into its dispatcher on
         // HTTP/1, into a task per stream on HTTP/2) where a pointer would do.
         Box::pin(async move {
-            let resp = proxy::handle(req, ambiguous, route, conn, shared).await;
+            let resp = proxy::handle(req, verdict, route, conn, shared).await;
+            if matches!(&resp, Ok(r) if r.status() == StatusCode::SWITCHING_PROTOCOLS) {
+                Framing::switched(&framing);
+            }
             drop(busy);
             resp
         })
@@ -434,6 +493,7 @@ fn refused_entry(conn: &Conn, route: &Route, status: u16, (read, written): (u64,
         redirect_url: None,
         error_reason: None,
         conn_trace_id: conn.trace_id,
+        classification: None,
     }
 }
 

@@ -25,6 +25,8 @@ use std::{
 
 use http::{HeaderValue, Method, Version, uri::PathAndQuery};
 
+use crate::desync::{ClassificationReason, RequestSafetyTier};
+
 /// Where access log lines go: off, or the buffer of a [`Lines`].
 #[derive(Debug, Clone, Default)]
 pub struct AccessLog(Option<Arc<Shared>>);
@@ -237,6 +239,9 @@ pub struct Entry {
     /// One of ALB's error reason codes.
     pub error_reason: Option<&'static str>,
     pub conn_trace_id: ConnTraceId,
+    /// ALB's `classification` and `classification_reason`: for requests that do not comply
+    /// with RFC 7230 (`-` for those that do).
+    pub classification: Option<(RequestSafetyTier, ClassificationReason)>,
 }
 
 /// ALB's `conn_trace_id`: an opaque id for a client connection, on its connection log line and on
@@ -533,8 +538,15 @@ impl Entry {
             Some(s) => l.str(" \"").num(s).str("\""),
             None => l.str(" \"-\""),
         };
-        // `classification` and `classification_reason`.
-        l.str(" \"-\" \"-\"");
+        match self.classification {
+            // Rare: `core::fmt` will do. The names print as ALB's.
+            Some((tier, reason)) => {
+                let _ = write!(l.0, " \"{tier:?}\" \"{reason:?}\"");
+            }
+            None => {
+                l.str(" \"-\" \"-\"");
+            }
+        }
         l.sep().trace_id(self.conn_trace_id);
     }
 }
@@ -641,6 +653,7 @@ mod tests {
             redirect_url: None,
             error_reason: None,
             conn_trace_id: ConnTraceId(0xab),
+            classification: None,
         }
     }
 
@@ -760,6 +773,23 @@ mod tests {
         assert_eq!(
             line(None),
             format!("1970-01-01T00:00:00.000000Z 192.0.2.1 5000 443 - - - - - - - {tid}")
+        );
+    }
+
+    #[test]
+    fn classification_fields_come_before_the_conn_trace_id() {
+        let mut e = sample();
+        e.classification = Some((
+            RequestSafetyTier::Ambiguous,
+            ClassificationReason::DuplicateContentLength,
+        ));
+        let line = written(&e);
+        assert!(
+            line.ends_with(
+                " \"10.0.0.1:8080\" \"200\" \"Ambiguous\" \"DuplicateContentLength\" \
+                 TID_000000000000000000000000000000ab"
+            ),
+            "{line}"
         );
     }
 

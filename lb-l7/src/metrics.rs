@@ -237,7 +237,7 @@ impl L7Metrics {
             ),
             (
                 "desync_mitigation_mode_non_compliant_request_count",
-                "Ambiguous requests refused (DesyncMitigationMode_NonCompliant_Request_Count)",
+                "HTTP/1 requests that do not comply with RFC 7230, per listener (DesyncMitigationMode_NonCompliant_Request_Count)",
                 &self.desync,
             ),
         ];

@@ -1,5 +1,5 @@
 //! One request's way through a listener, as phases in the order they run (after pingora's
-//! `ProxyHttp`): [`request_filter`] refuses ambiguous requests, [`route`] runs the listener rules,
+//! `ProxyHttp`): [`request_filter`] applies the desync mitigation mode, [`route`] runs the listener rules,
 //! then the action: a redirect or fixed response is answered here; a forward goes through
 //! [`upstream_peer`] (group, then target), [`protocol_filter`] (what the group's protocol version
 //! takes), [`upstream_request_filter`] (ALB's `X-Forwarded-*` headers, the request in the group's
@@ -7,8 +7,10 @@
 //! hop-by-hop headers). [`handle`] ties them together and makes the access log entry, which the
 //! response body (or a WebSocket's tunnel) writes once the request is over, with its bytes.
 //!
-//! Errors carry who is at fault and map to ALB's status codes: an ambiguous request is the
-//! client's (400), and so is a request the group's protocol version cannot take (ALB's 464); an
+//! Errors carry who is at fault and map to ALB's status codes: a request the desync mitigation
+//! mode blocks, or over ALB's sizes, is the client's (400), and so is one with a
+//! `Transfer-Encoding` xlb cannot frame (501) or that the group's protocol version cannot take
+//! (ALB's 464); an
 //! empty group is ours (503), a target that refuses or breaks the connection the target's (502),
 //! and one that does not answer within the idle timeout also the target's (504).
 
@@ -38,6 +40,7 @@ use lb_config::{ListenerProtocol, ProtocolVersion, XffMode};
 use crate::{
     action::{FixedResponse, Redirect, RedirectInput},
     balance::{self, Counters, Group, InFlight, Pick, Stickiness, WeightedGroups},
+    desync::{Action, ClassificationReason, DesyncMode, RequestSafetyTier, Verdict},
     log::{AccessLog, ConnTraceId, Entry, Host, Pending, RequestLine},
     metrics::{L7Metrics, RouteMetrics},
     rules::{RequestView, RuleSet, strip_port},
@@ -78,6 +81,17 @@ pub enum ProxyError {
     TooManyForwardedFor { count: usize },
     #[error("the client sent none of its body for {timeout:?}")]
     ClientTimeout { timeout: Duration },
+    #[error("blocked by the desync mitigation mode: {tier:?} ({reason:?})")]
+    Desync {
+        tier: RequestSafetyTier,
+        reason: ClassificationReason,
+    },
+    #[error("request line, a header or the headers over ALB's sizes (16 KiB, 16 KiB, 64 KiB)")]
+    HeadTooLarge,
+    #[error("unsupported Transfer-Encoding")]
+    UnsupportedTransferEncoding,
+    #[error("request after one whose framing xlb did not follow")]
+    Unframed,
     #[error("target group {group} has no target")]
     NoTarget { group: String },
     #[error("target group {group} takes {wants}")]
@@ -113,7 +127,12 @@ impl ProxyError {
     /// The status the client gets, as ALB's.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Ambiguous { .. } | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Ambiguous { .. }
+            | ProxyError::Desync { .. }
+            | ProxyError::HeadTooLarge
+            | ProxyError::Unframed
+            | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Trace => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::TooManyForwardedFor { .. } => {
                 StatusCode::from_u16(TOO_MANY_FORWARDED_FOR).unwrap_or(StatusCode::BAD_REQUEST)
@@ -136,9 +155,13 @@ impl ProxyError {
             ProxyError::Target { .. } => Some("TargetResponseError"),
             ProxyError::Timeout { .. } => Some("TargetTimeout"),
             ProxyError::ClientBody { .. } => Some("IncompleteRequest"),
-            // Told by the status alone (405, 463, 408, 503, 464, 500), or by the desync
+            // Told by the status alone (405, 463, 408, 503, 464, 500, 501), or by the desync
             // classification (400).
-            ProxyError::Trace
+            ProxyError::Desync { .. }
+            | ProxyError::HeadTooLarge
+            | ProxyError::UnsupportedTransferEncoding
+            | ProxyError::Unframed
+            | ProxyError::Trace
             | ProxyError::TooManyForwardedFor { .. }
             | ProxyError::ClientTimeout { .. }
             | ProxyError::NoTarget { .. }
@@ -155,6 +178,10 @@ impl ProxyError {
             | ProxyError::Trace
             | ProxyError::TooManyForwardedFor { .. }
             | ProxyError::ClientTimeout { .. }
+            | ProxyError::Desync { .. }
+            | ProxyError::HeadTooLarge
+            | ProxyError::UnsupportedTransferEncoding
+            | ProxyError::Unframed
             | ProxyError::ClientBody { .. }
             | ProxyError::Incompatible { .. } => Fault::Client,
             ProxyError::Connect { .. } | ProxyError::Target { .. } | ProxyError::Timeout { .. } => {
@@ -193,6 +220,8 @@ pub struct Route {
     pub idle_timeout: Duration,
     /// `connection_logs.enabled`: a connection log line per connection.
     pub connection_logs: bool,
+    /// ALB's `routing.http.desync_mitigation_mode`, for the connections opened from now on.
+    pub desync_mode: DesyncMode,
     /// `X-Forwarded-Port`, made once rather than per request.
     pub forwarded_port: HeaderValue,
     /// ALB's attributes for the headers targets get.
@@ -270,15 +299,21 @@ pub struct TlsInfo {
     pub protocol: &'static str,
 }
 
-/// Phase 1: refuses requests whose framing two parsers could read differently (request
-/// smuggling): `ambiguous` is what [`super::desync`] found in the raw HTTP/1 head; the headers
-/// are checked again for HTTP/2. hyper itself refuses bad chunking and differing lengths.
-pub fn request_filter(
-    headers: &HeaderMap,
-    ambiguous: Option<&'static str>,
-) -> Result<(), ProxyError> {
-    if let Some(reason) = ambiguous {
-        return Err(ProxyError::Ambiguous { reason });
+/// Phase 1: refuses what the desync mitigation mode blocks (request smuggling): `verdict` is
+/// what [`super::desync`] made of the raw HTTP/1 head. HTTP/2 requests, out of the classifier's
+/// scope, are refused when their lengths are ambiguous.
+pub fn request_filter(headers: &HeaderMap, verdict: Verdict) -> Result<(), ProxyError> {
+    match verdict.action {
+        Action::Forward | Action::ForwardThenClose => {}
+        Action::Block => {
+            return Err(ProxyError::Desync {
+                tier: verdict.tier,
+                reason: verdict.reason,
+            });
+        }
+        Action::TooLarge => return Err(ProxyError::HeadTooLarge),
+        Action::UnsupportedTransferEncoding => return Err(ProxyError::UnsupportedTransferEncoding),
+        Action::Unframed => return Err(ProxyError::Unframed),
     }
     if headers.contains_key(header::TRANSFER_ENCODING)
         && headers.contains_key(header::CONTENT_LENGTH)
@@ -814,6 +849,9 @@ struct Outcome {
     /// The target's response counts as outstanding until sent; its HTTP/1.1 connection.
     in_flight: Option<InFlight>,
     lease: Option<Lease>,
+    /// Set before the action runs: after this request, neither the client's connection nor the
+    /// target's is used again.
+    close: bool,
 }
 
 /// Both sides of a switch of protocols, and the target's connection tasks it counts among.
@@ -827,7 +865,7 @@ struct Tunnel {
 /// Runs the phases for one request; its log line goes with the response's body.
 pub async fn handle(
     mut req: Request<Incoming>,
-    ambiguous: Option<&'static str>,
+    verdict: Verdict,
     route: Arc<Route>,
     conn: Arc<Conn>,
     shared: Arc<Shared>,
@@ -873,16 +911,23 @@ pub async fn handle(
         redirect_url: None,
         error_reason: None,
         conn_trace_id: conn.trace_id,
+        classification: verdict
+            .non_compliant()
+            .then_some((verdict.tier, verdict.reason)),
     });
     let entry = &mut line.entry;
+    if verdict.non_compliant() {
+        route.metrics.listener.desync.inc();
+    }
     // After the entry took the head's size as the client sent it.
     req.headers_mut()
         .insert(HeaderName::from_static(trace::HEADER), trace_id);
-    let mut outcome = Outcome::default();
+    let mut outcome = Outcome {
+        close: verdict.action == Action::ForwardThenClose,
+        ..Outcome::default()
+    };
     let result = async {
-        request_filter(req.headers(), ambiguous).inspect_err(|_| {
-            route.metrics.listener.desync.inc();
-        })?;
+        request_filter(req.headers(), verdict)?;
         header_filter(&mut req, route.headers)?;
         let (priority, act) = self::route(&route, &conn, &req);
         entry.matched_rule_priority = Some(priority);
@@ -896,12 +941,18 @@ pub async fn handle(
     }
     .await;
     let (mut connect_failed, mut failed) = (false, false);
-    let resp = result.unwrap_or_else(|e| {
+    let mut resp = result.unwrap_or_else(|e| {
         connect_failed = matches!(e, ProxyError::Connect { .. });
         failed = true;
         entry.error_reason = e.reason();
         error_response(&e)
     });
+    if outcome.close {
+        // ALB's defensive mode: the client's connection is not used again after an Ambiguous
+        // request (the target's is not either, see `run`).
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     entry.target_status = outcome.target_status;
     entry.redirect_url = outcome.redirect_url;
     entry.elb_status = resp.status().as_u16();
@@ -1062,6 +1113,13 @@ async fn run(
             entry.target = Some(target);
             upstream_request_filter(&mut req, route, conn, group, target)?;
             let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+            if outcome.close
+                && client_upgrade.is_none()
+                && group.protocol.1 == ProtocolVersion::Http1
+            {
+                req.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             let (head, body) = req.into_parts();
             let sent = Instant::now();
             let body = Upload::new(body, sent);
@@ -1101,7 +1159,8 @@ async fn run(
                 return Ok(resp.map(|_| local(Bytes::new())));
             }
             outcome.in_flight = Some(pick.in_flight);
-            outcome.lease = lease;
+            // Dropped rather than returned to the pool: the connection then closes.
+            outcome.lease = lease.filter(|_| !outcome.close);
             Ok(resp.map(Either::Right))
         }
     }
@@ -1158,26 +1217,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ambiguous_framing_is_refused() {
+    fn http2_requests_with_ambiguous_lengths_are_refused() {
+        let ok = Verdict::COMPLIANT;
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
-        assert!(request_filter(&h, None).is_ok());
+        assert!(request_filter(&h, ok).is_ok());
         h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
-        assert!(request_filter(&h, None).is_ok());
+        assert!(request_filter(&h, ok).is_ok());
         h.append(header::CONTENT_LENGTH, HeaderValue::from_static("6"));
-        assert!(request_filter(&h, None).is_err());
+        assert!(request_filter(&h, ok).is_err());
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
         h.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
-        let e = request_filter(&h, None).unwrap_err();
+        let e = request_filter(&h, ok).unwrap_err();
         assert_eq!(
             (e.status(), e.fault()),
             (StatusCode::BAD_REQUEST, Fault::Client)
         );
-        assert!(request_filter(&HeaderMap::new(), Some("from the raw head")).is_err());
+    }
+
+    #[test]
+    fn each_refusal_of_the_raw_head_gets_albs_status() {
+        let verdict = |action| Verdict {
+            tier: RequestSafetyTier::Severe,
+            reason: ClassificationReason::MultipleTransferEncodingChunked,
+            action,
+        };
+        let status = |action| {
+            request_filter(&HeaderMap::new(), verdict(action))
+                .map_err(|e| (e.status().as_u16(), e.fault()))
+        };
+        assert_eq!(status(Action::Forward), Ok(()));
+        assert_eq!(status(Action::ForwardThenClose), Ok(()));
+        assert_eq!(status(Action::Block), Err((400, Fault::Client)));
+        assert_eq!(status(Action::TooLarge), Err((400, Fault::Client)));
+        assert_eq!(status(Action::Unframed), Err((400, Fault::Client)));
+        assert_eq!(
+            status(Action::UnsupportedTransferEncoding),
+            Err((501, Fault::Client))
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! How the L7 tier fails, with ALB's status codes: ambiguous requests get 400 (request
-//! smuggling defence), TRACE 405, a client that stops sending its body 408, an `X-Forwarded-For`
-//! of over 30 addresses 463, a dead target 502, an empty target group 503, a target slower than
-//! the idle timeout 504; and an idle client connection is closed when its idle timeout ends.
+//! How the L7 tier fails, with ALB's status codes: requests the desync mitigation mode blocks
+//! get 400 (request smuggling defence; the modes themselves are in `l7_desync.rs`), TRACE 405, a
+//! client that stops sending its body 408, an `X-Forwarded-For` of over 30 addresses 463, a dead
+//! target 502, an empty target group 503, a target slower than the idle timeout 504; and an idle
+//! client connection is closed when its idle timeout ends.
 
 mod l7_support;
 
@@ -52,12 +53,12 @@ fn status_line(response: &str) -> &str {
 }
 
 #[test]
-fn ambiguous_requests_are_refused_with_400() {
+fn severe_requests_are_refused_with_400() {
     let (_lab, addr) = errors_lab();
     let cases: &[(&str, &[u8])] = &[
         (
-            "Content-Length with Transfer-Encoding",
-            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "Transfer-Encoding: chunked twice",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         ),
         (
             "conflicting Content-Length",

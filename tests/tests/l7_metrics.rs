@@ -74,7 +74,7 @@ fn requests_connections_and_refusals_are_counted_per_listener_rule_and_group() {
     let addr = format!("127.0.0.1:{http}").parse().expect("address");
     let smuggled = raw(
         addr,
-        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
     );
     assert!(smuggled.starts_with("HTTP/1.1 400"), "{smuggled}");
     // Plain text to the HTTPS listener: a failed handshake.
