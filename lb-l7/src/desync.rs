@@ -449,7 +449,7 @@ fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 fn parts(head: &[u8]) -> Parts<'_> {
     let mut lines = lines(head);
-    let line = lines.next().unwrap_or_default();
+    let line = lines.next().unwrap_or_default().trim_ascii();
     let (method, rest) = match line.iter().position(|b| *b == b' ') {
         Some(sp) => (&line[..sp], &line[sp + 1..]),
         None => (line, &b""[..]),
