@@ -403,10 +403,10 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while let Some(nl) = buf.get(i..)?.iter().position(|b| *b == b'\n') {
         let at = i + nl + 1;
-        match buf.get(at..at + 2) {
-            Some([b'\n', _]) | Some([b'\n']) => return Some(at + 1),
-            Some([b'\r', b'\n']) => return Some(at + 2),
-            _ if buf.get(at) == Some(&b'\n') => return Some(at + 1),
+        // The classifier, like hyper, takes a bare `\n` as a line's end.
+        match (buf.get(at), buf.get(at + 1)) {
+            (Some(b'\n'), _) => return Some(at + 1),
+            (Some(b'\r'), Some(b'\n')) => return Some(at + 2),
             _ => i = at,
         }
     }
@@ -456,6 +456,8 @@ fn parts(head: &[u8]) -> Parts<'_> {
     };
     let (uri, version) = match rest.iter().rposition(|b| *b == b' ') {
         Some(sp) => (&rest[..sp], &rest[sp + 1..]),
+        // No URI, as the classifier reads it (MissingUri).
+        None if rest.starts_with(b"HTTP/1.") => (&b""[..], rest),
         // HTTP/0.9: no version.
         None => (rest, &b""[..]),
     };
@@ -841,6 +843,9 @@ POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r
         let cases: &[(&[u8], &[u8])] = &[
             (b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /a%20b HTTP/1.1\r\nHost: x\r\n\r\n"),
             (b"GET  /  HTTP/1.2\r\nHost: x\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            (b"GET  HTTP/1.1\r\nHost: x\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            (b"GET HTTP/1.1\r\nHost: x\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            (b"GET /\nHost: x\n\n", b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"),
             (b"GET / HTTP/1.1\r\nX A: 1\r\nB: \x01\r\nC: 2\r\n\r\n", b"GET / HTTP/1.1\r\nC: 2\r\n\r\n"),
             (
                 b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip;p, deflate,\tchunked;param\r\n\r\n0\r\n\r\n",

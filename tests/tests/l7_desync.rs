@@ -158,6 +158,8 @@ const MODES: [Option<&str>; 3] = [Some("monitor"), None, Some("strictest")];
 fn compliant_requests_are_forwarded_on_open_connections_in_every_mode() {
     let cases: &[&[u8]] = &[
         COMPLIANT,
+        // An empty URI: compliant as ALB's classifier reads it, refused by hyper's parser.
+        b"GET  HTTP/1.1\r\nHost: a\r\n\r\n",
         b"POST /length HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
         b"POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         // Codings with parameters and tabs: compliant, and refused by hyper's parser as it is.
@@ -234,6 +236,7 @@ const ACCEPTABLE: &[(&str, &[u8])] = &[
         "HEAD with Content-Length: 0",
         b"HEAD / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
     ),
+    ("lines ended by LF alone", b"GET / HTTP/1.1\nHost: a\n\n"),
 ];
 
 #[test]
