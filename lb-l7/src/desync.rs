@@ -64,6 +64,18 @@ pub struct Verdict {
     pub tier: RequestSafetyTier,
     pub reason: ClassificationReason,
     pub action: Action,
+    /// Set when hyper read a stand-in for the request.
+    pub stand_in: Option<StandIn>,
+}
+
+/// What the access log needs of a refused request that hyper read a stand-in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StandIn {
+    /// The bytes of the head the client sent (as far as it was read).
+    pub head_len: u64,
+    /// Whether the stand-in has the request's own method, URI and version. If not, the request
+    /// is malformed, and logged as ALB logs those (`- http://listener- -`).
+    pub request_line: bool,
 }
 
 impl Verdict {
@@ -72,6 +84,7 @@ impl Verdict {
         tier: RequestSafetyTier::Compliant,
         reason: ClassificationReason::Compliant,
         action: Action::Forward,
+        stand_in: None,
     };
 
     const UNFRAMED: Verdict = Verdict {
@@ -350,8 +363,15 @@ impl Framing {
 
     /// Hands hyper a stand-in for a refused head and drops the rest of the connection.
     fn refuse(&mut self, head: &[u8], verdict: Verdict, action: Action) {
-        self.out.extend_from_slice(&stand_in(head));
-        self.verdicts.push_back(Verdict { action, ..verdict });
+        let request_line = stand_in(head, &mut self.out);
+        self.verdicts.push_back(Verdict {
+            action,
+            stand_in: Some(StandIn {
+                head_len: head.len() as u64,
+                request_line,
+            }),
+            ..verdict
+        });
         self.state = State::Discard;
     }
 }
@@ -596,6 +616,7 @@ fn judge(head: &[u8], mode: DesyncMode) -> Judged {
         tier: analysis.tier,
         reason: analysis.reason,
         action: action(mode, analysis.tier),
+        stand_in: None,
     };
     if count > MAX_HEADERS {
         verdict.action = Action::TooLarge;
@@ -701,36 +722,36 @@ fn canonical(p: &Parts<'_>, version: &[u8], body: &Body<'_>) -> Vec<u8> {
     out
 }
 
-/// A head hyper parses in place of a refused one, for the refusal to be answered and logged:
-/// its method and URI if they are clean (else `-` and `/`), its `Host` if clean, no body.
-fn stand_in(head: &[u8]) -> Vec<u8> {
+/// Appends to `out` a head hyper parses in place of a refused one, for the refusal to be
+/// answered and logged: its request line and `Host` if they are clean (else `GET /`), no body.
+/// Returns whether it kept the request line.
+fn stand_in(head: &[u8], out: &mut Vec<u8>) -> bool {
     let p = parts(head);
     let clean =
         |s: &[u8]| !s.is_empty() && s.len() <= 2048 && s.iter().all(|b| (b'!'..=b'~').contains(b));
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(if is_token(p.method) && p.method.len() <= 32 {
-        p.method
-    } else {
-        b"-"
-    });
-    out.push(b' ');
-    out.extend_from_slice(if clean(p.uri) && p.uri.starts_with(b"/") {
-        p.uri
-    } else {
-        b"/"
-    });
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let kept = is_token(p.method)
+        && p.method.len() <= 32
+        && clean(p.uri)
+        && p.uri.starts_with(b"/")
+        && matches!(p.version, b"HTTP/1.0" | b"HTTP/1.1");
+    let (method, uri, version): (&[u8], &[u8], &[u8]) = match kept {
+        true => (p.method, p.uri, p.version),
+        false => (b"GET", b"/", b"HTTP/1.1"),
+    };
+    for part in [method, b" ", uri, b" ", version, b"\r\n"] {
+        out.extend_from_slice(part);
+    }
     if let Some(host) = p
         .fields
         .iter()
         .find(|f| f.name.eq_ignore_ascii_case(b"host") && clean(&f.value))
     {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(&host.value);
-        out.extend_from_slice(b"\r\n");
+        for part in [&b"host: "[..], &host.value, b"\r\n"] {
+            out.extend_from_slice(part);
+        }
     }
     out.extend_from_slice(b"\r\n");
-    out
+    kept
 }
 
 #[cfg(test)]
@@ -879,6 +900,21 @@ POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r
         assert_eq!(read, b"POST /x HTTP/1.1\r\nhost: h\r\n\r\n");
         assert_eq!(verdicts.len(), 1);
         assert_eq!(verdicts[0].action, Action::Block);
+        let head_len = request.len() as u64 - 31;
+        let stand_in = Some(StandIn {
+            head_len,
+            request_line: true,
+        });
+        assert_eq!(verdicts[0].stand_in, stand_in);
+        // A request line that cannot be kept: the access log writes it as malformed.
+        let request = b"NOT A REQUEST LINE\r\n\r\n";
+        let (read, verdicts) = through(DesyncMode::Monitor, request, 4);
+        assert_eq!(read, b"GET / HTTP/1.1\r\n\r\n");
+        let stand_in = Some(StandIn {
+            head_len: 22,
+            request_line: false,
+        });
+        assert_eq!(verdicts[0].stand_in, stand_in);
         let request = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n";
         let (_, verdicts) = through(DesyncMode::Monitor, request, request.len());
         assert_eq!(verdicts[0].action, Action::UnsupportedTransferEncoding);

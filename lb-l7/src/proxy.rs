@@ -886,23 +886,29 @@ pub async fn handle(
         response_processing: None,
         elb_status: CLIENT_CLOSED,
         target_status: None,
-        request: Some(RequestLine {
-            method: req.method().clone(),
-            scheme: route.protocol.scheme(),
-            // As `request_host`: a `Host` that is text, else `:authority`, else the listener.
-            host: match (req.headers().get(header::HOST), req.uri().authority()) {
-                (Some(h), _) if h.to_str().is_ok() => Host::Header(h.clone()),
-                (_, Some(a)) => Host::Authority(a.clone()),
-                (_, None) => Host::Listener(route.local),
-            },
-            path: req.uri().path_and_query().cloned(),
-            version: req.version(),
-        }),
+        // A malformed request line, not kept by the stand-in hyper read: as ALB logs those.
+        request: verdict
+            .stand_in
+            .is_none_or(|s| s.request_line)
+            .then(|| RequestLine {
+                method: req.method().clone(),
+                scheme: route.protocol.scheme(),
+                // As `request_host`: a `Host` that is text, else `:authority`, else the listener.
+                host: match (req.headers().get(header::HOST), req.uri().authority()) {
+                    (Some(h), _) if h.to_str().is_ok() => Host::Header(h.clone()),
+                    (_, Some(a)) => Host::Authority(a.clone()),
+                    (_, None) => Host::Listener(route.local),
+                },
+                path: req.uri().path_and_query().cloned(),
+                version: req.version(),
+            }),
         user_agent: req.headers().get(header::USER_AGENT).cloned(),
         ssl_cipher: conn.tls.as_ref().map(|t| t.cipher),
         ssl_protocol: conn.tls.as_ref().map(|t| t.protocol),
         target_group: None,
-        received_bytes: request_head_len(&req),
+        received_bytes: verdict
+            .stand_in
+            .map_or_else(|| request_head_len(&req), |s| s.head_len),
         sent_bytes: 0,
         trace_id: Some(trace_id.clone()),
         domain_name: conn.tls.as_ref().and_then(|t| t.server_name.clone()),
@@ -1245,6 +1251,7 @@ mod tests {
             tier: RequestSafetyTier::Severe,
             reason: ClassificationReason::MultipleTransferEncodingChunked,
             action,
+            stand_in: None,
         };
         let status = |action| {
             request_filter(&HeaderMap::new(), verdict(action))

@@ -191,7 +191,7 @@ fn time_is_when_the_response_went_out_and_times_that_did_not_happen_are_minus_on
 fn a_malformed_request_and_a_client_that_leaves_first_get_lines_too() {
     let (mut lab, port, web, _) = forwarding_lab("HTTP", "");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    // A request line hyper's parser refuses: it answers 400 before xlb sees a request.
+    // A malformed request line: refused with a 400 (the desync classifier's BadVersion).
     let answer = raw(addr, b"NOT A REQUEST LINE\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     // A client that closes before the target (3 s) answers.

@@ -429,7 +429,9 @@ fn the_access_log_writes_each_requests_classification_and_reason() {
     for (line, (_, fields)) in log.iter().zip(requests) {
         // ALB's last fields: ... "target:port_list" "target_status_code_list" "classification"
         // "classification_reason" conn_trace_id.
-        assert!(line.ends_with(&format!(" {fields} -")), "{line}");
+        let (before, conn_trace_id) = line.rsplit_once(' ').expect("fields");
+        assert!(conn_trace_id.starts_with("TID_"), "{line}");
+        assert!(before.ends_with(&format!(" {fields}")), "{line}");
     }
     assert!(log[3].contains(" 400 - "), "{}", log[3]);
 }
