@@ -525,15 +525,14 @@ fn is_field_value(v: &[u8]) -> bool {
 /// Transfer codings the classifier knows (RFC 9112 §7).
 const CODINGS: [&[u8]; 5] = [b"chunked", b"compress", b"deflate", b"gzip", b"identity"];
 
-/// The body a head announces, as read from its fields, or why it cannot be framed.
-fn body<'p>(p: &'p Parts<'_>) -> Result<Body<'p>, Action> {
-    let named = |name: &'static str| {
-        p.fields
-            .iter()
-            .filter(move |f| f.name.eq_ignore_ascii_case(name.as_bytes()))
-    };
-    let mut codings = named("transfer-encoding")
-        .flat_map(|f| f.value.split(|b| *b == b','))
+/// A header field's name and value.
+type Pair<'a> = (&'a [u8], &'a [u8]);
+
+/// The transfer codings `fields` name, in order, without parameters.
+fn codings<'a>(fields: impl Iterator<Item = Pair<'a>>) -> impl Iterator<Item = &'a [u8]> {
+    fields
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"transfer-encoding"))
+        .flat_map(|(_, value)| value.split(|b| *b == b','))
         .map(|c| {
             c.split(|b| *b == b';')
                 .next()
@@ -541,20 +540,27 @@ fn body<'p>(p: &'p Parts<'_>) -> Result<Body<'p>, Action> {
                 .trim_ascii()
         })
         .filter(|c| !c.is_empty())
-        .peekable();
-    if codings.peek().is_some() {
-        let codings: Vec<&[u8]> = codings.collect();
-        let known = |c: &&[u8]| CODINGS.iter().any(|k| c.eq_ignore_ascii_case(k));
-        let chunked_last = codings
-            .last()
-            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
-        return match codings.iter().all(known) && chunked_last {
-            true => Ok(Body::Chunked(codings)),
+}
+
+/// The body a head announces, as read from its fields, or why it cannot be framed.
+fn body<'a>(fields: impl Iterator<Item = Pair<'a>> + Clone) -> Result<Body, Action> {
+    let (mut any, mut known, mut chunked_last) = (false, true, false);
+    for c in codings(fields.clone()) {
+        any = true;
+        known &= CODINGS.iter().any(|k| c.eq_ignore_ascii_case(k));
+        chunked_last = c.eq_ignore_ascii_case(b"chunked");
+    }
+    if any {
+        return match known && chunked_last {
+            true => Ok(Body::Chunked),
             false => Err(Action::UnsupportedTransferEncoding),
         };
     }
+    let lengths = fields
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"content-length"))
+        .flat_map(|(_, value)| value.split(|b| *b == b','));
     let mut length = None;
-    for v in named("content-length").flat_map(|f| f.value.split(|b| *b == b',')) {
+    for v in lengths {
         let v = v.trim_ascii();
         let n = match std::str::from_utf8(v)
             .ok()
@@ -568,26 +574,43 @@ fn body<'p>(p: &'p Parts<'_>) -> Result<Body<'p>, Action> {
         }
         length = Some(n);
     }
-    Ok(length.map_or(Body::Length(0), Body::Length))
+    Ok(Body::Length(length.unwrap_or(0)))
 }
 
-enum Body<'a> {
+#[derive(Debug, Clone, Copy)]
+enum Body {
     Length(u64),
-    Chunked(Vec<&'a [u8]>),
+    Chunked,
 }
 
-/// Whether hyper's parser takes `head` as it is, with the framing [`body`] found.
-fn hyper_takes(head: &[u8], p: &Parts<'_>) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let whole = matches!(req.parse(head), Ok(httparse::Status::Complete(n)) if n == head.len());
+impl Body {
+    /// What [`Framing`] reads after the head.
+    fn state(self) -> State {
+        match self {
+            Body::Chunked => State::ChunkSize,
+            Body::Length(0) => State::Head,
+            Body::Length(n) => State::Body(n),
+        }
+    }
+}
+
+/// The body of a head that hyper's parser takes as it is, read from what that parser found;
+/// `None` if the head is to be rewritten for hyper.
+fn as_hyper_reads(head: &[u8]) -> Option<Result<Body, Action>> {
+    // Left uninitialised: the parser writes the headers it finds (4 KiB not cleared per head).
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, &mut headers) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        _ => return None,
+    }
+    let fields = req.headers.iter().map(|h| (h.name.as_bytes(), h.value));
     // hyper reads the last coding as written, parameters included.
-    let plain_codings = p
-        .fields
-        .iter()
-        .filter(|f| f.name.eq_ignore_ascii_case(b"transfer-encoding"))
-        .all(|f| !f.value.contains(&b';'));
-    whole && plain_codings
+    let plain_codings = fields
+        .clone()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"transfer-encoding"))
+        .all(|(_, value)| !value.contains(&b';'));
+    plain_codings.then(|| body(fields))
 }
 
 /// Classifies a whole head and decides what hyper reads of it.
@@ -624,15 +647,28 @@ fn judge(head: &[u8], mode: DesyncMode) -> Judged {
     if verdict.action == Action::Block || verdict.action == Action::TooLarge {
         return refuse(verdict);
     }
+    // Most requests: compliant, and taken by hyper as they are.
+    if !verdict.non_compliant()
+        && let Some(body) = as_hyper_reads(head)
+    {
+        return match body {
+            Ok(body) => Judged {
+                verdict,
+                next: Next::Pass(None),
+                body: body.state(),
+            },
+            Err(action) => refuse(Verdict { action, ..verdict }),
+        };
+    }
     let p = parts(head);
-    let body = match body(&p) {
+    let body = match body(p.fields.iter().map(|f| (f.name, &*f.value))) {
         Ok(body) => body,
         Err(action) => return refuse(Verdict { action, ..verdict }),
     };
     // What the mode lets through but xlb cannot put into a request: refused (monitor mode).
     let version: &[u8] = match p.version {
         // Chunked is HTTP/1.1's (hyper refuses it in HTTP/1.0).
-        b"HTTP/1.0" if matches!(body, Body::Chunked(_)) => b"HTTP/1.1",
+        b"HTTP/1.0" if matches!(body, Body::Chunked) => b"HTTP/1.1",
         b"HTTP/1.0" | b"HTTP/1.1" => p.version,
         [b'H', b'T', b'T', b'P', b'/', b'1', b'.', d] if d.is_ascii_digit() => b"HTTP/1.1",
         // HTTP/0.9 has no head to answer with: asked again as HTTP/1.0.
@@ -650,24 +686,17 @@ fn judge(head: &[u8], mode: DesyncMode) -> Judged {
             ..verdict
         });
     }
-    let next_state = match &body {
-        Body::Chunked(_) => State::ChunkSize,
-        Body::Length(0) => State::Head,
-        Body::Length(n) => State::Body(*n),
-    };
-    let rewritten =
-        (verdict.non_compliant() || !hyper_takes(head, &p)).then(|| canonical(&p, version, &body));
     Judged {
         verdict,
-        next: Next::Pass(rewritten),
-        body: next_state,
+        next: Next::Pass(Some(canonical(&p, version, body))),
+        body: body.state(),
     }
 }
 
 /// The head as hyper is to read it: one space between method, URI and version; spaces and
 /// control characters in the URI percent-encoded; only fields with a token name and a valid
 /// value kept; the framing as one `Transfer-Encoding` or `Content-Length`.
-fn canonical(p: &Parts<'_>, version: &[u8], body: &Body<'_>) -> Vec<u8> {
+fn canonical(p: &Parts<'_>, version: &[u8], body: Body) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(p.method);
     out.push(b' ');
@@ -699,13 +728,11 @@ fn canonical(p: &Parts<'_>, version: &[u8], body: &Body<'_>) -> Vec<u8> {
         }
     }
     match body {
-        Body::Chunked(codings) => {
+        Body::Chunked => {
             // Chunked once, last (a second `chunked` is the classifier's Severe case).
             out.extend_from_slice(b"transfer-encoding: ");
-            for c in codings
-                .iter()
-                .filter(|c| !c.eq_ignore_ascii_case(b"chunked"))
-            {
+            let fields = p.fields.iter().map(|f| (f.name, &*f.value));
+            for c in codings(fields).filter(|c| !c.eq_ignore_ascii_case(b"chunked")) {
                 out.extend_from_slice(c);
                 out.extend_from_slice(b", ");
             }
@@ -714,7 +741,7 @@ fn canonical(p: &Parts<'_>, version: &[u8], body: &Body<'_>) -> Vec<u8> {
         Body::Length(0) => {}
         Body::Length(n) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
     }
