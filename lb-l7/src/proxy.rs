@@ -545,16 +545,17 @@ pub fn upstream_request_filter<B>(
     let h2 = version != ProtocolVersion::Http1;
     // HTTP/2 moves the client's host into `:authority`.
     let host = h2
-        .then(|| request_host(req).map(|h| with_listener_port(h, route)))
+        .then(|| {
+            request_host(req).map(|h| with_listener_port(h, route).unwrap_or_else(|| h.to_owned()))
+        })
         .flatten();
     if !h2
-        && let Some(text) = req
+        && let Some(ported) = req
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-        && adds_port(text, route)
+            .and_then(|h| with_listener_port(h, route))
     {
-        let ported = with_listener_port(text, route);
         let value = HeaderValue::from_str(&ported)
             .map_err(|e| forward_error(format!("host {ported}: {e}")))?;
         req.headers_mut().insert(header::HOST, value);
@@ -637,22 +638,17 @@ pub fn upstream_request_filter<B>(
     Ok(())
 }
 
-/// `host` as ALB sends it on: unless `preserve_host_header`, a host without a port gets the
-/// listener's, if that is not the scheme's default.
-fn with_listener_port(host: &str, route: &Route) -> String {
-    match adds_port(host, route) {
-        true => format!("{host}:{}", route.local.port()),
-        false => host.to_owned(),
-    }
-}
-
-/// Whether ALB would add the listener's port to `host`.
-fn adds_port(host: &str, route: &Route) -> bool {
+/// `host` with the listener's port, when ALB would send it on so: unless
+/// `preserve_host_header`, a host without a port gets the listener's, if that is not the
+/// scheme's default. `None`: the host goes on as it came.
+fn with_listener_port(host: &str, route: &Route) -> Option<String> {
     let default = match route.protocol {
         ListenerProtocol::Http => 80,
         ListenerProtocol::Https => 443,
     };
-    !route.headers.preserve_host && route.local.port() != default && strip_port(host) == host
+    let port = route.local.port();
+    (!route.headers.preserve_host && port != default && strip_port(host) == host)
+        .then(|| format!("{host}:{port}"))
 }
 
 /// ALB's `append` mode: every earlier hop, in order, then the client (`ip:port` with

@@ -77,6 +77,24 @@ fn spread(lab: &Lab, n: usize) -> BTreeMap<String, usize> {
     http_spread(lab, SocketAddr::from((VIP_V4, HTTP_PORT)), n).expect("client")
 }
 
+/// An echo connection from the client to the VIP, held open: it, the backend that answered, and
+/// that backend's index.
+fn held_echo(lab: &Lab) -> (TcpStream, String, usize) {
+    let conn = in_netns(&lab.ns(Role::Client), || {
+        let s = TcpStream::connect_timeout(
+            &SocketAddr::from((VIP_V4, ECHO_PORT)),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    })
+    .unwrap();
+    let owner = echo_owner(&conn).expect("echo");
+    let index = owner.trim_start_matches("backend").parse().unwrap();
+    (conn, owner, index)
+}
+
 fn echo_owner(s: &TcpStream) -> std::io::Result<String> {
     let mut w = s.try_clone()?;
     w.write_all(b"who\n")?;
@@ -99,18 +117,7 @@ fn deregistered_target_drains_then_leaves() {
     );
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
     // A long-lived connection, and the target it landed on.
-    let conn = in_netns(&lab.ns(Role::Client), || {
-        let s = TcpStream::connect_timeout(
-            &SocketAddr::from((VIP_V4, ECHO_PORT)),
-            Duration::from_secs(2),
-        )
-        .unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s
-    })
-    .unwrap();
-    let owner = echo_owner(&conn).expect("echo");
-    let index: usize = owner.trim_start_matches("backend").parse().unwrap();
+    let (conn, owner, index) = held_echo(&lab);
     let (ok, out) = cli(
         &lab,
         &[
@@ -607,18 +614,7 @@ fn a_target_a_reload_removes_drains_then_its_flows_end() {
     let all = config(&lab, &[(1, "a"), (2, "a"), (3, "a")], "", delay);
     let cfg = write(&lab, &all);
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
-    let conn = in_netns(&lab.ns(Role::Client), || {
-        let s = TcpStream::connect_timeout(
-            &SocketAddr::from((VIP_V4, ECHO_PORT)),
-            Duration::from_secs(2),
-        )
-        .unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s
-    })
-    .unwrap();
-    let owner = echo_owner(&conn).expect("echo");
-    let index: usize = owner.trim_start_matches("backend").parse().unwrap();
+    let (conn, owner, index) = held_echo(&lab);
     let kept: Vec<(usize, &str)> = (1..=3).filter(|i| *i != index).map(|i| (i, "a")).collect();
     std::fs::write(&cfg, config(&lab, &kept, "", delay)).unwrap();
     let (ok, out) = cli(&lab, &["reload"]);
@@ -782,18 +778,7 @@ fn listeners_keep_their_counters_when_a_reload_reorders_them_and_closed_connecti
     // Twenty HTTP connections, each closed by its client; one echo connection held open.
     let s = spread(&lab, 20);
     assert_eq!(s.values().sum::<usize>(), 20, "{s:?}");
-    let conn = in_netns(&lab.ns(Role::Client), || {
-        let s = TcpStream::connect_timeout(
-            &SocketAddr::from((VIP_V4, ECHO_PORT)),
-            Duration::from_secs(2),
-        )
-        .unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s
-    })
-    .unwrap();
-    let owner = echo_owner(&conn).expect("echo");
-    let index: usize = owner.trim_start_matches("backend").parse().unwrap();
+    let (conn, owner, index) = held_echo(&lab);
     // Summed over the target's states (it may still be in `initial`).
     let flows = |i: usize| -> f64 {
         let prefix = format!(

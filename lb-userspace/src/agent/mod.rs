@@ -416,25 +416,29 @@ impl Agent {
         let cfg = effective(&self.file, &self.overlay, &|g, id| {
             self.draining.contains_key(&(g.to_owned(), id))
         });
-        let in_service = |name: &str| {
-            let Some(g) = cfg.group(name) else {
-                return false;
-            };
-            let healthy: Option<Vec<IpAddr>> = g.health_check.is_some().then(|| {
-                self.checker
-                    .states(&g.name)
-                    .into_iter()
-                    .filter(|(_, s)| *s == lb_health::State::Healthy)
-                    .map(|(a, _)| a.ip())
-                    .collect()
-            });
-            g.targets
-                .iter()
-                .any(|t| t.weight > 0 && healthy.as_ref().is_none_or(|h| h.contains(&t.id)))
-        };
+        // Each group once, however many listeners forward to it.
+        let serving: BTreeSet<&str> = cfg
+            .target_groups
+            .iter()
+            .filter(|g| !g.protocol.is_http())
+            .filter(|g| {
+                let healthy: Option<Vec<IpAddr>> = g.health_check.is_some().then(|| {
+                    self.checker
+                        .states(&g.name)
+                        .into_iter()
+                        .filter(|(_, s)| *s == lb_health::State::Healthy)
+                        .map(|(a, _)| a.ip())
+                        .collect()
+                });
+                g.targets
+                    .iter()
+                    .any(|t| t.weight > 0 && healthy.as_ref().is_none_or(|h| h.contains(&t.id)))
+            })
+            .map(|g| g.name.as_str())
+            .collect();
         cfg.listeners
             .iter()
-            .filter(|l| in_service(l.target_group()))
+            .filter(|l| serving.contains(l.target_group()))
             .map(|l| l.address)
             .collect()
     }

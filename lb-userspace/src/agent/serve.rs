@@ -144,12 +144,12 @@ async fn serve(
             let _ = l7_stopped.await;
         }))
     });
-    // The VIPs this node can serve, announced through BIRD while it can ([node.bgp]).
-    let (vips, announced) = watch::channel(agent.servable_vips());
-    let announcer = node
-        .bgp
-        .clone()
-        .map(|bgp| tokio::spawn(bgp::announcer(bgp, announced)));
+    // The VIPs this node can serve, announced through BIRD while it can; only with [node.bgp],
+    // so that a node without it does not work them out on every turn of the loop.
+    let mut bgp = node.bgp.clone().map(|bgp| {
+        let (vips, announced) = watch::channel(agent.servable_vips());
+        (vips, tokio::spawn(bgp::announcer(bgp, announced)))
+    });
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -218,23 +218,25 @@ async fn serve(
             changed
         });
         // Any of those, or a health change, may have changed what this node can serve.
-        vips.send_if_modified(|announced| {
-            let now = agent.servable_vips();
-            let changed = *announced != now;
-            if changed {
-                *announced = now;
-            }
-            changed
-        });
+        if let Some((vips, _)) = &bgp {
+            vips.send_if_modified(|announced| {
+                let now = agent.servable_vips();
+                let changed = *announced != now;
+                if changed {
+                    *announced = now;
+                }
+                changed
+            });
+        }
     }
     // A stopped agent no longer follows its targets' health: withdraw every VIP first (the
     // datapath stays attached for the flows the routers still send).
-    vips.send_replace(Default::default());
-    drop(vips);
-    if let Some(task) = announcer
-        && tokio::time::timeout(WITHDRAW_TIMEOUT, task).await.is_err()
-    {
-        tracing::warn!("BIRD did not take the withdrawal in time; its routes may stay");
+    if let Some((vips, task)) = bgp.take() {
+        vips.send_replace(Default::default());
+        drop(vips);
+        if tokio::time::timeout(WITHDRAW_TIMEOUT, task).await.is_err() {
+            tracing::warn!("BIRD did not take the withdrawal in time; its routes may stay");
+        }
     }
     api_task.abort();
     if let Some(t) = metrics_task {
