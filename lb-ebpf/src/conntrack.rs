@@ -21,19 +21,18 @@ use crate::{
 /// whether the ring chose it (a new flow).
 pub struct Choice {
     pub index: u32,
+    /// Its `BACKENDS` entry, live.
+    pub backend: &'static Backend,
     pub hash: u32,
     pub new_flow: bool,
 }
 
-/// Backend `index`, in the `BACKENDS` map.
+/// Backend `index` (in `BACKENDS`) if it is live.
 #[inline(always)]
-pub fn backend(index: u32) -> Option<&'static Backend> {
-    BACKENDS.get(index)
-}
-
-#[inline(always)]
-fn live(index: u32) -> bool {
-    backend(index).is_some_and(|b| b.flags & BACKEND_F_LIVE != 0)
+fn live(index: u32) -> Option<&'static Backend> {
+    BACKENDS
+        .get(index)
+        .filter(|b| b.flags & BACKEND_F_LIVE != 0)
 }
 
 #[inline(always)]
@@ -45,18 +44,19 @@ pub fn hash(vip: &VipMeta, key: &FlowKey) -> u32 {
     }
 }
 
-/// Maglev: the VIP's live ring at `hash % M`.
+/// Maglev: the VIP's live ring at `hash % M`, and that backend.
 #[inline(always)]
-pub fn ring(vip: &VipMeta, hash: u32) -> Result<u32, Verdict> {
+pub fn ring(vip: &VipMeta, hash: u32) -> Result<(u32, &'static Backend), Verdict> {
     let slot = (vip.index * 2 + (vip.ring & 1)) * RING_SIZE + hash % RING_SIZE;
     let index = *RINGS
         .get(slot)
         .ok_or(Verdict::drop(Reason::DropNoBackend))?;
     // Index 0: the ring was never filled (no target registered).
-    if index == 0 || !live(index) {
+    if index == 0 {
         return Err(Verdict::drop(Reason::DropNoBackend));
     }
-    Ok(index)
+    let b = live(index).ok_or(Verdict::drop(Reason::DropNoBackend))?;
+    Ok((index, b))
 }
 
 /// Flow table first (unless `syn`), then the ring; records new flows. `closing`: a TCP FIN or
@@ -75,7 +75,9 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool, closing: bool) -> Result<
         // SAFETY: the LRU value stays valid while the program runs; a concurrent update of the
         // same flow from another CPU can only write another valid backend index.
         let (index, hash, seen) = unsafe { ((*state).backend, (*state).hash, (*state).seen_ns) };
-        if (!udp || now.wrapping_sub(seen) < UDP_FLOW_TIMEOUT_NS) && live(index) {
+        if (!udp || now.wrapping_sub(seen) < UDP_FLOW_TIMEOUT_NS)
+            && let Some(backend) = live(index)
+        {
             if udp {
                 // SAFETY: as above.
                 unsafe { (*state).seen_ns = now };
@@ -85,13 +87,14 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool, closing: bool) -> Result<
             }
             return Ok(Choice {
                 index,
+                backend,
                 hash,
                 new_flow: false,
             });
         }
     }
     let h = hash(vip, key);
-    let index = ring(vip, h)?;
+    let (index, backend) = ring(vip, h)?;
     let state = FlowState {
         backend: index,
         hash: h,
@@ -101,6 +104,7 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool, closing: bool) -> Result<
     let _ = FLOWS.insert(key, state, 0);
     Ok(Choice {
         index,
+        backend,
         hash: h,
         new_flow: true,
     })
@@ -111,17 +115,20 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool, closing: bool) -> Result<
 pub fn existing(vip: &VipMeta, key: &FlowKey) -> Result<Choice, Verdict> {
     // SAFETY: copied out at once.
     if let Some(state) = unsafe { FLOWS.get(key) }
-        && live(state.backend)
+        && let Some(backend) = live(state.backend)
     {
         return Ok(Choice {
             index: state.backend,
+            backend,
             hash: state.hash,
             new_flow: false,
         });
     }
     let h = hash(vip, key);
+    let (index, backend) = ring(vip, h)?;
     Ok(Choice {
-        index: ring(vip, h)?,
+        index,
+        backend,
         hash: h,
         new_flow: false,
     })

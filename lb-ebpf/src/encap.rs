@@ -13,7 +13,7 @@ use lb_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
 use crate::{
-    conntrack::{self, Choice},
+    conntrack::Choice,
     csum, icmp,
     l2::{self, Macs, NextHop},
     maps::{CachedHop, FIB_ARGS, NEXT_HOP_TTL_NS, NEXT_HOPS},
@@ -34,7 +34,7 @@ pub fn forward(
     choice: &Choice,
     cfg: &Config,
 ) -> Result<Verdict, Verdict> {
-    let b = conntrack::backend(choice.index).ok_or(Verdict::drop(Reason::DropNoBackend))?;
+    let b = choice.backend;
     if vip.flags & VIP_F_DSR != 0 {
         return dsr(ctx, b);
     }
@@ -95,53 +95,59 @@ fn encapsulate<const V4: bool>(
     } else {
         IPPROTO_IPV6
     };
-    let h = choice.hash.to_be_bytes();
-    // The outer header is written in place, field by field: no copy of it on the stack.
+    // The outer header is written in place, a word at a time (the backend allows misaligned
+    // access, see `build.rs`): no copy of it on the stack. Words are built in memory order, so
+    // as little-endian integers; the one's complement sum does not depend on the byte order.
+    let hash_be = choice.hash.to_be();
     if v4 {
         let total = (p.ip_len as usize + Ipv4Hdr::LEN) as u16;
         // RFC 2003: copy the inner DF bit to the outer header.
         let df: u16 = if p.dont_fragment { 0x4000 } else { 0 };
-        let ttl_proto = (TUNNEL_TTL as u16) << 8 | inner_proto as u16;
-        let src = [cfg.tunnel_src_v4[0], cfg.tunnel_src_v4[1], h[2], h[3]];
-        let dst = [b.addr[0], b.addr[1], b.addr[2], b.addr[3]];
-        let sum = 0x4500u64
-            + total as u64
-            + df as u64
-            + ttl_proto as u64
-            + u16::from_be_bytes([src[0], src[1]]) as u64
-            + u16::from_be_bytes([src[2], src[3]]) as u64
-            + u16::from_be_bytes([dst[0], dst[1]]) as u64
-            + u16::from_be_bytes([dst[2], dst[3]]) as u64;
-        let ip: *mut [u8; 20] = ptr_at(ctx, p.l3_off).ok_or(Verdict::drop(Reason::DropAdjust))?;
+        // Version 4, IHL 5, DSCP 0, total length; identification 0, flags; TTL, protocol.
+        let w0 = 0x45 | (total.to_be() as u32) << 16;
+        let w1 = (df.to_be() as u32) << 16;
+        let w2 = TUNNEL_TTL as u32 | (inner_proto as u32) << 8;
+        // SAFETY: `Config` and `Backend` hold these bytes; reads of any alignment.
+        let (prefix, dst) = unsafe {
+            (
+                cfg.tunnel_src_v4.as_ptr().cast::<u16>().read_unaligned(),
+                b.addr.as_ptr().cast::<u32>().read_unaligned(),
+            )
+        };
+        // The last two bytes of the source: the flow hash's last two.
+        let src = prefix as u32 | hash_be & 0xffff_0000;
+        let sum = w0 as u64 + w1 as u64 + w2 as u64 + src as u64 + dst as u64;
+        let w2 = w2 | (csum::fold(sum) as u32) << 16;
+        let ip: *mut [u32; 5] = ptr_at(ctx, p.l3_off).ok_or(Verdict::drop(Reason::DropAdjust))?;
         // SAFETY: bounds checked by `ptr_at`.
         unsafe {
-            let ip = &mut *ip;
-            ip[..2].copy_from_slice(&0x4500u16.to_be_bytes());
-            ip[2..4].copy_from_slice(&total.to_be_bytes());
-            ip[4..6].copy_from_slice(&[0, 0]);
-            ip[6..8].copy_from_slice(&df.to_be_bytes());
-            ip[8..10].copy_from_slice(&ttl_proto.to_be_bytes());
-            ip[10..12].copy_from_slice(&csum::fold(sum).to_be_bytes());
-            ip[12..16].copy_from_slice(&src);
-            ip[16..20].copy_from_slice(&dst);
+            let ip = ip.cast::<u32>();
+            ip.write_unaligned(w0);
+            ip.add(1).write_unaligned(w1);
+            ip.add(2).write_unaligned(w2);
+            ip.add(3).write_unaligned(src);
+            ip.add(4).write_unaligned(dst);
         }
     } else {
-        let ip: *mut [u8; 40] = ptr_at(ctx, p.l3_off).ok_or(Verdict::drop(Reason::DropAdjust))?;
-        // SAFETY: bounds checked by `ptr_at`.
+        let ip: *mut [u32; 10] = ptr_at(ctx, p.l3_off).ok_or(Verdict::drop(Reason::DropAdjust))?;
+        // Version 6, traffic class 0, flow label from the flow hash (receivers and ECMP spread
+        // on it); payload length, next header, hop limit.
+        let w0 = 0x60 | hash_be & 0xffff_0f00;
+        let w1 = (p.ip_len.to_be() as u32) | (inner_proto as u32) << 16 | (TUNNEL_TTL as u32) << 24;
+        // SAFETY: bounds checked by `ptr_at`; `Config` and `Backend` hold the bytes read.
         unsafe {
-            let ip = &mut *ip;
-            // Version 6, traffic class 0, flow label from the flow hash (receivers and ECMP
-            // spread on it).
-            ip[0] = 0x60;
-            ip[1] = h[1] & 0x0f;
-            ip[2] = h[2];
-            ip[3] = h[3];
-            ip[4..6].copy_from_slice(&p.ip_len.to_be_bytes());
-            ip[6] = inner_proto;
-            ip[7] = TUNNEL_TTL;
-            ip[8..20].copy_from_slice(&cfg.tunnel_src_v6[..12]);
-            ip[20..24].copy_from_slice(&h);
-            ip[24..40].copy_from_slice(&b.addr);
+            let ip = ip.cast::<u32>();
+            ip.write_unaligned(w0);
+            ip.add(1).write_unaligned(w1);
+            // Source: the configured prefix's first 12 bytes, then the flow hash.
+            let pfx = cfg.tunnel_src_v6.as_ptr().cast::<u32>();
+            ip.add(2).write_unaligned(pfx.read_unaligned());
+            ip.add(3).write_unaligned(pfx.add(1).read_unaligned());
+            ip.add(4).write_unaligned(pfx.add(2).read_unaligned());
+            ip.add(5).write_unaligned(hash_be);
+            let [d0, d1] = words(&b.addr);
+            ip.add(6).cast::<u64>().write_unaligned(d0);
+            ip.add(8).cast::<u64>().write_unaligned(d1);
         }
     }
     Ok(l2::send(&hop, Reason::TxTunnel))
@@ -193,7 +199,7 @@ fn next_hop(
         return Err(Verdict::drop(Reason::DropNoRoute));
     }
     Ok(NextHop {
-        macs: Macs::Gateway(cfg.gateway_mac),
+        macs: Macs::Gateway(&cfg.gateway_mac),
         redirect: None,
     })
 }

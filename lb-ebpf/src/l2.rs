@@ -13,7 +13,7 @@ pub enum Macs {
     /// (a per-CPU cache slot, so nothing is copied to the stack).
     Resolved(*const [u8; 12]),
     /// To the configured gateway, from the MAC the frame came to (ours).
-    Gateway([u8; 6]),
+    Gateway(*const [u8; 6]),
     /// Back to the MAC the frame came from.
     Reply,
     /// As the frame came: the kernel, which gets it, resolves the next hop itself.
@@ -45,30 +45,93 @@ pub fn write(
     let old: *const [u8; 18] = ptr_at(ctx, moved).ok_or(short)?;
     // SAFETY: both bounds checked by `ptr_at`; they do not overlap (`moved` >= 18).
     unsafe {
-        let (out, old) = (&mut *out, &*old);
+        let (out, old) = (out.cast::<u8>(), old.cast::<u8>());
         match macs {
-            Macs::Resolved(m) => out[..12].copy_from_slice(&*m),
+            Macs::Resolved(m) => copy12(out, m.cast()),
             Macs::Gateway(dst) => {
-                out[6..12].copy_from_slice(&old[..6]);
-                out[..6].copy_from_slice(&dst);
+                copy6(out.add(6), old);
+                copy6(out, dst.cast());
             }
             Macs::Reply => {
-                out[..6].copy_from_slice(&old[6..12]);
-                out[6..12].copy_from_slice(&old[..6]);
+                copy6(out, old.add(6));
+                copy6(out.add(6), old);
             }
-            Macs::Kernel => out[..12].copy_from_slice(&old[..12]),
+            Macs::Kernel => copy12(out, old),
         }
-        let t = ether_type.to_be_bytes();
+        let t = ether_type.to_be();
         if vlan {
-            out[12..16].copy_from_slice(&old[12..16]);
-            out[16] = t[0];
-            out[17] = t[1];
+            copy_unaligned::<u32>(out.add(12), old.add(12));
+            out.add(16).cast::<u16>().write_unaligned(t);
         } else {
-            out[12] = t[0];
-            out[13] = t[1];
+            out.add(12).cast::<u16>().write_unaligned(t);
         }
     }
     Ok(())
+}
+
+/// Copies a `T` between unaligned places: one load and one store (the BPF backend is built to
+/// allow misaligned access, see `build.rs`), where a byte array copy takes one per byte.
+///
+/// # Safety
+/// Both pointers valid for `size_of::<T>()` bytes.
+#[inline(always)]
+unsafe fn copy_unaligned<T: Copy>(dst: *mut u8, src: *const u8) {
+    // SAFETY: the caller's.
+    unsafe {
+        dst.cast::<T>()
+            .write_unaligned(src.cast::<T>().read_unaligned())
+    }
+}
+
+/// Copies two MAC addresses (12 bytes).
+///
+/// # Safety
+/// As [`copy_unaligned`].
+#[inline(always)]
+unsafe fn copy12(dst: *mut u8, src: *const u8) {
+    // SAFETY: the caller's.
+    unsafe {
+        copy_unaligned::<u64>(dst, src);
+        copy_unaligned::<u32>(dst.add(8), src.add(8));
+    }
+}
+
+/// Copies one MAC address.
+///
+/// # Safety
+/// As [`copy_unaligned`].
+#[inline(always)]
+unsafe fn copy6(dst: *mut u8, src: *const u8) {
+    // SAFETY: the caller's.
+    unsafe { write6(dst, read6(src)) }
+}
+
+/// A MAC address as a 4-byte and a 2-byte word.
+///
+/// # Safety
+/// `src` valid for 6 bytes.
+#[inline(always)]
+unsafe fn read6(src: *const u8) -> (u32, u16) {
+    // SAFETY: the caller's.
+    unsafe {
+        (
+            src.cast::<u32>().read_unaligned(),
+            src.add(4).cast::<u16>().read_unaligned(),
+        )
+    }
+}
+
+/// Writes what [`read6`] read.
+///
+/// # Safety
+/// `dst` valid for 6 bytes.
+#[inline(always)]
+unsafe fn write6(dst: *mut u8, (a, b): (u32, u16)) {
+    // SAFETY: the caller's.
+    unsafe {
+        dst.cast::<u32>().write_unaligned(a);
+        dst.add(4).cast::<u16>().write_unaligned(b);
+    }
 }
 
 /// The verdict that sends the frame on its way to `hop`.

@@ -114,9 +114,10 @@ fn fragment(ctx: &XdpContext, p: &Packet, bytes: u64) -> Result<Verdict, Verdict
         return counted(&vip, Err(Verdict::drop(Reason::DropFragment)));
     }
     let hash = conntrack::hash(&vip, &p.key);
-    let r = conntrack::ring(&vip, hash).and_then(|index| {
+    let r = conntrack::ring(&vip, hash).and_then(|(index, backend)| {
         let choice = Choice {
             index,
+            backend,
             hash,
             new_flow: false,
         };
