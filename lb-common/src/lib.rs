@@ -131,20 +131,46 @@ const _: () = assert!(size_of::<Backend>() == 24);
 /// (after its deregistration delay), so flows pinned to it are re-balanced.
 pub const BACKEND_F_LIVE: u8 = 1 << 0;
 
-/// `FLOWS` key: the 5-tuple of a client's flow as it arrives (client → VIP).
+/// `FLOWS` key: the 5-tuple of a client's flow as it arrives (client → VIP). Its bytes 16..36
+/// (`dst`, `dport_be`, `proto`, `family`) are the flow's [`VipKey`]: the balancer looks the
+/// listener up with them in place ([`FlowKey::vip_key`]).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FlowKey {
     pub src: Addr,
     pub dst: Addr,
     /// Ports in network byte order (zero for flows without ports).
-    pub sport_be: u16,
     pub dport_be: u16,
     pub proto: u8,
     pub family: u8,
+    pub sport_be: u16,
     pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
+// The `VipKey` inside: same fields at the same places, 16 bytes in.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(FlowKey, dst) == 16 + offset_of!(VipKey, addr));
+    assert!(offset_of!(FlowKey, dport_be) == 16 + offset_of!(VipKey, port_be));
+    assert!(offset_of!(FlowKey, proto) == 16 + offset_of!(VipKey, proto));
+    assert!(offset_of!(FlowKey, family) == 16 + offset_of!(VipKey, family));
+    assert!(16 % align_of::<VipKey>() == 0 && align_of::<FlowKey>() >= align_of::<VipKey>());
+};
+
+impl FlowKey {
+    /// The listener key inside this flow key (no copy).
+    #[inline(always)]
+    pub fn vip_key(&self) -> &VipKey {
+        // SAFETY: bytes 16..36 of a `FlowKey` hold a `VipKey`'s fields at its offsets, and are
+        // aligned for it (asserted above); any bits are valid for both.
+        unsafe {
+            &*(self as *const FlowKey)
+                .cast::<u8>()
+                .add(16)
+                .cast::<VipKey>()
+        }
+    }
+}
 
 /// `FLOWS` value.
 #[repr(C)]

@@ -194,7 +194,6 @@ fn quoted_flow(ctx: &XdpContext, p: &Packet) -> Result<Icmp, Verdict> {
     let ports = unsafe { *ports };
     let sport_be = u16::from_ne_bytes([ports[0], ports[1]]);
     let dport_be = u16::from_ne_bytes([ports[2], ports[3]]);
-    let vip = vip::listener(p.key.family, &src, sport_be, proto).ok_or(other)?;
     let key = FlowKey {
         src: dst,
         dst: src,
@@ -204,6 +203,7 @@ fn quoted_flow(ctx: &XdpContext, p: &Packet) -> Result<Icmp, Verdict> {
         family: p.key.family,
         _pad: [0; 2],
     };
+    let vip = vip::listener(key.vip_key()).ok_or(other)?;
     Ok(Icmp::Error { vip, key })
 }
 
@@ -222,6 +222,7 @@ pub fn too_big(ctx: &XdpContext, p: &Packet, mtu: u16) -> Result<Verdict, Verdic
         return Err(Verdict::drop(Reason::DropTooBig));
     }
     let grow = ip_len + 8;
+    let frame_len = parse::frame_len(ctx);
     // SAFETY: the helpers check the new head and tail and fail cleanly.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
         return Err(fail);
@@ -229,7 +230,7 @@ pub fn too_big(ctx: &XdpContext, p: &Packet, mtu: u16) -> Result<Verdict, Verdic
     // The frame is now `grow` bytes longer than it came; cut it after the quote. (Worked out
     // from the parsed length: `bpf_xdp_get_buff_len` would need Linux 5.18.)
     let new_len = p.l3_off + grow + quote;
-    let cur_len = p.frame_len + grow;
+    let cur_len = frame_len + grow;
     // SAFETY: as above.
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, new_len as i32 - cur_len as i32) } != 0 {
         return Err(fail);

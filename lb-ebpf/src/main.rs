@@ -58,8 +58,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
     }
     match p.key.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
-            let vip = vip::listener(p.key.family, &p.key.dst, p.key.dport_be, p.key.proto)
-                .ok_or(Verdict::pass(Reason::PassNotVip))?;
+            let vip = vip::listener(p.key.vip_key()).ok_or(Verdict::pass(Reason::PassNotVip))?;
             let tcp = p.key.proto == IPPROTO_TCP;
             let syn = tcp && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
             let closing = tcp && p.tcp_flags & (TCP_FIN | TCP_RST) != 0;

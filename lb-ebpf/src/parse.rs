@@ -88,8 +88,6 @@ pub struct Packet {
     pub dont_fragment: bool,
     /// Length of the IP packet (header included).
     pub ip_len: u16,
-    /// Length of the frame (Ethernet padding included).
-    pub frame_len: usize,
 }
 
 pub const TCP_FIN: u8 = 0x01;
@@ -123,18 +121,26 @@ pub fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), Verdict> {
 pub fn ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
     let bad = Verdict::drop(Reason::DropBadIpv4);
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3_off).ok_or(bad)?;
-    // SAFETY: bounds checked by `ptr_at`.
-    let ip = unsafe { &*ip };
-    let ihl = (ip.vihl & 0x0f) as usize * 4;
-    let ip_len = u16::from_be_bytes(ip.tot_len);
-    if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || (ip_len as usize) < ihl {
+    // SAFETY: bounds checked by `ptr_at`; reads of any alignment (see `build.rs`).
+    let (vihl, ip_len, frag, proto, src, dst) = unsafe {
+        let b = ip.cast::<u8>();
+        (
+            *b,
+            u16::from_be(b.add(2).cast::<u16>().read_unaligned()),
+            u16::from_be(b.add(6).cast::<u16>().read_unaligned()),
+            *b.add(9),
+            b.add(12).cast::<[u8; 4]>().read_unaligned(),
+            b.add(16).cast::<[u8; 4]>().read_unaligned(),
+        )
+    };
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || (ip_len as usize) < ihl {
         return Err(bad);
     }
-    let len = frame_len(ctx);
-    if l3_off + ip_len as usize > len {
+    let l3_end = l3_off + ip_len as usize;
+    if l3_end > frame_len(ctx) {
         return Err(bad);
     }
-    let frag = u16::from_be_bytes(ip.frags);
     // MF set or a non-zero offset.
     let fragment = frag & 0x3fff != 0;
     let l4_off = l3_off + ihl;
@@ -142,16 +148,16 @@ pub fn ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
     let ports = if fragment {
         Ports::NONE
     } else {
-        l4(ctx, ip.proto, l4_off, l3_off + ip_len as usize)?
+        l4(ctx, proto, l4_off, l3_end)?
     };
     Ok(Packet {
         key: FlowKey {
-            src: v4(ip.src_addr),
-            dst: v4(ip.dst_addr),
-            sport_be: ports.sport_be,
+            src: v4(src),
+            dst: v4(dst),
             dport_be: ports.dport_be,
-            proto: ip.proto,
+            proto,
             family: AF_INET,
+            sport_be: ports.sport_be,
             _pad: [0; 2],
         },
         l3_off,
@@ -160,7 +166,6 @@ pub fn ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
         fragment,
         dont_fragment: frag & 0x4000 != 0,
         ip_len,
-        frame_len: len,
     })
 }
 
@@ -205,10 +210,10 @@ pub fn ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
         key: FlowKey {
             src: addr6(&ip.src_addr),
             dst: addr6(&ip.dst_addr),
-            sport_be: ports.sport_be,
             dport_be: ports.dport_be,
             proto,
             family: AF_INET6,
+            sport_be: ports.sport_be,
             _pad: [0; 2],
         },
         l3_off,
@@ -217,7 +222,6 @@ pub fn ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
         fragment,
         dont_fragment: true,
         ip_len: ip_len as u16,
-        frame_len: len,
     })
 }
 
@@ -234,54 +238,53 @@ impl Ports {
         dport_be: 0,
         tcp_flags: 0,
     };
+
+    /// The ports at the start of a TCP or UDP header, in one load.
+    #[inline(always)]
+    fn read<const N: usize>(h: &[u8; N], tcp_flags: u8) -> Ports {
+        // SAFETY: both headers start with the two ports; a read of any alignment.
+        let w = unsafe { h.as_ptr().cast::<u32>().read_unaligned() };
+        Ports {
+            sport_be: w as u16,
+            dport_be: (w >> 16) as u16,
+            tcp_flags,
+        }
+    }
 }
 
 /// Reads ports and TCP flags of the `proto` header at `l4_off`, which must end by `l3_end` (the
-/// end of the IP packet). ICMP and other protocols have no ports.
+/// end of the IP packet: bytes after it, Ethernet padding or trailers, are not part of it). ICMP
+/// and other protocols have no ports.
 #[inline(always)]
 fn l4(ctx: &XdpContext, proto: u8, l4_off: usize, l3_end: usize) -> Result<Ports, Verdict> {
     let bad = Verdict::drop(Reason::DropBadL4);
-    // The header must fit in the IP packet, not only in the frame: bytes after the IP length
-    // (Ethernet padding, trailers) are not part of it.
-    let need = match proto {
-        IPPROTO_TCP => TcpHdr::LEN,
-        IPPROTO_UDP => UdpHdr::LEN,
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => 4,
-        _ => 0,
-    };
-    if l4_off + need > l3_end {
-        return Err(bad);
-    }
     match proto {
         IPPROTO_TCP => {
-            let tcp: *const TcpHdr = ptr_at(ctx, l4_off).ok_or(bad)?;
+            if l4_off + TcpHdr::LEN > l3_end {
+                return Err(bad);
+            }
+            let tcp: *const [u8; TcpHdr::LEN] = ptr_at(ctx, l4_off).ok_or(bad)?;
             // SAFETY: bounds checked by `ptr_at`.
             let tcp = unsafe { &*tcp };
             // Byte 12 holds the data offset in its high nibble, byte 13 the flags.
-            let raw: *const [u8; 14] = (tcp as *const TcpHdr).cast();
-            // SAFETY: TcpHdr is 20 bytes, so its first 14 are in bounds.
-            let raw = unsafe { &*raw };
-            if raw[12] >> 4 < 5 {
+            if tcp[12] >> 4 < 5 {
                 return Err(bad);
             }
-            Ok(Ports {
-                sport_be: u16::from_ne_bytes(tcp.source),
-                dport_be: u16::from_ne_bytes(tcp.dest),
-                tcp_flags: raw[13],
-            })
+            Ok(Ports::read(tcp, tcp[13]))
         }
         IPPROTO_UDP => {
-            let udp: *const UdpHdr = ptr_at(ctx, l4_off).ok_or(bad)?;
+            if l4_off + UdpHdr::LEN > l3_end {
+                return Err(bad);
+            }
+            let udp: *const [u8; UdpHdr::LEN] = ptr_at(ctx, l4_off).ok_or(bad)?;
             // SAFETY: bounds checked by `ptr_at`.
-            let udp = unsafe { &*udp };
-            Ok(Ports {
-                sport_be: u16::from_ne_bytes(udp.src),
-                dport_be: u16::from_ne_bytes(udp.dst),
-                tcp_flags: 0,
-            })
+            Ok(Ports::read(unsafe { &*udp }, 0))
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             // Type, code and checksum must be there for the ICMP stage.
+            if l4_off + 4 > l3_end {
+                return Err(bad);
+            }
             ptr_at::<[u8; 4]>(ctx, l4_off).ok_or(bad)?;
             Ok(Ports::NONE)
         }

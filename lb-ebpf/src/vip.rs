@@ -10,23 +10,17 @@ fn get(key: &VipKey) -> Option<VipMeta> {
     unsafe { VIPS.get(key).copied() }
 }
 
-/// The listener for `(addr, port, proto)`, exact port first, then an all-ports VIP.
+/// The listener for `key` (address, port, protocol), exact port first, then an all-ports VIP.
 #[inline(always)]
-pub fn listener(family: u8, addr: &[u8; 16], port_be: u16, proto: u8) -> Option<VipMeta> {
-    let mut key = VipKey {
-        addr: *addr,
-        port_be,
-        proto,
-        family,
-    };
+pub fn listener(key: &VipKey) -> Option<VipMeta> {
     // Port 0 is the all-ports key: an address-only entry there must not answer the exact lookup.
-    if let Some(m) = get(&key)
+    if let Some(m) = get(key)
         && m.flags & VIP_F_ADDRESS_ONLY == 0
     {
         return Some(m);
     }
-    key.port_be = 0;
-    get(&key).filter(|m| m.flags & VIP_F_ADDRESS_ONLY == 0)
+    let any_port = VipKey { port_be: 0, ..*key };
+    get(&any_port).filter(|m| m.flags & VIP_F_ADDRESS_ONLY == 0)
 }
 
 /// The per-address entry for `proto` (port 0), all-ports VIP or address-only.
