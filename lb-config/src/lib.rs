@@ -9,6 +9,7 @@
 //! - [`HealthCheck`] (`health.rs`): a group's `health_check` block.
 //! - [`Listener`] (`listener.rs`): an L4 listener (a VIP) of the XDP tier.
 //! - [`HttpListener`] (`http.rs`): an HTTP/HTTPS listener of the L7 tier, with ALB's rules.
+//! - [`import`]: `xlb import aws`, a config from what `aws elbv2 describe-*` prints.
 //!
 //! [`Config::parse`] refuses unknown keys and wrong types (toml's message names the line), then
 //! checks what types cannot say (references, ranges, families, ALB's constraints). A refusal is
@@ -21,6 +22,7 @@ pub mod bgp;
 mod group;
 mod health;
 mod http;
+pub mod import;
 mod listener;
 mod locate;
 mod node;

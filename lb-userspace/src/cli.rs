@@ -3,7 +3,7 @@
 
 use std::{
     net::IpAddr,
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -283,6 +283,82 @@ pub fn deregister(socket: &Path, target_group: String, id: IpAddr) -> Result<()>
         socket,
         &Request::Deregister { target_group, id },
     )?)
+}
+
+/// `xlb import aws`.
+#[derive(Debug, clap::Args)]
+pub struct ImportAwsArgs {
+    /// JSON files, or directories of them (every `.json` file). A target-health or attributes
+    /// output names its resource in its file name (`describe-target-health.NAME.json`,
+    /// `describe-target-group-attributes.NAME.json`,
+    /// `describe-load-balancer-attributes.NAME.json`) or by a `"TargetGroupArn"` or
+    /// `"LoadBalancerArn"` key added to its JSON.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Write the config to this file [default: stdout].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the report of what did not map to this file [default: stderr].
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+/// `xlb import aws`: writes the config and the report, then checks the config as `xlb check`
+/// parses it (certificates aside: the importer names files the operator provides).
+pub fn import_aws(args: ImportAwsArgs) -> Result<()> {
+    use lb_config::import::{self, Level};
+    let inputs = import::Input::read(&args.paths)?;
+    let imported = import::aws(&inputs)?;
+    let name = match &args.out {
+        Some(path) => {
+            std::fs::write(path, &imported.config)
+                .with_context(|| format!("write {}", path.display()))?;
+            path.display().to_string()
+        }
+        None => {
+            print!("{}", imported.config);
+            "the config".to_owned()
+        }
+    };
+    let s = &imported.summary;
+    let report = if json_output() {
+        let v = serde_json::json!({ "summary": s, "findings": imported.findings });
+        format!("{}\n", serde_json::to_string_pretty(&v)?)
+    } else {
+        let todo = imported
+            .findings
+            .iter()
+            .filter(|f| f.level == Level::Todo)
+            .count();
+        let mut text = format!(
+            "imported {} load balancers into {name}: {} listeners, {} http listeners, {} rules, \
+             {} target groups, {} targets; {todo} TODO(import) for you, {} NOTE(import)\n",
+            s.load_balancers,
+            s.listeners,
+            s.http_listeners,
+            s.rules,
+            s.target_groups,
+            s.targets,
+            imported.findings.len() - todo,
+        );
+        for f in &imported.findings {
+            let level = match f.level {
+                Level::Todo => "TODO",
+                Level::Note => "NOTE",
+            };
+            text += &format!("{level}  {}: {}\n", f.resource, f.message);
+        }
+        text
+    };
+    match &args.report {
+        Some(path) => {
+            std::fs::write(path, report).with_context(|| format!("write {}", path.display()))?
+        }
+        None => eprint!("{report}"),
+    }
+    lb_config::Config::parse(&imported.config, &name)
+        .context("the imported config is refused: a bug of `xlb import aws`, please report it")?;
+    Ok(())
 }
 
 /// `xlb node drain`: withdraws every VIP, then waits (at most `timeout`) for the flows through

@@ -98,6 +98,11 @@ enum Command {
         #[arg(long, value_enum, default_value_t = AttachMode::Native)]
         xdp_mode: AttachMode,
     },
+    /// Write an xlb config from an existing load balancer setup.
+    Import {
+        #[command(subcommand)]
+        from: ImportFrom,
+    },
     /// Print the completion script of a shell for xlb (e.g. `xlb completions bash >
     /// /usr/share/bash-completion/completions/xlb`).
     Completions {
@@ -137,6 +142,14 @@ enum TargetsAction {
         #[arg(long)]
         id: IpAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum ImportFrom {
+    /// From the JSON `aws elbv2` prints: describe-load-balancers, -listeners, -rules,
+    /// -target-groups, -target-group-attributes, -load-balancer-attributes and
+    /// -target-health. What does not map is reported and left as TODO comments in the config.
+    Aws(cli::ImportAwsArgs),
 }
 
 #[derive(Subcommand)]
@@ -231,6 +244,9 @@ fn run(cli: Cli) -> Result<()> {
             };
             cli::stop(&socket()?, detach, &pin_dir)
         }
+        Command::Import {
+            from: ImportFrom::Aws(args),
+        } => cli::import_aws(args),
         Command::Attach {
             program,
             iface,
