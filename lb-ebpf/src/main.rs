@@ -21,6 +21,8 @@ mod stats;
 mod verdict;
 mod vip;
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     Config, DecapReason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Reason,
@@ -48,9 +50,11 @@ pub fn xlb_lb(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
     let (ether_type, l3_off) = parse::ethernet(ctx)?;
+    // The flow table's key: parsing writes it, on the stack, where the map helpers read it.
+    let mut key = MaybeUninit::uninit();
     let p = match ether_type {
-        ETH_P_IP => parse::ipv4(ctx, l3_off)?,
-        ETH_P_IPV6 => parse::ipv6(ctx, l3_off)?,
+        ETH_P_IP => parse::ipv4(ctx, l3_off, &mut key)?,
+        ETH_P_IPV6 => parse::ipv6(ctx, l3_off, &mut key)?,
         _ => return Ok(Verdict::pass(Reason::PassNotIp)),
     };
     if p.fragment {
@@ -64,7 +68,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
             let closing = tcp && p.tcp_flags & (TCP_FIN | TCP_RST) != 0;
             counted(
                 &vip,
-                conntrack::choose(&vip, &p.key, syn, closing)
+                conntrack::choose(&vip, p.key, syn, closing)
                     .and_then(|choice| send(ctx, &p, &vip, &choice, bytes)),
             )
         }
@@ -112,7 +116,7 @@ fn fragment(ctx: &XdpContext, p: &Packet, bytes: u64) -> Result<Verdict, Verdict
     if vip.flags & VIP_F_SOURCE_IP == 0 {
         return counted(&vip, Err(Verdict::drop(Reason::DropFragment)));
     }
-    let hash = conntrack::hash(&vip, &p.key);
+    let hash = conntrack::hash(&vip, p.key);
     let r = conntrack::ring(&vip, hash).and_then(|(index, backend)| {
         let choice = Choice {
             index,

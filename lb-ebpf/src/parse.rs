@@ -1,6 +1,8 @@
 //! Stage 1: parse. Every packet byte the datapath reads goes through [`ptr_at`], the one bounds
 //! check; offsets into the packet are computed only here.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     AF_INET, AF_INET6, Addr, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
@@ -72,10 +74,12 @@ pub fn frame_len(ctx: &XdpContext) -> usize {
 }
 
 /// What the stages after parsing need to know about a packet.
-pub struct Packet {
+pub struct Packet<'k> {
     /// Addresses, ports, protocol and family: the flow table's key as it is looked up, so
     /// that it is built once. Ports are zero for ICMP and for fragments without an L4 header.
-    pub key: FlowKey,
+    /// Apart from the rest, which then stay in registers: the key's address goes to the map
+    /// helpers, and the compiler keeps whatever shares its place on the stack there too.
+    pub key: &'k FlowKey,
     /// Offset of the IP header: 14, or 18 behind a VLAN tag.
     pub l3_off: usize,
     /// Offset of the L4 header (past IPv4 options or IPv6 extension headers).
@@ -118,7 +122,11 @@ pub fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), Verdict> {
 /// Built and returned by value: the stages are inlined, so the compiler keeps the fields in
 /// registers. A zeroed `Packet` filled in place compiled to a call of a byte-wise `memset`.
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
+pub fn ipv4<'k>(
+    ctx: &XdpContext,
+    l3_off: usize,
+    key: &'k mut MaybeUninit<FlowKey>,
+) -> Result<Packet<'k>, Verdict> {
     let bad = Verdict::drop(Reason::DropBadIpv4);
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3_off).ok_or(bad)?;
     // SAFETY: bounds checked by `ptr_at`; reads of any alignment (see `build.rs`).
@@ -133,6 +141,17 @@ pub fn ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
             b.add(16).cast::<[u8; 4]>().read_unaligned(),
         )
     };
+    // Written at once (ports later), so that the compiler need not keep the addresses in
+    // registers while it reads the L4 header.
+    let key = key.write(FlowKey {
+        src: v4(src),
+        dst: v4(dst),
+        dport_be: 0,
+        proto,
+        family: AF_INET,
+        sport_be: 0,
+        _pad: [0; 2],
+    });
     let ihl = (vihl & 0x0f) as usize * 4;
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || (ip_len as usize) < ihl {
         return Err(bad);
@@ -150,16 +169,10 @@ pub fn ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
     } else {
         l4(ctx, proto, l4_off, l3_end)?
     };
+    key.dport_be = ports.dport_be;
+    key.sport_be = ports.sport_be;
     Ok(Packet {
-        key: FlowKey {
-            src: v4(src),
-            dst: v4(dst),
-            dport_be: ports.dport_be,
-            proto,
-            family: AF_INET,
-            sport_be: ports.sport_be,
-            _pad: [0; 2],
-        },
+        key,
         l3_off,
         l4_off,
         tcp_flags: ports.tcp_flags,
@@ -171,7 +184,11 @@ pub fn ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
 
 /// IPv6 header, extension headers and the L4 header → the packet.
 #[inline(always)]
-pub fn ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
+pub fn ipv6<'k>(
+    ctx: &XdpContext,
+    l3_off: usize,
+    key: &'k mut MaybeUninit<FlowKey>,
+) -> Result<Packet<'k>, Verdict> {
     let bad = Verdict::drop(Reason::DropBadIpv6);
     let ip: *const Ipv6Hdr = ptr_at(ctx, l3_off).ok_or(bad)?;
     // SAFETY: bounds checked by `ptr_at`.
@@ -206,16 +223,17 @@ pub fn ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Verdict> {
         IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT => return Err(bad),
         _ => (false, l4(ctx, proto, l4_off, l3_end)?),
     };
+    let key = key.write(FlowKey {
+        src: addr6(&ip.src_addr),
+        dst: addr6(&ip.dst_addr),
+        dport_be: ports.dport_be,
+        proto,
+        family: AF_INET6,
+        sport_be: ports.sport_be,
+        _pad: [0; 2],
+    });
     Ok(Packet {
-        key: FlowKey {
-            src: addr6(&ip.src_addr),
-            dst: addr6(&ip.dst_addr),
-            dport_be: ports.dport_be,
-            proto,
-            family: AF_INET6,
-            sport_be: ports.sport_be,
-            _pad: [0; 2],
-        },
+        key,
         l3_off,
         l4_off,
         tcp_flags: ports.tcp_flags,
