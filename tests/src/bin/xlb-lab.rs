@@ -27,6 +27,7 @@ use tokio::{
 };
 use xlb_tests::{
     agent::{self, Agent},
+    cluster::{Cluster, ClusterSpec},
     lab::{DEFAULT_BACKENDS, ECHO_PORT, HTTP_PORT, Lab, LabSpec, Role, UDP_PORT, VIP_V4, VIP_V6},
 };
 
@@ -62,6 +63,10 @@ enum Command {
         /// Attach no helper program: the balancer's tunnels and XDP_TX then go nowhere.
         #[arg(long, conflicts_with = "xlb")]
         no_helpers: bool,
+        /// Several balancer nodes behind ECMP instead of one `lb`: BIRD on the router and on
+        /// each node, `xlb run` on each node, every backend a target (1..=8).
+        #[arg(long, conflicts_with = "no_helpers")]
+        nodes: Option<usize>,
     },
     /// Tear down a lab: servers, namespaces, pinned programs.
     Down {
@@ -98,6 +103,7 @@ fn main() -> Result<()> {
             backends,
             xlb,
             no_helpers,
+            nodes,
         } => {
             let server_bin = std::env::current_exe().context("locating the xlb-lab binary")?;
             let xlb = match (xlb, no_helpers) {
@@ -105,6 +111,9 @@ fn main() -> Result<()> {
                 (Some(xlb), false) => Some(xlb),
                 (None, false) => Some(agent::xlb_bin()?),
             };
+            if let (Some(nodes), Some(xlb)) = (nodes, &xlb) {
+                return up_nodes(&prefix, nodes, backends, server_bin, xlb.clone());
+            }
             let lab = Lab::up(LabSpec {
                 prefix: prefix.clone(),
                 backends,
@@ -123,6 +132,42 @@ fn main() -> Result<()> {
             .context("starting the tokio runtime")?
             .block_on(serve(name.into()))?,
     }
+    Ok(())
+}
+
+/// `up --nodes N`: the cluster of `xlb_tests::cluster`, left running.
+fn up_nodes(
+    prefix: &str,
+    nodes: usize,
+    backends: usize,
+    server_bin: PathBuf,
+    xlb: PathBuf,
+) -> Result<()> {
+    let cluster = Cluster::up(ClusterSpec {
+        prefix: prefix.to_owned(),
+        nodes,
+        backends,
+        targets: (1..=backends).collect(),
+        group_extra: String::new(),
+        server_bin,
+        xlb,
+    })?;
+    print!("{}", Lab::status(prefix)?);
+    println!(
+        "router: VIP {VIP_V4} over nodes {:?}; birdc -s {} show route",
+        cluster.route(VIP_V4.into())?,
+        cluster.router_ctl().display()
+    );
+    for i in 1..=nodes {
+        let node = cluster.node_paths(i);
+        println!(
+            "{}: xlb --socket {} stats; log {}",
+            node.name,
+            node.socket.display(),
+            node.log.display()
+        );
+    }
+    cluster.keep();
     Ok(())
 }
 
