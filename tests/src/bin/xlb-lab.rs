@@ -86,6 +86,9 @@ enum Command {
         /// Requests per VIP.
         #[arg(long, default_value_t = 300)]
         requests: usize,
+        /// Several nodes behind ECMP instead: the spread over the nodes, then a node's death.
+        #[arg(long)]
+        nodes: Option<usize>,
     },
     /// Run a backend server (started by `up` inside each backend namespace).
     #[command(hide = true)]
@@ -124,7 +127,11 @@ fn main() -> Result<()> {
             print!("{}", Lab::status(&prefix)?);
         }
         Command::Down { prefix } => Lab::down(&prefix)?,
-        Command::Demo { requests } => demo(requests)?,
+        Command::Demo {
+            requests,
+            nodes: Some(nodes),
+        } => demo_nodes(nodes, requests)?,
+        Command::Demo { requests, .. } => demo(requests)?,
         Command::Status { prefix } => print!("{}", Lab::status(&prefix)?),
         Command::Serve { name } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -168,6 +175,64 @@ fn up_nodes(
         );
     }
     cluster.keep();
+    Ok(())
+}
+
+/// `demo --nodes N`: requests spread over the nodes and the targets, node 2 dies, and the
+/// requests go on over the others.
+fn demo_nodes(nodes: usize, requests: usize) -> Result<()> {
+    anyhow::ensure!(
+        nodes >= 2,
+        "a node's death needs 2 nodes or more, not {nodes}"
+    );
+    println!("demo: a router running BIRD, {nodes} nodes running xlb and BIRD, 3 backends");
+    let cluster = Cluster::up(ClusterSpec {
+        prefix: String::new(),
+        nodes,
+        backends: DEFAULT_BACKENDS,
+        targets: (1..=DEFAULT_BACKENDS).collect(),
+        group_extra: String::new(),
+        server_bin: std::env::current_exe().context("locating the xlb-lab binary")?,
+        xlb: agent::xlb_bin()?,
+    })?;
+    let vip = SocketAddr::from((VIP_V4, HTTP_PORT));
+    let mut cluster = cluster;
+    let round = |cluster: &Cluster, title: &str| -> Result<()> {
+        let flows = |c: &Cluster| -> Vec<u64> {
+            (1..=nodes)
+                .map(|i| c.new_flows(i).map_or(0, |f| f.values().sum()))
+                .collect()
+        };
+        let before = flows(cluster);
+        let spread = agent::http_spread(cluster.lab(), vip, requests)?;
+        let after = flows(cluster);
+        println!(
+            "demo: {title}: router's next hops for {VIP_V4}: nodes {:?}; {requests} HTTP requests:",
+            cluster.route(VIP_V4.into())?
+        );
+        for i in 1..=nodes {
+            let n = (after[i - 1] - before[i - 1]) as usize;
+            let bar = "#".repeat(n * 40 / requests.max(1));
+            println!("  node{i:<8} {n:>5}  {bar}");
+        }
+        for (backend, n) in &spread {
+            let bar = "#".repeat(n * 40 / requests.max(1));
+            println!("  {backend:<12} {n:>5}  {bar}");
+        }
+        Ok(())
+    };
+    round(&cluster, "every node up")?;
+    println!("\ndemo: node2 dies: its link goes down, its BIRD and agent are killed");
+    cluster.kill_node(2)?;
+    let left: Vec<usize> = (1..=nodes).filter(|&i| i != 2).collect();
+    let gone = cluster.wait_route(VIP_V4.into(), &left, Duration::from_secs(10))?;
+    println!(
+        "demo: the router's BFD dropped node2 after {:.2} s",
+        gone.as_secs_f64()
+    );
+    round(&cluster, "node2 dead")?;
+    drop(cluster);
+    println!("demo: lab removed");
     Ok(())
 }
 
