@@ -40,6 +40,10 @@
 //! - With an `xlb` binary in the [`LabSpec`], the router's `lb` port gets the
 //!   "pass" XDP program and each backend's `eth0` the "decap" program, pinned
 //!   under [`pin_dir`]; logs and pid files of the servers live in [`run_dir`].
+//! - [`Lab::up_nodes`] builds several balancers, `node1..N` at 198.18.1.(1+i) and
+//!   2001:db8:2::(1+i) on router ports `n1..nN`, instead of `lb`, and leaves the VIP route to
+//!   BGP: the router spreads the VIPs over the nodes that announce them, by an L4 hash
+//!   ([`crate::cluster`] runs BIRD and an agent on each node).
 //! - Commands run in a namespace through [`netns_command`] (`nsenter --net`),
 //!   which keeps the host's /sys/fs/bpf visible; [`in_netns`] runs a closure
 //!   there, so tests open client sockets in-process.
@@ -117,6 +121,9 @@ pub const CLIENT_MTU: u32 = 1500;
 pub const DEFAULT_BACKENDS: usize = 3;
 /// Largest number of backends a lab can have.
 pub const MAX_BACKENDS: usize = 64;
+/// Largest number of balancer nodes a lab can have ([`Lab::up_nodes`]): their addresses end
+/// below the backends'.
+pub const MAX_NODES: usize = 8;
 
 /// Where `ip netns` keeps its named namespaces.
 const NETNS_DIR: &str = "/run/netns";
@@ -147,6 +154,29 @@ pub fn backend_v6(i: usize) -> Ipv6Addr {
     let last = u16::from_str_radix(&(10 + backend_index(i)).to_string(), 16)
         .expect("decimal digits are valid hex digits");
     Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, last)
+}
+
+/// The IPv4 address of balancer node `i` (1-based, [`Lab::up_nodes`]): 198.18.1.(1+i), so node 1
+/// has the one-`lb` lab's [`LB_V4`].
+///
+/// Panics unless `1 <= i <= MAX_NODES`.
+pub fn node_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 1, 1 + node_index(i) as u8)
+}
+
+/// The IPv6 address of balancer node `i`: `2001:db8:2::` and 1+i (node 1 has [`LB_V6`]).
+///
+/// Panics unless `1 <= i <= MAX_NODES`.
+pub fn node_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1 + node_index(i) as u16)
+}
+
+fn node_index(i: usize) -> usize {
+    assert!(
+        (1..=MAX_NODES).contains(&i),
+        "node index {i} is outside 1..={MAX_NODES}"
+    );
+    i
 }
 
 fn backend_index(i: usize) -> usize {
@@ -184,6 +214,9 @@ pub enum Role {
     Router,
     /// Runs the load balancer on its `eth0`.
     Lb,
+    /// Balancer node `i`, counted from 1, in a lab of several ([`Lab::up_nodes`]), which has
+    /// them instead of `Lb`.
+    Node(usize),
     /// Backend `i`, counted from 1.
     Backend(usize),
 }
@@ -195,6 +228,11 @@ impl Role {
             "client" => Some(Role::Client),
             "router" => Some(Role::Router),
             "lb" => Some(Role::Lb),
+            _ if suffix.starts_with("node") => {
+                let digits = &suffix["node".len()..];
+                let i: usize = digits.parse().ok()?;
+                ((1..=MAX_NODES).contains(&i) && i.to_string() == digits).then_some(Role::Node(i))
+            }
             _ => {
                 let digits = suffix.strip_prefix("backend")?;
                 let i: usize = digits.parse().ok()?;
@@ -212,6 +250,7 @@ impl fmt::Display for Role {
             Role::Client => f.write_str("client"),
             Role::Router => f.write_str("router"),
             Role::Lb => f.write_str("lb"),
+            Role::Node(i) => write!(f, "node{i}"),
             Role::Backend(i) => write!(f, "backend{i}"),
         }
     }
@@ -267,8 +306,19 @@ struct Macs {
     client: Mac,
     router_client: Mac,
     router: Mac,
-    lb: Mac,
+    /// The balancers' `eth0`, in [`Lab::balancers`] order.
+    balancers: Vec<Mac>,
     backends: Vec<Mac>,
+}
+
+/// A balancer of the lab: the one `lb`, or node `i` of several.
+#[derive(Clone, Debug)]
+struct Balancer {
+    role: Role,
+    /// Its peer port on the router's bridge.
+    port: String,
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
 }
 
 /// A running lab. Dropping it tears it down (best effort) unless
@@ -277,6 +327,8 @@ struct Macs {
 pub struct Lab {
     prefix: String,
     backends: usize,
+    /// Balancer nodes `node1..=N`; 0 for the one `lb` with a static VIP route.
+    nodes: usize,
     macs: Macs,
     /// The backend servers, reaped on drop so they leave no zombies.
     servers: Vec<Child>,
@@ -287,6 +339,23 @@ impl Lab {
     /// Builds the lab, first tearing down a stale one with the same prefix.
     /// On error, whatever was built is torn down again.
     pub fn up(spec: LabSpec) -> Result<Lab> {
+        Lab::build_up(spec, 0)
+    }
+
+    /// Like [`Lab::up`], with `nodes` balancer namespaces `node1..=nodes` (at [`node_v4`] and
+    /// [`node_v6`], router ports `n1..`) instead of `lb`, and no static VIP route: the router
+    /// learns the VIPs by BGP from the nodes (`xlb_tests::cluster` runs BIRD on both sides) and
+    /// spreads them over the nodes with ECMP, by a hash of the L4 header
+    /// (`fib_multipath_hash_policy` 1 for IPv4 and IPv6).
+    pub fn up_nodes(spec: LabSpec, nodes: usize) -> Result<Lab> {
+        ensure!(
+            (1..=MAX_NODES).contains(&nodes),
+            "a lab needs 1..={MAX_NODES} nodes, not {nodes}"
+        );
+        Lab::build_up(spec, nodes)
+    }
+
+    fn build_up(spec: LabSpec, nodes: usize) -> Result<Lab> {
         check_prefix(&spec.prefix)?;
         ensure!(
             (1..=MAX_BACKENDS).contains(&spec.backends),
@@ -303,6 +372,7 @@ impl Lab {
         let mut lab = Lab {
             prefix: spec.prefix.clone(),
             backends: spec.backends,
+            nodes,
             macs: Macs::default(),
             servers: Vec::new(),
             keep: false,
@@ -451,9 +521,34 @@ impl Lab {
         self.macs.router
     }
 
-    /// The MAC of the lb's `eth0`.
+    /// The MAC of the lb's `eth0` (node 1's in a lab of several).
     pub fn lb_mac(&self) -> Mac {
-        self.macs.lb
+        self.macs.balancers[0]
+    }
+
+    /// The number of balancer nodes of a lab built by [`Lab::up_nodes`]; 0 for the one `lb`.
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
+    /// The one `lb`, or the nodes.
+    fn balancers(&self) -> Vec<Balancer> {
+        if self.nodes == 0 {
+            return vec![Balancer {
+                role: Role::Lb,
+                port: "lb".into(),
+                v4: LB_V4,
+                v6: LB_V6,
+            }];
+        }
+        (1..=self.nodes)
+            .map(|i| Balancer {
+                role: Role::Node(i),
+                port: format!("n{i}"),
+                v4: node_v4(i),
+                v6: node_v6(i),
+            })
+            .collect()
     }
 
     /// The MAC of backend `i`'s `eth0` (1-based). Panics if there is no such
@@ -484,8 +579,10 @@ impl Lab {
     }
 
     fn roles(&self) -> impl Iterator<Item = Role> + use<> {
-        [Role::Client, Role::Router, Role::Lb]
+        let balancers: Vec<Role> = self.balancers().into_iter().map(|b| b.role).collect();
+        [Role::Client, Role::Router]
             .into_iter()
+            .chain(balancers)
             .chain((1..=self.backends).map(Role::Backend))
     }
 
@@ -513,9 +610,15 @@ impl Lab {
             ];
             // The lb forwards too: the datapath's FIB lookup for next hops answers only on an
             // interface with forwarding on.
-            if role == Role::Router || role == Role::Lb {
+            if matches!(role, Role::Router | Role::Lb | Role::Node(_)) {
                 settings.push(("net.ipv4.ip_forward".to_owned(), "1"));
                 settings.push(("net.ipv6.conf.all.forwarding".to_owned(), "1"));
+            }
+            // ECMP over the nodes by the L4 header, as a ToR router spreads flows, not by
+            // addresses alone (every client connection would take one node).
+            if role == Role::Router && self.nodes > 0 {
+                settings.push(("net.ipv4.fib_multipath_hash_policy".to_owned(), "1"));
+                settings.push(("net.ipv6.fib_multipath_hash_policy".to_owned(), "1"));
             }
             sysctls(&ns, &settings)?;
             ip(&ns, &["link", "set", "lo", "up"])?;
@@ -529,12 +632,17 @@ impl Lab {
         let router = self.ns(Role::Router);
         ip(&router, &["link", "add", BRIDGE, "type", "bridge"])?;
         // (router port, role whose `eth0` is its peer, MTU)
-        let pairs = [
-            ("client".to_owned(), Role::Client, CLIENT_MTU),
-            ("lb".to_owned(), Role::Lb, LB_SEGMENT_MTU),
-        ]
-        .into_iter()
-        .chain((1..=self.backends).map(|i| (format!("b{i}"), Role::Backend(i), LB_SEGMENT_MTU)));
+        let balancers: Vec<(String, Role, u32)> = self
+            .balancers()
+            .into_iter()
+            .map(|b| (b.port, b.role, LB_SEGMENT_MTU))
+            .collect();
+        let pairs = [("client".to_owned(), Role::Client, CLIENT_MTU)]
+            .into_iter()
+            .chain(balancers)
+            .chain(
+                (1..=self.backends).map(|i| (format!("b{i}"), Role::Backend(i), LB_SEGMENT_MTU)),
+            );
         for (port, peer, mtu) in pairs {
             let peer_ns = self.ns(peer);
             let veth = ["link", "add", &port, "type", "veth", "peer", "name", IFACE];
@@ -569,16 +677,20 @@ impl Lab {
         add_addr(&router, "client", ROUTER_CLIENT_V6.into(), 64)?;
         add_addr(&router, BRIDGE, ROUTER_V4.into(), 24)?;
         add_addr(&router, BRIDGE, ROUTER_V6.into(), 64)?;
-        let (net4, len4) = VIP_NET_V4;
-        let (net6, len6) = VIP_NET_V6;
-        add_route(&router, &format!("{net4}/{len4}"), LB_V4.into())?;
-        add_route(&router, &format!("{net6}/{len6}"), LB_V6.into())?;
+        if self.nodes == 0 {
+            let (net4, len4) = VIP_NET_V4;
+            let (net6, len6) = VIP_NET_V6;
+            add_route(&router, &format!("{net4}/{len4}"), LB_V4.into())?;
+            add_route(&router, &format!("{net6}/{len6}"), LB_V6.into())?;
+        }
 
-        let lb = self.ns(Role::Lb);
-        add_addr(&lb, IFACE, LB_V4.into(), 24)?;
-        add_addr(&lb, IFACE, LB_V6.into(), 64)?;
-        add_route(&lb, "default", ROUTER_V4.into())?;
-        add_route(&lb, "default", ROUTER_V6.into())?;
+        for b in self.balancers() {
+            let lb = self.ns(b.role);
+            add_addr(&lb, IFACE, b.v4.into(), 24)?;
+            add_addr(&lb, IFACE, b.v6.into(), 64)?;
+            add_route(&lb, "default", ROUTER_V4.into())?;
+            add_route(&lb, "default", ROUTER_V6.into())?;
+        }
 
         for i in 1..=self.backends {
             let backend = self.ns(Role::Backend(i));
@@ -630,7 +742,11 @@ impl Lab {
             router_client: read_mac(&router, "client")?,
             // Read after the ports joined: a bridge takes its MAC from them.
             router: read_mac(&router, BRIDGE)?,
-            lb: read_mac(&self.ns(Role::Lb), IFACE)?,
+            balancers: self
+                .balancers()
+                .iter()
+                .map(|b| read_mac(&self.ns(b.role), IFACE))
+                .collect::<Result<_>>()?,
             backends: (1..=self.backends)
                 .map(|i| read_mac(&self.ns(Role::Backend(i)), IFACE))
                 .collect::<Result<_>>()?,
@@ -644,19 +760,24 @@ impl Lab {
         let macs = &self.macs;
         let client = self.ns(Role::Client);
         let router = self.ns(Role::Router);
-        let lb = self.ns(Role::Lb);
+        let balancers = self.balancers();
         add_neigh(&client, IFACE, ROUTER_CLIENT_V4.into(), macs.router_client)?;
         add_neigh(&client, IFACE, ROUTER_CLIENT_V6.into(), macs.router_client)?;
         add_neigh(&router, "client", CLIENT_V4.into(), macs.client)?;
         add_neigh(&router, "client", CLIENT_V6.into(), macs.client)?;
-        add_neigh(&router, BRIDGE, LB_V4.into(), macs.lb)?;
-        add_neigh(&router, BRIDGE, LB_V6.into(), macs.lb)?;
-        add_neigh(&lb, IFACE, ROUTER_V4.into(), macs.router)?;
-        add_neigh(&lb, IFACE, ROUTER_V6.into(), macs.router)?;
+        for (b, &mac) in balancers.iter().zip(&macs.balancers) {
+            let lb = self.ns(b.role);
+            add_neigh(&router, BRIDGE, b.v4.into(), mac)?;
+            add_neigh(&router, BRIDGE, b.v6.into(), mac)?;
+            add_neigh(&lb, IFACE, ROUTER_V4.into(), macs.router)?;
+            add_neigh(&lb, IFACE, ROUTER_V6.into(), macs.router)?;
+        }
         for (i, &mac) in (1..).zip(&macs.backends) {
             let backend = self.ns(Role::Backend(i));
             for addr in [IpAddr::from(backend_v4(i)), backend_v6(i).into()] {
-                add_neigh(&lb, IFACE, addr, mac)?;
+                for b in &balancers {
+                    add_neigh(&self.ns(b.role), IFACE, addr, mac)?;
+                }
                 add_neigh(&router, BRIDGE, addr, mac)?;
             }
             add_neigh(&backend, IFACE, ROUTER_V4.into(), macs.router)?;
@@ -672,18 +793,25 @@ impl Lab {
     fn attach_xdp(&self, xlb: &Path) -> Result<()> {
         let pins = pin_dir(&self.prefix);
         fs::create_dir_all(&pins).with_context(|| format!("creating {}", pins.display()))?;
-        let mut targets = vec![(Role::Router, "lb", "pass", pins.join("router-lb"))];
+        let mut targets: Vec<(Role, String, &str, PathBuf)> = self
+            .balancers()
+            .into_iter()
+            .map(|b| {
+                let pin = pins.join(format!("router-{}", b.port));
+                (Role::Router, b.port, "pass", pin)
+            })
+            .collect();
         targets.extend((1..=self.backends).map(|i| {
             (
                 Role::Backend(i),
-                IFACE,
+                IFACE.to_owned(),
                 "decap",
                 pins.join(format!("backend{i}-{IFACE}")),
             )
         }));
         for (role, iface, program, pin) in targets {
             let mut cmd = netns_command(&self.ns(role), &[xlb.as_os_str()]);
-            cmd.args(["attach", "--program", program, "--iface", iface, "--pin"])
+            cmd.args(["attach", "--program", program, "--iface", &iface, "--pin"])
                 .arg(&pin);
             run(&mut cmd)?;
         }

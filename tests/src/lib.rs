@@ -11,6 +11,7 @@
 //!   servers, for end-to-end traffic.
 
 pub mod agent;
+pub mod cluster;
 pub mod ebpf_count;
 pub mod fixture;
 pub mod lab;

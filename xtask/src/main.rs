@@ -39,8 +39,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Bring up the lab, run xlb in it, send real traffic and show what the datapath did.
-    Demo,
+    /// Bring up the lab, run xlb in it, send real traffic and show what the datapath did
+    /// (`--nodes 3`: several nodes behind ECMP, and one's death).
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Manage the network-namespace lab (client, router, lb, backends).
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -84,10 +88,12 @@ fn main() -> Result<()> {
             }
             cargo(&cmd)
         }
-        Task::Demo => {
+        Task::Demo { args } => {
             setup::run()?;
             build_xlb("release")?;
-            tool("xlb-lab", &["demo".into()])
+            let mut demo = vec!["demo".to_owned()];
+            demo.extend(args);
+            tool("xlb-lab", &demo)
         }
         Task::Lab { args } => {
             setup::run()?;

@@ -27,6 +27,7 @@ use tokio::{
 };
 use xlb_tests::{
     agent::{self, Agent},
+    cluster::{Cluster, ClusterSpec},
     lab::{DEFAULT_BACKENDS, ECHO_PORT, HTTP_PORT, Lab, LabSpec, Role, UDP_PORT, VIP_V4, VIP_V6},
 };
 
@@ -62,6 +63,10 @@ enum Command {
         /// Attach no helper program: the balancer's tunnels and XDP_TX then go nowhere.
         #[arg(long, conflicts_with = "xlb")]
         no_helpers: bool,
+        /// Several balancer nodes behind ECMP instead of one `lb`: BIRD on the router and on
+        /// each node, `xlb run` on each node, every backend a target (1..=8).
+        #[arg(long, conflicts_with = "no_helpers")]
+        nodes: Option<usize>,
     },
     /// Tear down a lab: servers, namespaces, pinned programs.
     Down {
@@ -81,6 +86,9 @@ enum Command {
         /// Requests per VIP.
         #[arg(long, default_value_t = 300)]
         requests: usize,
+        /// Several nodes behind ECMP instead: the spread over the nodes, then a node's death.
+        #[arg(long)]
+        nodes: Option<usize>,
     },
     /// Run a backend server (started by `up` inside each backend namespace).
     #[command(hide = true)]
@@ -98,6 +106,7 @@ fn main() -> Result<()> {
             backends,
             xlb,
             no_helpers,
+            nodes,
         } => {
             let server_bin = std::env::current_exe().context("locating the xlb-lab binary")?;
             let xlb = match (xlb, no_helpers) {
@@ -105,6 +114,9 @@ fn main() -> Result<()> {
                 (Some(xlb), false) => Some(xlb),
                 (None, false) => Some(agent::xlb_bin()?),
             };
+            if let (Some(nodes), Some(xlb)) = (nodes, &xlb) {
+                return up_nodes(&prefix, nodes, backends, server_bin, xlb.clone());
+            }
             let lab = Lab::up(LabSpec {
                 prefix: prefix.clone(),
                 backends,
@@ -115,7 +127,11 @@ fn main() -> Result<()> {
             print!("{}", Lab::status(&prefix)?);
         }
         Command::Down { prefix } => Lab::down(&prefix)?,
-        Command::Demo { requests } => demo(requests)?,
+        Command::Demo {
+            requests,
+            nodes: Some(nodes),
+        } => demo_nodes(nodes, requests)?,
+        Command::Demo { requests, .. } => demo(requests)?,
         Command::Status { prefix } => print!("{}", Lab::status(&prefix)?),
         Command::Serve { name } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -123,6 +139,100 @@ fn main() -> Result<()> {
             .context("starting the tokio runtime")?
             .block_on(serve(name.into()))?,
     }
+    Ok(())
+}
+
+/// `up --nodes N`: the cluster of `xlb_tests::cluster`, left running.
+fn up_nodes(
+    prefix: &str,
+    nodes: usize,
+    backends: usize,
+    server_bin: PathBuf,
+    xlb: PathBuf,
+) -> Result<()> {
+    let cluster = Cluster::up(ClusterSpec {
+        prefix: prefix.to_owned(),
+        nodes,
+        backends,
+        targets: (1..=backends).collect(),
+        group_extra: String::new(),
+        server_bin,
+        xlb,
+    })?;
+    print!("{}", Lab::status(prefix)?);
+    println!(
+        "router: VIP {VIP_V4} over nodes {:?}; birdc -s {} show route",
+        cluster.route(VIP_V4.into())?,
+        cluster.router_ctl().display()
+    );
+    for i in 1..=nodes {
+        let node = cluster.node_paths(i);
+        println!(
+            "{}: xlb --socket {} stats; log {}",
+            node.name,
+            node.socket.display(),
+            node.log.display()
+        );
+    }
+    cluster.keep();
+    Ok(())
+}
+
+/// `demo --nodes N`: requests spread over the nodes and the targets, node 2 dies, and the
+/// requests go on over the others.
+fn demo_nodes(nodes: usize, requests: usize) -> Result<()> {
+    anyhow::ensure!(
+        nodes >= 2,
+        "a node's death needs 2 nodes or more, not {nodes}"
+    );
+    println!("demo: a router running BIRD, {nodes} nodes running xlb and BIRD, 3 backends");
+    let cluster = Cluster::up(ClusterSpec {
+        prefix: String::new(),
+        nodes,
+        backends: DEFAULT_BACKENDS,
+        targets: (1..=DEFAULT_BACKENDS).collect(),
+        group_extra: String::new(),
+        server_bin: std::env::current_exe().context("locating the xlb-lab binary")?,
+        xlb: agent::xlb_bin()?,
+    })?;
+    let vip = SocketAddr::from((VIP_V4, HTTP_PORT));
+    let mut cluster = cluster;
+    let round = |cluster: &Cluster, title: &str| -> Result<()> {
+        let flows = |c: &Cluster| -> Vec<u64> {
+            (1..=nodes)
+                .map(|i| c.new_flows(i).map_or(0, |f| f.values().sum()))
+                .collect()
+        };
+        let before = flows(cluster);
+        let spread = agent::http_spread(cluster.lab(), vip, requests)?;
+        let after = flows(cluster);
+        println!(
+            "demo: {title}: router's next hops for {VIP_V4}: nodes {:?}; {requests} HTTP requests:",
+            cluster.route(VIP_V4.into())?
+        );
+        for i in 1..=nodes {
+            let n = (after[i - 1] - before[i - 1]) as usize;
+            let bar = "#".repeat(n * 40 / requests.max(1));
+            println!("  node{i:<8} {n:>5}  {bar}");
+        }
+        for (backend, n) in &spread {
+            let bar = "#".repeat(n * 40 / requests.max(1));
+            println!("  {backend:<12} {n:>5}  {bar}");
+        }
+        Ok(())
+    };
+    round(&cluster, "every node up")?;
+    println!("\ndemo: node2 dies: its link goes down, its BIRD and agent are killed");
+    cluster.kill_node(2)?;
+    let left: Vec<usize> = (1..=nodes).filter(|&i| i != 2).collect();
+    let gone = cluster.wait_route(VIP_V4.into(), &left, Duration::from_secs(10))?;
+    println!(
+        "demo: the router's BFD dropped node2 after {:.2} s",
+        gone.as_secs_f64()
+    );
+    round(&cluster, "node2 dead")?;
+    drop(cluster);
+    println!("demo: lab removed");
     Ok(())
 }
 
