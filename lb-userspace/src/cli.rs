@@ -451,24 +451,29 @@ pub fn top(socket: &Path, every: Duration, count: Option<u64>) -> Result<()> {
             "bits/s",
             "new flows/s"
         );
-        for (l, b) in now
-            .iter()
-            .zip(before.iter().chain(std::iter::repeat(&now[0])))
-        {
-            let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+        let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+        for l in &now {
+            // Paired by name: a listener or target that came or went since the last refresh
+            // counts from zero.
+            let b = before.iter().find(|b| b.listener == l.listener);
+            let (packets, bytes, new_flows) =
+                b.map_or((0, 0, 0), |b| (b.packets, b.bytes, b.new_flows));
             println!(
                 "{:<50} {:>12.0} {:>14.0} {:>12.0}",
                 l.listener,
-                rate(l.packets, b.packets),
-                rate(l.bytes, b.bytes) * 8.0,
-                rate(l.new_flows, b.new_flows)
+                rate(l.packets, packets),
+                rate(l.bytes, bytes) * 8.0,
+                rate(l.new_flows, new_flows)
             );
-            for (t, bt) in l.targets.iter().zip(b.targets.iter()) {
+            for t in &l.targets {
+                let (p, by) = b
+                    .and_then(|b| b.targets.iter().find(|bt| bt.0 == t.0))
+                    .map_or((0, 0), |bt| (bt.1, bt.2));
                 println!(
                     "  {:<48} {:>12.0} {:>14.0}",
                     t.0,
-                    rate(t.1, bt.1),
-                    rate(t.2, bt.2) * 8.0
+                    rate(t.1, p),
+                    rate(t.2, by) * 8.0
                 );
             }
         }

@@ -1042,3 +1042,60 @@ fn reloads_and_each_health_change_of_a_burst_are_logged() {
     );
     agent.stop().unwrap();
 }
+
+#[test]
+fn top_shows_each_listener_and_target_while_traffic_flows_and_copes_with_none() {
+    let lab = lab("xag-t-");
+    let cfg = write(&lab, &config(&lab, &[(1, "a"), (2, "a")], "", ""));
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    let top = Command::new(xlb_bin().unwrap())
+        .arg("--socket")
+        .arg(socket(&lab))
+        .args(["top", "--interval", "1", "--count", "3"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("xlb top");
+    // Requests while it watches: bounded in count and time; `top` ends after three refreshes.
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(3) && sent < 3000 {
+        sent += spread(&lab, 20).values().sum::<usize>();
+    }
+    let out = top.wait_with_output().expect("xlb top ends");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let screens: Vec<&str> = text
+        .split("\x1b[2J\x1b[H")
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(screens.len(), 3, "{text}");
+    let http = format!("{VIP_V4}:{HTTP_PORT}");
+    // Rates: the listener's packets per second, and its targets', above zero while requests run.
+    let rate = |line: &str| -> f64 { line.split_whitespace().nth(1).unwrap().parse().unwrap() };
+    let busy = screens.iter().find(|s| {
+        s.lines()
+            .find(|l| l.starts_with(&http))
+            .is_some_and(|l| rate(l) > 0.0)
+    });
+    let busy = busy.unwrap_or_else(|| panic!("no screen shows {http} busy: {text}"));
+    assert!(busy.lines().next().unwrap().contains("packets/s"), "{busy}");
+    // docs/operations.md shows one such screen.
+    println!("{busy}");
+    for i in [1, 2] {
+        let target = busy
+            .lines()
+            .find(|l| l.trim_start().starts_with(&backend_v4(i).to_string()))
+            .unwrap_or_else(|| panic!("target {i} missing: {busy}"));
+        assert!(rate(target) > 0.0, "target {i} idle: {busy}");
+    }
+    // With no listener left, a refresh shows the header alone.
+    let mut none = config(&lab, &[(1, "a")], "", "");
+    none.truncate(none.find("\n[[listeners]]").unwrap());
+    std::fs::write(&cfg, none).unwrap();
+    let (ok, out) = cli(&lab, &["reload"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&lab, &["top", "--interval", "1", "--count", "1"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("packets/s") && !out.contains(&http), "{out}");
+    agent.stop().unwrap();
+}
