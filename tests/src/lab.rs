@@ -43,7 +43,7 @@
 //! - [`Lab::up_nodes`] builds several balancers, `node1..N` at 198.18.1.(1+i) and
 //!   2001:db8:2::(1+i) on router ports `n1..nN`, instead of `lb`, and leaves the VIP route to
 //!   BGP: the router spreads the VIPs over the nodes that announce them, by an L4 hash
-//!   ([`crate::cluster`] runs BIRD and an agent on each node).
+//!   (the cluster module runs BIRD and an agent on each node).
 //! - Commands run in a namespace through [`netns_command`] (`nsenter --net`),
 //!   which keeps the host's /sys/fs/bpf visible; [`in_netns`] runs a closure
 //!   there, so tests open client sockets in-process.
@@ -344,7 +344,7 @@ impl Lab {
 
     /// Like [`Lab::up`], with `nodes` balancer namespaces `node1..=nodes` (at [`node_v4`] and
     /// [`node_v6`], router ports `n1..`) instead of `lb`, and no static VIP route: the router
-    /// learns the VIPs by BGP from the nodes (`xlb_tests::cluster` runs BIRD on both sides) and
+    /// learns the VIPs by BGP from the nodes (the cluster module runs BIRD on both sides) and
     /// spreads them over the nodes with ECMP, by a hash of the L4 header
     /// (`fib_multipath_hash_policy` 1 for IPv4 and IPv6).
     pub fn up_nodes(spec: LabSpec, nodes: usize) -> Result<Lab> {

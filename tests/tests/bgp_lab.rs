@@ -1,18 +1,18 @@
 //! VIPs announced with BGP through a real BIRD: the lab's router runs BIRD and peers with the
 //! BIRD next to `xlb run` on the lb node. The router learns a VIP while the node can serve it,
 //! and forgets it when the node's targets leave, when the node is drained (until resumed) and when
-//! the agent stops. Run as root, with
+//! the agent stops; not when the agent is killed, since the datapath goes on serving. Run as root, with
 //! BIRD 2 installed (`cargo xtask setup`).
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
 use xlb_tests::{
-    agent::{Agent, xlb_bin},
+    agent::{Agent, http_spread, xlb_bin},
     lab::{HTTP_PORT, LB_V4, Lab, LabSpec, ROUTER_V4, Role, VIP_V4, backend_v4, pin_dir, run_dir},
 };
 
@@ -208,6 +208,26 @@ fn the_router_learns_a_vip_while_the_node_can_serve_it() {
         true,
         "announced again by xlb node resume",
     );
+    // `kill -9`: nothing withdraws. BIRD keeps its session and the VIP, and the datapath keeps
+    // forwarding without an agent, so the node goes on serving; a restarted agent takes over the
+    // pinned datapath and the announcement.
+    agent.kill9();
+    let vip = SocketAddr::from((VIP_V4, HTTP_PORT));
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        assert!(
+            has_route(&lab, &router_ctl, VIP_V4),
+            "withdrawn after kill -9:\n{}",
+            router_routes(&lab, &router_ctl)
+        );
+        let served = http_spread(&lab, vip, 5).expect("client");
+        assert_eq!(served.get("backend1"), Some(&5), "{served:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &path).expect("xlb run again");
+    let served = http_spread(&lab, vip, 5).expect("client");
+    assert_eq!(served.get("backend1"), Some(&5), "{served:?}");
+    assert!(has_route(&lab, &router_ctl, VIP_V4));
     // A stopped agent withdraws before it goes.
     agent.stop().expect("xlb stops cleanly");
     wait_route(&lab, &router_ctl, false, "withdrawn when the agent stops");
