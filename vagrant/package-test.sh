@@ -54,6 +54,7 @@ active() { [ "$(systemctl show -p ActiveState --value xlb)" = active ]; }
 listed() { xlb targets list 2>&1 | grep -q "$1"; }
 status_says() { systemctl show -p StatusText --value xlb | grep -q "$1"; }
 not_() { ! "$@"; }
+quiet() { "$@" >/dev/null; }
 journal_has() { journalctl -u xlb --no-pager -o cat 2>/dev/null | grep -q "$1"; }
 
 check "systemd is PID 1" test "$(cat /proc/1/comm)" = systemd
@@ -63,13 +64,13 @@ iface=xlbpkg0
 ip link add "$iface" type veth peer name xlbpkg1 && ip link set "$iface" up && ip link set xlbpkg1 up
 
 # --- install
-check "dpkg -i $(basename "$deb")" dpkg -i "$deb" >/dev/null
-check "the unit is installed" systemctl cat xlb.service >/dev/null
+check "dpkg -i $(basename "$deb")" quiet dpkg -i "$deb"
+check "the unit is installed" quiet systemctl cat xlb.service
 check "installed, not started" test "$(systemctl show -p ActiveState --value xlb)" = inactive
 check "not enabled" test "$(systemctl is-enabled xlb 2>&1)" = disabled
 conffile() { dpkg-query -W -f='${Conffiles}' xlb | grep -q ' /etc/xlb/xlb.toml '; }
 check "/etc/xlb/xlb.toml is a conffile" conffile
-check "the shipped config passes xlb check" xlb check >/dev/null
+check "the shipped config passes xlb check" quiet xlb check
 check "man pages: xlb(1), xlb-run(1)" test -f /usr/share/man/man1/xlb.1.gz -a -f /usr/share/man/man1/xlb-run.1.gz
 check "completions: bash, zsh, fish" test -s /usr/share/bash-completion/completions/xlb \
     -a -s /usr/share/zsh/vendor-completions/_xlb -a -s /usr/share/fish/vendor_completions.d/xlb.fish
@@ -106,7 +107,7 @@ check "systemctl start xlb" systemctl start xlb
 say "start took $(($(date +%s) - t)) s"
 check "active (running) once started: READY=1 came" active
 # Type=notify: the start returned after READY=1, so the API answers at once.
-check "xlb status answers right after the start" xlb status >/dev/null
+check "xlb status answers right after the start" quiet xlb status
 check "xlb targets list: the first target" listed 198.18.1.11
 check "xlb targets list: the second target" listed 198.18.1.12
 check "the XDP program xlb_lb is attached to $iface" xdp_on "$iface"
@@ -150,14 +151,14 @@ check "/run/xlb is gone with the service" test ! -e /run/xlb
 
 # --- remove while it runs, then purge
 check "started again" systemctl start xlb
-check "apt-get remove xlb" env DEBIAN_FRONTEND=noninteractive timeout 120 apt-get remove -y -q xlb
+check "apt-get remove xlb" quiet env DEBIAN_FRONTEND=noninteractive timeout 120 apt-get remove -y -q xlb
 check "removed: the agent is stopped" not_ pgrep -x xlb
 check "removed: the unit file and the binary are gone" test ! -e /usr/lib/systemd/system/xlb.service -a ! -e /usr/bin/xlb
 check "removed: the datapath is detached from $iface" no_xdp_on "$iface"
 check "removed: the pins are gone" test ! -e /sys/fs/bpf/xlb
 check "removed: the conffile stays" test -f /etc/xlb/xlb.toml
 check "removed: dpkg keeps its config files" test "$(dpkg-query -W -f='${Status}' xlb)" = "deinstall ok config-files"
-check "apt-get purge xlb" env DEBIAN_FRONTEND=noninteractive timeout 120 apt-get purge -y -q xlb
+check "apt-get purge xlb" quiet env DEBIAN_FRONTEND=noninteractive timeout 120 apt-get purge -y -q xlb
 check "purged: the conffile is gone" test ! -e /etc/xlb/xlb.toml
 check "purged: /var/lib/xlb is gone" test ! -e /var/lib/xlb
 check "purged: dpkg knows no xlb" not_ dpkg-query -W xlb
