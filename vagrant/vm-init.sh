@@ -4,7 +4,8 @@
 # disk (/dev/vdb, built by xtask) at the path given by `xlb.payload=` (the host's target/release, so
 # the test binaries find `xlb` and `xlb-lab` where they were built), runs the payload's `job.sh`
 # (or a shell on the console when there is none), prints `XLB-VM-RESULT: rc=N` on the console for
-# the host to read, and powers off.
+# the host to read, and powers off. When systemd boots the guest instead (`cargo xtask vm
+# --package`), xlb-vm-job.service runs this script as a service: what systemd mounted stays.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TERM=${TERM:-linux}
 

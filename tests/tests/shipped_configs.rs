@@ -1,6 +1,7 @@
-//! The configs xlb ships, as an operator meets them: each example under `config/examples/` and
-//! `config/demo.toml` passes the real `xlb check`, and every ```toml block of the README and of
-//! `docs/` parses, so that one copied into a file is no parse error.
+//! The configs xlb ships, as an operator meets them: each example under `config/examples/`,
+//! `config/demo.toml` and the Debian package's `/etc/xlb/xlb.toml` pass the real `xlb check`,
+//! and every ```toml block of the README and of `docs/` parses, so that one copied into a file
+//! is no parse error.
 //!
 //! A block is a whole config unless its fence says ```` ```toml fragment ````: a config's body
 //! without its `[node]`, which the test adds before parsing (docs/testing.md).
@@ -44,6 +45,8 @@ fn every_example_config_and_the_demos_pass_xlb_check_as_shipped() {
     // Tunnel, DSR, ALB, both, health checks and zones.
     assert!(configs.len() >= 5, "examples: {configs:?}");
     configs.push(repo().join("config/demo.toml"));
+    // The Debian package's /etc/xlb/xlb.toml.
+    configs.push(repo().join("lb-userspace/debian/xlb.toml"));
     for config in &configs {
         let (ok, text) = xlb_check(config);
         assert!(

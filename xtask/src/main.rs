@@ -5,6 +5,7 @@
 //! builds and runs them, so that xtask itself compiles before the BPF toolchain exists.
 
 mod baseline;
+mod dist;
 mod pgo;
 mod setup;
 mod toolchain;
@@ -30,6 +31,14 @@ enum Task {
     /// (`target/dist/xlb`: the `dist` profile, with link-time optimization).
     Build {
         /// Profile-guided (`target/pgo/use/dist/xlb`, as root): trained on the L7 bench's loads.
+        #[arg(long)]
+        pgo: bool,
+    },
+    /// Build the Debian package (`target/debian/xlb_*.deb`, with cargo-deb): the `xlb` binary of
+    /// `build`, its systemd unit, `/etc/xlb/xlb.toml`, completions and man pages.
+    Dist {
+        /// The profile-guided binary of `build --pgo` (as root, about 10 minutes) instead of the
+        /// plain `dist` build.
         #[arg(long)]
         pgo: bool,
     },
@@ -75,6 +84,11 @@ fn main() -> Result<()> {
                 build_xlb("dist")?
             };
             println!("built {}", xlb.display());
+            Ok(())
+        }
+        Task::Dist { pgo } => {
+            let deb = dist::build(pgo)?;
+            println!("built {}", deb.display());
             Ok(())
         }
         Task::Test { args } => {

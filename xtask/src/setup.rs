@@ -11,7 +11,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::toolchain::{
-    BPF_LINKER_LLVM_FEATURE, BPF_LINKER_VERSION, DEBIAN_PACKAGES, HOST_TEST_PACKAGES,
+    BPF_LINKER_LLVM_FEATURE, BPF_LINKER_VERSION, CARGO_DEB_VERSION, DEBIAN_PACKAGES,
+    HOST_TEST_PACKAGES,
 };
 
 pub fn run() -> Result<()> {
@@ -20,6 +21,7 @@ pub fn run() -> Result<()> {
         component(name).with_context(|| format!("setup: rustup component {name}"))?;
     }
     bpf_linker().context("setup: bpf-linker")?;
+    cargo_deb().context("setup: cargo-deb")?;
     debian_packages().context("setup: Debian packages")?;
     bpffs().context("setup: bpffs at /sys/fs/bpf")?;
     Ok(())
@@ -88,6 +90,28 @@ fn bpf_linker() -> Result<()> {
             ]),
     )?;
     fs::write(&stamp, want).with_context(|| format!("write {}", stamp.display()))
+}
+
+/// cargo-deb, which `cargo xtask dist` packages with, at the pinned version.
+fn cargo_deb() -> Result<()> {
+    let want = format!("cargo-deb {CARGO_DEB_VERSION}");
+    let have = Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if have == want {
+        return Ok(());
+    }
+    say(&format!("installing {want} (about 3 minutes)"));
+    check(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "--force",
+        "cargo-deb",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
 }
 
 /// rustc's shared LLVM, `libLLVM.so.<major>.<minor>-rust-<version>-<channel>`.

@@ -20,12 +20,16 @@
 //!   and a guest boots with it within a minute, else TCG; the verdict is cached per host kernel.
 //!   The guest prints `XLB-VM-RESULT: rc=N` and powers off; that N is the exit code here. Every wait
 //!   is bounded and QEMU is killed on any failure.
+//! - **The package** (`--package`): `cargo xtask dist`'s `.deb` and `vagrant/package-test.sh` on
+//!   the payload, and the guest booted with systemd as PID 1 (`init=/lib/systemd/systemd`;
+//!   the image has systemd, unused by the suite's boot). `vagrant/xlb-vm-job.service` then runs
+//!   the same init script as a service, which runs the job and prints the result line.
 
 use std::{
     fmt::Write as _,
     fs,
     io::{Read as _, Write as _},
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{PermissionsExt as _, symlink},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -40,15 +44,24 @@ use crate::toolchain::DEBIAN_PACKAGES;
 /// The Debian release of the guest's userland: the host's own, whose glibc the binaries built
 /// here link against. The kernel comes from the release that `--kernel` names.
 const USERLAND: &str = "bookworm";
-/// Packages debootstrap adds to its minimal base: the guest's init helpers. The provisioning
-/// script installs the rest (`provision.sh runtime`), then the kernel is installed.
-const IMAGE_PACKAGES: &[&str] = &["tini", "bash"];
+/// Packages debootstrap adds to its minimal base: the guest's init helpers, and systemd for
+/// `--package` (its unit is what the package test runs; `init-system-helpers` holds the
+/// `deb-systemd-helper` of the package's maintainer scripts). The provisioning script installs
+/// the rest (`provision.sh runtime`), then the kernel is installed.
+const IMAGE_PACKAGES: &[&str] = &["tini", "bash", "systemd", "init-system-helpers"];
 /// Mirror when the host's apt sources name no Debian one.
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// Host packages the VM needs, besides QEMU.
 const HOST_PACKAGES: &[&str] = &["debootstrap", "e2fsprogs", "coreutils", "util-linux"];
 /// The guest's init, as installed in the image.
 const GUEST_INIT: &str = "/usr/local/sbin/xlb-vm-init";
+/// The unit that runs the guest's init script as a service when systemd boots the guest.
+const GUEST_JOB_UNIT: &str = "xlb-vm-job.service";
+/// The kernel command line's init when systemd boots the guest (`--package`): no status lines
+/// and no login prompt on the console the host reads, and no first-boot questions.
+const SYSTEMD_INIT: &str = "init=/lib/systemd/systemd systemd.show_status=false \
+                            systemd.mask=serial-getty@ttyS0.service \
+                            systemd.mask=systemd-firstboot.service";
 /// The serial console line that ends a run.
 const RESULT_MARKER: &str = "XLB-VM-RESULT: rc=";
 /// The serial console line that says the guest's init runs.
@@ -118,6 +131,11 @@ pub struct VmArgs {
     /// Rebuild the image even when the cached one is current.
     #[arg(long)]
     rebuild: bool,
+    /// Instead of the suite: build the Debian package (`cargo xtask dist`), boot the guest with
+    /// systemd and test the package there (vagrant/package-test.sh): install, start, reload,
+    /// restart on failure, stop, remove, purge.
+    #[arg(long, conflicts_with = "shell")]
+    package: bool,
     /// Arguments for every test binary (a name filter, `--test-threads=1`, ...).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
@@ -181,6 +199,9 @@ pub fn run(args: VmArgs) -> Result<()> {
     let dirs = Dirs::new()?;
     let qemu = host_packages(&dirs).context("vm: host packages")?;
     crate::setup::run()?;
+    if args.package {
+        return package(&dirs, &qemu, &args);
+    }
     let t = Instant::now();
     crate::build_xlb("release")?;
     let tests = build_tests(&args.tests)?;
@@ -257,6 +278,70 @@ pub fn run(args: VmArgs) -> Result<()> {
     ensure!(
         failed.is_empty(),
         "the end-to-end suite failed in the VM on {}",
+        failed.join(", ")
+    );
+    Ok(())
+}
+
+/// `cargo xtask vm --package`: the `.deb` of `cargo xtask dist` under systemd, on each kernel
+/// in turn.
+fn package(dirs: &Dirs, qemu: &Path, args: &VmArgs) -> Result<()> {
+    let t = Instant::now();
+    let deb = crate::dist::build(false)?;
+    say(&format!(
+        "package {}: {:.0} s",
+        deb.display(),
+        t.elapsed().as_secs_f64()
+    ));
+    let name = deb
+        .file_name()
+        .context("the package's file name")?
+        .to_string_lossy()
+        .into_owned();
+    let job = format!(
+        "#!/bin/sh
+# written by `cargo xtask vm --package`
+exec bash ./package-test.sh ./{}
+",
+        shell_words(&[name])
+    );
+    let stage = dirs.work.join("payload-package");
+    remove_tree(&stage)?;
+    fs::create_dir_all(&stage)?;
+    for from in [deb.clone(), dirs.script("package-test.sh")] {
+        let to = stage.join(from.file_name().context("a file name")?);
+        fs::copy(&from, &to).with_context(|| format!("copy {}", from.display()))?;
+    }
+    let payload = disk(dirs, &stage, Some(&job), "payload-package.img").context("vm: payload")?;
+    let mut failed = Vec::new();
+    for &kernel in &args.kernel {
+        let suite = kernel.suite();
+        let (image, built) =
+            image(dirs, kernel, args.rebuild).with_context(|| format!("vm: the {suite} image"))?;
+        let mut vm = Vm::new(dirs, qemu.to_path_buf(), image, kernel, args);
+        vm.payload = payload.clone();
+        vm.systemd = true;
+        vm.log = dirs.work.join(format!("console-package-{suite}.log"));
+        let out = boot_with_fallback(dirs, &vm, args.accel, Duration::from_secs(args.timeout))?;
+        say(&format!(
+            "{suite}: the package under systemd, kernel {} ({:?}): {} checks passed, {} failed; \
+             {:.0} s in the guest, image {:.0} s; exit code {}; console log {}",
+            out.kernel,
+            out.accel,
+            out.tests.passed,
+            out.tests.failed,
+            out.run_time.as_secs_f64(),
+            built.as_secs_f64(),
+            out.rc,
+            vm.log.display(),
+        ));
+        if out.rc != 0 || out.tests.passed == 0 {
+            failed.push(suite);
+        }
+    }
+    ensure!(
+        failed.is_empty(),
+        "the package test failed in the VM on {}",
         failed.join(", ")
     );
     Ok(())
@@ -344,6 +429,7 @@ pub fn pktgen(args: &[String]) -> Result<()> {
             memory: 2048,
             release: dirs.release.clone(),
             log: console_log(&dirs, kernel),
+            systemd: false,
         };
         let out = boot_with_fallback(&dirs, &vm, accel, Duration::from_secs(1200))?;
         if let (Some(path), Some(text)) = (&json, out.files.get("pktgen.json")) {
@@ -612,10 +698,12 @@ fn image(dirs: &Dirs, kernel: Kernel, rebuild: bool) -> Result<(Image, Duration)
     let mirror = debian_mirror();
     let provision = fs::read(dirs.script("provision.sh")).context("read vagrant/provision.sh")?;
     let init = fs::read(dirs.script("vm-init.sh")).context("read vagrant/vm-init.sh")?;
+    let unit = fs::read(dirs.script(GUEST_JOB_UNIT)).context("read the guest's job unit")?;
     let suite = kernel.suite();
     let mut inputs = Vec::new();
     inputs.extend_from_slice(&provision);
     inputs.extend_from_slice(&init);
+    inputs.extend_from_slice(&unit);
     inputs.extend_from_slice(
         format!(
             "\nuserland {USERLAND}\nkernel {suite}\nmirror {mirror}\nimage {IMAGE_PACKAGES:?}\n\
@@ -759,6 +847,14 @@ fn build_rootfs(dirs: &Dirs, rootfs: &Path, mirror: &str, kernel: Kernel) -> Res
     fs::create_dir_all(init.parent().context("init path")?)?;
     fs::copy(dirs.script("vm-init.sh"), &init)?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755))?;
+    // Enabled the way `systemctl enable` does it: a link in the target's `.wants`.
+    let units = rootfs.join("etc/systemd/system");
+    fs::create_dir_all(units.join("multi-user.target.wants"))?;
+    fs::copy(dirs.script(GUEST_JOB_UNIT), units.join(GUEST_JOB_UNIT))?;
+    symlink(
+        format!("/etc/systemd/system/{GUEST_JOB_UNIT}"),
+        units.join("multi-user.target.wants").join(GUEST_JOB_UNIT),
+    )?;
     fs::write(rootfs.join("etc/hostname"), "xlb-vm\n")?;
     fs::write(
         rootfs.join("etc/fstab"),
@@ -965,18 +1061,23 @@ fn payload(dirs: &Dirs, tests: &[TestBin], job: Option<&str>) -> Result<PathBuf>
     for (from, to) in &files {
         fs::copy(from, to).with_context(|| format!("copy {}", from.display()))?;
     }
+    disk(dirs, &stage, job, "payload.img")
+}
+
+/// The ext4 disk `name` (in target/xlb-vm) of the directory `stage`, with `job` as its `job.sh`.
+fn disk(dirs: &Dirs, stage: &Path, job: Option<&str>, name: &str) -> Result<PathBuf> {
     if let Some(job) = job {
         let path = stage.join("job.sh");
         fs::write(&path, job)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
     }
-    let disk = dirs.work.join("payload.img");
+    let disk = dirs.work.join(name);
     let _ = fs::remove_file(&disk);
-    let size_mib = du_mib(&stage)? * 5 / 4 + 64;
+    let size_mib = du_mib(stage)? * 5 / 4 + 64;
     check(
         Command::new("mkfs.ext4")
             .args(["-q", "-F", "-L", "xlb-payload", "-d"])
-            .arg(&stage)
+            .arg(stage)
             .arg(&disk)
             .arg(format!("{size_mib}M")),
     )?;
@@ -1005,6 +1106,8 @@ struct Vm {
     memory: u32,
     release: PathBuf,
     log: PathBuf,
+    /// Boot systemd (which runs the job as a service) rather than the init script.
+    systemd: bool,
 }
 
 /// What a guest run ended with.
@@ -1082,6 +1185,7 @@ impl Vm {
             memory: args.memory,
             release: dirs.release.clone(),
             log: console_log(dirs, kernel),
+            systemd: false,
         }
     }
 
@@ -1120,7 +1224,12 @@ impl Vm {
             .arg("-append")
             .arg(format!(
                 "root=/dev/vda rw rootfstype=ext4 console=ttyS0,115200 panic=-1 quiet \
-                 init={GUEST_INIT} xlb.payload={} xlb.accel={}",
+                 {} xlb.payload={} xlb.accel={}",
+                if self.systemd {
+                    SYSTEMD_INIT.to_owned()
+                } else {
+                    format!("init={GUEST_INIT}")
+                },
                 self.release.display(),
                 if accel == Accel::Kvm { "kvm" } else { "tcg" }
             ))

@@ -13,11 +13,16 @@
 //!
 //! Nothing a client sends, and no failed apply, ends the agent: a change that does not apply is
 //! refused and logged, and the datapath keeps what it runs.
+//!
+//! Under systemd (`Type=notify`, the Debian package's unit) the agent tells its state through the
+//! sd-notify protocol ([`notify`]): `READY=1` once the datapath is attached, the config applied and
+//! the API bound; `RELOADING=1` then `READY=1` around each reload; `STOPPING=1` when it stops.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use lb_l7::{log::AccessLog, metrics::L7Metrics};
+use sd_notify::NotifyState;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot, watch},
@@ -161,12 +166,17 @@ async fn serve(
         node.interface,
         node.api_socket.display()
     );
+    // Attached, applied, and the API answers: `systemctl start` returns now.
+    notify(&[NotifyState::Ready]);
     loop {
         let drain_wait = agent.next_drain().unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             Some(cmd) = rx.recv() => match cmd {
                 Command::Api(req, reply) => {
-                    let (resp, stop) = agent.answer(req);
+                    let (resp, stop) = match req {
+                        Request::Reload => (reload(agent), false),
+                        req => agent.answer(req),
+                    };
                     let _ = reply.send(resp);
                     if stop {
                         break;
@@ -198,7 +208,7 @@ async fn serve(
                 Err(e) => tracing::error!(error = format!("{e:#}"), "end of a drain: apply failed; the datapath keeps what it runs"),
             },
             _ = hup.recv() => {
-                let _ = agent.answer(Request::Reload);
+                let _ = reload(agent);
             }
             _ = tick.tick(), if stats_interval.is_some() => match Snapshot::read(&mut agent.lb) {
                 Ok(s) => print!("{}", s.table()),
@@ -229,6 +239,7 @@ async fn serve(
             });
         }
     }
+    notify(&[NotifyState::Stopping]);
     // A stopped agent no longer follows its targets' health: withdraw every VIP first (the
     // datapath stays attached for the flows the routers still send).
     if let Some((vips, task)) = bgp.take() {
@@ -253,6 +264,31 @@ async fn serve(
         tracing::warn!("the access log writer panicked");
     }
     Ok(())
+}
+
+/// A reload (SIGHUP or the API's), told to systemd: `RELOADING=1` with the time it starts, as
+/// `Type=notify-reload` wants it, then `READY=1` with the outcome as the unit's status line.
+fn reload(agent: &mut Agent) -> Response {
+    let mut reloading = vec![NotifyState::Reloading];
+    reloading.extend(NotifyState::monotonic_usec_now().ok());
+    notify(&reloading);
+    let (resp, _) = agent.answer(Request::Reload);
+    let status = match &resp {
+        Response::Error { message } => {
+            format!("reload refused, the running config stays: {message}")
+        }
+        _ => format!("reloaded {}", agent.path.display()),
+    };
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    resp
+}
+
+/// Tells systemd the agent's state when it runs the agent (`NOTIFY_SOCKET` is set), and does
+/// nothing otherwise. A failed send is logged, not fatal: the datapath does not depend on it.
+fn notify(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "sd_notify: tell systemd the agent's state");
+    }
 }
 
 /// Accepts API connections, each served in a task of its own.
