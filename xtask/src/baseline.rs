@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{status, vm};
+use crate::{paths, status};
 
 /// The `xlb` eBPF object that commit `rev` builds.
 pub fn object(rev: &str) -> Result<PathBuf> {
@@ -21,7 +21,7 @@ pub fn object(rev: &str) -> Result<PathBuf> {
         );
     }
     let commit = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let root = vm::target_dir()?.join("baseline").join(&commit);
+    let root = paths::target_dir()?.join("baseline").join(&commit);
     let tree = root.join("src");
     if !tree.join("Cargo.toml").is_file() {
         // A worktree left half-made by an interrupted run is pruned first.

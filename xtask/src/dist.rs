@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 
-use crate::{pgo, setup::output, status, vm};
+use crate::{paths, pgo, setup::output, status};
 
 /// The shells whose completions the package ships, and where each file goes (named in the
 /// package's assets).
@@ -26,7 +26,7 @@ const COMPLETIONS: &[(&str, &str)] = &[("bash", "xlb.bash"), ("zsh", "_xlb"), ("
 /// Builds the package and returns the path of the `.deb` (in `target/debian/`).
 pub fn build(pgo: bool) -> Result<PathBuf> {
     crate::setup::run()?;
-    let target = vm::target_dir()?;
+    let target = paths::target_dir()?;
     // The target directory cargo-deb is told of: its `dist/` holds the binary and the assets.
     let (xlb, target_dir) = if pgo {
         (pgo::build()?, target.join("pgo").join("use"))

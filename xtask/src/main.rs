@@ -6,6 +6,7 @@
 
 mod baseline;
 mod dist;
+mod paths;
 mod pgo;
 mod setup;
 mod toolchain;
@@ -186,7 +187,7 @@ fn build_xlb(profile: &str) -> Result<PathBuf> {
         "--bin",
         "xlb",
     ])?;
-    Ok(vm::target_dir()?.join(profile).join("xlb"))
+    Ok(paths::target_dir()?.join(profile).join("xlb"))
 }
 
 /// Runs a binary of the `xlb-tests` crate (release build) with `args`.

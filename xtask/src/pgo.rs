@@ -15,13 +15,14 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 
 use crate::{
+    paths,
     setup::{self, output},
-    status, tool_command, vm,
+    status, tool_command,
 };
 
 /// Builds `target/pgo/use/dist/xlb` and returns its path.
 pub fn build() -> Result<PathBuf> {
-    let root = vm::target_dir()?.join("pgo");
+    let root = paths::target_dir()?.join("pgo");
     // Build scripts are instrumented too and write their own profiles there; the training run's go
     // to a folder of their own.
     let generated = root.join("generated");

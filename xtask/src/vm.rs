@@ -39,7 +39,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::toolchain::DEBIAN_PACKAGES;
+use crate::{
+    paths::{target_dir, workspace_root},
+    toolchain::DEBIAN_PACKAGES,
+};
 
 /// The Debian release of the guest's userland: the host's own, whose glibc the binaries built
 /// here link against. The kernel comes from the release that `--kernel` names.
@@ -156,23 +159,6 @@ struct Dirs {
     release: PathBuf,
     /// `target/xlb-vm`.
     work: PathBuf,
-}
-
-/// The workspace's root directory.
-fn workspace_root() -> Result<PathBuf> {
-    Ok(Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("xtask has no parent directory")?
-        .to_path_buf())
-}
-
-/// Where cargo builds: `CARGO_TARGET_DIR` (relative to the workspace) or `target`.
-pub fn target_dir() -> Result<PathBuf> {
-    let root = workspace_root()?;
-    Ok(std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| if t.is_absolute() { t } else { root.join(t) })
-        .unwrap_or_else(|| root.join("target")))
 }
 
 impl Dirs {
