@@ -5,6 +5,10 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use xlb::dataplane::{Dataplane, DataplaneError, Sizes};
 
+/// Held by each test while it has maps loaded: `memlock_by_map` reads every map this process
+/// holds, and the tests of one binary run on threads of one process.
+static MAPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `memlock` of every map this process holds, by map name (from `/proc/self/fdinfo`).
 fn memlock_by_map() -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -41,6 +45,7 @@ fn kernel_accounts_layout() -> bool {
 
 #[test]
 fn the_memory_xlb_check_reports_is_what_the_kernel_accounts() {
+    let _maps = MAPS.lock().unwrap_or_else(|e| e.into_inner());
     if !kernel_accounts_layout() {
         eprintln!("skipped: this kernel reports no map memory usage (before 6.4)");
         return;
@@ -83,6 +88,7 @@ impl Drop for PinDir {
 
 #[test]
 fn maps_pinned_at_other_sizes_are_refused_and_the_pins_stay() {
+    let _maps = MAPS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = PinDir(PathBuf::from(format!(
         "/sys/fs/bpf/xlb-test-sizes-{}",
         std::process::id()
