@@ -103,34 +103,9 @@ unsafe fn copy12(dst: *mut u8, src: *const u8) {
 #[inline(always)]
 unsafe fn copy6(dst: *mut u8, src: *const u8) {
     // SAFETY: the caller's.
-    unsafe { write6(dst, read6(src)) }
-}
-
-/// A MAC address as a 4-byte and a 2-byte word.
-///
-/// # Safety
-/// `src` valid for 6 bytes.
-#[inline(always)]
-unsafe fn read6(src: *const u8) -> (u32, u16) {
-    // SAFETY: the caller's.
     unsafe {
-        (
-            src.cast::<u32>().read_unaligned(),
-            src.add(4).cast::<u16>().read_unaligned(),
-        )
-    }
-}
-
-/// Writes what [`read6`] read.
-///
-/// # Safety
-/// `dst` valid for 6 bytes.
-#[inline(always)]
-unsafe fn write6(dst: *mut u8, (a, b): (u32, u16)) {
-    // SAFETY: the caller's.
-    unsafe {
-        dst.cast::<u32>().write_unaligned(a);
-        dst.add(4).cast::<u16>().write_unaligned(b);
+        copy_unaligned::<u32>(dst, src);
+        copy_unaligned::<u16>(dst.add(4), src.add(4));
     }
 }
 

@@ -119,8 +119,9 @@ pub fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), Verdict> {
 
 /// IPv4 header (and the L4 header unless a fragment) → the packet.
 ///
-/// Built and returned by value: the stages are inlined, so the compiler keeps the fields in
-/// registers. A zeroed `Packet` filled in place compiled to a call of a byte-wise `memset`.
+/// The flow key goes into `key` (the caller's stack slot, which the map helpers read); the rest is
+/// returned by value, and the stages are inlined, so the compiler keeps it in registers. (A zeroed
+/// key filled in field by field compiled to a call of a byte-wise `memset`.)
 #[inline(always)]
 pub fn ipv4<'k>(
     ctx: &XdpContext,
