@@ -172,6 +172,18 @@ impl FlowKey {
     }
 }
 
+/// Second chance: the IPv4 option (outer header of IPIP) or IPv6 destination option (a
+/// Destination Options header after the outer IPv6 header) that carries the previous table's
+/// target. RFC 4727's experimental type 30: not copied on fragmentation, and for IPv6 "skip if
+/// unknown", so a target without `xlb_decap` ignores it.
+pub const SECOND_CHANCE_OPTION: u8 = 0x1e;
+/// Bytes the second-chance option adds to the outer IPv4 header: type, length, two zero bytes,
+/// the address.
+pub const SECOND_CHANCE_V4_LEN: usize = 8;
+/// Bytes the Destination Options header adds after the outer IPv6 header: next header, length,
+/// the option (type, length 16, the address), then a 4-byte PadN.
+pub const SECOND_CHANCE_V6_LEN: usize = 24;
+
 /// `FLOWS` value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
@@ -272,10 +284,14 @@ pub enum Reason {
     /// Tunnelled, then passed to the kernel: the FIB knows the route to the target but not the
     /// next hop's MAC yet, and the kernel resolves it while it forwards this packet.
     PassNoNeighbour,
+    /// Forwarded in a tunnel that also names the previous table's target: a TCP flow this node
+    /// has no entry for, which the VIP's live and previous tables give different targets
+    /// (second chance, see [`SECOND_CHANCE_OPTION`]).
+    TxSecondChance,
 }
 
 impl Reason {
-    pub const COUNT: u32 = Reason::PassNoNeighbour as u32 + 1;
+    pub const COUNT: u32 = Reason::TxSecondChance as u32 + 1;
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::TxTunnel,
         Reason::TxDsr,
@@ -295,6 +311,7 @@ impl Reason {
         Reason::DropTooBig,
         Reason::DropAdjust,
         Reason::PassNoNeighbour,
+        Reason::TxSecondChance,
     ];
 
     /// The snake_case name that `xlb stats` and the metrics print.
@@ -318,6 +335,7 @@ impl Reason {
             Reason::DropTooBig => "drop_too_big",
             Reason::DropAdjust => "drop_adjust",
             Reason::PassNoNeighbour => "pass_no_neighbour",
+            Reason::TxSecondChance => "tx_second_chance",
         }
     }
 }
@@ -332,14 +350,18 @@ pub enum DecapReason {
     PassOther,
     /// A tunnel header that is truncated or malformed: dropped.
     DropMalformed,
+    /// A second-chance tunnel packet (TCP, not a SYN) for a connection this host has no socket
+    /// for: sent on to the previous table's target it names, back through the hop it came from.
+    TxSecondChance,
 }
 
 impl DecapReason {
-    pub const COUNT: u32 = DecapReason::DropMalformed as u32 + 1;
+    pub const COUNT: u32 = DecapReason::TxSecondChance as u32 + 1;
     pub const ALL: [DecapReason; DecapReason::COUNT as usize] = [
         DecapReason::Decapsulated,
         DecapReason::PassOther,
         DecapReason::DropMalformed,
+        DecapReason::TxSecondChance,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -347,6 +369,7 @@ impl DecapReason {
             DecapReason::Decapsulated => "decapsulated",
             DecapReason::PassOther => "pass_other",
             DecapReason::DropMalformed => "drop_malformed",
+            DecapReason::TxSecondChance => "tx_second_chance",
         }
     }
 }

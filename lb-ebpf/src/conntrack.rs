@@ -4,11 +4,18 @@
 //! entry is evicted (LRU), goes idle (UDP), or its backend is gone (`BACKEND_F_LIVE` cleared).
 //! A TCP SYN always consults the ring: it starts a new connection, so a stale entry from an
 //! earlier connection on the same 5-tuple must not pin it.
+//!
+//! Second chance: a TCP packet that is not a SYN and that this node has no entry for belongs to a
+//! connection that started elsewhere (another node, before ECMP moved it here). When the VIP's
+//! previous table (its standby ring) gives another target than the live one, the packet goes to
+//! the live ring's target naming the previous one too; that target's `xlb_decap` hands it on when
+//! it has no socket for it. Such flows get no entry, so every packet gets the same chance while
+//! the previous table lasts.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     BACKEND_F_LIVE, Backend, FlowKey, FlowState, IPPROTO_UDP, RING_SIZE, Reason,
-    UDP_FLOW_TIMEOUT_NS, VIP_F_SOURCE_IP, VipMeta,
+    UDP_FLOW_TIMEOUT_NS, VIP_F_DSR, VIP_F_SOURCE_IP, VipMeta,
     hash::{flow_hash, source_hash},
 };
 
@@ -25,6 +32,9 @@ pub struct Choice {
     pub backend: &'static Backend,
     pub hash: u32,
     pub new_flow: bool,
+    /// The previous table's target for this flow, when it differs (same family): the second
+    /// chance the packet carries.
+    pub second: Option<&'static Backend>,
 }
 
 /// Backend `index` (in `BACKENDS`) if it is live.
@@ -47,16 +57,30 @@ pub fn hash(vip: &VipMeta, key: &FlowKey) -> u32 {
 /// Maglev: the VIP's live ring at `hash % M`, and that backend.
 #[inline(always)]
 pub fn ring(vip: &VipMeta, hash: u32) -> Result<(u32, &'static Backend), Verdict> {
-    let slot = (vip.index * 2 + (vip.ring & 1)) * RING_SIZE + hash % RING_SIZE;
-    let index = *RINGS
-        .get(slot)
-        .ok_or(Verdict::drop(Reason::DropNoBackend))?;
+    let index = *slot(vip, vip.ring & 1, hash).ok_or(Verdict::drop(Reason::DropNoBackend))?;
     // Index 0: the ring was never filled (no target registered).
     if index == 0 {
         return Err(Verdict::drop(Reason::DropNoBackend));
     }
     let b = live(index).ok_or(Verdict::drop(Reason::DropNoBackend))?;
     Ok((index, b))
+}
+
+/// Ring `ring` (0 or 1) of the VIP at `hash % M`.
+#[inline(always)]
+fn slot(vip: &VipMeta, ring: u32, hash: u32) -> Option<&'static u32> {
+    RINGS.get((vip.index * 2 + ring) * RING_SIZE + hash % RING_SIZE)
+}
+
+/// The previous table's target for `hash` (the standby ring), when it is live, another than
+/// `index`, and of `now`'s family (the tunnel that carries it is `now`'s).
+#[inline(always)]
+fn previous(vip: &VipMeta, hash: u32, index: u32, now: &Backend) -> Option<&'static Backend> {
+    let before = *slot(vip, (vip.ring & 1) ^ 1, hash)?;
+    if before == 0 || before == index {
+        return None;
+    }
+    live(before).filter(|b| b.family == now.family)
 }
 
 /// Flow table first (unless `syn`), then the ring; records new flows. `closing`: a TCP FIN or
@@ -90,11 +114,24 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool, closing: bool) -> Result<
                 backend,
                 hash,
                 new_flow: false,
+                second: None,
             });
         }
     }
     let h = hash(vip, key);
     let (index, backend) = ring(vip, h)?;
+    if !syn && !udp && vip.flags & VIP_F_DSR == 0 {
+        let second = previous(vip, h, index, backend);
+        if second.is_some() {
+            return Ok(Choice {
+                index,
+                backend,
+                hash: h,
+                new_flow: false,
+                second,
+            });
+        }
+    }
     let state = FlowState {
         backend: index,
         hash: h,
@@ -107,6 +144,7 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool, closing: bool) -> Result<
         backend,
         hash: h,
         new_flow: true,
+        second: None,
     })
 }
 
@@ -122,6 +160,7 @@ pub fn existing(vip: &VipMeta, key: &FlowKey) -> Result<Choice, Verdict> {
             backend,
             hash: state.hash,
             new_flow: false,
+            second: None,
         });
     }
     let h = hash(vip, key);
@@ -131,5 +170,6 @@ pub fn existing(vip: &VipMeta, key: &FlowKey) -> Result<Choice, Verdict> {
         backend,
         hash: h,
         new_flow: false,
+        second: None,
     })
 }

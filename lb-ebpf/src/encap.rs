@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     AF_INET, Addr, Backend, CONFIG_F_NO_FIB, CONFIG_F_NO_PTB, Config, IPPROTO_IPIP, IPPROTO_IPV6,
-    Reason, VIP_F_DSR, VipMeta,
+    Reason, SECOND_CHANCE_OPTION, SECOND_CHANCE_V4_LEN, SECOND_CHANCE_V6_LEN, VIP_F_DSR, VipMeta,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
@@ -17,7 +17,7 @@ use crate::{
     csum, icmp,
     l2::{self, Macs, NextHop},
     maps::{CachedHop, FIB_ARGS, NEXT_HOP_TTL_NS, NEXT_HOPS},
-    parse::{ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
+    parse::{ETH_P_IP, ETH_P_IPV6, IPV6_DSTOPTS, Packet, ptr_at},
     verdict::Verdict,
 };
 
@@ -38,23 +38,32 @@ pub fn forward(
     if vip.flags & VIP_F_DSR != 0 {
         return dsr(ctx, b);
     }
-    let outer_len = if b.family == AF_INET {
-        Ipv4Hdr::LEN
-    } else {
-        Ipv6Hdr::LEN
-    };
+    let v4 = b.family == AF_INET;
+    let outer_len = if v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
     if cfg.mtu != 0 && p.ip_len as usize + outer_len > cfg.mtu as usize {
         if cfg.flags & CONFIG_F_NO_PTB != 0 || !p.dont_fragment {
             return Err(Verdict::drop(Reason::DropTooBig));
         }
         return icmp::too_big(ctx, p, cfg.mtu - outer_len as u16);
     }
+    // A second chance that would not fit the MTU is left out: the flow then breaks as it would
+    // without one, rather than the client learning a smaller MTU for the rest of it.
+    let second = choice.second.filter(|_| {
+        let extra = if v4 {
+            SECOND_CHANCE_V4_LEN
+        } else {
+            SECOND_CHANCE_V6_LEN
+        };
+        cfg.mtu == 0 || p.ip_len as usize + outer_len + extra <= cfg.mtu as usize
+    });
     // One branch on the target's family, into two copies of the path with the family a
     // constant, rather than a branch on it at every field that differs.
-    if b.family == AF_INET {
-        encapsulate::<true>(ctx, p, choice, cfg, b)
-    } else {
-        encapsulate::<false>(ctx, p, choice, cfg, b)
+    // The same for the second chance, rare: the established path keeps its code.
+    match (v4, second) {
+        (true, None) => encapsulate::<true, false>(ctx, p, choice, cfg, b),
+        (false, None) => encapsulate::<false, false>(ctx, p, choice, cfg, b),
+        (true, Some(prev)) => encapsulate::<true, true>(ctx, p, choice, cfg, prev),
+        (false, Some(prev)) => encapsulate::<false, true>(ctx, p, choice, cfg, prev),
     }
 }
 
@@ -72,17 +81,25 @@ fn dsr(ctx: &XdpContext, backend: &Backend) -> Result<Verdict, Verdict> {
     Ok(Verdict::tx(Reason::TxDsr))
 }
 
-/// IPIP (`V4`: an IPv4 target) or IP6IP6 toward target `b`.
+/// IPIP (`V4`: an IPv4 target) or IP6IP6 toward the chosen target. With `SECOND`, the outer
+/// header also names `prev`, the previous table's target (an IPv4 option, or an IPv6
+/// Destination Options header; see [`SECOND_CHANCE_OPTION`]); without, `prev` is not read.
 #[inline(always)]
-fn encapsulate<const V4: bool>(
+fn encapsulate<const V4: bool, const SECOND: bool>(
     ctx: &XdpContext,
     p: &Packet,
     choice: &Choice,
     cfg: &Config,
-    b: &Backend,
+    prev: &Backend,
 ) -> Result<Verdict, Verdict> {
     let v4 = V4;
-    let outer_len = if v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
+    let b = choice.backend;
+    let extra = match (SECOND, v4) {
+        (false, _) => 0,
+        (true, true) => SECOND_CHANCE_V4_LEN,
+        (true, false) => SECOND_CHANCE_V6_LEN,
+    };
+    let outer_len = if v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN } + extra;
     let hop = next_hop(ctx, cfg, choice.index, b, v4)?;
     // SAFETY: the helper checks the new head against the headroom and fails cleanly.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
@@ -99,12 +116,14 @@ fn encapsulate<const V4: bool>(
     // access, see `build.rs`): no copy of it on the stack. Words are built in memory order, so
     // as little-endian integers; the one's complement sum does not depend on the byte order.
     let hash_be = choice.hash.to_be();
+    let short = Verdict::drop(Reason::DropAdjust);
     if v4 {
-        let total = (p.ip_len as usize + Ipv4Hdr::LEN) as u16;
+        let total = (p.ip_len as usize + outer_len) as u16;
         // RFC 2003: copy the inner DF bit to the outer header.
         let df: u16 = if p.dont_fragment { 0x4000 } else { 0 };
-        // Version 4, IHL 5, DSCP 0, total length; identification 0, flags; TTL, protocol.
-        let w0 = 0x45 | (total.to_be() as u32) << 16;
+        // Version 4, IHL (5, or 7 with the option), DSCP 0, total length; identification 0,
+        // flags; TTL, protocol.
+        let w0 = (0x40 | outer_len / 4) as u32 | (total.to_be() as u32) << 16;
         let w1 = (df.to_be() as u32) << 16;
         let w2 = TUNNEL_TTL as u32 | (inner_proto as u32) << 8;
         // SAFETY: `Config` and `Backend` hold these bytes; reads of any alignment.
@@ -116,9 +135,23 @@ fn encapsulate<const V4: bool>(
         };
         // The last two bytes of the source: the flow hash's last two.
         let src = prefix as u32 | hash_be & 0xffff_0000;
-        let sum = w0 as u64 + w1 as u64 + w2 as u64 + src as u64 + dst as u64;
+        let mut sum = w0 as u64 + w1 as u64 + w2 as u64 + src as u64 + dst as u64;
+        if SECOND {
+            // Type, length, two zero bytes; the previous target's address.
+            let o0 = SECOND_CHANCE_OPTION as u32 | (SECOND_CHANCE_V4_LEN as u32) << 8;
+            // SAFETY: `Backend` holds the bytes; a read of any alignment.
+            let o1 = unsafe { prev.addr.as_ptr().cast::<u32>().read_unaligned() };
+            sum += o0 as u64 + o1 as u64;
+            let opt: *mut [u32; 2] = ptr_at(ctx, p.l3_off + Ipv4Hdr::LEN).ok_or(short)?;
+            // SAFETY: bounds checked by `ptr_at`.
+            unsafe {
+                let opt = opt.cast::<u32>();
+                opt.write_unaligned(o0);
+                opt.add(1).write_unaligned(o1);
+            }
+        }
         let w2 = w2 | (csum::fold(sum) as u32) << 16;
-        let ip: *mut [u32; 5] = ptr_at(ctx, p.l3_off).ok_or(Verdict::drop(Reason::DropAdjust))?;
+        let ip: *mut [u32; 5] = ptr_at(ctx, p.l3_off).ok_or(short)?;
         // SAFETY: bounds checked by `ptr_at`.
         unsafe {
             let ip = ip.cast::<u32>();
@@ -129,11 +162,13 @@ fn encapsulate<const V4: bool>(
             ip.add(4).write_unaligned(dst);
         }
     } else {
-        let ip: *mut [u32; 10] = ptr_at(ctx, p.l3_off).ok_or(Verdict::drop(Reason::DropAdjust))?;
+        let ip: *mut [u32; 10] = ptr_at(ctx, p.l3_off).ok_or(short)?;
+        let next = if SECOND { IPV6_DSTOPTS } else { inner_proto };
         // Version 6, traffic class 0, flow label from the flow hash (receivers and ECMP spread
         // on it); payload length, next header, hop limit.
         let w0 = 0x60 | hash_be & 0xffff_0f00;
-        let w1 = (p.ip_len.to_be() as u32) | (inner_proto as u32) << 16 | (TUNNEL_TTL as u32) << 24;
+        let payload = p.ip_len + extra as u16;
+        let w1 = (payload.to_be() as u32) | (next as u32) << 16 | (TUNNEL_TTL as u32) << 24;
         // SAFETY: bounds checked by `ptr_at`; `Config` and `Backend` hold the bytes read.
         unsafe {
             let ip = ip.cast::<u32>();
@@ -149,8 +184,32 @@ fn encapsulate<const V4: bool>(
             ip.add(6).cast::<u64>().write_unaligned(d0);
             ip.add(8).cast::<u64>().write_unaligned(d1);
         }
+        if SECOND {
+            let opt: *mut [u32; 6] = ptr_at(ctx, p.l3_off + Ipv6Hdr::LEN).ok_or(short)?;
+            let [a0, a1] = words(&prev.addr);
+            // SAFETY: bounds checked by `ptr_at`.
+            unsafe {
+                let opt = opt.cast::<u32>();
+                // Next header (the tunnel's), length in 8-byte units after the first 8; the
+                // option: type, length 16, the previous target's address; a PadN of 4.
+                opt.write_unaligned(
+                    inner_proto as u32
+                        | ((SECOND_CHANCE_V6_LEN / 8 - 1) as u32) << 8
+                        | (SECOND_CHANCE_OPTION as u32) << 16
+                        | 16 << 24,
+                );
+                opt.add(1).cast::<u64>().write_unaligned(a0);
+                opt.add(3).cast::<u64>().write_unaligned(a1);
+                opt.add(5).write_unaligned(1 | 2 << 8);
+            }
+        }
     }
-    Ok(l2::send(&hop, Reason::TxTunnel))
+    let reason = if SECOND {
+        Reason::TxSecondChance
+    } else {
+        Reason::TxTunnel
+    };
+    Ok(l2::send(&hop, reason))
 }
 
 /// The next hop toward `b` (backend `index`): the kernel FIB (route and neighbour), cached per

@@ -123,6 +123,7 @@ fn fragment(ctx: &XdpContext, p: &Packet, bytes: u64) -> Result<Verdict, Verdict
             backend,
             hash,
             new_flow: false,
+            second: None,
         };
         send(ctx, p, &vip, &choice, bytes)
     });
@@ -143,7 +144,7 @@ fn send(
     // "too big" instead), by the datapath or by the kernel that resolves its next hop.
     if matches!(
         v.reason,
-        Reason::TxTunnel | Reason::TxDsr | Reason::PassNoNeighbour
+        Reason::TxTunnel | Reason::TxSecondChance | Reason::TxDsr | Reason::PassNoNeighbour
     ) {
         stats::vip(vip.index, bytes, choice.new_flow);
         stats::backend(choice.index, bytes);
@@ -160,6 +161,7 @@ pub fn xlb_decap(ctx: XdpContext) -> u32 {
     stats::decap(r, bytes);
     match r {
         DecapReason::DropMalformed => xdp_action::XDP_DROP,
+        DecapReason::TxSecondChance => xdp_action::XDP_TX,
         _ => xdp_action::XDP_PASS,
     }
 }

@@ -26,7 +26,7 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const IPV6_HOPOPTS: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
-const IPV6_DSTOPTS: u8 = 60;
+pub const IPV6_DSTOPTS: u8 = 60;
 /// Largest offset into a frame that [`ptr_at`] accepts (jumbo frames are 9 KiB).
 const MAX_OFFSET: usize = 0x3fff;
 /// Most IPv6 extension headers walked before giving up (bounded for the verifier).
