@@ -37,7 +37,7 @@
 //! - Every lab veth has transmit checksum offload off at both ends, and the
 //!   client, router, lb and backends have permanent neighbour entries for
 //!   each other, so the first packet of a test needs no ARP or ND.
-//! - With an `xlb` binary in the [`LabSpec`], the router's `lb` port gets the
+//! - With an `xlb` binary in the [`LabSpec`], the router's `lb` and backend ports get the
 //!   "pass" XDP program and each backend's `eth0` the "decap" program, pinned
 //!   under [`pin_dir`]; logs and pid files of the servers live in [`run_dir`].
 //! - [`Lab::up_nodes`] builds several balancers, `node1..N` at 198.18.1.(1+i) and
@@ -789,7 +789,8 @@ impl Lab {
     /// XDP_TX out of a veth only delivers if the peer runs an XDP program,
     /// else frames vanish: the router's `lb` port (peer of the lb's eth0) gets
     /// "pass", and each backend's eth0 gets "decap", which strips the tunnels
-    /// the balancer adds and passes everything else.
+    /// the balancer adds and passes everything else; the backends' router ports get "pass"
+    /// too, for what "decap" sends back out (second chance).
     fn attach_xdp(&self, xlb: &Path) -> Result<()> {
         let pins = pin_dir(&self.prefix);
         fs::create_dir_all(&pins).with_context(|| format!("creating {}", pins.display()))?;
@@ -800,6 +801,11 @@ impl Lab {
                 let pin = pins.join(format!("router-{}", b.port));
                 (Role::Router, b.port, "pass", pin)
             })
+            .chain((1..=self.backends).map(|i| {
+                let port = format!("b{i}");
+                let pin = pins.join(format!("router-{port}"));
+                (Role::Router, port, "pass", pin)
+            }))
             .collect();
         targets.extend((1..=self.backends).map(|i| {
             (
