@@ -14,8 +14,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    BACKEND_F_LIVE, Backend, FlowKey, FlowState, IPPROTO_UDP, RING_SIZE, Reason,
-    UDP_FLOW_TIMEOUT_NS, VIP_F_DSR, VIP_F_SOURCE_IP, VipMeta,
+    BACKEND_F_LIVE, Backend, FlowKey, FlowState, RING_SIZE, Reason, UDP_FLOW_TIMEOUT_NS, VIP_F_DSR,
+    VIP_F_SOURCE_IP, VipMeta,
     hash::{flow_hash, source_hash},
 };
 
@@ -84,10 +84,16 @@ fn previous(vip: &VipMeta, hash: u32, index: u32, now: &Backend) -> Option<&'sta
 }
 
 /// Flow table first (unless `syn`), then the ring; records new flows. `closing`: a TCP FIN or
-/// RST, marked on the flow's entry so that the agent counts its connection as closed.
+/// RST, marked on the flow's entry so that the agent counts its connection as closed. `UDP`:
+/// the flow is UDP (a constant, so that TCP's path carries none of UDP's timeout handling).
 #[inline(always)]
-pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool, closing: bool) -> Result<Choice, Verdict> {
-    let udp = key.proto == IPPROTO_UDP;
+pub fn choose<const UDP: bool>(
+    vip: &VipMeta,
+    key: &FlowKey,
+    syn: bool,
+    closing: bool,
+) -> Result<Choice, Verdict> {
+    let udp = UDP;
     // UDP needs the clock for its idle timeout; TCP entries never expire by time.
     let now = if udp {
         // SAFETY: a helper without arguments.
@@ -120,31 +126,27 @@ pub fn choose(vip: &VipMeta, key: &FlowKey, syn: bool, closing: bool) -> Result<
     }
     let h = hash(vip, key);
     let (index, backend) = ring(vip, h)?;
-    if !syn && !udp && vip.flags & VIP_F_DSR == 0 {
-        let second = previous(vip, h, index, backend);
-        if second.is_some() {
-            return Ok(Choice {
-                index,
-                backend,
-                hash: h,
-                new_flow: false,
-                second,
-            });
-        }
-    }
-    let state = FlowState {
-        backend: index,
-        hash: h,
-        seen_ns: now,
+    let second = if !syn && !udp && vip.flags & VIP_F_DSR == 0 {
+        previous(vip, h, index, backend)
+    } else {
+        None
     };
-    // A full table evicts its least recently used flow; an error here only costs stickiness.
-    let _ = FLOWS.insert(key, state, 0);
+    if second.is_none() {
+        let state = FlowState {
+            backend: index,
+            hash: h,
+            seen_ns: now,
+        };
+        // A full table evicts its least recently used flow; an error here only costs
+        // stickiness.
+        let _ = FLOWS.insert(key, state, 0);
+    }
     Ok(Choice {
         index,
         backend,
         hash: h,
-        new_flow: true,
-        second: None,
+        new_flow: second.is_none(),
+        second,
     })
 }
 

@@ -25,14 +25,17 @@ const AF_INET_KERNEL: u8 = 2;
 const AF_INET6_KERNEL: u8 = 10;
 const TUNNEL_TTL: u8 = 64;
 
-/// Sends the packet to the chosen backend the way its VIP says.
+/// Sends the packet to the chosen backend the way its VIP says. With `SECOND`, the tunnel also
+/// names `prev`, the previous table's target (a second chance, see `conntrack`); without, `prev`
+/// is not read. Two copies of the path, so that the established one keeps its code.
 #[inline(always)]
-pub fn forward(
+pub fn forward<const SECOND: bool>(
     ctx: &XdpContext,
     p: &Packet,
     vip: &VipMeta,
     choice: &Choice,
     cfg: &Config,
+    prev: &Backend,
 ) -> Result<Verdict, Verdict> {
     let b = choice.backend;
     if vip.flags & VIP_F_DSR != 0 {
@@ -46,24 +49,28 @@ pub fn forward(
         }
         return icmp::too_big(ctx, p, cfg.mtu - outer_len as u16);
     }
-    // A second chance that would not fit the MTU is left out: the flow then breaks as it would
-    // without one, rather than the client learning a smaller MTU for the rest of it.
-    let second = choice.second.filter(|_| {
+    // One branch on the target's family, into two copies of the path with the family a
+    // constant, rather than a branch on it at every field that differs.
+    if SECOND {
         let extra = if v4 {
             SECOND_CHANCE_V4_LEN
         } else {
             SECOND_CHANCE_V6_LEN
         };
-        cfg.mtu == 0 || p.ip_len as usize + outer_len + extra <= cfg.mtu as usize
-    });
-    // One branch on the target's family, into two copies of the path with the family a
-    // constant, rather than a branch on it at every field that differs.
-    // The same for the second chance, rare: the established path keeps its code.
-    match (v4, second) {
-        (true, None) => encapsulate::<true, false>(ctx, p, choice, cfg, b),
-        (false, None) => encapsulate::<false, false>(ctx, p, choice, cfg, b),
-        (true, Some(prev)) => encapsulate::<true, true>(ctx, p, choice, cfg, prev),
-        (false, Some(prev)) => encapsulate::<false, true>(ctx, p, choice, cfg, prev),
+        // A second chance that would not fit the MTU is left out: the flow then breaks as it
+        // would without one, rather than the client learning a smaller MTU for the rest of it.
+        if cfg.mtu == 0 || p.ip_len as usize + outer_len + extra <= cfg.mtu as usize {
+            return if v4 {
+                encapsulate::<true, true>(ctx, p, choice, cfg, prev)
+            } else {
+                encapsulate::<false, true>(ctx, p, choice, cfg, prev)
+            };
+        }
+    }
+    if v4 {
+        encapsulate::<true, false>(ctx, p, choice, cfg, b)
+    } else {
+        encapsulate::<false, false>(ctx, p, choice, cfg, b)
     }
 }
 

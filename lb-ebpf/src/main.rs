@@ -66,10 +66,14 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
             let tcp = p.key.proto == IPPROTO_TCP;
             let syn = tcp && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
             let closing = tcp && p.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+            let choice = if tcp {
+                conntrack::choose::<false>(&vip, p.key, syn, closing)
+            } else {
+                conntrack::choose::<true>(&vip, p.key, false, false)
+            };
             counted(
                 &vip,
-                conntrack::choose(&vip, p.key, syn, closing)
-                    .and_then(|choice| send(ctx, &p, &vip, &choice, bytes)),
+                choice.and_then(|choice| send(ctx, &p, &vip, &choice, bytes)),
             )
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => match icmp::handle(ctx, &p)? {
@@ -139,7 +143,10 @@ fn send(
     bytes: u64,
 ) -> Result<Verdict, Verdict> {
     let cfg: &Config = CONFIG.get(0).ok_or(Verdict::drop(Reason::DropNoRoute))?;
-    let v = encap::forward(ctx, p, vip, choice, cfg)?;
+    let v = match choice.second {
+        None => encap::forward::<false>(ctx, p, vip, choice, cfg, choice.backend),
+        Some(prev) => encap::forward::<true>(ctx, p, vip, choice, cfg, prev),
+    }?;
     // Counted once the packet is on its way to the target (not when it was answered with
     // "too big" instead), by the datapath or by the kernel that resolves its next hop.
     if matches!(
