@@ -130,7 +130,7 @@ fn encapsulate<const V4: bool, const SECOND: bool>(
         let df: u16 = if p.dont_fragment { 0x4000 } else { 0 };
         // Version 4, IHL (5, or 7 with the option), DSCP 0, total length; identification 0,
         // flags; TTL, protocol.
-        let w0 = (0x40 | outer_len / 4) as u32 | (total.to_be() as u32) << 16;
+        let w0 = (0x40 | (outer_len / 4)) as u32 | (total.to_be() as u32) << 16;
         let w1 = (df.to_be() as u32) << 16;
         let w2 = TUNNEL_TTL as u32 | (inner_proto as u32) << 8;
         // SAFETY: `Config` and `Backend` hold these bytes; reads of any alignment.
