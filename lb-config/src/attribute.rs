@@ -74,6 +74,13 @@ pub const TARGET_GROUP: &[Attribute] = &[
         Values::OneOf(&["true", "false"]),
         "false",
     ),
+    // NLB's: a PROXY v2 header in front of each connection to a target.
+    attr(
+        "proxy_protocol_v2.enabled",
+        Tier::L4,
+        Values::OneOf(&["true", "false"]),
+        "false",
+    ),
     attr(
         "load_balancing.algorithm.type",
         Tier::L7,

@@ -69,6 +69,10 @@ pub enum Protocol {
     Udp,
     #[serde(rename = "TCP_UDP")]
     TcpUdp,
+    /// NLB's TLS: a listener that terminates TLS, or a group reached over TLS; both are served
+    /// in user space, not by the XDP tier.
+    #[serde(rename = "TLS")]
+    Tls,
     /// HTTP servers, for `http_listeners`.
     #[serde(rename = "HTTP")]
     Http,
@@ -95,7 +99,7 @@ impl Protocol {
     /// The IP protocol numbers an L4 listener of this protocol balances.
     pub fn ip_protocols(self) -> &'static [u8] {
         match self {
-            Protocol::Tcp => &[6],
+            Protocol::Tcp | Protocol::Tls => &[6],
             Protocol::Udp => &[17],
             Protocol::TcpUdp => &[6, 17],
             Protocol::Http | Protocol::Https => &[],
@@ -186,6 +190,13 @@ impl TargetGroup {
                 "slow start cannot be used with least_outstanding_requests",
             ));
         }
+        // A PROXY header goes in front of a TCP stream; a datagram has no stream to put it in.
+        if self.proxy_protocol_v2() && self.protocol.ip_protocols().contains(&17) {
+            return Err(Refusal::new(
+                key("proxy_protocol_v2.enabled"),
+                "PROXY protocol v2 is for TCP and TLS groups: UDP cannot carry it",
+            ));
+        }
         if self.protocol.is_http()
             && self.attribute("stickiness.enabled") == "true"
             && self.attribute("stickiness.type") == "app_cookie"
@@ -231,6 +242,13 @@ impl TargetGroup {
     /// only.
     pub fn source_ip_stickiness(&self) -> bool {
         !self.protocol.is_http() && self.attribute("stickiness.type") == "source_ip"
+    }
+
+    /// `proxy_protocol_v2.enabled`: each connection to a target starts with a PROXY v2 header
+    /// naming the client. Only a proxy in user space can write it, so listeners forwarding to
+    /// such a group are served there.
+    pub fn proxy_protocol_v2(&self) -> bool {
+        self.attribute("proxy_protocol_v2.enabled") == "true"
     }
 
     /// The HTTP version toward the targets.

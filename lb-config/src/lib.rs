@@ -7,7 +7,9 @@
 //! - [`attribute`]: the one table of target group and listener attributes (name, values,
 //!   default, which groups take it).
 //! - [`HealthCheck`] (`health.rs`): a group's `health_check` block.
-//! - [`Listener`] (`listener.rs`): an L4 listener (a VIP) of the XDP tier.
+//! - [`Listener`] (`listener.rs`): an L4 listener (NLB's): a VIP of the XDP tier, or a TLS or
+//!   PROXY v2 listener served in user space.
+//! - [`SslPolicy`], [`AlpnPolicy`] (`tls.rs`): what a TLS listener negotiates.
 //! - [`HttpListener`] (`http.rs`): an HTTP/HTTPS listener of the L7 tier, with ALB's rules.
 //! - [`import`]: `xlb import aws`, a config from what `aws elbv2 describe-*` prints.
 //!
@@ -26,6 +28,7 @@ pub mod import;
 mod listener;
 mod locate;
 mod node;
+mod tls;
 
 use std::{collections::BTreeSet, path::Path};
 
@@ -41,6 +44,7 @@ pub use crate::{
     },
     listener::{Action, Forwarding, Listener},
     node::{Node, Paths, XdpMode, parse_mac},
+    tls::{AlpnPolicy, SslPolicy},
 };
 
 /// Why a config is refused.
@@ -131,11 +135,9 @@ impl Config {
 
     /// Makes the relative certificate and key paths relative to `dir`.
     fn resolve_paths(&mut self, dir: &Path) {
-        for c in self
-            .http_listeners
-            .iter_mut()
-            .flat_map(|l| l.certificates.iter_mut())
-        {
+        let http = self.http_listeners.iter_mut().map(|l| &mut l.certificates);
+        let tls = self.listeners.iter_mut().map(|l| &mut l.certificates);
+        for c in http.chain(tls).flatten() {
             c.cert = dir.join(&c.cert);
             c.key = dir.join(&c.key);
         }

@@ -1,4 +1,7 @@
-//! `[[listeners]]`: the L4 listeners, VIPs balanced by the XDP tier.
+//! `[[listeners]]`: the L4 listeners (NLB's). TCP, UDP and TCP_UDP listeners are VIPs balanced
+//! by the XDP tier; TLS listeners, and TCP listeners whose group wants a PROXY v2 header, are
+//! served by a proxy in user space ([`Config::in_user_space`]): XDP forwards packets, and cannot
+//! terminate TLS or put bytes in front of a TCP stream.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -7,7 +10,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::{Config, Protocol, Refusal};
+use crate::{AlpnPolicy, CertificateFiles, Config, Protocol, Refusal, SslPolicy, TargetGroup};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +23,15 @@ pub struct Listener {
     #[serde(default)]
     pub forwarding: Forwarding,
     pub default_action: Action,
+    /// TLS only: the first is the default certificate, the others are picked by SNI.
+    #[serde(default)]
+    pub certificates: Vec<CertificateFiles>,
+    /// TLS only: the protocol versions taken, by ELB's policy name.
+    #[serde(default)]
+    pub ssl_policy: Option<SslPolicy>,
+    /// TLS only: NLB's ALPN policy.
+    #[serde(default)]
+    pub alpn_policy: Option<AlpnPolicy>,
 }
 
 /// How the XDP tier sends a listener's packets to its targets.
@@ -46,6 +58,27 @@ impl Listener {
         let Action::Forward { target_group } = &self.default_action;
         target_group
     }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.address, self.port)
+    }
+}
+
+impl Config {
+    /// Whether listener `l` is served by the user-space proxy rather than the XDP tier: TLS
+    /// listeners, and listeners whose group takes a PROXY v2 header.
+    pub fn in_user_space(&self, l: &Listener) -> bool {
+        l.protocol == Protocol::Tls
+            || self
+                .group(l.target_group())
+                .is_some_and(TargetGroup::proxy_protocol_v2)
+    }
+
+    /// The listeners the XDP tier balances.
+    pub fn xdp_listeners(&self) -> impl Iterator<Item = &Listener> {
+        self.listeners.iter().filter(|l| !self.in_user_space(l))
+    }
 }
 
 /// Checks the L4 listeners against the groups they name.
@@ -60,10 +93,9 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), Refusal> {
             ),
         ));
     }
-    // Each target address of the groups L4 listeners forward to takes a datapath slot.
+    // Each target address of the groups XDP listeners forward to takes a datapath slot.
     let targets: BTreeSet<IpAddr> = cfg
-        .listeners
-        .iter()
+        .xdp_listeners()
         .filter_map(|l| cfg.group(l.target_group()))
         .flat_map(|g| g.targets.iter().map(|t| t.id))
         .collect();
@@ -107,6 +139,11 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), Refusal> {
                 "HTTP belongs to http_listeners, not to L4 listeners",
             ));
         }
+        check_tls(i, l, tg)?;
+        if cfg.in_user_space(l) {
+            check_user_space(cfg, i, l)?;
+            continue;
+        }
         if l.forwarding == Forwarding::Tunnel && cfg.node.in_tunnel_sources(l.address) {
             return Err(Refusal::new(
                 format!("listeners[{i}].address"),
@@ -145,6 +182,89 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), Refusal> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// What a listener's protocol says of its group and its TLS keys: a TLS listener has
+/// certificates and forwards to a TCP or TLS group, as NLB's; other listeners take no TLS keys
+/// and no TLS group (a TCP listener passes TLS through, to a TCP group); PROXY v2 needs TCP.
+fn check_tls(i: usize, l: &Listener, tg: &TargetGroup) -> Result<(), Refusal> {
+    let at = format!("listeners[{i}]");
+    let group_key = format!("{at}.default_action.target_group");
+    if l.protocol == Protocol::Tls {
+        if l.certificates.is_empty() {
+            return Err(Refusal::new(
+                format!("{at}.certificates"),
+                "a TLS listener needs a certificate",
+            ));
+        }
+        if !matches!(tg.protocol, Protocol::Tcp | Protocol::Tls) {
+            return Err(Refusal::new(
+                group_key,
+                format!("{:?} is not a TCP or TLS target group", tg.name),
+            ));
+        }
+        return Ok(());
+    }
+    let tls_key = [
+        ("certificates", !l.certificates.is_empty()),
+        ("ssl_policy", l.ssl_policy.is_some()),
+        ("alpn_policy", l.alpn_policy.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(k, set)| set.then_some(k));
+    if let Some(k) = tls_key {
+        return Err(Refusal::new(
+            format!("{at}.{k}"),
+            "only a TLS listener takes it",
+        ));
+    }
+    if tg.protocol == Protocol::Tls {
+        return Err(Refusal::new(
+            group_key,
+            format!(
+                "{:?} is a TLS target group: a TLS listener forwards to it",
+                tg.name
+            ),
+        ));
+    }
+    if tg.proxy_protocol_v2() && l.protocol.ip_protocols().contains(&17) {
+        return Err(Refusal::new(
+            group_key,
+            format!(
+                "{:?} has proxy_protocol_v2.enabled: a {:?} listener's UDP datagrams cannot carry \
+                 the header (TCP and TLS listeners can)",
+                tg.name, l.protocol
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What a listener served in user space needs: a socket of its own on a port of the node's, and
+/// the proxy's own connections to the targets (not a tunnel, not DSR).
+fn check_user_space(cfg: &Config, i: usize, l: &Listener) -> Result<(), Refusal> {
+    let at = format!("listeners[{i}]");
+    if l.port == 0 {
+        return Err(Refusal::new(
+            format!("{at}.port"),
+            "0 (every port) is for the XDP tier; this listener is served in user space (TLS, or \
+             PROXY v2) and binds one port",
+        ));
+    }
+    if l.forwarding == Forwarding::Dsr {
+        return Err(Refusal::new(
+            format!("{at}.forwarding"),
+            "dsr: this listener is served in user space (TLS, or PROXY v2), which connects to \
+             the targets itself; XDP cannot put a header in a TCP stream",
+        ));
+    }
+    if let Some(j) = cfg.http_listeners.iter().position(|h| h.addr() == l.addr()) {
+        return Err(Refusal::new(
+            format!("{at}.port"),
+            format!("http_listeners[{j}] already listens on {}", l.addr()),
+        ));
     }
     Ok(())
 }

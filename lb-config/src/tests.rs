@@ -943,3 +943,134 @@ fn certificate_paths_are_relative_to_the_config_files_directory() {
     assert_eq!(files.cert, dir.join("certs/site.pem"));
     assert_eq!(files.key, Path::new("/etc/xlb/site.key"));
 }
+
+/// A TLS listener, a TCP listener whose group takes PROXY v2, and their groups.
+const NLB_USER_SPACE: &str = r#"
+[node]
+interface = "eth0"
+
+[[target_groups]]
+name = "pp2"
+protocol = "TCP"
+port = 80
+targets = [{ id = "198.18.1.11" }]
+attributes = { "proxy_protocol_v2.enabled" = "true" }
+
+[[target_groups]]
+name = "secure"
+protocol = "TLS"
+port = 443
+targets = [{ id = "198.18.1.12" }]
+
+[[listeners]]
+address = "198.18.100.1"
+port = 80
+protocol = "TCP"
+default_action = { type = "forward", target_group = "pp2" }
+
+[[listeners]]
+address = "198.18.100.1"
+port = 443
+protocol = "TLS"
+certificates = [{ cert = "a.pem", key = "a.key" }]
+ssl_policy = "ELBSecurityPolicy-TLS13-1-3-2021-06"
+alpn_policy = "HTTP2Preferred"
+default_action = { type = "forward", target_group = "secure" }
+"#;
+
+#[test]
+fn tls_and_proxy_protocol_listeners_are_served_in_user_space() {
+    let c = Config::parse(NLB_USER_SPACE, "x.toml").unwrap();
+    assert!(c.group("pp2").unwrap().proxy_protocol_v2());
+    assert!(!c.group("secure").unwrap().proxy_protocol_v2());
+    assert!(c.listeners.iter().all(|l| c.in_user_space(l)));
+    assert_eq!(c.xdp_listeners().count(), 0);
+    let tls = &c.listeners[1];
+    assert_eq!(tls.ssl_policy, Some(SslPolicy::Tls13Only));
+    assert_eq!(tls.alpn_policy, Some(AlpnPolicy::Http2Preferred));
+    assert_eq!(
+        AlpnPolicy::Http2Preferred.protocols(),
+        [&b"h2"[..], b"http/1.1"]
+    );
+    assert_eq!(AlpnPolicy::default().protocols(), [] as [&[u8]; 0]);
+    // Without the attribute, the TCP listener is the XDP tier's again.
+    let plain = NLB_USER_SPACE.replace("\"proxy_protocol_v2.enabled\" = \"true\"", "");
+    let c = Config::parse(&plain, "x.toml").unwrap();
+    let xdp: Vec<u16> = c.xdp_listeners().map(|l| l.port).collect();
+    assert_eq!(xdp, [80]);
+}
+
+#[test]
+fn tls_listeners_and_proxy_protocol_refuse_what_cannot_work() {
+    let refused = |from: &str, to: &str| {
+        let text = NLB_USER_SPACE.replacen(from, to, 1);
+        assert_ne!(text, NLB_USER_SPACE, "{from:?} is not in the config");
+        Config::parse(&text, "x.toml").unwrap_err().to_string()
+    };
+    for (from, to, want) in [
+        // UDP cannot carry a PROXY header: on the group, or through a UDP listener.
+        (
+            "protocol = \"TCP\"\nport = 80",
+            "protocol = \"UDP\"\nport = 80",
+            "line 10: target_groups[0] (pp2).attributes.\"proxy_protocol_v2.enabled\": PROXY \
+             protocol v2 is for TCP and TLS groups: UDP cannot carry it",
+        ),
+        (
+            "port = 80\nprotocol = \"TCP\"",
+            "port = 80\nprotocol = \"TCP_UDP\"",
+            "line 22: listeners[0].default_action.target_group: \"pp2\" has \
+             proxy_protocol_v2.enabled: a TcpUdp listener's UDP datagrams cannot carry",
+        ),
+        (
+            "protocol = \"TCP\"\ndefault_action",
+            "protocol = \"TCP\"\nforwarding = \"dsr\"\ndefault_action",
+            "line 22: listeners[0].forwarding: dsr: this listener is served in user space",
+        ),
+        (
+            "port = 80\nprotocol = \"TCP\"",
+            "port = 0\nprotocol = \"TCP\"",
+            "listeners[0].port: 0 (every port) is for the XDP tier",
+        ),
+        (
+            "certificates = [{ cert = \"a.pem\", key = \"a.key\" }]\n",
+            "",
+            "line 24: listeners[1].certificates: a TLS listener needs a certificate",
+        ),
+        (
+            "protocol = \"TLS\"\nport = 443",
+            "protocol = \"UDP\"\nport = 443",
+            "listeners[1].default_action.target_group: \"secure\" is not a TCP or TLS target group",
+        ),
+        (
+            "protocol = \"TLS\"\ncertificates",
+            "protocol = \"TCP\"\ncertificates",
+            "line 28: listeners[1].certificates: only a TLS listener takes it",
+        ),
+        (
+            "target_group = \"pp2\"",
+            "target_group = \"secure\"",
+            "listeners[0].default_action.target_group: \"secure\" is a TLS target group: a TLS \
+             listener forwards to it",
+        ),
+        (
+            "ELBSecurityPolicy-TLS13-1-3-2021-06",
+            "ELBSecurityPolicy-2016-08",
+            "unknown variant `ELBSecurityPolicy-2016-08`",
+        ),
+        ("HTTP2Preferred", "HTTP3", "unknown variant `HTTP3`"),
+    ] {
+        let e = refused(from, to);
+        assert!(e.contains(want), "{to:?}: {e}");
+    }
+    // A user-space listener and an HTTP listener cannot share an address and port.
+    let both = format!(
+        "{NLB_USER_SPACE}\n[[target_groups]]\nname = \"app\"\nprotocol = \"HTTP\"\nport = 80\n\n\
+         [[http_listeners]]\naddress = \"198.18.100.1\"\nport = 443\nprotocol = \"HTTP\"\n\
+         default_action = {{ type = \"forward\", target_group = \"app\" }}\n"
+    );
+    let e = Config::parse(&both, "x.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("listeners[1].port: http_listeners[0] already listens on 198.18.100.1:443"),
+        "{e}"
+    );
+}
