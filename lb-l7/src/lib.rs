@@ -10,6 +10,9 @@
 //! - [`proxy`]: one request's phases, from the desync check to the access log entry.
 //! - [`upstream`]: the clients toward targets (HTTP/1.1 or HTTP/2, clear or TLS).
 //! - [`listener`]: sockets, TLS handshakes, connections, idle timeout and draining.
+//! - [`stream`]: the user-space proxy of NLB's TLS listeners and of TCP listeners whose group
+//!   takes PROXY v2: TLS, a target, the header, then bytes both ways.
+//! - [`proxy_protocol`]: the PROXY v2 header.
 //! - [`tls`]: rustls setup and certificate choice by SNI.
 //! - [`trace`]: `X-Amzn-Trace-Id`, as ALB adds and updates it.
 //! - [`log`]: access log and connection log lines in ALB's formats.
@@ -33,7 +36,9 @@ pub mod listener;
 pub mod log;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod rules;
+pub mod stream;
 pub mod tls;
 pub mod trace;
 pub mod upstream;
@@ -55,7 +60,10 @@ use tokio::{
     task::JoinHandle,
 };
 
-use lb_config::{Config, HttpAction, HttpListener, ListenerProtocol, Refusal, TargetGroup};
+use lb_config::{
+    Config, HttpAction, HttpListener, Listener, ListenerProtocol, Protocol, Refusal, SslPolicy,
+    TargetGroup,
+};
 use lb_health::{
     CheckSpec,
     checker::{Checker, Event, GroupSpec},
@@ -71,39 +79,61 @@ use self::{
     rules::RuleSet,
 };
 
-/// What the L7 tier serves of a config: its HTTP listeners, and the HTTP and HTTPS target groups
-/// they forward to (the config's own types, not a second model).
+/// What the L7 tier serves of a config: its HTTP listeners, the L4 listeners served in user
+/// space, and the target groups they forward to (the config's own types, not a second model).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct L7Config {
     pub target_groups: Vec<TargetGroup>,
     pub http_listeners: Vec<HttpListener>,
+    /// TLS listeners, and TCP listeners whose group takes PROXY v2 ([`stream`]).
+    pub stream_listeners: Vec<Listener>,
 }
 
 impl L7Config {
     /// The L7 part of a valid config.
     pub fn of(cfg: &Config) -> L7Config {
+        let stream_listeners: Vec<Listener> = cfg
+            .listeners
+            .iter()
+            .filter(|l| cfg.in_user_space(l))
+            .cloned()
+            .collect();
+        let streamed =
+            |g: &TargetGroup| stream_listeners.iter().any(|l| l.target_group() == g.name);
         L7Config {
             target_groups: cfg
                 .target_groups
                 .iter()
-                .filter(|g| g.protocol.is_http())
+                .filter(|g| g.protocol.is_http() || streamed(g))
                 .cloned()
                 .collect(),
             http_listeners: cfg.http_listeners.clone(),
+            stream_listeners,
         }
+    }
+
+    /// Whether there is anything to serve.
+    pub fn is_empty(&self) -> bool {
+        self.http_listeners.is_empty() && self.stream_listeners.is_empty()
     }
 }
 
-/// Loads every certificate of the HTTPS listeners, so that `xlb check` and a reload refuse one
-/// that does not load (with [`Config::load_with`], which names its line).
+/// Loads every certificate of the HTTPS and TLS listeners, so that `xlb check` and a reload
+/// refuse one that does not load (with [`Config::load_with`], which names its line).
 pub fn check_certificates(cfg: &Config) -> Result<(), Refusal> {
-    for (i, l) in cfg.http_listeners.iter().enumerate() {
-        for (j, c) in l.certificates.iter().enumerate() {
+    let http = cfg
+        .http_listeners
+        .iter()
+        .map(|l| ("http_listeners", &l.certificates));
+    let tls = cfg.listeners.iter().map(|l| ("listeners", &l.certificates));
+    for (kind, (i, certificates)) in http
+        .enumerate()
+        .map(|(i, (k, c))| (k, (i, c)))
+        .chain(tls.enumerate().map(|(i, (k, c))| (k, (i, c))))
+    {
+        for (j, c) in certificates.iter().enumerate() {
             tls::load_certificate(c).map_err(|e| {
-                Refusal::new(
-                    format!("http_listeners[{i}].certificates[{j}]"),
-                    e.to_string(),
-                )
+                Refusal::new(format!("{kind}[{i}].certificates[{j}]"), e.to_string())
             })?;
         }
     }
@@ -127,11 +157,35 @@ pub enum L7Error {
     },
 }
 
-/// A running listener.
-struct Running {
-    state: Arc<ArcSwap<State>>,
+/// A running listener, whose state is `S`.
+struct Running<S> {
+    state: Arc<ArcSwap<S>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+/// The running listeners, by address: HTTP and HTTPS ones, and the user-space proxy's.
+#[derive(Default)]
+struct Listeners {
+    http: HashMap<SocketAddr, Running<State>>,
+    stream: HashMap<SocketAddr, Running<stream::StreamState>>,
+}
+
+impl Listeners {
+    /// Asks every listener to stop, and waits for them to drain.
+    async fn stop(self) {
+        for r in self.http.values() {
+            let _ = r.stop.send(true);
+        }
+        for r in self.stream.values() {
+            let _ = r.stop.send(true);
+        }
+        let tasks = self.http.into_values().map(|r| r.task);
+        for task in tasks.chain(self.stream.into_values().map(|r| r.task)) {
+            // A listener task only ends by itself; a panic in it has nothing left to clean up.
+            let _ = task.await;
+        }
+    }
 }
 
 /// Serves the listeners of `config` until `shutdown` resolves, applying each config sent on the
@@ -148,7 +202,7 @@ pub async fn serve(
 ) -> Result<(), L7Error> {
     let (mut checker, mut health) = checks;
     let shared = Arc::new(Shared::new(access_log, metrics));
-    let mut running = HashMap::new();
+    let mut running = Listeners::default();
     let first = config.borrow_and_update().clone();
     apply(&first, &shared, &mut running).await?;
     checker.update(&health_checks(&first));
@@ -175,46 +229,61 @@ pub async fn serve(
             }
         }
     }
-    for r in running.values() {
-        let _ = r.stop.send(true);
-    }
-    for (_, r) in running {
-        // A listener task only ends by itself; a panic in it has nothing left to clean up.
-        let _ = r.task.await;
-    }
+    running.stop().await;
     Ok(())
 }
 
 /// Compiles `cfg`, then binds new listeners, swaps the state of kept ones and stops removed ones.
-/// Nothing changes unless everything compiles and binds.
+/// Nothing changes unless everything compiles and binds. A listener that changes kind (HTTP to
+/// TLS) on the same address cannot bind while the old one holds it: the reload is refused.
 async fn apply(
     cfg: &L7Config,
     shared: &Arc<Shared>,
-    running: &mut HashMap<SocketAddr, Running>,
+    running: &mut Listeners,
 ) -> Result<(), L7Error> {
-    let mut tls_configs = Vec::new();
+    let mut http = Vec::new();
     for l in &cfg.http_listeners {
-        let addr = SocketAddr::new(l.address, l.port);
+        let addr = l.addr();
         let tls = match l.protocol {
             ListenerProtocol::Http => None,
             ListenerProtocol::Https => Some(
-                tls::server_config(&l.certificates)
+                tls::server_config(&l.certificates, SslPolicy::default(), tls::HTTPS_ALPN)
                     .map_err(|source| L7Error::Tls { addr, source })?,
             ),
         };
-        tls_configs.push((l, addr, tls));
+        http.push((l, addr, tls));
+    }
+    let mut streams = Vec::new();
+    for l in &cfg.stream_listeners {
+        let addr = l.addr();
+        let tls = match l.protocol {
+            Protocol::Tls => {
+                let policy = l.ssl_policy.unwrap_or_default();
+                let alpn = l.alpn_policy.unwrap_or_default().protocols();
+                Some(
+                    tls::server_config(&l.certificates, policy, alpn)
+                        .map_err(|source| L7Error::Tls { addr, source })?,
+                )
+            }
+            _ => None,
+        };
+        streams.push((l, addr, tls));
     }
     let mut bound = HashMap::new();
-    for (_, addr, _) in &tls_configs {
-        if !running.contains_key(addr) {
-            let socket = TcpListener::bind(addr)
-                .await
-                .map_err(|source| L7Error::Bind {
-                    addr: *addr,
-                    source,
-                })?;
-            bound.insert(*addr, socket);
-        }
+    let new_http = http
+        .iter()
+        .map(|(_, a, _)| (a, running.http.contains_key(a)));
+    let new_streams = streams
+        .iter()
+        .map(|(_, a, _)| (a, running.stream.contains_key(a)));
+    for (addr, _) in new_http.chain(new_streams).filter(|(_, up)| !up) {
+        let socket = TcpListener::bind(addr)
+            .await
+            .map_err(|source| L7Error::Bind {
+                addr: *addr,
+                source,
+            })?;
+        bound.insert(*addr, socket);
     }
     // Targets that left finish their requests in flight, within their group's deregistration
     // delay (the longest, for a target of several groups).
@@ -228,44 +297,63 @@ async fn apply(
     shared.upstream.retain(origins);
     // Only now that nothing can fail: compiling forgets the state of targets that left.
     let groups = balance::compile(&cfg.target_groups, &shared.counters, Instant::now());
-    let states: Vec<(SocketAddr, State)> = tls_configs
-        .into_iter()
-        .map(|(l, addr, tls)| {
-            let route = Arc::new(compile_route(l, addr, &groups, &shared.metrics));
-            (addr, State { route, tls })
-        })
-        .collect();
-    let keep: Vec<SocketAddr> = states.iter().map(|(a, _)| *a).collect();
+    let http = http.into_iter().map(|(l, addr, tls)| {
+        let route = Arc::new(compile_route(l, addr, &groups, &shared.metrics));
+        (addr, State { route, tls })
+    });
+    place(
+        &mut running.http,
+        http,
+        &mut bound,
+        |socket, state, stop| tokio::spawn(listener::run(socket, state, shared.clone(), stop)),
+    );
+    let streams = streams.into_iter().filter_map(|(l, addr, tls)| {
+        // The config names only groups it has (validated): both lookups succeed.
+        let tg = cfg
+            .target_groups
+            .iter()
+            .find(|g| g.name == l.target_group())?;
+        let group = groups.get(&tg.name)?.clone();
+        Some((addr, stream::compile(l, tg, group, tls, &shared.metrics)))
+    });
+    place(
+        &mut running.stream,
+        streams,
+        &mut bound,
+        |socket, state, stop| tokio::spawn(stream::run(socket, state, shared.clone(), stop)),
+    );
+    Ok(())
+}
+
+/// Swaps `states` into the listeners of `running` that have their address, starts the others on
+/// their `bound` sockets with `spawn`, and stops the listeners that have no state any more.
+fn place<S>(
+    running: &mut HashMap<SocketAddr, Running<S>>,
+    states: impl Iterator<Item = (SocketAddr, S)>,
+    bound: &mut HashMap<SocketAddr, TcpListener>,
+    spawn: impl Fn(TcpListener, Arc<ArcSwap<S>>, watch::Receiver<bool>) -> JoinHandle<()>,
+) {
+    let mut keep = Vec::new();
     for (addr, state) in states {
+        keep.push(addr);
         match (running.get(&addr), bound.remove(&addr)) {
             (Some(r), _) => r.state.store(Arc::new(state)),
             (None, Some(socket)) => {
                 let state = Arc::new(ArcSwap::from_pointee(state));
                 let (stop, stopped) = watch::channel(false);
-                let task = tokio::spawn(listener::run(
-                    socket,
-                    state.clone(),
-                    shared.clone(),
-                    stopped,
-                ));
+                let task = spawn(socket, state.clone(), stopped);
                 running.insert(addr, Running { state, stop, task });
             }
             (None, None) => {}
         }
     }
-    let gone: Vec<SocketAddr> = running
-        .keys()
-        .filter(|a| !keep.contains(a))
-        .copied()
-        .collect();
-    for addr in gone {
-        if let Some(r) = running.remove(&addr) {
-            let _ = r.stop.send(true);
-            // Drains in the background; the port is free once the accept loop has returned.
-            tokio::spawn(r.task);
+    running.retain(|addr, r| {
+        if keep.contains(addr) {
+            return true;
         }
-    }
-    Ok(())
+        let _ = r.stop.send(true);
+        false
+    });
 }
 
 /// The health checks of `cfg`'s target groups that have one.

@@ -90,6 +90,11 @@ pub async fn run(
         }
     }
     drop(socket);
+    drain(conns).await;
+}
+
+/// Waits for `conns` to finish, [`DRAIN_TIMEOUT`] at most, then cuts those left.
+pub(crate) async fn drain(mut conns: JoinSet<()>) {
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while conns.join_next().await.is_some() {}
     })
@@ -100,7 +105,7 @@ pub async fn run(
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`: drop it here.
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
@@ -157,11 +162,12 @@ impl Activity {
 /// close at most 5% late.
 const IDLE_CHECKS: u32 = 20;
 
-/// Counts a connection as open (`active_connection_count`) until dropped.
-struct Open(Gauge);
+/// Counts a connection as open (`active_connection_count`, `active_flow_count_*`) until
+/// dropped.
+pub(crate) struct Open(Gauge);
 
 impl Open {
-    fn new(gauge: &Gauge) -> Open {
+    pub(crate) fn new(gauge: &Gauge) -> Open {
         gauge.inc();
         Open(gauge.clone())
     }

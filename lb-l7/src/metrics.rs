@@ -43,6 +43,14 @@ pub struct L7Metrics {
     rejected_connections: Family<Labels, Counter>,
     tls_errors: Family<Labels, Counter>,
     desync: Family<Labels, Counter>,
+    /// NLB's, for the listeners of the user-space proxy: `NewFlowCount_TCP`/`_TLS` and
+    /// `ActiveFlowCount_TCP`/`_TLS` (by the listener's protocol), `TCP_Client_Reset_Count`,
+    /// `TCP_Target_Reset_Count`, `TargetTLSNegotiationErrorCount`.
+    new_flows: [Family<Labels, Counter>; 2],
+    active_flows: [Family<Labels, Gauge>; 2],
+    client_resets: Family<Labels, Counter>,
+    target_resets: Family<Labels, Counter>,
+    target_tls_errors: Family<Labels, Counter>,
     /// Per listener; rendered into the one `processed_bytes` family with the L4 listeners.
     processed_bytes: Mutex<BTreeMap<String, Counter>>,
 }
@@ -68,6 +76,11 @@ impl Default for L7Metrics {
             rejected_connections: Family::default(),
             tls_errors: Family::default(),
             desync: Family::default(),
+            new_flows: Default::default(),
+            active_flows: Default::default(),
+            client_resets: Family::default(),
+            target_resets: Family::default(),
+            target_tls_errors: Family::default(),
             processed_bytes: Mutex::default(),
         }
     }
@@ -90,6 +103,37 @@ impl L7Metrics {
             rejected_connections: self.rejected_connections.get_or_create_owned(&lab),
             tls_errors: self.tls_errors.get_or_create_owned(&lab),
             desync: self.desync.get_or_create_owned(&lab),
+            processed_bytes,
+        }
+    }
+
+    /// The handles of one listener of the user-space proxy (`listener` is its address), TLS or
+    /// not, forwarding to `group`.
+    pub fn stream(&self, listener: &str, tls: bool, group: &str) -> StreamMetrics {
+        let lab = vec![("listener".to_owned(), listener.to_owned())];
+        let processed_bytes = self
+            .processed_bytes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(listener.to_owned())
+            .or_default()
+            .clone();
+        let mut with_group = lab.clone();
+        with_group.extend([
+            ("rule".to_owned(), "default".to_owned()),
+            ("target_group".to_owned(), group.to_owned()),
+        ]);
+        let kind = usize::from(tls);
+        StreamMetrics {
+            new_flows: self.new_flows[kind].get_or_create_owned(&lab),
+            active_flows: self.active_flows[kind].get_or_create_owned(&lab),
+            client_resets: self.client_resets.get_or_create_owned(&lab),
+            target_resets: self.target_resets.get_or_create_owned(&lab),
+            client_tls_errors: self.tls_errors.get_or_create_owned(&lab),
+            target_tls_errors: self.target_tls_errors.get_or_create_owned(&lab),
+            target_connection_errors: self
+                .target_connection_errors
+                .get_or_create_owned(&with_group),
             processed_bytes,
         }
     }
@@ -244,6 +288,42 @@ impl L7Metrics {
         for (name, help, family) in counters {
             reg.register(name, help, family.clone());
         }
+        for (suffix, (new, active)) in ["tcp", "tls"]
+            .iter()
+            .zip(self.new_flows.iter().zip(&self.active_flows))
+        {
+            let upper = suffix.to_ascii_uppercase();
+            reg.register(
+                format!("new_flow_count_{suffix}"),
+                format!("Connections accepted per {upper} listener of the user-space proxy (NewFlowCount_{upper})"),
+                new.clone(),
+            );
+            reg.register(
+                format!("active_flow_count_{suffix}"),
+                format!("Open connections per {upper} listener of the user-space proxy (ActiveFlowCount_{upper})"),
+                active.clone(),
+            );
+        }
+        let stream_counters = [
+            (
+                "tcp_client_reset_count",
+                "Connections of the user-space proxy that their client reset (TCP_Client_Reset_Count)",
+                &self.client_resets,
+            ),
+            (
+                "tcp_target_reset_count",
+                "Connections of the user-space proxy that their target reset (TCP_Target_Reset_Count)",
+                &self.target_resets,
+            ),
+            (
+                "target_tls_negotiation_error_count",
+                "TLS handshakes with targets that failed (TargetTLSNegotiationErrorCount)",
+                &self.target_tls_errors,
+            ),
+        ];
+        for (name, help, family) in stream_counters {
+            reg.register(name, help, family.clone());
+        }
     }
 
     /// The L7 families alone, as metrics text (for processes without the L4 agent).
@@ -268,6 +348,20 @@ pub struct ListenerMetrics {
     pub tls_errors: Counter,
     pub desync: Counter,
     /// Request and response bytes (headers and bodies, after TLS), both ways.
+    pub processed_bytes: Counter,
+}
+
+/// One listener of the user-space proxy's handles.
+#[derive(Debug, Clone)]
+pub struct StreamMetrics {
+    pub new_flows: Counter,
+    pub active_flows: Gauge,
+    pub client_resets: Counter,
+    pub target_resets: Counter,
+    pub client_tls_errors: Counter,
+    pub target_tls_errors: Counter,
+    pub target_connection_errors: Counter,
+    /// Bytes from and to the client (after TLS), both ways.
     pub processed_bytes: Counter,
 }
 

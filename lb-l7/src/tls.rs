@@ -1,8 +1,10 @@
 //! All of xlb's rustls setup. A listener gets a [`ServerConfig`] whose certificate resolver picks
 //! by SNI: the first certificate in config order whose names cover the server name (exact or
 //! wildcard, as webpki checks them for clients), else the first certificate (the default, as
-//! ALB). TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`, and the aws-lc-rs provider (which brings
-//! ALB's post-quantum hybrid key exchange). Certificates swap on reload by building a new
+//! ALB). The protocol versions are the listener's security policy's (HTTPS listeners: TLS 1.2
+//! and 1.3), ALPN is `h2` then `http/1.1` on HTTPS listeners and NLB's ALPN policy on TLS
+//! listeners, and the provider is aws-lc-rs (which brings ALB's post-quantum hybrid key
+//! exchange). Certificates swap on reload by building a new
 //! `ServerConfig`; connections already up keep the one they started with.
 //!
 //! Toward HTTPS targets, [`client_config`] accepts any certificate, as ALB does: targets commonly
@@ -19,7 +21,7 @@ use rustls::{
 };
 use thiserror::Error;
 
-use lb_config::CertificateFiles;
+use lb_config::{CertificateFiles, SslPolicy};
 use lb_health::probe::AnyCertificate;
 
 /// A certificate that cannot be used, naming its file.
@@ -110,18 +112,31 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// A listener's TLS config from its certificates (the first is the default).
-pub fn server_config(certificates: &[CertificateFiles]) -> Result<Arc<ServerConfig>, TlsError> {
+/// What an HTTPS listener offers: hyper serves both.
+pub const HTTPS_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// A listener's TLS config from its certificates (the first is the default), the protocol
+/// versions of `policy`, and `alpn` in the listener's order of preference (rustls picks the
+/// first the client offers too; none offered: no ALPN).
+pub fn server_config(
+    certificates: &[CertificateFiles],
+    policy: SslPolicy,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
     let certificates = certificates
         .iter()
         .map(load_certificate)
         .collect::<Result<Vec<_>, _>>()?;
+    let versions: &[&rustls::SupportedProtocolVersion] = match policy.tls12() {
+        true => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        false => &[&rustls::version::TLS13],
+    };
     let mut cfg = ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(versions)
         .map_err(TlsError::Config)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { certificates }));
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }
 
@@ -153,11 +168,11 @@ pub fn protocol_name(version: ProtocolVersion) -> &'static str {
     }
 }
 
-/// The TLS config toward HTTPS targets: TLS 1.2 and 1.3, ALPN `alpn` only (`h2` or
-/// `http/1.1`, per the group's protocol version), and any certificate accepted, as ALB (the
-/// health checks' verifier: handshake signatures are still checked). SNI comes from the target's
-/// id, so an IP address sends none.
-pub fn client_config(alpn: &[u8]) -> Arc<ClientConfig> {
+/// The TLS config toward HTTPS and TLS targets: TLS 1.2 and 1.3, ALPN `alpn` (HTTPS groups:
+/// `h2` or `http/1.1`, per the group's protocol version; TLS groups: what the client agreed, or
+/// none), and any certificate accepted, as ALB (the health checks' verifier: handshake
+/// signatures are still checked). SNI comes from the target's id, so an IP address sends none.
+pub fn client_config(alpn: Option<&[u8]>) -> Arc<ClientConfig> {
     let provider = Arc::new(aws_lc_rs::default_provider());
     let algorithms = provider.signature_verification_algorithms;
     let mut cfg = ClientConfig::builder_with_provider(provider)
@@ -166,7 +181,7 @@ pub fn client_config(alpn: &[u8]) -> Arc<ClientConfig> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCertificate(algorithms)))
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![alpn.to_vec()];
+    cfg.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
     Arc::new(cfg)
 }
 

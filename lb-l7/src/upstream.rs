@@ -203,7 +203,7 @@ fn connector(alpn: &[u8]) -> HttpsConnector<HttpConnector> {
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    HttpsConnector::from((tcp, tls::client_config(alpn)))
+    HttpsConnector::from((tcp, tls::client_config(Some(alpn))))
 }
 
 /// Opens a connection to `origin`, bounded by [`CONNECT_TIMEOUT`].
