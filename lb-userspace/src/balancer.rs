@@ -127,10 +127,11 @@ impl Balancer {
     }
 
     /// Programs `cfg` into the datapath. A config with more targets than the datapath holds is
-    /// refused before anything is written.
+    /// refused before anything is written. Listeners served in user space (TLS, PROXY v2) are
+    /// not the datapath's: it does not claim their address and port.
     pub fn apply(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
         let mut new: BTreeSet<IpAddr> = BTreeSet::new();
-        for l in &cfg.listeners {
+        for l in cfg.xdp_listeners() {
             let tg = cfg.group(l.target_group()).expect("validated");
             new.extend(tg.targets.iter().map(|t| t.id));
         }
@@ -147,14 +148,13 @@ impl Balancer {
         self.dp.set_config(&node_config(cfg))?;
         // Listeners that left free their index for new ones, which start with zeroed counters.
         let wanted: BTreeSet<ListenerKey> = cfg
-            .listeners
-            .iter()
+            .xdp_listeners()
             .map(|l| (l.address, l.port, protocols(l.protocol)))
             .collect();
         self.vips.retain(|k, _| wanted.contains(k));
         let mut keys = BTreeSet::new();
         let mut listeners = Vec::new();
-        for l in &cfg.listeners {
+        for l in cfg.xdp_listeners() {
             let vip = self.vip_index((l.address, l.port, protocols(l.protocol)))?;
             let tg = cfg.group(l.target_group()).expect("validated");
             let mut targets = Vec::new();
@@ -235,8 +235,7 @@ impl Balancer {
             // Fragments follow source-IP VIPs (see the fragment policy in the README), unless an
             // all-ports listener owns the address.
             let all_ports = cfg
-                .listeners
-                .iter()
+                .xdp_listeners()
                 .any(|o| o.port == 0 && o.address == l.address);
             if flags & VIP_F_SOURCE_IP != 0 && l.port != 0 && !all_ports {
                 for &proto in protocols(l.protocol) {
@@ -400,7 +399,8 @@ impl Balancer {
 
 fn protocols(p: Protocol) -> &'static [u8] {
     match p {
-        Protocol::Tcp => &[IPPROTO_TCP],
+        // TLS listeners are served in user space; a TLS group is reached through them.
+        Protocol::Tcp | Protocol::Tls => &[IPPROTO_TCP],
         Protocol::Udp => &[IPPROTO_UDP],
         Protocol::TcpUdp => &[IPPROTO_TCP, IPPROTO_UDP],
         // Validation keeps HTTP out of L4 listeners.

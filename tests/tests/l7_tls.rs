@@ -4,70 +4,9 @@
 
 mod l7_support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use l7_support::{Lab, curl, free_port, group};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-
-/// A CA and leaf certificates it signed, written as PEM files in a temporary directory.
-struct Pki {
-    dir: PathBuf,
-    ca: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new(test: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("xlb-l7-tls-{test}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut params = CertificateParams::new(Vec::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "xlb test CA");
-        let key = KeyPair::generate().expect("CA key");
-        let cert = params.self_signed(&key).expect("CA certificate");
-        std::fs::write(dir.join("ca.pem"), cert.pem()).expect("write CA");
-        Pki {
-            dir,
-            ca: Issuer::new(params, key),
-        }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    /// Writes `{file}.pem` and `{file}.key` for `names`; the first name is the common name.
-    fn leaf(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .expect("leaf params");
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.ca).expect("sign leaf");
-        let (c, k) = (
-            self.dir.join(format!("{file}.pem")),
-            self.dir.join(format!("{file}.key")),
-        );
-        std::fs::write(&c, cert.pem()).expect("write cert");
-        std::fs::write(&k, key.serialize_pem()).expect("write key");
-        (c, k)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn cert_entry((cert, key): &(PathBuf, PathBuf)) -> String {
-    format!("{{ cert = {:?}, key = {:?} }}", path(cert), path(key))
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
+use l7_support::{Lab, Pki, cert_entry, curl, free_port, group, path};
 
 /// An HTTPS listener with certificates (default first) and an HTTP listener redirecting to it.
 fn tls_toml(backend: u16, https: u16, http: u16, certs: &[(PathBuf, PathBuf)]) -> String {

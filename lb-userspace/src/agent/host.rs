@@ -26,9 +26,11 @@ pub fn addresses() -> Result<Vec<(String, IpAddr)>> {
 }
 
 /// Refuses a config that claims one of `host`'s addresses as a VIP, or puts one inside the
-/// tunnel sources.
+/// tunnel sources. Listeners served in user space bind a socket like HTTP listeners: their
+/// address is the host's to hold.
 pub fn check(cfg: &Config, host: &[(String, IpAddr)]) -> Result<(), Refusal> {
-    for (i, l) in cfg.listeners.iter().enumerate() {
+    let xdp = cfg.listeners.iter().enumerate();
+    for (i, l) in xdp.filter(|(_, l)| !cfg.in_user_space(l)) {
         if let Some((iface, _)) = host.iter().find(|(_, a)| *a == l.address) {
             return Err(Refusal::new(
                 format!("listeners[{i}].address"),
@@ -42,8 +44,7 @@ pub fn check(cfg: &Config, host: &[(String, IpAddr)]) -> Result<(), Refusal> {
     }
     // The families of the outer headers tunnels have: their targets'.
     let outer: Vec<bool> = cfg
-        .listeners
-        .iter()
+        .xdp_listeners()
         .filter(|l| l.forwarding == Forwarding::Tunnel)
         .filter_map(|l| cfg.group(l.target_group()))
         .flat_map(|g| g.targets.iter().map(|t| t.id.is_ipv4()))
@@ -77,8 +78,7 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
     }
     let iface = &cfg.node.interface;
     let families: BTreeSet<bool> = cfg
-        .listeners
-        .iter()
+        .xdp_listeners()
         .filter(|l| l.forwarding == Forwarding::Tunnel)
         .filter_map(|l| cfg.group(l.target_group()))
         .flat_map(|g| g.targets.iter().map(|t| t.id.is_ipv4()))

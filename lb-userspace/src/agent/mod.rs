@@ -166,13 +166,26 @@ impl Agent {
         self.file.group(name)
     }
 
+    /// Whether the agent checks `g`'s health: L4 groups, but those only the user-space proxy
+    /// forwards to, which the L7 tier checks as it checks HTTP groups.
+    fn checks(&self, g: &TargetGroup) -> bool {
+        let cfg = &self.file;
+        let to_g = |l: &&lb_config::Listener| l.target_group() == g.name;
+        let user_space_only = cfg
+            .listeners
+            .iter()
+            .any(|l| to_g(&l) && cfg.in_user_space(l))
+            && !cfg.xdp_listeners().any(|l| to_g(&l));
+        !g.protocol.is_http() && !user_space_only
+    }
+
     /// The file's config plus the overlay, with ring weights for draining and zones applied.
     pub fn effective(&self) -> Config {
         let routable: BTreeMap<&str, Vec<IpAddr>> = self
             .file
             .target_groups
             .iter()
-            .filter(|g| g.health_check.is_some() && !g.protocol.is_http())
+            .filter(|g| g.health_check.is_some() && self.checks(g))
             .map(|g| {
                 let up = lb_health::routable(&self.checker.states(&g.name));
                 (g.name.as_str(), up.iter().map(SocketAddr::ip).collect())
@@ -196,13 +209,13 @@ impl Agent {
     }
 
     /// The health checks for the current L4 targets (states of targets that stay are kept);
-    /// the L7 tier checks HTTP groups.
+    /// the L7 tier checks HTTP groups and those only its proxy forwards to.
     fn update_checks(&mut self) {
         let cfg = effective(&self.file, &self.overlay, &|_, _| false);
         let specs: Vec<GroupSpec> = cfg
             .target_groups
             .iter()
-            .filter(|g| !g.protocol.is_http())
+            .filter(|g| self.checks(g))
             .filter_map(|g| {
                 let hc = g.health_check.as_ref()?;
                 let targets = g
@@ -406,7 +419,7 @@ impl Agent {
             .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
-    /// The VIPs this node can serve, as ELB's node health has it: the addresses of L4 listeners
+    /// The VIPs this node can serve, as ELB's node health has it: the addresses of XDP listeners
     /// whose target group has a target in service (a weight, not draining, and healthy when the
     /// group is checked; not merely failed open to). None while the node is drained.
     pub fn servable_vips(&self) -> BTreeSet<IpAddr> {
@@ -436,8 +449,7 @@ impl Agent {
             })
             .map(|g| g.name.as_str())
             .collect();
-        cfg.listeners
-            .iter()
+        cfg.xdp_listeners()
             .filter(|l| serving.contains(l.target_group()))
             .map(|l| l.address)
             .collect()
@@ -460,10 +472,10 @@ impl Agent {
             .iter()
             .filter(|g| group.is_none_or(|n| n == g.name))
         {
-            // The L7 tier's view of an HTTP group: checked targets it routes to (fail open).
+            // The L7 tier's view of its groups: checked targets it routes to (fail open).
             let states: Vec<(SocketAddr, lb_health::State)> = snapshot
                 .iter()
-                .filter(|s| g.protocol.is_http() && s.group == g.name)
+                .filter(|s| !self.checks(g) && s.group == g.name)
                 .map(|s| (s.target, s.health.state))
                 .collect();
             let l7_up = (!states.is_empty()).then(|| lb_health::routable(&states));

@@ -138,10 +138,11 @@ async fn serve(
         }
         None => None,
     };
-    // The L7 tier, when the config has HTTP listeners; reloads reach it through `l7_config`.
+    // The L7 tier, when the config has HTTP listeners or listeners served in user space (TLS,
+    // PROXY v2); reloads reach it through `l7_config`.
     let (l7_config, l7_rx) = watch::channel(Arc::new(agent.l7()));
     let (l7_stop, l7_stopped) = oneshot::channel::<()>();
-    let l7 = (!agent.file.http_listeners.is_empty()).then(|| {
+    let l7 = (!l7_config.borrow().is_empty()).then(|| {
         let checks = lb_health::checker::Checker::new();
         // `xlb targets list` shows the L7 tier's health checks with the agent's.
         agent.l7_health = Some(checks.0.view());

@@ -8,7 +8,8 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener as StdListener, TcpStream},
-    process::Command,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -24,6 +25,7 @@ use lb_l7::{
     log::{AccessLog, Lines},
     metrics::L7Metrics,
 };
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpListener,
@@ -204,8 +206,8 @@ impl Drop for Lab {
 
 /// Waits (5 s at most) until every listener of `cfg` accepts connections.
 fn wait_listening(cfg: &L7Config) {
-    for l in &cfg.http_listeners {
-        let addr = SocketAddr::new(l.address, l.port);
+    let http = cfg.http_listeners.iter().map(|l| l.addr());
+    for addr in http.chain(cfg.stream_listeners.iter().map(|l| l.addr())) {
         let up = (0..100).any(|_| {
             let ok = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok();
             if !ok {
@@ -402,4 +404,108 @@ pub fn group(name: &str, ports: &[u16], attributes: &str) -> String {
         "[[target_groups]]\nname = \"{name}\"\nprotocol = \"HTTP\"\nport = 1\ntargets = [{}]\nattributes = {{ {attributes} }}\n\n",
         targets.join(", ")
     )
+}
+
+/// A CA and leaf certificates it signed, written as PEM files in a temporary directory.
+pub struct Pki {
+    pub dir: PathBuf,
+    ca: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    pub fn new(test: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("xlb-l7-tls-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut params = CertificateParams::new(Vec::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "xlb test CA");
+        let key = KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        std::fs::write(dir.join("ca.pem"), cert.pem()).expect("write CA");
+        Pki {
+            dir,
+            ca: Issuer::new(params, key),
+        }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Writes `{file}.pem` and `{file}.key` for `names`; the first name is the common name.
+    pub fn leaf(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("leaf params");
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign leaf");
+        let (c, k) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write cert");
+        std::fs::write(&k, key.serialize_pem()).expect("write key");
+        (c, k)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `{ cert = ..., key = ... }` for a config.
+pub fn cert_entry((cert, key): &(PathBuf, PathBuf)) -> String {
+    format!("{{ cert = {:?}, key = {:?} }}", path(cert), path(key))
+}
+
+pub fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// HAProxy (Debian's `/usr/sbin/haproxy`) in the foreground with `config`, killed when dropped.
+pub struct Haproxy {
+    child: Child,
+    file: PathBuf,
+}
+
+impl Haproxy {
+    /// Starts HAProxy with `config` and waits (5 s at most) until it accepts on `ports`.
+    pub fn start(name: &str, config: &str, ports: &[u16]) -> Haproxy {
+        let file =
+            std::env::temp_dir().join(format!("xlb-haproxy-{name}-{}.cfg", std::process::id()));
+        std::fs::write(&file, config).expect("write haproxy config");
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run haproxy");
+        let haproxy = Haproxy { child, file };
+        for port in ports {
+            let addr = SocketAddr::from(([127, 0, 0, 1], *port));
+            let up = (0..100).any(|_| {
+                let ok = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok();
+                if !ok {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                ok
+            });
+            assert!(up, "haproxy does not listen on {addr}:\n{config}");
+        }
+        haproxy
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.file);
+    }
 }
