@@ -233,9 +233,9 @@ fn check_tls(i: usize, l: &Listener, tg: &TargetGroup) -> Result<(), Refusal> {
         return Err(Refusal::new(
             group_key,
             format!(
-                "{:?} has proxy_protocol_v2.enabled: a {:?} listener's UDP datagrams cannot carry \
-                 the header (TCP and TLS listeners can)",
-                tg.name, l.protocol
+                "{:?} has proxy_protocol_v2.enabled: UDP datagrams cannot carry the header (TCP \
+                 and TLS listeners can)",
+                tg.name
             ),
         ));
     }

@@ -1019,7 +1019,7 @@ fn tls_listeners_and_proxy_protocol_refuse_what_cannot_work() {
             "port = 80\nprotocol = \"TCP\"",
             "port = 80\nprotocol = \"TCP_UDP\"",
             "line 22: listeners[0].default_action.target_group: \"pp2\" has \
-             proxy_protocol_v2.enabled: a TcpUdp listener's UDP datagrams cannot carry",
+             proxy_protocol_v2.enabled: UDP datagrams cannot carry the header",
         ),
         (
             "protocol = \"TCP\"\ndefault_action",
