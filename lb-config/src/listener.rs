@@ -260,6 +260,16 @@ fn check_user_space(cfg: &Config, i: usize, l: &Listener) -> Result<(), Refusal>
              the targets itself; XDP cannot put a header in a TCP stream",
         ));
     }
+    if cfg
+        .group(l.target_group())
+        .is_some_and(TargetGroup::source_ip_stickiness)
+    {
+        return Err(Refusal::new(
+            format!("{at}.default_action.target_group"),
+            "stickiness.type = \"source_ip\": this listener is served in user space (TLS, or \
+             PROXY v2), whose proxy picks targets round robin",
+        ));
+    }
     if let Some(j) = cfg.http_listeners.iter().position(|h| h.addr() == l.addr()) {
         return Err(Refusal::new(
             format!("{at}.port"),

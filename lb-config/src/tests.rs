@@ -1053,6 +1053,12 @@ fn tls_listeners_and_proxy_protocol_refuse_what_cannot_work() {
              listener forwards to it",
         ),
         (
+            "\"proxy_protocol_v2.enabled\" = \"true\"",
+            "\"proxy_protocol_v2.enabled\" = \"true\", \"stickiness.type\" = \"source_ip\"",
+            "listeners[0].default_action.target_group: stickiness.type = \"source_ip\": this \
+             listener is served in user space",
+        ),
+        (
             "ELBSecurityPolicy-TLS13-1-3-2021-06",
             "ELBSecurityPolicy-2016-08",
             "unknown variant `ELBSecurityPolicy-2016-08`",

@@ -14,8 +14,8 @@
 //! 4. bytes both ways with `tokio::io::copy_bidirectional` until both directions are done or
 //!    nothing has moved for the idle timeout (NLB's 350 s). An end of stream from one side shuts
 //!    the other side's write (TLS: `close_notify`) and the other direction goes on: half-closes
-//!    pass through. Measured against `splice(2)`, this copy is the one user-space step left
-//!    (see `docs/nlb-tls.md`).
+//!    pass through. Clear to clear, `splice(2)` could move the bytes without copying them
+//!    through user space; TLS on either side needs the copy.
 //!
 //! Each connection is a task of its own, so a slow or stuck peer holds only its own. The task is
 //! tracked with its target ([`Upstream::track`]): a target that leaves its group is cut at the

@@ -55,7 +55,8 @@ fn haproxy_reads_the_clients_address_and_the_sni_from_the_proxy_header() {
     let pki = Pki::new("pp2");
     let leaf = pki.leaf("api", &["api.example.com"]);
     let pem = pki.dir.join("haproxy.pem");
-    let both = std::fs::read_to_string(&leaf.0).unwrap() + &std::fs::read_to_string(&leaf.1).unwrap();
+    let both =
+        std::fs::read_to_string(&leaf.0).unwrap() + &std::fs::read_to_string(&leaf.1).unwrap();
     std::fs::write(&pem, both).expect("write haproxy.pem");
     let (clear, tls) = (free_port(), free_port());
     let _haproxy = haproxy(clear, tls, path(&pem));
@@ -86,15 +87,34 @@ fn haproxy_reads_the_clients_address_and_the_sni_from_the_proxy_header() {
         format!("src=127.0.0.7 dst=127.0.0.1:{tcp_port} authority=")
     );
     // TLS listeners: the SNI too, toward a TCP group and (over TLS, h2) toward a TLS group.
-    for (client, port, version) in [("127.0.0.8", tls_port, "1.1"), ("127.0.0.9", tls_tls_port, "2")] {
+    for (client, port, version) in [
+        ("127.0.0.8", tls_port, "1.1"),
+        ("127.0.0.9", tls_tls_port, "2"),
+    ] {
         let resolve = format!("api.example.com:{port}:127.0.0.1");
         let url = format!("https://api.example.com:{port}/");
-        let mut args = vec!["--interface", client, "--cacert", path(&ca), "--resolve", &resolve];
+        let mut args = vec![
+            "--interface",
+            client,
+            "--cacert",
+            path(&ca),
+            "--resolve",
+            &resolve,
+        ];
         // HAProxy's clear frontend speaks HTTP/1.1 (no h2c); the TLS one takes h2 by ALPN.
-        args.push(if version == "2" { "--http2" } else { "--http1.1" });
+        args.push(if version == "2" {
+            "--http2"
+        } else {
+            "--http1.1"
+        });
         args.push(&url);
         let r = curl(&args);
-        assert_eq!((r.status, r.version.as_str()), (200, version), "{}", r.stderr);
+        assert_eq!(
+            (r.status, r.version.as_str()),
+            (200, version),
+            "{}",
+            r.stderr
+        );
         assert_eq!(
             r.body.trim(),
             format!("src={client} dst=127.0.0.1:{port} authority=api.example.com")
@@ -102,7 +122,10 @@ fn haproxy_reads_the_clients_address_and_the_sni_from_the_proxy_header() {
     }
     let metrics = lab.metrics.render().expect("metrics");
     for family in ["new_flow_count_tcp", "new_flow_count_tls"] {
-        assert!(metrics.contains(&format!("xlb_{family}_total{{listener=")), "{metrics}");
+        assert!(
+            metrics.contains(&format!("xlb_{family}_total{{listener=")),
+            "{metrics}"
+        );
     }
 }
 
@@ -129,11 +152,17 @@ async fn counting_target(socket: tokio::net::TcpListener) {
 #[test]
 fn a_half_close_passes_through_and_the_other_direction_goes_on() {
     let mut lab = Lab::new();
-    let target = lab.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let target = lab
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let target_port = target.local_addr().unwrap().port();
     lab.spawn(counting_target(target));
     let port = free_port();
-    lab.start(&format!("{}{}", group("pp", "TCP", target_port), listener(port, "TCP", "pp", "")));
+    lab.start(&format!(
+        "{}{}",
+        group("pp", "TCP", target_port),
+        listener(port, "TCP", "pp", "")
+    ));
     let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"hello, target").unwrap();
@@ -141,7 +170,8 @@ fn a_half_close_passes_through_and_the_other_direction_goes_on() {
     // reach it while the client still reads.
     s.shutdown(Shutdown::Write).unwrap();
     let mut reply = String::new();
-    s.read_to_string(&mut reply).expect("reply after the half-close");
+    s.read_to_string(&mut reply)
+        .expect("reply after the half-close");
     assert_eq!(reply, "got 13\n");
 }
 
@@ -157,7 +187,10 @@ fn xlb_check_refuses_proxy_protocol_where_it_cannot_go() {
             .arg(&file)
             .output()
             .expect("xlb check");
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let udp_group = group("pp", "UDP", 53);
     let (ok, err) = check(&format!("{udp_group}{}", listener(53, "UDP", "pp", "")));
@@ -181,7 +214,10 @@ fn xlb_check_refuses_proxy_protocol_where_it_cannot_go() {
         listener(80, "TCP", "pp", "forwarding = \"dsr\"")
     ));
     assert!(!ok);
-    assert!(err.contains("listeners[0].forwarding: dsr: this listener is served in user space"), "{err}");
+    assert!(
+        err.contains("listeners[0].forwarding: dsr: this listener is served in user space"),
+        "{err}"
+    );
     let (ok, err) = check(&format!("{tcp_group}{}", listener(80, "TCP", "pp", "")));
     assert!(ok, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -198,8 +234,11 @@ fn the_agent_leaves_a_proxy_protocol_vip_to_the_user_space_proxy() {
     .expect("lab up");
     // The proxy binds the VIP: the node holds it, as a listener's own address.
     let vip = VIP_V4.to_string();
-    lab.exec(Role::Lb, &["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"])
-        .expect("VIP on lo");
+    lab.exec(
+        Role::Lb,
+        &["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"],
+    )
+    .expect("VIP on lo");
     let backend = backend_v4(1).to_string();
     let haproxy_cfg = run_dir(lab.prefix()).join("haproxy.cfg");
     std::fs::write(
@@ -211,7 +250,10 @@ fn the_agent_leaves_a_proxy_protocol_vip_to_the_user_space_proxy() {
     )
     .unwrap();
     let mut haproxy = lab
-        .spawn(Role::Backend(1), &["haproxy", "-db", "-f", path(&haproxy_cfg)])
+        .spawn(
+            Role::Backend(1),
+            &["haproxy", "-db", "-f", path(&haproxy_cfg)],
+        )
         .expect("haproxy in backend1");
     let config = format!(
         "[node]\ninterface = \"eth0\"\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n\n\
