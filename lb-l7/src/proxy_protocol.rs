@@ -2,9 +2,10 @@
 //! each connection, as NLB sends it: the client's address and port, the address and port it
 //! connected to, and on TLS listeners the client's SNI as a `PP2_TYPE_AUTHORITY` TLV (the spec's
 //! TLV for "the host name value passed by the client", which HAProxy reads as
-//! `fc_pp_authority`). Encoded by the `ppp` crate's builder (no dependencies, the encoder and
-//! parser other Rust proxies use) rather than by hand: the spec's layout is easy to get wrong
-//! in one byte, and the crate's tests cover it.
+//! `fc_pp_authority`). Encoded by the `ppp` crate's builder (small, its one dependency
+//! `thiserror`; an encoder and parser of both versions with their own tests) rather than by
+//! hand: the layout is easy to get wrong by one byte, and the test below reads it back with the
+//! crate's parser and HAProxy reads it in `tests/tests/nlb_proxy_protocol.rs`.
 
 use std::{
     io,
