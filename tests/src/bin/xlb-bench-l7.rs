@@ -8,7 +8,10 @@
 //! real agent (`xlb run`, its XDP program on a veth that carries no traffic).
 //!
 //! Three loads, each in the same way for every proxy: `h1` (wrk, HTTP/1.1 keep-alive), `tls`
-//! (wrk over HTTPS) and `h2` (h2load, HTTP/2 over TLS). The proxies get the same CPUs and the same
+//! (wrk over HTTPS) and `h2` (h2load, HTTP/2 over TLS). Two more, on request, measure the TCP
+//! proxy of NLB's PROXY v2 listeners against HAProxy in TCP mode (`send-proxy-v2`; nginx sits
+//! them out): `tcp` (wrk's keep-alive requests, bytes through the proxy) and `tcp-conn` (a new
+//! connection per request: what a connection costs). The proxies get the same CPUs and the same
 //! number of workers (`--workers`: tokio worker threads, HAProxy's `nbthread`, nginx's
 //! `worker_processes`); the load generator and the backend get the other CPUs. This machine is
 //! small and shared, so runs interleave (xlb, HAProxy, nginx, repeated) and each figure is the
@@ -88,12 +91,17 @@ const BACKEND_PORT: u16 = 8000;
 /// What the backend answers.
 const BODY: &str = "hello from the backend\n";
 
-/// A proxy under test and its plain and TLS ports.
+/// The backend's port behind a PROXY v2 header (nginx's `proxy_protocol`).
+const BACKEND_PP2_PORT: u16 = 8001;
+
+/// A proxy under test and its plain and TLS ports, and its TCP port if it is measured as a TCP
+/// proxy.
 #[derive(Clone, Copy)]
 struct Proxy {
     name: &'static str,
     http: u16,
     https: u16,
+    tcp: Option<u16>,
 }
 
 /// Where the `--baseline` build listens.
@@ -101,6 +109,7 @@ const BASELINE: Proxy = Proxy {
     name: "xlb_baseline",
     http: 8084,
     https: 8444,
+    tcp: None,
 };
 
 const PROXIES: [Proxy; 3] = [
@@ -108,16 +117,19 @@ const PROXIES: [Proxy; 3] = [
         name: "xlb",
         http: 8081,
         https: 8441,
+        tcp: Some(8091),
     },
     Proxy {
         name: "haproxy",
         http: 8082,
         https: 8442,
+        tcp: Some(8092),
     },
     Proxy {
         name: "nginx",
         http: 8083,
         https: 8443,
+        tcp: None,
     },
 ];
 
@@ -126,6 +138,8 @@ enum Load {
     H1,
     Tls,
     H2,
+    Tcp,
+    TcpConn,
 }
 
 impl Load {
@@ -134,7 +148,14 @@ impl Load {
             Load::H1 => "h1",
             Load::Tls => "tls",
             Load::H2 => "h2",
+            Load::Tcp => "tcp",
+            Load::TcpConn => "tcp-conn",
         }
+    }
+
+    /// Whether `p` runs this load: the TCP loads need a TCP port.
+    fn runs_on(self, p: &Proxy) -> bool {
+        !matches!(self, Load::Tcp | Load::TcpConn) || p.tcp.is_some()
     }
 }
 
@@ -403,7 +424,7 @@ fn main() -> Result<()> {
         check_answers(&bench, p)?;
     }
     if args.train {
-        for &load in &args.load {
+        for &load in args.load.iter().filter(|l| l.runs_on(&PROXIES[0])) {
             measure(&bench, PROXIES[0], load, &args, seconds)?;
         }
         return Ok(());
@@ -416,6 +437,7 @@ fn main() -> Result<()> {
             &format!("http://127.0.0.1:{BACKEND_PORT}/"),
             &args,
             seconds,
+            &[],
         )
     })?;
     results.add(
@@ -424,6 +446,11 @@ fn main() -> Result<()> {
         "wrk against the backend itself: the ceiling",
     );
     for &load in &args.load {
+        let proxies: Vec<Proxy> = proxies
+            .iter()
+            .filter(|p| load.runs_on(p))
+            .copied()
+            .collect();
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); proxies.len()];
         for _ in 0..rounds {
             for (i, p) in proxies.iter().enumerate() {
@@ -467,14 +494,24 @@ fn measure(bench: &Bench, p: Proxy, load: Load, args: &Args, seconds: u64) -> Re
             &format!("http://127.0.0.1:{}/", p.http),
             args,
             seconds,
+            &[],
         ),
         Load::Tls => wrk(
             bench,
             &format!("https://127.0.0.1:{}/", p.https),
             args,
             seconds,
+            &[],
         ),
         Load::H2 => h2load(bench, p.https, args, seconds),
+        Load::Tcp | Load::TcpConn => {
+            let url = format!("http://127.0.0.1:{}/", p.tcp.unwrap_or_default());
+            let close: &[&str] = match load {
+                Load::TcpConn => &["-H", "Connection: close"],
+                _ => &[],
+            };
+            wrk(bench, &url, args, seconds, close)
+        }
     })?;
     println!(
         "  {:<8} {:<4} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  \
@@ -537,6 +574,9 @@ fn start_servers(bench: &mut Bench, args: &Args) -> Result<Vec<Proxy>> {
     for p in &proxies {
         bench.wait_port(p.name, p.http)?;
         bench.wait_port(p.name, p.https)?;
+        if let Some(tcp) = p.tcp {
+            bench.wait_port(p.name, tcp)?;
+        }
     }
     Ok(proxies)
 }
@@ -573,11 +613,21 @@ fn start_xlb(
              default_action = {{ type = \"forward\", target_group = \"web\" }}\n\n"
         )
     };
+    // The TCP proxy: a TCP listener whose group takes PROXY v2, served in user space.
+    let tcp = p.tcp.map_or(String::new(), |port| {
+        format!(
+            "[[target_groups]]\nname = \"pp2\"\nprotocol = \"TCP\"\nport = {BACKEND_PP2_PORT}\n\
+             targets = [{{ id = \"127.0.0.1\" }}]\n\
+             attributes = {{ \"proxy_protocol_v2.enabled\" = \"true\" }}\n\n\
+             [[listeners]]\naddress = \"127.0.0.1\"\nport = {port}\nprotocol = \"TCP\"\n\
+             default_action = {{ type = \"forward\", target_group = \"pp2\" }}\n\n"
+        )
+    });
     let config = format!(
         "[node]\ninterface = \"{iface}\"\nxdp_mode = \"generic\"\npin_dir = {:?}\n\
          api_socket = {:?}\nstate_file = {:?}\n\n\
          [[target_groups]]\nname = \"web\"\nprotocol = \"HTTP\"\nport = {BACKEND_PORT}\n\
-         targets = [{{ id = \"127.0.0.1\" }}]\n\n{}{}",
+         targets = [{{ id = \"127.0.0.1\" }}]\n\n{tcp}{}{}",
         bench.pins.join(p.name).display().to_string(),
         bench.path(&format!("{}.sock", p.name)),
         bench.path(&format!("{}-state.json", p.name)),
@@ -611,8 +661,12 @@ fn haproxy_config(workers: usize, pem: &str) -> String {
          \x20 http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}\n\
          \x20 http-request set-header X-Forwarded-Port %[dst_port]\n\
          \x20 default_backend web\n\n\
-         backend web\n  server backend 127.0.0.1:{BACKEND_PORT}\n",
-        p.http, p.https
+         backend web\n  server backend 127.0.0.1:{BACKEND_PORT}\n\n\
+         frontend tcp\n  mode tcp\n  option tcplog\n  bind 127.0.0.1:{}\n  default_backend tcp\n\n\
+         backend tcp\n  mode tcp\n  server backend 127.0.0.1:{BACKEND_PP2_PORT} send-proxy-v2\n",
+        p.http,
+        p.https,
+        p.tcp.unwrap_or_default()
     )
 }
 
@@ -628,6 +682,7 @@ fn nginx_backend(dir: &Path) -> String {
     format!(
         "{}http {{\n  access_log off;\n  keepalive_requests 100000000;\n\
          \x20 server {{\n    listen 127.0.0.1:{BACKEND_PORT};\n\
+         \x20   listen 127.0.0.1:{BACKEND_PP2_PORT} proxy_protocol;\n\
          \x20   location / {{ default_type text/plain; return 200 {BODY:?}; }}\n  }}\n}}\n",
         nginx_main(dir, "backend", 1)
     )
@@ -651,32 +706,33 @@ fn nginx_proxy(dir: &Path, workers: usize, cert: &str, key: &str) -> String {
     )
 }
 
-/// Checks that `p` answers with the backend's body, over HTTP/1.1, HTTPS and h2.
+/// Checks that `p` answers with the backend's body, over HTTP/1.1, HTTPS and h2, and through
+/// its TCP port.
 fn check_answers(bench: &Bench, p: Proxy) -> Result<()> {
+    let tcp = p
+        .tcp
+        .map(|port| (format!("http://127.0.0.1:{port}/"), "--http1.1"));
     for (url, version) in [
         (format!("http://127.0.0.1:{}/", p.http), "--http1.1"),
         (format!("https://127.0.0.1:{}/", p.https), "--http1.1"),
         (format!("https://127.0.0.1:{}/", p.https), "--http2"),
-    ] {
+    ]
+    .into_iter()
+    .chain(tcp)
+    {
         let body = run(&mut bench.exec(&["curl", "-sSk", "--max-time", "5", version, &url]))?;
         ensure!(body == BODY, "{} {url} {version} answered {body:?}", p.name);
     }
     Ok(())
 }
 
-/// wrk on the load CPUs: one thread, keep-alive.
-fn wrk(bench: &Bench, url: &str, args: &Args, seconds: u64) -> Result<Sample> {
-    let out = run(&mut bench.pinned(
-        &bench.load_cpus,
-        &[
-            "wrk",
-            "-t1",
-            &format!("-c{}", args.connections),
-            &format!("-d{seconds}s"),
-            "--latency",
-            url,
-        ],
-    ))?;
+/// wrk on the load CPUs: one thread, keep-alive unless `extra` (more flags) says otherwise.
+fn wrk(bench: &Bench, url: &str, args: &Args, seconds: u64, extra: &[&str]) -> Result<Sample> {
+    let (connections, duration) = (format!("-c{}", args.connections), format!("-d{seconds}s"));
+    let mut argv = vec!["wrk", "-t1", &connections, &duration, "--latency"];
+    argv.extend_from_slice(extra);
+    argv.push(url);
+    let out = run(&mut bench.pinned(&bench.load_cpus, &argv))?;
     ensure!(!out.contains("Non-2xx"), "{url}: errors\n{out}");
     ensure!(
         !out.contains("Socket errors"),
