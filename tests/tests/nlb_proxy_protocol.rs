@@ -290,3 +290,82 @@ fn the_agent_leaves_a_proxy_protocol_vip_to_the_user_space_proxy() {
     let _ = haproxy.kill();
     let _ = haproxy.wait();
 }
+
+/// A target that reads a PROXY v2 header, then answers each read with `name` and what it read.
+async fn naming_echo(socket: tokio::net::TcpListener, name: &'static str) {
+    loop {
+        let Ok((mut s, _)) = socket.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let mut fixed = [0u8; 16];
+            if s.read_exact(&mut fixed).await.is_err() {
+                return;
+            }
+            let mut rest = vec![0u8; usize::from(u16::from_be_bytes([fixed[14], fixed[15]]))];
+            if s.read_exact(&mut rest).await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = s.read(&mut buf).await {
+                let reply = format!("{name} {}", String::from_utf8_lossy(&buf[..n]));
+                if s.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Sends `line` on `s` and reads the answer (one read).
+fn ask(s: &mut TcpStream, line: &str) -> String {
+    s.write_all(line.as_bytes()).expect("send");
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).expect("answer");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn a_reload_moves_new_connections_and_a_target_that_left_is_cut_after_its_delay() {
+    let mut lab = Lab::new();
+    let mut ports = Vec::new();
+    for name in ["one", "two"] {
+        let socket = lab
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        ports.push(socket.local_addr().unwrap().port());
+        lab.spawn(naming_echo(socket, name));
+    }
+    let port = free_port();
+    let config = |target: u16| {
+        format!(
+            "[[target_groups]]\nname = \"pp\"\nprotocol = \"TCP\"\nport = {target}\n\
+             targets = [{{ id = \"127.0.0.1\" }}]\n\
+             attributes = {{ \"proxy_protocol_v2.enabled\" = \"true\", \
+             \"deregistration_delay.timeout_seconds\" = \"1\" }}\n\n{}",
+            listener(port, "TCP", "pp", "")
+        )
+    };
+    lab.start(&config(ports[0]));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut first = TcpStream::connect(addr).expect("connect");
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(ask(&mut first, "a\n"), "one a\n");
+    // The group's target moves: new connections go to the new one, the open one stays on the
+    // target that left, for its deregistration delay.
+    lab.reload(&config(ports[1]));
+    let mut second = TcpStream::connect(addr).expect("connect");
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(ask(&mut second, "b\n"), "two b\n");
+    assert_eq!(ask(&mut first, "c\n"), "one c\n");
+    // Then it is cut: the proxy closes the client's side (bounded by the read timeout).
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut buf = [0u8; 16];
+    let cut = first.write_all(b"d\n").and_then(|()| first.read(&mut buf));
+    assert!(matches!(cut, Ok(0) | Err(_)), "{cut:?}");
+    assert_eq!(ask(&mut second, "e\n"), "two e\n");
+}
