@@ -314,7 +314,10 @@ async fn apply(
             .iter()
             .find(|g| g.name == l.target_group())?;
         let group = groups.get(&tg.name)?.clone();
-        Some((addr, stream::compile(l, tg, group, tls, &shared.metrics)))
+        Some((
+            addr,
+            stream::StreamState::new(l, tg, group, tls, &shared.metrics),
+        ))
     });
     place(
         &mut running.stream,

@@ -46,12 +46,12 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use lb_config::{AlpnPolicy, Protocol};
+use lb_config::{AlpnPolicy, Listener, Protocol, TargetGroup};
 
 use crate::{
     balance::{Group, InFlight},
     listener::{Open, drain, stopped},
-    metrics::StreamMetrics,
+    metrics::{L7Metrics, StreamMetrics},
     proxy::Shared,
     proxy_protocol, tls,
 };
@@ -80,6 +80,30 @@ pub struct StreamState {
     pub proxy_protocol: bool,
     pub idle_timeout: Duration,
     pub metrics: StreamMetrics,
+}
+
+impl StreamState {
+    /// Listener `l` forwarding to `group` (a TCP or TLS group whose config is `tg`), with `tls`,
+    /// its server config if it is a TLS listener.
+    pub fn new(
+        l: &Listener,
+        tg: &TargetGroup,
+        group: Arc<Group>,
+        tls: Option<Arc<ServerConfig>>,
+        metrics: &L7Metrics,
+    ) -> StreamState {
+        let local = l.addr();
+        StreamState {
+            local,
+            metrics: metrics.stream(&local.to_string(), tls.is_some(), &tg.name),
+            group,
+            tls,
+            target_tls: (tg.protocol == Protocol::Tls)
+                .then(|| TargetTls::new(l.alpn_policy.unwrap_or_default())),
+            proxy_protocol: tg.proxy_protocol_v2(),
+            idle_timeout: IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// The client configs toward a TLS group: one per protocol the client may have agreed (none
@@ -357,27 +381,5 @@ impl AsyncWrite for Counted {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// Compiles a user-space listener forwarding to `group` (a TCP or TLS group whose config is
-/// `tg`), with `tls`, its server config if it is a TLS listener.
-pub fn compile(
-    l: &lb_config::Listener,
-    tg: &lb_config::TargetGroup,
-    group: Arc<Group>,
-    tls: Option<Arc<ServerConfig>>,
-    metrics: &crate::metrics::L7Metrics,
-) -> StreamState {
-    let local = l.addr();
-    StreamState {
-        local,
-        metrics: metrics.stream(&local.to_string(), tls.is_some(), &tg.name),
-        group,
-        tls,
-        target_tls: (tg.protocol == Protocol::Tls)
-            .then(|| TargetTls::new(l.alpn_policy.unwrap_or_default())),
-        proxy_protocol: tg.proxy_protocol_v2(),
-        idle_timeout: IDLE_TIMEOUT,
     }
 }
