@@ -50,14 +50,35 @@ pub mod names {
 }
 
 /// Default most listeners (VIPs) one node serves (`node.max_listeners`); the agent sizes
-/// `VIPS`, `VIP_STATS` and `RINGS` from its setting at load time.
+/// `VIPS` and `VIP_STATS` from its setting at load time, and `RINGS` by default (`node.maglev_slots`).
 pub const LISTENERS_DEFAULT: u32 = 64;
 /// Default most targets over all listeners (`node.max_targets`); sizes `BACKENDS` and its
 /// companions at load time. Index 0 is reserved: a ring slot holding 0 is "no backend".
 pub const TARGETS_DEFAULT: u32 = 16384;
-/// Maglev ring size M (prime). Each VIP owns two rings (active and standby) so that a new table is
-/// written off to the side and switched in with one `VipMeta` update.
-pub const RING_SIZE: u32 = 65537;
+/// Default Maglev table size M (prime; a listener's `maglev_table_size`). Each VIP owns two rings
+/// (live and standby) so that a new table is written off to the side and switched in with one
+/// `VipMeta` update; `RINGS` holds `LISTENERS_DEFAULT` × 2 of these by default.
+pub const RING_SIZE_DEFAULT: u32 = 65537;
+
+/// Whether `n` is prime, as a Maglev table's size must be (trial division; at most ~32k steps
+/// for any `u32`).
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n.is_multiple_of(2) {
+        return n == 2;
+    }
+    let n = u64::from(n);
+    let mut d = 3u64;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
 /// Default flow table size (entries); the agent may set another at load time.
 pub const FLOWS_DEFAULT: u32 = 1 << 20;
 /// A UDP flow idle for this long is re-balanced on its next packet (TCP flows have no timeout).
@@ -93,17 +114,30 @@ pub struct VipKey {
 const _: () = assert!(size_of::<VipKey>() == 20);
 
 /// `VIPS` value.
+///
+/// A listener's two Maglev tables lie anywhere in `RINGS`, each `RINGS[base .. base + size]`
+/// (the agent allocates them, sized by `maglev_table_size`): a hash goes to slot
+/// `ring_base + hash % ring_size` of the live one. The other one, `prev_base`/`prev_size`, holds
+/// the table the live one replaced, complete and unchanged for as long as this entry names it:
+/// the agent points it at the live table (`prev_* == ring_*`) before it writes a new table there.
+/// So "the target the previous table gives" for a hash is `RINGS[prev_base + hash % prev_size]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct VipMeta {
     /// Index into `VIP_STATS`, below `node.max_listeners`.
     pub index: u32,
-    /// Which of the VIP's two rings is live: `RINGS[(index * 2 + ring) * RING_SIZE ..]`.
-    pub ring: u32,
     /// `VIP_F_*` bits.
     pub flags: u32,
+    /// First `RINGS` slot of the live table.
+    pub ring_base: u32,
+    /// Its size M (prime, never 0).
+    pub ring_size: u32,
+    /// First `RINGS` slot of the previous table (the live one's when there is none).
+    pub prev_base: u32,
+    /// Its size.
+    pub prev_size: u32,
 }
-const _: () = assert!(size_of::<VipMeta>() == 12);
+const _: () = assert!(size_of::<VipMeta>() == 24);
 
 /// Forward by L2 direct server return (rewrite the destination MAC) instead of IPIP/IP6IP6.
 pub const VIP_F_DSR: u32 = 1 << 0;

@@ -32,6 +32,15 @@ pub struct Listener {
     /// TLS only: NLB's ALPN policy.
     #[serde(default)]
     pub alpn_policy: Option<AlpnPolicy>,
+    /// Slots of each of the listener's two Maglev tables (a prime M, more than the group's
+    /// targets). The larger M is against the targets N, the closer a leaving target's disruption
+    /// comes to its share 1/N, at 16·M bytes of kernel memory and a build time that grows with M.
+    #[serde(default = "default_table_size")]
+    pub maglev_table_size: u32,
+}
+
+const fn default_table_size() -> u32 {
+    lb_common::RING_SIZE_DEFAULT
 }
 
 /// How the XDP tier sends a listener's packets to its targets.
@@ -108,6 +117,43 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), Refusal> {
                 targets.len()
             ),
         ));
+    }
+    // Two tables per XDP listener, all in the node's ring space.
+    let slots = cfg.node.ring_slots();
+    let mut taken = 0u64;
+    let xdp = cfg.listeners.iter().enumerate();
+    for (i, l) in xdp.filter(|(_, l)| !cfg.in_user_space(l)) {
+        let key = format!("listeners[{i}].maglev_table_size");
+        let m = l.maglev_table_size;
+        if !lb_common::is_prime(m) {
+            return Err(Refusal::new(
+                key,
+                format!("{m} is not prime (a Maglev table's size must be, e.g. 65537 or 655373)"),
+            ));
+        }
+        if let Some(tg) = cfg.group(l.target_group())
+            && tg.targets.len() >= m as usize
+        {
+            return Err(Refusal::new(
+                key,
+                format!(
+                    "{m} slots for the {} targets of {:?}: the table must be larger than its \
+                     targets (100 times or more keeps disruption low)",
+                    tg.targets.len(),
+                    tg.name
+                ),
+            ));
+        }
+        taken += 2 * u64::from(m);
+        if taken > u64::from(slots) {
+            return Err(Refusal::new(
+                key,
+                format!(
+                    "the tables of listeners[0..={i}] take {taken} slots (two of \
+                     maglev_table_size each); node.maglev_slots holds {slots}"
+                ),
+            ));
+        }
     }
     // What the datapath looks a packet up by: two listeners on one (address, port, protocol)
     // would be one VIP, the second never served.

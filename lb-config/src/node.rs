@@ -33,10 +33,15 @@ pub struct Node {
     /// Flow table size (entries).
     #[serde(default = "default_flows")]
     pub flow_table_size: u32,
-    /// Most L4 listeners at once. Each holds two Maglev tables of 65537 entries (512 KiB);
+    /// Most L4 listeners at once. Each holds two Maglev tables of its `maglev_table_size`;
     /// `xlb check` reports the datapath's memory.
     #[serde(default = "default_max_listeners")]
     pub max_listeners: u32,
+    /// Maglev table slots over all L4 listeners (8 bytes each): a listener takes two tables of
+    /// its `maglev_table_size`. Default: room for `max_listeners` at 65537
+    /// ([`Node::ring_slots`]).
+    #[serde(default)]
+    pub maglev_slots: Option<u32>,
     /// Most L4 targets at once, draining ones included.
     #[serde(default = "default_max_targets")]
     pub max_targets: u32,
@@ -131,8 +136,10 @@ const fn default_max_listeners() -> u32 {
 const fn default_max_targets() -> u32 {
     lb_common::TARGETS_DEFAULT
 }
-/// The largest `max_listeners` (2 GiB of Maglev tables).
+/// The largest `max_listeners` (4 GiB of Maglev tables at the default size).
 pub const MAX_LISTENERS: u32 = 4096;
+/// The largest `maglev_slots` (8 GiB of Maglev tables).
+pub const MAX_MAGLEV_SLOTS: u32 = 1 << 30;
 /// The largest `max_targets`: 2^20 backend slots (a Maglev table of 65537 still takes them).
 pub const MAX_TARGETS: u32 = 1 << 20;
 fn default_api_socket() -> PathBuf {
@@ -168,6 +175,14 @@ impl Node {
                 format!("{} is outside 1..={MAX_TARGETS}", self.max_targets),
             ));
         }
+        if let Some(n) = self.maglev_slots
+            && !(1..=MAX_MAGLEV_SLOTS).contains(&n)
+        {
+            return Err(Refusal::new(
+                "node.maglev_slots",
+                format!("{n} is outside 1..={MAX_MAGLEV_SLOTS}"),
+            ));
+        }
         if self.flow_table_size == 0 {
             return Err(Refusal::new("node.flow_table_size", "must be at least 1"));
         }
@@ -182,6 +197,13 @@ impl Node {
             ));
         }
         Ok(())
+    }
+
+    /// The Maglev table slots the datapath holds (`RINGS`): `maglev_slots`, else two tables of
+    /// the default size per listener.
+    pub fn ring_slots(&self) -> u32 {
+        self.maglev_slots
+            .unwrap_or(self.max_listeners * 2 * lb_common::RING_SIZE_DEFAULT)
     }
 
     /// Whether `addr` is inside the prefix tunnels take their outer source from: the /16 of

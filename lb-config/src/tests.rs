@@ -1077,6 +1077,65 @@ fn tls_listeners_and_proxy_protocol_refuse_what_cannot_work() {
     let e = Config::parse(&both, "x.toml").unwrap_err().to_string();
     assert!(
         e.contains("listeners[1].port: http_listeners[0] already listens on 198.18.100.1:443"),
+
+#[test]
+fn maglev_table_sizes_are_prime_larger_than_their_groups_and_fit_the_node() {
+    let c = Config::parse(GOOD, "x.toml").unwrap();
+    assert_eq!(c.listeners[0].maglev_table_size, 65537);
+    assert_eq!(c.node.ring_slots(), 64 * 2 * 65537);
+    let sized = |m: &str, node: &str| {
+        GOOD.replace(
+            "interface = \"eth0\"",
+            &format!("interface = \"eth0\"{node}"),
+        )
+        .replace(
+            "protocol = \"TCP\"\ndefault_action",
+            &format!("protocol = \"TCP\"\nmaglev_table_size = {m}\ndefault_action"),
+        )
+    };
+    let big = Config::parse(&sized("5000011", "\nmaglev_slots = 10000022"), "x.toml").unwrap();
+    assert_eq!(big.listeners[0].maglev_table_size, 5_000_011);
+    let refused = |m: &str, node: &str| match Config::parse(&sized(m, node), "x.toml") {
+        Err(ConfigError::Invalid {
+            line, key, message, ..
+        }) => (line, key, message),
+        other => panic!("{m}: {other:?}"),
+    };
+    // The listener's key is on line 16 of the file (the node's on line 4).
+    let (line, key, message) = refused("65536", "");
+    assert_eq!((line, key.as_str()), (16, "listeners[0].maglev_table_size"));
+    assert_eq!(
+        message,
+        "65536 is not prime (a Maglev table's size must be, e.g. 65537 or 655373)"
+    );
+    // The group has two targets: a table of 2 cannot hold them with room to spare.
+    let (_, key, message) = refused("2", "");
+    assert_eq!(key, "listeners[0].maglev_table_size");
+    assert!(
+        message.starts_with("2 slots for the 2 targets of \"web\": the table must be larger"),
+        "{message}"
+    );
+    Config::parse(&sized("3", ""), "x.toml").unwrap();
+    let (_, key, message) = refused("655373", "\nmaglev_slots = 1000000");
+    assert_eq!(key, "listeners[0].maglev_table_size");
+    assert_eq!(
+        message,
+        "the tables of listeners[0..=0] take 1310746 slots (two of maglev_table_size each); \
+         node.maglev_slots holds 1000000"
+    );
+    // The default is room for max_listeners tables of the default size.
+    let (_, _, message) = refused("65537", "\nmax_listeners = 1\nmaglev_slots = 131073");
+    assert!(
+        message.ends_with("node.maglev_slots holds 131073"),
+        "{message}"
+    );
+    let (line, key, _) = refused("65537", "\nmaglev_slots = 0");
+    assert_eq!((line, key.as_str()), (4, "node.maglev_slots"));
+    let e = Config::parse(&sized("65537", "\nmaglev_slots = 1073741825"), "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("node.maglev_slots: 1073741825 is outside 1..=1073741824"),
         "{e}"
     );
 }

@@ -14,7 +14,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    BACKEND_F_LIVE, Backend, FlowKey, FlowState, RING_SIZE, Reason, UDP_FLOW_TIMEOUT_NS, VIP_F_DSR,
+    BACKEND_F_LIVE, Backend, FlowKey, FlowState, Reason, UDP_FLOW_TIMEOUT_NS, VIP_F_DSR,
     VIP_F_SOURCE_IP, VipMeta,
     hash::{flow_hash, source_hash},
 };
@@ -57,7 +57,8 @@ pub fn hash(vip: &VipMeta, key: &FlowKey) -> u32 {
 /// Maglev: the VIP's live ring at `hash % M`, and that backend.
 #[inline(always)]
 pub fn ring(vip: &VipMeta, hash: u32) -> Result<(u32, &'static Backend), Verdict> {
-    let index = *slot(vip, vip.ring & 1, hash).ok_or(Verdict::drop(Reason::DropNoBackend))?;
+    let index =
+        *slot(vip.ring_base, vip.ring_size, hash).ok_or(Verdict::drop(Reason::DropNoBackend))?;
     // Index 0: the ring was never filled (no target registered).
     if index == 0 {
         return Err(Verdict::drop(Reason::DropNoBackend));
@@ -66,17 +67,20 @@ pub fn ring(vip: &VipMeta, hash: u32) -> Result<(u32, &'static Backend), Verdict
     Ok((index, b))
 }
 
-/// Ring `ring` (0 or 1) of the VIP at `hash % M`.
+/// The table of `size` slots from `RINGS[base]`, at `hash % size`. The size is the listener's
+/// own, so this is a register `mod`; a zero size is an entry never written (`%` would be a
+/// panic, which BPF cannot have).
 #[inline(always)]
-fn slot(vip: &VipMeta, ring: u32, hash: u32) -> Option<&'static u32> {
-    RINGS.get((vip.index * 2 + ring) * RING_SIZE + hash % RING_SIZE)
+fn slot(base: u32, size: u32, hash: u32) -> Option<&'static u32> {
+    RINGS.get(base + hash.checked_rem(size)?)
 }
 
-/// The previous table's target for `hash` (the standby ring), when it is live, another than
-/// `index`, and of `now`'s family (the tunnel that carries it is `now`'s).
+/// The previous table's target for `hash` (`VipMeta::prev_base`/`prev_size`; the live table
+/// when there is none), when it is live, another than `index`, and of `now`'s family (the
+/// tunnel that carries it is `now`'s).
 #[inline(always)]
 fn previous(vip: &VipMeta, hash: u32, index: u32, now: &Backend) -> Option<&'static Backend> {
-    let before = *slot(vip, (vip.ring & 1) ^ 1, hash)?;
+    let before = *slot(vip.prev_base, vip.prev_size, hash)?;
     if before == 0 || before == index {
         return None;
     }

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr, Backend, Config, Counters, DecapReason, FLOWS_DEFAULT, FlowKey, FlowState,
-    LISTENERS_DEFAULT, MAX_DECAP_ADDRS, RING_SIZE, Reason, TARGETS_DEFAULT, VipCounters, VipKey,
-    VipMeta,
+    LISTENERS_DEFAULT, MAX_DECAP_ADDRS, RING_SIZE_DEFAULT, Reason, TARGETS_DEFAULT, VipCounters,
+    VipKey, VipMeta,
 };
 
 /// VIP (address, port, protocol) → its index, live ring and flags. Also holds per-address entries
@@ -21,12 +21,13 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(LISTENERS_
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(TARGETS_DEFAULT + 1, 0);
 
-/// Maglev rings, two per VIP: `(vip_index * 2 + ring) * RING_SIZE + hash % RING_SIZE` → backend
-/// index. Agent writes the standby ring (through a memory mapping: a ring is 65,537 slots),
-/// then flips `VipMeta::ring`.
+/// Maglev rings, two per VIP, each `VipMeta::ring_size` slots from `VipMeta::ring_base`:
+/// `ring_base + hash % ring_size` → backend index. Agent writes a standby ring (through a memory
+/// mapping: a ring is 65,537 slots by default), then points the VIP at it. Sized at load time
+/// (`node.maglev_slots`).
 #[map]
 pub static RINGS: Array<u32> =
-    Array::with_max_entries(LISTENERS_DEFAULT * 2 * RING_SIZE, BPF_F_MMAPABLE);
+    Array::with_max_entries(LISTENERS_DEFAULT * 2 * RING_SIZE_DEFAULT, BPF_F_MMAPABLE);
 
 /// Flow 5-tuple → backend it was given. LRU with per-CPU LRU lists (no shared list lock on the
 /// hot path). Datapath writes; the agent reads it to count flows per draining target.

@@ -9,15 +9,16 @@ use std::{
 
 use lb_common::{
     AF_INET, AF_INET6, Addr, BACKEND_F_LIVE, Backend, CONFIG_F_NO_FIB, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, RING_SIZE, VIP_F_ADDRESS_ONLY, VIP_F_DSR,
-    VIP_F_SOURCE_IP, VipKey, VipMeta,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, VIP_F_ADDRESS_ONLY, VIP_F_DSR, VIP_F_SOURCE_IP,
+    VipKey, VipMeta,
 };
 
-use lb_config::{Config, Forwarding, Protocol, parse_mac};
+use lb_config::{Config, Forwarding, Listener, Protocol, TargetGroup, parse_mac};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError},
     maglev::{self, MaglevTarget},
+    rings::{RingSpace, Segment},
 };
 
 /// A listener as the datapath knows it: address, port, IP protocols.
@@ -30,6 +31,31 @@ pub struct AppliedListener {
     pub vip: u32,
     /// Backend indices of the listener's targets, as (address, index, weight).
     pub targets: Vec<(IpAddr, u32, u32)>,
+}
+
+/// A listener's Maglev tables in `RINGS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tables {
+    live: Segment,
+    /// Where the next table goes; none until the listener's second table.
+    standby: Option<Segment>,
+    /// The standby holds the table the live one replaced, and the VIP entries name it.
+    previous: bool,
+}
+
+impl Tables {
+    /// The VIP entries' view of them.
+    fn meta(self, index: u32, flags: u32) -> VipMeta {
+        let prev = self.standby.filter(|_| self.previous).unwrap_or(self.live);
+        VipMeta {
+            index,
+            flags,
+            ring_base: self.live.base,
+            ring_size: self.live.size,
+            prev_base: prev.base,
+            prev_size: prev.size,
+        }
+    }
 }
 
 /// What the flow table holds: [`Balancer::flows`].
@@ -55,10 +81,13 @@ pub struct Balancer {
     /// so that `node.max_targets` bounds the targets at one time, not over the
     /// agent's life. A flow still pinned to a reused index had lost its target already.
     free: VecDeque<u32>,
-    /// VIP keys written, to remove the ones a new config drops.
-    keys: BTreeSet<VipKey>,
-    /// The live ring (0 or 1) per VIP index.
-    rings: BTreeMap<u32, u32>,
+    /// VIP entries written, to remove the ones a new config drops and to retract a previous
+    /// table before it is overwritten.
+    keys: BTreeMap<VipKey, VipMeta>,
+    /// Which `RINGS` slots hold tables.
+    space: RingSpace,
+    /// The tables of each VIP index.
+    rings: BTreeMap<u32, Tables>,
     /// The targets (address, index, weight) each VIP index's live ring was built from.
     tables: BTreeMap<u32, Vec<(IpAddr, u32, u32)>>,
     /// Each listener's VIP index, by what it listens on: the counters and the ring stay with
@@ -81,13 +110,30 @@ impl Balancer {
                 free.push_back(index);
             }
         }
-        let mut keys = BTreeSet::new();
+        let mut keys = BTreeMap::new();
         let mut rings = BTreeMap::new();
         let mut listening: BTreeMap<u32, (IpAddr, u16, Vec<u8>)> = BTreeMap::new();
         for (key, meta) in dp.vips()? {
-            keys.insert(key);
+            keys.insert(key, meta);
             if meta.flags & VIP_F_ADDRESS_ONLY == 0 {
-                rings.insert(meta.index, meta.ring);
+                let live = Segment {
+                    base: meta.ring_base,
+                    size: meta.ring_size,
+                };
+                let prev = Segment {
+                    base: meta.prev_base,
+                    size: meta.prev_size,
+                };
+                let standby = (prev != live).then_some(prev);
+                let previous = standby.is_some();
+                rings.insert(
+                    meta.index,
+                    Tables {
+                        live,
+                        standby,
+                        previous,
+                    },
+                );
                 let l = listening.entry(meta.index).or_insert_with(|| {
                     (
                         addr_from(key.family, &key.addr),
@@ -110,11 +156,19 @@ impl Balancer {
                 vips.insert((addr, port, protos), index);
             }
         }
+        // The tables an earlier agent wrote stay where they are.
+        let mut space = RingSpace::new(dp.sizes().ring_slots);
+        for t in rings.values() {
+            for segment in std::iter::once(t.live).chain(t.standby) {
+                space.claim(segment).map_err(DataplaneError::PinnedRings)?;
+            }
+        }
         Ok(Balancer {
             dp,
             backends,
             free,
             keys,
+            space,
             rings,
             tables: BTreeMap::new(),
             vips,
@@ -126,10 +180,19 @@ impl Balancer {
         &mut self.dp
     }
 
-    /// Programs `cfg` into the datapath. A config with more targets than the datapath holds is
-    /// refused before anything is written. Listeners served in user space (TLS, PROXY v2) are
-    /// not the datapath's: it does not claim their address and port.
+    /// Programs `cfg` into the datapath. A config with more targets than the datapath holds, or
+    /// with tables its ring space cannot place, is refused before anything is written. Listeners
+    /// served in user space (TLS, PROXY v2) are not the datapath's: it does not claim their
+    /// address and port.
     pub fn apply(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
+        let max = self.dp.sizes().listeners;
+        if cfg.xdp_listeners().count() > max as usize {
+            return Err(DataplaneError::Capacity {
+                setting: "max_listeners",
+                max,
+                what: "the listeners",
+            });
+        }
         let mut new: BTreeSet<IpAddr> = BTreeSet::new();
         for l in cfg.xdp_listeners() {
             let tg = cfg.group(l.target_group()).expect("validated");
@@ -145,14 +208,25 @@ impl Balancer {
                 what: "the targets, draining ones included,",
             });
         }
-        self.dp.set_config(&node_config(cfg))?;
-        // Listeners that left free their index for new ones, which start with zeroed counters.
         let wanted: BTreeSet<ListenerKey> = cfg
             .xdp_listeners()
             .map(|l| (l.address, l.port, protocols(l.protocol)))
             .collect();
+        let gone: Vec<u32> = self
+            .vips
+            .iter()
+            .filter(|(k, _)| !wanted.contains(*k))
+            .map(|(_, i)| *i)
+            .collect();
+        self.plan_tables(cfg, &gone)?;
+        self.dp.set_config(&node_config(cfg))?;
+        // Listeners that left go first: their slots are for the tables written below, and their
+        // index for new listeners, which start with zeroed counters.
+        for index in gone {
+            self.remove_listener(index)?;
+        }
         self.vips.retain(|k, _| wanted.contains(k));
-        let mut keys = BTreeSet::new();
+        let mut keys = BTreeMap::new();
         let mut listeners = Vec::new();
         for l in cfg.xdp_listeners() {
             let vip = self.vip_index((l.address, l.port, protocols(l.protocol)))?;
@@ -179,18 +253,14 @@ impl Balancer {
                 )?;
                 targets.push((t.id, index, t.weight));
             }
-            // Write the standby ring, then flip the VIP to it in one map update; a listener
-            // whose targets did not change keeps its ring (a table takes milliseconds to build,
-            // and a health change would otherwise rebuild every listener's).
-            let ring = match self.rings.get(&vip) {
-                Some(&live) if self.tables.get(&vip) == Some(&targets) => live,
-                live => {
-                    let ring = 1 - live.copied().unwrap_or(1);
-                    self.dp.write_ring(vip, ring, &table(&targets))?;
-                    self.rings.insert(vip, ring);
-                    self.tables.insert(vip, targets.clone());
-                    ring
-                }
+            // A listener whose targets and table size did not change keeps its table (a table
+            // takes milliseconds to build, and a health change would otherwise rebuild every
+            // listener's); else the new table goes to the standby, and the VIP entries below
+            // flip to it in one map update each.
+            let m = l.maglev_table_size;
+            let tables = match self.rings.get(&vip) {
+                Some(&t) if t.live.size == m && self.tables.get(&vip) == Some(&targets) => t,
+                _ => self.write_table(vip, l, &targets)?,
             };
             let mut flags = 0;
             if l.forwarding == Forwarding::Dsr {
@@ -200,11 +270,7 @@ impl Balancer {
                 flags |= VIP_F_SOURCE_IP;
             }
             let (family, addr) = addr_bytes(l.address);
-            let meta = VipMeta {
-                index: vip,
-                ring,
-                flags,
-            };
+            let meta = tables.meta(vip, flags);
             for &proto in protocols(l.protocol) {
                 let key = VipKey {
                     addr,
@@ -213,7 +279,7 @@ impl Balancer {
                     family,
                 };
                 self.dp.set_vip(&key, &meta)?;
-                keys.insert(key);
+                keys.insert(key, meta);
             }
             // The address entry: echo replies and ICMP errors for this VIP address.
             let icmp = if family == AF_INET {
@@ -249,12 +315,12 @@ impl Balancer {
                 }
             }
             listeners.push(AppliedListener {
-                name: format!("{}:{}/{:?}", l.address, l.port, l.protocol),
+                name: name(l),
                 vip,
                 targets,
             });
         }
-        for old in self.keys.difference(&keys) {
+        for old in self.keys.keys().filter(|k| !keys.contains_key(*k)) {
             self.dp.remove_vip(old)?;
         }
         // Targets no longer in any group stay live for the flows they have (draining, as a
@@ -264,15 +330,136 @@ impl Balancer {
         Ok(())
     }
 
+    /// Refuses `cfg` if the ring space cannot place its new tables once the listeners `gone`
+    /// have left: the steps [`Balancer::apply`] takes, on a copy of the space.
+    fn plan_tables(&self, cfg: &Config, gone: &[u32]) -> Result<(), DataplaneError> {
+        let mut space = self.space.clone();
+        for t in gone.iter().filter_map(|i| self.rings.get(i)) {
+            space.free(t.live);
+            t.standby.map(|s| space.free(s));
+        }
+        for l in cfg.xdp_listeners() {
+            let tg = cfg.group(l.target_group()).expect("validated");
+            let vip = self.vips.get(&(l.address, l.port, protocols(l.protocol)));
+            let tables = vip.and_then(|i| self.rings.get(i));
+            let kept = tables.is_some_and(|t| t.live.size == l.maglev_table_size)
+                && vip.is_some_and(|i| self.same_targets(*i, tg));
+            if !kept {
+                let standby = tables.and_then(|t| t.standby);
+                standby_in(&mut space, standby, l.maglev_table_size).map_err(|source| {
+                    DataplaneError::RingSpace {
+                        listener: name(l),
+                        source,
+                    }
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether VIP `vip`'s live table was built from `tg`'s targets as they are now.
+    fn same_targets(&self, vip: u32, tg: &TargetGroup) -> bool {
+        self.tables.get(&vip).is_some_and(|built| {
+            built.len() == tg.targets.len()
+                && built.iter().zip(&tg.targets).all(|((a, i, w), t)| {
+                    *a == t.id && *w == t.weight && self.backends.get(a) == Some(i)
+                })
+        })
+    }
+
+    /// Builds listener `l`'s table over `targets` and writes it to VIP `vip`'s standby; returns
+    /// its tables with the new one live (the VIP entries still to be written).
+    fn write_table(
+        &mut self,
+        vip: u32,
+        l: &Listener,
+        targets: &[(IpAddr, u32, u32)],
+    ) -> Result<Tables, DataplaneError> {
+        let m = l.maglev_table_size;
+        let table = table(targets, m).map_err(|source| DataplaneError::Table {
+            listener: name(l),
+            source,
+        })?;
+        let Some(mut t) = self.rings.get(&vip).copied() else {
+            // A new listener: its first table, which no entry names yet.
+            let at = self
+                .space
+                .alloc(m)
+                .map_err(|source| DataplaneError::RingSpace {
+                    listener: name(l),
+                    source,
+                })?;
+            if let Err(e) = self.dp.write_ring(at.base, &table) {
+                self.space.free(at);
+                return Err(e);
+            }
+            let t = Tables {
+                live: at,
+                standby: None,
+                previous: false,
+            };
+            self.rings.insert(vip, t);
+            self.tables.insert(vip, targets.to_vec());
+            return Ok(t);
+        };
+        // The standby holds the previous table, which the VIP entries name: they stop naming it
+        // before it is overwritten, so that it is never read half-written.
+        if t.previous {
+            t.previous = false;
+            for (key, meta) in self.keys.iter_mut().filter(|(_, m)| m.index == vip) {
+                *meta = t.meta(vip, meta.flags);
+                self.dp.set_vip(key, meta)?;
+            }
+            self.rings.insert(vip, t);
+        }
+        let at = standby_in(&mut self.space, t.standby, m);
+        t.standby = at.as_ref().ok().copied();
+        self.rings.insert(vip, t);
+        let at = at.map_err(|source| DataplaneError::RingSpace {
+            listener: name(l),
+            source,
+        })?;
+        self.dp.write_ring(at.base, &table)?;
+        let t = Tables {
+            live: at,
+            standby: Some(t.live),
+            previous: true,
+        };
+        self.rings.insert(vip, t);
+        self.tables.insert(vip, targets.to_vec());
+        Ok(t)
+    }
+
+    /// Removes the VIP entries of listener `index` and frees its tables.
+    fn remove_listener(&mut self, index: u32) -> Result<(), DataplaneError> {
+        let keys: Vec<VipKey> = self
+            .keys
+            .iter()
+            .filter(|(_, m)| m.index == index)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            self.dp.remove_vip(&key)?;
+            self.keys.remove(&key);
+        }
+        if let Some(t) = self.rings.remove(&index) {
+            self.space.free(t.live);
+            t.standby.map(|s| self.space.free(s));
+        }
+        self.tables.remove(&index);
+        Ok(())
+    }
+
     /// Writes a per-address entry once per apply (the first listener on an address owns it).
     fn address_entry(
         &mut self,
-        keys: &mut BTreeSet<VipKey>,
+        keys: &mut BTreeMap<VipKey, VipMeta>,
         key: VipKey,
         meta: &VipMeta,
     ) -> Result<(), DataplaneError> {
-        if keys.insert(key) {
+        if !keys.contains_key(&key) {
             self.dp.set_vip(&key, meta)?;
+            keys.insert(key, *meta);
         }
         Ok(())
     }
@@ -408,8 +595,29 @@ fn protocols(p: Protocol) -> &'static [u8] {
     }
 }
 
-/// The Maglev table over `targets` (address bytes are the stable key).
-fn table(targets: &[(IpAddr, u32, u32)]) -> Vec<u32> {
+/// Where a listener's next table of `m` slots goes: its `standby` if that has `m` slots, else new
+/// slots (a standby of another size is freed first).
+fn standby_in(
+    space: &mut RingSpace,
+    standby: Option<Segment>,
+    m: u32,
+) -> Result<Segment, crate::rings::RingSpaceError> {
+    match standby {
+        Some(s) if s.size == m => Ok(s),
+        other => {
+            other.map(|s| space.free(s));
+            space.alloc(m)
+        }
+    }
+}
+
+/// How logs and errors name a listener.
+fn name(l: &Listener) -> String {
+    format!("{}:{}/{:?}", l.address, l.port, l.protocol)
+}
+
+/// The Maglev table of `m` slots over `targets` (address bytes are the stable key).
+fn table(targets: &[(IpAddr, u32, u32)], m: u32) -> Result<Vec<u32>, maglev::MaglevError> {
     let keys: Vec<Addr> = targets.iter().map(|(a, _, _)| addr_bytes(*a).1).collect();
     let mt: Vec<MaglevTarget<'_>> = targets
         .iter()
@@ -420,7 +628,7 @@ fn table(targets: &[(IpAddr, u32, u32)]) -> Vec<u32> {
             weight: *weight,
         })
         .collect();
-    maglev::build(&mt, RING_SIZE).expect("RING_SIZE is prime and larger than node.max_targets")
+    maglev::build(&mt, m)
 }
 
 fn node_config(cfg: &Config) -> lb_common::Config {

@@ -14,8 +14,8 @@ use aya::{
     },
 };
 use lb_common::{
-    Addr, Backend, Config, Counters, DecapReason, FlowKey, FlowState, RING_SIZE, Reason,
-    VipCounters, VipKey, VipMeta, names,
+    Addr, Backend, Config, Counters, DecapReason, FlowKey, FlowState, Reason, VipCounters, VipKey,
+    VipMeta, names,
 };
 use thiserror::Error;
 
@@ -101,8 +101,24 @@ pub enum DataplaneError {
         max: u32,
         what: &'static str,
     },
-    #[error("ring for VIP {vip} has {len} slots, want {RING_SIZE}")]
-    RingSize { vip: u32, len: usize },
+    #[error("a Maglev table of {len} slots from slot {base} would end past RINGS ({slots} slots)")]
+    RingOutside { base: u32, len: usize, slots: u32 },
+    /// The listener's tables do not fit in `RINGS` beside the others'.
+    #[error("listener {listener}")]
+    RingSpace {
+        listener: String,
+        #[source]
+        source: crate::rings::RingSpaceError,
+    },
+    /// The pinned `VIPS` map names tables that overlap or lie outside `RINGS`.
+    #[error("the pinned VIPS map's Maglev tables")]
+    PinnedRings(#[source] crate::rings::RingSpaceError),
+    #[error("listener {listener}")]
+    Table {
+        listener: String,
+        #[source]
+        source: crate::maglev::MaglevError,
+    },
 }
 
 type Result<T> = std::result::Result<T, DataplaneError>;
@@ -133,8 +149,10 @@ impl Program {
 pub struct Sizes {
     /// Flow table entries.
     pub flows: u32,
-    /// Listeners (VIPs); each costs two Maglev rings of `RING_SIZE` × 4 bytes.
+    /// Listeners (VIPs).
     pub listeners: u32,
+    /// `RINGS` slots (8 bytes each), for every listener's two Maglev tables.
+    pub ring_slots: u32,
     /// Targets (backend slots; the datapath's slot 0 means "none" and comes on top).
     pub targets: u32,
 }
@@ -144,6 +162,7 @@ impl Sizes {
     pub const MINIMAL: Sizes = Sizes {
         flows: 1,
         listeners: 1,
+        ring_slots: 1,
         targets: 1,
     };
 
@@ -152,6 +171,7 @@ impl Sizes {
         Sizes {
             flows: node.flow_table_size,
             listeners: node.max_listeners,
+            ring_slots: node.ring_slots(),
             targets: node.max_targets,
         }
     }
@@ -161,7 +181,7 @@ impl Sizes {
         let (l, t) = (self.listeners.max(1), self.targets.max(1) + 1);
         [
             (names::FLOWS, self.flows.max(1)),
-            (names::RINGS, l * 2 * RING_SIZE),
+            (names::RINGS, self.ring_slots.max(1)),
             (names::VIPS, l * 4),
             (names::VIP_STATS, l),
             (names::BACKENDS, t),
@@ -586,13 +606,15 @@ impl Dataplane {
             .map_err(|source| DataplaneError::Map { name, source })
     }
 
-    /// Writes `table` into ring `ring` (0 or 1) of VIP `vip`. Write the standby ring, then point
+    /// Writes `table` into `RINGS` from slot `base`. Write a table no VIP entry names, then point
     /// the VIP at it with [`Dataplane::set_vip`]: lookups never see a half-written table.
-    pub fn write_ring(&mut self, vip: u32, ring: u32, table: &[u32]) -> Result<()> {
-        if table.len() != RING_SIZE as usize {
-            return Err(DataplaneError::RingSize {
-                vip,
+    pub fn write_ring(&mut self, base: u32, table: &[u32]) -> Result<()> {
+        let slots = self.sizes.ring_slots;
+        if u64::from(base) + table.len() as u64 > u64::from(slots) {
+            return Err(DataplaneError::RingOutside {
+                base,
                 len: table.len(),
+                slots,
             });
         }
         // One copy into the map's memory (RINGS is mmapable), not one system call per slot:
@@ -611,9 +633,11 @@ impl Dataplane {
         for (slot, b) in bytes.chunks_exact_mut(8).zip(table) {
             slot[..4].copy_from_slice(&b.to_ne_bytes());
         }
-        let start = (vip as usize * 2 + ring as usize) * RING_SIZE as usize * 8;
+        let start = base as usize * 8;
         let offset = start / page * page;
-        let len = std::num::NonZeroUsize::new(start - offset + bytes.len()).expect("a ring");
+        let Some(len) = std::num::NonZeroUsize::new(start - offset + bytes.len()) else {
+            return Ok(());
+        };
         let prot = nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE;
         // SAFETY: a fresh shared mapping of the map's pages [offset, offset + len), which the
         // kernel checks against the map's size; nothing else in this process refers to it.

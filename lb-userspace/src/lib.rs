@@ -8,6 +8,7 @@
 //! - [`cli`]: the CLI's commands that talk to a running agent or attach a helper program.
 //! - [`balancer`]: turns a config into datapath state (backends, Maglev rings, VIPs).
 //! - [`maglev`]: builds the weighted Maglev tables the datapath looks backends up in.
+//! - [`rings`]: where each listener's tables lie in the datapath's ring space.
 //! - [`dataplane`]: the only code that touches BPF programs and maps.
 //! - [`metrics`]: Prometheus metrics named after the CloudWatch ones, and their HTTP server.
 //! - [`stats`]: the datapath's counters, read once, and as a table.
@@ -19,4 +20,5 @@ pub mod cli;
 pub mod dataplane;
 pub mod maglev;
 pub mod metrics;
+pub mod rings;
 pub mod stats;

@@ -29,7 +29,9 @@
 //! **Disruption.** Maglev's greedy fill cascades a little when a target leaves:
 //! at `M = 65537` about 0.6 % of the other slots move as well, whatever `N` is.
 //! That is close to ideal for tens of targets but several times `1/N` at
-//! `N = 1000`; a larger prime `M` reduces it (the paper asks for `M > 100 N`).
+//! `N = 1000`; a larger prime `M` reduces it, slowly: the paper's `M > 100 N`
+//! is not enough, and `N = 1000` needs `M` ≈ 5000 `N` to come within twice
+//! `1/N` (a listener's `maglev_table_size`; `cargo xtask bench` measures it).
 //!
 //! **Cost.** Each target keeps its current position in its preference list, so
 //! claiming a slot is a short forward scan with no per-slot allocation (about
@@ -40,10 +42,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
+pub use lb_common::is_prime;
 use siphasher::sip128::SipHasher24;
-
-/// Default ring size: the prime 2^16 + 1, which meets the paper's `M > 100 N` up to 655 targets.
-pub const DEFAULT_RING_SIZE: u32 = 65537;
 
 /// Fixed SipHash keys ("xlb_magl", "ev_v1_ke"); changing them reshuffles every table.
 const HASH_KEYS: (u64, u64) = (0x786c_625f_6d61_676c, 0x6576_5f76_315f_6b65);
@@ -76,25 +76,6 @@ pub enum MaglevError {
         /// How many targets have weight > 0.
         targets: usize,
     },
-}
-
-/// Returns whether `n` is prime (trial division; at most ~32k steps for any `u32`).
-pub fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    if n.is_multiple_of(2) {
-        return n == 2;
-    }
-    let n = u64::from(n);
-    let mut d = 3u64;
-    while d * d <= n {
-        if n.is_multiple_of(d) {
-            return false;
-        }
-        d += 2;
-    }
-    true
 }
 
 /// Builds the weighted Maglev table of length `m`; all zeros if no target has weight > 0.
@@ -249,7 +230,7 @@ fn fill(
 mod tests {
     use super::*;
 
-    const M: u32 = DEFAULT_RING_SIZE;
+    const M: u32 = lb_common::RING_SIZE_DEFAULT;
 
     /// IPv4 address + port bytes, as the agent would use: 10.a.b.c:8080.
     fn keys(n: usize) -> Vec<[u8; 6]> {
