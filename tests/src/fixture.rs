@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub use lb_common::Reason;
 use lb_common::{
     AF_INET, BACKEND_F_LIVE, Backend, CONFIG_F_NO_PTB, Config, Counters, FlowKey, IPPROTO_TCP,
-    IPPROTO_UDP, RING_SIZE, VipCounters, VipKey, VipMeta,
+    IPPROTO_UDP, RING_SIZE_DEFAULT, VipCounters, VipKey, VipMeta,
     hash::{flow_hash, source_hash},
 };
 use xlb::{
@@ -88,6 +88,25 @@ impl Outcome {
     }
 }
 
+/// The first `RINGS` slot of ring `ring` (0 or 1) of VIP `index`: the fixtures give each VIP
+/// two tables of the default size, one after the other.
+pub fn ring_base(index: u32, ring: u32) -> u32 {
+    (index * 2 + ring) * RING_SIZE_DEFAULT
+}
+
+/// The entry of VIP `index` whose live table is its ring `ring`, with no previous table.
+pub fn vip_meta(index: u32, ring: u32, flags: u32) -> VipMeta {
+    let base = ring_base(index, ring);
+    VipMeta {
+        index,
+        flags,
+        ring_base: base,
+        ring_size: RING_SIZE_DEFAULT,
+        prev_base: base,
+        prev_size: RING_SIZE_DEFAULT,
+    }
+}
+
 /// A loaded datapath with its maps, ready for frames.
 pub struct Fixture {
     dp: Dataplane,
@@ -121,6 +140,7 @@ impl Fixture {
         let sizes = Sizes {
             flows: 4096,
             listeners: 4,
+            ring_slots: 4 * 2 * RING_SIZE_DEFAULT,
             targets: 64,
         };
         let dp = Dataplane::load_object(object, sizes, None).expect("load the XDP object");
@@ -175,11 +195,7 @@ impl Fixture {
         }
         self.ring(index, &indices);
         let (family, a) = addr_bytes(addr);
-        let meta = VipMeta {
-            index,
-            ring: 0,
-            flags,
-        };
+        let meta = vip_meta(index, 0, flags);
         self.dp
             .set_vip(
                 &VipKey {
@@ -196,11 +212,7 @@ impl Fixture {
         } else {
             lb_common::IPPROTO_ICMPV6
         };
-        let address = VipMeta {
-            index,
-            ring: 0,
-            flags: flags | lb_common::VIP_F_ADDRESS_ONLY,
-        };
+        let address = vip_meta(index, 0, flags | lb_common::VIP_F_ADDRESS_ONLY);
         self.dp
             .set_vip(
                 &VipKey {
@@ -218,11 +230,7 @@ impl Fixture {
     /// Adds the per-address entry that catches fragments for `proto` (see the fragment policy).
     pub fn address_entry(&mut self, addr: impl Into<IpAddr>, proto: Proto, vip: u32, flags: u32) {
         let (family, a) = addr_bytes(addr.into());
-        let meta = VipMeta {
-            index: vip,
-            ring: 0,
-            flags: flags | lb_common::VIP_F_ADDRESS_ONLY,
-        };
+        let meta = vip_meta(vip, 0, flags | lb_common::VIP_F_ADDRESS_ONLY);
         self.dp
             .set_vip(
                 &VipKey {
@@ -276,7 +284,9 @@ impl Fixture {
     /// Fills ring 0 of VIP `vip` with a Maglev table over backend `indices` (empty: no backend).
     pub fn ring(&mut self, vip: u32, indices: &[u32]) {
         let table = self.table(indices);
-        self.dp.write_ring(vip, 0, &table).expect("write ring");
+        self.dp
+            .write_ring(ring_base(vip, 0), &table)
+            .expect("write ring");
     }
 
     /// The Maglev table the agent would build for these backends (weight 1 each).
@@ -294,7 +304,7 @@ impl Fixture {
                 weight: 1,
             })
             .collect();
-        maglev::build(&targets, RING_SIZE).expect("maglev")
+        maglev::build(&targets, RING_SIZE_DEFAULT).expect("maglev")
     }
 
     /// Runs `frame` through `xlb_lb` once.

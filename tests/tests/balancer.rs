@@ -2,10 +2,16 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use lb_common::{IPPROTO_TCP, RING_SIZE_DEFAULT, VipMeta};
 use lb_config::Config;
 use xlb::{
-    balancer::Balancer,
-    dataplane::{Dataplane, Sizes},
+    balancer::{Balancer, addr_bytes},
+    dataplane::{Dataplane, Program, Sizes},
+    maglev::{self, MaglevTarget},
+};
+use xlb_tests::{
+    fixture::{CLIENT_V4, Proto, VIP_V4, XDP_TX, flow_key, hash5},
+    packet::{MAC_CLIENT, MAC_LB, Packet},
 };
 
 /// One TCP listener whose group has `targets`.
@@ -35,6 +41,7 @@ fn targets_that_left_give_their_indices_to_new_ones() {
     let dp = Dataplane::load(Sizes {
         flows: 1024,
         listeners: 1,
+        ring_slots: 2 * RING_SIZE_DEFAULT,
         targets: 4095,
     })
     .expect("load the maps");
@@ -111,4 +118,151 @@ fn a_node_holds_1024_listeners_and_16384_targets() {
     // One more listener than the node holds is refused by the balancer too.
     let e = lb.apply(&many(1025, 16, 1)).unwrap_err().to_string();
     assert!(e.contains("would exceed node.max_listeners (1024)"), "{e}");
+}
+
+/// One TCP listener on `VIP_V4`:80 over `targets` with tables of `m` slots; the next hop is the
+/// gateway MAC, so that packets are tunnelled without the kernel FIB.
+fn sized(targets: &[IpAddr], m: u32) -> Config {
+    let list: Vec<String> = targets
+        .iter()
+        .map(|t| format!("{{ id = \"{t}\" }}"))
+        .collect();
+    let text = format!(
+        "[node]\ninterface = \"lo\"\ngateway_mac = \"02:00:00:00:00:03\"\nmax_listeners = 2\n\
+         max_targets = 16\n\n[[target_groups]]\nname = \"web\"\nprotocol = \"TCP\"\nport = 80\n\
+         targets = [{}]\n\n[[listeners]]\naddress = \"{VIP_V4}\"\nport = 80\nprotocol = \"TCP\"\n\
+         maglev_table_size = {m}\ndefault_action = {{ type = \"forward\", target_group = \"web\" }}\n",
+        list.join(", ")
+    );
+    Config::parse(&text, "sized.toml").expect("config")
+}
+
+/// The target a packet was tunnelled to: the outer IPv4 destination.
+fn tunnelled_to(lb: &mut Balancer, frame: &[u8]) -> IpAddr {
+    let (action, out) = lb
+        .dataplane()
+        .test_run(Program::Lb, frame)
+        .expect("BPF_PROG_TEST_RUN");
+    assert_eq!(action, XDP_TX);
+    IpAddr::V4(Ipv4Addr::new(out[30], out[31], out[32], out[33]))
+}
+
+/// The listener's TCP entry as the datapath holds it.
+fn entry(lb: &mut Balancer) -> VipMeta {
+    let vips = lb.dataplane().vips().expect("VIPS");
+    vips.iter()
+        .find(|(k, _)| k.proto == IPPROTO_TCP && k.port_be == 80u16.to_be())
+        .expect("the listener's entry")
+        .1
+}
+
+fn syn(sport: u16) -> Vec<u8> {
+    Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .tcp(sport, 80)
+        .syn()
+        .build()
+}
+
+#[test]
+fn a_listener_balances_by_its_table_size_and_a_resize_keeps_established_flows() {
+    let targets: Vec<IpAddr> = (1..=3)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(198, 18, 1, 10 + i)))
+        .collect();
+    // The agent's table for these targets (backend indices 1.., in the file's order).
+    let keys: Vec<_> = targets.iter().map(|t| addr_bytes(*t).1).collect();
+    let mt: Vec<MaglevTarget<'_>> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| MaglevTarget {
+            key: k,
+            index: i as u32 + 1,
+            weight: 1,
+        })
+        .collect();
+    let pick = |m: u32, sport: u16| {
+        let key = flow_key(
+            IpAddr::V4(CLIENT_V4),
+            IpAddr::V4(VIP_V4),
+            sport,
+            80,
+            Proto::Tcp,
+        );
+        let table = maglev::build(&mt, m).expect("table");
+        targets[table[(hash5(&key) % m) as usize] as usize - 1]
+    };
+    let cfg = sized(&targets, 13);
+    // Ring space for two default tables, less than the node's (the refusal at the end).
+    let sizes = Sizes {
+        ring_slots: 2 * RING_SIZE_DEFAULT,
+        ..Sizes::of(&cfg.node)
+    };
+    let dp = Dataplane::load(sizes).expect("load the maps");
+    let mut lb = Balancer::new(dp).expect("balancer");
+
+    // Given tables of 13 slots, every new flow lands on its slot of that table.
+    lb.apply(&cfg).expect("apply");
+    let first = entry(&mut lb);
+    assert_eq!((first.ring_size, first.prev_size), (13, 13), "{first:?}");
+    assert_eq!(first.prev_base, first.ring_base, "no previous table yet");
+    for sport in 1000..1040 {
+        assert_eq!(
+            tunnelled_to(&mut lb, &syn(sport)),
+            pick(13, sport),
+            "port {sport}"
+        );
+    }
+    // A flow whose slot the default size gives to another target.
+    let sport = (2000..3000)
+        .find(|p| pick(13, *p) != pick(RING_SIZE_DEFAULT, *p))
+        .expect("tables that differ");
+    let was = tunnelled_to(&mut lb, &syn(sport));
+    let flows = lb.dataplane().flows().expect("flows").len();
+
+    // When a reload sets the default size: the flow keeps its target, new flows take the new
+    // table, and the VIP names the old one as its previous table.
+    lb.apply(&sized(&targets, RING_SIZE_DEFAULT))
+        .expect("resize");
+    let resized = entry(&mut lb);
+    assert_eq!(
+        (resized.ring_size, resized.prev_base, resized.prev_size),
+        (RING_SIZE_DEFAULT, first.ring_base, 13),
+        "{resized:?}"
+    );
+    let ack = Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .tcp(sport, 80)
+        .ack()
+        .build();
+    assert_eq!(tunnelled_to(&mut lb, &ack), was);
+    assert_eq!(lb.dataplane().flows().expect("flows").len(), flows);
+    for sport in 3000..3040 {
+        assert_eq!(
+            tunnelled_to(&mut lb, &syn(sport)),
+            pick(RING_SIZE_DEFAULT, sport),
+            "port {sport}"
+        );
+    }
+    assert_eq!(
+        tunnelled_to(&mut lb, &syn(sport)),
+        pick(RING_SIZE_DEFAULT, sport)
+    );
+
+    // Back to 13: the table goes where the previous one of 13 was.
+    lb.apply(&cfg).expect("shrink");
+    let back = entry(&mut lb);
+    assert_eq!((back.ring_base, back.ring_size), (first.ring_base, 13));
+    assert_eq!(
+        (back.prev_base, back.prev_size),
+        (resized.ring_base, RING_SIZE_DEFAULT)
+    );
+
+    // A table the ring space cannot place is refused before anything is written.
+    let e = lb.apply(&sized(&targets, 131_071)).unwrap_err();
+    let text = format!("{:#}", anyhow::Error::from(e));
+    assert!(
+        text.contains("no run of 131071 free slots for a Maglev table: 131061 of"),
+        "{text}"
+    );
+    assert_eq!(entry(&mut lb), back);
 }

@@ -114,7 +114,7 @@ fn udp_to_v4_vip_picks_the_maglev_target() {
         let out = f.run(&pkt);
         let key = flow_key(v4(CLIENT_V4), v4(VIP_V4), sport, 53, Proto::Udp);
         let h = hash5(&key);
-        let want = table[(h % lb_common::RING_SIZE) as usize];
+        let want = table[(h % lb_common::RING_SIZE_DEFAULT) as usize];
         let backend = [BACKEND1_V4, BACKEND2_V4, BACKEND3_V4][want as usize - 1];
         assert_frame_eq(&out.frame, &ipip(&pkt, backend, h, false));
         seen[want as usize] += 1;

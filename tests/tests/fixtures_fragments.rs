@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lb_common::{RING_SIZE, VIP_F_DSR, VIP_F_SOURCE_IP};
+use lb_common::{RING_SIZE_DEFAULT as RING_SIZE, VIP_F_DSR, VIP_F_SOURCE_IP};
 use xlb_tests::{
     fixture::*,
     packet::{ExtHeader, Ipv4Builder, Ipv6Builder, MAC_CLIENT, MAC_LB, Packet, ip_bytes},

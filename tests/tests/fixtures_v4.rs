@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use lb_common::{FlowKey, RING_SIZE, VIP_F_DSR, VIP_F_SOURCE_IP, VipMeta};
+use lb_common::{FlowKey, RING_SIZE_DEFAULT as RING_SIZE, VIP_F_DSR, VIP_F_SOURCE_IP};
 use xlb_tests::{
     fixture::*,
     packet::{Ipv4Builder, MAC_CLIENT, MAC_LB, Packet, assert_frame_eq},
@@ -949,7 +949,7 @@ fn a_udp_flow_idle_past_the_timeout_is_rebalanced_on_its_next_datagram() {
     assert_eq!(f.flow_entries()[0].1.backend, b2);
 }
 
-/// A VIP entry pointing at the second ring of its VIP (`VipMeta::ring = 1`) uses that ring.
+/// A VIP entry pointing at the second ring of its VIP (`VipMeta::ring_base`) uses that ring.
 #[test]
 fn a_new_flow_to_a_vip_switched_to_its_standby_ring_uses_the_standby_ring() {
     let mut f = Fixture::new();
@@ -957,18 +957,9 @@ fn a_new_flow_to_a_vip_switched_to_its_standby_ring_uses_the_standby_ring() {
     let b2 = f.backend(BACKEND2_V4);
     let table = f.table(&[b2]);
     f.dataplane()
-        .write_ring(vip, 1, &table)
+        .write_ring(ring_base(vip, 1), &table)
         .expect("write standby ring");
-    f.vip_entry(
-        v4(VIP_V4),
-        80,
-        lb_common::IPPROTO_TCP,
-        VipMeta {
-            index: vip,
-            ring: 1,
-            flags: 0,
-        },
-    );
+    f.vip_entry(v4(VIP_V4), 80, lb_common::IPPROTO_TCP, vip_meta(vip, 1, 0));
     let h = hash5(&key(1000, 80, Proto::Tcp));
     f.run_cases(&[Case::tunnel(
         "syn after the flip → backend 2",

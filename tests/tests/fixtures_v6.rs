@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use lb_common::{FlowKey, RING_SIZE, VIP_F_DSR, VIP_F_SOURCE_IP};
+use lb_common::{FlowKey, RING_SIZE_DEFAULT as RING_SIZE, VIP_F_DSR, VIP_F_SOURCE_IP};
 use xlb_tests::{
     fixture::*,
     packet::{

@@ -70,9 +70,7 @@ const VIP2_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 2);
 /// VIPs of every kind: tunnel and DSR, exact and all-ports, source-IP with address entries (so
 /// fragments are forwarded), IPv4 VIP with an IPv6 target, no-echo, and one without targets.
 fn fixture() -> Fixture {
-    use lb_common::{
-        IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, VIP_F_ADDRESS_ONLY, VipMeta,
-    };
+    use lb_common::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, VIP_F_ADDRESS_ONLY};
     // The fixture has room for four VIP indices; further addresses share them.
     let mut f = Fixture::new();
     f.listener(VIP_V4, 80, Proto::Tcp, 0, &[BACKEND1_V4, BACKEND2_V4]);
@@ -93,47 +91,26 @@ fn fixture() -> Fixture {
     f.address_entry(VIP2_V4, Proto::Udp, sticky, VIP_F_SOURCE_IP);
     let v6 = f.listener(VIP_V6, 443, Proto::Tcp, 0, &[BACKEND1_V6, BACKEND1_V4]);
     // A VIP whose live ring (the standby one, never written) is empty, and that does not echo.
-    f.vip_entry(
-        IpAddr::V4(VIP3_V4),
-        443,
-        IPPROTO_TCP,
-        VipMeta {
-            index: dsr,
-            ring: 1,
-            flags: 0,
-        },
-    );
+    f.vip_entry(IpAddr::V4(VIP3_V4), 443, IPPROTO_TCP, vip_meta(dsr, 1, 0));
     f.vip_entry(
         IpAddr::V4(VIP3_V4),
         0,
         IPPROTO_ICMP,
-        VipMeta {
-            index: dsr,
-            ring: 1,
-            flags: VIP_F_NO_ECHO | VIP_F_ADDRESS_ONLY,
-        },
+        vip_meta(dsr, 1, VIP_F_NO_ECHO | VIP_F_ADDRESS_ONLY),
     );
     // An all-ports source-IP UDP VIP on IPv6 that also takes TCP fragments.
     f.vip_entry(
         IpAddr::V6(VIP2_V6),
         0,
         IPPROTO_UDP,
-        VipMeta {
-            index: v6,
-            ring: 0,
-            flags: VIP_F_SOURCE_IP,
-        },
+        vip_meta(v6, 0, VIP_F_SOURCE_IP),
     );
     f.address_entry(VIP2_V6, Proto::Tcp, v6, VIP_F_SOURCE_IP);
     f.vip_entry(
         IpAddr::V6(VIP2_V6),
         0,
         IPPROTO_ICMPV6,
-        VipMeta {
-            index: v6,
-            ring: 0,
-            flags: VIP_F_ADDRESS_ONLY,
-        },
+        vip_meta(v6, 0, VIP_F_ADDRESS_ONLY),
     );
     f
 }

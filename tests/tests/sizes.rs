@@ -53,6 +53,7 @@ fn the_memory_xlb_check_reports_is_what_the_kernel_accounts() {
     let sizes = Sizes {
         flows: 1 << 16,
         listeners: 8,
+        ring_slots: 8 * 2 * lb_common::RING_SIZE_DEFAULT,
         targets: 2048,
     };
     let cpus = aya::util::nr_cpus().expect("CPUs");
@@ -96,6 +97,7 @@ fn maps_pinned_at_other_sizes_are_refused_and_the_pins_stay() {
     let sizes = Sizes {
         flows: 1024,
         listeners: 4,
+        ring_slots: 4 * 2 * lb_common::RING_SIZE_DEFAULT,
         targets: 64,
     };
     drop(Dataplane::load_pinned(sizes, Some(&dir.0)).expect("pin the maps"));
@@ -103,6 +105,7 @@ fn maps_pinned_at_other_sizes_are_refused_and_the_pins_stay() {
     drop(Dataplane::load_pinned(sizes, Some(&dir.0)).expect("re-open at the same sizes"));
     let more = Sizes {
         listeners: 8,
+        ring_slots: 8 * 2 * lb_common::RING_SIZE_DEFAULT,
         ..sizes
     };
     let Err(e) = Dataplane::load_pinned(more, Some(&dir.0)) else {

@@ -27,7 +27,9 @@
 //!   The generator, reflector and sink are this tool's own XDP object (`lb-ebpf-bench`, built
 //!   by `tests/build.rs`); `xlb_lb` is xlb's, loaded by its `Dataplane` as the agent loads it.
 //! - `maglev.*`: table build time, balance (max slots over mean) and disruption when one of N
-//!   targets leaves, for the weighted builder and the paper's (`maglev.vanilla.*`).
+//!   targets leaves, for the weighted builder and the paper's (`maglev.vanilla.*`); and for
+//!   table sizes M (`maglev.mM.*`, a listener's `maglev_table_size`), memory per listener, build
+//!   time and disruption over the ideal 1/N for N = 10, 100, 1000 and 5000.
 
 use std::{
     fmt::Write as _,
@@ -47,8 +49,8 @@ use aya::{
 };
 use clap::Parser;
 use lb_common::{
-    AF_INET, AF_INET6, BACKEND_F_LIVE, Backend, CONFIG_F_NO_FIB, Config, IPPROTO_TCP, RING_SIZE,
-    Reason, VipKey, VipMeta,
+    AF_INET, AF_INET6, BACKEND_F_LIVE, Backend, CONFIG_F_NO_FIB, Config, IPPROTO_TCP,
+    RING_SIZE_DEFAULT as RING_SIZE, Reason, VipKey,
     bench::{self, GEN_FRAME_MAX, GenConfig, STAT_REFLECT, STATS_LEN},
 };
 use xlb::{
@@ -108,6 +110,8 @@ fn sleep(d: Duration) -> Result<()> {
 
 /// Run lengths.
 struct Plan {
+    /// Short runs (`--quick`): fewer Maglev table sizes too.
+    quick: bool,
     testrun_calls: usize,
     maglev_builds: usize,
     rounds: usize,
@@ -119,6 +123,7 @@ impl Plan {
     fn new(quick: bool) -> Plan {
         if quick {
             Plan {
+                quick,
                 testrun_calls: 20_000,
                 maglev_builds: 3,
                 rounds: 1,
@@ -127,6 +132,7 @@ impl Plan {
             }
         } else {
             Plan {
+                quick,
                 testrun_calls: 200_000,
                 maglev_builds: 15,
                 rounds: 7,
@@ -242,6 +248,7 @@ fn flow_memory_bench(results: &mut Results) -> Result<()> {
         let _dp = Dataplane::load(Sizes {
             flows,
             listeners: 1,
+            ring_slots: 1,
             targets: 16,
         })?;
         flow_table_memlock(flows)
@@ -339,13 +346,20 @@ fn maglev_bench(plan: &Plan, results: &mut Results) {
             );
         }
     }
-    // Table sizes against target counts: the paper's M ≥ 100·N keeps a leaving target's
-    // disruption near its ideal share 1/N. Sizes are primes: 2^16 + 1 (xlb's), 2^17 − 1, 2^19 − 1.
-    for m in [65_537u32, 131_071, 524_287] {
+    // Table sizes (a listener's `maglev_table_size`) against target counts: the paper's M ≥ 100·N
+    // is not enough for a leaving target to move about its own share 1/N; at N = 1000 it takes
+    // M ≈ 5000·N to come within twice that. Each size is prime: 2^16 + 1 (the default), then
+    // about 10, 20 and 76 times it. The quick plan keeps the smallest and the largest.
+    let sizes: &[u32] = if plan.quick {
+        &[65_537, 5_000_011]
+    } else {
+        &[65_537, 655_373, 1_310_719, 5_000_011]
+    };
+    for &m in sizes {
         results.add(
-            &format!("maglev.m{m}.kib_per_listener"),
-            f64::from(2 * m * 8) / 1024.0,
-            "two rings of 8-byte slots",
+            &format!("maglev.m{m}.mib_per_listener"),
+            f64::from(m) * 2.0 * 8.0 / f64::from(1 << 20),
+            "two tables of 8-byte slots (RINGS)",
         );
         for n in [10usize, 100, 1000, 5000] {
             let keys = target_keys(n);
@@ -354,7 +368,7 @@ fn maglev_bench(plan: &Plan, results: &mut Results) {
             fewer.remove(n / 2);
             let mut times = Vec::new();
             let mut table = Vec::new();
-            for _ in 0..plan.maglev_builds.min(5) {
+            for _ in 0..plan.maglev_builds.min(3) {
                 let t = Instant::now();
                 table = maglev::build(&targets, m).expect("maglev build");
                 times.push(t.elapsed().as_secs_f64() * 1e3);
@@ -945,6 +959,7 @@ fn veth_bench(plan: &Plan, cpu: usize, no_fib: bool, results: &mut Results) -> R
     let mut dut = Dataplane::load(Sizes {
         flows: 1 << 18,
         listeners: 2,
+        ring_slots: 2 * 2 * RING_SIZE,
         targets: 64,
     })?;
     configure_lb(&mut dut, no_fib)?;
@@ -1118,7 +1133,10 @@ fn configure_lb(dp: &mut Dataplane, no_fib: bool) -> Result<()> {
                 weight: 1,
             })
             .collect();
-        dp.write_ring(vip_index, 0, &maglev::build(&targets, RING_SIZE)?)?;
+        dp.write_ring(
+            fixture::ring_base(vip_index, 0),
+            &maglev::build(&targets, RING_SIZE)?,
+        )?;
         let (fam, a) = fixture::addr_bytes(vip);
         dp.set_vip(
             &VipKey {
@@ -1127,11 +1145,7 @@ fn configure_lb(dp: &mut Dataplane, no_fib: bool) -> Result<()> {
                 proto: IPPROTO_TCP,
                 family: fam,
             },
-            &VipMeta {
-                index: vip_index,
-                ring: 0,
-                flags: 0,
-            },
+            &fixture::vip_meta(vip_index, 0, 0),
         )?;
     }
     Ok(())
