@@ -12,7 +12,7 @@ use lb_common::{
     VipKey, VipMeta,
 };
 
-/// VIP (address, port, protocol) → its index, live ring and flags. Also holds per-address entries
+/// VIP (address, port, protocol) → its index, flags and Maglev tables. Also holds per-address entries
 /// (`VIP_F_ADDRESS_ONLY`) for echo, ICMP errors and fragments. Agent writes.
 #[map]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(LISTENERS_DEFAULT * 4, 0);

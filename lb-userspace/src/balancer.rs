@@ -335,8 +335,9 @@ impl Balancer {
     fn plan_tables(&self, cfg: &Config, gone: &[u32]) -> Result<(), DataplaneError> {
         let mut space = self.space.clone();
         for t in gone.iter().filter_map(|i| self.rings.get(i)) {
-            space.free(t.live);
-            t.standby.map(|s| space.free(s));
+            std::iter::once(t.live)
+                .chain(t.standby)
+                .for_each(|s| space.free(s));
         }
         for l in cfg.xdp_listeners() {
             let tg = cfg.group(l.target_group()).expect("validated");
@@ -443,8 +444,9 @@ impl Balancer {
             self.keys.remove(&key);
         }
         if let Some(t) = self.rings.remove(&index) {
-            self.space.free(t.live);
-            t.standby.map(|s| self.space.free(s));
+            std::iter::once(t.live)
+                .chain(t.standby)
+                .for_each(|s| self.space.free(s));
         }
         self.tables.remove(&index);
         Ok(())
@@ -457,9 +459,9 @@ impl Balancer {
         key: VipKey,
         meta: &VipMeta,
     ) -> Result<(), DataplaneError> {
-        if !keys.contains_key(&key) {
+        if let std::collections::btree_map::Entry::Vacant(e) = keys.entry(key) {
             self.dp.set_vip(&key, meta)?;
-            keys.insert(key, *meta);
+            e.insert(*meta);
         }
         Ok(())
     }
@@ -605,7 +607,9 @@ fn standby_in(
     match standby {
         Some(s) if s.size == m => Ok(s),
         other => {
-            other.map(|s| space.free(s));
+            if let Some(s) = other {
+                space.free(s);
+            }
             space.alloc(m)
         }
     }
