@@ -1,7 +1,11 @@
 //! The datapath's sizes as `[node]` sets them: the memory `xlb check` reports is what the kernel
-//! accounts, and maps pinned at other sizes are refused by name. Run as root.
+//! accounts, and maps pinned at other sizes or layouts are refused by name. Run as root.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
 
 use xlb::dataplane::{Dataplane, DataplaneError, Sizes};
 
@@ -121,4 +125,91 @@ fn maps_pinned_at_other_sizes_are_refused_and_the_pins_stay() {
     );
     assert!(text.contains("xlb stop --detach"), "{text}");
     assert!(dir.0.join("FLOWS").exists(), "the pins stay");
+}
+
+/// Pins a new hash map with these sizes at `path`, as another build of xlb would have.
+fn pin_hash_map(path: &Path, key_size: u32, value_size: u32, max_entries: u32) {
+    // The head of `union bpf_attr` for BPF_MAP_CREATE and for BPF_OBJ_PIN; the kernel takes a
+    // shorter attribute as if zero-filled.
+    #[repr(C)]
+    struct Create {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    #[repr(C)]
+    struct Pin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_MAP_CREATE: i64 = 0;
+    const BPF_OBJ_PIN: i64 = 6;
+    let create = Create {
+        map_type: 1, // BPF_MAP_TYPE_HASH
+        key_size,
+        value_size,
+        max_entries,
+        map_flags: 0,
+    };
+    // SAFETY: the kernel reads `size_of::<Create>()` bytes of `create`, which lives until then.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &create as *const Create,
+            size_of::<Create>(),
+        )
+    };
+    assert!(fd >= 0, "create a map: {}", std::io::Error::last_os_error());
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("a path");
+    let pin = Pin {
+        pathname: name.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+    };
+    // SAFETY: as above; `name` outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &pin as *const Pin,
+            size_of::<Pin>(),
+        )
+    };
+    let pinned = std::io::Error::last_os_error();
+    // SAFETY: our descriptor; the pin holds the map.
+    unsafe { libc::close(fd as i32) };
+    assert_eq!(rc, 0, "pin {}: {pinned}", path.display());
+}
+
+/// An agent from before per-listener table sizes pinned `VIPS` with 12-byte values (`index`,
+/// `ring`, `flags`): this one refuses the map rather than read its entries as today's.
+#[test]
+fn a_vips_map_pinned_with_the_old_layout_is_refused() {
+    let _maps = MAPS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/xlb-test-layout-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&dir.0).expect("pin dir");
+    let sizes = Sizes {
+        flows: 1024,
+        listeners: 4,
+        ring_slots: 4 * 2 * lb_common::RING_SIZE_DEFAULT,
+        targets: 64,
+    };
+    pin_hash_map(&dir.0.join("VIPS"), 20, 12, sizes.listeners * 4);
+    let Err(e) = Dataplane::load_pinned(sizes, Some(&dir.0)) else {
+        panic!("a VIPS map of 12-byte values taken")
+    };
+    let text = e.to_string();
+    assert!(matches!(e, DataplaneError::PinnedShape { .. }), "{text}");
+    assert!(
+        text.contains("VIPS holds 16 entries (hash, 20-byte keys, 12-byte values")
+            && text.contains("need 16 entries (hash, 20-byte keys, 24-byte values"),
+        "{text}"
+    );
 }
