@@ -411,7 +411,6 @@ impl Balancer {
                 *meta = t.meta(vip, meta.flags);
                 self.dp.set_vip(key, meta)?;
             }
-            self.rings.insert(vip, t);
         }
         let at = standby_in(&mut self.space, t.standby, m);
         t.standby = at.as_ref().ok().copied();
