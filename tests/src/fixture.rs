@@ -94,15 +94,15 @@ pub fn ring_base(index: u32, ring: u32) -> u32 {
     (index * 2 + ring) * RING_SIZE_DEFAULT
 }
 
-/// The entry of VIP `index` whose live table is its ring `ring`, with no previous table.
+/// The entry of VIP `index` whose live table is its ring `ring` and whose previous table is its
+/// other ring (empty until written: no previous target).
 pub fn vip_meta(index: u32, ring: u32, flags: u32) -> VipMeta {
-    let base = ring_base(index, ring);
     VipMeta {
         index,
         flags,
-        ring_base: base,
+        ring_base: ring_base(index, ring),
         ring_size: RING_SIZE_DEFAULT,
-        prev_base: base,
+        prev_base: ring_base(index, ring ^ 1),
         prev_size: RING_SIZE_DEFAULT,
     }
 }

@@ -8,9 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 
-use lb_common::{
-    DecapReason, IPPROTO_TCP, Reason, SECOND_CHANCE_OPTION, SECOND_CHANCE_V6_LEN, VipMeta,
-};
+use lb_common::{DecapReason, IPPROTO_TCP, Reason, SECOND_CHANCE_OPTION, SECOND_CHANCE_V6_LEN};
 use xlb_tests::{
     fixture::*,
     packet::{MAC_CLIENT, MAC_GATEWAY, MAC_LB, Packet, assert_frame_eq, ip_bytes},
@@ -24,19 +22,10 @@ fn moved_vip(vip: IpAddr, before: IpAddr, after: IpAddr) -> (Fixture, u32) {
     let b2 = f.backend(after);
     let table = f.table(&[b2]);
     f.dataplane()
-        .write_ring(index, 1, &table)
+        .write_ring(ring_base(index, 1), &table)
         .expect("write standby ring");
     for proto in [IPPROTO_TCP, lb_common::IPPROTO_UDP] {
-        f.vip_entry(
-            vip,
-            80,
-            proto,
-            VipMeta {
-                index,
-                ring: 1,
-                flags: 0,
-            },
-        );
+        f.vip_entry(vip, 80, proto, vip_meta(index, 1, 0));
     }
     (f, index)
 }
@@ -177,7 +166,9 @@ fn no_second_chance_when_the_tables_agree_the_previous_target_is_gone_or_it_woul
     let index = 0;
     let b1 = 1;
     let table = f.table(&[b1]);
-    f.dataplane().write_ring(index, 1, &table).expect("ring");
+    f.dataplane()
+        .write_ring(ring_base(index, 1), &table)
+        .expect("ring");
     f.run_cases(&[Case::tunnel(
         "same target in both tables",
         ack(1000, 10),
