@@ -7,7 +7,7 @@
 //!
 //! Second chance: a TCP packet that is not a SYN and that this node has no entry for belongs to a
 //! connection that started elsewhere (another node, before ECMP moved it here). When the VIP's
-//! previous table (its standby ring) gives another target than the live one, the packet goes to
+//! previous table (`VipMeta::prev_*`) gives another target than the live one, the packet goes to
 //! the live ring's target naming the previous one too; that target's `xlb_decap` hands it on when
 //! it has no socket for it. Such flows get no entry, so every packet gets the same chance while
 //! the previous table lasts.
@@ -15,13 +15,14 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
     BACKEND_F_LIVE, Backend, FlowKey, FlowState, Reason, UDP_FLOW_TIMEOUT_NS, VIP_F_DSR,
-    VIP_F_SOURCE_IP, VipMeta,
+    VIP_F_SOURCE_IP,
     hash::{flow_hash, source_hash},
 };
 
 use crate::{
     maps::{BACKENDS, FLOWS, RINGS},
     verdict::Verdict,
+    vip::{self, Vip},
 };
 
 /// The chosen backend (its index: the forward stage reads the entry in place, where it is) and
@@ -46,7 +47,7 @@ fn live(index: u32) -> Option<&'static Backend> {
 }
 
 #[inline(always)]
-pub fn hash(vip: &VipMeta, key: &FlowKey) -> u32 {
+pub fn hash(vip: &Vip, key: &FlowKey) -> u32 {
     if vip.flags & VIP_F_SOURCE_IP != 0 {
         source_hash(key)
     } else {
@@ -56,7 +57,7 @@ pub fn hash(vip: &VipMeta, key: &FlowKey) -> u32 {
 
 /// Maglev: the VIP's live ring at `hash % M`, and that backend.
 #[inline(always)]
-pub fn ring(vip: &VipMeta, hash: u32) -> Result<(u32, &'static Backend), Verdict> {
+pub fn ring(vip: &Vip, hash: u32) -> Result<(u32, &'static Backend), Verdict> {
     let index =
         *slot(vip.ring_base, vip.ring_size, hash).ok_or(Verdict::drop(Reason::DropNoBackend))?;
     // Index 0: the ring was never filled (no target registered).
@@ -75,12 +76,13 @@ fn slot(base: u32, size: u32, hash: u32) -> Option<&'static u32> {
     RINGS.get(base + hash.checked_rem(size)?)
 }
 
-/// The previous table's target for `hash` (`VipMeta::prev_base`/`prev_size`; the live table
-/// when there is none), when it is live, another than `index`, and of `now`'s family (the
-/// tunnel that carries it is `now`'s).
+/// The previous table's target for `hash` (`VipMeta::prev_base`/`prev_size` of `key`'s
+/// listener; the live table when there is none), when it is live, another than `index`, and of
+/// `now`'s family (the tunnel that carries it is `now`'s).
 #[inline(always)]
-fn previous(vip: &VipMeta, hash: u32, index: u32, now: &Backend) -> Option<&'static Backend> {
-    let before = *slot(vip.prev_base, vip.prev_size, hash)?;
+fn previous(key: &FlowKey, hash: u32, index: u32, now: &Backend) -> Option<&'static Backend> {
+    let (base, size) = vip::previous_table(key.vip_key())?;
+    let before = *slot(base, size, hash)?;
     if before == 0 || before == index {
         return None;
     }
@@ -92,7 +94,7 @@ fn previous(vip: &VipMeta, hash: u32, index: u32, now: &Backend) -> Option<&'sta
 /// the flow is UDP (a constant, so that TCP's path carries none of UDP's timeout handling).
 #[inline(always)]
 pub fn choose<const UDP: bool>(
-    vip: &VipMeta,
+    vip: &Vip,
     key: &FlowKey,
     syn: bool,
     closing: bool,
@@ -131,7 +133,7 @@ pub fn choose<const UDP: bool>(
     let h = hash(vip, key);
     let (index, backend) = ring(vip, h)?;
     let second = if !syn && !udp && vip.flags & VIP_F_DSR == 0 {
-        previous(vip, h, index, backend)
+        previous(key, h, index, backend)
     } else {
         None
     };
@@ -156,7 +158,7 @@ pub fn choose<const UDP: bool>(
 
 /// The backend an existing flow uses, without creating one (ICMP errors about a flow).
 #[inline(always)]
-pub fn existing(vip: &VipMeta, key: &FlowKey) -> Result<Choice, Verdict> {
+pub fn existing(vip: &Vip, key: &FlowKey) -> Result<Choice, Verdict> {
     // SAFETY: copied out at once.
     if let Some(state) = unsafe { FLOWS.get(key) }
         && let Some(backend) = live(state.backend)

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     AF_INET, Addr, Backend, CONFIG_F_NO_FIB, CONFIG_F_NO_PTB, Config, IPPROTO_IPIP, IPPROTO_IPV6,
-    Reason, SECOND_CHANCE_OPTION, SECOND_CHANCE_V4_LEN, SECOND_CHANCE_V6_LEN, VIP_F_DSR, VipMeta,
+    Reason, SECOND_CHANCE_OPTION, SECOND_CHANCE_V4_LEN, SECOND_CHANCE_V6_LEN, VIP_F_DSR,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
@@ -19,6 +19,7 @@ use crate::{
     maps::{CachedHop, FIB_ARGS, NEXT_HOP_TTL_NS, NEXT_HOPS},
     parse::{ETH_P_IP, ETH_P_IPV6, IPV6_DSTOPTS, Packet, ptr_at},
     verdict::Verdict,
+    vip::Vip,
 };
 
 const AF_INET_KERNEL: u8 = 2;
@@ -32,7 +33,7 @@ const TUNNEL_TTL: u8 = 64;
 pub fn forward<const SECOND: bool>(
     ctx: &XdpContext,
     p: &Packet,
-    vip: &VipMeta,
+    vip: &Vip,
     choice: &Choice,
     cfg: &Config,
     prev: &Backend,

@@ -7,8 +7,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    AF_INET, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Reason,
-    VIP_F_NO_ECHO, VipMeta,
+    AF_INET, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Reason, VIP_F_NO_ECHO,
 };
 
 use network_types::eth::EthHdr;
@@ -18,7 +17,7 @@ use crate::{
     l2::{self, Macs},
     parse::{self, ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
     verdict::Verdict,
-    vip,
+    vip::{self, Vip},
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -43,7 +42,7 @@ pub enum Icmp {
     /// Answered in place; send it back.
     Reply(Verdict),
     /// An error about the flow `key` of listener `vip`: forward it to that flow's target.
-    Error { vip: VipMeta, key: FlowKey },
+    Error { vip: Vip, key: FlowKey },
 }
 
 #[inline(always)]

@@ -26,7 +26,7 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     Config, DecapReason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Reason,
-    VIP_F_SOURCE_IP, VipMeta,
+    VIP_F_SOURCE_IP,
 };
 
 use crate::{
@@ -35,6 +35,7 @@ use crate::{
     maps::CONFIG,
     parse::{ETH_P_IP, ETH_P_IPV6, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     verdict::Verdict,
+    vip::Vip,
 };
 
 #[xdp]
@@ -101,7 +102,7 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
 
 /// Counts a packet of listener `vip` that ends dropped in the listener's counters.
 #[inline(always)]
-fn counted(vip: &VipMeta, r: Result<Verdict, Verdict>) -> Result<Verdict, Verdict> {
+fn counted(vip: &Vip, r: Result<Verdict, Verdict>) -> Result<Verdict, Verdict> {
     if let Ok(v) | Err(v) = &r
         && v.action == xdp_action::XDP_DROP
     {
@@ -138,7 +139,7 @@ fn fragment(ctx: &XdpContext, p: &Packet, bytes: u64) -> Result<Verdict, Verdict
 fn send(
     ctx: &XdpContext,
     p: &Packet,
-    vip: &VipMeta,
+    vip: &Vip,
     choice: &Choice,
     bytes: u64,
 ) -> Result<Verdict, Verdict> {
