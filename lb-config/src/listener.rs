@@ -149,7 +149,7 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), Refusal> {
             return Err(Refusal::new(
                 key,
                 format!(
-                    "the tables of listeners[0..={i}] take {taken} slots (two of \
+                    "the tables of the XDP listeners up to listeners[{i}] take {taken} slots (two of \
                      maglev_table_size each); node.maglev_slots holds {slots}"
                 ),
             ));

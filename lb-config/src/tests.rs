@@ -1077,6 +1077,9 @@ fn tls_listeners_and_proxy_protocol_refuse_what_cannot_work() {
     let e = Config::parse(&both, "x.toml").unwrap_err().to_string();
     assert!(
         e.contains("listeners[1].port: http_listeners[0] already listens on 198.18.100.1:443"),
+        "{e}"
+    );
+}
 
 #[test]
 fn maglev_table_sizes_are_prime_larger_than_their_groups_and_fit_the_node() {
@@ -1120,8 +1123,8 @@ fn maglev_table_sizes_are_prime_larger_than_their_groups_and_fit_the_node() {
     assert_eq!(key, "listeners[0].maglev_table_size");
     assert_eq!(
         message,
-        "the tables of listeners[0..=0] take 1310746 slots (two of maglev_table_size each); \
-         node.maglev_slots holds 1000000"
+        "the tables of the XDP listeners up to listeners[0] take 1310746 slots (two of \
+         maglev_table_size each); node.maglev_slots holds 1000000"
     );
     // The default is room for max_listeners tables of the default size.
     let (_, _, message) = refused("65537", "\nmax_listeners = 1\nmaglev_slots = 131073");
