@@ -260,6 +260,20 @@ impl Balancer {
             let m = l.maglev_table_size;
             let tables = match self.rings.get(&vip) {
                 Some(&t) if t.live.size == m && self.tables.get(&vip) == Some(&targets) => t,
+                // After a restart, a live table read back that is the one these targets give
+                // stays, and so does the table before it, for second chance.
+                Some(&t)
+                    if t.live.size == m && !self.tables.contains_key(&vip) && {
+                        let want = table(&targets, m).map_err(|source| DataplaneError::Table {
+                            listener: name(l),
+                            source,
+                        })?;
+                        self.dp.read_ring(t.live.base, m as usize)? == want
+                    } =>
+                {
+                    self.tables.insert(vip, targets.clone());
+                    t
+                }
                 _ => self.write_table(vip, l, &targets)?,
             };
             let mut flags = 0;

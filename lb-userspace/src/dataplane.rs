@@ -609,16 +609,45 @@ impl Dataplane {
     /// Writes `table` into `RINGS` from slot `base`. Write a table no VIP entry names, then point
     /// the VIP at it with [`Dataplane::set_vip`]: lookups never see a half-written table.
     pub fn write_ring(&mut self, base: u32, table: &[u32]) -> Result<()> {
-        let slots = self.sizes.ring_slots;
-        if u64::from(base) + table.len() as u64 > u64::from(slots) {
-            return Err(DataplaneError::RingOutside {
-                base,
-                len: table.len(),
-                slots,
-            });
+        // An array map lays its values out 8 bytes apart: a slot is a u32 and 4 bytes of padding.
+        let mut bytes = vec![0u8; table.len() * 8];
+        for (slot, b) in bytes.chunks_exact_mut(8).zip(table) {
+            slot[..4].copy_from_slice(&b.to_ne_bytes());
         }
-        // One copy into the map's memory (RINGS is mmapable), not one system call per slot:
-        // 65,537 updates took 70 ms a ring, over a minute for 1,024 listeners.
+        // SAFETY: `rings_mapped` gives a writable mapping of `bytes.len()` bytes.
+        self.rings_mapped(base, table.len(), true, |ring| unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), ring, bytes.len())
+        })
+    }
+
+    /// The `len` slots of `RINGS` from slot `base`: a table as the datapath reads it.
+    pub fn read_ring(&mut self, base: u32, len: usize) -> Result<Vec<u32>> {
+        let mut table = Vec::with_capacity(len);
+        self.rings_mapped(base, len, false, |ring| {
+            // SAFETY: `rings_mapped` gives a readable mapping of `len * 8` bytes.
+            let ring = unsafe { std::slice::from_raw_parts(ring.cast_const(), len * 8) };
+            table.extend(
+                ring.chunks_exact(8)
+                    .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]])),
+            );
+        })?;
+        Ok(table)
+    }
+
+    /// Runs `f` on the first byte of `len` slots (8 bytes each) of `RINGS` from `base`, mapped
+    /// into this process (`writable` or read-only) for the call: one copy, not one system call
+    /// per slot (65,537 updates took 70 ms a ring, over a minute for 1,024 listeners).
+    fn rings_mapped(
+        &mut self,
+        base: u32,
+        len: usize,
+        writable: bool,
+        f: impl FnOnce(*mut u8),
+    ) -> Result<()> {
+        let slots = self.sizes.ring_slots;
+        if u64::from(base) + len as u64 > u64::from(slots) {
+            return Err(DataplaneError::RingOutside { base, len, slots });
+        }
         let name = names::RINGS;
         let aya::maps::Map::Array(rings) = self.map(name)? else {
             return Err(DataplaneError::MissingMap { name });
@@ -628,23 +657,22 @@ impl Dataplane {
             source: aya::maps::MapError::IoError(e.into()),
         };
         let page = page_size();
-        // An array map lays its values out 8 bytes apart: a slot is a u32 and 4 bytes of padding.
-        let mut bytes = vec![0u8; table.len() * 8];
-        for (slot, b) in bytes.chunks_exact_mut(8).zip(table) {
-            slot[..4].copy_from_slice(&b.to_ne_bytes());
-        }
         let start = base as usize * 8;
         let offset = start / page * page;
-        let Some(len) = std::num::NonZeroUsize::new(start - offset + bytes.len()) else {
+        let Some(map_len) = std::num::NonZeroUsize::new(start - offset + len * 8) else {
             return Ok(());
         };
-        let prot = nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE;
-        // SAFETY: a fresh shared mapping of the map's pages [offset, offset + len), which the
-        // kernel checks against the map's size; nothing else in this process refers to it.
+        let prot = if writable {
+            nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE
+        } else {
+            nix::sys::mman::ProtFlags::PROT_READ
+        };
+        // SAFETY: a fresh shared mapping of the map's pages [offset, offset + map_len), which
+        // the kernel checks against the map's size; nothing else in this process refers to it.
         let at = unsafe {
             nix::sys::mman::mmap(
                 None,
-                len,
+                map_len,
                 prot,
                 nix::sys::mman::MapFlags::MAP_SHARED,
                 rings.fd(),
@@ -652,11 +680,10 @@ impl Dataplane {
             )
         }
         .map_err(os)?;
-        // SAFETY: the mapping is `len` bytes long and the ring lies at its end.
+        // SAFETY: the mapping is `map_len` bytes long and the slots lie at its end.
         unsafe {
-            let dst = at.as_ptr().cast::<u8>().add(start - offset);
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
-            nix::sys::mman::munmap(at, len.get()).map_err(os)?;
+            f(at.as_ptr().cast::<u8>().add(start - offset));
+            nix::sys::mman::munmap(at, map_len.get()).map_err(os)?;
         }
         Ok(())
     }

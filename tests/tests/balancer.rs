@@ -266,3 +266,51 @@ fn a_listener_balances_by_its_table_size_and_a_resize_keeps_established_flows() 
     );
     assert_eq!(entry(&mut lb), back);
 }
+
+/// Removes a pin directory when dropped, the test failed or not.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_restarted_agent_keeps_the_live_and_the_previous_table() {
+    let targets: Vec<IpAddr> = (1..=3)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(198, 18, 1, 10 + i)))
+        .collect();
+    let (before, after) = (sized(&targets[..2], 13), sized(&targets, 13));
+    let dir = PinDir(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/xlb-test-restart-{}",
+        std::process::id()
+    )));
+    let sizes = Sizes::of(&after.node);
+    let (was, live, previous) = {
+        let dp = Dataplane::load_pinned(sizes, Some(&dir.0)).expect("pin the maps");
+        let mut lb = Balancer::new(dp).expect("balancer");
+        lb.apply(&before).expect("apply");
+        lb.apply(&after).expect("a target added");
+        let m = entry(&mut lb);
+        let dp = lb.dataplane();
+        let live = dp.read_ring(m.ring_base, 13).expect("live table");
+        let previous = dp.read_ring(m.prev_base, 13).expect("previous table");
+        assert_ne!(live, previous, "the target changed the table");
+        (m, live, previous)
+    };
+    // The next agent, on the same pins and the same config: nothing moves, so a flow that
+    // changes node now still gets its second chance.
+    let dp = Dataplane::load_pinned(sizes, Some(&dir.0)).expect("re-open the pins");
+    let mut lb = Balancer::new(dp).expect("balancer");
+    lb.apply(&after).expect("apply after the restart");
+    let now = entry(&mut lb);
+    assert_eq!(now, was);
+    let dp = lb.dataplane();
+    assert_eq!(dp.read_ring(now.ring_base, 13).expect("live"), live);
+    assert_eq!(dp.read_ring(now.prev_base, 13).expect("previous"), previous);
+    // Another config after the restart: the table it replaces becomes the previous one.
+    lb.apply(&before).expect("a target removed");
+    let next = entry(&mut lb);
+    assert_eq!((next.prev_base, next.prev_size), (was.ring_base, 13));
+}
