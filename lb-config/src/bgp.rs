@@ -3,7 +3,7 @@
 //! xlb writes the daemon's config file and asks it to reload; it never speaks BGP itself.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
 
@@ -38,6 +38,31 @@ pub struct Bgp {
     #[serde(default)]
     pub communities: Vec<String>,
     /// MULTI_EXIT_DISC on every announced VIP.
+    #[serde(default)]
+    pub med: Option<u32>,
+    /// The next hop announced to IPv4 peers; unset, the address of this node's session.
+    #[serde(default)]
+    pub next_hop_v4: Option<Ipv4Addr>,
+    /// The next hop announced to IPv6 peers; unset, the address of this node's session.
+    #[serde(default)]
+    pub next_hop_v6: Option<Ipv6Addr>,
+    /// Attributes of some VIPs, over the ones above: by VIP address, since BGP announces
+    /// addresses (every listener on one address shares its route).
+    #[serde(default)]
+    pub vips: Vec<VipAttributes>,
+}
+
+/// `[[node.bgp.vips]]`: one VIP address's own attributes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VipAttributes {
+    /// A listener's address.
+    pub address: IpAddr,
+    /// Communities added to the node's, `"ASN:VALUE"`.
+    #[serde(default)]
+    pub communities: Vec<String>,
+    /// MULTI_EXIT_DISC instead of the node's: a higher one makes routers prefer other nodes
+    /// for this VIP.
     #[serde(default)]
     pub med: Option<u32>,
 }
@@ -95,7 +120,38 @@ impl Bgp {
         for (i, c) in self.communities.iter().enumerate() {
             community(c).map_err(|m| Refusal::new(format!("node.bgp.communities[{i}]"), m))?;
         }
+        for (i, v) in self.vips.iter().enumerate() {
+            if self.vips[..i].iter().any(|w| w.address == v.address) {
+                return Err(Refusal::new(
+                    format!("node.bgp.vips[{i}].address"),
+                    format!("{} already has attributes in node.bgp.vips", v.address),
+                ));
+            }
+            for (j, c) in v.communities.iter().enumerate() {
+                community(c)
+                    .map_err(|m| Refusal::new(format!("node.bgp.vips[{i}].communities[{j}]"), m))?;
+            }
+        }
         Ok(())
+    }
+
+    /// Refuses attributes for an address no listener announced over BGP has (`announced`: the
+    /// XDP listeners' addresses).
+    pub(crate) fn check_vips(&self, announced: &[IpAddr]) -> Result<(), Refusal> {
+        match self
+            .vips
+            .iter()
+            .position(|v| !announced.contains(&v.address))
+        {
+            Some(i) => Err(Refusal::new(
+                format!("node.bgp.vips[{i}].address"),
+                format!(
+                    "{} is no L4 listener's address: only those are announced",
+                    self.vips[i].address
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 }
 

@@ -30,7 +30,7 @@ mod locate;
 mod node;
 mod tls;
 
-use std::{collections::BTreeSet, path::Path};
+use std::{collections::BTreeSet, net::IpAddr, path::Path};
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -184,6 +184,10 @@ impl Config {
             tg.validate(&at)?;
         }
         listener::validate(self)?;
+        if let Some(bgp) = &self.node.bgp {
+            let announced: Vec<IpAddr> = self.xdp_listeners().map(|l| l.address).collect();
+            bgp.check_vips(&announced)?;
+        }
         http::validate(self)
     }
 

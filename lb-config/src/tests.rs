@@ -928,6 +928,46 @@ fn bgp_settings_are_checked_and_refusals_name_the_key() {
 }
 
 #[test]
+fn bgp_next_hops_and_a_vips_own_attributes_are_checked_against_the_listeners() {
+    let with = |extra: &str| {
+        GOOD.replacen(
+            "[node]\ninterface = \"eth0\"\n",
+            &format!(
+                "[node]\ninterface = \"eth0\"\n\n[node.bgp]\nlocal_as = 65001\n\
+                 router_id = \"198.18.1.2\"\npeers = [{{ address = \"198.18.1.1\", remote_as = 65000 }}]\n\
+                 next_hop_v4 = \"198.18.1.9\"\n{extra}\n"
+            ),
+            1,
+        )
+    };
+    let vip =
+        "[[node.bgp.vips]]\naddress = \"198.18.100.1\"\ncommunities = [\"65001:200\"]\nmed = 50\n";
+    let c = Config::parse(&with(vip), "x.toml").unwrap();
+    let bgp = c.node.bgp.as_ref().unwrap();
+    assert_eq!(bgp.next_hop_v4, Some("198.18.1.9".parse().unwrap()));
+    assert_eq!((bgp.vips.len(), bgp.vips[0].med), (1, Some(50)));
+    for (text, expect) in [
+        (
+            vip.replace("198.18.100.1", "198.18.100.7"),
+            "line 11: node.bgp.vips[0].address: 198.18.100.7 is no L4 listener's address",
+        ),
+        (
+            format!("{vip}{vip}"),
+            "node.bgp.vips[1].address: 198.18.100.1 already has attributes in node.bgp.vips",
+        ),
+        (
+            vip.replace("65001:200", "65001:x"),
+            "node.bgp.vips[0].communities[0]: \"65001:x\" is not a community",
+        ),
+    ] {
+        let e = Config::parse(&with(&text), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expect), "{text}: {e}");
+    }
+}
+
+#[test]
 fn certificate_paths_are_relative_to_the_config_files_directory() {
     let dir = std::env::temp_dir().join(format!("xlb-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

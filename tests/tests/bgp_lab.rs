@@ -111,7 +111,8 @@ fn the_router_learns_a_vip_while_the_node_can_serve_it() {
         "[node]\ninterface = \"eth0\"\nmtu = 1600\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n\n\
          [node.bgp]\nlocal_as = 65001\nrouter_id = \"{LB_V4}\"\n\
          peers = [{{ address = \"{ROUTER_V4}\", remote_as = 65000 }}]\n\
-         config_file = \"{}\"\ncontrol_socket = \"{}\"\n\n\
+         config_file = \"{}\"\ncontrol_socket = \"{}\"\nmed = 10\n\n\
+         [[node.bgp.vips]]\naddress = \"{VIP_V4}\"\ncommunities = [\"65001:200\"]\nmed = 50\n\n\
          [[target_groups]]\nname = \"web\"\nprotocol = \"TCP\"\nport = 80\n\
          targets = [{{ id = \"{}\" }}]\n\
          attributes = {{ \"deregistration_delay.timeout_seconds\" = \"2\" }}\n\n\
@@ -134,6 +135,28 @@ fn the_router_learns_a_vip_while_the_node_can_serve_it() {
     std::fs::write(&path, config).unwrap();
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &path).expect("xlb run");
     wait_route(&lab, &router_ctl, true, "announced once the agent serves");
+    // With the VIP's own attributes: its MED over the node's, its community.
+    let all = lab
+        .command(
+            Role::Router,
+            &[
+                "birdc",
+                "-s",
+                router_ctl.to_str().unwrap(),
+                "show",
+                "route",
+                "all",
+                "for",
+                &format!("{VIP_V4}/32"),
+            ],
+        )
+        .output()
+        .expect("birdc");
+    let all = String::from_utf8_lossy(&all.stdout);
+    assert!(
+        all.contains("BGP.med: 50") && all.contains("(65001,200)"),
+        "{all}"
+    );
     // A VIP whose only target fails its checks (nobody on port 81) is never announced: the
     // datapath fails open to it, but the node does not offer it to the routers.
     assert!(

@@ -43,11 +43,13 @@ pub fn render(bgp: &Bgp, vips: &BTreeSet<IpAddr>) -> String {
         c,
         "  if proto = \"xlb_vips4\" || proto = \"xlb_vips6\" then {{"
     );
-    for (asn, value) in bgp.communities.iter().filter_map(|t| community(t).ok()) {
-        let _ = writeln!(c, "    bgp_community.add(({asn}, {value}));");
-    }
-    if let Some(med) = bgp.med {
-        let _ = writeln!(c, "    bgp_med = {med};");
+    attributes(&mut c, "    ", &bgp.communities, bgp.med);
+    // A VIP's own attributes, over the node's.
+    for v in &bgp.vips {
+        let len = if v.address.is_ipv4() { 32 } else { 128 };
+        let _ = writeln!(c, "    if net = {}/{len} then {{", v.address);
+        attributes(&mut c, "      ", &v.communities, v.med);
+        let _ = writeln!(c, "    }}");
     }
     let _ = writeln!(c, "    accept;\n  }}\n  reject;\n}}");
     for (i, p) in bgp.peers.iter().enumerate() {
@@ -61,14 +63,30 @@ pub fn render(bgp: &Bgp, vips: &BTreeSet<IpAddr>) -> String {
         if bgp.bfd {
             let _ = writeln!(c, "  bfd on;");
         }
-        let family = if p.address.is_ipv4() { "ipv4" } else { "ipv6" };
+        let (family, next_hop) = match p.address {
+            IpAddr::V4(_) => ("ipv4", bgp.next_hop_v4.map(IpAddr::V4)),
+            IpAddr::V6(_) => ("ipv6", bgp.next_hop_v6.map(IpAddr::V6)),
+        };
+        let next_hop = next_hop.map_or("next hop self".to_owned(), |a| {
+            format!("next hop address {a}")
+        });
         let _ = writeln!(
             c,
-            "  {family} {{ import none; export filter xlb_export; next hop self; }};"
+            "  {family} {{ import none; export filter xlb_export; {next_hop}; }};"
         );
         let _ = writeln!(c, "}}");
     }
     c
+}
+
+/// The filter statements that set `communities` (added) and `med`, each line after `indent`.
+fn attributes(c: &mut String, indent: &str, communities: &[String], med: Option<u32>) {
+    for (asn, value) in communities.iter().filter_map(|t| community(t).ok()) {
+        let _ = writeln!(c, "{indent}bgp_community.add(({asn}, {value}));");
+    }
+    if let Some(med) = med {
+        let _ = writeln!(c, "{indent}bgp_med = {med};");
+    }
 }
 
 /// Writes BIRD's config for `vips` and has BIRD reload it.
@@ -125,7 +143,7 @@ pub async fn announcer(bgp: Bgp, mut vips: watch::Receiver<BTreeSet<IpAddr>>) {
 
 #[cfg(test)]
 mod tests {
-    use lb_config::bgp::Peer;
+    use lb_config::bgp::{Peer, VipAttributes};
 
     use super::*;
 
@@ -147,6 +165,13 @@ mod tests {
             bfd: true,
             communities: vec!["65001:100".into()],
             med: Some(10),
+            next_hop_v4: None,
+            next_hop_v6: Some("2001:db8:2::99".parse().unwrap()),
+            vips: vec![VipAttributes {
+                address: "198.18.100.1".parse().unwrap(),
+                communities: vec!["65001:200".into()],
+                med: Some(50),
+            }],
         };
         let vips: BTreeSet<IpAddr> = ["198.18.100.1", "2001:db8:100::1"]
             .iter()
@@ -163,12 +188,30 @@ mod tests {
             "  neighbor 198.18.1.1 as 65000;",
             "  ipv4 { import none; export filter xlb_export; next hop self; };",
             "  neighbor 2001:db8:2::1 as 65000;",
-            "  ipv6 { import none; export filter xlb_export; next hop self; };",
+            "  ipv6 { import none; export filter xlb_export; next hop address 2001:db8:2::99; };",
+            "    if net = 198.18.100.1/32 then {",
+            "      bgp_community.add((65001, 200));",
+            "      bgp_med = 50;",
             "  hold time 3;",
             "  bfd on;",
         ] {
             assert!(c.lines().any(|l| l == line), "{line:?} not in\n{c}");
         }
+        // BIRD itself takes the file (`bird -p` parses it and stops).
+        let file = std::env::temp_dir().join(format!("xlb-bird-{}.conf", std::process::id()));
+        std::fs::write(&file, &c).unwrap();
+        let parsed = std::process::Command::new("bird")
+            .arg("-p")
+            .arg("-c")
+            .arg(&file)
+            .output();
+        let _ = std::fs::remove_file(&file);
+        let parsed = parsed.expect("run bird (cargo xtask setup installs bird2)");
+        assert!(
+            parsed.status.success(),
+            "BIRD refused the file: {}\n{c}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
         // Nothing to serve: the peers stay, the routes go.
         let none = render(&bgp, &BTreeSet::new());
         assert!(!none.contains("route "), "{none}");
