@@ -284,6 +284,21 @@ impl L7Metrics {
                 "HTTP/1 requests that do not comply with RFC 7230, per listener (DesyncMitigationMode_NonCompliant_Request_Count)",
                 &self.desync,
             ),
+            (
+                "tcp_client_reset_count",
+                "Connections of the user-space proxy that their client reset (TCP_Client_Reset_Count)",
+                &self.client_resets,
+            ),
+            (
+                "tcp_target_reset_count",
+                "Connections of the user-space proxy that their target reset (TCP_Target_Reset_Count)",
+                &self.target_resets,
+            ),
+            (
+                "target_tls_negotiation_error_count",
+                "TLS handshakes with targets that failed (TargetTLSNegotiationErrorCount)",
+                &self.target_tls_errors,
+            ),
         ];
         for (name, help, family) in counters {
             reg.register(name, help, family.clone());
@@ -303,26 +318,6 @@ impl L7Metrics {
                 format!("Open connections per {upper} listener of the user-space proxy (ActiveFlowCount_{upper})"),
                 active.clone(),
             );
-        }
-        let stream_counters = [
-            (
-                "tcp_client_reset_count",
-                "Connections of the user-space proxy that their client reset (TCP_Client_Reset_Count)",
-                &self.client_resets,
-            ),
-            (
-                "tcp_target_reset_count",
-                "Connections of the user-space proxy that their target reset (TCP_Target_Reset_Count)",
-                &self.target_resets,
-            ),
-            (
-                "target_tls_negotiation_error_count",
-                "TLS handshakes with targets that failed (TargetTLSNegotiationErrorCount)",
-                &self.target_tls_errors,
-            ),
-        ];
-        for (name, help, family) in stream_counters {
-            reg.register(name, help, family.clone());
         }
     }
 

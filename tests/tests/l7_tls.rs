@@ -42,13 +42,6 @@ fn https(pki: &Pki, name: &str, port: u16, extra: &[&str]) -> l7_support::Reply 
     curl(&args)
 }
 
-fn subject(r: &l7_support::Reply) -> &str {
-    r.stderr
-        .lines()
-        .find_map(|l| l.split_once(" subject: ").map(|(_, s)| s))
-        .unwrap_or("")
-}
-
 #[test]
 fn sni_picks_the_certificate_and_alpn_negotiates_h2() {
     let pki = Pki::new("sni");
@@ -70,9 +63,9 @@ fn sni_picks_the_certificate_and_alpn_negotiates_h2() {
         let r = https(&pki, name, tls_port, &["--http1.1"]);
         assert_eq!((r.exit, r.status), (0, 200), "{name}: {}", r.stderr);
         assert!(
-            subject(&r).contains(&format!("CN={cn}")),
+            r.subject().contains(&format!("CN={cn}")),
             "{name}: {}",
-            subject(&r)
+            r.subject()
         );
         assert_eq!(r.version, "1.1");
         assert!(r.body.contains("x-forwarded-proto: https"), "{}", r.body);
@@ -87,7 +80,7 @@ fn sni_picks_the_certificate_and_alpn_negotiates_h2() {
     let r = https(&pki, "other.example.org", tls_port, &[]);
     assert_eq!(r.exit, 60, "{}", r.stderr);
     assert!(
-        subject(&r).contains("CN=default.example.com"),
+        r.subject().contains("CN=default.example.com"),
         "{}",
         r.stderr
     );
@@ -96,7 +89,7 @@ fn sni_picks_the_certificate_and_alpn_negotiates_h2() {
     let r = curl(&["-k", &url]);
     assert_eq!(r.status, 200, "{}", r.stderr);
     assert!(
-        subject(&r).contains("CN=default.example.com"),
+        r.subject().contains("CN=default.example.com"),
         "{}",
         r.stderr
     );

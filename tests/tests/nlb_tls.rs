@@ -66,13 +66,6 @@ fn alpn_of(out: &str) -> &str {
         .unwrap_or("no ALPN line")
 }
 
-fn subject(r: &l7_support::Reply) -> &str {
-    r.stderr
-        .lines()
-        .find_map(|l| l.split_once(" subject: ").map(|(_, s)| s))
-        .unwrap_or("")
-}
-
 #[test]
 fn tls_listener_picks_the_certificate_by_sni_and_the_protocol_by_its_alpn_policy() {
     let pki = Pki::new("nlb-sni");
@@ -109,7 +102,7 @@ fn tls_listener_picks_the_certificate_by_sni_and_the_protocol_by_its_alpn_policy
         let url = format!("https://{name}:{}/hello", ports[4]);
         let r = curl(&["--cacert", path(&ca), "--resolve", &resolve, &url]);
         assert_eq!((r.exit, r.status), (0, 200), "{name}: {}", r.stderr);
-        assert!(subject(&r).contains(&format!("CN={cn}")), "{}", r.stderr);
+        assert!(r.subject().contains(&format!("CN={cn}")), "{}", r.stderr);
         assert_eq!(r.backend(), "web", "{}", r.body);
         assert!(r.body.contains("GET /hello HTTP/1.1"), "{}", r.body);
     }
@@ -118,7 +111,7 @@ fn tls_listener_picks_the_certificate_by_sni_and_the_protocol_by_its_alpn_policy
     let r = curl(&["-k", &url]);
     assert_eq!(r.status, 200, "{}", r.stderr);
     assert!(
-        subject(&r).contains("CN=default.example.com"),
+        r.subject().contains("CN=default.example.com"),
         "{}",
         r.stderr
     );

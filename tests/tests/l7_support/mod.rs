@@ -304,6 +304,14 @@ impl Reply {
     pub fn backend(&self) -> &str {
         self.body.lines().next().unwrap_or("")
     }
+
+    /// The subject of the server certificate, from curl's `-v` output.
+    pub fn subject(&self) -> &str {
+        self.stderr
+            .lines()
+            .find_map(|l| l.split_once(" subject: ").map(|(_, s)| s))
+            .unwrap_or("")
+    }
 }
 
 /// Runs curl with `args` (10 s at most) and parses the last response's head and body.
