@@ -26,9 +26,10 @@ const AF_INET_KERNEL: u8 = 2;
 const AF_INET6_KERNEL: u8 = 10;
 const TUNNEL_TTL: u8 = 64;
 
-/// Sends the packet to the chosen backend the way its VIP says. With `SECOND`, the tunnel also
-/// names `prev`, the previous table's target (a second chance, see `conntrack`); without, `prev`
-/// is not read. Two copies of the path, so that the established one keeps its code.
+/// Sends the packet to the chosen backend the way its VIP says: `Ok` when it is on its way there.
+/// With `SECOND`, the tunnel also names `prev`, the previous table's target (a second chance, see
+/// `conntrack`); without, `prev` is not read. Two copies of the path, so that the established one
+/// keeps its code.
 #[inline(always)]
 pub fn forward<const SECOND: bool>(
     ctx: &XdpContext,
@@ -48,7 +49,10 @@ pub fn forward<const SECOND: bool>(
         if cfg.flags & CONFIG_F_NO_PTB != 0 || !p.dont_fragment {
             return Err(Verdict::drop(Reason::DropTooBig));
         }
-        return icmp::too_big(ctx, p, cfg.mtu - outer_len as u16);
+        // The answer ends the packet's way here: `Err`, so that it is not counted as sent.
+        return Err(match icmp::too_big(ctx, p, cfg.mtu - outer_len as u16) {
+            Ok(v) | Err(v) => v,
+        });
     }
     // One branch on the target's family, into two copies of the path with the family a
     // constant, rather than a branch on it at every field that differs.
@@ -113,8 +117,24 @@ fn encapsulate<const V4: bool, const SECOND: bool>(
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
         return Err(Verdict::drop(Reason::DropAdjust));
     }
+    // One bounds check for all that is written: the new Ethernet header, the old one `outer_len`
+    // bytes in (at most 18 bytes, VLAN tag included), and the outer IP header between them.
+    let short = Verdict::drop(Reason::DropAdjust);
+    let frame = ptr_at::<[u8; 18]>(ctx, outer_len)
+        .ok_or(short)?
+        .cast::<u8>()
+        .wrapping_sub(outer_len);
     let outer_type = if v4 { ETH_P_IP } else { ETH_P_IPV6 };
-    l2::write(ctx, hop.macs, outer_len, p.l3_off > EthHdr::LEN, outer_type)?;
+    // SAFETY: `frame` is valid for `outer_len + 18` bytes, and `outer_len` is at least 20.
+    unsafe {
+        l2::write_at(
+            frame,
+            hop.macs,
+            outer_len,
+            p.l3_off > EthHdr::LEN,
+            outer_type,
+        )
+    };
     let inner_proto = if p.key.family == AF_INET {
         IPPROTO_IPIP
     } else {
@@ -124,7 +144,8 @@ fn encapsulate<const V4: bool, const SECOND: bool>(
     // access, see `build.rs`): no copy of it on the stack. Words are built in memory order, so
     // as little-endian integers; the one's complement sum does not depend on the byte order.
     let hash_be = choice.hash.to_be();
-    let short = Verdict::drop(Reason::DropAdjust);
+    // SAFETY: inside the checked bytes: `l3_off` is at most 18.
+    let ip = unsafe { frame.add(p.l3_off) }.cast::<u32>();
     if v4 {
         let total = (p.ip_len as usize + outer_len) as u16;
         // RFC 2003: copy the inner DF bit to the outer header.
@@ -150,19 +171,16 @@ fn encapsulate<const V4: bool, const SECOND: bool>(
             // SAFETY: `Backend` holds the bytes; a read of any alignment.
             let o1 = unsafe { prev.addr.as_ptr().cast::<u32>().read_unaligned() };
             sum += o0 as u64 + o1 as u64;
-            let opt: *mut [u32; 2] = ptr_at(ctx, p.l3_off + Ipv4Hdr::LEN).ok_or(short)?;
-            // SAFETY: bounds checked by `ptr_at`.
+            // SAFETY: inside the checked bytes, right after the fixed header.
             unsafe {
-                let opt = opt.cast::<u32>();
+                let opt = ip.add(5);
                 opt.write_unaligned(o0);
                 opt.add(1).write_unaligned(o1);
             }
         }
         let w2 = w2 | (csum::fold(sum) as u32) << 16;
-        let ip: *mut [u32; 5] = ptr_at(ctx, p.l3_off).ok_or(short)?;
-        // SAFETY: bounds checked by `ptr_at`.
+        // SAFETY: inside the checked bytes.
         unsafe {
-            let ip = ip.cast::<u32>();
             ip.write_unaligned(w0);
             ip.add(1).write_unaligned(w1);
             ip.add(2).write_unaligned(w2);
@@ -170,16 +188,14 @@ fn encapsulate<const V4: bool, const SECOND: bool>(
             ip.add(4).write_unaligned(dst);
         }
     } else {
-        let ip: *mut [u32; 10] = ptr_at(ctx, p.l3_off).ok_or(short)?;
         let next = if SECOND { IPV6_DSTOPTS } else { inner_proto };
         // Version 6, traffic class 0, flow label from the flow hash (receivers and ECMP spread
         // on it); payload length, next header, hop limit.
         let w0 = 0x60 | hash_be & 0xffff_0f00;
         let payload = p.ip_len + extra as u16;
         let w1 = (payload.to_be() as u32) | (next as u32) << 16 | (TUNNEL_TTL as u32) << 24;
-        // SAFETY: bounds checked by `ptr_at`; `Config` and `Backend` hold the bytes read.
+        // SAFETY: inside the checked bytes; `Config` and `Backend` hold the bytes read.
         unsafe {
-            let ip = ip.cast::<u32>();
             ip.write_unaligned(w0);
             ip.add(1).write_unaligned(w1);
             // Source: the configured prefix's first 12 bytes, then the flow hash.
@@ -193,11 +209,10 @@ fn encapsulate<const V4: bool, const SECOND: bool>(
             ip.add(8).cast::<u64>().write_unaligned(d1);
         }
         if SECOND {
-            let opt: *mut [u32; 6] = ptr_at(ctx, p.l3_off + Ipv6Hdr::LEN).ok_or(short)?;
             let [a0, a1] = words(&prev.addr);
-            // SAFETY: bounds checked by `ptr_at`.
+            // SAFETY: inside the checked bytes, right after the fixed header.
             unsafe {
-                let opt = opt.cast::<u32>();
+                let opt = ip.add(10);
                 // Next header (the tunnel's), length in 8-byte units after the first 8; the
                 // option: type, length 16, the previous target's address; a PadN of 4.
                 opt.write_unaligned(
@@ -239,24 +254,28 @@ fn next_hop(
         // SAFETY: a per-CPU slot: only this CPU uses it while the program runs.
         let c = unsafe { &mut *c };
         if now < c.expires_ns && c.ingress == ingress && c.addr == words(&b.addr) {
-            return Ok(hop(ingress, c));
+            return Ok(hop(c));
         }
         match fib(ctx, ingress, b, v4) {
             Ok(fib) => {
                 c.addr = words(&b.addr);
                 c.expires_ns = now + NEXT_HOP_TTL_NS;
                 c.ingress = ingress;
-                c.ifindex = fib.ifindex;
+                c.redirect = if fib.ifindex == ingress {
+                    0
+                } else {
+                    fib.ifindex
+                };
                 c.macs[..6].copy_from_slice(&fib.dmac);
                 c.macs[6..].copy_from_slice(&fib.smac);
-                return Ok(hop(ingress, c));
+                return Ok(hop(c));
             }
             // A route, but no neighbour entry yet: the kernel resolves it (ARP, neighbour
             // discovery) as it forwards this packet; the next ones find it. Not cached.
             Err(rc) if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 => {
                 return Ok(NextHop {
                     macs: Macs::Kernel,
-                    redirect: None,
+                    redirect: 0,
                 });
             }
             Err(_) => {}
@@ -267,7 +286,7 @@ fn next_hop(
     }
     Ok(NextHop {
         macs: Macs::Gateway(&cfg.gateway_mac),
-        redirect: None,
+        redirect: 0,
     })
 }
 
@@ -278,12 +297,12 @@ fn words(a: &Addr) -> [u64; 2] {
     unsafe { core::mem::transmute::<Addr, [u64; 2]>(*a) }
 }
 
-/// The hop a cached FIB answer gives, for a packet that came in on `ingress`.
+/// The hop a cached FIB answer gives.
 #[inline(always)]
-fn hop(ingress: u32, c: &CachedHop) -> NextHop {
+fn hop(c: &CachedHop) -> NextHop {
     NextHop {
         macs: Macs::Resolved(&c.macs),
-        redirect: (c.ifindex != ingress).then_some(c.ifindex),
+        redirect: c.redirect,
     }
 }
 

@@ -24,8 +24,8 @@ pub enum Macs {
 #[derive(Clone, Copy)]
 pub struct NextHop {
     pub macs: Macs,
-    /// Another interface to redirect to; `None` sends it back out with `XDP_TX`.
-    pub redirect: Option<u32>,
+    /// Another interface to redirect to; 0 sends it back out with `XDP_TX`.
+    pub redirect: u32,
 }
 
 /// Writes the Ethernet header (and the VLAN tag the frame had) at the head of a frame whose
@@ -42,10 +42,21 @@ pub fn write(
 ) -> Result<(), Verdict> {
     let short = Verdict::drop(Reason::DropAdjust);
     let out: *mut [u8; 18] = ptr_at(ctx, 0).ok_or(short)?;
-    let old: *const [u8; 18] = ptr_at(ctx, moved).ok_or(short)?;
-    // SAFETY: both bounds checked by `ptr_at`; they do not overlap (`moved` >= 18).
+    ptr_at::<[u8; 18]>(ctx, moved).ok_or(short)?;
+    // SAFETY: both bounds checked by `ptr_at`.
+    unsafe { write_at(out.cast(), macs, moved, vlan, ether_type) };
+    Ok(())
+}
+
+/// [`write`] at `out`, the frame's first byte.
+///
+/// # Safety
+/// `out` is valid for `moved + 18` bytes, and `moved` is at least 18.
+#[inline(always)]
+pub unsafe fn write_at(out: *mut u8, macs: Macs, moved: usize, vlan: bool, ether_type: u16) {
+    // SAFETY: the caller's; the two headers do not overlap.
     unsafe {
-        let (out, old) = (out.cast::<u8>(), old.cast::<u8>());
+        let old = out.add(moved).cast_const();
         match macs {
             Macs::Resolved(m) => copy12(out, m.cast()),
             Macs::Gateway(dst) => {
@@ -66,7 +77,6 @@ pub fn write(
             out.add(12).cast::<u16>().write_unaligned(t);
         }
     }
-    Ok(())
 }
 
 /// Copies a `T` between unaligned places: one load and one store (the BPF backend is built to
@@ -115,15 +125,15 @@ pub fn send(hop: &NextHop, reason: Reason) -> Verdict {
     if let Macs::Kernel = hop.macs {
         return Verdict::pass(Reason::PassNoNeighbour);
     }
-    match hop.redirect {
-        Some(ifindex) => Verdict {
-            // SAFETY: a helper with plain integer arguments.
-            action: unsafe { bpf_redirect(ifindex, 0) } as u32,
-            reason,
-        },
-        None => Verdict {
+    if hop.redirect == 0 {
+        return Verdict {
             action: xdp_action::XDP_TX,
             reason,
-        },
+        };
+    }
+    Verdict {
+        // SAFETY: a helper with plain integer arguments.
+        action: unsafe { bpf_redirect(hop.redirect, 0) } as u32,
+        reason,
     }
 }

@@ -103,7 +103,8 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
 /// Counts a packet of listener `vip` that ends dropped in the listener's counters.
 #[inline(always)]
 fn counted(vip: &Vip, r: Result<Verdict, Verdict>) -> Result<Verdict, Verdict> {
-    if let Ok(v) | Err(v) = &r
+    // Only an `Err` can drop: `Ok` is a packet on its way to a target.
+    if let Err(v) = &r
         && v.action == xdp_action::XDP_DROP
     {
         stats::vip_dropped(vip.index);
@@ -150,13 +151,8 @@ fn send(
     }?;
     // Counted once the packet is on its way to the target (not when it was answered with
     // "too big" instead), by the datapath or by the kernel that resolves its next hop.
-    if matches!(
-        v.reason,
-        Reason::TxTunnel | Reason::TxSecondChance | Reason::TxDsr | Reason::PassNoNeighbour
-    ) {
-        stats::vip(vip.index, bytes, choice.new_flow);
-        stats::backend(choice.index, bytes);
-    }
+    stats::vip(vip.index, bytes, choice.new_flow);
+    stats::backend(choice.index, bytes);
     Ok(v)
 }
 

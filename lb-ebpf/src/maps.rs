@@ -56,8 +56,8 @@ pub struct CachedHop {
     pub expires_ns: u64,
     /// The interface the packet came in on: the FIB answer depends on it.
     pub ingress: u32,
-    /// Where the FIB sends it.
-    pub ifindex: u32,
+    /// Where the FIB sends it when that is another interface; 0 when it is `ingress`.
+    pub redirect: u32,
     /// The Ethernet addresses to write: the next hop's, then the egress interface's.
     pub macs: [u8; 12],
 }
