@@ -33,6 +33,7 @@ pub mod names {
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
+    pub const NAT_REPLIES: &str = "NAT_REPLIES";
     /// The maps the agent pins (they outlive it); the datapath's per-CPU scratch maps
     /// (`NEXT_HOPS`, `FIB_ARGS`) are not among them: a new agent starts them empty.
     pub const MAPS: &[&str] = &[
@@ -46,6 +47,7 @@ pub mod names {
         REASON_STATS,
         DECAP_ADDRS,
         DECAP_STATS,
+        NAT_REPLIES,
     ];
 }
 
@@ -147,6 +149,9 @@ pub const VIP_F_SOURCE_IP: u32 = 1 << 1;
 pub const VIP_F_ADDRESS_ONLY: u32 = 1 << 2;
 /// Do not answer echo requests to this address.
 pub const VIP_F_NO_ECHO: u32 = 1 << 3;
+/// Forward by NAT: the destination becomes the target's address and port, and the target's
+/// replies, routed back through this node, get the VIP's back (`NAT_REPLIES`).
+pub const VIP_F_NAT: u32 = 1 << 4;
 
 /// `BACKENDS` value, indexed by backend index (1-based; 0 means none).
 #[repr(C, align(8))]
@@ -158,8 +163,12 @@ pub struct Backend {
     pub flags: u8,
     /// The target's MAC, for L2 DSR.
     pub mac: [u8; 6],
+    /// NAT: the target's port, network byte order. 0 for other forwarding, which keeps the
+    /// listener's port.
+    pub port_be: u16,
+    pub _pad: [u8; 6],
 }
-const _: () = assert!(size_of::<Backend>() == 24);
+const _: () = assert!(size_of::<Backend>() == 32);
 
 /// The slot holds a target; established flows may keep using it. Cleared when the target is gone
 /// (after its deregistration delay), so flows pinned to it are re-balanced.
@@ -232,6 +241,19 @@ pub struct FlowState {
 }
 const _: () = assert!(size_of::<FlowState>() == 16);
 
+/// `NAT_REPLIES` key is the [`FlowKey`] of a reply as it arrives (target address and port →
+/// client address and port); this is its value: the listener the client sent to, which becomes
+/// the reply's source again.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatReply {
+    pub vip: Addr,
+    /// The listener's port, network byte order.
+    pub vport_be: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<NatReply>() == 24);
+
 /// `CONFIG[0]`: node-wide datapath settings written by the agent.
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
@@ -256,6 +278,8 @@ const _: () = assert!(size_of::<Config>() == 36);
 pub const CONFIG_F_NO_FIB: u16 = 1 << 0;
 /// Do not generate ICMP "fragmentation needed" / "packet too big" (drop and count instead).
 pub const CONFIG_F_NO_PTB: u16 = 1 << 1;
+/// Some listener forwards by NAT: TCP and UDP packets to no VIP are looked up in `NAT_REPLIES`.
+pub const CONFIG_F_NAT: u16 = 1 << 2;
 
 /// Packets and bytes, summed per CPU by the reader.
 #[repr(C)]
@@ -322,10 +346,16 @@ pub enum Reason {
     /// has no entry for, which the VIP's live and previous tables give different targets
     /// (second chance, see [`SECOND_CHANCE_OPTION`]).
     TxSecondChance,
+    /// Forwarded to a target by NAT (destination address and port rewritten).
+    TxNat,
+    /// A NAT target's reply, its source rewritten back to the listener's, sent to the client.
+    TxNatReply,
+    /// A packet to forward by NAT whose TTL (hop limit) would reach 0 on the way.
+    DropTtl,
 }
 
 impl Reason {
-    pub const COUNT: u32 = Reason::TxSecondChance as u32 + 1;
+    pub const COUNT: u32 = Reason::DropTtl as u32 + 1;
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::TxTunnel,
         Reason::TxDsr,
@@ -346,6 +376,9 @@ impl Reason {
         Reason::DropAdjust,
         Reason::PassNoNeighbour,
         Reason::TxSecondChance,
+        Reason::TxNat,
+        Reason::TxNatReply,
+        Reason::DropTtl,
     ];
 
     /// The snake_case name that `xlb stats` and the metrics print.
@@ -370,6 +403,9 @@ impl Reason {
             Reason::DropAdjust => "drop_adjust",
             Reason::PassNoNeighbour => "pass_no_neighbour",
             Reason::TxSecondChance => "tx_second_chance",
+            Reason::TxNat => "tx_nat",
+            Reason::TxNatReply => "tx_nat_reply",
+            Reason::DropTtl => "drop_ttl",
         }
     }
 }
@@ -470,6 +506,8 @@ mod user {
     unsafe impl aya::Pod for super::Counters {}
     // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
     unsafe impl aya::Pod for super::VipCounters {}
+    // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
+    unsafe impl aya::Pod for super::NatReply {}
     // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
     unsafe impl aya::Pod for super::bench::GenConfig {}
 }

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr, Backend, Config, Counters, DecapReason, FLOWS_DEFAULT, FlowKey, FlowState,
-    LISTENERS_DEFAULT, MAX_DECAP_ADDRS, RING_SIZE_DEFAULT, Reason, TARGETS_DEFAULT, VipCounters,
-    VipKey, VipMeta,
+    LISTENERS_DEFAULT, MAX_DECAP_ADDRS, NatReply, RING_SIZE_DEFAULT, Reason, TARGETS_DEFAULT,
+    VipCounters, VipKey, VipMeta,
 };
 
 /// VIP (address, port, protocol) → its index, flags and Maglev tables. Also holds per-address entries
@@ -33,6 +33,13 @@ pub static RINGS: Array<u32> =
 /// hot path). Datapath writes; the agent reads it to count flows per draining target.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(FLOWS_DEFAULT, BPF_F_NO_COMMON_LRU);
+
+/// A NAT target's reply as it arrives (target address and port → client address and port) → the
+/// listener it answers for. The datapath writes an entry with every flow it gives a NAT target;
+/// LRU, sized as `FLOWS`.
+#[map]
+pub static NAT_REPLIES: LruHashMap<FlowKey, NatReply> =
     LruHashMap::with_max_entries(FLOWS_DEFAULT, BPF_F_NO_COMMON_LRU);
 
 /// Backend index → the next hop the FIB gave for it, per CPU, for [`NEXT_HOP_TTL_NS`]: the FIB

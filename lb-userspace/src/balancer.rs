@@ -249,6 +249,8 @@ impl Balancer {
                         family,
                         flags: BACKEND_F_LIVE,
                         mac,
+                        port_be: 0,
+                        _pad: [0; 6],
                     },
                 )?;
                 targets.push((t.id, index, t.weight));
@@ -496,6 +498,8 @@ impl Balancer {
                     family,
                     flags: 0,
                     mac: [0; 6],
+                    port_be: 0,
+                    _pad: [0; 6],
                 },
             )?;
             self.backends.remove(&addr);

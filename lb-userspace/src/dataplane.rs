@@ -177,10 +177,11 @@ impl Sizes {
     }
 
     /// Entries of each map these sizes set (the others keep the object's).
-    fn entries(self) -> [(&'static str, u32); 7] {
+    fn entries(self) -> [(&'static str, u32); 8] {
         let (l, t) = (self.listeners.max(1), self.targets.max(1) + 1);
         [
             (names::FLOWS, self.flows.max(1)),
+            (names::NAT_REPLIES, self.flows.max(1)),
             (names::RINGS, self.ring_slots.max(1)),
             (names::VIPS, l * 4),
             (names::VIP_STATS, l),

@@ -258,6 +258,8 @@ impl Fixture {
             family,
             flags: BACKEND_F_LIVE,
             mac: BACKEND_MAC,
+            port_be: 0,
+            _pad: [0; 6],
         };
         self.dp.set_backend(index, &b).expect("set backend");
         index
@@ -276,6 +278,8 @@ impl Fixture {
                     family,
                     flags,
                     mac: BACKEND_MAC,
+                    port_be: 0,
+                    _pad: [0; 6],
                 },
             )
             .expect("set backend");

@@ -1118,6 +1118,8 @@ fn configure_lb(dp: &mut Dataplane, no_fib: bool) -> Result<()> {
                     family: fam,
                     flags: BACKEND_F_LIVE,
                     mac: MAC_GEN,
+                    port_be: 0,
+                    _pad: [0; 6],
                 },
             )?;
             keys.push(a);
