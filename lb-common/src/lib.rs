@@ -250,7 +250,9 @@ pub struct NatReply {
     pub vip: Addr,
     /// The listener's port, network byte order.
     pub vport_be: u16,
-    pub _pad: [u8; 6],
+    /// Padding as two integers: a zeroed byte array compiles to a call of a byte-wise `memset`.
+    pub _pad16: u16,
+    pub _pad32: u32,
 }
 const _: () = assert!(size_of::<NatReply>() == 24);
 

@@ -14,7 +14,7 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    BACKEND_F_LIVE, Backend, FlowKey, FlowState, Reason, UDP_FLOW_TIMEOUT_NS, VIP_F_DSR,
+    BACKEND_F_LIVE, Backend, FlowKey, FlowState, Reason, UDP_FLOW_TIMEOUT_NS, VIP_F_DSR, VIP_F_NAT,
     VIP_F_SOURCE_IP,
     hash::{flow_hash, source_hash},
 };
@@ -132,7 +132,8 @@ pub fn choose<const UDP: bool>(
     }
     let h = hash(vip, key);
     let (index, backend) = ring(vip, h)?;
-    let second = if !syn && !udp && vip.flags & VIP_F_DSR == 0 {
+    // Only tunnelled flows have a second chance: the target's `xlb_decap` gives it.
+    let second = if !syn && !udp && vip.flags & (VIP_F_DSR | VIP_F_NAT) == 0 {
         previous(key, h, index, backend)
     } else {
         None

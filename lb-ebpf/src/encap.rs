@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     AF_INET, Addr, Backend, CONFIG_F_NO_FIB, CONFIG_F_NO_PTB, Config, IPPROTO_IPIP, IPPROTO_IPV6,
-    Reason, SECOND_CHANCE_OPTION, SECOND_CHANCE_V4_LEN, SECOND_CHANCE_V6_LEN, VIP_F_DSR,
+    Reason, SECOND_CHANCE_OPTION, SECOND_CHANCE_V4_LEN, SECOND_CHANCE_V6_LEN, VIP_F_DSR, VIP_F_NAT,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
@@ -17,6 +17,7 @@ use crate::{
     csum, icmp,
     l2::{self, Macs, NextHop},
     maps::{CachedHop, FIB_ARGS, NEXT_HOP_TTL_NS, NEXT_HOPS},
+    nat,
     parse::{ETH_P_IP, ETH_P_IPV6, IPV6_DSTOPTS, Packet, ptr_at},
     verdict::Verdict,
     vip::Vip,
@@ -40,8 +41,12 @@ pub fn forward<const SECOND: bool>(
     prev: &Backend,
 ) -> Result<Verdict, Verdict> {
     let b = choice.backend;
-    if vip.flags & VIP_F_DSR != 0 {
-        return dsr(ctx, b);
+    // One test on the tunnel's path for both other ways.
+    if vip.flags & (VIP_F_DSR | VIP_F_NAT) != 0 {
+        if vip.flags & VIP_F_DSR != 0 {
+            return dsr(ctx, b);
+        }
+        return nat::forward(ctx, p, choice, cfg);
     }
     let v4 = b.family == AF_INET;
     let outer_len = if v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
@@ -238,7 +243,7 @@ fn encapsulate<const V4: bool, const SECOND: bool>(
 /// The next hop toward `b` (backend `index`): the kernel FIB (route and neighbour), cached per
 /// CPU for a second, else the configured gateway. `v4`: `b` is an IPv4 target.
 #[inline(always)]
-fn next_hop(
+pub fn next_hop(
     ctx: &XdpContext,
     cfg: &Config,
     index: u32,
@@ -256,7 +261,7 @@ fn next_hop(
         if now < c.expires_ns && c.ingress == ingress && c.addr == words(&b.addr) {
             return Ok(hop(c));
         }
-        match fib(ctx, ingress, b, v4) {
+        match fib(ctx, ingress, &b.addr, v4) {
             Ok(fib) => {
                 c.addr = words(&b.addr);
                 c.expires_ns = now + NEXT_HOP_TTL_NS;
@@ -281,6 +286,51 @@ fn next_hop(
             Err(_) => {}
         }
     }
+    gateway(cfg)
+}
+
+/// The next hop toward `dst` (a client's address, for NAT replies): the kernel FIB, asked for
+/// every packet, else the configured gateway.
+#[inline(always)]
+pub fn route(ctx: &XdpContext, cfg: &Config, dst: &Addr, v4: bool) -> Result<NextHop, Verdict> {
+    if cfg.flags & CONFIG_F_NO_FIB == 0 {
+        let ingress = ctx.ingress_ifindex() as u32;
+        match fib(ctx, ingress, dst, v4) {
+            Ok(fib) => {
+                // SAFETY: the per-CPU slot `fib` points into, used only by this CPU; its `macs`
+                // field holds what `Macs::Resolved` reads, next hop first.
+                let macs = unsafe {
+                    let args = &mut *FIB_ARGS
+                        .get_ptr_mut(0)
+                        .ok_or(Verdict::drop(Reason::DropNoRoute))?;
+                    args.macs[..6].copy_from_slice(&fib.dmac);
+                    args.macs[6..].copy_from_slice(&fib.smac);
+                    &args.macs
+                };
+                return Ok(NextHop {
+                    macs: Macs::Resolved(macs),
+                    redirect: if fib.ifindex == ingress {
+                        0
+                    } else {
+                        fib.ifindex
+                    },
+                });
+            }
+            Err(rc) if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 => {
+                return Ok(NextHop {
+                    macs: Macs::Kernel,
+                    redirect: 0,
+                });
+            }
+            Err(_) => {}
+        }
+    }
+    gateway(cfg)
+}
+
+/// The configured gateway, when there is one.
+#[inline(always)]
+fn gateway(cfg: &Config) -> Result<NextHop, Verdict> {
     if cfg.gateway_mac == [0; 6] {
         return Err(Verdict::drop(Reason::DropNoRoute));
     }
@@ -306,14 +356,14 @@ fn hop(c: &CachedHop) -> NextHop {
     }
 }
 
-/// The kernel's route and neighbour for `b`, from the interface the packet came in on (or the
-/// helper's return code when it has none). The
-/// helper's 64-byte argument lives in a per-CPU scratch slot, not on the stack.
+/// The kernel's route and neighbour for `dst`, from the interface the packet came in on (or the
+/// helper's return code when it has none). The helper's 64-byte argument lives in a per-CPU
+/// scratch slot, not on the stack.
 #[inline(always)]
 fn fib(
     ctx: &XdpContext,
     ingress: u32,
-    b: &Backend,
+    dst: &Addr,
     v4: bool,
 ) -> Result<&'static bpf_fib_lookup, i64> {
     let args = FIB_ARGS.get_ptr_mut(0).ok_or(-1)?;
@@ -324,9 +374,9 @@ fn fib(
     // overwrites the first two words, so they are written every time; the source words (0: the
     // kernel picks) are never written by either side.
     let family = if v4 { AF_INET_KERNEL } else { AF_INET6_KERNEL };
-    let [d0, d1] = words(&b.addr);
+    let [d0, d1] = words(dst);
     // SAFETY: a per-CPU slot, used only by this CPU while the program runs; `FibArgs` is
-    // 8-byte aligned and 64 bytes long.
+    // 8-byte aligned and starts with the 64-byte argument.
     unsafe {
         let w = &mut *args.cast::<[u64; 8]>();
         w[0] = family as u64;
@@ -347,5 +397,5 @@ fn fib(
         return Err(rc);
     }
     // SAFETY: as above; read only until the next packet on this CPU.
-    Ok(unsafe { &(*args).0 })
+    Ok(unsafe { &(*args).lookup })
 }

@@ -79,6 +79,34 @@ pub unsafe fn write_at(out: *mut u8, macs: Macs, moved: usize, vlan: bool, ether
     }
 }
 
+/// Writes the Ethernet addresses `macs` says into a frame that keeps its headers (NAT).
+///
+/// # Safety
+/// `eth`, the frame's first byte, is valid for 12 bytes.
+#[inline(always)]
+pub unsafe fn set_macs(eth: *mut u8, macs: Macs) {
+    // SAFETY: the caller's.
+    unsafe {
+        match macs {
+            Macs::Resolved(m) => copy12(eth, m.cast()),
+            Macs::Gateway(dst) => {
+                copy6(eth.add(6), eth);
+                copy6(eth, dst.cast());
+            }
+            Macs::Reply => {
+                let (d0, d1) = (
+                    eth.cast::<u32>().read_unaligned(),
+                    eth.add(4).cast::<u16>().read_unaligned(),
+                );
+                copy6(eth, eth.add(6));
+                eth.add(6).cast::<u32>().write_unaligned(d0);
+                eth.add(10).cast::<u16>().write_unaligned(d1);
+            }
+            Macs::Kernel => {}
+        }
+    }
+}
+
 /// Copies a `T` between unaligned places: one load and one store (the BPF backend is built to
 /// allow misaligned access, see `build.rs`), where a byte array copy takes one per byte.
 ///

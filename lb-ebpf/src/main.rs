@@ -16,6 +16,7 @@ mod encap;
 mod icmp;
 mod l2;
 mod maps;
+mod nat;
 mod parse;
 mod stats;
 mod verdict;
@@ -25,8 +26,8 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    Config, DecapReason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Reason,
-    VIP_F_SOURCE_IP,
+    CONFIG_F_NAT, Config, DecapReason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    Reason, VIP_F_NAT, VIP_F_SOURCE_IP,
 };
 
 use crate::{
@@ -63,7 +64,9 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
     }
     match p.key.proto {
         IPPROTO_TCP | IPPROTO_UDP => {
-            let vip = vip::listener(p.key.vip_key()).ok_or(Verdict::pass(Reason::PassNotVip))?;
+            let Some(vip) = vip::listener(p.key.vip_key()) else {
+                return not_vip(ctx, &p);
+            };
             let tcp = p.key.proto == IPPROTO_TCP;
             let syn = tcp && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
             let closing = tcp && p.tcp_flags & (TCP_FIN | TCP_RST) != 0;
@@ -79,6 +82,10 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => match icmp::handle(ctx, &p)? {
             Icmp::Reply(v) => Ok(v),
+            // Translating the quoted packet for a NAT target is not built: the kernel gets it.
+            Icmp::Error { vip, .. } if vip.flags & VIP_F_NAT != 0 => {
+                Err(Verdict::pass(Reason::PassIcmp))
+            }
             Icmp::Error { vip, key } => counted(
                 &vip,
                 conntrack::existing(&vip, &key)
@@ -100,6 +107,18 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
     }
 }
 
+/// A TCP or UDP packet to no listener: a NAT target's reply when some listener forwards by NAT
+/// and `NAT_REPLIES` knows it, else none of xlb's business.
+#[inline(always)]
+fn not_vip(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
+    let pass = Verdict::pass(Reason::PassNotVip);
+    let cfg: &Config = CONFIG.get(0).ok_or(pass)?;
+    if cfg.flags & CONFIG_F_NAT == 0 {
+        return Err(pass);
+    }
+    nat::reply(ctx, p, cfg).unwrap_or(Err(pass))
+}
+
 /// Counts a packet of listener `vip` that ends dropped in the listener's counters.
 #[inline(always)]
 fn counted(vip: &Vip, r: Result<Verdict, Verdict>) -> Result<Verdict, Verdict> {
@@ -119,7 +138,8 @@ fn counted(vip: &Vip, r: Result<Verdict, Verdict>) -> Result<Verdict, Verdict> {
 fn fragment(ctx: &XdpContext, p: &Packet, bytes: u64) -> Result<Verdict, Verdict> {
     let vip = vip::address(p.key.family, &p.key.dst, p.key.proto)
         .ok_or(Verdict::pass(Reason::PassNotVip))?;
-    if vip.flags & VIP_F_SOURCE_IP == 0 {
+    // NAT rewrites ports, which later fragments do not carry.
+    if vip.flags & VIP_F_SOURCE_IP == 0 || vip.flags & VIP_F_NAT != 0 {
         return counted(&vip, Err(Verdict::drop(Reason::DropFragment)));
     }
     let hash = conntrack::hash(&vip, p.key);

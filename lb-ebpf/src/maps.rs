@@ -77,7 +77,12 @@ pub static FIB_ARGS: PerCpuArray<FibArgs> = PerCpuArray::with_max_entries(1, 0);
 
 /// A `FIB_ARGS` slot: 8-byte aligned, so that it is written a word at a time.
 #[repr(C, align(8))]
-pub struct FibArgs(pub bpf_fib_lookup);
+pub struct FibArgs {
+    pub lookup: bpf_fib_lookup,
+    /// An answer's Ethernet addresses, next hop first, as `Macs::Resolved` reads them: for the
+    /// hops that are not cached (NAT replies).
+    pub macs: [u8; 12],
+}
 
 /// `CONFIG[0]`: node settings (tunnel source prefixes, gateway MAC, MTU). Agent writes.
 #[map]

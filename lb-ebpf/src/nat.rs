@@ -1,0 +1,222 @@
+//! Stage 5, NAT forwarding (`VIP_F_NAT`): the target runs nothing of xlb's and listens on its own
+//! port. Toward it, the destination becomes the target's address and port; its replies, routed
+//! back through this node, get the listener's address and port back as their source, from the
+//! `NAT_REPLIES` entry written with the flow. The client's address is kept both ways.
+//!
+//! Both directions rewrite in place: one address, one port, the TTL (hop limit), and the
+//! checksums by RFC 1624's update, never a full sum over the payload.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{AF_INET, Addr, Config, FlowKey, IPPROTO_TCP, NatReply, Reason};
+use network_types::{eth::EthHdr, tcp::TcpHdr, udp::UdpHdr};
+
+use crate::{
+    conntrack::Choice,
+    csum, encap,
+    l2::{self, NextHop},
+    maps::NAT_REPLIES,
+    parse::{Packet, ptr_at},
+    verdict::Verdict,
+};
+
+/// Offsets, in the IP header, of the source and destination addresses.
+const V4_SRC: usize = 12;
+const V4_DST: usize = 16;
+const V6_SRC: usize = 8;
+const V6_DST: usize = 24;
+
+/// Client → target: the destination becomes the chosen backend's address and port (its own port
+/// when it has one). A new flow also gets the entry its replies are found by.
+#[inline(always)]
+pub fn forward(
+    ctx: &XdpContext,
+    p: &Packet,
+    choice: &Choice,
+    cfg: &Config,
+) -> Result<Verdict, Verdict> {
+    let b = choice.backend;
+    let key = p.key;
+    let port_be = if b.port_be != 0 {
+        b.port_be
+    } else {
+        key.dport_be
+    };
+    if choice.new_flow {
+        let reply = FlowKey {
+            src: copy(&b.addr),
+            dst: copy(&key.src),
+            dport_be: key.sport_be,
+            proto: key.proto,
+            family: key.family,
+            sport_be: port_be,
+            _pad: [0; 2],
+        };
+        let vip = NatReply {
+            vip: copy(&key.dst),
+            vport_be: key.dport_be,
+            _pad16: 0,
+            _pad32: 0,
+        };
+        // A full table evicts its least recently used entry; failing here loses this flow's
+        // replies, which then reach the client untranslated and are reset.
+        let _ = NAT_REPLIES.insert(&reply, &vip, 0);
+    }
+    let hop = encap::next_hop(ctx, cfg, choice.index, b, key.family == AF_INET)?;
+    rewrite::<false>(ctx, p, &b.addr, port_be, &hop)?;
+    Ok(l2::send(&hop, Reason::TxNat))
+}
+
+/// Target → client, for a packet to no VIP: when `NAT_REPLIES` knows it, its source becomes the
+/// listener's address and port, and it goes to the client. `None`: not a NAT reply.
+#[inline(always)]
+pub fn reply(ctx: &XdpContext, p: &Packet, cfg: &Config) -> Option<Result<Verdict, Verdict>> {
+    // SAFETY: copied out at once; the datapath writes entries whole.
+    let r = unsafe { NAT_REPLIES.get(p.key) }?;
+    let (vip, vport_be) = (r.vip, r.vport_be);
+    let v4 = p.key.family == AF_INET;
+    let r = encap::route(ctx, cfg, &p.key.dst, v4).and_then(|hop| {
+        rewrite::<true>(ctx, p, &vip, vport_be, &hop)?;
+        Ok(l2::send(&hop, Reason::TxNatReply))
+    });
+    Some(r)
+}
+
+/// Writes `addr` and `port_be` as the packet's source (`REPLY`) or destination, and the
+/// Ethernet addresses of `hop`.
+#[inline(always)]
+fn rewrite<const REPLY: bool>(
+    ctx: &XdpContext,
+    p: &Packet,
+    addr: &Addr,
+    port_be: u16,
+    hop: &NextHop,
+) -> Result<(), Verdict> {
+    // One copy per family and protocol, each with its offsets as constants: the verifier would
+    // otherwise follow a path where a branch on the family went one way and the next the other.
+    match (p.key.family == AF_INET, p.key.proto == IPPROTO_TCP) {
+        (true, true) => rewrite_in::<true, true, REPLY>(ctx, p, addr, port_be, hop),
+        (true, false) => rewrite_in::<true, false, REPLY>(ctx, p, addr, port_be, hop),
+        (false, true) => rewrite_in::<false, true, REPLY>(ctx, p, addr, port_be, hop),
+        (false, false) => rewrite_in::<false, false, REPLY>(ctx, p, addr, port_be, hop),
+    }
+}
+
+/// [`rewrite`] for IPv4 (`V4`) or IPv6, TCP (`TCP`) or UDP: the address and port, one off the
+/// TTL (hop limit), the checksums updated.
+#[inline(always)]
+fn rewrite_in<const V4: bool, const TCP: bool, const REPLY: bool>(
+    ctx: &XdpContext,
+    p: &Packet,
+    addr: &Addr,
+    port_be: u16,
+    hop: &NextHop,
+) -> Result<(), Verdict> {
+    let short = Verdict::drop(Reason::DropBadL4);
+    let (v4, tcp) = (V4, TCP);
+    let addr_off = match (V4, REPLY) {
+        (true, true) => V4_SRC,
+        (true, false) => V4_DST,
+        (false, true) => V6_SRC,
+        (false, false) => V6_DST,
+    };
+    let port_off = if REPLY { 0 } else { 2 };
+    // The L4 checksum's offset; both headers hold the ports first. One bounds check of the
+    // header's own size: the verifier does not carry a check over to another pointer.
+    let csum_off = if tcp { 16 } else { 6 };
+    let l4: *mut u8 = if tcp {
+        ptr_at::<[u8; TcpHdr::LEN]>(ctx, p.l4_off)
+            .ok_or(short)?
+            .cast()
+    } else {
+        ptr_at::<[u8; UdpHdr::LEN]>(ctx, p.l4_off)
+            .ok_or(short)?
+            .cast()
+    };
+    // The pseudo header holds the addresses, so a change of address or port is one update of
+    // the L4 checksum: the sum of what goes (complemented) and what comes, as 32-bit words (one's
+    // complement sums fold the same in any width and byte order).
+    let mut diff = 0u64;
+    // SAFETY: bounds checked by `ptr_at`.
+    let (old_port, l4_csum) = unsafe {
+        (
+            l4.add(port_off).cast::<u16>().read_unaligned(),
+            l4.add(csum_off).cast::<u16>().read_unaligned(),
+        )
+    };
+    diff += (!old_port) as u64 + port_be as u64;
+    let new = words(addr);
+    if v4 {
+        let ip: *mut [u8; 20] = ptr_at(ctx, p.l3_off).ok_or(short)?;
+        // SAFETY: bounds checked by `ptr_at`.
+        unsafe {
+            let ip = ip.cast::<u8>();
+            if *ip.add(8) <= 1 {
+                return Err(Verdict::drop(Reason::DropTtl));
+            }
+            let a = ip.add(addr_off).cast::<u32>();
+            let old = a.read_unaligned();
+            a.write_unaligned(new[0]);
+            let addr_diff = (!old) as u64 + new[0] as u64;
+            diff += addr_diff;
+            // TTL and protocol are one 16-bit word of the header checksum.
+            let ttl = ip.add(8).cast::<u16>();
+            let old_ttl = ttl.read_unaligned();
+            *ip.add(8) -= 1;
+            let new_ttl = ttl.read_unaligned();
+            let c = ip.add(10).cast::<u16>();
+            let sum = (!c.read_unaligned()) as u64 + addr_diff + (!old_ttl) as u64 + new_ttl as u64;
+            c.write_unaligned(csum::fold(sum));
+        }
+    } else {
+        let ip: *mut [u8; 40] = ptr_at(ctx, p.l3_off).ok_or(short)?;
+        // SAFETY: bounds checked by `ptr_at`.
+        unsafe {
+            let ip = ip.cast::<u8>();
+            let hops = ip.add(7);
+            if *hops <= 1 {
+                return Err(Verdict::drop(Reason::DropTtl));
+            }
+            *hops -= 1;
+            let a = ip.add(addr_off).cast::<u32>();
+            let mut i = 0;
+            while i < 4 {
+                let old = a.add(i).read_unaligned();
+                a.add(i).write_unaligned(new[i]);
+                diff += (!old) as u64 + new[i] as u64;
+                i += 1;
+            }
+        }
+    }
+    // SAFETY: bounds checked by `ptr_at` above.
+    unsafe {
+        l4.add(port_off).cast::<u16>().write_unaligned(port_be);
+        // UDP over IPv4 may go without a checksum (0), and then stays without; a computed 0 is
+        // sent as all ones (RFC 768).
+        if tcp || !v4 || l4_csum != 0 {
+            let mut c = csum::fold((!l4_csum) as u64 + diff);
+            if !tcp && c == 0 {
+                c = 0xffff;
+            }
+            l4.add(csum_off).cast::<u16>().write_unaligned(c);
+        }
+    }
+    let eth: *mut [u8; EthHdr::LEN] = ptr_at(ctx, 0).ok_or(short)?;
+    // SAFETY: bounds checked by `ptr_at`.
+    unsafe { l2::set_macs(eth.cast(), hop.macs) };
+    Ok(())
+}
+
+/// An address as four 32-bit words in memory order.
+#[inline(always)]
+fn words(a: &Addr) -> [u32; 4] {
+    // SAFETY: same size; any bits are valid for both.
+    unsafe { core::mem::transmute::<Addr, [u32; 4]>(*a) }
+}
+
+/// An address copied as one 128-bit value: an array copy compiles to a call of a byte-wise
+/// `memmove`.
+#[inline(always)]
+fn copy(a: &Addr) -> Addr {
+    // SAFETY: `a` is a valid 16-byte array; the read is unaligned on purpose.
+    unsafe { (a as *const Addr).cast::<u128>().read_unaligned() }.to_ne_bytes()
+}
