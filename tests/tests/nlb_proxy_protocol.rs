@@ -420,3 +420,36 @@ fn an_idle_connection_is_closed_after_the_listeners_tcp_idle_timeout() {
         "the default listener's connection"
     );
 }
+
+/// A target of a group the proxy serves is reached on its own `port` (as `xlb import aws`
+/// writes targets registered on ports other than their group's), the others on the group's.
+#[test]
+fn the_proxy_connects_to_a_targets_own_port() {
+    let mut lab = Lab::new();
+    let mut ports = Vec::new();
+    for (name, address) in [("own", "127.0.0.1:0"), ("group", "127.0.0.2:0")] {
+        let socket = lab
+            .block_on(tokio::net::TcpListener::bind(address))
+            .unwrap();
+        ports.push(socket.local_addr().unwrap().port());
+        lab.spawn(naming_echo(socket, name));
+    }
+    let port = free_port();
+    // Round robin alternates between the two targets.
+    lab.start(&format!(
+        "[[target_groups]]\nname = \"pp\"\nprotocol = \"TCP\"\nport = {}\n\
+         targets = [{{ id = \"127.0.0.1\", port = {} }}, {{ id = \"127.0.0.2\" }}]\n\
+         attributes = {{ \"proxy_protocol_v2.enabled\" = \"true\" }}\n\n{}",
+        ports[1],
+        ports[0],
+        listener(port, "TCP", "pp", "")
+    ));
+    let answers: std::collections::BTreeSet<String> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            ask(&mut s, "x\n")
+        })
+        .collect();
+    assert_eq!(answers, ["group x\n", "own x\n"].map(String::from).into());
+}
