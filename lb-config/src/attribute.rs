@@ -8,7 +8,7 @@ use crate::Refusal;
 /// The groups (or listeners) an attribute belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
-    /// `TCP`, `UDP` and `TCP_UDP` target groups (NLB's attributes).
+    /// `TCP`, `UDP`, `TCP_UDP` and `TLS` target groups, and L4 listeners (NLB's attributes).
     L4,
     /// `HTTP` and `HTTPS` target groups, and HTTP listeners (ALB's attributes).
     L7,
@@ -193,6 +193,17 @@ pub const HTTP_LISTENER: &[Attribute] = &[
         Tier::L7,
         Values::OneOf(&["monitor", "defensive", "strictest"]),
         "defensive",
+    ),
+];
+
+/// L4 listener attributes (NLB's listener attributes).
+pub const LISTENER: &[Attribute] = &[
+    // Which listeners take it is the listener's to check: TCP ones the proxy serves.
+    attr(
+        "tcp.idle_timeout.seconds",
+        Tier::L4,
+        Values::Seconds(60, 6000),
+        "350",
     ),
 ];
 

@@ -21,7 +21,7 @@ use crate::{
 pub struct TargetGroup {
     pub name: String,
     pub protocol: Protocol,
-    /// The targets' port (targets of HTTP groups may name their own).
+    /// The targets' port (targets the L7 tier or the proxy connects to may name their own).
     pub port: u16,
     #[serde(default)]
     pub targets: Vec<Target>,
@@ -51,7 +51,9 @@ pub struct Target {
     /// The target's availability zone.
     #[serde(default)]
     pub zone: Option<String>,
-    /// The target's port (HTTP target groups; the group's `port` otherwise).
+    /// The target's port, for the L7 tier and the proxy to connect to (HTTP groups, and groups
+    /// of TLS or PROXY v2 listeners); the group's `port` otherwise. XDP forwards packets to the
+    /// listener's port.
     #[serde(default)]
     pub port: Option<u16>,
 }

@@ -2,14 +2,15 @@
 //!
 //! The input is the JSON of `describe-load-balancers`, `describe-listeners`, `describe-rules`,
 //! `describe-target-groups`, `describe-target-group-attributes`,
-//! `describe-load-balancer-attributes` and `describe-target-health`, in any number of files;
-//! each file's kind is read from its top-level key (`LoadBalancers`, `Listeners`, ...). Listeners
-//! name their load balancer and rules their listener (in the rule's ARN), but the attribute and
-//! target-health outputs describe one resource each without naming it, so such a file says
-//! which, either inside, by an ARN key beside AWS's (`"TargetGroupArn"` or
-//! `"LoadBalancerArn"`), or in its name: `describe-target-health.NAME.json`,
-//! `describe-target-group-attributes.NAME.json` or `describe-load-balancer-attributes.NAME.json`
-//! (AWS names have no dots).
+//! `describe-load-balancer-attributes`, `describe-listener-attributes` and
+//! `describe-target-health`, in any number of files; each file's kind is read from its top-level
+//! key (`LoadBalancers`, `Listeners`, ...). Listeners name their load balancer and rules their
+//! listener (in the rule's ARN), but the attribute and target-health outputs describe one
+//! resource each without naming it, so such a file says which, either inside, by an ARN key
+//! beside AWS's (`"TargetGroupArn"`, `"LoadBalancerArn"` or `"ListenerArn"`), or in its name:
+//! `describe-target-health.NAME.json`, `describe-target-group-attributes.NAME.json`,
+//! `describe-load-balancer-attributes.NAME.json` or `describe-listener-attributes.LB.ID.json`
+//! (a listener's load balancer name and the last part of its ARN; AWS names have no dots).
 //!
 //! The output is a config's text, written with `toml_edit` so that it carries comments, and
 //! a list of [`Finding`]s. Nothing that does not map is dropped silently:
@@ -26,7 +27,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -171,6 +172,8 @@ struct Describe {
     target_group_arn: Option<String>,
     /// Not AWS's: which load balancer an attributes file describes.
     load_balancer_arn: Option<String>,
+    /// Not AWS's: which listener an attributes file describes.
+    listener_arn: Option<String>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -212,6 +215,8 @@ struct Listener {
     protocol: String,
     certificates: Vec<Certificate>,
     ssl_policy: Option<String>,
+    /// NLB's TLS listeners: one policy name, in a list.
+    alpn_policy: Vec<String>,
     default_actions: Vec<Action>,
     mutual_authentication: Option<MutualAuthentication>,
 }
@@ -407,6 +412,8 @@ struct Aws {
     group_attributes: BTreeMap<String, Vec<KeyValue>>,
     /// Load balancer ARN → attributes.
     lb_attributes: BTreeMap<String, Vec<KeyValue>>,
+    /// Listener ARN → attributes.
+    listener_attributes: BTreeMap<String, Vec<KeyValue>>,
     /// Target group ARN → its targets.
     health: BTreeMap<String, Vec<TargetHealthDescription>>,
 }
@@ -415,6 +422,7 @@ struct Aws {
 const HEALTH_FILE: &str = "describe-target-health";
 const GROUP_ATTRIBUTES_FILE: &str = "describe-target-group-attributes";
 const LB_ATTRIBUTES_FILE: &str = "describe-load-balancer-attributes";
+const LISTENER_ATTRIBUTES_FILE: &str = "describe-listener-attributes";
 
 impl Aws {
     fn parse(inputs: &[Input]) -> Result<Aws, ImportError> {
@@ -497,9 +505,9 @@ impl Aws {
                     ))
                 })
         };
-        let naming = "say which resource it describes: add \"TargetGroupArn\" or \
-                      \"LoadBalancerArn\" to its JSON, or name it COMMAND.NAME.json \
-                      (describe-target-health.web.json)";
+        let naming = "say which resource it describes: add \"TargetGroupArn\", \
+                      \"LoadBalancerArn\" or \"ListenerArn\" to its JSON, or name it \
+                      COMMAND.NAME.json (describe-target-health.web.json)";
         if let Some(targets) = d.target_health_descriptions.clone() {
             if d.target_group_arn.is_none() && command != HEALTH_FILE {
                 return Err(err(naming.to_owned()));
@@ -508,11 +516,38 @@ impl Aws {
             self.health.entry(arn).or_default().extend(targets);
         }
         if let Some(attributes) = d.attributes.clone() {
-            let group = d.target_group_arn.is_some()
-                || (d.load_balancer_arn.is_none() && command == GROUP_ATTRIBUTES_FILE);
+            let by_name = d.load_balancer_arn.is_none() && d.listener_arn.is_none();
+            let group =
+                d.target_group_arn.is_some() || (by_name && command == GROUP_ATTRIBUTES_FILE);
+            let listener =
+                d.listener_arn.is_some() || (by_name && command == LISTENER_ATTRIBUTES_FILE);
             if group {
                 let arn = group_arn(self)?;
                 self.group_attributes
+                    .entry(arn)
+                    .or_default()
+                    .extend(attributes);
+            } else if listener {
+                // `LB.ID`: the load balancer's name and the listener ARN's last part.
+                let (lb, id) = name.split_once('.').unwrap_or((name, ""));
+                let arn = self
+                    .listeners
+                    .iter()
+                    .find(|l| match &d.listener_arn {
+                        Some(arn) => &l.listener_arn == arn,
+                        None => {
+                            l.listener_arn.split('/').nth(2) == Some(lb)
+                                && arn_id(&l.listener_arn) == id
+                        }
+                    })
+                    .map(|l| l.listener_arn.clone())
+                    .ok_or_else(|| {
+                        err(format!(
+                            "no listener {} in the describe-listeners output",
+                            d.listener_arn.as_deref().unwrap_or(name)
+                        ))
+                    })?;
+                self.listener_attributes
                     .entry(arn)
                     .or_default()
                     .extend(attributes);
@@ -649,10 +684,15 @@ fn map_attributes<'a>(
 // ---------------------------------------------------------------------------------------------
 // The writer.
 
-/// A target group as written, for the actions that name it.
+/// A target group as written, for the actions and listeners that name it.
 struct Written {
     name: String,
     l7: bool,
+    protocol: String,
+    /// `proxy_protocol_v2.enabled`: its TCP listeners are served by xlb's proxy.
+    proxy_protocol: bool,
+    /// `stickiness.type = "source_ip"`, which only listeners forwarded in XDP keep.
+    source_ip: bool,
 }
 
 #[derive(Default)]
@@ -873,16 +913,29 @@ impl Writer {
         let protocol = g.protocol.as_deref().unwrap_or("");
         let l7 = match protocol {
             "HTTP" | "HTTPS" => true,
-            "TCP" | "UDP" | "TCP_UDP" => false,
+            "TCP" | "UDP" | "TCP_UDP" | "TLS" => false,
             other => {
                 return Err(format!(
-                    "protocol {other}: xlb's target groups are TCP, UDP, TCP_UDP, HTTP or HTTPS"
+                    "protocol {other}: xlb's target groups are TCP, UDP, TCP_UDP, TLS, HTTP or \
+                     HTTPS"
                 ));
             }
         };
         let Some(port) = g.port else {
             return Err("no port".into());
         };
+        let mut attrs: Vec<(&str, &str)> = aws
+            .group_attributes
+            .get(&g.target_group_arn)
+            .into_iter()
+            .flatten()
+            .map(|kv| (kv.key.as_str(), kv.value.as_str()))
+            .collect();
+        let proxied = !l7 && served_by_proxy(aws, g, &attrs);
+        if proxied {
+            // What the proxy does: it connects from the node's address.
+            attrs.retain(|a| *a != ("preserve_client_ip.enabled", "false"));
+        }
         let mut prefix = String::new();
         let mut t = Table::new();
         t.insert("name", g.target_group_name.as_str().into());
@@ -935,7 +988,8 @@ impl Writer {
             let mut target = InlineTable::new();
             target.insert("id", addr.to_string().into());
             if let Some(p) = d.target.port.filter(|p| *p != port) {
-                if l7 {
+                // The L7 tier and the proxy connect to each target's own port.
+                if l7 || proxied {
                     target.insert("port", i64::from(p).into());
                 } else {
                     other_ports.insert(p);
@@ -974,13 +1028,6 @@ impl Writer {
         t.insert("targets", targets.into());
         // Attributes.
         let mut left = Vec::new();
-        let attrs: Vec<(&str, &str)> = aws
-            .group_attributes
-            .get(&g.target_group_arn)
-            .into_iter()
-            .flatten()
-            .map(|kv| (kv.key.as_str(), kv.value.as_str()))
-            .collect();
         let mut table = if l7 {
             let (special, rest): (Vec<_>, Vec<_>) = attrs
                 .iter()
@@ -997,6 +1044,17 @@ impl Writer {
         } else {
             self.l4_attributes(aws, g, &attrs, &mut left)
         };
+        if proxied {
+            prefix += &self.proxied_group(resource, &attrs, &mut table);
+        }
+        let has = |k: &str, v: &str| table.get(k).and_then(|x| x.as_str()) == Some(v);
+        let written = Written {
+            name: g.target_group_name.clone(),
+            l7,
+            protocol: protocol.to_owned(),
+            proxy_protocol: has("proxy_protocol_v2.enabled", "true"),
+            source_ip: has("stickiness.type", "source_ip"),
+        };
         if !left.is_empty() {
             prefix += &self.find(
                 Level::Note,
@@ -1012,14 +1070,44 @@ impl Writer {
         let hc = self.health_check(g, l7, resource, &mut prefix);
         t.insert("health_check", hc.into());
         t.decor_mut().set_prefix(format!("\n{prefix}"));
-        self.groups.insert(
-            g.target_group_arn.clone(),
-            Ok(Written {
-                name: g.target_group_name.clone(),
-                l7,
-            }),
-        );
+        self.groups.insert(g.target_group_arn.clone(), Ok(written));
         Ok(t)
+    }
+
+    /// What differs for a group only xlb's proxy serves: it picks targets round robin, so
+    /// source-IP stickiness is dropped from `table`, and it connects from the node's address.
+    /// Returns the findings' comments.
+    fn proxied_group(
+        &mut self,
+        resource: &str,
+        attrs: &[(&str, &str)],
+        table: &mut InlineTable,
+    ) -> String {
+        let mut prefix = String::new();
+        if table.remove("stickiness.type").is_some() {
+            prefix += &self.find(
+                Level::Note,
+                resource,
+                "stickiness.type = \"source_ip\" not imported: xlb's proxy, which serves this \
+                 group's listeners (TLS, or PROXY v2), picks targets round robin",
+            );
+        }
+        if attrs.contains(&("preserve_client_ip.enabled", "true")) {
+            let header = match attrs.contains(&("proxy_protocol_v2.enabled", "true")) {
+                true => "the PROXY v2 header carries the client's",
+                false => "proxy_protocol_v2.enabled = \"true\" would pass the client's",
+            };
+            prefix += &self.find(
+                Level::Note,
+                resource,
+                format!(
+                    "preserve_client_ip.enabled = \"true\": xlb's proxy, which serves this \
+                     group's listeners (TLS, or PROXY v2), connects to the targets from the \
+                     node's address; {header}"
+                ),
+            );
+        }
+        prefix
     }
 
     /// An NLB target group's attributes: stickiness and cross-zone as xlb names them.
@@ -1211,6 +1299,26 @@ impl Writer {
                 format!("attributes xlb lacks, not imported: {}", left.join(", ")),
             );
         }
+        // One address for both kinds: an XDP VIP must not be the node's, a proxy's socket must.
+        let (proxied, xdp): (Vec<&Listener>, Vec<&Listener>) = listeners
+            .iter()
+            .filter(|l| matches!(l.protocol.as_str(), "TCP" | "UDP" | "TCP_UDP" | "TLS"))
+            .partition(|l| self.proxied(l));
+        if !proxied.is_empty() && !xdp.is_empty() {
+            let ports =
+                |ls: &[&Listener]| join(ls.iter().map(|l| format!("{}:{}", l.protocol, l.port)));
+            lb_prefix += &self.find(
+                Level::Todo,
+                &lb_resource,
+                format!(
+                    "its listeners share one address, but xlb forwards {} in XDP, whose VIP must \
+                     not be an address of the node, and serves {} with its proxy, whose socket \
+                     binds an address of the node: give one kind another address",
+                    ports(&xdp),
+                    ports(&proxied)
+                ),
+            );
+        }
         // The load balancer's findings go with its first listener.
         let mut lb_prefix = Some(lb_prefix);
         let mut vip = None;
@@ -1235,17 +1343,17 @@ impl Writer {
                     let t = self.http_listener(aws, l, &resource, &http_attributes, prefix);
                     l7.push(t);
                 }
-                "TCP" | "UDP" | "TCP_UDP" => {
+                "TCP" | "UDP" | "TCP_UDP" | "TLS" => {
                     let vip = *vip.get_or_insert_with(|| self.vip(lb, &mut prefix));
-                    match self.l4_listener(l, vip) {
-                        Ok(mut t) => {
-                            if !tunnel_noted {
+                    match self.l4_listener(aws, l, vip, &resource, &mut prefix) {
+                        Ok((mut t, proxied)) => {
+                            if !tunnel_noted && !proxied {
                                 tunnel_noted = true;
                                 prefix += &self.find(
                                     Level::Note,
                                     &lb_resource,
-                                    "its listeners forward with xlb's default, forwarding = \
-                                     \"tunnel\": targets decapsulate (`xlb attach --program \
+                                    "its XDP listeners forward with xlb's default, forwarding \
+                                     = \"tunnel\": targets decapsulate (`xlb attach --program \
                                      decap`) and answer clients directly; \"dsr\" needs each \
                                      target's MAC on one L2 segment",
                                 );
@@ -1265,12 +1373,25 @@ impl Writer {
                         Level::Todo,
                         &resource,
                         format!(
-                            "protocol {other}: xlb's listeners are TCP, UDP, TCP_UDP (L4) or \
-                             HTTP, HTTPS (L7); not imported"
+                            "protocol {other}: xlb's listeners are TCP, UDP, TCP_UDP, TLS (L4) \
+                             or HTTP, HTTPS (L7); not imported"
                         ),
                     );
                 }
             }
+        }
+    }
+
+    /// Whether xlb's proxy serves `l` once imported: a TLS listener (unless its group's
+    /// stickiness keeps it out), or a TCP one to a PROXY v2 group.
+    fn proxied(&self, l: &Listener) -> bool {
+        let group = forward_groups(&l.default_actions)
+            .first()
+            .and_then(|(arn, _)| self.groups.get(arn)?.as_ref().ok());
+        match l.protocol.as_str() {
+            "TLS" => group.is_some_and(|g| !g.source_ip),
+            "TCP" => group.is_some_and(|g| g.proxy_protocol),
+            _ => false,
         }
     }
 
@@ -1316,7 +1437,17 @@ impl Writer {
         vip
     }
 
-    fn l4_listener(&mut self, l: &Listener, vip: IpAddr) -> Result<Table, String> {
+    /// An NLB listener: TCP, UDP and TCP_UDP ones forwarded in XDP, TLS ones and TCP ones to a
+    /// PROXY v2 group served by xlb's proxy (the `bool`). Findings go to `prefix`, once nothing
+    /// can fail.
+    fn l4_listener(
+        &mut self,
+        aws: &Aws,
+        l: &Listener,
+        vip: IpAddr,
+        resource: &str,
+        prefix: &mut String,
+    ) -> Result<(Table, bool), String> {
         let arns = forward_groups(&l.default_actions);
         let [(arn, _)] = arns.as_slice() else {
             return Err(format!(
@@ -1325,7 +1456,7 @@ impl Writer {
             ));
         };
         let group = match self.groups.get(arn.as_str()) {
-            Some(Ok(g)) if !g.l7 => g.name.clone(),
+            Some(Ok(g)) if !g.l7 => g,
             Some(Ok(g)) => {
                 return Err(format!("forwards to HTTP group {:?}; not imported", g.name));
             }
@@ -1342,15 +1473,141 @@ impl Writer {
                 ));
             }
         };
+        let tls = l.protocol == "TLS";
+        if tls && !matches!(group.protocol.as_str(), "TCP" | "TLS") {
+            return Err(format!(
+                "forwards to {} group {:?}: a TLS listener forwards to a TCP or TLS group; not \
+                 imported",
+                group.protocol, group.name
+            ));
+        }
+        if tls && group.source_ip {
+            return Err(format!(
+                "forwards to {:?}, whose stickiness.type = \"source_ip\" its listeners forwarded \
+                 in XDP keep, while xlb's proxy, which serves TLS listeners, picks targets round \
+                 robin; not imported: give it a group of its own without stickiness",
+                group.name
+            ));
+        }
+        let (name, proxy_protocol) = (group.name.clone(), group.proxy_protocol);
+        let proxied = tls || proxy_protocol;
         let mut t = Table::new();
         t.insert("address", vip.to_string().into());
         t.insert("port", i64::from(l.port).into());
         t.insert("protocol", l.protocol.as_str().into());
+        if proxied {
+            *prefix += &self.find(
+                Level::Note,
+                resource,
+                format!(
+                    "served by xlb's proxy (TLS, or PROXY v2 toward its group), whose socket \
+                     binds {}: that address must be the node's own (on lo or its interface), \
+                     unlike an XDP VIP",
+                    SocketAddr::new(vip, l.port)
+                ),
+            );
+        }
+        if tls {
+            let certs = self.certificates(l, resource, prefix);
+            t.insert("certificates", certs.into());
+            let (policy, differs) = l.ssl_policy.as_deref().map(ssl_policy).unwrap_or_default();
+            if let Some(p) = policy {
+                t.insert("ssl_policy", p.into());
+            }
+            if let Some(why) = differs {
+                *prefix += &self.find(Level::Note, resource, why);
+            }
+            match l.alpn_policy.first().map(String::as_str) {
+                None | Some("None") => {}
+                Some(p @ ("HTTP1Only" | "HTTP2Only" | "HTTP2Optional" | "HTTP2Preferred")) => {
+                    t.insert("alpn_policy", p.into());
+                }
+                Some(other) => {
+                    *prefix += &self.find(
+                        Level::Note,
+                        resource,
+                        format!("ALPN policy {other}: xlb has no such policy; none is offered"),
+                    );
+                }
+            }
+        }
+        // Listener attributes: the idle timeout is the proxy's, on TCP listeners only.
+        let mut left = Vec::new();
+        let attrs = aws
+            .listener_attributes
+            .get(&l.listener_arn)
+            .into_iter()
+            .flatten()
+            .map(|kv| (kv.key.as_str(), kv.value.as_str()));
+        let mut attributes = map_attributes(attrs, attribute::LISTENER, Tier::L4, &mut left);
+        if !(l.protocol == "TCP" && proxy_protocol) {
+            let why = match l.protocol.as_str() {
+                "TCP" => {
+                    "forwarded in XDP, where the target's TCP stack owns the connection and xlb \
+                     closes no idle one"
+                }
+                "TLS" => "NLB keeps TLS listeners at 350 s",
+                _ => "only TCP listeners take it",
+            };
+            for (k, v) in attributes.iter() {
+                left.push(format!("{k} = {v} ({why})"));
+            }
+            attributes = InlineTable::new();
+        }
+        if !left.is_empty() {
+            *prefix += &self.find(
+                Level::Note,
+                resource,
+                format!("attributes xlb lacks, not imported: {}", left.join(", ")),
+            );
+        }
+        if !attributes.is_empty() {
+            t.insert("attributes", attributes.into());
+        }
         let mut action = InlineTable::new();
         action.insert("type", "forward".into());
-        action.insert("target_group", group.into());
+        action.insert("target_group", name.into());
         t.insert("default_action", action.into());
-        Ok(t)
+        Ok((t, proxied))
+    }
+
+    /// A TLS or HTTPS listener's certificates: files to provide for its ACM ones. Findings go
+    /// to `prefix`.
+    fn certificates(&mut self, l: &Listener, resource: &str, prefix: &mut String) -> Array {
+        let mut certs = Array::new();
+        let mut ordered: Vec<&Certificate> = l.certificates.iter().collect();
+        ordered.sort_by_key(|c| c.is_default != Some(true));
+        for c in ordered {
+            let id = arn_id(&c.certificate_arn);
+            let (cert, key) = (format!("certs/{id}.pem"), format!("certs/{id}.key"));
+            *prefix += &self.find(
+                Level::Todo,
+                resource,
+                format!(
+                    "certificate {}: xlb reads PEM files; put its chain in {cert} and its key in \
+                     {key} (beside this file), or name your own",
+                    c.certificate_arn
+                ),
+            );
+            let mut files = InlineTable::new();
+            files.insert("cert", cert.into());
+            files.insert("key", key.into());
+            certs.push(files);
+        }
+        if certs.is_empty() {
+            *prefix += &self.find(
+                Level::Todo,
+                resource,
+                "no certificate in the input: write certificates = [{ cert, key }]",
+            );
+        }
+        *prefix += &self.find(
+            Level::Note,
+            resource,
+            "describe-listeners prints only the default certificate: add the others \
+             (describe-listener-certificates) for SNI",
+        );
+        certs
     }
 
     fn http_listener(
@@ -1366,40 +1623,8 @@ impl Writer {
         t.insert("port", i64::from(l.port).into());
         t.insert("protocol", l.protocol.as_str().into());
         if l.protocol == "HTTPS" {
-            let mut certs = Array::new();
-            let mut ordered: Vec<&Certificate> = l.certificates.iter().collect();
-            ordered.sort_by_key(|c| c.is_default != Some(true));
-            for c in ordered {
-                let id = arn_id(&c.certificate_arn);
-                let (cert, key) = (format!("certs/{id}.pem"), format!("certs/{id}.key"));
-                prefix += &self.find(
-                    Level::Todo,
-                    resource,
-                    format!(
-                        "certificate {}: xlb reads PEM files; put its chain in {cert} and its \
-                         key in {key} (beside this file), or name your own",
-                        c.certificate_arn
-                    ),
-                );
-                let mut files = InlineTable::new();
-                files.insert("cert", cert.into());
-                files.insert("key", key.into());
-                certs.push(files);
-            }
-            if certs.is_empty() {
-                prefix += &self.find(
-                    Level::Todo,
-                    resource,
-                    "no certificate in the input: write certificates = [{ cert, key }]",
-                );
-            }
+            let certs = self.certificates(l, resource, &mut prefix);
             t.insert("certificates", certs.into());
-            prefix += &self.find(
-                Level::Note,
-                resource,
-                "describe-listeners prints only the default certificate: add the others \
-                 (describe-listener-certificates) for SNI",
-            );
             if let Some(policy) = &l.ssl_policy {
                 prefix += &self.find(
                     Level::Note,
@@ -1423,6 +1648,24 @@ impl Writer {
         }
         if !attributes.is_empty() {
             t.insert("attributes", attributes.clone().into());
+        }
+        let lacks: Vec<String> = aws
+            .listener_attributes
+            .get(&l.listener_arn)
+            .into_iter()
+            .flatten()
+            .filter(|kv| !same_as_xlb(&kv.key, &kv.value))
+            .map(|kv| format!("{} = {:?}", kv.key, kv.value))
+            .collect();
+        if !lacks.is_empty() {
+            prefix += &self.find(
+                Level::Note,
+                resource,
+                format!(
+                    "listener attributes xlb lacks, not imported: {}",
+                    lacks.join(", ")
+                ),
+            );
         }
         let what = format!("{resource}, default action");
         let action = match self.action(&l.default_actions) {
@@ -1646,6 +1889,52 @@ impl Writer {
     }
 }
 
+/// Whether xlb's proxy serves every listener of NLB group `g`: a TLS group, one with PROXY v2
+/// (`attrs`), or one only TLS listeners forward to.
+fn served_by_proxy(aws: &Aws, g: &TargetGroup, attrs: &[(&str, &str)]) -> bool {
+    if g.protocol.as_deref() == Some("TLS")
+        || attrs.contains(&("proxy_protocol_v2.enabled", "true"))
+    {
+        return true;
+    }
+    let mut protocols = aws
+        .listeners
+        .iter()
+        .filter(|l| {
+            forward_groups(&l.default_actions)
+                .iter()
+                .any(|(arn, _)| *arn == g.target_group_arn)
+        })
+        .map(|l| l.protocol.as_str())
+        .peekable();
+    protocols.peek().is_some() && protocols.all(|p| p == "TLS")
+}
+
+/// An NLB security policy as xlb's `ssl_policy`: the name to write (none for xlb's default),
+/// and what differs, if anything.
+fn ssl_policy(policy: &str) -> (Option<&'static str>, Option<String>) {
+    const TLS12: &str = "ELBSecurityPolicy-TLS13-1-2-2021-06";
+    const TLS13: &str = "ELBSecurityPolicy-TLS13-1-3-2021-06";
+    match policy {
+        TLS12 => (None, None),
+        TLS13 => (Some(TLS13), None),
+        p if p.starts_with("ELBSecurityPolicy-TLS13-1-3-") => (
+            Some(TLS13),
+            Some(format!(
+                "security policy {p}: imported as {TLS13}, TLS 1.3 with rustls's cipher suites"
+            )),
+        ),
+        p => (
+            None,
+            Some(format!(
+                "security policy {p}: imported as xlb's default, {TLS12}: TLS 1.2 and 1.3 with \
+                 rustls's cipher suites (AEAD, ECDHE); clients that need an older version or \
+                 another suite fail their handshake"
+            )),
+        ),
+    }
+}
+
 /// The (target group ARN, weight) pairs of the forward among `actions`.
 fn forward_groups(actions: &[Action]) -> Vec<(String, u32)> {
     let Some(a) = actions.iter().find(|a| a.kind == "forward") else {
@@ -1856,5 +2145,32 @@ mod tests {
         ];
         let e = aws(&named).unwrap_err().to_string();
         assert!(e.contains("no target group named \"nope\""), "{e}");
+    }
+
+    #[test]
+    fn a_listeners_attributes_are_found_by_load_balancer_name_and_listener_id() {
+        let arn = "arn:aws:elasticloadbalancing:eu-west-1:1:listener/net/edge/6d0e/b2c3";
+        let inputs = |file: &str| {
+            [
+                Input {
+                    name: "listeners.json".into(),
+                    text: format!(
+                        r#"{{"Listeners": [{{"ListenerArn": "{arn}", "Port": 80, "Protocol": "TCP"}}]}}"#
+                    ),
+                },
+                Input {
+                    name: file.into(),
+                    text:
+                        r#"{"Attributes": [{"Key": "tcp.idle_timeout.seconds", "Value": "600"}]}"#
+                            .into(),
+                },
+            ]
+        };
+        let found = Aws::parse(&inputs("describe-listener-attributes.edge.b2c3.json")).unwrap();
+        assert_eq!(found.listener_attributes[arn][0].value, "600");
+        let e = aws(&inputs("describe-listener-attributes.edge.ffff.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no listener edge.ffff"), "{e}");
     }
 }

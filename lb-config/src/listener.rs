@@ -6,11 +6,15 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    time::Duration,
 };
 
 use serde::Deserialize;
 
-use crate::{AlpnPolicy, CertificateFiles, Config, Protocol, Refusal, SslPolicy, TargetGroup};
+use crate::{
+    AlpnPolicy, CertificateFiles, Config, Protocol, Refusal, SslPolicy, TargetGroup,
+    attribute::{self, Tier},
+};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +41,9 @@ pub struct Listener {
     /// comes to its share 1/N, at 16·M bytes of kernel memory and a build time that grows with M.
     #[serde(default = "default_table_size")]
     pub maglev_table_size: u32,
+    /// NLB's listener attributes by their AWS names (`attribute::LISTENER`).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
 }
 
 const fn default_table_size() -> u32 {
@@ -72,7 +79,21 @@ impl Listener {
     pub fn addr(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::new(self.address, self.port)
     }
+
+    /// `tcp.idle_timeout.seconds`: how long the proxy keeps a connection where nothing moves.
+    pub fn idle_timeout(&self) -> Duration {
+        let v = attribute::value(
+            attribute::LISTENER,
+            Tier::L4,
+            &self.attributes,
+            IDLE_TIMEOUT_KEY,
+        );
+        Duration::from_secs(v.parse().unwrap_or(350))
+    }
 }
+
+/// NLB's listener attribute of the proxy's idle timeout.
+const IDLE_TIMEOUT_KEY: &str = "tcp.idle_timeout.seconds";
 
 impl Config {
     /// Whether listener `l` is served by the user-space proxy rather than the XDP tier: TLS
@@ -186,6 +207,7 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), Refusal> {
             ));
         }
         check_tls(i, l, tg)?;
+        check_attributes(cfg, i, l)?;
         if cfg.in_user_space(l) {
             check_user_space(cfg, i, l)?;
             continue;
@@ -286,6 +308,32 @@ fn check_tls(i: usize, l: &Listener, tg: &TargetGroup) -> Result<(), Refusal> {
         ));
     }
     Ok(())
+}
+
+/// Checks a listener's attributes: values in range, and an idle timeout only where one is kept.
+/// As on NLB, TCP listeners take `tcp.idle_timeout.seconds`, TLS listeners keep 350 s and UDP
+/// flows 120 s; and here only the proxy tracks a connection's idle time: XDP forwards packets,
+/// and the target's TCP stack owns the connection.
+fn check_attributes(cfg: &Config, i: usize, l: &Listener) -> Result<(), Refusal> {
+    let at = format!("listeners[{i}]");
+    attribute::check(attribute::LISTENER, Tier::L4, &l.attributes, &at)?;
+    if !l.attributes.contains_key(IDLE_TIMEOUT_KEY) {
+        return Ok(());
+    }
+    let refused = match l.protocol {
+        Protocol::Tcp if cfg.in_user_space(l) => return Ok(()),
+        Protocol::Tcp => {
+            "this listener is forwarded in XDP, where the target's TCP stack owns the \
+             connection and xlb tracks no idle time; a TCP listener the proxy serves (its group \
+             has proxy_protocol_v2.enabled) takes it"
+        }
+        Protocol::Tls => "NLB keeps a TLS listener's idle timeout at 350 s: it cannot be set",
+        _ => "only TCP listeners take it (NLB's UDP flows time out after a fixed 120 s)",
+    };
+    Err(Refusal::new(
+        format!("{at}.attributes.\"{IDLE_TIMEOUT_KEY}\""),
+        refused,
+    ))
 }
 
 /// What a listener served in user space needs: a socket of its own on a port of the node's, and

@@ -1122,6 +1122,80 @@ fn tls_listeners_and_proxy_protocol_refuse_what_cannot_work() {
 }
 
 #[test]
+fn tcp_idle_timeout_is_taken_by_tcp_listeners_the_proxy_serves_within_nlbs_range() {
+    // `text` with the attribute set on the listener whose lines `at` starts.
+    let with = |text: &str, at: &str, value: &str| {
+        let set = format!("{at}\nattributes = {{ \"tcp.idle_timeout.seconds\" = \"{value}\" }}");
+        let out = text.replacen(at, &set, 1);
+        assert_ne!(out, text, "{at:?} is not in the config");
+        out
+    };
+    // The listeners' lines (their groups name the protocol before the port).
+    let tcp = "port = 80\nprotocol = \"TCP\"";
+    let c = Config::parse(&with(NLB_USER_SPACE, tcp, "60"), "x.toml").unwrap();
+    assert_eq!(
+        c.listeners[0].idle_timeout(),
+        std::time::Duration::from_secs(60)
+    );
+    // NLB's default, and the fixed value of TLS listeners.
+    assert_eq!(
+        c.listeners[1].idle_timeout(),
+        std::time::Duration::from_secs(350)
+    );
+    let c = Config::parse(&with(NLB_USER_SPACE, tcp, "6000"), "x.toml").unwrap();
+    assert_eq!(
+        c.listeners[0].idle_timeout(),
+        std::time::Duration::from_secs(6000)
+    );
+    let key = |i: usize| format!("listeners[{i}].attributes.\"tcp.idle_timeout.seconds\"");
+    let udp = GOOD.replace("\"TCP\"", "\"UDP\"");
+    for (text, want) in [
+        (
+            with(NLB_USER_SPACE, tcp, "59"),
+            format!(
+                "line 22: {}: \"59\" is not a number of seconds in 60..=6000",
+                key(0)
+            ),
+        ),
+        (
+            with(NLB_USER_SPACE, tcp, "6001"),
+            format!(
+                "line 22: {}: \"6001\" is not a number of seconds in 60..=6000",
+                key(0)
+            ),
+        ),
+        (
+            with(NLB_USER_SPACE, "port = 443\nprotocol = \"TLS\"", "600"),
+            format!(
+                "line 28: {}: NLB keeps a TLS listener's idle timeout at 350 s",
+                key(1)
+            ),
+        ),
+        (
+            with(GOOD, tcp, "600"),
+            format!("line 16: {}: this listener is forwarded in XDP", key(0)),
+        ),
+        (
+            with(&udp, "port = 80\nprotocol = \"UDP\"", "600"),
+            format!("line 16: {}: only TCP listeners take it", key(0)),
+        ),
+    ] {
+        let e = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.starts_with(&format!("x.toml: {want}")), "{e}\n{text}");
+    }
+    let unknown = NLB_USER_SPACE.replacen(
+        tcp,
+        &format!("{tcp}\nattributes = {{ \"idle_timeout.timeout_seconds\" = \"60\" }}"),
+        1,
+    );
+    let e = Config::parse(&unknown, "x.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("listeners[0].attributes.\"idle_timeout.timeout_seconds\": unknown attribute"),
+        "{e}"
+    );
+}
+
+#[test]
 fn maglev_table_sizes_are_prime_larger_than_their_groups_and_fit_the_node() {
     let c = Config::parse(GOOD, "x.toml").unwrap();
     assert_eq!(c.listeners[0].maglev_table_size, 65537);

@@ -12,10 +12,11 @@
 //!    group takes it (with the SNI), then, to a TLS group, TLS with ALPN the protocol agreed
 //!    with the client (none if none), any certificate accepted as the L7 tier accepts them;
 //! 4. bytes both ways with `tokio::io::copy_bidirectional` until both directions are done or
-//!    nothing has moved for the idle timeout (NLB's 350 s). An end of stream from one side shuts
-//!    the other side's write (TLS: `close_notify`) and the other direction goes on: half-closes
-//!    pass through. Clear to clear, `splice(2)` could move the bytes without copying them
-//!    through user space; TLS on either side needs the copy.
+//!    nothing has moved for the listener's `tcp.idle_timeout.seconds` (NLB's 350 s by default,
+//!    and always on TLS listeners). An end of stream from one side shuts the other side's write
+//!    (TLS: `close_notify`) and the other direction goes on: half-closes pass through. Clear
+//!    to clear, `splice(2)` could move the bytes without copying them through user space; TLS
+//!    on either side needs the copy.
 //!
 //! Each connection is a task of its own, so a slow or stuck peer holds only its own. The task is
 //! tracked with its target ([`Upstream::track`]): a target that leaves its group is cut at the
@@ -60,9 +61,6 @@ use crate::{
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a target may take to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// NLB's idle timeout of TCP and TLS listeners (`tcp.idle_timeout.seconds`' default, and fixed
-/// on TLS listeners).
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(350);
 /// How many quiet checks make an idle timeout (as the L7 tier's): a close at most 5% late.
 const IDLE_CHECKS: u32 = 20;
 
@@ -78,6 +76,7 @@ pub struct StreamState {
     pub target_tls: Option<TargetTls>,
     /// The group's `proxy_protocol_v2.enabled`.
     pub proxy_protocol: bool,
+    /// The listener's `tcp.idle_timeout.seconds`.
     pub idle_timeout: Duration,
     pub metrics: StreamMetrics,
 }
@@ -101,7 +100,7 @@ impl StreamState {
             target_tls: (tg.protocol == Protocol::Tls)
                 .then(|| TargetTls::new(l.alpn_policy.unwrap_or_default())),
             proxy_protocol: tg.proxy_protocol_v2(),
-            idle_timeout: IDLE_TIMEOUT,
+            idle_timeout: l.idle_timeout(),
         }
     }
 }

@@ -5,8 +5,10 @@
 //! The estate: an ALB (HTTP → HTTPS redirect; HTTPS with an ACM certificate, host, path, header,
 //! method, query-string and source-ip rules, a weighted forward with stickiness, a fixed
 //! response, an OIDC rule, a rule to a Lambda group, a regex rule; an HTTP listener behind
-//! Cognito) and an NLB (TCP and UDP, and TLS, which xlb has not), seven target groups (one of
-//! Lambda functions, one with an instance target) with their attributes and targets.
+//! Cognito) and an NLB (TCP and UDP, and TLS to a group with source-IP stickiness, which the
+//! proxy cannot keep), seven target groups (one of Lambda functions, one with an instance target)
+//! with their attributes and targets. A second estate, `tests/fixtures/aws/nlb-tls/`: NLB TLS
+//! listeners, PROXY v2 groups and listener attributes.
 
 use std::{
     net::IpAddr,
@@ -244,7 +246,8 @@ fn the_estate_imports_into_the_config_its_json_describes() {
         )
     );
 
-    // L4 listeners: the NLB's TCP and UDP on its first address; its TLS listener is not.
+    // L4 listeners: the NLB's TCP and UDP on its first address; its TLS listener is not (its
+    // group's stickiness).
     let l4: Vec<(IpAddr, u16, Protocol, &str)> = cfg
         .listeners
         .iter()
@@ -453,7 +456,7 @@ fn what_does_not_map_is_reported_and_left_as_comments_in_the_config() {
             "no {level} for {resource} saying {says:?} in:\n{report:#}"
         );
     };
-    // Lambda targets, authentication, ACM, TLS, regex conditions, instance IDs.
+    // Lambda targets, authentication, ACM, stickiness on TLS, regex conditions, instance IDs.
     has("todo", "target group \"thumbnails\"", "Lambda");
     has(
         "todo",
@@ -476,7 +479,12 @@ fn what_does_not_map_is_reported_and_left_as_comments_in_the_config() {
         "listener web-alb HTTPS:443",
         "arn:aws:acm:us-east-1:123456789012:certificate/3f1b2c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
     );
-    has("todo", "listener game-nlb TLS:443", "protocol TLS");
+    // Its group's source-IP stickiness stays for the XDP listener; the proxy cannot keep it.
+    has(
+        "todo",
+        "listener game-nlb TLS:443",
+        "forwards to \"game-tcp\", whose stickiness.type = \"source_ip\"",
+    );
     has("todo", "target group \"legacy\"", "i-0f76fade435676abd:80");
     has("todo", "node", "interface");
     // What differs: attributes xlb lacks, tunnels, addresses, ports, draining targets.
@@ -624,6 +632,184 @@ fn an_input_that_is_no_describe_output_is_refused_by_its_name() {
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(
         said.contains("describe-target-health.web.json") && said.contains("TargetGroupArn"),
+        "{said}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The second estate: an NLB with TLS listeners (to a `TLS` group with PROXY v2, and to a `TCP`
+/// group only TLS listeners use), a TCP listener to a PROXY v2 group with
+/// `tcp.idle_timeout.seconds`, and a TCP listener forwarded in XDP whose idle timeout cannot come.
+fn nlb_tls() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/aws/nlb-tls")
+}
+
+#[test]
+fn nlb_tls_listeners_and_proxy_protocol_groups_import_and_pass_xlb_check() {
+    let dir = scratch("nlb-tls");
+    let config = dir.join("xlb.toml");
+    let report = dir.join("report.json");
+    let out = xlb(&[
+        "--output",
+        "json",
+        "import",
+        "aws",
+        nlb_tls().to_str().unwrap(),
+        "--out",
+        config.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let written = std::fs::read_to_string(&config).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let cfg = Config::parse(&written, "xlb.toml").unwrap_or_else(|e| panic!("{e}\n{written}"));
+    let group = |n: &str| cfg.group(n).unwrap();
+    // Groups the proxy serves keep their targets' own ports; the XDP group's cannot.
+    let targets = |n: &str| -> Vec<(IpAddr, Option<u16>)> {
+        group(n).targets.iter().map(|t| (t.id, t.port)).collect()
+    };
+    assert_eq!(
+        (group("secure").protocol, group("secure").port),
+        (Protocol::Tls, 8443)
+    );
+    assert_eq!(
+        targets("secure"),
+        [(ip("10.1.0.11"), None), (ip("10.1.0.12"), Some(9443))]
+    );
+    assert_eq!(
+        targets("clear"),
+        [(ip("10.1.0.21"), None), (ip("10.1.0.22"), Some(8081))]
+    );
+    assert_eq!(
+        targets("ssh"),
+        [(ip("10.1.0.41"), None), (ip("10.1.0.42"), None)]
+    );
+    assert!(group("secure").proxy_protocol_v2() && group("pp").proxy_protocol_v2());
+    assert!(!group("clear").proxy_protocol_v2());
+    // The proxy picks round robin: pp's source-IP stickiness is left out (with a note).
+    assert!(!group("pp").source_ip_stickiness());
+    let listener = |port: u16| cfg.listeners.iter().find(|l| l.port == port).unwrap();
+    let served: Vec<(u16, Protocol, &str, bool)> = cfg
+        .listeners
+        .iter()
+        .map(|l| (l.port, l.protocol, l.target_group(), cfg.in_user_space(l)))
+        .collect();
+    assert_eq!(
+        served,
+        [
+            (22, Protocol::Tcp, "ssh", false),
+            (80, Protocol::Tcp, "pp", true),
+            (443, Protocol::Tls, "secure", true),
+            (8443, Protocol::Tls, "clear", true),
+        ]
+    );
+    assert!(
+        cfg.listeners
+            .iter()
+            .all(|l| l.address == ip("198.51.100.10"))
+    );
+    // The TLS listeners: ACM certificates as files to provide, the policies as xlb names them.
+    let tls = listener(443);
+    let certs: Vec<String> = tls
+        .certificates
+        .iter()
+        .map(|c| c.cert.display().to_string())
+        .collect();
+    assert_eq!(certs, ["certs/5c1a7e2b-3d4f-4a6b-8c9d-1e2f3a4b5c6d.pem"]);
+    assert_eq!(tls.ssl_policy, Some(lb_config::SslPolicy::Tls13Only));
+    assert_eq!(tls.alpn_policy, Some(lb_config::AlpnPolicy::Http2Preferred));
+    let other = listener(8443);
+    assert_eq!((other.ssl_policy, other.alpn_policy), (None, None));
+    // The idle timeout comes where the proxy keeps it: the PROXY v2 listener's, not the XDP
+    // listener's; the TLS listener's is NLB's fixed 350 s, the default, not written.
+    assert_eq!(
+        listener(80).idle_timeout(),
+        std::time::Duration::from_secs(600)
+    );
+    for port in [22, 443, 8443] {
+        assert!(listener(port).attributes.is_empty(), "{port}: {written}");
+    }
+    let findings = report["findings"].as_array().unwrap();
+    let has = |level: &str, resource: &str, says: &str| {
+        assert!(
+            findings.iter().any(|f| f["level"] == level
+                && f["resource"] == resource
+                && f["message"].as_str().unwrap().contains(says)),
+            "no {level} for {resource} saying {says:?} in:\n{report:#}"
+        );
+    };
+    has(
+        "note",
+        "listener edge-nlb TCP:22",
+        "tcp.idle_timeout.seconds = \"1200\" (forwarded in XDP",
+    );
+    has(
+        "note",
+        "target group \"pp\"",
+        "stickiness.type = \"source_ip\" not imported",
+    );
+    has("note", "target group \"ssh\"", "ports 2222");
+    has(
+        "note",
+        "target group \"clear\"",
+        "preserve_client_ip.enabled = \"true\": xlb's proxy",
+    );
+    has(
+        "note",
+        "listener edge-nlb TLS:8443",
+        "ELBSecurityPolicy-TLS13-1-2-Res-2021-06: imported as xlb's default",
+    );
+    has(
+        "note",
+        "listener edge-nlb TLS:443",
+        "whose socket binds 198.51.100.10:443",
+    );
+    has(
+        "todo",
+        "listener edge-nlb TLS:443",
+        "arn:aws:acm:eu-west-1:123456789012:certificate/5c1a7e2b-3d4f-4a6b-8c9d-1e2f3a4b5c6d",
+    );
+    has(
+        "todo",
+        "load balancer edge-nlb",
+        "forwards TCP:22 in XDP, whose VIP must not be an address of the node, and serves \
+         TCP:80, TLS:443, TLS:8443 with its proxy",
+    );
+    // What the proxy does anyway is no finding (XDP keeps the client's address: ssh's is).
+    let says_false = |resource: &str| {
+        findings.iter().any(|f| {
+            f["resource"] == resource
+                && f["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("preserve_client_ip.enabled = \"false\"")
+        })
+    };
+    assert!(
+        !says_false("target group \"secure\"")
+            && !says_false("target group \"pp\"")
+            && says_false("target group \"ssh\""),
+        "{report:#}"
+    );
+    // With the certificates in place, `xlb check` takes it.
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let shipped = repo().join("config/examples/certs");
+    for id in [
+        "5c1a7e2b-3d4f-4a6b-8c9d-1e2f3a4b5c6d",
+        "7d2b8f3c-4e5a-4b7c-9d0e-2f3a4b5c6d7e",
+    ] {
+        for (from, to) in [("example.com.pem", "pem"), ("example.com.key", "key")] {
+            std::fs::copy(shipped.join(from), certs.join(format!("{id}.{to}"))).unwrap();
+        }
+    }
+    let out = xlb(&["check", "--config", config.to_str().unwrap()]);
+    let said = text(&out);
+    assert!(
+        out.status.success()
+            && said.contains(": ok (4 listeners, 0 http listeners, 4 target groups)"),
         "{said}"
     );
     std::fs::remove_dir_all(&dir).unwrap();

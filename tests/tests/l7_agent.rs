@@ -1,13 +1,22 @@
 //! The L7 tier inside the real agent: `xlb run` in the lab's lb namespace serves an HTTP
 //! listener with ALB rules; a client in the client namespace talks to it with curl. Targets
 //! registered and deregistered through the control API reach the L7 tier too, and a group without
-//! a `health_check` block is checked with ALB's defaults.
+//! a `health_check` block is checked with ALB's defaults. An agent started without L7 listeners
+//! serves those a reload brings (HTTP, and NLB's TLS), and closes them when a reload takes them
+//! away.
 
-use std::path::PathBuf;
+mod l7_support;
 
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use l7_support::{Pki, cert_entry, path as utf8};
 use xlb_tests::{
-    agent::{Agent, xlb_bin},
-    lab::{CLIENT_V4, LB_V4, Lab, LabSpec, Role, backend_v4, pin_dir, run_dir},
+    agent::{Agent, http_spread, xlb_bin},
+    lab::{CLIENT_V4, HTTP_PORT, LB_V4, Lab, LabSpec, Role, VIP_V4, backend_v4, pin_dir, run_dir},
 };
 
 #[test]
@@ -163,17 +172,17 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
     // Reload swaps the rules in the running agent.
     std::fs::write(&path, config("still down")).unwrap();
     agent.reload().unwrap();
-    let t0 = std::time::Instant::now();
+    let t0 = Instant::now();
     loop {
         let body = curl(&[&format!("{url}/maintenance")]);
         if body == "still down" {
             break;
         }
         assert!(
-            t0.elapsed() < std::time::Duration::from_secs(5),
+            t0.elapsed() < Duration::from_secs(5),
             "reload not applied: {body}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
     // ALB's metrics on the agent's endpoint: every forward answered by a target.
     let metrics = lab
@@ -300,4 +309,120 @@ fn the_agent_forwards_and_refuses_requests_as_alb_does() {
             "{status} in\n{log}"
         );
     }
+}
+
+/// The L7 tier follows reloads in an agent that started without it: a reload that brings the
+/// first HTTP listener, then a TLS listener (NLB's, served by the proxy), binds them, and
+/// `xlb targets list` shows the L7 tier's checks; a reload that takes them away closes their
+/// sockets. The L4 listener serves throughout.
+#[test]
+fn a_reload_brings_the_first_l7_listeners_and_takes_them_away() {
+    let lab = Lab::up(LabSpec {
+        prefix: "xl7r-".into(),
+        backends: 2,
+        server_bin: PathBuf::from(env!("CARGO_BIN_EXE_xlb-lab")),
+        xlb: Some(xlb_bin().expect("xlb binary")),
+    })
+    .expect("lab up");
+    let pki = Pki::new("agent-reload");
+    let leaf = pki.leaf("lb", &["lb.example"]);
+    let l4 = format!(
+        "[node]\ninterface = \"eth0\"\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n\n\
+         [[target_groups]]\nname = \"vip\"\nprotocol = \"TCP\"\nport = 80\n\
+         targets = [{{ id = \"{}\" }}]\n\n\
+         [[listeners]]\naddress = \"{VIP_V4}\"\nport = 80\nprotocol = \"TCP\"\n\
+         default_action = {{ type = \"forward\", target_group = \"vip\" }}\n\n",
+        pin_dir(lab.prefix()).join("agent").display(),
+        run_dir(lab.prefix()).join("xlb.sock").display(),
+        run_dir(lab.prefix()).join("state.json").display(),
+        backend_v4(1),
+    );
+    let http = format!(
+        "[[target_groups]]\nname = \"web\"\nprotocol = \"HTTP\"\nport = 80\n\
+         targets = [{{ id = \"{}\" }}]\n\n\
+         [[http_listeners]]\naddress = \"{LB_V4}\"\nport = 8080\nprotocol = \"HTTP\"\n\
+         default_action = {{ type = \"forward\", target_group = \"web\" }}\n\n",
+        backend_v4(1),
+    );
+    let tls = format!(
+        "[[target_groups]]\nname = \"clear\"\nprotocol = \"TCP\"\nport = 80\n\
+         targets = [{{ id = \"{}\" }}]\n\n\
+         [[listeners]]\naddress = \"{LB_V4}\"\nport = 8443\nprotocol = \"TLS\"\n\
+         certificates = [{}]\n\
+         default_action = {{ type = \"forward\", target_group = \"clear\" }}\n\n",
+        backend_v4(2),
+        cert_entry(&leaf),
+    );
+    let path = run_dir(lab.prefix()).join("xlb.toml");
+    std::fs::write(&path, &l4).unwrap();
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &path).expect("xlb run");
+    let vip = SocketAddr::from((VIP_V4, HTTP_PORT));
+    let l4_serves = || {
+        let spread = http_spread(&lab, vip, 3).expect("client");
+        assert_eq!(spread.get("backend1"), Some(&3), "{spread:?}");
+    };
+    l4_serves();
+    let http_url = format!("http://{LB_V4}:8080/");
+    let tls_url = "https://lb.example:8443/";
+    let resolve = format!("lb.example:8443:{LB_V4}");
+    // curl's exit code and body: 0 with the backend's name, 7 when the port refuses.
+    let curl = |args: &[&str]| -> (Option<i32>, String) {
+        let mut argv = vec!["curl", "-sS", "--max-time", "5"];
+        argv.extend_from_slice(args);
+        let out = lab.command(Role::Client, &argv).output().expect("curl");
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.code(), body)
+    };
+    let get_http = || curl(&[&http_url]);
+    let get_tls = || curl(&["--cacert", utf8(&pki.ca()), "--resolve", &resolve, tls_url]);
+    // A reload returns once the agent has it; the L7 tier binds just after.
+    let soon = |what: &str, get: &dyn Fn() -> (Option<i32>, String), want: (Option<i32>, &str)| {
+        let t0 = Instant::now();
+        loop {
+            let (code, body) = get();
+            if (code, body.as_str()) == want {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "{what}: curl exited {code:?} with {body:?}, not {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let refused = (Some(7), "");
+    assert_eq!(get_http(), (Some(7), String::new()), "nothing on 8080 yet");
+
+    std::fs::write(&path, format!("{l4}{http}")).unwrap();
+    agent.reload().expect("reload");
+    soon("the first HTTP listener", &get_http, (Some(0), "backend1"));
+    // `xlb targets list` shows the L7 tier's check of the new group's target.
+    let listed = std::process::Command::new(xlb_bin().unwrap())
+        .arg("--socket")
+        .arg(run_dir(lab.prefix()).join("xlb.sock"))
+        .args(["targets", "list", "--target-group", "web"])
+        .output()
+        .expect("xlb targets list");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let row = listed
+        .lines()
+        .find(|l| l.contains(&backend_v4(1).to_string()))
+        .unwrap_or_else(|| panic!("backend 1 not listed:\n{listed}"));
+    assert!(
+        matches!(row.split_whitespace().nth(4), Some("initial" | "healthy"))
+            && !row.contains("HealthCheckDisabled"),
+        "{listed}"
+    );
+
+    std::fs::write(&path, format!("{l4}{http}{tls}")).unwrap();
+    agent.reload().expect("reload");
+    soon("a TLS listener", &get_tls, (Some(0), "backend2"));
+    assert_eq!(get_http(), (Some(0), "backend1".to_owned()));
+
+    std::fs::write(&path, &l4).unwrap();
+    agent.reload().expect("reload");
+    soon("the HTTP listener removed", &get_http, refused);
+    soon("the TLS listener removed", &get_tls, refused);
+    l4_serves();
+    agent.stop().expect("xlb stops cleanly");
 }

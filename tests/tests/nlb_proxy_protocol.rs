@@ -2,8 +2,9 @@
 //! reads the header and answers with the client address it names, so each client binds an
 //! address of its own (127.0.0.7, .8, .9) for the assertion to tell them apart; on TLS
 //! listeners the header carries the SNI (`fc_pp_authority`). Also: a half-close passes through,
-//! `xlb check` refuses PROXY v2 where it cannot go, and in the lab's namespaces the agent leaves
-//! a PROXY v2 listener's VIP to the proxy (XDP would tunnel it to a target that has no decap).
+//! `xlb check` refuses PROXY v2 where it cannot go, in the lab's namespaces the agent leaves
+//! a PROXY v2 listener's VIP to the proxy (XDP would tunnel it to a target that has no decap), and
+//! the proxy closes a connection idle for its listener's `tcp.idle_timeout.seconds`.
 
 mod l7_support;
 
@@ -11,7 +12,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpStream},
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use l7_support::{Haproxy, Lab, Pki, cert_entry, curl, free_port, path};
@@ -368,4 +369,87 @@ fn a_reload_moves_new_connections_and_a_target_that_left_is_cut_after_its_delay(
     let cut = first.write_all(b"d\n").and_then(|()| first.read(&mut buf));
     assert!(matches!(cut, Ok(0) | Err(_)), "{cut:?}");
     assert_eq!(ask(&mut second, "e\n"), "two e\n");
+}
+
+/// `tcp.idle_timeout.seconds` on a TCP listener the proxy serves: a connection where nothing
+/// moves is closed after the listener's 60 s (the proxy checks every 3 s: 60 to 63 s after the
+/// last byte), while one as idle on a listener without the attribute stays open (NLB's 350 s).
+#[test]
+fn an_idle_connection_is_closed_after_the_listeners_tcp_idle_timeout() {
+    let mut lab = Lab::new();
+    let socket = lab
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let target = socket.local_addr().unwrap().port();
+    lab.spawn(naming_echo(socket, "t"));
+    let (short, default) = (free_port(), free_port());
+    lab.start(&format!(
+        "{}{}{}",
+        group("pp", "TCP", target),
+        listener(
+            short,
+            "TCP",
+            "pp",
+            "attributes = { \"tcp.idle_timeout.seconds\" = \"60\" }"
+        ),
+        listener(default, "TCP", "pp", "")
+    ));
+    let open = |port: u16| {
+        let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("connect");
+        // Bounds the wait for the close.
+        s.set_read_timeout(Some(Duration::from_secs(75))).unwrap();
+        assert_eq!(ask(&mut s, "a\n"), "t a\n");
+        s
+    };
+    let (mut idle, mut kept) = (open(short), open(default));
+    let t0 = Instant::now();
+    let mut buf = [0u8; 16];
+    let closed = idle.read(&mut buf);
+    let after = t0.elapsed();
+    assert!(
+        matches!(&closed, Ok(0)),
+        "{closed:?} after {after:?}: not closed by the proxy"
+    );
+    assert!(
+        (Duration::from_secs(55)..=Duration::from_secs(70)).contains(&after),
+        "closed after {after:?}, not about 60 s"
+    );
+    assert_eq!(
+        ask(&mut kept, "b\n"),
+        "t b\n",
+        "the default listener's connection"
+    );
+}
+
+/// A target of a group the proxy serves is reached on its own `port` (as `xlb import aws`
+/// writes targets registered on ports other than their group's), the others on the group's.
+#[test]
+fn the_proxy_connects_to_a_targets_own_port() {
+    let mut lab = Lab::new();
+    let mut ports = Vec::new();
+    for (name, address) in [("own", "127.0.0.1:0"), ("group", "127.0.0.2:0")] {
+        let socket = lab
+            .block_on(tokio::net::TcpListener::bind(address))
+            .unwrap();
+        ports.push(socket.local_addr().unwrap().port());
+        lab.spawn(naming_echo(socket, name));
+    }
+    let port = free_port();
+    // Round robin alternates between the two targets.
+    lab.start(&format!(
+        "[[target_groups]]\nname = \"pp\"\nprotocol = \"TCP\"\nport = {}\n\
+         targets = [{{ id = \"127.0.0.1\", port = {} }}, {{ id = \"127.0.0.2\" }}]\n\
+         attributes = {{ \"proxy_protocol_v2.enabled\" = \"true\" }}\n\n{}",
+        ports[1],
+        ports[0],
+        listener(port, "TCP", "pp", "")
+    ));
+    let answers: std::collections::BTreeSet<String> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            ask(&mut s, "x\n")
+        })
+        .collect();
+    assert_eq!(answers, ["group x\n", "own x\n"].map(String::from).into());
 }

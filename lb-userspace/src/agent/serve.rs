@@ -6,8 +6,8 @@
 //! - The **API server** and the **metrics server** accept connections and serve each in a task of
 //!   its own; they reach the state through [`Command`]s with a reply channel. A slow or stuck
 //!   client holds only its own task. An accept that fails is logged and retried.
-//! - The **L7 tier** runs in its own task and gets each new config on a `watch` channel; the
-//!   **BGP announcer** ([`bgp`]) gets the VIPs the node can serve the same way.
+//! - The **L7 tier** runs in its own task, with or without listeners, and gets each new config
+//!   on a `watch` channel; the **BGP announcer** ([`bgp`]) gets the VIPs the node can serve the same way.
 //! - The **access log** has a thread of its own, so a stdout that blocks never holds a runtime
 //!   worker.
 //!
@@ -138,18 +138,17 @@ async fn serve(
         }
         None => None,
     };
-    // The L7 tier, when the config has HTTP listeners or listeners served in user space (TLS,
-    // PROXY v2); reloads reach it through `l7_config`.
+    // The L7 tier: HTTP listeners and listeners served in user space (TLS, PROXY v2). It runs
+    // even with none, idle, so that a reload that brings the first binds it; reloads reach it
+    // through `l7_config`.
     let (l7_config, l7_rx) = watch::channel(Arc::new(agent.l7()));
     let (l7_stop, l7_stopped) = oneshot::channel::<()>();
-    let l7 = (!l7_config.borrow().is_empty()).then(|| {
-        let checks = lb_health::checker::Checker::new();
-        // `xlb targets list` shows the L7 tier's health checks with the agent's.
-        agent.l7_health = Some(checks.0.view());
-        tokio::spawn(lb_l7::serve(l7_rx, log, l7_metrics, checks, async {
-            let _ = l7_stopped.await;
-        }))
-    });
+    let checks = lb_health::checker::Checker::new();
+    // `xlb targets list` shows the L7 tier's health checks with the agent's.
+    agent.l7_health = Some(checks.0.view());
+    let l7 = tokio::spawn(lb_l7::serve(l7_rx, log, l7_metrics, checks, async {
+        let _ = l7_stopped.await;
+    }));
     // The VIPs this node can serve, announced through BIRD while it can; only with [node.bgp],
     // so that a node without it does not work them out on every turn of the loop.
     let mut bgp = node.bgp.clone().map(|bgp| {
@@ -255,10 +254,8 @@ async fn serve(
         t.abort();
     }
     let _ = std::fs::remove_file(&node.api_socket);
-    if let Some(task) = l7 {
-        let _ = l7_stop.send(());
-        task.await??;
-    }
+    let _ = l7_stop.send(());
+    l7.await??;
     // The L7 tier is gone: the writer ends with the last line.
     lines.close();
     if access_log.join().is_err() {
