@@ -14,8 +14,8 @@ use aya::{
     },
 };
 use lb_common::{
-    Addr, Backend, Config, Counters, DecapReason, FlowKey, FlowState, Reason, VipCounters, VipKey,
-    VipMeta, names,
+    Addr, Backend, Config, Counters, DecapReason, FlowKey, FlowState, NatReply, Reason,
+    VipCounters, VipKey, VipMeta, names,
 };
 use thiserror::Error;
 
@@ -764,6 +764,15 @@ impl Dataplane {
             .get(&index, 0)
             .map_err(|source| DataplaneError::Map { name, source })?;
         Ok(sum(v.iter()))
+    }
+
+    /// The NAT replies' entries: (the reply's flow key, the listener it answers for).
+    pub fn nat_replies(&mut self) -> Result<Vec<(FlowKey, NatReply)>> {
+        let name = names::NAT_REPLIES;
+        let map = self.hash::<FlowKey, NatReply>(name)?;
+        map.iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|source| DataplaneError::Map { name, source })
     }
 
     /// The flow table's entries.

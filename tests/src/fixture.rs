@@ -265,6 +265,25 @@ impl Fixture {
         index
     }
 
+    /// Gives backend `index` a port of its own (NAT forwarding rewrites the destination to it).
+    pub fn backend_port(&mut self, index: u32, port: u16) {
+        let addr = self.backends[index as usize - 1];
+        let (family, a) = addr_bytes(addr);
+        self.dp
+            .set_backend(
+                index,
+                &Backend {
+                    addr: a,
+                    family,
+                    flags: BACKEND_F_LIVE,
+                    mac: BACKEND_MAC,
+                    port_be: port.to_be(),
+                    _pad: [0; 6],
+                },
+            )
+            .expect("set backend");
+    }
+
     /// Marks backend `index` gone (its flows re-balance) or live again.
     pub fn set_live(&mut self, index: u32, live: bool) {
         let addr = self.backends[index as usize - 1];
