@@ -17,6 +17,7 @@ mod icmp;
 mod l2;
 mod maps;
 mod nat;
+mod next_hop;
 mod parse;
 mod stats;
 mod verdict;

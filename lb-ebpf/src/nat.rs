@@ -12,9 +12,10 @@ use network_types::{eth::EthHdr, tcp::TcpHdr, udp::UdpHdr};
 
 use crate::{
     conntrack::Choice,
-    csum, encap,
+    csum,
     l2::{self, NextHop},
     maps::NAT_REPLIES,
+    next_hop::{next_hop, route},
     parse::{Packet, ptr_at},
     verdict::Verdict,
 };
@@ -59,9 +60,9 @@ pub fn forward(
         };
         // A full table evicts its least recently used entry; failing here loses this flow's
         // replies, which then reach the client untranslated and are reset.
-        let _ = NAT_REPLIES.insert(&reply, &vip, 0);
+        let _ = NAT_REPLIES.insert(reply, vip, 0);
     }
-    let hop = encap::next_hop(ctx, cfg, choice.index, b, key.family == AF_INET)?;
+    let hop = next_hop(ctx, cfg, choice.index, b, key.family == AF_INET)?;
     rewrite::<false>(ctx, p, &b.addr, port_be, &hop)?;
     Ok(l2::send(&hop, Reason::TxNat))
 }
@@ -74,7 +75,7 @@ pub fn reply(ctx: &XdpContext, p: &Packet, cfg: &Config) -> Option<Result<Verdic
     let r = unsafe { NAT_REPLIES.get(p.key) }?;
     let (vip, vport_be) = (r.vip, r.vport_be);
     let v4 = p.key.family == AF_INET;
-    let r = encap::route(ctx, cfg, &p.key.dst, v4).and_then(|hop| {
+    let r = route(ctx, cfg, &p.key.dst, v4).and_then(|hop| {
         rewrite::<true>(ctx, p, &vip, vport_be, &hop)?;
         Ok(l2::send(&hop, Reason::TxNatReply))
     });
@@ -144,7 +145,7 @@ fn rewrite_in<const V4: bool, const TCP: bool, const REPLY: bool>(
         )
     };
     diff += (!old_port) as u64 + port_be as u64;
-    let new = words(addr);
+    let new = addr_words(addr);
     if v4 {
         let ip: *mut [u8; 20] = ptr_at(ctx, p.l3_off).ok_or(short)?;
         // SAFETY: bounds checked by `ptr_at`.
@@ -208,7 +209,7 @@ fn rewrite_in<const V4: bool, const TCP: bool, const REPLY: bool>(
 
 /// An address as four 32-bit words in memory order.
 #[inline(always)]
-fn words(a: &Addr) -> [u32; 4] {
+fn addr_words(a: &Addr) -> [u32; 4] {
     // SAFETY: same size; any bits are valid for both.
     unsafe { core::mem::transmute::<Addr, [u32; 4]>(*a) }
 }

@@ -324,3 +324,11 @@ fn addr6(a: &Addr) -> Addr {
     // SAFETY: `a` is a valid 16-byte array; the read is unaligned on purpose.
     unsafe { (a as *const Addr).cast::<u128>().read_unaligned() }.to_ne_bytes()
 }
+
+/// An address as two words: two loads, not sixteen (the maps' addresses, in `Backend` and
+/// `FlowKey`, are 8-byte aligned).
+#[inline(always)]
+pub fn words(a: &Addr) -> [u64; 2] {
+    // SAFETY: same size; any bits are valid for both.
+    unsafe { core::mem::transmute::<Addr, [u64; 2]>(*a) }
+}

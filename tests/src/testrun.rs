@@ -5,13 +5,18 @@
 use std::{net::Ipv4Addr, process::Command};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use lb_common::{CONFIG_F_NAT, CONFIG_F_NO_FIB, VIP_F_NAT};
 use xlb::dataplane::{Dataplane, Program, RunOptions};
 
 use crate::{
     ebpf_count::{Machine, Route, Run},
     fixture::{self, Fixture, Proto, Reason, XDP_PASS, XDP_TX},
-    packet::{MAC_CLIENT, MAC_LB, Packet},
+    packet::{MAC_BACKEND, MAC_CLIENT, MAC_LB, Packet},
 };
+
+/// The NAT listener's port, and its target's own.
+const NAT_PORT: u16 = 8080;
+const NAT_TARGET_PORT: u16 = 8081;
 
 /// The frames of the cases.
 pub struct Frames {
@@ -21,6 +26,10 @@ pub struct Frames {
     pub other: Vec<u8>,
     pub v6_syn: Vec<u8>,
     pub v6_ack: Vec<u8>,
+    /// To the NAT listener, and its target's reply.
+    pub nat_syn: Vec<u8>,
+    pub nat_ack: Vec<u8>,
+    pub nat_reply: Vec<u8>,
 }
 
 impl Default for Frames {
@@ -42,12 +51,26 @@ impl Frames {
         let v6 = Packet::eth(MAC_CLIENT, MAC_LB)
             .ipv6(fixture::CLIENT_V6, fixture::VIP_V6)
             .tcp(40000, 80);
+        let nat = Packet::eth(MAC_CLIENT, MAC_LB)
+            .ipv4(fixture::CLIENT_V4, fixture::VIP_V4)
+            .tcp(40000, NAT_PORT);
+        let std::net::IpAddr::V4(nat_target) = fixture::BACKEND3_V4 else {
+            unreachable!("the fixture's third target is IPv4")
+        };
         Frames {
             syn: v4(true, fixture::VIP_V4),
             ack: v4(false, fixture::VIP_V4),
             other: v4(false, Ipv4Addr::new(198, 18, 200, 1)),
             v6_syn: v6.clone().syn().build(),
             v6_ack: v6.ack().build(),
+            nat_syn: nat.clone().syn().payload(&pad).build(),
+            nat_ack: nat.ack().payload(&pad).build(),
+            nat_reply: Packet::eth(MAC_BACKEND, MAC_LB)
+                .ipv4(nat_target, fixture::CLIENT_V4)
+                .tcp(NAT_TARGET_PORT, 40000)
+                .ack()
+                .payload(&pad)
+                .build(),
         }
     }
 }
@@ -62,9 +85,21 @@ pub fn prepare(mut f: Fixture, frames: &Frames) -> Result<Fixture> {
     ];
     f.listener(fixture::VIP_V4, 80, Proto::Tcp, 0, &v4_targets);
     f.listener(fixture::VIP_V6, 80, Proto::Tcp, 0, &[fixture::BACKEND1_V6]);
+    // The NAT listener's target is the tunnel's third: tunnels ignore its port.
+    f.listener(
+        fixture::VIP_V4,
+        NAT_PORT,
+        Proto::Tcp,
+        VIP_F_NAT,
+        &[fixture::BACKEND3_V4],
+    );
+    let nat_target = f.backend(fixture::BACKEND3_V4);
+    f.backend_port(nat_target, NAT_TARGET_PORT);
+    f.config(|c| c.flags |= CONFIG_F_NAT);
     for (frame, want) in [
         (&frames.syn, Reason::TxTunnel),
         (&frames.v6_syn, Reason::TxTunnel),
+        (&frames.nat_syn, Reason::TxNat),
         (&frames.other, Reason::PassNotVip),
     ] {
         let out = f.run(frame);
@@ -99,18 +134,35 @@ pub struct Case<'a> {
     /// The verdict it must get.
     pub action: u32,
     pub note: &'static str,
+    /// Runs with a NAT listener configured (`CONFIG_F_NAT`).
+    pub nat: bool,
+}
+
+impl Case<'_> {
+    /// The node config flags the case runs with.
+    pub fn config_flags(&self) -> u16 {
+        let mut flags = 0;
+        if self.hop == Hop::Gateway {
+            flags |= CONFIG_F_NO_FIB;
+        }
+        if self.nat {
+            flags |= CONFIG_F_NAT;
+        }
+        flags
+    }
 }
 
 /// The cases, in the bench's order: those without an ingress interface first (they run before
 /// [`links`] makes one, so their FIB lookups fail).
 pub fn cases(f: &Frames) -> Vec<Case<'_>> {
-    let case = |path, program, hop, frame, action, note| Case {
+    let case = |path: &'static str, program, hop, frame, action, note| Case {
         path,
         program,
         hop,
         frame,
         action,
         note,
+        nat: path.contains(".nat."),
     };
     let (lb, fib, gateway, miss) = (Program::Lb, Hop::Fib, Hop::Gateway, Hop::FibMiss);
     vec![
@@ -186,6 +238,30 @@ pub fn cases(f: &Frames) -> Vec<Case<'_>> {
             XDP_PASS,
             "not a VIP: passed",
         ),
+        case(
+            "lb.v4.nat.established",
+            lb,
+            fib,
+            &f.nat_ack,
+            XDP_TX,
+            "TCP ACK, flow in table, NAT to the target's port; FIB answer cached",
+        ),
+        case(
+            "lb.v4.nat.reply",
+            lb,
+            fib,
+            &f.nat_reply,
+            XDP_TX,
+            "the NAT target's TCP ACK back to the client; FIB asked",
+        ),
+        case(
+            "lb.non_vip.nat",
+            lb,
+            fib,
+            &f.other,
+            XDP_PASS,
+            "not a VIP, on a node with a NAT listener: looked up as a reply, passed",
+        ),
     ]
 }
 
@@ -193,7 +269,8 @@ pub fn cases(f: &Frames) -> Vec<Case<'_>> {
 pub const LINK_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x7e, 0x01];
 
 /// A veth pair in this thread's namespace (a fixture unshared it), forwarding, with the
-/// fixture's targets on its link and their neighbours resolved; returns its index.
+/// fixture's targets and IPv4 client on its link and their neighbours resolved; returns its
+/// index.
 pub fn links() -> Result<u32> {
     let mac = mac_str(LINK_MAC);
     run(&[
@@ -206,6 +283,8 @@ pub fn links() -> Result<u32> {
     run(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"])?;
     run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
     run(&["ip", "addr", "add", "198.18.1.1/24", "dev", "tr0"])?;
+    // The client too, for NAT replies.
+    run(&["ip", "addr", "add", "198.18.0.1/24", "dev", "tr0"])?;
     run(&[
         "ip",
         "addr",
@@ -231,6 +310,18 @@ pub fn links() -> Result<u32> {
             "permanent",
         ])?;
     }
+    run(&[
+        "ip",
+        "neigh",
+        "replace",
+        &fixture::CLIENT_V4.to_string(),
+        "lladdr",
+        &mac_str(MAC_CLIENT),
+        "dev",
+        "tr0",
+        "nud",
+        "permanent",
+    ])?;
     Ok(nix::net::if_::if_nametoindex("tr0")?)
 }
 
@@ -241,10 +332,10 @@ const TARGETS: [std::net::IpAddr; 4] = [
     fixture::BACKEND1_V6,
 ];
 
-/// What the kernel's FIB answers for the targets from [`links`]' interface `ifindex`: the same
-/// interface, its MAC, the target's.
+/// What the kernel's FIB answers for the targets (and the IPv4 client) from [`links`]' interface
+/// `ifindex`: the same interface, its MAC, theirs.
 pub fn routes(ifindex: u32) -> Vec<Route> {
-    TARGETS
+    let mut routes: Vec<Route> = TARGETS
         .iter()
         .map(|dst| Route {
             ingress: ifindex,
@@ -253,7 +344,15 @@ pub fn routes(ifindex: u32) -> Vec<Route> {
             smac: LINK_MAC,
             dmac: fixture::BACKEND_MAC,
         })
-        .collect()
+        .collect();
+    routes.push(Route {
+        ingress: ifindex,
+        dst: fixture::CLIENT_V4.into(),
+        ifindex,
+        smac: LINK_MAC,
+        dmac: MAC_CLIENT,
+    });
+    routes
 }
 
 /// The instructions `case` executes in the steady state, on `machine` (which holds `dp`'s maps):

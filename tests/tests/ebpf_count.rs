@@ -4,7 +4,7 @@
 //! first fills the next-hop cache): both give the same verdict, the same frame and the same reason
 //! counter, and leave the same flows.
 
-use lb_common::{CONFIG_F_NO_FIB, names};
+use lb_common::names;
 use xlb::dataplane::{Program, RunOptions};
 use xlb_tests::{
     ebpf_count::Machine,
@@ -53,11 +53,7 @@ fn the_counter_gives_the_kernels_verdict_frame_reason_and_flows_on_every_bench_c
             }),
             Hop::Gateway | Hop::FibMiss => 0,
         };
-        f.config(|c| {
-            if case.hop == Hop::Gateway {
-                c.flags |= CONFIG_F_NO_FIB;
-            }
-        });
+        f.config(|c| c.flags |= case.config_flags());
         m.copy_map(f.dataplane(), names::CONFIG)
             .expect("copy the config");
         for round in 1..=2 {

@@ -119,7 +119,8 @@ fn v6_tcp_and_udp_are_translated_both_ways() {
         true,
     );
     let to = |b: Packet| b.ipv6(CLIENT_V6, VIP_V6);
-    let cases: [(Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>); 2] = [
+    // (request, as forwarded, the target's reply, as the client gets it)
+    let cases = [
         (
             to(Packet::eth(MAC_CLIENT, MAC_LB))
                 .tcp(5555, 443)

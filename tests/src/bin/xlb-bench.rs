@@ -477,11 +477,7 @@ fn testrun_bench(plan: &Plan, baseline: Option<&[u8]>, results: &mut Results) ->
         let mut ns = vec![Vec::with_capacity(n); builds.len()];
         let mut before = Vec::new();
         for (_, f, _) in &mut builds {
-            f.config(|c| {
-                if case.hop == Hop::Gateway {
-                    c.flags |= CONFIG_F_NO_FIB;
-                }
-            });
+            f.config(|c| c.flags |= case.config_flags());
             before.push(total_reasons(f.dataplane())?);
         }
         for slice in 0..slices {
