@@ -283,6 +283,20 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), Refusal> {
                     ),
                 ));
             }
+            // One address on two ports would be one target to the agent, which drains and
+            // reports targets by address.
+            if let Some(k) = tg.targets[..j].iter().position(|o| o.id == t.id)
+                && l.forwarding == Forwarding::Nat
+            {
+                return Err(Refusal::new(
+                    format!("target_groups ({}).targets[{j}].id", tg.name),
+                    format!(
+                        "{} is targets[{k}] already: a nat group has each address once (give \
+                         another port a group of its own)",
+                        t.id
+                    ),
+                ));
+            }
             if t.port.is_some() && !sends_to_target_port(l) {
                 return Err(Refusal::new(
                     format!("target_groups ({}).targets[{j}].port", tg.name),

@@ -1339,6 +1339,11 @@ fn nat_refuses_what_it_cannot_forward() {
             "line 28: listeners[1].forwarding: nat on every port: listeners[0] forwards to \
              \"web\" by nat to the targets' ports",
         ),
+        // The agent knows a group's targets by address.
+        (
+            NAT.replace("198.18.1.12", "198.18.1.11"),
+            "line 9: target_groups (web).targets[1].id: 198.18.1.11 is targets[0] already",
+        ),
         // The proxy's listeners connect to the targets themselves.
         (
             NAT.replace("targets = [{ id = \"198.18.1.11\" }", "attributes = { \"proxy_protocol_v2.enabled\" = \"true\" }\ntargets = [{ id = \"198.18.1.11\" }"),
@@ -1369,16 +1374,23 @@ fn nat_refuses_what_it_cannot_forward() {
 
 #[test]
 fn nat_targets_on_other_ports_take_their_own_datapath_slots() {
-    // One address in two groups, on two ports: two of node.max_targets.
-    let text = NAT
-        .replace(
-            "interface = \"eth0\"",
-            "interface = \"eth0\"\nmax_targets = 2",
+    // 198.18.1.11 in a second group, on its port 9000: a fourth target.
+    let api = |max: u32| {
+        format!(
+            "{}\n[[target_groups]]\nname = \"api\"\nprotocol = \"TCP\"\nport = 9000\n\
+             targets = [{{ id = \"198.18.1.11\" }}]\n\n[[listeners]]\naddress = \"198.18.100.1\"\n\
+             port = 81\nprotocol = \"TCP\"\nforwarding = \"nat\"\n\
+             default_action = {{ type = \"forward\", target_group = \"api\" }}\n",
+            NAT.replace(
+                "interface = \"eth0\"",
+                &format!("interface = \"eth0\"\nmax_targets = {max}"),
+            )
         )
-        .replace("198.18.1.12", "198.18.1.11");
-    let e = Config::parse(&text, "x.toml").unwrap_err().to_string();
+    };
+    Config::parse(&api(4), "x.toml").unwrap();
+    let e = Config::parse(&api(3), "x.toml").unwrap_err().to_string();
     assert!(
-        e.contains("the L4 listeners' groups hold 3 targets; node.max_targets allows 2"),
+        e.contains("the L4 listeners' groups hold 4 targets; node.max_targets allows 3"),
         "{e}"
     );
 }
