@@ -254,7 +254,7 @@ fn nat_forwards_tcp_and_udp_v4_and_v6_to_the_targets_ports_with_the_clients_addr
     let (lab, _servers) = lab("xnat-a-");
     let check = "health_check = { protocol = \"TCP\", interval_seconds = 5, timeout_seconds = 2, \
                  healthy_threshold = 2, unhealthy_threshold = 2 }\n";
-    let mut text = node(&lab);
+    let mut text = node(&lab) + "metrics_address = \"127.0.0.1:9100\"\n";
     text += &group("t4", "TCP", v4, check);
     text += &group("t6", "TCP", v6, "");
     text += &group("u4", "UDP", v4, "");
@@ -358,6 +358,25 @@ fn nat_forwards_tcp_and_udp_v4_and_v6_to_the_targets_ports_with_the_clients_addr
         assert!(reason_packets(&stats, reason) > 0, "{reason}:\n{stats}");
     }
     assert!(stats.contains("198.18.1.12:8081 (weight 1)"), "{stats}");
+    let metrics = lab
+        .exec(
+            Role::Lb,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:9100/metrics",
+            ],
+        )
+        .expect("curl metrics");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    for line in [
+        "xlb_healthy_host_count{target_group=\"t4\"} 2",
+        "target=\"198.18.1.12:8081\"",
+    ] {
+        assert!(metrics.contains(line), "{line}:\n{metrics}");
+    }
 
     // Forwarding off on the node: `xlb status` says what NAT loses and what to set.
     let sysctl = |v: &str| {
