@@ -21,7 +21,8 @@ use crate::{
 pub struct TargetGroup {
     pub name: String,
     pub protocol: Protocol,
-    /// The targets' port (targets the L7 tier or the proxy connects to may name their own).
+    /// The targets' port (targets the L7 tier or the proxy connects to, or nat listeners on one
+    /// port send to, may name their own).
     pub port: u16,
     #[serde(default)]
     pub targets: Vec<Target>,
@@ -52,8 +53,9 @@ pub struct Target {
     #[serde(default)]
     pub zone: Option<String>,
     /// The target's port, for the L7 tier and the proxy to connect to (HTTP groups, and groups
-    /// of TLS or PROXY v2 listeners); the group's `port` otherwise. XDP forwards packets to the
-    /// listener's port.
+    /// of TLS or PROXY v2 listeners) and for nat listeners on one port to send to; the group's
+    /// `port` otherwise. Refused where XDP keeps the packet's port (tunnel, dsr, nat on every
+    /// port).
     #[serde(default)]
     pub port: Option<u16>,
 }

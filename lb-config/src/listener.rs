@@ -59,6 +59,9 @@ pub enum Forwarding {
     Tunnel,
     /// L2 direct server return: the target shares the L2 segment and has the VIP on `lo`.
     Dsr,
+    /// Destination NAT to the target's address and port (LVS-NAT): the target runs a plain
+    /// server and routes its replies back through this node, which gives them the VIP back.
+    Nat,
 }
 
 /// An L4 listener's action.
@@ -109,6 +112,31 @@ impl Config {
     pub fn xdp_listeners(&self) -> impl Iterator<Item = &Listener> {
         self.listeners.iter().filter(|l| !self.in_user_space(l))
     }
+
+    /// The port the XDP tier sends target `t` of `g` to: its own, else the group's, when NAT
+    /// listeners on one port forward to `g`; none when packets keep their port (tunnel, dsr,
+    /// NAT on every port). Validation keeps one way per group.
+    pub fn nat_port(&self, g: &TargetGroup, t: &crate::Target) -> Option<u16> {
+        self.xdp_listeners()
+            .any(|l| l.target_group() == g.name && sends_to_target_port(l))
+            .then(|| t.port.unwrap_or(g.port))
+    }
+}
+
+/// Whether `l` rewrites the destination port to its targets' (NAT on one port).
+fn sends_to_target_port(l: &Listener) -> bool {
+    l.forwarding == Forwarding::Nat && l.port != 0
+}
+
+/// How an XDP listener sends to its group's targets, as refusals name it: a group's targets
+/// are set up for one way.
+fn way(l: &Listener) -> &'static str {
+    match l.forwarding {
+        Forwarding::Tunnel => "tunnel",
+        Forwarding::Dsr => "dsr",
+        Forwarding::Nat if l.port == 0 => "nat on every port",
+        Forwarding::Nat => "nat to the targets' ports",
+    }
 }
 
 /// Checks the L4 listeners against the groups they name.
@@ -123,11 +151,12 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), Refusal> {
             ),
         ));
     }
-    // Each target address of the groups XDP listeners forward to takes a datapath slot.
-    let targets: BTreeSet<IpAddr> = cfg
+    // Each target of the groups XDP listeners forward to takes a datapath slot: one per address,
+    // and per port for NAT targets.
+    let targets: BTreeSet<(IpAddr, Option<u16>)> = cfg
         .xdp_listeners()
         .filter_map(|l| cfg.group(l.target_group()))
-        .flat_map(|g| g.targets.iter().map(|t| t.id))
+        .flat_map(|g| g.targets.iter().map(|t| (t.id, cfg.nat_port(g, t))))
         .collect();
     let max = cfg.node.max_targets;
     if targets.len() > max as usize {
@@ -243,12 +272,68 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), Refusal> {
                     ),
                 ));
             }
+            // NAT rewrites the addresses in place: one family end to end.
+            if l.forwarding == Forwarding::Nat && l.address.is_ipv4() != t.id.is_ipv4() {
+                return Err(Refusal::new(
+                    format!("target_groups ({}).targets[{j}].id", tg.name),
+                    format!(
+                        "nat: target {} and VIP {} (listeners[{i}]) are of different IP \
+                         families; NAT rewrites addresses in place",
+                        t.id, l.address
+                    ),
+                ));
+            }
+            // One address on two ports would be one target to the agent, which drains and
+            // reports targets by address.
+            if let Some(k) = tg.targets[..j].iter().position(|o| o.id == t.id)
+                && l.forwarding == Forwarding::Nat
+            {
+                return Err(Refusal::new(
+                    format!("target_groups ({}).targets[{j}].id", tg.name),
+                    format!(
+                        "{} is targets[{k}] already: a nat group has each address once (give \
+                         another port a group of its own)",
+                        t.id
+                    ),
+                ));
+            }
+            if t.port.is_some() && !sends_to_target_port(l) {
+                return Err(Refusal::new(
+                    format!("target_groups ({}).targets[{j}].port", tg.name),
+                    format!(
+                        "listeners[{i}] forwards to it by {}, which keeps the packet's port: a \
+                         target's own port is for nat listeners on one port (and HTTP groups \
+                         and the proxy's listeners)",
+                        way(l)
+                    ),
+                ));
+            }
             if l.forwarding == Forwarding::Dsr && t.mac.is_none() {
                 return Err(Refusal::new(
                     format!("target_groups ({}).targets[{j}].mac", tg.name),
                     "dsr forwarding needs each target's MAC",
                 ));
             }
+        }
+    }
+    // A target is one datapath backend, with one port: the listeners of a group send one way.
+    let mut first: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        if cfg.in_user_space(l) {
+            continue;
+        }
+        let f = *first.entry(l.target_group()).or_insert(i);
+        if way(&cfg.listeners[f]) != way(l) {
+            return Err(Refusal::new(
+                format!("listeners[{i}].forwarding"),
+                format!(
+                    "{}: listeners[{f}] forwards to {:?} by {}; a group's targets are set up for \
+                     one way",
+                    way(l),
+                    l.target_group(),
+                    way(&cfg.listeners[f])
+                ),
+            ));
         }
     }
     Ok(())
@@ -347,11 +432,18 @@ fn check_user_space(cfg: &Config, i: usize, l: &Listener) -> Result<(), Refusal>
              PROXY v2) and binds one port",
         ));
     }
-    if l.forwarding == Forwarding::Dsr {
+    if matches!(l.forwarding, Forwarding::Dsr | Forwarding::Nat) {
         return Err(Refusal::new(
             format!("{at}.forwarding"),
-            "dsr: this listener is served in user space (TLS, or PROXY v2), which connects to \
-             the targets itself; XDP cannot put a header in a TCP stream",
+            format!(
+                "{}: this listener is served in user space (TLS, or PROXY v2), which connects \
+                 to the targets itself; XDP cannot put a header in a TCP stream",
+                if l.forwarding == Forwarding::Dsr {
+                    "dsr"
+                } else {
+                    "nat"
+                }
+            ),
         ));
     }
     if cfg

@@ -1256,3 +1256,141 @@ fn maglev_table_sizes_are_prime_larger_than_their_groups_and_fit_the_node() {
         "{e}"
     );
 }
+
+/// NAT listeners: one on port 80 to targets on their own ports, one on every port.
+const NAT: &str = r#"
+[node]
+interface = "eth0"
+
+[[target_groups]]
+name = "web"
+protocol = "TCP"
+port = 8080
+targets = [{ id = "198.18.1.11" }, { id = "198.18.1.12", port = 8081 }]
+
+[[target_groups]]
+name = "any"
+protocol = "TCP_UDP"
+port = 1
+targets = [{ id = "2001:db8:2::11" }]
+
+[[listeners]]
+address = "198.18.100.1"
+port = 80
+protocol = "TCP"
+forwarding = "nat"
+default_action = { type = "forward", target_group = "web" }
+
+[[listeners]]
+address = "2001:db8:100::1"
+port = 0
+protocol = "TCP_UDP"
+forwarding = "nat"
+default_action = { type = "forward", target_group = "any" }
+"#;
+
+#[test]
+fn nat_listeners_send_to_the_targets_port_or_keep_the_packets() {
+    let c = Config::parse(NAT, "x.toml").unwrap();
+    assert_eq!(c.listeners[0].forwarding, Forwarding::Nat);
+    let web = c.group("web").unwrap();
+    let ports: Vec<_> = web.targets.iter().map(|t| c.nat_port(web, t)).collect();
+    assert_eq!(ports, [Some(8080), Some(8081)]);
+    // Every port: the packet keeps its own.
+    let any = c.group("any").unwrap();
+    assert_eq!(c.nat_port(any, &any.targets[0]), None);
+    // Tunnel targets keep the packet's port too.
+    let g = Config::parse(GOOD, "x.toml").unwrap();
+    let web = g.group("web").unwrap();
+    assert_eq!(g.nat_port(web, &web.targets[0]), None);
+}
+
+#[test]
+fn nat_refuses_what_it_cannot_forward() {
+    let refused = |text: &str| Config::parse(text, "x.toml").unwrap_err().to_string();
+    let cases = [
+        // A target's own port where the packet keeps its port: tunnel, and NAT on every port.
+        (
+            NAT.replacen("forwarding = \"nat\"\n", "", 1),
+            "line 9: target_groups (web).targets[1].port: listeners[0] forwards to it by \
+             tunnel, which keeps the packet's port",
+        ),
+        (
+            NAT.replace("{ id = \"2001:db8:2::11\" }", "{ id = \"2001:db8:2::11\", port = 53 }"),
+            "line 15: target_groups (any).targets[0].port: listeners[1] forwards to it by nat \
+             on every port, which keeps the packet's port",
+        ),
+        // NAT rewrites addresses in place: one family, either way.
+        (
+            NAT.replace("198.18.1.11", "2001:db8:2::12"),
+            "line 9: target_groups (web).targets[0].id: nat: target 2001:db8:2::12 and VIP \
+             198.18.100.1 (listeners[0]) are of different IP families",
+        ),
+        (
+            NAT.replace("2001:db8:2::11", "198.18.1.13"),
+            "line 15: target_groups (any).targets[0].id: nat: target 198.18.1.13 and VIP \
+             2001:db8:100::1 (listeners[1]) are of different IP families",
+        ),
+        // A group's targets are set up for one way.
+        (
+            NAT.replace("target_group = \"any\"", "target_group = \"web\"")
+                .replace("2001:db8:100::1", "198.18.100.2")
+                .replace(", port = 8081 }", " }"),
+            "line 28: listeners[1].forwarding: nat on every port: listeners[0] forwards to \
+             \"web\" by nat to the targets' ports",
+        ),
+        // The agent knows a group's targets by address.
+        (
+            NAT.replace("198.18.1.12", "198.18.1.11"),
+            "line 9: target_groups (web).targets[1].id: 198.18.1.11 is targets[0] already",
+        ),
+        // The proxy's listeners connect to the targets themselves.
+        (
+            NAT.replace("targets = [{ id = \"198.18.1.11\" }", "attributes = { \"proxy_protocol_v2.enabled\" = \"true\" }\ntargets = [{ id = \"198.18.1.11\" }"),
+            "line 22: listeners[0].forwarding: nat: this listener is served in user space",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = refused(&text);
+        assert!(e.contains(want), "want {want:?}: {e}");
+    }
+    // TLS, likewise.
+    let tls = NLB_USER_SPACE.replace(
+        "protocol = \"TLS\"\ncertificates",
+        "protocol = \"TLS\"\nforwarding = \"nat\"\ncertificates",
+    );
+    let e = refused(&tls);
+    assert!(
+        e.contains("line 28: listeners[1].forwarding: nat: this listener is served in user space"),
+        "{e}"
+    );
+    // NAT needs no MAC, and the two families each with their own are fine.
+    let both = format!(
+        "{NAT}\n[[listeners]]\naddress = \"198.18.100.1\"\nport = 81\nprotocol = \"TCP\"\n\
+         forwarding = \"nat\"\ndefault_action = {{ type = \"forward\", target_group = \"web\" }}\n"
+    );
+    Config::parse(&both, "x.toml").unwrap();
+}
+
+#[test]
+fn nat_targets_on_other_ports_take_their_own_datapath_slots() {
+    // 198.18.1.11 in a second group, on its port 9000: a fourth target.
+    let api = |max: u32| {
+        format!(
+            "{}\n[[target_groups]]\nname = \"api\"\nprotocol = \"TCP\"\nport = 9000\n\
+             targets = [{{ id = \"198.18.1.11\" }}]\n\n[[listeners]]\naddress = \"198.18.100.1\"\n\
+             port = 81\nprotocol = \"TCP\"\nforwarding = \"nat\"\n\
+             default_action = {{ type = \"forward\", target_group = \"api\" }}\n",
+            NAT.replace(
+                "interface = \"eth0\"",
+                &format!("interface = \"eth0\"\nmax_targets = {max}"),
+            )
+        )
+    };
+    Config::parse(&api(4), "x.toml").unwrap();
+    let e = Config::parse(&api(3), "x.toml").unwrap_err().to_string();
+    assert!(
+        e.contains("the L4 listeners' groups hold 4 targets; node.max_targets allows 3"),
+        "{e}"
+    );
+}

@@ -98,7 +98,7 @@ pub struct Registration {
     pub weight: u32,
     pub zone: Option<String>,
     pub mac: Option<String>,
-    /// Its own port (HTTP groups); the group's otherwise.
+    /// Its own port (HTTP groups, nat listeners); the group's otherwise.
     #[serde(default)]
     pub port: Option<u16>,
 }
@@ -108,7 +108,8 @@ pub struct Registration {
 pub struct TargetRow {
     pub target_group: String,
     pub id: IpAddr,
-    /// The port of a target of an HTTP group (L4 targets get every port of their listener).
+    /// The port of a target of an HTTP group or of nat listeners on one port (other L4 targets
+    /// get the port the client sent to).
     pub port: Option<u16>,
     pub weight: u32,
     pub zone: Option<String>,
@@ -126,7 +127,8 @@ pub struct TargetRow {
 }
 
 impl TargetRow {
-    /// The target as operators name it: `address:port` in HTTP groups, the address in L4 ones.
+    /// The target as operators name it: `address:port` in HTTP groups and behind nat listeners,
+    /// the address in other L4 ones.
     pub fn target(&self) -> String {
         match self.port {
             Some(port) => SocketAddr::new(self.id, port).to_string(),

@@ -4,13 +4,14 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
-    net::IpAddr,
+    fmt,
+    net::{IpAddr, SocketAddr},
 };
 
 use lb_common::{
-    AF_INET, AF_INET6, Addr, BACKEND_F_LIVE, Backend, CONFIG_F_NO_FIB, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, VIP_F_ADDRESS_ONLY, VIP_F_DSR, VIP_F_SOURCE_IP,
-    VipKey, VipMeta,
+    AF_INET, AF_INET6, Addr, BACKEND_F_LIVE, Backend, CONFIG_F_NAT, CONFIG_F_NO_FIB, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, VIP_F_ADDRESS_ONLY, VIP_F_DSR, VIP_F_NAT,
+    VIP_F_SOURCE_IP, VipKey, VipMeta,
 };
 
 use lb_config::{Config, Forwarding, Listener, Protocol, TargetGroup, parse_mac};
@@ -24,13 +25,42 @@ use crate::{
 /// A listener as the datapath knows it: address, port, IP protocols.
 type ListenerKey = (IpAddr, u16, &'static [u8]);
 
+/// What a backend is to the datapath: a target's address, and the port NAT sends it to (0 for
+/// tunnel and DSR targets, and NAT on every port: the packet keeps its port). A NAT target in
+/// two groups on two ports is two backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TargetAddr {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+impl TargetAddr {
+    /// Target `t` of `g` as listeners of `cfg` forward to it.
+    pub fn of(cfg: &Config, g: &TargetGroup, t: &lb_config::Target) -> TargetAddr {
+        TargetAddr {
+            addr: t.id,
+            port: cfg.nat_port(g, t).unwrap_or(0),
+        }
+    }
+}
+
+/// `address:port` for NAT targets, the address for the others.
+impl fmt::Display for TargetAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            0 => self.addr.fmt(f),
+            port => SocketAddr::new(self.addr, port).fmt(f),
+        }
+    }
+}
+
 /// What was applied for one listener.
 #[derive(Debug, Clone)]
 pub struct AppliedListener {
     pub name: String,
     pub vip: u32,
-    /// Backend indices of the listener's targets, as (address, index, weight).
-    pub targets: Vec<(IpAddr, u32, u32)>,
+    /// Backend indices of the listener's targets, as (target, index, weight).
+    pub targets: Vec<(TargetAddr, u32, u32)>,
 }
 
 /// A listener's Maglev tables in `RINGS`.
@@ -61,8 +91,8 @@ impl Tables {
 /// What the flow table holds: [`Balancer::flows`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlowCensus {
-    /// Live flows per target address.
-    pub per_target: BTreeMap<IpAddr, u64>,
+    /// Live flows per target.
+    pub per_target: BTreeMap<TargetAddr, u64>,
     /// Live flows, whatever their target (one that has left included).
     pub live: u64,
     /// Every entry: the live flows and the closed or idle ones the LRU has not evicted yet.
@@ -75,8 +105,8 @@ pub struct FlowCensus {
 /// The agent's view of the datapath it programs.
 pub struct Balancer {
     dp: Dataplane,
-    /// Backend index per target address, while the target is in the datapath.
-    backends: BTreeMap<IpAddr, u32>,
+    /// Backend index per target, while the target is in the datapath.
+    backends: BTreeMap<TargetAddr, u32>,
     /// Indices of targets that left (their drain over), oldest first: reused for new targets
     /// so that `node.max_targets` bounds the targets at one time, not over the
     /// agent's life. A flow still pinned to a reused index had lost its target already.
@@ -88,8 +118,8 @@ pub struct Balancer {
     space: RingSpace,
     /// The tables of each VIP index.
     rings: BTreeMap<u32, Tables>,
-    /// The targets (address, index, weight) each VIP index's live ring was built from.
-    tables: BTreeMap<u32, Vec<(IpAddr, u32, u32)>>,
+    /// The targets (target, index, weight) each VIP index's live ring was built from.
+    tables: BTreeMap<u32, Vec<(TargetAddr, u32, u32)>>,
     /// Each listener's VIP index, by what it listens on: the counters and the ring stay with
     /// the listener when a reload reorders the file.
     vips: BTreeMap<ListenerKey, u32>,
@@ -105,7 +135,11 @@ impl Balancer {
         let mut free = VecDeque::new();
         for (index, b) in dp.backends()? {
             if b.flags & BACKEND_F_LIVE != 0 {
-                backends.insert(addr_from(b.family, &b.addr), index);
+                let t = TargetAddr {
+                    addr: addr_from(b.family, &b.addr),
+                    port: u16::from_be(b.port_be),
+                };
+                backends.insert(t, index);
             } else {
                 free.push_back(index);
             }
@@ -193,10 +227,10 @@ impl Balancer {
                 what: "the listeners",
             });
         }
-        let mut new: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut new: BTreeSet<TargetAddr> = BTreeSet::new();
         for l in cfg.xdp_listeners() {
             let tg = cfg.group(l.target_group()).expect("validated");
-            new.extend(tg.targets.iter().map(|t| t.id));
+            new.extend(tg.targets.iter().map(|t| TargetAddr::of(cfg, tg, t)));
         }
         new.retain(|a| !self.backends.contains_key(a));
         let fresh = new.len().saturating_sub(self.free.len()) as u32;
@@ -233,7 +267,8 @@ impl Balancer {
             let tg = cfg.group(l.target_group()).expect("validated");
             let mut targets = Vec::new();
             for t in &tg.targets {
-                let index = self.backend_index(t.id)?;
+                let target = TargetAddr::of(cfg, tg, t);
+                let index = self.backend_index(target)?;
                 let mac = t
                     .mac
                     .as_deref()
@@ -249,11 +284,11 @@ impl Balancer {
                         family,
                         flags: BACKEND_F_LIVE,
                         mac,
-                        port_be: 0,
+                        port_be: target.port.to_be(),
                         _pad: [0; 6],
                     },
                 )?;
-                targets.push((t.id, index, t.weight));
+                targets.push((target, index, t.weight));
             }
             // A listener whose targets and table size did not change keeps its table (a table
             // takes milliseconds to build, and a health change would otherwise rebuild every
@@ -279,8 +314,10 @@ impl Balancer {
                 _ => self.write_table(vip, l, &targets)?,
             };
             let mut flags = 0;
-            if l.forwarding == Forwarding::Dsr {
-                flags |= VIP_F_DSR;
+            match l.forwarding {
+                Forwarding::Tunnel => {}
+                Forwarding::Dsr => flags |= VIP_F_DSR,
+                Forwarding::Nat => flags |= VIP_F_NAT,
             }
             if tg.source_ip_stickiness() {
                 flags |= VIP_F_SOURCE_IP;
@@ -360,7 +397,7 @@ impl Balancer {
             let vip = self.vips.get(&(l.address, l.port, protocols(l.protocol)));
             let tables = vip.and_then(|i| self.rings.get(i));
             let kept = tables.is_some_and(|t| t.live.size == l.maglev_table_size)
-                && vip.is_some_and(|i| self.same_targets(*i, tg));
+                && vip.is_some_and(|i| self.same_targets(*i, cfg, tg));
             if !kept {
                 let standby = tables.and_then(|t| t.standby);
                 standby_in(&mut space, standby, l.maglev_table_size).map_err(|source| {
@@ -375,11 +412,13 @@ impl Balancer {
     }
 
     /// Whether VIP `vip`'s live table was built from `tg`'s targets as they are now.
-    fn same_targets(&self, vip: u32, tg: &TargetGroup) -> bool {
+    fn same_targets(&self, vip: u32, cfg: &Config, tg: &TargetGroup) -> bool {
         self.tables.get(&vip).is_some_and(|built| {
             built.len() == tg.targets.len()
                 && built.iter().zip(&tg.targets).all(|((a, i, w), t)| {
-                    *a == t.id && *w == t.weight && self.backends.get(a) == Some(i)
+                    *a == TargetAddr::of(cfg, tg, t)
+                        && *w == t.weight
+                        && self.backends.get(a) == Some(i)
                 })
         })
     }
@@ -390,7 +429,7 @@ impl Balancer {
         &mut self,
         vip: u32,
         l: &Listener,
-        targets: &[(IpAddr, u32, u32)],
+        targets: &[(TargetAddr, u32, u32)],
     ) -> Result<Tables, DataplaneError> {
         let m = l.maglev_table_size;
         let table = table(targets, m).map_err(|source| DataplaneError::Table {
@@ -481,16 +520,29 @@ impl Balancer {
         Ok(())
     }
 
-    /// Takes a target out of the datapath for good (its drain is over): flows still pinned to it
-    /// are re-balanced on their next packet, and its index goes back to the free list. A target
-    /// still in some listener stays.
+    /// Takes a target's backends (one per port it is sent to) out of the datapath for good
+    /// (its drain is over): flows still pinned to them are re-balanced on their next packet, and
+    /// their indices go back to the free list. A backend still in some listener stays.
     pub fn retire(&mut self, addr: IpAddr) -> Result<(), DataplaneError> {
+        let ports: Vec<TargetAddr> = self
+            .backends
+            .keys()
+            .filter(|t| t.addr == addr)
+            .copied()
+            .collect();
+        for target in ports {
+            self.retire_backend(target)?;
+        }
+        Ok(())
+    }
+
+    fn retire_backend(&mut self, target: TargetAddr) -> Result<(), DataplaneError> {
         let in_use = self
             .listeners
             .iter()
-            .any(|l| l.targets.iter().any(|(a, _, w)| *a == addr && *w > 0));
-        if let (false, Some(&index)) = (in_use, self.backends.get(&addr)) {
-            let (family, a) = addr_bytes(addr);
+            .any(|l| l.targets.iter().any(|(a, _, w)| *a == target && *w > 0));
+        if let (false, Some(&index)) = (in_use, self.backends.get(&target)) {
+            let (family, a) = addr_bytes(target.addr);
             self.dp.set_backend(
                 index,
                 &Backend {
@@ -502,7 +554,7 @@ impl Balancer {
                     _pad: [0; 6],
                 },
             )?;
-            self.backends.remove(&addr);
+            self.backends.remove(&target);
             self.free.push_back(index);
         }
         Ok(())
@@ -510,8 +562,8 @@ impl Balancer {
 
     /// Retires the targets in the datapath that no listener of what was last applied has (an
     /// earlier agent left them, with a config that had them); returns them.
-    pub fn retire_orphans(&mut self) -> Result<Vec<IpAddr>, DataplaneError> {
-        let orphans: Vec<IpAddr> = self
+    pub fn retire_orphans(&mut self) -> Result<Vec<TargetAddr>, DataplaneError> {
+        let orphans: Vec<TargetAddr> = self
             .backends
             .keys()
             .filter(|a| {
@@ -523,7 +575,7 @@ impl Balancer {
             .copied()
             .collect();
         for a in &orphans {
-            self.retire(*a)?;
+            self.retire_backend(*a)?;
         }
         Ok(orphans)
     }
@@ -532,7 +584,8 @@ impl Balancer {
     /// while its TCP client has sent no FIN or RST, or its UDP datagrams come within the idle
     /// timeout.
     pub fn flows(&mut self) -> Result<FlowCensus, DataplaneError> {
-        let by_index: BTreeMap<u32, IpAddr> = self.backends.iter().map(|(a, i)| (*i, *a)).collect();
+        let by_index: BTreeMap<u32, TargetAddr> =
+            self.backends.iter().map(|(a, i)| (*i, *a)).collect();
         // The datapath's clock: `bpf_ktime_get_ns` is CLOCK_MONOTONIC.
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
@@ -559,10 +612,10 @@ impl Balancer {
         Ok(census)
     }
 
-    /// The index of `addr`'s target: its own, a freed one, or the next never used. A reused
-    /// index starts with zeroed counters.
-    fn backend_index(&mut self, addr: IpAddr) -> Result<u32, DataplaneError> {
-        if let Some(&index) = self.backends.get(&addr) {
+    /// The index of `target`: its own, a freed one, or the next never used. A reused index
+    /// starts with zeroed counters.
+    fn backend_index(&mut self, target: TargetAddr) -> Result<u32, DataplaneError> {
+        if let Some(&index) = self.backends.get(&target) {
             return Ok(index);
         }
         let index = match self.free.pop_front() {
@@ -572,7 +625,7 @@ impl Balancer {
             }
             None => self.next_unused(),
         };
-        self.backends.insert(addr, index);
+        self.backends.insert(target, index);
         Ok(index)
     }
 
@@ -638,8 +691,11 @@ fn name(l: &Listener) -> String {
 }
 
 /// The Maglev table of `m` slots over `targets` (address bytes are the stable key).
-fn table(targets: &[(IpAddr, u32, u32)], m: u32) -> Result<Vec<u32>, maglev::MaglevError> {
-    let keys: Vec<Addr> = targets.iter().map(|(a, _, _)| addr_bytes(*a).1).collect();
+fn table(targets: &[(TargetAddr, u32, u32)], m: u32) -> Result<Vec<u32>, maglev::MaglevError> {
+    let keys: Vec<Addr> = targets
+        .iter()
+        .map(|(a, _, _)| addr_bytes(a.addr).1)
+        .collect();
     let mt: Vec<MaglevTarget<'_>> = targets
         .iter()
         .zip(&keys)
@@ -666,6 +722,10 @@ fn node_config(cfg: &Config) -> lb_common::Config {
         c.gateway_mac = parse_mac(mac).expect("validated");
         // A configured gateway is used as is.
         c.flags |= CONFIG_F_NO_FIB;
+    }
+    // Only then does the datapath look up packets to no VIP as NAT replies.
+    if cfg.xdp_listeners().any(|l| l.forwarding == Forwarding::Nat) {
+        c.flags |= CONFIG_F_NAT;
     }
     c
 }

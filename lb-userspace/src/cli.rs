@@ -255,7 +255,7 @@ pub struct RegisterArgs {
     /// The targets' MAC (for `dsr` listeners; one target at a time).
     #[arg(long)]
     mac: Option<String>,
-    /// The targets' port, in HTTP groups (the group's by default).
+    /// The targets' port, in HTTP groups and behind nat listeners (the group's by default).
     #[arg(long)]
     port: Option<u16>,
 }

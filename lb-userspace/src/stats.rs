@@ -1,11 +1,15 @@
 //! The datapath's counters at one moment ([`Snapshot`]), and as people read them: per listener,
 //! per target, per reason.
 
-use std::{fmt::Write as _, net::IpAddr};
+use std::fmt::Write as _;
 
 use lb_common::{Counters, Reason};
 
-use crate::{api::ListenerStats, balancer::Balancer, dataplane::DataplaneError};
+use crate::{
+    api::ListenerStats,
+    balancer::{Balancer, TargetAddr},
+    dataplane::DataplaneError,
+};
 
 /// Every counter the datapath keeps, read once (the metrics, `xlb stats` and `xlb top` render
 /// from it, not from the maps).
@@ -30,7 +34,7 @@ pub struct ListenerCounters {
 
 #[derive(Debug, Clone)]
 pub struct TargetCounters {
-    pub addr: IpAddr,
+    pub addr: TargetAddr,
     pub weight: u32,
     pub packets: u64,
     pub bytes: u64,

@@ -2,7 +2,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use lb_common::{IPPROTO_TCP, RING_SIZE_DEFAULT, VipMeta};
+use lb_common::{
+    CONFIG_F_NAT, IPPROTO_TCP, RING_SIZE_DEFAULT, VIP_F_DSR, VIP_F_NAT, VipMeta, names,
+};
 use lb_config::Config;
 use xlb::{
     balancer::{Balancer, addr_bytes},
@@ -282,10 +284,7 @@ fn a_restarted_agent_keeps_the_live_and_the_previous_table() {
         .map(|i| IpAddr::V4(Ipv4Addr::new(198, 18, 1, 10 + i)))
         .collect();
     let (before, after) = (sized(&targets[..2], 13), sized(&targets, 13));
-    let dir = PinDir(std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/xlb-test-restart-{}",
-        std::process::id()
-    )));
+    let dir = pin_dir("restart");
     let sizes = Sizes::of(&after.node);
     let (was, live, previous) = {
         let dp = Dataplane::load_pinned(sizes, Some(&dir.0)).expect("pin the maps");
@@ -313,4 +312,148 @@ fn a_restarted_agent_keeps_the_live_and_the_previous_table() {
     lb.apply(&before).expect("a target removed");
     let next = entry(&mut lb);
     assert_eq!((next.prev_base, next.prev_size), (was.ring_base, 13));
+}
+
+/// NAT listeners on `VIP_V4`, one per (port, group) of `listeners`: group `web` (port 8080) holds
+/// 198.18.1.11 and 198.18.1.12 on its own 8081, group `api` (port 9000) holds 198.18.1.11 too.
+fn nat(listeners: &[(u16, &str)]) -> Config {
+    let mut text = String::from(
+        "[node]\ninterface = \"lo\"\nmax_listeners = 2\nmax_targets = 16\n\n\
+         [[target_groups]]\nname = \"web\"\nprotocol = \"TCP\"\nport = 8080\n\
+         targets = [{ id = \"198.18.1.11\" }, { id = \"198.18.1.12\", port = 8081 }]\n\n\
+         [[target_groups]]\nname = \"api\"\nprotocol = \"TCP\"\nport = 9000\n\
+         targets = [{ id = \"198.18.1.11\" }]\n",
+    );
+    for (port, group) in listeners {
+        text += &format!(
+            "\n[[listeners]]\naddress = \"{VIP_V4}\"\nport = {port}\nprotocol = \"TCP\"\n\
+             forwarding = \"nat\"\ndefault_action = {{ type = \"forward\", target_group = \"{group}\" }}\n"
+        );
+    }
+    Config::parse(&text, "nat.toml").expect("config")
+}
+
+/// `CONFIG[0]` as the datapath reads it.
+fn node_flags(lb: &mut Balancer) -> u16 {
+    let (_, map) = lb
+        .dataplane()
+        .maps()
+        .find(|(n, _)| *n == names::CONFIG)
+        .expect("CONFIG");
+    let config: aya::maps::Array<_, lb_common::Config> =
+        aya::maps::Array::try_from(map).expect("CONFIG is an array");
+    config.get(&0, 0).expect("CONFIG[0]").flags
+}
+
+/// Each listener's targets as (target, backend index).
+fn applied(lb: &Balancer) -> Vec<Vec<(String, u32)>> {
+    lb.listeners
+        .iter()
+        .map(|l| {
+            l.targets
+                .iter()
+                .map(|(t, i, _)| (t.to_string(), *i))
+                .collect()
+        })
+        .collect()
+}
+
+/// The port each backend index holds, in host order.
+fn backend_ports(lb: &mut Balancer) -> Vec<(u32, u16)> {
+    let backends = lb.dataplane().backends().expect("BACKENDS");
+    backends
+        .into_iter()
+        .map(|(i, b)| (i, u16::from_be(b.port_be)))
+        .collect()
+}
+
+#[test]
+fn nat_listeners_write_their_flag_their_targets_ports_and_the_nodes_flag() {
+    let cfg = nat(&[(80, "web")]);
+    let dp = Dataplane::load(Sizes::of(&cfg.node)).expect("load the maps");
+    let mut lb = Balancer::new(dp).expect("balancer");
+    lb.apply(&cfg).expect("apply");
+    let meta = entry(&mut lb);
+    assert_eq!(meta.flags & (VIP_F_NAT | VIP_F_DSR), VIP_F_NAT, "{meta:?}");
+    assert_eq!(backend_ports(&mut lb), [(1, 8080), (2, 8081)]);
+    assert_eq!(
+        applied(&lb),
+        [[
+            ("198.18.1.11:8080".to_owned(), 1),
+            ("198.18.1.12:8081".to_owned(), 2)
+        ]]
+    );
+    assert_ne!(
+        node_flags(&mut lb) & CONFIG_F_NAT,
+        0,
+        "NAT replies looked up"
+    );
+
+    // The same VIP by tunnel: no NAT anywhere, and its targets keep the packet's port.
+    let tunnel = config(&[IpAddr::V4(Ipv4Addr::new(198, 18, 1, 13))]);
+    lb.apply(&tunnel).expect("apply the tunnel");
+    assert_eq!(entry(&mut lb).flags & VIP_F_NAT, 0);
+    assert_eq!(
+        node_flags(&mut lb) & CONFIG_F_NAT,
+        0,
+        "no NAT listener left"
+    );
+    assert_eq!(applied(&lb), [[("198.18.1.13".to_owned(), 3)]]);
+    assert!(backend_ports(&mut lb).contains(&(3, 0)));
+}
+
+/// A pin directory of this test process, removed when dropped.
+fn pin_dir(name: &str) -> PinDir {
+    PinDir(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/xlb-test-{name}-{}",
+        std::process::id()
+    )))
+}
+
+#[test]
+fn one_address_on_two_ports_is_two_backends_and_keeps_them_across_a_restart() {
+    let cfg = nat(&[(80, "web"), (81, "api")]);
+    let dir = pin_dir("nat-restart");
+    let sizes = Sizes::of(&cfg.node);
+    let before = {
+        let dp = Dataplane::load_pinned(sizes, Some(&dir.0)).expect("pin the maps");
+        let mut lb = Balancer::new(dp).expect("balancer");
+        lb.apply(&cfg).expect("apply");
+        assert_eq!(backend_ports(&mut lb), [(1, 8080), (2, 8081), (3, 9000)]);
+        applied(&lb)
+    };
+    assert_eq!(
+        before,
+        [
+            vec![
+                ("198.18.1.11:8080".to_owned(), 1),
+                ("198.18.1.12:8081".to_owned(), 2)
+            ],
+            vec![("198.18.1.11:9000".to_owned(), 3)],
+        ]
+    );
+    // The next agent reads the backends back by address and port: with the listeners in the
+    // other order (a fresh agent would number 198.18.1.11:9000 first), each keeps its index.
+    let dp = Dataplane::load_pinned(sizes, Some(&dir.0)).expect("re-open the pins");
+    let mut lb = Balancer::new(dp).expect("balancer");
+    lb.apply(&nat(&[(81, "api"), (80, "web")]))
+        .expect("apply after the restart");
+    assert_eq!(applied(&lb), [before[1].clone(), before[0].clone()]);
+    assert_eq!(backend_ports(&mut lb), [(1, 8080), (2, 8081), (3, 9000)]);
+    // A drain's end retires the address on every port no listener keeps.
+    lb.apply(&nat(&[(80, "web")])).expect("api's listener gone");
+    lb.retire("198.18.1.11".parse().unwrap()).expect("retire");
+    let live: Vec<u32> = lb
+        .dataplane()
+        .backends()
+        .expect("BACKENDS")
+        .into_iter()
+        .filter(|(_, b)| b.flags & lb_common::BACKEND_F_LIVE != 0)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        live,
+        [1, 2],
+        "198.18.1.11:8080 stays in web, 9000 is retired"
+    );
 }

@@ -127,8 +127,12 @@ fn maps_pinned_at_other_sizes_are_refused_and_the_pins_stay() {
     assert!(dir.0.join("FLOWS").exists(), "the pins stay");
 }
 
-/// Pins a new hash map with these sizes at `path`, as another build of xlb would have.
-fn pin_hash_map(path: &Path, key_size: u32, value_size: u32, max_entries: u32) {
+/// `map_type` of `union bpf_attr`.
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+
+/// Pins a new map of this type and these sizes at `path`, as another build of xlb would have.
+fn pin_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_entries: u32) {
     // The head of `union bpf_attr` for BPF_MAP_CREATE and for BPF_OBJ_PIN; the kernel takes a
     // shorter attribute as if zero-filled.
     #[repr(C)]
@@ -148,7 +152,7 @@ fn pin_hash_map(path: &Path, key_size: u32, value_size: u32, max_entries: u32) {
     const BPF_MAP_CREATE: i64 = 0;
     const BPF_OBJ_PIN: i64 = 6;
     let create = Create {
-        map_type: 1, // BPF_MAP_TYPE_HASH
+        map_type,
         key_size,
         value_size,
         max_entries,
@@ -201,7 +205,13 @@ fn a_vips_map_pinned_with_the_old_layout_is_refused() {
         ring_slots: 4 * 2 * lb_common::RING_SIZE_DEFAULT,
         targets: 64,
     };
-    pin_hash_map(&dir.0.join("VIPS"), 20, 12, sizes.listeners * 4);
+    pin_map(
+        &dir.0.join("VIPS"),
+        BPF_MAP_TYPE_HASH,
+        20,
+        12,
+        sizes.listeners * 4,
+    );
     let Err(e) = Dataplane::load_pinned(sizes, Some(&dir.0)) else {
         panic!("a VIPS map of 12-byte values taken")
     };
@@ -210,6 +220,41 @@ fn a_vips_map_pinned_with_the_old_layout_is_refused() {
     assert!(
         text.contains("VIPS holds 16 entries (hash, 20-byte keys, 12-byte values")
             && text.contains("need 16 entries (hash, 20-byte keys, 24-byte values"),
+        "{text}"
+    );
+}
+
+/// An agent from before NAT pinned `BACKENDS` with 24-byte values (no `port_be`): this one
+/// refuses the map rather than read its backends without their ports.
+#[test]
+fn a_backends_map_pinned_before_nat_is_refused() {
+    let _maps = MAPS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/xlb-test-backends-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&dir.0).expect("pin dir");
+    let sizes = Sizes {
+        flows: 1024,
+        listeners: 4,
+        ring_slots: 4 * 2 * lb_common::RING_SIZE_DEFAULT,
+        targets: 64,
+    };
+    pin_map(
+        &dir.0.join("BACKENDS"),
+        BPF_MAP_TYPE_ARRAY,
+        4,
+        24,
+        sizes.targets + 1,
+    );
+    let Err(e) = Dataplane::load_pinned(sizes, Some(&dir.0)) else {
+        panic!("a BACKENDS map of 24-byte values taken")
+    };
+    let text = e.to_string();
+    assert!(matches!(e, DataplaneError::PinnedShape { .. }), "{text}");
+    assert!(
+        text.contains("BACKENDS holds 65 entries (array, 4-byte keys, 24-byte values")
+            && text.contains("need 65 entries (array, 4-byte keys, 32-byte values"),
         "{text}"
     );
 }

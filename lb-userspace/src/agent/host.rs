@@ -69,34 +69,57 @@ pub fn check(cfg: &Config, host: &[(String, IpAddr)]) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// What keeps tunnels from leaving on this host, as lines for the log and `xlb status`: the
-/// kernel's FIB answers `bpf_fib_lookup` only on an interface that forwards, so with forwarding
-/// off and no `gateway_mac` every tunnelled packet is dropped (`drop_no_route`).
+/// What keeps forwarded packets from leaving on this host, as lines for the log and `xlb
+/// status`: the kernel's FIB answers `bpf_fib_lookup` only on an interface that forwards, so with
+/// forwarding off and no `gateway_mac` every tunnelled or NAT packet is dropped
+/// (`drop_no_route`); and the NAT packets the datapath passes to the kernel (no neighbour yet)
+/// are forwarded only with the host's forwarding on.
 pub fn warnings(cfg: &Config) -> Vec<String> {
-    if cfg.node.gateway_mac.is_some() {
-        return Vec::new();
-    }
-    let iface = &cfg.node.interface;
-    let families: BTreeSet<bool> = cfg
-        .xdp_listeners()
-        .filter(|l| l.forwarding == Forwarding::Tunnel)
-        .filter_map(|l| cfg.group(l.target_group()))
-        .flat_map(|g| g.targets.iter().map(|t| t.id.is_ipv4()))
-        .collect();
-    let mut out = Vec::new();
-    for v4 in families {
-        let (family, ip) = if v4 {
+    let families = |f: &dyn Fn(Forwarding) -> bool| -> BTreeSet<bool> {
+        cfg.xdp_listeners()
+            .filter(|l| f(l.forwarding))
+            .filter_map(|l| cfg.group(l.target_group()))
+            .flat_map(|g| g.targets.iter().map(|t| t.id.is_ipv4()))
+            .collect()
+    };
+    let off = |key: &str| {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "0")
+    };
+    let name = |v4: bool| {
+        if v4 {
             ("IPv4", "ipv4")
         } else {
             ("IPv6", "ipv6")
+        }
+    };
+    let mut out = Vec::new();
+    if cfg.node.gateway_mac.is_none() {
+        let iface = &cfg.node.interface;
+        for v4 in families(&|f| f != Forwarding::Dsr) {
+            let (family, ip) = name(v4);
+            let key = format!("net.{ip}.conf.{iface}.forwarding");
+            if off(&key) {
+                out.push(format!(
+                    "{key} is 0: the kernel's FIB gives no next hop toward {family} targets and \
+                     their tunnelled or NAT packets are dropped (drop_no_route); set it to 1 \
+                     (sysctl -w {key}=1), or set node.gateway_mac"
+                ));
+            }
+        }
+    }
+    for v4 in families(&|f| f == Forwarding::Nat) {
+        let (family, _) = name(v4);
+        let key = if v4 {
+            "net.ipv4.ip_forward"
+        } else {
+            "net.ipv6.conf.all.forwarding"
         };
-        let key = format!("net.{ip}.conf.{iface}.forwarding");
-        let path = format!("/proc/sys/net/{ip}/conf/{iface}/forwarding");
-        if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "0") {
+        if off(key) {
             out.push(format!(
-                "{key} is 0: the kernel's FIB gives no next hop toward {family} targets and their \
-                 tunnelled packets are dropped (drop_no_route); set it to 1 (sysctl -w {key}=1), \
-                 or set node.gateway_mac"
+                "{key} is 0: NAT packets toward {family} targets whose next hop has no \
+                 neighbour entry yet (pass_no_neighbour) are dropped by the kernel; set it to 1 \
+                 (sysctl -w {key}=1)"
             ));
         }
     }

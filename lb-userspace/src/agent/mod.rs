@@ -35,7 +35,7 @@ use self::overlay::{Departure, Deregistration, unix_now};
 pub use self::{effective::effective, overlay::Overlay};
 use crate::{
     api::{Registration, Request, Response, Status, TargetRow},
-    balancer::Balancer,
+    balancer::{Balancer, TargetAddr},
     metrics::{FlowTable, Scrape},
     stats::Snapshot,
 };
@@ -222,7 +222,7 @@ impl Agent {
                     .targets
                     .iter()
                     .filter(|t| !self.draining.contains_key(&(g.name.clone(), t.id)))
-                    .map(|t| SocketAddr::new(t.id, g.port));
+                    .map(|t| g.addr(t));
                 Some(GroupSpec {
                     name: g.name.clone(),
                     check: CheckSpec::new(hc),
@@ -462,7 +462,7 @@ impl Agent {
     }
 
     /// The rows of [`Agent::targets`], with `flows` live flows per target.
-    fn rows(&self, group: Option<&str>, flows: &BTreeMap<IpAddr, u64>) -> Vec<TargetRow> {
+    fn rows(&self, group: Option<&str>, flows: &BTreeMap<TargetAddr, u64>) -> Vec<TargetRow> {
         let cfg = self.effective();
         let mut snapshot = self.checker.snapshot();
         snapshot.extend(self.l7_health.iter().flat_map(View::snapshot));
@@ -506,8 +506,11 @@ impl Agent {
                     .find(|r| r.target_group == g.name && r.id == t.id)
                     .map(|r| r.weight);
                 let weight = configured.or(registered).unwrap_or(0);
-                let port = g.protocol.is_http().then(|| t.port.unwrap_or(g.port));
-                let traffic = SocketAddr::new(t.id, port.unwrap_or(g.port));
+                let port = match g.protocol.is_http() {
+                    true => Some(t.port.unwrap_or(g.port)),
+                    false => cfg.nat_port(g, t),
+                };
+                let traffic = g.addr(t);
                 let checked = snapshot
                     .iter()
                     .find(|s| s.group == g.name && s.target == traffic);
@@ -533,7 +536,7 @@ impl Agent {
                     zone: t.zone.clone(),
                     state,
                     reason,
-                    flows: flows.get(&t.id).copied().unwrap_or(0),
+                    flows: flows.get(&TargetAddr::of(&cfg, g, t)).copied().unwrap_or(0),
                     in_service: match &l7_up {
                         Some(up) => up.contains(&traffic),
                         None => t.weight > 0,
