@@ -12,7 +12,8 @@ pub const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
 /// cargo-deb release, which `cargo xtask dist` packages with.
 pub const CARGO_DEB_VERSION: &str = "3.8.0";
 /// Debian packages used by the build, the lab, the tests and the benchmarks (HAProxy, nginx,
-/// wrk and h2load for `bench l7`; strace for `tests/attach.rs`).
+/// wrk and h2load for `bench l7`; strace for `tests/attach.rs`; python3 for the plain servers of
+/// `tests/nat_lab.rs`'s targets).
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -24,6 +25,7 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "wrk",
     "nghttp2-client",
     "strace",
+    "python3",
 ];
 /// Debian packages only the host uses, kept out of the VM images (`cargo xtask vm` does not run
 /// those tests): promtool, from `prometheus`, for `tests/monitoring.rs`; BIRD for
