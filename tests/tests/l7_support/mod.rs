@@ -41,12 +41,23 @@ pub fn l7_config(toml: &str) -> L7Config {
     L7Config::of(&cfg)
 }
 
-/// A free port on 127.0.0.1 (bound, then released for the server under test).
+/// A free port on 127.0.0.1 (bound, then released for the server under test), never one given
+/// before in this process: the tests of a file run in parallel, and the kernel may hand a released
+/// port out again before its first taker binds it.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..100 {
+        let port = StdListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind 127.0.0.1:0");
+        if given.insert(port) {
+            return port;
+        }
+    }
+    panic!("no port not given before in 100 tries");
 }
 
 /// A runtime with backends and, once started, xlb's L7 tier.
