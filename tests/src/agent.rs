@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::lab::{Lab, Role};
+use crate::lab::{Lab, Role, run_dir};
 
 /// The `xlb` binary next to the running executable (`target/release/`), built by
 /// `cargo build -p lb-userspace` (xtask test and demo do that first).
@@ -27,6 +27,48 @@ pub fn xlb_bin() -> Result<PathBuf> {
         "no xlb binary near {}: run `cargo build --release -p lb-userspace`",
         exe.display()
     )
+}
+
+/// The control socket the labs' configs give the agent (`node.api_socket`).
+pub fn api_socket(lab: &Lab) -> PathBuf {
+    run_dir(lab.prefix()).join("xlb.sock")
+}
+
+/// Writes the lab's config file (`xlb.toml` in its run directory); returns its path.
+pub fn write_config(lab: &Lab, text: &str) -> PathBuf {
+    let path = run_dir(lab.prefix()).join("xlb.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Runs `xlb --socket S ARGS` against the lab's agent; returns (success, stdout + stderr).
+pub fn cli(lab: &Lab, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(xlb_bin().expect("xlb binary"))
+        .arg("--socket")
+        .arg(api_socket(lab))
+        .args(args)
+        .output()
+        .expect("run xlb");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// One scrape of the agent's metrics (`node.metrics_address` 127.0.0.1:9100 in the lb namespace).
+pub fn scrape(lab: &Lab) -> String {
+    let out = lab
+        .exec(
+            Role::Lb,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:9100/metrics",
+            ],
+        )
+        .expect("curl metrics");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `xlb run` in the lab's lb namespace; stopped (SIGTERM) on drop.

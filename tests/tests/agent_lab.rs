@@ -11,7 +11,7 @@ use std::{
 };
 
 use xlb_tests::{
-    agent::{Agent, http_spread, xlb_bin},
+    agent::{self, Agent, api_socket, cli, http_spread, write_config, xlb_bin},
     lab::{
         ECHO_PORT, HTTP_PORT, Lab, LabSpec, Role, VIP_V4, backend_v4, in_netns, pin_dir, run_dir,
     },
@@ -27,10 +27,6 @@ fn lab(prefix: &str) -> Lab {
     .expect("lab up")
 }
 
-fn socket(lab: &Lab) -> PathBuf {
-    run_dir(lab.prefix()).join("xlb.sock")
-}
-
 /// A config with targets `file_targets` (index, zone) in group "web", listeners on HTTP and echo.
 fn config(lab: &Lab, targets: &[(usize, &str)], extra_node: &str, attributes: &str) -> String {
     let t: Vec<String> = targets
@@ -41,7 +37,7 @@ fn config(lab: &Lab, targets: &[(usize, &str)], extra_node: &str, attributes: &s
         "[node]\ninterface = \"eth0\"\nmtu = 1600\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n{extra_node}\n\n\
          [[target_groups]]\nname = \"web\"\nprotocol = \"TCP\"\nport = 80\ntargets = [{}]\nattributes = {{ {attributes} }}\n",
         pin_dir(lab.prefix()).join("agent").display(),
-        socket(lab).display(),
+        api_socket(lab).display(),
         run_dir(lab.prefix()).join("state.json").display(),
         t.join(", ")
     );
@@ -52,25 +48,6 @@ fn config(lab: &Lab, targets: &[(usize, &str)], extra_node: &str, attributes: &s
         );
     }
     s
-}
-
-fn write(lab: &Lab, text: &str) -> PathBuf {
-    let path = run_dir(lab.prefix()).join("xlb.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-/// Runs `xlb --socket S ARGS`; returns (success, stdout + stderr).
-fn cli(lab: &Lab, args: &[&str]) -> (bool, String) {
-    let out = Command::new(xlb_bin().unwrap())
-        .arg("--socket")
-        .arg(socket(lab))
-        .args(args)
-        .output()
-        .expect("run xlb");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
 }
 
 fn spread(lab: &Lab, n: usize) -> BTreeMap<String, usize> {
@@ -106,7 +83,7 @@ fn echo_owner(s: &TcpStream) -> std::io::Result<String> {
 #[test]
 fn deregistered_target_drains_then_leaves() {
     let lab = lab("xag-a-");
-    let cfg = write(
+    let cfg = write_config(
         &lab,
         &config(
             &lab,
@@ -165,7 +142,7 @@ fn deregistered_target_drains_then_leaves() {
 #[test]
 fn api_registration_survives_restart_and_is_drift() {
     let lab = lab("xag-b-");
-    let cfg = write(&lab, &config(&lab, &[(1, "a")], "", ""));
+    let cfg = write_config(&lab, &config(&lab, &[(1, "a")], "", ""));
     let xlb = xlb_bin().unwrap();
     let agent = Agent::start(&lab, &xlb, &cfg).expect("xlb run");
     assert_eq!(spread(&lab, 30).keys().collect::<Vec<_>>(), ["backend1"]);
@@ -210,7 +187,7 @@ fn api_registration_survives_restart_and_is_drift() {
 fn bad_reload_is_refused_and_the_running_config_stays() {
     let lab = lab("xag-c-");
     let good = config(&lab, &[(1, "a"), (2, "a")], "", "");
-    let cfg = write(&lab, &good);
+    let cfg = write_config(&lab, &good);
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
     std::fs::write(
         &cfg,
@@ -244,7 +221,7 @@ fn bad_reload_is_refused_and_the_running_config_stays() {
 #[test]
 fn cross_zone_off_stays_in_zone_and_spills_over() {
     let lab = lab("xag-d-");
-    let cfg = write(
+    let cfg = write_config(
         &lab,
         &config(
             &lab,
@@ -314,7 +291,7 @@ fn health_checks_fail_over_then_fail_open_and_export_metrics() {
     );
     // The health check belongs to the group, before the listeners.
     let text = text.replacen("\n\n[[listeners]]", &format!("{check}\n[[listeners]]"), 1);
-    let cfg = write(&lab, &text);
+    let cfg = write_config(&lab, &text);
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
     let wait_for = |i: usize, state: &str, limit: Duration| -> Duration {
         let t0 = std::time::Instant::now();
@@ -343,19 +320,7 @@ fn health_checks_fail_over_then_fail_open_and_export_metrics() {
         "no new flow to the dead target: {s:?}"
     );
     // Metrics, named after CloudWatch's.
-    let m = lab
-        .exec(
-            Role::Lb,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-                "http://127.0.0.1:9100/metrics",
-            ],
-        )
-        .expect("curl metrics");
-    let m = String::from_utf8_lossy(&m.stdout);
+    let m = agent::scrape(&lab);
     assert!(
         m.contains("xlb_healthy_host_count{target_group=\"web\"} 2"),
         "{m}"
@@ -422,7 +387,7 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 #[test]
 fn stalled_clients_hold_only_themselves_and_scrapes_are_fresh_on_one_connection() {
     let lab = lab("xag-f-");
-    let cfg = write(
+    let cfg = write_config(
         &lab,
         &config(
             &lab,
@@ -435,7 +400,7 @@ fn stalled_clients_hold_only_themselves_and_scrapes_are_fresh_on_one_connection(
     // API clients that connect and say nothing, and a scrape that never finishes its request:
     // each once held the agent's loop for 5 s.
     let stalled: Vec<std::os::unix::net::UnixStream> = (0..3)
-        .map(|_| std::os::unix::net::UnixStream::connect(socket(&lab)).expect("connect API"))
+        .map(|_| std::os::unix::net::UnixStream::connect(api_socket(&lab)).expect("connect API"))
         .collect();
     let mut half = in_netns(&lab.ns(Role::Lb), || TcpStream::connect("127.0.0.1:9101"))
         .unwrap()
@@ -477,7 +442,7 @@ fn stalled_clients_hold_only_themselves_and_scrapes_are_fresh_on_one_connection(
 fn accept_errors_and_a_refused_apply_do_not_end_the_agent() {
     let lab = lab("xag-g-");
     let good = config(&lab, &[(1, "a"), (2, "a")], "max_targets = 4", "");
-    let cfg = write(&lab, &good);
+    let cfg = write_config(&lab, &good);
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
     // Out of descriptors: the agent's limit set just above what it holds, then more API
     // clients than that. Its accepts fail for a while; it must go on.
@@ -500,7 +465,7 @@ fn accept_errors_and_a_refused_apply_do_not_end_the_agent() {
     };
     prlimit(&(fds + 2).to_string());
     let crowd: Vec<std::os::unix::net::UnixStream> = (0..8)
-        .filter_map(|_| std::os::unix::net::UnixStream::connect(socket(&lab)).ok())
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(api_socket(&lab)).ok())
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     drop(crowd);
@@ -549,7 +514,7 @@ fn accept_errors_and_a_refused_apply_do_not_end_the_agent() {
 fn reloads_that_claim_the_hosts_address_or_repeat_a_listener_are_refused() {
     let lab = lab("xag-h-");
     let good = config(&lab, &[(1, "a"), (2, "a")], "", "");
-    let cfg = write(&lab, &good);
+    let cfg = write_config(&lab, &good);
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
     let extra = |address: &str, port: u16| {
         format!(
@@ -612,7 +577,7 @@ fn a_target_a_reload_removes_drains_then_its_flows_end() {
     let lab = lab("xag-i-");
     let delay = "\"deregistration_delay.timeout_seconds\" = \"3\"";
     let all = config(&lab, &[(1, "a"), (2, "a"), (3, "a")], "", delay);
-    let cfg = write(&lab, &all);
+    let cfg = write_config(&lab, &all);
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
     let (conn, owner, index) = held_echo(&lab);
     let kept: Vec<(usize, &str)> = (1..=3).filter(|i| *i != index).map(|i| (i, "a")).collect();
@@ -649,7 +614,7 @@ fn a_target_a_reload_removes_drains_then_its_flows_end() {
 #[test]
 fn api_registrations_are_checked_as_the_file_is_and_taken_together() {
     let lab = lab("xag-j-");
-    let cfg = write(&lab, &config(&lab, &[(1, "a")], "", ""));
+    let cfg = write_config(&lab, &config(&lab, &[(1, "a")], "", ""));
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
     let register = |extra: &[&str]| {
         let mut args = vec!["targets", "register", "--target-group", "web"];
@@ -694,7 +659,7 @@ fn api_registrations_are_checked_as_the_file_is_and_taken_together() {
 #[test]
 fn a_state_file_that_no_longer_applies_is_reported_and_the_agent_starts() {
     let lab = lab("xag-k-");
-    let cfg = write(&lab, &config(&lab, &[(1, "a")], "", ""));
+    let cfg = write_config(&lab, &config(&lab, &[(1, "a")], "", ""));
     let state = run_dir(lab.prefix()).join("state.json");
     let gone = format!(
         r#"{{"registered":[{{"target_group":"old","id":"{}","weight":1,"zone":null,"mac":null}}],"deregistered":[]}}"#,
@@ -717,7 +682,7 @@ fn forwarding_off_is_named_with_what_to_set() {
         )
         .expect("sysctl");
     assert!(off.status.success());
-    let cfg = write(&lab, &config(&lab, &[(1, "a")], "", ""));
+    let cfg = write_config(&lab, &config(&lab, &[(1, "a")], "", ""));
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
     let (ok, status) = cli(&lab, &["status"]);
     assert!(ok, "{status}");
@@ -764,7 +729,7 @@ fn listeners_keep_their_counters_when_a_reload_reorders_them_and_closed_connecti
         &format!("metrics_address = \"{metrics}\""),
         "",
     );
-    let cfg = write(&lab, &text);
+    let cfg = write_config(&lab, &text);
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
     let packets =
         |port: u16| format!("xlb_processed_packets_total{{listener=\"{VIP_V4}:{port}/Tcp\"}}");
@@ -854,7 +819,7 @@ fn the_cli_finds_the_agent_by_its_config_and_a_severed_link_is_replaced() {
     make();
     // The balancer on sev0; the CLI is given only the config.
     let text = config(&lab, &[(1, "a")], "", "").replace("\"eth0\"", "\"sev0\"");
-    let cfg = write(&lab, &text);
+    let cfg = write_config(&lab, &text);
     let xlb = |args: &[&str]| {
         let out = Command::new(xlb_bin().unwrap())
             .arg("--config")
@@ -992,7 +957,7 @@ fn reloads_and_each_health_change_of_a_burst_are_logged() {
                  timeout_seconds = 2\nhealthy_threshold = 2\nunhealthy_threshold = 2\n";
     let text = config(&lab, &[(1, "a"), (2, "a"), (3, "a")], "", "");
     let text = text.replacen("\n\n[[listeners]]", &format!("{check}\n[[listeners]]"), 1);
-    let cfg = write(&lab, &text);
+    let cfg = write_config(&lab, &text);
     let log = run_dir(lab.prefix()).join("agent.log");
     let agent = Agent::start_logged(&lab, &xlb_bin().unwrap(), &cfg, &log).expect("xlb run");
     let logged = |what: &str, n: usize| -> String {
@@ -1046,11 +1011,11 @@ fn reloads_and_each_health_change_of_a_burst_are_logged() {
 #[test]
 fn top_shows_each_listener_and_target_while_traffic_flows_and_copes_with_none() {
     let lab = lab("xag-t-");
-    let cfg = write(&lab, &config(&lab, &[(1, "a"), (2, "a")], "", ""));
+    let cfg = write_config(&lab, &config(&lab, &[(1, "a"), (2, "a")], "", ""));
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
     let top = Command::new(xlb_bin().unwrap())
         .arg("--socket")
-        .arg(socket(&lab))
+        .arg(api_socket(&lab))
         .args(["top", "--interval", "1", "--count", "3"])
         .stdout(std::process::Stdio::piped())
         .spawn()

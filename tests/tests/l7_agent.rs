@@ -15,7 +15,7 @@ use std::{
 
 use l7_support::{Pki, cert_entry, path as utf8};
 use xlb_tests::{
-    agent::{Agent, http_spread, xlb_bin},
+    agent::{Agent, cli, http_spread, scrape, xlb_bin},
     lab::{CLIENT_V4, HTTP_PORT, LB_V4, Lab, LabSpec, Role, VIP_V4, backend_v4, pin_dir, run_dir},
 };
 
@@ -76,13 +76,8 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
     // The API's registration and deregistration reach the L7 tier: backend 3 serves, and
     // backend 1, draining, gets no new requests.
     let xlb_cli = |args: &[&str]| {
-        let out = std::process::Command::new(xlb_bin().unwrap())
-            .arg("--socket")
-            .arg(run_dir(lab.prefix()).join("xlb.sock"))
-            .args(args)
-            .output()
-            .expect("run xlb");
-        assert!(out.status.success(), "xlb {args:?}: {out:?}");
+        let (ok, out) = cli(&lab, args);
+        assert!(ok, "xlb {args:?}: {out}");
     };
     let target_args = |verb: &'static str, i: usize| {
         let id = backend_v4(i).to_string();
@@ -91,13 +86,7 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
     // A group without a health_check block is checked with ALB's defaults: its targets are
     // `initial` until their first check (staggered over the 30 s interval) passes, not
     // `unavailable` as unchecked targets are.
-    let listed = std::process::Command::new(xlb_bin().unwrap())
-        .arg("--socket")
-        .arg(run_dir(lab.prefix()).join("xlb.sock"))
-        .args(["targets", "list"])
-        .output()
-        .expect("xlb targets list");
-    let listed = String::from_utf8_lossy(&listed.stdout);
+    let (_, listed) = cli(&lab, &["targets", "list"]);
     for i in 1..=2 {
         let row = listed
             .lines()
@@ -185,19 +174,7 @@ fn agent_serves_http_listener_with_rules_and_reloads_them() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // ALB's metrics on the agent's endpoint: every forward answered by a target.
-    let metrics = lab
-        .exec(
-            Role::Lb,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-                "http://127.0.0.1:9100/metrics",
-            ],
-        )
-        .expect("curl metrics");
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let metrics = scrape(&lab);
     let forwarded =
         format!("{{listener=\"{LB_V4}:8080\",rule=\"default\",target_group=\"web\"}} {forwards}");
     for name in [

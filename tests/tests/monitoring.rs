@@ -12,8 +12,8 @@ use std::{
 
 use serde_json::Value;
 use xlb_tests::{
-    agent::{Agent, xlb_bin},
-    lab::{LB_V4, Lab, LabSpec, Role, VIP_V4, backend_v4, pin_dir, run_dir},
+    agent::{self, Agent, xlb_bin},
+    lab::{LB_V4, Lab, LabSpec, VIP_V4, backend_v4, pin_dir, run_dir},
 };
 
 fn monitoring() -> PathBuf {
@@ -315,21 +315,7 @@ fn every_metric_the_alerts_and_the_dashboard_name_is_exported_by_a_running_agent
     let path = run.join("xlb.toml");
     std::fs::write(&path, config).expect("write config");
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &path).expect("xlb run");
-    let scrape = || {
-        let out = lab
-            .exec(
-                Role::Lb,
-                &[
-                    "curl",
-                    "-sS",
-                    "--max-time",
-                    "5",
-                    "http://127.0.0.1:9100/metrics",
-                ],
-            )
-            .expect("curl metrics");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let scrape = || agent::scrape(&lab);
     // The endpoint comes up beside the API; give it a few seconds.
     let t0 = Instant::now();
     let mut text = scrape();

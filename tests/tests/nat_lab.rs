@@ -8,12 +8,12 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     path::PathBuf,
-    process::{Child, Command},
+    process::Child,
     time::{Duration, Instant},
 };
 
 use xlb_tests::{
-    agent::{Agent, http_get, xlb_bin},
+    agent::{Agent, api_socket, cli, http_get, scrape, write_config, xlb_bin},
     lab::{
         CLIENT_V4, CLIENT_V6, LB_V4, LB_V6, Lab, LabSpec, Role, VIP_V4, VIP_V6, backend_v4,
         backend_v6, in_netns, pin_dir, run_dir,
@@ -197,7 +197,7 @@ fn node(lab: &Lab) -> String {
     format!(
         "[node]\ninterface = \"eth0\"\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n",
         pin_dir(lab.prefix()).join("agent").display(),
-        socket(lab).display(),
+        api_socket(lab).display(),
         run_dir(lab.prefix()).join("state.json").display(),
     )
 }
@@ -207,29 +207,6 @@ fn listener(vip: IpAddr, port: u16, protocol: &str, group: &str) -> String {
         "\n[[listeners]]\naddress = \"{vip}\"\nport = {port}\nprotocol = \"{protocol}\"\n\
          forwarding = \"nat\"\ndefault_action = {{ type = \"forward\", target_group = \"{group}\" }}\n"
     )
-}
-
-fn socket(lab: &Lab) -> PathBuf {
-    run_dir(lab.prefix()).join("xlb.sock")
-}
-
-fn write(lab: &Lab, text: &str) -> PathBuf {
-    let path = run_dir(lab.prefix()).join("xlb.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-/// Runs `xlb --socket S ARGS`; returns (success, stdout + stderr).
-fn cli(lab: &Lab, args: &[&str]) -> (bool, String) {
-    let out = Command::new(xlb_bin().unwrap())
-        .arg("--socket")
-        .arg(socket(lab))
-        .args(args)
-        .output()
-        .expect("run xlb");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
 }
 
 /// The packets `xlb stats` counts for `reason`.
@@ -264,7 +241,7 @@ fn nat_forwards_tcp_and_udp_v4_and_v6_to_the_targets_ports_with_the_clients_addr
     text += &listener(vip6, 80, "TCP", "t6");
     text += &listener(vip4, 53, "UDP", "u4");
     text += &listener(vip6, 53, "UDP", "u6");
-    let cfg = write(&lab, &text);
+    let cfg = write_config(&lab, &text);
     let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
 
     // curl, v4 and v6: a target answers, on its own port, and saw the client's address.
@@ -358,19 +335,7 @@ fn nat_forwards_tcp_and_udp_v4_and_v6_to_the_targets_ports_with_the_clients_addr
         assert!(reason_packets(&stats, reason) > 0, "{reason}:\n{stats}");
     }
     assert!(stats.contains("198.18.1.12:8081 (weight 1)"), "{stats}");
-    let metrics = lab
-        .exec(
-            Role::Lb,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-                "http://127.0.0.1:9100/metrics",
-            ],
-        )
-        .expect("curl metrics");
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let metrics = scrape(&lab);
     for line in [
         "xlb_healthy_host_count{target_group=\"t4\"} 2",
         "target=\"198.18.1.12:8081\"",
@@ -420,7 +385,7 @@ fn a_held_connection_survives_a_restart_and_drains_after_deregistration() {
     let delay = "attributes = { \"deregistration_delay.timeout_seconds\" = \"4\" }\n";
     let text =
         node(&lab) + &group("t4", "TCP", v4, delay) + &listener(VIP_V4.into(), 80, "TCP", "t4");
-    let cfg = write(&lab, &text);
+    let cfg = write_config(&lab, &text);
     let xlb = xlb_bin().unwrap();
     let agent = Agent::start(&lab, &xlb, &cfg).expect("xlb run");
     let vip = SocketAddr::from((VIP_V4, 80));
