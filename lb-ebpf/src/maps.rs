@@ -79,9 +79,10 @@ pub static FIB_ARGS: PerCpuArray<FibArgs> = PerCpuArray::with_max_entries(1, 0);
 #[repr(C, align(8))]
 pub struct FibArgs {
     pub lookup: bpf_fib_lookup,
-    /// An answer's Ethernet addresses, next hop first, as `Macs::Resolved` reads them: for the
-    /// hops that are not cached (NAT replies).
+    /// The answer's Ethernet addresses, next hop first, as `Macs::Resolved` reads them.
     pub macs: [u8; 12],
+    /// The answer's interface when it is not the one the packet came in on; else 0.
+    pub redirect: u32,
 }
 
 /// `CONFIG[0]`: node settings (tunnel source prefixes, gateway MAC, MTU). Agent writes.

@@ -16,7 +16,7 @@ use crate::{
     l2::{self, NextHop},
     maps::NAT_REPLIES,
     next_hop::{next_hop, route},
-    parse::{Packet, ptr_at},
+    parse::{Packet, copy_addr, ptr_at},
     verdict::Verdict,
 };
 
@@ -44,8 +44,8 @@ pub fn forward(
     };
     if choice.new_flow {
         let reply = FlowKey {
-            src: copy(&b.addr),
-            dst: copy(&key.src),
+            src: copy_addr(&b.addr),
+            dst: copy_addr(&key.src),
             dport_be: key.sport_be,
             proto: key.proto,
             family: key.family,
@@ -53,7 +53,7 @@ pub fn forward(
             _pad: [0; 2],
         };
         let vip = NatReply {
-            vip: copy(&key.dst),
+            vip: copy_addr(&key.dst),
             vport_be: key.dport_be,
             _pad16: 0,
             _pad32: 0,
@@ -212,12 +212,4 @@ fn rewrite_in<const V4: bool, const TCP: bool, const REPLY: bool>(
 fn addr_words(a: &Addr) -> [u32; 4] {
     // SAFETY: same size; any bits are valid for both.
     unsafe { core::mem::transmute::<Addr, [u32; 4]>(*a) }
-}
-
-/// An address copied as one 128-bit value: an array copy compiles to a call of a byte-wise
-/// `memmove`.
-#[inline(always)]
-fn copy(a: &Addr) -> Addr {
-    // SAFETY: `a` is a valid 16-byte array; the read is unaligned on purpose.
-    unsafe { (a as *const Addr).cast::<u128>().read_unaligned() }.to_ne_bytes()
 }

@@ -11,7 +11,7 @@ use lb_common::{Addr, Backend, CONFIG_F_NO_FIB, Config, Reason};
 
 use crate::{
     l2::{Macs, NextHop},
-    maps::{CachedHop, FIB_ARGS, NEXT_HOP_TTL_NS, NEXT_HOPS},
+    maps::{CachedHop, FIB_ARGS, FibArgs, NEXT_HOP_TTL_NS, NEXT_HOPS},
     parse::words,
     verdict::Verdict,
 };
@@ -41,28 +41,18 @@ pub fn next_hop(
             return Ok(hop(c));
         }
         match fib(ctx, ingress, &b.addr, v4) {
-            Ok(fib) => {
+            Ok(Some(a)) => {
                 c.addr = words(&b.addr);
                 c.expires_ns = now + NEXT_HOP_TTL_NS;
                 c.ingress = ingress;
-                c.redirect = if fib.ifindex == ingress {
-                    0
-                } else {
-                    fib.ifindex
-                };
-                c.macs[..6].copy_from_slice(&fib.dmac);
-                c.macs[6..].copy_from_slice(&fib.smac);
+                c.redirect = a.redirect;
+                c.macs[..6].copy_from_slice(&a.macs[..6]);
+                c.macs[6..].copy_from_slice(&a.macs[6..]);
                 return Ok(hop(c));
             }
-            // A route, but no neighbour entry yet: the kernel resolves it (ARP, neighbour
-            // discovery) as it forwards this packet; the next ones find it. Not cached.
-            Err(rc) if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 => {
-                return Ok(NextHop {
-                    macs: Macs::Kernel,
-                    redirect: 0,
-                });
-            }
-            Err(_) => {}
+            // Not cached: the next packets find the neighbour the kernel resolves.
+            Ok(None) => return Ok(KERNEL),
+            Err(()) => {}
         }
     }
     gateway(cfg)
@@ -75,33 +65,14 @@ pub fn route(ctx: &XdpContext, cfg: &Config, dst: &Addr, v4: bool) -> Result<Nex
     if cfg.flags & CONFIG_F_NO_FIB == 0 {
         let ingress = ctx.ingress_ifindex() as u32;
         match fib(ctx, ingress, dst, v4) {
-            Ok(fib) => {
-                // SAFETY: the per-CPU slot `fib` points into, used only by this CPU; its `macs`
-                // field holds what `Macs::Resolved` reads, next hop first.
-                let macs = unsafe {
-                    let args = &mut *FIB_ARGS
-                        .get_ptr_mut(0)
-                        .ok_or(Verdict::drop(Reason::DropNoRoute))?;
-                    args.macs[..6].copy_from_slice(&fib.dmac);
-                    args.macs[6..].copy_from_slice(&fib.smac);
-                    &args.macs
-                };
+            Ok(Some(a)) => {
                 return Ok(NextHop {
-                    macs: Macs::Resolved(macs),
-                    redirect: if fib.ifindex == ingress {
-                        0
-                    } else {
-                        fib.ifindex
-                    },
+                    macs: Macs::Resolved(&a.macs),
+                    redirect: a.redirect,
                 });
             }
-            Err(rc) if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 => {
-                return Ok(NextHop {
-                    macs: Macs::Kernel,
-                    redirect: 0,
-                });
-            }
-            Err(_) => {}
+            Ok(None) => return Ok(KERNEL),
+            Err(()) => {}
         }
     }
     gateway(cfg)
@@ -128,17 +99,25 @@ fn hop(c: &CachedHop) -> NextHop {
     }
 }
 
-/// The kernel's route and neighbour for `dst`, from the interface the packet came in on (or the
-/// helper's return code when it has none). The helper's 64-byte argument lives in a per-CPU
-/// scratch slot, not on the stack.
+/// A route, but no neighbour entry yet: the kernel resolves it (ARP, neighbour discovery) as it
+/// forwards the frame, which goes to it as it is.
+const KERNEL: NextHop = NextHop {
+    macs: Macs::Kernel,
+    redirect: 0,
+};
+
+/// The kernel's route and neighbour for `dst`, from the interface the packet came in on:
+/// `Some`, the slot holding the answer's MACs and redirect; `None`, a route without a neighbour
+/// entry yet; `Err`, no route. The helper's 64-byte argument lives in that per-CPU scratch slot,
+/// not on the stack.
 #[inline(always)]
 fn fib(
     ctx: &XdpContext,
     ingress: u32,
     dst: &Addr,
     v4: bool,
-) -> Result<&'static bpf_fib_lookup, i64> {
-    let args = FIB_ARGS.get_ptr_mut(0).ok_or(-1)?;
+) -> Result<Option<&'static FibArgs>, ()> {
+    let args = FIB_ARGS.get_ptr_mut(0).ok_or(())?;
     // What the kernel reads, as whole words (field by field, LLVM merged the zeros into a call
     // of a byte-wise `memset`): the family, with protocol, ports and length 0 (no MTU check: the
     // tunnel has its own); the ingress interface, with flow info 0; the destination (IPv4
@@ -165,9 +144,17 @@ fn fib(
             0,
         )
     };
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return Ok(None);
+    }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return Err(rc);
+        return Err(());
     }
     // SAFETY: as above; read only until the next packet on this CPU.
-    Ok(unsafe { &(*args).lookup })
+    let a = unsafe { &mut *args };
+    a.macs[..6].copy_from_slice(&a.lookup.dmac);
+    a.macs[6..].copy_from_slice(&a.lookup.smac);
+    let out = a.lookup.ifindex;
+    a.redirect = if out == ingress { 0 } else { out };
+    Ok(Some(a))
 }

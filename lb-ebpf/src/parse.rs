@@ -225,8 +225,8 @@ pub fn ipv6<'k>(
         _ => (false, l4(ctx, proto, l4_off, l3_end)?),
     };
     let key = key.write(FlowKey {
-        src: addr6(&ip.src_addr),
-        dst: addr6(&ip.dst_addr),
+        src: copy_addr(&ip.src_addr),
+        dst: copy_addr(&ip.dst_addr),
         dport_be: ports.dport_be,
         proto,
         family: AF_INET6,
@@ -318,9 +318,10 @@ pub fn v4(a: [u8; 4]) -> Addr {
     (u32::from_le_bytes(a) as u128).to_le_bytes()
 }
 
-/// An IPv6 address copied out of the packet as one 128-bit value (not a byte-wise `memmove`).
+/// An address copied as one 128-bit value (an array copy compiles to a call of a byte-wise
+/// `memmove`), out of the packet or a map.
 #[inline(always)]
-fn addr6(a: &Addr) -> Addr {
+pub fn copy_addr(a: &Addr) -> Addr {
     // SAFETY: `a` is a valid 16-byte array; the read is unaligned on purpose.
     unsafe { (a as *const Addr).cast::<u128>().read_unaligned() }.to_ne_bytes()
 }
