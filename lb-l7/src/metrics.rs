@@ -87,16 +87,20 @@ impl Default for L7Metrics {
 }
 
 impl L7Metrics {
-    /// The handles of one listener (`listener` is its address), for its connections.
-    pub fn listener(&self, listener: &str) -> ListenerMetrics {
-        let lab = vec![("listener".to_owned(), listener.to_owned())];
-        let processed_bytes = self
-            .processed_bytes
+    /// The processed-bytes counter of `listener`, which its HTTP and proxy connections share.
+    fn processed_bytes(&self, listener: &str) -> Counter {
+        self.processed_bytes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(listener.to_owned())
             .or_default()
-            .clone();
+            .clone()
+    }
+
+    /// The handles of one listener (`listener` is its address), for its connections.
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        let lab = vec![("listener".to_owned(), listener.to_owned())];
+        let processed_bytes = self.processed_bytes(listener);
         ListenerMetrics {
             active_connections: self.active_connections.get_or_create_owned(&lab),
             new_connections: self.new_connections.get_or_create_owned(&lab),
@@ -111,13 +115,7 @@ impl L7Metrics {
     /// not, forwarding to `group`.
     pub fn stream(&self, listener: &str, tls: bool, group: &str) -> StreamMetrics {
         let lab = vec![("listener".to_owned(), listener.to_owned())];
-        let processed_bytes = self
-            .processed_bytes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(listener.to_owned())
-            .or_default()
-            .clone();
+        let processed_bytes = self.processed_bytes(listener);
         let mut with_group = lab.clone();
         with_group.extend([
             ("rule".to_owned(), "default".to_owned()),

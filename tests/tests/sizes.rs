@@ -189,34 +189,37 @@ fn pin_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_entri
     assert_eq!(rc, 0, "pin {}: {pinned}", path.display());
 }
 
+/// The sizes the old-layout tests load with.
+const SMALL: Sizes = Sizes {
+    flows: 1024,
+    listeners: 4,
+    ring_slots: 4 * 2 * lb_common::RING_SIZE_DEFAULT,
+    targets: 64,
+};
+
+/// Pins `name` as an older agent would have (`kind`, key and value sizes, `entries`), then loads
+/// this build over it: the refusal's text.
+fn refused_over_old_pin(name: &str, kind: u32, key: u32, value: u32, entries: u32) -> String {
+    let _maps = MAPS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/xlb-test-layout-{name}-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&dir.0).expect("pin dir");
+    pin_map(&dir.0.join(name), kind, key, value, entries);
+    let Err(e) = Dataplane::load_pinned(SMALL, Some(&dir.0)) else {
+        panic!("a {name} map of {value}-byte values taken")
+    };
+    let text = e.to_string();
+    assert!(matches!(e, DataplaneError::PinnedShape { .. }), "{text}");
+    text
+}
+
 /// An agent from before per-listener table sizes pinned `VIPS` with 12-byte values (`index`,
 /// `ring`, `flags`): this one refuses the map rather than read its entries as today's.
 #[test]
 fn a_vips_map_pinned_with_the_old_layout_is_refused() {
-    let _maps = MAPS.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/xlb-test-layout-{}",
-        std::process::id()
-    )));
-    std::fs::create_dir_all(&dir.0).expect("pin dir");
-    let sizes = Sizes {
-        flows: 1024,
-        listeners: 4,
-        ring_slots: 4 * 2 * lb_common::RING_SIZE_DEFAULT,
-        targets: 64,
-    };
-    pin_map(
-        &dir.0.join("VIPS"),
-        BPF_MAP_TYPE_HASH,
-        20,
-        12,
-        sizes.listeners * 4,
-    );
-    let Err(e) = Dataplane::load_pinned(sizes, Some(&dir.0)) else {
-        panic!("a VIPS map of 12-byte values taken")
-    };
-    let text = e.to_string();
-    assert!(matches!(e, DataplaneError::PinnedShape { .. }), "{text}");
+    let text = refused_over_old_pin("VIPS", BPF_MAP_TYPE_HASH, 20, 12, SMALL.listeners * 4);
     assert!(
         text.contains("VIPS holds 16 entries (hash, 20-byte keys, 12-byte values")
             && text.contains("need 16 entries (hash, 20-byte keys, 24-byte values"),
@@ -228,30 +231,7 @@ fn a_vips_map_pinned_with_the_old_layout_is_refused() {
 /// refuses the map rather than read its backends without their ports.
 #[test]
 fn a_backends_map_pinned_before_nat_is_refused() {
-    let _maps = MAPS.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/xlb-test-backends-{}",
-        std::process::id()
-    )));
-    std::fs::create_dir_all(&dir.0).expect("pin dir");
-    let sizes = Sizes {
-        flows: 1024,
-        listeners: 4,
-        ring_slots: 4 * 2 * lb_common::RING_SIZE_DEFAULT,
-        targets: 64,
-    };
-    pin_map(
-        &dir.0.join("BACKENDS"),
-        BPF_MAP_TYPE_ARRAY,
-        4,
-        24,
-        sizes.targets + 1,
-    );
-    let Err(e) = Dataplane::load_pinned(sizes, Some(&dir.0)) else {
-        panic!("a BACKENDS map of 24-byte values taken")
-    };
-    let text = e.to_string();
-    assert!(matches!(e, DataplaneError::PinnedShape { .. }), "{text}");
+    let text = refused_over_old_pin("BACKENDS", BPF_MAP_TYPE_ARRAY, 4, 24, SMALL.targets + 1);
     assert!(
         text.contains("BACKENDS holds 65 entries (array, 4-byte keys, 24-byte values")
             && text.contains("need 65 entries (array, 4-byte keys, 32-byte values"),
