@@ -110,14 +110,17 @@ pub fn choose<const UDP: bool>(
     if !syn && let Some(state) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the LRU value stays valid while the program runs; a concurrent update of the
         // same flow from another CPU can only write another valid backend index.
-        let (index, hash, seen) = unsafe { ((*state).backend, (*state).hash, (*state).seen_ns) };
-        if (!udp || now.wrapping_sub(seen) < UDP_FLOW_TIMEOUT_NS)
+        // The time is read only where it is needed: TCP's established path does not load it.
+        let (index, hash) = unsafe { ((*state).backend, (*state).hash) };
+        // SAFETY: as above.
+        let seen = || unsafe { (*state).seen_ns };
+        if (!udp || now.wrapping_sub(seen()) < UDP_FLOW_TIMEOUT_NS)
             && let Some(backend) = live(index)
         {
             if udp {
                 // SAFETY: as above.
                 unsafe { (*state).seen_ns = now };
-            } else if closing && seen == 0 {
+            } else if closing && seen() == 0 {
                 // SAFETY: as above; a helper without arguments.
                 unsafe { (*state).seen_ns = bpf_ktime_get_ns() };
             }

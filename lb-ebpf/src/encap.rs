@@ -109,11 +109,16 @@ fn encapsulate<const V4: bool, const SECOND: bool>(
         (true, false) => SECOND_CHANCE_V6_LEN,
     };
     let outer_len = if v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN } + extra;
-    let hop = next_hop(ctx, cfg, choice.index, b, v4)?;
     // SAFETY: the helper checks the new head against the headroom and fails cleanly.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
         return Err(Verdict::drop(Reason::DropAdjust));
     }
+    // Asked after the head moved, so that the answer needs no place on the stack across the
+    // helper call. A packet without a next hop is dropped as it came.
+    let hop = next_hop(ctx, cfg, choice.index, b, v4).inspect_err(|_| {
+        // SAFETY: as above; it gives back the bytes just taken.
+        unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) };
+    })?;
     // One bounds check for all that is written: the new Ethernet header, the old one `outer_len`
     // bytes in (at most 18 bytes, VLAN tag included), and the outer IP header between them.
     let short = Verdict::drop(Reason::DropAdjust);

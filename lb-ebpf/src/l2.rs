@@ -1,7 +1,7 @@
 //! Ethernet: the header a rewritten frame leaves with, and how it leaves. Shared by the tunnel
 //! (`encap`) and the ICMP answers (`icmp`).
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_redirect, programs::XdpContext};
 use lb_common::Reason;
 
 use crate::{parse::ptr_at, verdict::Verdict};
@@ -154,14 +154,8 @@ pub fn send(hop: &NextHop, reason: Reason) -> Verdict {
         return Verdict::pass(Reason::PassNoNeighbour);
     }
     if hop.redirect == 0 {
-        return Verdict {
-            action: xdp_action::XDP_TX,
-            reason,
-        };
+        return Verdict::tx(reason);
     }
-    Verdict {
-        // SAFETY: a helper with plain integer arguments.
-        action: unsafe { bpf_redirect(hop.redirect, 0) } as u32,
-        reason,
-    }
+    // SAFETY: a helper with plain integer arguments.
+    Verdict::new(unsafe { bpf_redirect(hop.redirect, 0) } as u32, reason)
 }

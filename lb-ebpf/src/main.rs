@@ -46,8 +46,8 @@ pub fn xlb_lb(ctx: XdpContext) -> u32 {
     let v = match balance(&ctx, bytes) {
         Ok(v) | Err(v) => v,
     };
-    stats::reason(v.reason, bytes);
-    v.action
+    stats::reason(v.reason_index(), bytes);
+    v.action()
 }
 
 #[inline(always)]
@@ -56,8 +56,8 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
     // The flow table's key: parsing writes it, on the stack, where the map helpers read it.
     let mut key = MaybeUninit::uninit();
     let p = match ether_type {
-        ETH_P_IP => parse::ipv4(ctx, l3_off, &mut key)?,
-        ETH_P_IPV6 => parse::ipv6(ctx, l3_off, &mut key)?,
+        ETH_P_IP => parse::ipv4(ctx, l3_off, bytes as usize, &mut key)?,
+        ETH_P_IPV6 => parse::ipv6(ctx, l3_off, bytes as usize, &mut key)?,
         _ => return Ok(Verdict::pass(Reason::PassNotIp)),
     };
     if p.fragment {
@@ -125,7 +125,7 @@ fn not_vip(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
 fn counted(vip: &Vip, r: Result<Verdict, Verdict>) -> Result<Verdict, Verdict> {
     // Only an `Err` can drop: `Ok` is a packet on its way to a target.
     if let Err(v) = &r
-        && v.action == xdp_action::XDP_DROP
+        && v.action() == xdp_action::XDP_DROP
     {
         stats::vip_dropped(vip.index);
     }

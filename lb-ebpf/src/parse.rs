@@ -117,7 +117,8 @@ pub fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), Verdict> {
     Ok((proto, EthHdr::LEN))
 }
 
-/// IPv4 header (and the L4 header unless a fragment) → the packet.
+/// IPv4 header (and the L4 header unless a fragment) → the packet. `len`: the frame's length, as
+/// the entry point read it.
 ///
 /// The flow key goes into `key` (the caller's stack slot, which the map helpers read); the rest is
 /// returned by value, and the stages are inlined, so the compiler keeps it in registers. (A zeroed
@@ -126,6 +127,7 @@ pub fn ethernet(ctx: &XdpContext) -> Result<(u16, usize), Verdict> {
 pub fn ipv4<'k>(
     ctx: &XdpContext,
     l3_off: usize,
+    len: usize,
     key: &'k mut MaybeUninit<FlowKey>,
 ) -> Result<Packet<'k>, Verdict> {
     let bad = Verdict::drop(Reason::DropBadIpv4);
@@ -153,12 +155,13 @@ pub fn ipv4<'k>(
         sport_be: 0,
         _pad: [0; 2],
     });
+    // Version 4 and a header of at least 5 words, in one range test of the first byte.
     let ihl = (vihl & 0x0f) as usize * 4;
-    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || (ip_len as usize) < ihl {
+    if !(0x45..=0x4f).contains(&vihl) || (ip_len as usize) < ihl {
         return Err(bad);
     }
     let l3_end = l3_off + ip_len as usize;
-    if l3_end > frame_len(ctx) {
+    if l3_end > len {
         return Err(bad);
     }
     // MF set or a non-zero offset.
@@ -183,11 +186,12 @@ pub fn ipv4<'k>(
     })
 }
 
-/// IPv6 header, extension headers and the L4 header → the packet.
+/// IPv6 header, extension headers and the L4 header → the packet. `len` as for [`ipv4`].
 #[inline(always)]
 pub fn ipv6<'k>(
     ctx: &XdpContext,
     l3_off: usize,
+    len: usize,
     key: &'k mut MaybeUninit<FlowKey>,
 ) -> Result<Packet<'k>, Verdict> {
     let bad = Verdict::drop(Reason::DropBadIpv6);
@@ -195,7 +199,6 @@ pub fn ipv6<'k>(
     // SAFETY: bounds checked by `ptr_at`.
     let ip = unsafe { &*ip };
     let ip_len = u16::from_be_bytes(ip.payload_len) as usize + Ipv6Hdr::LEN;
-    let len = frame_len(ctx);
     if ip.vcf[0] >> 4 != 6 || l3_off + ip_len > len {
         return Err(bad);
     }

@@ -1,6 +1,6 @@
 //! Stage 6: count. Per-CPU arrays, so no atomics on the hot path.
 
-use lb_common::{Counters, DecapReason, Reason};
+use lb_common::{Counters, DecapReason};
 
 use crate::maps::{BACKEND_STATS, DECAP_STATS, REASON_STATS, VIP_STATS};
 
@@ -16,8 +16,8 @@ fn add(c: Option<*mut Counters>, bytes: u64) {
 }
 
 #[inline(always)]
-pub fn reason(r: Reason, bytes: u64) {
-    add(REASON_STATS.get_ptr_mut(r as u32), bytes);
+pub fn reason(index: u32, bytes: u64) {
+    add(REASON_STATS.get_ptr_mut(index), bytes);
 }
 
 #[inline(always)]
