@@ -256,6 +256,42 @@ pub struct NatReply {
 }
 const _: () = assert!(size_of::<NatReply>() == 24);
 
+/// A `NEXT_HOPS` entry: the next hop toward a target, cached per CPU by the datapath with the
+/// node settings the tunnel needs. Zeroed (never filled, or cleared by the agent with a new
+/// `Config`) entries have `expires_ns` 0: always stale.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CachedHop {
+    /// The target it was resolved for (its address as two words, compared in two steps):
+    /// backend indices are reused for other targets.
+    pub addr: [u64; 2],
+    /// Coarse clock time after which it is asked again.
+    pub expires_ns: u64,
+    /// The interface the packet came in on: the FIB answer depends on it.
+    pub ingress: u32,
+    /// Where the frame goes when that is another interface; 0 when it is `ingress`.
+    pub redirect: u32,
+    /// The Ethernet addresses to write: the next hop's, then the egress interface's.
+    pub macs: [u8; 12],
+    /// `Config::mtu`, or `u32::MAX` when it is not set.
+    pub mtu: u32,
+    /// `Config::tunnel_src_v4`'s first 2 bytes or `tunnel_src_v6`'s first 12, by the target's
+    /// family.
+    pub src_prefix: [u8; 12],
+    /// [`HOP_RESOLVED`] or [`HOP_KERNEL`].
+    pub kind: u8,
+    /// `CONFIG_F_NO_PTB` is set.
+    pub no_ptb: u8,
+    pub _pad: u16,
+}
+
+/// The FIB (or the gateway) gave the next hop's MACs.
+pub const HOP_RESOLVED: u8 = 0;
+/// A route without a neighbour entry yet: the kernel resolves it, and gets the frame as it came.
+/// Never cached (`expires_ns` 0): the next packet finds the neighbour.
+pub const HOP_KERNEL: u8 = 1;
+const _: () = assert!(size_of::<CachedHop>() == 64);
+
 /// `CONFIG[0]`: node-wide datapath settings written by the agent.
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
@@ -510,6 +546,8 @@ mod user {
     unsafe impl aya::Pod for super::VipCounters {}
     // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
     unsafe impl aya::Pod for super::NatReply {}
+    // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
+    unsafe impl aya::Pod for super::CachedHop {}
     // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
     unsafe impl aya::Pod for super::bench::GenConfig {}
 }

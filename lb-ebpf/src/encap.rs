@@ -3,15 +3,14 @@
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
-    AF_INET, Backend, CONFIG_F_NO_PTB, Config, IPPROTO_IPIP, IPPROTO_IPV6, Reason,
-    SECOND_CHANCE_OPTION, SECOND_CHANCE_V4_LEN, SECOND_CHANCE_V6_LEN, VIP_F_DSR, VIP_F_NAT,
+    AF_INET, Backend, CachedHop, IPPROTO_IPIP, IPPROTO_IPV6, Reason, SECOND_CHANCE_OPTION,
+    SECOND_CHANCE_V4_LEN, SECOND_CHANCE_V6_LEN, VIP_F_DSR, VIP_F_NAT,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
 use crate::{
     conntrack::Choice,
-    csum, icmp, l2, nat,
-    next_hop::next_hop,
+    csum, icmp, l2, nat, next_hop,
     parse::{ETH_P_IP, ETH_P_IPV6, IPV6_DSTOPTS, Packet, ptr_at, words},
     verdict::Verdict,
     vip::Vip,
@@ -29,7 +28,6 @@ pub fn forward<const SECOND: bool>(
     p: &Packet,
     vip: &Vip,
     choice: &Choice,
-    cfg: &Config,
     prev: &Backend,
 ) -> Result<Verdict, Verdict> {
     let b = choice.backend;
@@ -38,16 +36,18 @@ pub fn forward<const SECOND: bool>(
         if vip.flags & VIP_F_DSR != 0 {
             return dsr(ctx, b);
         }
-        return nat::forward(ctx, p, choice, cfg);
+        return nat::forward(ctx, p, choice);
     }
+    let hop = next_hop::toward(ctx, choice.index, b)?;
     let v4 = b.family == AF_INET;
     let outer_len = if v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
-    if cfg.mtu != 0 && p.ip_len as usize + outer_len > cfg.mtu as usize {
-        if cfg.flags & CONFIG_F_NO_PTB != 0 || !p.dont_fragment {
+    if p.ip_len as u32 + outer_len as u32 > hop.mtu {
+        if hop.no_ptb != 0 || !p.dont_fragment {
             return Err(Verdict::drop(Reason::DropTooBig));
         }
         // The answer ends the packet's way here: `Err`, so that it is not counted as sent.
-        return Err(match icmp::too_big(ctx, p, cfg.mtu - outer_len as u16) {
+        let mtu = (hop.mtu - outer_len as u32) as u16;
+        return Err(match icmp::too_big(ctx, p, mtu) {
             Ok(v) | Err(v) => v,
         });
     }
@@ -61,18 +61,18 @@ pub fn forward<const SECOND: bool>(
         };
         // A second chance that would not fit the MTU is left out: the flow then breaks as it
         // would without one, rather than the client learning a smaller MTU for the rest of it.
-        if cfg.mtu == 0 || p.ip_len as usize + outer_len + extra <= cfg.mtu as usize {
+        if p.ip_len as u32 + (outer_len + extra) as u32 <= hop.mtu {
             return if v4 {
-                encapsulate::<true, true>(ctx, p, choice, cfg, prev)
+                encapsulate::<true, true>(ctx, p, choice, hop, prev)
             } else {
-                encapsulate::<false, true>(ctx, p, choice, cfg, prev)
+                encapsulate::<false, true>(ctx, p, choice, hop, prev)
             };
         }
     }
     if v4 {
-        encapsulate::<true, false>(ctx, p, choice, cfg, b)
+        encapsulate::<true, false>(ctx, p, choice, hop, b)
     } else {
-        encapsulate::<false, false>(ctx, p, choice, cfg, b)
+        encapsulate::<false, false>(ctx, p, choice, hop, b)
     }
 }
 
@@ -98,7 +98,7 @@ fn encapsulate<const V4: bool, const SECOND: bool>(
     ctx: &XdpContext,
     p: &Packet,
     choice: &Choice,
-    cfg: &Config,
+    cached: &CachedHop,
     prev: &Backend,
 ) -> Result<Verdict, Verdict> {
     let v4 = V4;
@@ -113,12 +113,7 @@ fn encapsulate<const V4: bool, const SECOND: bool>(
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(outer_len as i32)) } != 0 {
         return Err(Verdict::drop(Reason::DropAdjust));
     }
-    // Asked after the head moved, so that the answer needs no place on the stack across the
-    // helper call. A packet without a next hop is dropped as it came.
-    let hop = next_hop(ctx, cfg, choice.index, b, v4).inspect_err(|_| {
-        // SAFETY: as above; it gives back the bytes just taken.
-        unsafe { bpf_xdp_adjust_head(ctx.ctx, outer_len as i32) };
-    })?;
+    let hop = next_hop::hop(cached);
     // One bounds check for all that is written: the new Ethernet header, the old one `outer_len`
     // bytes in (at most 18 bytes, VLAN tag included), and the outer IP header between them.
     let short = Verdict::drop(Reason::DropAdjust);
@@ -157,10 +152,10 @@ fn encapsulate<const V4: bool, const SECOND: bool>(
         let w0 = (0x40 | (outer_len / 4)) as u32 | (total.to_be() as u32) << 16;
         let w1 = (df.to_be() as u32) << 16;
         let w2 = TUNNEL_TTL as u32 | (inner_proto as u32) << 8;
-        // SAFETY: `Config` and `Backend` hold these bytes; reads of any alignment.
+        // SAFETY: the next hop and `Backend` hold these bytes; reads of any alignment.
         let (prefix, dst) = unsafe {
             (
-                cfg.tunnel_src_v4.as_ptr().cast::<u16>().read_unaligned(),
+                cached.src_prefix.as_ptr().cast::<u16>().read_unaligned(),
                 b.addr.as_ptr().cast::<u32>().read_unaligned(),
             )
         };
@@ -201,7 +196,7 @@ fn encapsulate<const V4: bool, const SECOND: bool>(
             ip.write_unaligned(w0);
             ip.add(1).write_unaligned(w1);
             // Source: the configured prefix's first 12 bytes, then the flow hash.
-            let pfx = cfg.tunnel_src_v6.as_ptr().cast::<u32>();
+            let pfx = cached.src_prefix.as_ptr().cast::<u32>();
             ip.add(2).write_unaligned(pfx.read_unaligned());
             ip.add(3).write_unaligned(pfx.add(1).read_unaligned());
             ip.add(4).write_unaligned(pfx.add(2).read_unaligned());

@@ -126,7 +126,7 @@ unsafe fn copy_unaligned<T: Copy>(dst: *mut u8, src: *const u8) {
 /// # Safety
 /// As [`copy_unaligned`].
 #[inline(always)]
-unsafe fn copy12(dst: *mut u8, src: *const u8) {
+pub unsafe fn copy12(dst: *mut u8, src: *const u8) {
     // SAFETY: the caller's.
     unsafe {
         copy_unaligned::<u64>(dst, src);
@@ -139,7 +139,7 @@ unsafe fn copy12(dst: *mut u8, src: *const u8) {
 /// # Safety
 /// As [`copy_unaligned`].
 #[inline(always)]
-unsafe fn copy6(dst: *mut u8, src: *const u8) {
+pub unsafe fn copy6(dst: *mut u8, src: *const u8) {
     // SAFETY: the caller's.
     unsafe {
         copy_unaligned::<u32>(dst, src);

@@ -165,10 +165,9 @@ fn send(
     choice: &Choice,
     bytes: u64,
 ) -> Result<Verdict, Verdict> {
-    let cfg: &Config = CONFIG.get(0).ok_or(Verdict::drop(Reason::DropNoRoute))?;
     let v = match choice.second {
-        None => encap::forward::<false>(ctx, p, vip, choice, cfg, choice.backend),
-        Some(prev) => encap::forward::<true>(ctx, p, vip, choice, cfg, prev),
+        None => encap::forward::<false>(ctx, p, vip, choice, choice.backend),
+        Some(prev) => encap::forward::<true>(ctx, p, vip, choice, prev),
     }?;
     // Counted once the packet is on its way to the target (not when it was answered with
     // "too big" instead), by the datapath or by the kernel that resolves its next hop.

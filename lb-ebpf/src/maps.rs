@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Addr, Backend, Config, Counters, DecapReason, FLOWS_DEFAULT, FlowKey, FlowState,
+    Addr, Backend, CachedHop, Config, Counters, DecapReason, FLOWS_DEFAULT, FlowKey, FlowState,
     LISTENERS_DEFAULT, MAX_DECAP_ADDRS, NatReply, RING_SIZE_DEFAULT, Reason, TARGETS_DEFAULT,
     VipCounters, VipKey, VipMeta,
 };
@@ -42,32 +42,17 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> =
 pub static NAT_REPLIES: LruHashMap<FlowKey, NatReply> =
     LruHashMap::with_max_entries(FLOWS_DEFAULT, BPF_F_NO_COMMON_LRU);
 
-/// Backend index → the next hop the FIB gave for it, per CPU, for [`NEXT_HOP_TTL_NS`]: the FIB
-/// lookup is the most expensive step of the tunnel path, and its answer changes rarely. Datapath
-/// only; not pinned (a restart refills it).
+/// Backend index → the next hop toward it, per CPU, for [`NEXT_HOP_TTL_NS`], with what the tunnel
+/// needs of the node's settings: the FIB lookup is the most expensive step of the tunnel path, its
+/// answer changes rarely, and so the established path reads neither the FIB nor `CONFIG`.
+/// Datapath only; not pinned (a restart refills it). The agent clears it when it writes `CONFIG`.
 #[map]
 pub static NEXT_HOPS: PerCpuArray<CachedHop> =
     PerCpuArray::with_max_entries(TARGETS_DEFAULT + 1, 0);
 
-/// How long a cached next hop is used before the FIB is asked again: route and neighbour changes
-/// take effect within this time.
+/// How long a cached next hop is used before it is asked again: route, neighbour and node
+/// setting changes take effect within this time.
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
-
-/// A `NEXT_HOPS` entry. Zeroed (never filled) entries have `expires_ns` 0: always stale.
-#[repr(C)]
-pub struct CachedHop {
-    /// The target it was resolved for (its address as two words, compared in two steps):
-    /// backend indices are reused for other targets.
-    pub addr: [u64; 2],
-    /// Coarse clock time after which the FIB is asked again.
-    pub expires_ns: u64,
-    /// The interface the packet came in on: the FIB answer depends on it.
-    pub ingress: u32,
-    /// Where the FIB sends it when that is another interface; 0 when it is `ingress`.
-    pub redirect: u32,
-    /// The Ethernet addresses to write: the next hop's, then the egress interface's.
-    pub macs: [u8; 12],
-}
 
 /// Scratch for the argument of `bpf_fib_lookup` (64 bytes), per CPU: the verifier gives a
 /// program 512 bytes of stack for all its frames, and this would be the largest value on it.

@@ -15,7 +15,7 @@ use crate::{
     csum,
     l2::{self, NextHop},
     maps::NAT_REPLIES,
-    next_hop::{next_hop, route},
+    next_hop::{self, route},
     parse::{Packet, copy_addr, ptr_at},
     verdict::Verdict,
 };
@@ -29,12 +29,7 @@ const V6_DST: usize = 24;
 /// Client → target: the destination becomes the chosen backend's address and port (its own port
 /// when it has one). A new flow also gets the entry its replies are found by.
 #[inline(always)]
-pub fn forward(
-    ctx: &XdpContext,
-    p: &Packet,
-    choice: &Choice,
-    cfg: &Config,
-) -> Result<Verdict, Verdict> {
+pub fn forward(ctx: &XdpContext, p: &Packet, choice: &Choice) -> Result<Verdict, Verdict> {
     let b = choice.backend;
     let key = p.key;
     let port_be = if b.port_be != 0 {
@@ -62,7 +57,7 @@ pub fn forward(
         // replies, which then reach the client untranslated and are reset.
         let _ = NAT_REPLIES.insert(reply, vip, 0);
     }
-    let hop = next_hop(ctx, cfg, choice.index, b, key.family == AF_INET)?;
+    let hop = next_hop::hop(next_hop::toward(ctx, choice.index, b)?);
     rewrite::<false>(ctx, p, &b.addr, port_be, &hop)?;
     Ok(l2::send(&hop, Reason::TxNat))
 }

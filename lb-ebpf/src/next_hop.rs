@@ -1,61 +1,130 @@
-//! Next hops: where a frame the datapath sends goes, and with which Ethernet addresses. The kernel
-//! FIB (route and neighbour), cached per CPU and target for the tunnel and NAT's forward way; asked
-//! for every NAT reply; else the configured gateway.
+//! Next hops: where a frame the datapath sends goes, and with which Ethernet addresses. Toward a
+//! target (the tunnel, NAT's forward way): the kernel FIB (route and neighbour), else the
+//! configured gateway, cached per CPU and target with the node settings the tunnel needs. Toward
+//! a client (NAT replies): the FIB asked for every packet, else the gateway.
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns},
     programs::XdpContext,
 };
-use lb_common::{Addr, Backend, CONFIG_F_NO_FIB, Config, Reason};
+use lb_common::{
+    AF_INET, Addr, Backend, CONFIG_F_NO_FIB, CONFIG_F_NO_PTB, CachedHop, Config, HOP_KERNEL,
+    HOP_RESOLVED, Reason,
+};
+use network_types::eth::EthHdr;
 
 use crate::{
-    l2::{Macs, NextHop},
-    maps::{CachedHop, FIB_ARGS, FibArgs, NEXT_HOP_TTL_NS, NEXT_HOPS},
-    parse::words,
+    l2::{Macs, NextHop, copy6, copy12},
+    maps::{CONFIG, FIB_ARGS, FibArgs, NEXT_HOP_TTL_NS, NEXT_HOPS},
+    parse::{ptr_at, words},
     verdict::Verdict,
 };
 
 const AF_INET_KERNEL: u8 = 2;
 const AF_INET6_KERNEL: u8 = 10;
 
-/// The next hop toward `b` (backend `index`): the kernel FIB (route and neighbour), cached per
-/// CPU for a second, else the configured gateway. `v4`: `b` is an IPv4 target.
+/// The next hop toward `b` (backend `index`), from this CPU's cache; asked again when it is older
+/// than [`NEXT_HOP_TTL_NS`], was made for another target or came in on another interface.
 #[inline(always)]
-pub fn next_hop(
-    ctx: &XdpContext,
-    cfg: &Config,
-    index: u32,
-    b: &Backend,
-    v4: bool,
-) -> Result<NextHop, Verdict> {
-    if cfg.flags & CONFIG_F_NO_FIB == 0
-        && let Some(c) = NEXT_HOPS.get_ptr_mut(index)
-    {
-        let ingress = ctx.ingress_ifindex() as u32;
-        // SAFETY: a helper without arguments.
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
-        // SAFETY: a per-CPU slot: only this CPU uses it while the program runs.
-        let c = unsafe { &mut *c };
-        if now < c.expires_ns && c.ingress == ingress && c.addr == words(&b.addr) {
-            return Ok(hop(c));
+pub fn toward(ctx: &XdpContext, index: u32, b: &Backend) -> Result<&'static CachedHop, Verdict> {
+    let c = NEXT_HOPS
+        .get_ptr_mut(index)
+        .ok_or(Verdict::drop(Reason::DropNoRoute))?;
+    // SAFETY: a per-CPU slot: only this CPU uses it while the program runs.
+    let c = unsafe { &mut *c };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if now < c.expires_ns && c.ingress == ctx.ingress_ifindex() as u32 && c.addr == words(&b.addr) {
+        return Ok(c);
+    }
+    fill(ctx, c, b)?;
+    Ok(c)
+}
+
+/// Asks for the next hop toward `b` and writes the answer, with the node settings, into `c`.
+/// Kept apart from [`toward`], which the established path runs, with all it reads.
+#[inline(always)]
+fn fill(ctx: &XdpContext, c: &mut CachedHop, b: &Backend) -> Result<(), Verdict> {
+    let no_route = Verdict::drop(Reason::DropNoRoute);
+    let cfg: &Config = CONFIG.get(0).ok_or(no_route)?;
+    let ingress = ctx.ingress_ifindex() as u32;
+    let v4 = b.family == AF_INET;
+    let found = if cfg.flags & CONFIG_F_NO_FIB == 0 {
+        fib(ctx, ingress, &b.addr, v4)
+    } else {
+        Err(())
+    };
+    // A route without a neighbour entry is not cached: the next packets find the neighbour the
+    // kernel resolves.
+    let mut cache = true;
+    match found {
+        Ok(Some(a)) => {
+            c.kind = HOP_RESOLVED;
+            c.redirect = a.redirect;
+            // SAFETY: both hold 12 bytes.
+            unsafe { copy12(c.macs.as_mut_ptr(), a.macs.as_ptr()) };
         }
-        match fib(ctx, ingress, &b.addr, v4) {
-            Ok(Some(a)) => {
-                c.addr = words(&b.addr);
-                c.expires_ns = now + NEXT_HOP_TTL_NS;
-                c.ingress = ingress;
-                c.redirect = a.redirect;
-                c.macs[..6].copy_from_slice(&a.macs[..6]);
-                c.macs[6..].copy_from_slice(&a.macs[6..]);
-                return Ok(hop(c));
+        Ok(None) => {
+            c.kind = HOP_KERNEL;
+            c.redirect = 0;
+            cache = false;
+        }
+        // The gateway, from the MAC the frame came to (ours, on this interface).
+        Err(()) => {
+            if cfg.gateway_mac == [0; 6] {
+                return Err(no_route);
             }
-            // Not cached: the next packets find the neighbour the kernel resolves.
-            Ok(None) => return Ok(KERNEL),
-            Err(()) => {}
+            let eth: *const [u8; EthHdr::LEN] = ptr_at(ctx, 0).ok_or(no_route)?;
+            // SAFETY: bounds checked by `ptr_at`; `Config` holds the six bytes.
+            unsafe {
+                let m = c.macs.as_mut_ptr();
+                copy6(m, cfg.gateway_mac.as_ptr());
+                copy6(m.add(6), eth.cast());
+            }
+            c.kind = HOP_RESOLVED;
+            c.redirect = 0;
         }
     }
-    gateway(cfg)
+    c.mtu = if cfg.mtu == 0 {
+        u32::MAX
+    } else {
+        cfg.mtu as u32
+    };
+    c.no_ptb = (cfg.flags & CONFIG_F_NO_PTB != 0) as u8;
+    // SAFETY: `Config` holds the bytes read: 2 of the IPv4 source, 12 of the IPv6 one.
+    unsafe {
+        let to = c.src_prefix.as_mut_ptr();
+        if v4 {
+            let from = cfg.tunnel_src_v4.as_ptr().cast::<u16>();
+            to.cast::<u16>().write_unaligned(from.read_unaligned());
+        } else {
+            copy12(to, cfg.tunnel_src_v6.as_ptr());
+        }
+    }
+    c.addr = words(&b.addr);
+    c.ingress = ingress;
+    c.expires_ns = if cache {
+        // SAFETY: a helper without arguments. Read again, not kept from `toward`: kept, it
+        // would take a place on the established path's stack.
+        (unsafe { bpf_ktime_get_coarse_ns() }) + NEXT_HOP_TTL_NS
+    } else {
+        0
+    };
+    Ok(())
+}
+
+/// The hop a cached answer gives.
+#[inline(always)]
+pub fn hop(c: &CachedHop) -> NextHop {
+    NextHop {
+        macs: if c.kind == HOP_KERNEL {
+            Macs::Kernel
+        } else {
+            Macs::Resolved(&c.macs)
+        },
+        redirect: c.redirect,
+    }
 }
 
 /// The next hop toward `dst` (a client's address, for NAT replies): the kernel FIB, asked for
@@ -88,15 +157,6 @@ fn gateway(cfg: &Config) -> Result<NextHop, Verdict> {
         macs: Macs::Gateway(&cfg.gateway_mac),
         redirect: 0,
     })
-}
-
-/// The hop a cached FIB answer gives.
-#[inline(always)]
-fn hop(c: &CachedHop) -> NextHop {
-    NextHop {
-        macs: Macs::Resolved(&c.macs),
-        redirect: c.redirect,
-    }
 }
 
 /// A route, but no neighbour entry yet: the kernel resolves it (ARP, neighbour discovery) as it

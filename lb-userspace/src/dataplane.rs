@@ -14,7 +14,7 @@ use aya::{
     },
 };
 use lb_common::{
-    Addr, Backend, Config, Counters, DecapReason, FlowKey, FlowState, NatReply, Reason,
+    Addr, Backend, CachedHop, Config, Counters, DecapReason, FlowKey, FlowState, NatReply, Reason,
     VipCounters, VipKey, VipMeta, names,
 };
 use thiserror::Error;
@@ -579,11 +579,20 @@ impl Dataplane {
             .map_err(|source| DataplaneError::Map { name, source })
     }
 
+    /// Writes the node settings. The datapath keeps those the tunnel needs with each target's
+    /// cached next hop (`NEXT_HOPS`, per CPU, for a second): a change clears them, so that it
+    /// applies from the next packet.
     pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
         let name = names::CONFIG;
-        self.array::<Config>(name)?
+        let mut config = self.array::<Config>(name)?;
+        if config.get(&0, 0).is_ok_and(|now| now == *cfg) {
+            return Ok(());
+        }
+        config
             .set(0, cfg, 0)
-            .map_err(|source| DataplaneError::Map { name, source })
+            .map_err(|source| DataplaneError::Map { name, source })?;
+        let targets = self.sizes.targets.max(1) + 1;
+        self.reset::<CachedHop>(names::NEXT_HOPS, 0..targets)
     }
 
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<()> {
@@ -733,28 +742,37 @@ impl Dataplane {
 
     /// Zeroes the counters of listener `index` (it is given to another listener).
     pub fn reset_vip_counters(&mut self, index: u32) -> Result<()> {
-        self.reset::<VipCounters>(names::VIP_STATS, index)
+        self.reset::<VipCounters>(names::VIP_STATS, index..index + 1)
     }
 
     /// Zeroes the counters of backend `index` (it is given to another target).
     pub fn reset_backend_counters(&mut self, index: u32) -> Result<()> {
-        self.reset::<Counters>(names::BACKEND_STATS, index)
+        self.reset::<Counters>(names::BACKEND_STATS, index..index + 1)
     }
 
-    fn reset<V: aya::Pod + Default>(&mut self, name: &'static str, index: u32) -> Result<()> {
+    /// Zeroes entries `indices` of per-CPU array `name`, on every CPU.
+    fn reset<V: aya::Pod + Default>(
+        &mut self,
+        name: &'static str,
+        indices: std::ops::Range<u32>,
+    ) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map {
             name,
             source: aya::maps::MapError::IoError(e),
         })?;
-        let zeros = aya::maps::PerCpuValues::try_from(vec![V::default(); cpus]).map_err(|e| {
-            DataplaneError::Map {
-                name,
-                source: aya::maps::MapError::IoError(e),
-            }
-        })?;
-        self.per_cpu::<V>(name)?
-            .set(index, zeros, 0)
-            .map_err(|source| DataplaneError::Map { name, source })
+        let mut map = self.per_cpu::<V>(name)?;
+        for index in indices {
+            let zeros =
+                aya::maps::PerCpuValues::try_from(vec![V::default(); cpus]).map_err(|e| {
+                    DataplaneError::Map {
+                        name,
+                        source: aya::maps::MapError::IoError(e),
+                    }
+                })?;
+            map.set(index, zeros, 0)
+                .map_err(|source| DataplaneError::Map { name, source })?;
+        }
+        Ok(())
     }
 
     pub fn backend_counters(&mut self, index: u32) -> Result<Counters> {

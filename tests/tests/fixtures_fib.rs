@@ -3,6 +3,7 @@
 //! behind the other interface are redirected there, targets on the ingress link go back out
 //! with `XDP_TX`, and each CPU's cached answer is used for a second, then asked again.
 
+use lb_common::CONFIG_F_NO_PTB;
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     process::Command,
@@ -11,9 +12,10 @@ use std::{
 
 use xlb_tests::{
     fixture::{
-        CLIENT_V4, CLIENT_V6, Fixture, Outcome, Proto, Reason, VIP_V4, VIP_V6, XDP_REDIRECT, XDP_TX,
+        CLIENT_V4, CLIENT_V6, Fixture, Outcome, Proto, Reason, TUNNEL_SRC_V4, VIP_V4, VIP_V6,
+        XDP_REDIRECT, XDP_TX,
     },
-    packet::{MAC_CLIENT, MAC_LB, Packet},
+    packet::{MAC_CLIENT, MAC_GATEWAY, MAC_LB, Packet},
 };
 
 const MAC_IN: [u8; 6] = [0x02, 0, 0, 0, 0x0e, 0x01];
@@ -189,6 +191,67 @@ fn a_cached_next_hop_is_used_for_a_second_then_the_fib_is_asked_again() {
         MAC_FAR_NEW,
         "asked again after a second"
     );
+}
+
+/// A target the FIB has no route for goes to the configured gateway, and that answer is cached
+/// as the FIB's is: a route added later is used after a second.
+#[test]
+fn a_target_without_a_route_goes_to_the_gateway_until_the_fib_is_asked_again() {
+    pin_cpu();
+    let mut f = Fixture::new();
+    let ingress = links();
+    let routed_later = Ipv4Addr::new(198, 18, 2, 11);
+    f.listener(VIP_V4, 80, Proto::Tcp, 0, &[routed_later.into()]);
+    let out = f.run_on(ingress, &syn_v4(1000));
+    assert_eq!(out.action, XDP_TX);
+    assert_eq!(sent_to(&out), (MAC_GATEWAY, MAC_LB, routed_later.into()));
+
+    // Through FAR_V4, a router behind out0.
+    run(&["ip", "route", "add", "198.18.2.0/24", "via", "198.18.1.11"]);
+    assert_eq!(
+        sent_to(&f.run_on(ingress, &syn_v4(1001))).0,
+        MAC_GATEWAY,
+        "cached"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = f.run_on(ingress, &syn_v4(1002));
+    assert_eq!(out.action, XDP_REDIRECT, "asked again after a second");
+    assert_eq!(sent_to(&out), (MAC_FAR, MAC_OUT, routed_later.into()));
+}
+
+/// The node settings the tunnel keeps with a cached next hop (source prefix, MTU) apply from the
+/// next packet once the agent writes new ones: writing them clears the cache.
+#[test]
+fn new_node_settings_apply_to_a_target_whose_next_hop_is_cached() {
+    pin_cpu();
+    let mut f = Fixture::new();
+    let ingress = links();
+    f.listener(VIP_V4, 80, Proto::Tcp, 0, &[FAR_V4.into()]);
+    let outer_src = |out: &Outcome| <[u8; 2]>::try_from(&out.frame[26..28]).unwrap();
+    let out = f.run_on(ingress, &syn_v4(1000));
+    assert_eq!(outer_src(&out), TUNNEL_SRC_V4);
+
+    f.config(|c| c.tunnel_src_v4 = [10, 99, 0, 0]);
+    let out = f.run_on(ingress, &syn_v4(1001));
+    assert_eq!(sent_to(&out).0, MAC_FAR);
+    assert_eq!(
+        outer_src(&out),
+        [10, 99],
+        "the new prefix, not the cached one"
+    );
+
+    f.config(|c| {
+        c.mtu = 1280;
+        c.flags |= CONFIG_F_NO_PTB;
+    });
+    let big = Packet::eth(MAC_CLIENT, MAC_LB)
+        .ipv4(CLIENT_V4, VIP_V4)
+        .dont_fragment()
+        .tcp(1001, 80)
+        .payload(&[0; 1250])
+        .build();
+    let out = f.run_on(ingress, &big);
+    assert_eq!(out.reasons, [(Reason::DropTooBig, 1)], "the new MTU");
 }
 
 #[test]
