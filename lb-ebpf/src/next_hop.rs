@@ -21,6 +21,9 @@ use crate::{
     verdict::Verdict,
 };
 
+/// `CachedHop::expires_ns` of an answer that does not expire: the gateway, with the FIB off.
+const NEVER: u64 = u64::MAX;
+
 const AF_INET_KERNEL: u8 = 2;
 const AF_INET6_KERNEL: u8 = 10;
 
@@ -33,9 +36,11 @@ pub fn toward(ctx: &XdpContext, index: u32, b: &Backend) -> Result<&'static Cach
         .ok_or(Verdict::drop(Reason::DropNoRoute))?;
     // SAFETY: a per-CPU slot: only this CPU uses it while the program runs.
     let c = unsafe { &mut *c };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if now < c.expires_ns && c.ingress == ctx.ingress_ifindex() as u32 && c.addr == words(&b.addr) {
+    if c.ingress == ctx.ingress_ifindex() as u32
+        && c.addr == words(&b.addr)
+        // SAFETY: a helper without arguments.
+        && (c.expires_ns == NEVER || unsafe { bpf_ktime_get_coarse_ns() } < c.expires_ns)
+    {
         return Ok(c);
     }
     fill(ctx, c, b)?;
@@ -104,7 +109,11 @@ fn fill(ctx: &XdpContext, c: &mut CachedHop, b: &Backend) -> Result<(), Verdict>
     }
     c.addr = words(&b.addr);
     c.ingress = ingress;
-    c.expires_ns = if cache {
+    c.expires_ns = if cfg.flags & CONFIG_F_NO_FIB != 0 {
+        // Only the node settings make this answer, and the agent clears the cache when it
+        // writes new ones: it needs no clock.
+        NEVER
+    } else if cache {
         // SAFETY: a helper without arguments. Read again, not kept from `toward`: kept, it
         // would take a place on the established path's stack.
         (unsafe { bpf_ktime_get_coarse_ns() }) + NEXT_HOP_TTL_NS

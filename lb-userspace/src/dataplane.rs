@@ -313,6 +313,9 @@ pub struct RunResult {
 pub struct Dataplane {
     ebpf: Ebpf,
     sizes: Sizes,
+    /// Loaded from this build's object, whose `NEXT_HOPS` entries are [`CachedHop`]s; another
+    /// build's (`xlb-bench --baseline`) may lay them out otherwise, and is not asked to clear them.
+    own_object: bool,
 }
 
 impl Dataplane {
@@ -352,7 +355,11 @@ impl Dataplane {
             }
         }
         let ebpf = loader.load(object).map_err(Box::new)?;
-        Ok(Dataplane { ebpf, sizes })
+        Ok(Dataplane {
+            ebpf,
+            sizes,
+            own_object: std::ptr::eq(object, OBJECT),
+        })
     }
 
     /// The sizes the maps were made with.
@@ -591,6 +598,9 @@ impl Dataplane {
         config
             .set(0, cfg, 0)
             .map_err(|source| DataplaneError::Map { name, source })?;
+        if !self.own_object {
+            return Ok(());
+        }
         let targets = self.sizes.targets.max(1) + 1;
         self.reset::<CachedHop>(names::NEXT_HOPS, 0..targets)
     }

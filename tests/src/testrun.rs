@@ -180,7 +180,7 @@ pub fn cases(f: &Frames) -> Vec<Case<'_>> {
             miss,
             &f.ack,
             XDP_TX,
-            "as established, FIB lookup failing on every packet",
+            "as established, no route in the FIB: the gateway, cached",
         ),
         case(
             "lb.non_vip.fib_miss",

@@ -3,7 +3,7 @@
 //! behind the other interface are redirected there, targets on the ingress link go back out
 //! with `XDP_TX`, and each CPU's cached answer is used for a second, then asked again.
 
-use lb_common::CONFIG_F_NO_PTB;
+use lb_common::{CONFIG_F_NO_FIB, CONFIG_F_NO_PTB};
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     process::Command,
@@ -219,8 +219,8 @@ fn a_target_without_a_route_goes_to_the_gateway_until_the_fib_is_asked_again() {
     assert_eq!(sent_to(&out), (MAC_FAR, MAC_OUT, routed_later.into()));
 }
 
-/// The node settings the tunnel keeps with a cached next hop (source prefix, MTU) apply from the
-/// next packet once the agent writes new ones: writing them clears the cache.
+/// The node settings the tunnel keeps with a cached next hop (source prefix, MTU, gateway) apply
+/// from the next packet once the agent writes new ones: writing them clears the cache.
 #[test]
 fn new_node_settings_apply_to_a_target_whose_next_hop_is_cached() {
     pin_cpu();
@@ -252,6 +252,20 @@ fn new_node_settings_apply_to_a_target_whose_next_hop_is_cached() {
         .build();
     let out = f.run_on(ingress, &big);
     assert_eq!(out.reasons, [(Reason::DropTooBig, 1)], "the new MTU");
+
+    // With the FIB off the gateway's answer does not expire; a new gateway applies at once.
+    let other_gateway = [0x02, 0, 0, 0, 0x0a, 0x02];
+    f.config(|c| c.flags |= CONFIG_F_NO_FIB);
+    assert_eq!(sent_to(&f.run_on(ingress, &syn_v4(1002))).0, MAC_GATEWAY);
+    f.config(|c| {
+        c.flags |= CONFIG_F_NO_FIB;
+        c.gateway_mac = other_gateway;
+    });
+    assert_eq!(
+        sent_to(&f.run_on(ingress, &syn_v4(1003))).0,
+        other_gateway,
+        "the new gateway"
+    );
 }
 
 #[test]
