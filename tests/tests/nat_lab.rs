@@ -142,35 +142,51 @@ fn lab(prefix: &str) -> (Lab, Servers) {
         for argv in steps {
             lab.exec(role, argv).expect("make a plain target");
         }
-        let link = lab
-            .exec(role, &["ip", "-j", "link", "show", "eth0"])
-            .unwrap();
-        let link = String::from_utf8_lossy(&link.stdout).into_owned();
+        // The link goes with its last holder: the pin, and the killed server, which may take a
+        // moment to exit.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let link = loop {
+            let out = lab
+                .exec(role, &["ip", "-j", "link", "show", "eth0"])
+                .unwrap();
+            let link = String::from_utf8_lossy(&out.stdout).into_owned();
+            if !link.contains("xdp") || Instant::now() > deadline {
+                break link;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         assert!(
             !link.contains("xdp"),
             "no XDP program on the target: {link}"
         );
-        let port = target_port(i).to_string();
-        let name = format!("backend{i}");
-        let child = lab
-            .spawn(role, &["python3", "-c", SERVER, &name, &port])
-            .expect("start the target's server");
-        servers.0.push(child);
-        let local = SocketAddr::from(([127, 0, 0, 1], target_port(i)));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let up = in_netns(&lab.ns(role), || {
-            while Instant::now() < deadline {
-                if TcpStream::connect_timeout(&local, Duration::from_millis(200)).is_ok() {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            false
-        })
-        .unwrap();
-        assert!(up, "{name}'s server listens on {port} within 10 s");
+        servers
+            .0
+            .push(serve(&lab, i, &format!("backend{i}"), target_port(i)));
     }
     (lab, servers)
+}
+
+/// Starts the Python server on backend `i`, answering as `name` on `port`, and waits until it
+/// listens.
+fn serve(lab: &Lab, i: usize, name: &str, port: u16) -> Child {
+    let role = Role::Backend(i);
+    let child = lab
+        .spawn(role, &["python3", "-c", SERVER, name, &port.to_string()])
+        .expect("start the target's server");
+    let local = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let up = in_netns(&lab.ns(role), || {
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&local, Duration::from_millis(200)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    })
+    .unwrap();
+    assert!(up, "{name}'s server listens on {port} within 10 s");
+    child
 }
 
 /// A `protocol` group `name` of both targets at `addr` ([`v4`] or [`v6`]): backend1 on the
@@ -442,6 +458,67 @@ fn a_held_connection_survives_a_restart_and_drains_after_deregistration() {
     assert!(
         after.is_err(),
         "the held connection ended with the drain: {after:?}"
+    );
+    agent.stop().expect("xlb stops cleanly");
+}
+
+/// A reload that gives a NAT target another port: new connections go to the new port at once, a
+/// connection held on the old one carries on for the group's deregistration delay, then ends with
+/// the old port's backend.
+#[test]
+fn a_target_moved_to_another_port_drains_the_old_one() {
+    let (lab, mut servers) = lab("xnat-c-");
+    servers.0.push(serve(&lab, 2, "moved", 8082));
+    let delay = "attributes = { \"deregistration_delay.timeout_seconds\" = \"4\" }\n";
+    let text =
+        node(&lab) + &group("t4", "TCP", v4, delay) + &listener(VIP_V4.into(), 80, "TCP", "t4");
+    let cfg = write_config(&lab, &text);
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+    let vip = SocketAddr::from((VIP_V4, 80));
+    // Connections spread by flow: a few find backend2, on 8081.
+    let conn = in_netns(&lab.ns(Role::Client), || {
+        (0..40).find_map(|_| {
+            let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            (ask(&s, "which").ok()? == "backend2").then_some(s)
+        })
+    })
+    .unwrap()
+    .expect("a connection to backend2 in 40");
+
+    write_config(&lab, &text.replace("port = 8081", "port = 8082"));
+    let (ok, out) = cli(&lab, &["reload"]);
+    assert!(ok, "{out}");
+    let moved = Instant::now();
+    let names: BTreeSet<String> = in_netns(&lab.ns(Role::Client), || {
+        (0..20)
+            .map(|_| {
+                let body = http_get(vip).unwrap_or_else(|e| panic!("GET {vip}: {e:#}"));
+                body.split(' ').next().unwrap_or_default().to_owned()
+            })
+            .collect()
+    })
+    .unwrap();
+    assert_eq!(
+        names,
+        BTreeSet::from(["backend1".into(), "moved".into()]),
+        "new connections go to 8082, none to 8081"
+    );
+    assert_eq!(
+        ask(&conn, "draining").expect("echo while the old port drains"),
+        "backend2"
+    );
+    assert!(
+        moved.elapsed() < Duration::from_secs(4),
+        "checked within the delay"
+    );
+    std::thread::sleep(
+        Duration::from_secs(4).saturating_sub(moved.elapsed()) + Duration::from_secs(1),
+    );
+    let after = ask(&conn, "gone");
+    assert!(
+        after.is_err(),
+        "the held connection ended with the old port's backend: {after:?}"
     );
     agent.stop().expect("xlb stops cleanly");
 }

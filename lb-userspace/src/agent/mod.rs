@@ -60,6 +60,10 @@ pub struct Agent {
     pub overlay: Overlay,
     /// (group, target) → when its deregistration delay ends.
     draining: BTreeMap<(String, IpAddr), Instant>,
+    /// NAT targets a reload gave another port → when the backend on the old port is retired.
+    /// Until then it carries the flows it had (it is in no table), as a deregistered target
+    /// does while it drains; the target itself is not draining.
+    moved: BTreeMap<IpAddr, Instant>,
     /// `xlb node drain`: announce no VIP until `xlb node resume` (or a restart).
     withdrawn: bool,
     pub lb: Balancer,
@@ -89,6 +93,7 @@ impl Agent {
             file,
             overlay,
             draining: BTreeMap::new(),
+            moved: BTreeMap::new(),
             withdrawn: false,
             lb,
             started: Instant::now(),
@@ -296,7 +301,26 @@ impl Agent {
                     })
             })
             .collect();
+        // NAT targets whose port changes: a new backend, while the old port's drains.
+        let moved: Vec<(IpAddr, Duration)> = self
+            .file
+            .target_groups
+            .iter()
+            .filter_map(|old| Some((old, new.group(&old.name)?)))
+            .flat_map(|(old, kept)| {
+                let (before, after) = (&self.file, &new);
+                old.targets.iter().filter_map(move |t| {
+                    let k = kept.targets.iter().find(|k| k.id == t.id)?;
+                    (TargetAddr::of(before, old, t) != TargetAddr::of(after, kept, k))
+                        .then(|| (t.id, old.deregistration_delay()))
+                })
+            })
+            .collect();
         self.change(|a| {
+            for (id, delay) in moved {
+                tracing::info!(target = %id, delay_seconds = delay.as_secs(), "target moved to another port: its old port drains");
+                a.moved.insert(id, Instant::now() + delay);
+            }
             // Targets back in the file stop departing.
             a.overlay.departed.retain(|d| {
                 let back = new.group(&d.target.target_group).is_some_and(|g| {
@@ -389,6 +413,17 @@ impl Agent {
     /// Ends drains whose delay has passed: the targets leave the datapath and their remaining
     /// flows are re-balanced. Returns the (group, target) pairs that finished.
     pub fn expire_drains(&mut self, now: Instant) -> Result<Vec<(String, IpAddr)>> {
+        let moved: Vec<IpAddr> = self
+            .moved
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in moved {
+            self.moved.remove(&id);
+            // Only the backends no listener uses: the old port's, not the new one's.
+            self.lb.retire(id)?;
+        }
         let done: Vec<_> = self
             .draining
             .iter()
@@ -415,6 +450,7 @@ impl Agent {
     pub fn next_drain(&self) -> Option<Duration> {
         self.draining
             .values()
+            .chain(self.moved.values())
             .min()
             .map(|d| d.saturating_duration_since(Instant::now()))
     }
