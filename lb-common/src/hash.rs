@@ -89,7 +89,7 @@ mod tests {
             sport_be: sport.to_be(),
             dport_be: 80u16.to_be(),
             proto: crate::IPPROTO_TCP,
-            family: crate::AF_INET,
+            family: AF_INET,
             _pad: [0; 2],
         };
         k.src[..4].copy_from_slice(&[198, 18, 0, src_last]);
