@@ -449,8 +449,9 @@ fn check_attributes(cfg: &Config, i: usize, l: &Listener) -> Result<(), Refusal>
     }
     let refused = match l.protocol {
         Protocol::Tcp if cfg.in_user_space(l) => return Ok(()),
-        // SNAT tracks its connections: an idle one gives its port back after this long.
-        Protocol::Tcp if l.forwarding == Forwarding::Snat => return Ok(()),
+        // SNAT tracks its connections: an idle one gives its port back after this long (a
+        // TCP_UDP listener's TCP ones).
+        Protocol::Tcp | Protocol::TcpUdp if l.forwarding == Forwarding::Snat => return Ok(()),
         Protocol::Tcp => {
             "this listener is forwarded in XDP, where the target's TCP stack owns the \
              connection and xlb tracks no idle time; a TCP listener the proxy serves (its group \

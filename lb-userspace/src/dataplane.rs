@@ -194,7 +194,8 @@ impl Sizes {
     }
 
     /// The kernel memory each map takes at these sizes, largest first, in bytes: as Linux 6.4
-    /// and later account it (`memlock` in a map's fdinfo), for `cpus` possible CPUs. An array
+    /// and later account it (`memlock` in a map's fdinfo), for `cpus` possible CPUs; the SNAT
+    /// maps, which are not preallocated, empty. An array
     /// holds its entries (one per CPU for per-CPU maps); a hash map preallocates every element
     /// with the kernel's 48-byte header, and a bucket per entry rounded up to a power of two.
     pub fn memory(self, cpus: usize) -> Result<Vec<(String, u64)>> {
@@ -220,6 +221,9 @@ impl Sizes {
                     }
                     BPF_MAP_TYPE_ARRAY => n * up8(m.value_size()),
                     BPF_MAP_TYPE_PERCPU_ARRAY => n * (up8(m.value_size()) * cpus as u64 + 8),
+                    // Not preallocated (the SNAT maps): the buckets, then each entry as it is
+                    // made, which this does not count.
+                    _ if m.map_flags() & BPF_F_NO_PREALLOC != 0 => n.next_power_of_two() * 16,
                     _ => {
                         let element = 48 + up8(m.key_size()) + up8(m.value_size());
                         n * element + n.next_power_of_two() * 16
@@ -239,6 +243,7 @@ const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_F_MMAPABLE: u32 = 1 << 10;
+const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 
 fn page_size() -> usize {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
