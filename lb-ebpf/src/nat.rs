@@ -81,10 +81,6 @@ pub fn reply(ctx: &XdpContext, p: &Packet, cfg: &Config) -> Option<Result<Verdic
 /// destination (`DST`), and the Ethernet addresses of `hop`. What a constant leaves out is not
 /// read. NAT sets one side, SNAT (`snat.rs`) both.
 #[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "two addresses and two ports, inlined"
-)]
 pub fn rewrite<const SRC: bool, const DST: bool>(
     ctx: &XdpContext,
     p: &Packet,

@@ -53,12 +53,15 @@ pub fn forward(ctx: &XdpContext, p: &Packet, choice: &Choice) -> Result<Verdict,
     let (closing, syn) = flags(p);
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let port_be = match SNAT_FLOWS.get_ptr_mut(key) {
+    let flow = SNAT_FLOWS.get_ptr_mut(key);
+    let same = match flow {
         // SAFETY: a map value, valid while the program runs; other CPUs write only its time and
         // flags, and any value of those is valid.
-        Some(f)
-            if unsafe { (*f).backend == choice.index && words(&(*f).target) == words(&b.addr) } =>
-        {
+        Some(f) => unsafe { (*f).backend == choice.index && words(&(*f).target) == words(&b.addr) },
+        None => false,
+    };
+    let port_be = match flow {
+        Some(f) if same => {
             // SAFETY: as above.
             unsafe {
                 touch(&mut (*f).seen_ns, &mut (*f).flags, now, closing, syn);
@@ -144,6 +147,10 @@ fn touch(seen: &mut u64, flags: &mut u32, now: u64, closing: bool, syn: bool) {
 /// A new flow's port: the first of [`SNAT_TRIES`] candidates that no other flow to the same
 /// target address and port holds, recorded both ways.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the scratch slot itself goes to the helpers: a value would be copied to the stack"
+)]
 fn allocate(
     s: &mut SnatScratch,
     key: &FlowKey,
@@ -227,6 +234,10 @@ fn allocate(
 
 /// Removes flow `key`'s entries, whose port `f` names toward its earlier target.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the scratch slot itself goes to the helper: a value would be copied to the stack"
+)]
 fn release(s: &mut SnatScratch, key: &FlowKey, f: &SnatFlow, src: &Addr) {
     s.reply = FlowKey {
         src: copy_addr(&f.target),

@@ -486,7 +486,7 @@ fn fin_and_rst_mark_the_entries_closing() {
     assert_eq!(f.run(&rst).reason(), Reason::TxSnatReply);
     assert_eq!(closing(&mut f), (true, true), "the target's RST");
     assert_eq!(f.run(&client(|t| t.syn())).reason(), Reason::TxSnat);
-    assert_eq!(closing(&mut f).0, false, "a new SYN opens it again");
+    assert!(!closing(&mut f).0, "a new SYN opens it again");
     assert_eq!(port_of(&mut f, &key), port, "on the same port");
 }
 
