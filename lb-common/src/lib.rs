@@ -641,6 +641,7 @@ mod user {
     unsafe impl aya::Pod for super::NatReply {}
     // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
     unsafe impl aya::Pod for super::CachedHop {}
+    // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
     unsafe impl aya::Pod for super::SnatConfig {}
     // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
     unsafe impl aya::Pod for super::SnatEntry {}
