@@ -257,6 +257,7 @@ default_action = { type = "forward", target_group = "web" }
         let mut entries = entry(IPPROTO_UDP, 1, 0, false);
         entries.ports[0].1.seen_ns = 9 * s;
         assert_eq!(over(&entries, &cfg, 10 * s), Swept::default());
-        assert_eq!(interval(&cfg), Some(Duration::from_secs(1)));
+        // A quarter of the shortest timeout (UDP's 5 s).
+        assert_eq!(interval(&cfg), Some(Duration::from_millis(1250)));
     }
 }
