@@ -34,6 +34,9 @@ pub mod names {
     pub const DECAP_STATS: &str = "DECAP_STATS";
     pub const NEXT_HOPS: &str = "NEXT_HOPS";
     pub const NAT_REPLIES: &str = "NAT_REPLIES";
+    pub const SNAT_CONFIG: &str = "SNAT_CONFIG";
+    pub const SNAT_PORTS: &str = "SNAT_PORTS";
+    pub const SNAT_FLOWS: &str = "SNAT_FLOWS";
     /// The maps the agent pins (they outlive it); the datapath's per-CPU scratch maps
     /// (`NEXT_HOPS`, `FIB_ARGS`) are not among them: a new agent starts them empty.
     pub const MAPS: &[&str] = &[
@@ -48,6 +51,9 @@ pub mod names {
         DECAP_ADDRS,
         DECAP_STATS,
         NAT_REPLIES,
+        SNAT_CONFIG,
+        SNAT_PORTS,
+        SNAT_FLOWS,
     ];
 }
 
@@ -152,6 +158,10 @@ pub const VIP_F_NO_ECHO: u32 = 1 << 3;
 /// Forward by NAT: the destination becomes the target's address and port, and the target's
 /// replies, routed back through this node, get the VIP's back (`NAT_REPLIES`).
 pub const VIP_F_NAT: u32 = 1 << 4;
+/// With [`VIP_F_NAT`]: source NAT too. The source becomes a node address ([`SnatConfig`]) and a
+/// port allocated per flow (`SNAT_PORTS`), so the target answers the node, not the client. Every
+/// rule of NAT listeners (fragments dropped, ICMP errors passed, no second chance) applies.
+pub const VIP_F_SNAT: u32 = 1 << 5;
 
 /// `BACKENDS` value, indexed by backend index (1-based; 0 means none).
 #[repr(C, align(8))]
@@ -291,6 +301,75 @@ pub const HOP_RESOLVED: u8 = 0;
 /// Never cached (`expires_ns` 0): the next packet finds the neighbour.
 pub const HOP_KERNEL: u8 = 1;
 const _: () = assert!(size_of::<CachedHop>() == 64);
+/// `SNAT_CONFIG[0]`: the node's source for SNAT listeners ([`VIP_F_SNAT`]), written by the agent.
+/// A map of its own rather than fields of [`Config`]: `CONFIG`'s layout, pinned by running
+/// agents, stays as it was.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct SnatConfig {
+    /// The IPv4 source (first 4 bytes; all zero: none).
+    pub addr_v4: Addr,
+    /// The IPv6 source (all zero: none).
+    pub addr_v6: Addr,
+    /// First source port of the range, host byte order.
+    pub port_first: u16,
+    /// Ports in the range (`last - first + 1`); 0: no SNAT port can be allocated.
+    pub port_count: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SnatConfig>() == 40);
+
+/// Ports tried for a new SNAT flow before it is refused (`drop_snat_exhausted`): candidates
+/// derived from the flow's hash, each an insert that fails when the port is taken.
+pub const SNAT_TRIES: u32 = 8;
+
+/// `SNAT_PORTS` key is the [`FlowKey`] of a reply as it arrives (target address and port → the
+/// node's SNAT address and the allocated port); this is its value: who the flow belongs to, and
+/// its tracking. The datapath writes it whole when it allocates the port (`BPF_NOEXIST`: the
+/// insert that wins the port), then only `seen_ns` and `flags`; the agent deletes it.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct SnatEntry {
+    pub client: Addr,
+    /// The listener's address: the reply's source again.
+    pub vip: Addr,
+    /// Network byte order.
+    pub client_port_be: u16,
+    /// The listener's port, network byte order.
+    pub vport_be: u16,
+    /// `SNAT_F_*` bits.
+    pub flags: u32,
+    /// The last reply, `bpf_ktime_get_coarse_ns` (monotonic coarse), written when it moved on by
+    /// [`SNAT_SEEN_STEP_NS`] or more.
+    pub seen_ns: u64,
+}
+const _: () = assert!(size_of::<SnatEntry>() == 48);
+
+/// `SNAT_FLOWS` key is the client's [`FlowKey`] (client → listener); this is its value: the port
+/// its packets leave with, and the target it was allocated for (the `SNAT_PORTS` key is
+/// `target`, `target_port_be` → SNAT address, `port_be`).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct SnatFlow {
+    pub target: Addr,
+    /// The last packet from the client, as [`SnatEntry::seen_ns`].
+    pub seen_ns: u64,
+    /// The backend index the port was allocated toward.
+    pub backend: u32,
+    /// The allocated source port, network byte order.
+    pub port_be: u16,
+    /// The target's port, network byte order.
+    pub target_port_be: u16,
+    /// `SNAT_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SnatFlow>() == 40);
+
+/// A FIN or RST passed (this direction): the agent removes the flow after a quiet time.
+pub const SNAT_F_CLOSING: u32 = 1 << 0;
+/// The datapath writes `seen_ns` when it moved on by this much: one write a second per flow.
+pub const SNAT_SEEN_STEP_NS: u64 = 1_000_000_000;
 
 /// `CONFIG[0]`: node-wide datapath settings written by the agent.
 #[repr(C, align(4))]
@@ -318,6 +397,8 @@ pub const CONFIG_F_NO_FIB: u16 = 1 << 0;
 pub const CONFIG_F_NO_PTB: u16 = 1 << 1;
 /// Some listener forwards by NAT: TCP and UDP packets to no VIP are looked up in `NAT_REPLIES`.
 pub const CONFIG_F_NAT: u16 = 1 << 2;
+/// Some listener forwards by SNAT: TCP and UDP packets to no VIP are looked up in `SNAT_PORTS`.
+pub const CONFIG_F_SNAT: u16 = 1 << 3;
 
 /// Packets and bytes, summed per CPU by the reader.
 #[repr(C)]
@@ -390,10 +471,16 @@ pub enum Reason {
     TxNatReply,
     /// A packet to forward by NAT whose TTL (hop limit) would reach 0 on the way.
     DropTtl,
+    /// Forwarded to a target by SNAT (both addresses and ports rewritten).
+    TxSnat,
+    /// An SNAT target's reply, translated back (from the listener, to the client), sent on.
+    TxSnatReply,
+    /// A new SNAT flow found no free source port toward its target (or the table is full).
+    DropSnatExhausted,
 }
 
 impl Reason {
-    pub const COUNT: u32 = Reason::DropTtl as u32 + 1;
+    pub const COUNT: u32 = Reason::DropSnatExhausted as u32 + 1;
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::TxTunnel,
         Reason::TxDsr,
@@ -417,6 +504,9 @@ impl Reason {
         Reason::TxNat,
         Reason::TxNatReply,
         Reason::DropTtl,
+        Reason::TxSnat,
+        Reason::TxSnatReply,
+        Reason::DropSnatExhausted,
     ];
 
     /// The snake_case name that `xlb stats` and the metrics print.
@@ -444,6 +534,9 @@ impl Reason {
             Reason::TxNat => "tx_nat",
             Reason::TxNatReply => "tx_nat_reply",
             Reason::DropTtl => "drop_ttl",
+            Reason::TxSnat => "tx_snat",
+            Reason::TxSnatReply => "tx_snat_reply",
+            Reason::DropSnatExhausted => "drop_snat_exhausted",
         }
     }
 }
@@ -548,6 +641,12 @@ mod user {
     unsafe impl aya::Pod for super::NatReply {}
     // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
     unsafe impl aya::Pod for super::CachedHop {}
+    // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
+    unsafe impl aya::Pod for super::SnatConfig {}
+    // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
+    unsafe impl aya::Pod for super::SnatEntry {}
+    // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
+    unsafe impl aya::Pod for super::SnatFlow {}
     // SAFETY: `bytemuck::Pod` (no padding, every bit pattern valid) is aya's contract too.
     unsafe impl aya::Pod for super::bench::GenConfig {}
 }

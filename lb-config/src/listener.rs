@@ -62,6 +62,16 @@ pub enum Forwarding {
     /// Destination NAT to the target's address and port (LVS-NAT): the target runs a plain
     /// server and routes its replies back through this node, which gives them the VIP back.
     Nat,
+    /// Destination and source NAT (NLB without client IP preservation): the target sees the
+    /// node's `[node.snat]` address and a port of its range, and answers the node.
+    Snat,
+}
+
+impl Forwarding {
+    /// NAT or SNAT: the destination becomes the target's address and port.
+    pub fn translates(self) -> bool {
+        matches!(self, Forwarding::Nat | Forwarding::Snat)
+    }
 }
 
 /// An L4 listener's action.
@@ -83,7 +93,8 @@ impl Listener {
         std::net::SocketAddr::new(self.address, self.port)
     }
 
-    /// `tcp.idle_timeout.seconds`: how long the proxy keeps a connection where nothing moves.
+    /// `tcp.idle_timeout.seconds`: how long the proxy, or the SNAT tracking of an `snat`
+    /// listener, keeps a connection where nothing moves.
     pub fn idle_timeout(&self) -> Duration {
         let v = attribute::value(
             attribute::LISTENER,
@@ -125,7 +136,7 @@ impl Config {
 
 /// Whether `l` rewrites the destination port to its targets' (NAT on one port).
 fn sends_to_target_port(l: &Listener) -> bool {
-    l.forwarding == Forwarding::Nat && l.port != 0
+    l.forwarding.translates() && l.port != 0
 }
 
 /// How an XDP listener sends to its group's targets, as refusals name it: a group's targets
@@ -136,6 +147,18 @@ fn way(l: &Listener) -> &'static str {
         Forwarding::Dsr => "dsr",
         Forwarding::Nat if l.port == 0 => "nat on every port",
         Forwarding::Nat => "nat to the targets' ports",
+        Forwarding::Snat if l.port == 0 => "snat on every port",
+        Forwarding::Snat => "snat to the targets' ports",
+    }
+}
+
+/// The config's name of a forwarding.
+pub fn forwarding_name(f: Forwarding) -> &'static str {
+    match f {
+        Forwarding::Tunnel => "tunnel",
+        Forwarding::Dsr => "dsr",
+        Forwarding::Nat => "nat",
+        Forwarding::Snat => "snat",
     }
 }
 
@@ -273,27 +296,46 @@ pub(crate) fn validate(cfg: &Config) -> Result<(), Refusal> {
                 ));
             }
             // NAT rewrites the addresses in place: one family end to end.
-            if l.forwarding == Forwarding::Nat && l.address.is_ipv4() != t.id.is_ipv4() {
+            if l.forwarding.translates() && l.address.is_ipv4() != t.id.is_ipv4() {
                 return Err(Refusal::new(
                     format!("target_groups ({}).targets[{j}].id", tg.name),
                     format!(
-                        "nat: target {} and VIP {} (listeners[{i}]) are of different IP \
+                        "{}: target {} and VIP {} (listeners[{i}]) are of different IP \
                          families; NAT rewrites addresses in place",
-                        t.id, l.address
+                        forwarding_name(l.forwarding),
+                        t.id,
+                        l.address
+                    ),
+                ));
+            }
+            // SNAT's source is the node's own address of the target's family.
+            if l.forwarding == Forwarding::Snat && cfg.node.snat.address(t.id).is_none() {
+                let key = if t.id.is_ipv4() {
+                    "address_v4"
+                } else {
+                    "address_v6"
+                };
+                return Err(Refusal::new(
+                    format!("target_groups ({}).targets[{j}].id", tg.name),
+                    format!(
+                        "snat: listeners[{i}] sends to {} from the node's address, and \
+                         node.snat.{key} names none",
+                        t.id
                     ),
                 ));
             }
             // One address on two ports would be one target to the agent, which drains and
             // reports targets by address.
             if let Some(k) = tg.targets[..j].iter().position(|o| o.id == t.id)
-                && l.forwarding == Forwarding::Nat
+                && l.forwarding.translates()
             {
                 return Err(Refusal::new(
                     format!("target_groups ({}).targets[{j}].id", tg.name),
                     format!(
-                        "{} is targets[{k}] already: a nat group has each address once (give \
+                        "{} is targets[{k}] already: a {} group has each address once (give \
                          another port a group of its own)",
-                        t.id
+                        t.id,
+                        forwarding_name(l.forwarding)
                     ),
                 ));
             }
@@ -407,10 +449,13 @@ fn check_attributes(cfg: &Config, i: usize, l: &Listener) -> Result<(), Refusal>
     }
     let refused = match l.protocol {
         Protocol::Tcp if cfg.in_user_space(l) => return Ok(()),
+        // SNAT tracks its connections: an idle one gives its port back after this long (a
+        // TCP_UDP listener's TCP ones).
+        Protocol::Tcp | Protocol::TcpUdp if l.forwarding == Forwarding::Snat => return Ok(()),
         Protocol::Tcp => {
             "this listener is forwarded in XDP, where the target's TCP stack owns the \
              connection and xlb tracks no idle time; a TCP listener the proxy serves (its group \
-             has proxy_protocol_v2.enabled) takes it"
+             has proxy_protocol_v2.enabled), or an snat one, takes it"
         }
         Protocol::Tls => "NLB keeps a TLS listener's idle timeout at 350 s: it cannot be set",
         _ => "only TCP listeners take it (NLB's UDP flows time out after a fixed 120 s)",
@@ -432,17 +477,13 @@ fn check_user_space(cfg: &Config, i: usize, l: &Listener) -> Result<(), Refusal>
              PROXY v2) and binds one port",
         ));
     }
-    if matches!(l.forwarding, Forwarding::Dsr | Forwarding::Nat) {
+    if l.forwarding != Forwarding::Tunnel {
         return Err(Refusal::new(
             format!("{at}.forwarding"),
             format!(
                 "{}: this listener is served in user space (TLS, or PROXY v2), which connects \
                  to the targets itself; XDP cannot put a header in a TCP stream",
-                if l.forwarding == Forwarding::Dsr {
-                    "dsr"
-                } else {
-                    "nat"
-                }
+                forwarding_name(l.forwarding)
             ),
         ));
     }

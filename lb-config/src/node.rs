@@ -67,6 +67,93 @@ pub struct Node {
     /// Announce the VIPs this node can serve with BGP, through BIRD.
     #[serde(default)]
     pub bgp: Option<Bgp>,
+    /// The source of `snat` listeners' packets toward their targets.
+    #[serde(default)]
+    pub snat: Snat,
+}
+
+/// `[node.snat]`: the address and ports `snat` listeners' packets leave from. The targets answer
+/// them, so the address must be this node's and routed to it from the targets.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Snat {
+    /// The source toward IPv4 targets.
+    #[serde(default)]
+    pub address_v4: Option<Ipv4Addr>,
+    /// The source toward IPv6 targets.
+    #[serde(default)]
+    pub address_v6: Option<Ipv6Addr>,
+    /// The source ports, `[first, last]`: one flow each per target address and port. Outside
+    /// the kernel's ephemeral range (Linux's default is 32768–60999), whose ports the node's own
+    /// connections take.
+    #[serde(default = "default_snat_ports")]
+    pub ports: [u16; 2],
+    /// Seconds a UDP flow is kept without a packet (NLB's 120).
+    #[serde(default = "default_snat_udp_timeout")]
+    pub udp_timeout_seconds: u32,
+}
+
+impl Default for Snat {
+    fn default() -> Snat {
+        Snat {
+            address_v4: None,
+            address_v6: None,
+            ports: default_snat_ports(),
+            udp_timeout_seconds: default_snat_udp_timeout(),
+        }
+    }
+}
+
+fn default_snat_ports() -> [u16; 2] {
+    [10000, 32767]
+}
+fn default_snat_udp_timeout() -> u32 {
+    120
+}
+
+impl Snat {
+    /// Its source address toward targets of `target`'s family.
+    pub fn address(&self, target: IpAddr) -> Option<IpAddr> {
+        match target {
+            IpAddr::V4(_) => self.address_v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.address_v6.map(IpAddr::V6),
+        }
+    }
+
+    /// Ports in the range.
+    pub fn port_count(&self) -> u32 {
+        u32::from(self.ports[1]) + 1 - u32::from(self.ports[0])
+    }
+
+    fn validate(&self) -> Result<(), Refusal> {
+        let [first, last] = self.ports;
+        if first == 0 || first > last {
+            return Err(Refusal::new(
+                "node.snat.ports",
+                format!("[{first}, {last}] is not a range [first, last] within 1..=65535"),
+            ));
+        }
+        if !(1..=3600).contains(&self.udp_timeout_seconds) {
+            return Err(Refusal::new(
+                "node.snat.udp_timeout_seconds",
+                format!("{} is outside 1..=3600", self.udp_timeout_seconds),
+            ));
+        }
+        for (key, a) in [
+            ("address_v4", self.address_v4.map(IpAddr::V4)),
+            ("address_v6", self.address_v6.map(IpAddr::V6)),
+        ] {
+            if let Some(a) = a
+                && (a.is_unspecified() || a.is_multicast() || a.is_loopback())
+            {
+                return Err(Refusal::new(
+                    format!("node.snat.{key}"),
+                    format!("{a} cannot be a source the targets answer"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where the agent of a config file listens and pins: what the CLI needs to reach it. Read
@@ -189,6 +276,7 @@ impl Node {
         if let Some(bgp) = &self.bgp {
             bgp.validate()?;
         }
+        self.snat.validate()?;
         // A target's ring weight is its weight (at most 1000) times its zone's.
         if let Some((zone, w)) = self.zone_weights.iter().find(|(_, w)| **w > 1000) {
             return Err(Refusal::new(

@@ -1394,3 +1394,94 @@ fn nat_targets_on_other_ports_take_their_own_datapath_slots() {
         "{e}"
     );
 }
+
+/// SNAT listeners: NAT's config, with the node's sources.
+fn snat() -> String {
+    NAT.replace("forwarding = \"nat\"", "forwarding = \"snat\"").replace(
+        "interface = \"eth0\"\n",
+        "interface = \"eth0\"\n\n[node.snat]\naddress_v4 = \"198.18.1.2\"\naddress_v6 = \"2001:db8:2::2\"\n",
+    )
+}
+
+#[test]
+fn snat_listeners_take_the_nodes_sources_and_a_port_range() {
+    let c = Config::parse(&snat(), "x.toml").unwrap();
+    assert_eq!(c.listeners[0].forwarding, Forwarding::Snat);
+    let web = c.group("web").unwrap();
+    let ports: Vec<_> = web.targets.iter().map(|t| c.nat_port(web, t)).collect();
+    assert_eq!(ports, [Some(8080), Some(8081)]);
+    let s = &c.node.snat;
+    assert_eq!(
+        (s.ports, s.port_count(), s.udp_timeout_seconds),
+        ([10000, 32767], 22768, 120)
+    );
+    assert_eq!(
+        s.address("198.18.1.11".parse().unwrap()),
+        Some("198.18.1.2".parse().unwrap())
+    );
+    // NLB's idle timeout: SNAT tracks TCP connections, so it takes one.
+    let idle = snat().replacen(
+        "forwarding = \"snat\"\n",
+        "forwarding = \"snat\"\nattributes = { \"tcp.idle_timeout.seconds\" = \"60\" }\n",
+        1,
+    );
+    let c = Config::parse(&idle, "x.toml").unwrap();
+    assert_eq!(
+        c.listeners[0].idle_timeout(),
+        std::time::Duration::from_secs(60)
+    );
+}
+
+#[test]
+fn snat_refuses_a_listener_without_a_source_and_bad_ranges() {
+    let refused = |text: &str| Config::parse(text, "x.toml").unwrap_err().to_string();
+    let cases = [
+        (
+            snat().replace("address_v6 = \"2001:db8:2::2\"\n", ""),
+            "line 18: target_groups (any).targets[0].id: snat: listeners[1] sends to \
+             2001:db8:2::11 from the node's address, and node.snat.address_v6 names none",
+        ),
+        (
+            snat().replace("address_v4 = \"198.18.1.2\"\n", ""),
+            "target_groups (web).targets[0].id: snat: listeners[0] sends to 198.18.1.11 from \
+             the node's address, and node.snat.address_v4 names none",
+        ),
+        (
+            snat().replace("address_v6 = \"2001:db8:2::2\"\n", "address_v6 = \"2001:db8:2::2\"\nports = [2000, 1000]\n"),
+            "line 8: node.snat.ports: [2000, 1000] is not a range [first, last] within 1..=65535",
+        ),
+        (
+            snat().replace("address_v6 = \"2001:db8:2::2\"\n", "address_v6 = \"2001:db8:2::2\"\nports = [0, 1000]\n"),
+            "node.snat.ports: [0, 1000] is not a range",
+        ),
+        (
+            snat().replace("address_v4 = \"198.18.1.2\"", "address_v4 = \"0.0.0.0\""),
+            "line 6: node.snat.address_v4: 0.0.0.0 cannot be a source the targets answer",
+        ),
+        (
+            snat().replace("address_v6 = \"2001:db8:2::2\"\n", "address_v6 = \"2001:db8:2::2\"\nudp_timeout_seconds = 0\n"),
+            "node.snat.udp_timeout_seconds: 0 is outside 1..=3600",
+        ),
+        // One family end to end, one way per group, as NAT.
+        (
+            snat().replace("198.18.1.11", "2001:db8:2::12"),
+            "snat: target 2001:db8:2::12 and VIP 198.18.100.1 (listeners[0]) are of different IP \
+             families",
+        ),
+        (
+            snat().replacen("forwarding = \"snat\"", "forwarding = \"nat\"", 1)
+                .replace("target_group = \"any\"", "target_group = \"web\"")
+                .replace("2001:db8:100::1", "198.18.100.2")
+                .replace(", port = 8081 }", " }"),
+            "listeners[1].forwarding: snat on every port: listeners[0] forwards to \"web\" by nat",
+        ),
+        (
+            snat().replace("targets = [{ id = \"198.18.1.11\" }", "attributes = { \"proxy_protocol_v2.enabled\" = \"true\" }\ntargets = [{ id = \"198.18.1.11\" }"),
+            "listeners[0].forwarding: snat: this listener is served in user space",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = refused(&text);
+        assert!(e.contains(want), "want {want:?}: {e}");
+    }
+}

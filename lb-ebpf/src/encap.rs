@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
     AF_INET, Backend, CachedHop, IPPROTO_IPIP, IPPROTO_IPV6, Reason, SECOND_CHANCE_OPTION,
-    SECOND_CHANCE_V4_LEN, SECOND_CHANCE_V6_LEN, VIP_F_DSR, VIP_F_NAT,
+    SECOND_CHANCE_V4_LEN, SECOND_CHANCE_V6_LEN, VIP_F_DSR, VIP_F_NAT, VIP_F_SNAT,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
@@ -12,6 +12,7 @@ use crate::{
     conntrack::Choice,
     csum, icmp, l2, nat, next_hop,
     parse::{ETH_P_IP, ETH_P_IPV6, IPV6_DSTOPTS, Packet, ptr_at, words},
+    snat,
     verdict::Verdict,
     vip::Vip,
 };
@@ -35,6 +36,10 @@ pub fn forward<const SECOND: bool>(
     if vip.flags & (VIP_F_DSR | VIP_F_NAT) != 0 {
         if vip.flags & VIP_F_DSR != 0 {
             return dsr(ctx, b);
+        }
+        // SNAT is NAT that sets the source too (`VIP_F_NAT` is set with it).
+        if vip.flags & VIP_F_SNAT != 0 {
+            return snat::forward(ctx, p, choice);
         }
         return nat::forward(ctx, p, choice);
     }

@@ -19,6 +19,7 @@ mod maps;
 mod nat;
 mod next_hop;
 mod parse;
+mod snat;
 mod stats;
 mod verdict;
 mod vip;
@@ -27,8 +28,8 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    CONFIG_F_NAT, Config, DecapReason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    Reason, VIP_F_NAT, VIP_F_SOURCE_IP,
+    CONFIG_F_NAT, CONFIG_F_SNAT, Config, DecapReason, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP, Reason, VIP_F_NAT, VIP_F_SOURCE_IP,
 };
 
 use crate::{
@@ -40,7 +41,10 @@ use crate::{
     vip::Vip,
 };
 
+// `inline(always)` reaches the function the macro nests in the entry point: without it, LLVM
+// kept that body out of line once SNAT grew it (a BPF-to-BPF call; 6.1 adds up their frames).
 #[xdp]
+#[inline(always)]
 pub fn xlb_lb(ctx: XdpContext) -> u32 {
     let bytes = (parse::frame_len(&ctx)) as u64;
     let v = match balance(&ctx, bytes) {
@@ -76,10 +80,13 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
             } else {
                 conntrack::choose::<true>(&vip, p.key, false, false)
             };
-            counted(
-                &vip,
-                choice.and_then(|choice| send(ctx, &p, &vip, &choice, bytes)),
-            )
+            // A `match`, not `and_then`: LLVM may keep a closure out of line (a BPF-to-BPF call,
+            // whose frame 6.1's verifier adds to this one's), and did once SNAT grew the path.
+            let sent = match choice {
+                Ok(choice) => send(ctx, &p, &vip, &choice, bytes),
+                Err(v) => Err(v),
+            };
+            counted(&vip, sent)
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => match icmp::handle(ctx, &p)? {
             Icmp::Reply(v) => Ok(v),
@@ -87,11 +94,13 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
             Icmp::Error { vip, .. } if vip.flags & VIP_F_NAT != 0 => {
                 Err(Verdict::pass(Reason::PassIcmp))
             }
-            Icmp::Error { vip, key } => counted(
-                &vip,
-                conntrack::existing(&vip, &key)
-                    .and_then(|choice| send(ctx, &p, &vip, &choice, bytes)),
-            ),
+            Icmp::Error { vip, key } => {
+                let sent = match conntrack::existing(&vip, &key) {
+                    Ok(choice) => send(ctx, &p, &vip, &choice, bytes),
+                    Err(v) => Err(v),
+                };
+                counted(&vip, sent)
+            }
         },
         other => {
             let icmp = if p.key.family == lb_common::AF_INET {
@@ -109,11 +118,20 @@ fn balance(ctx: &XdpContext, bytes: u64) -> Result<Verdict, Verdict> {
 }
 
 /// A TCP or UDP packet to no listener: a NAT target's reply when some listener forwards by NAT
-/// and `NAT_REPLIES` knows it, else none of xlb's business.
+/// and `NAT_REPLIES` knows it, or an SNAT target's when `SNAT_PORTS` does, else none of xlb's
+/// business.
 #[inline(always)]
 fn not_vip(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
     let pass = Verdict::pass(Reason::PassNotVip);
     let cfg: &Config = CONFIG.get(0).ok_or(pass)?;
+    if cfg.flags & (CONFIG_F_NAT | CONFIG_F_SNAT) == 0 {
+        return Err(pass);
+    }
+    if cfg.flags & CONFIG_F_SNAT != 0
+        && let Some(r) = snat::reply(ctx, p, cfg)
+    {
+        return r;
+    }
     if cfg.flags & CONFIG_F_NAT == 0 {
         return Err(pass);
     }

@@ -2,14 +2,14 @@
 //! the datapath writes only `FLOWS` and the counters.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, bpf_fib_lookup},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, bpf_fib_lookup},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     Addr, Backend, CachedHop, Config, Counters, DecapReason, FLOWS_DEFAULT, FlowKey, FlowState,
-    LISTENERS_DEFAULT, MAX_DECAP_ADDRS, NatReply, RING_SIZE_DEFAULT, Reason, TARGETS_DEFAULT,
-    VipCounters, VipKey, VipMeta,
+    LISTENERS_DEFAULT, MAX_DECAP_ADDRS, NatReply, RING_SIZE_DEFAULT, Reason, SnatConfig, SnatEntry,
+    SnatFlow, TARGETS_DEFAULT, VipCounters, VipKey, VipMeta,
 };
 
 /// VIP (address, port, protocol) → its index, flags and Maglev tables. Also holds per-address entries
@@ -41,6 +41,39 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> =
 #[map]
 pub static NAT_REPLIES: LruHashMap<FlowKey, NatReply> =
     LruHashMap::with_max_entries(FLOWS_DEFAULT, BPF_F_NO_COMMON_LRU);
+
+/// `SNAT_CONFIG[0]`: the node's SNAT source addresses and port range. Agent writes.
+#[map]
+pub static SNAT_CONFIG: Array<SnatConfig> = Array::with_max_entries(1, 0);
+
+/// An SNAT target's reply as it arrives (target address and port → the node's SNAT address and
+/// the allocated port) → the client and listener it belongs to. A plain hash, not LRU: the
+/// datapath allocates a port with an insert that fails when it is taken (`BPF_NOEXIST`, under
+/// the bucket's lock, so two CPUs never get one port), and an entry leaves only when the agent's
+/// sweep removes it. Not preallocated: a node without SNAT listeners spends nothing on it.
+#[map]
+pub static SNAT_PORTS: HashMap<FlowKey, SnatEntry> =
+    HashMap::with_max_entries(FLOWS_DEFAULT, BPF_F_NO_PREALLOC);
+
+/// An SNAT flow as the client sends it → its allocated port and target: later packets of the
+/// flow leave with the port the first one got. Written with the `SNAT_PORTS` entry, removed
+/// with it by the agent's sweep.
+#[map]
+pub static SNAT_FLOWS: HashMap<FlowKey, SnatFlow> =
+    HashMap::with_max_entries(FLOWS_DEFAULT, BPF_F_NO_PREALLOC);
+
+/// Scratch for a new SNAT flow's entries as they are inserted, per CPU: on the stack they took
+/// 128 bytes of the verifier's 512. Datapath only; not pinned.
+#[map]
+pub static SNAT_SCRATCH: PerCpuArray<SnatScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// A `SNAT_SCRATCH` slot: the `SNAT_PORTS` key and value, and the `SNAT_FLOWS` value.
+#[repr(C, align(8))]
+pub struct SnatScratch {
+    pub reply: FlowKey,
+    pub entry: SnatEntry,
+    pub flow: SnatFlow,
+}
 
 /// Backend index → the next hop toward it, per CPU, for [`NEXT_HOP_TTL_NS`], with what the tunnel
 /// needs of the node's settings: the FIB lookup is the most expensive step of the tunnel path, its

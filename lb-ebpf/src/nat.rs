@@ -58,7 +58,7 @@ pub fn forward(ctx: &XdpContext, p: &Packet, choice: &Choice) -> Result<Verdict,
         let _ = NAT_REPLIES.insert(reply, vip, 0);
     }
     let hop = next_hop::hop(next_hop::toward(ctx, choice.index, b)?);
-    rewrite::<false>(ctx, p, &b.addr, port_be, &hop)?;
+    rewrite::<false, true>(ctx, p, &b.addr, &b.addr, 0, port_be, &hop)?;
     Ok(l2::send(&hop, Reason::TxNat))
 }
 
@@ -71,51 +71,64 @@ pub fn reply(ctx: &XdpContext, p: &Packet, cfg: &Config) -> Option<Result<Verdic
     let (vip, vport_be) = (r.vip, r.vport_be);
     let v4 = p.key.family == AF_INET;
     let r = route(ctx, cfg, &p.key.dst, v4).and_then(|hop| {
-        rewrite::<true>(ctx, p, &vip, vport_be, &hop)?;
+        rewrite::<true, false>(ctx, p, &vip, &vip, vport_be, 0, &hop)?;
         Ok(l2::send(&hop, Reason::TxNatReply))
     });
     Some(r)
 }
 
-/// Writes `addr` and `port_be` as the packet's source (`REPLY`) or destination, and the
-/// Ethernet addresses of `hop`.
+/// Writes `src` and `sport_be` as the packet's source (`SRC`), `dst` and `dport_be` as its
+/// destination (`DST`), and the Ethernet addresses of `hop`. What a constant leaves out is not
+/// read. NAT sets one side, SNAT (`snat.rs`) both.
 #[inline(always)]
-fn rewrite<const REPLY: bool>(
+pub fn rewrite<const SRC: bool, const DST: bool>(
     ctx: &XdpContext,
     p: &Packet,
-    addr: &Addr,
-    port_be: u16,
+    src: &Addr,
+    dst: &Addr,
+    sport_be: u16,
+    dport_be: u16,
     hop: &NextHop,
 ) -> Result<(), Verdict> {
     // One copy per family and protocol, each with its offsets as constants: the verifier would
     // otherwise follow a path where a branch on the family went one way and the next the other.
+    let ends = Ends {
+        src,
+        dst,
+        ports: sport_be as u32 | (dport_be as u32) << 16,
+    };
     match (p.key.family == AF_INET, p.key.proto == IPPROTO_TCP) {
-        (true, true) => rewrite_in::<true, true, REPLY>(ctx, p, addr, port_be, hop),
-        (true, false) => rewrite_in::<true, false, REPLY>(ctx, p, addr, port_be, hop),
-        (false, true) => rewrite_in::<false, true, REPLY>(ctx, p, addr, port_be, hop),
-        (false, false) => rewrite_in::<false, false, REPLY>(ctx, p, addr, port_be, hop),
+        (true, true) => rewrite_in::<true, true, SRC, DST>(ctx, p, &ends, hop),
+        (true, false) => rewrite_in::<true, false, SRC, DST>(ctx, p, &ends, hop),
+        (false, true) => rewrite_in::<false, true, SRC, DST>(ctx, p, &ends, hop),
+        (false, false) => rewrite_in::<false, false, SRC, DST>(ctx, p, &ends, hop),
     }
 }
 
-/// [`rewrite`] for IPv4 (`V4`) or IPv6, TCP (`TCP`) or UDP: the address and port, one off the
-/// TTL (hop limit), the checksums updated.
+/// The new addresses and ports of a [`rewrite`]; `ports` as the L4 header holds them (source
+/// port first, in memory order).
+struct Ends<'a> {
+    src: &'a Addr,
+    dst: &'a Addr,
+    ports: u32,
+}
+
+/// [`rewrite`] for IPv4 (`V4`) or IPv6, TCP (`TCP`) or UDP: the addresses and ports, one off
+/// the TTL (hop limit), the checksums updated.
 #[inline(always)]
-fn rewrite_in<const V4: bool, const TCP: bool, const REPLY: bool>(
+fn rewrite_in<const V4: bool, const TCP: bool, const SRC: bool, const DST: bool>(
     ctx: &XdpContext,
     p: &Packet,
-    addr: &Addr,
-    port_be: u16,
+    ends: &Ends,
     hop: &NextHop,
 ) -> Result<(), Verdict> {
     let short = Verdict::drop(Reason::DropBadL4);
     let (v4, tcp) = (V4, TCP);
-    let addr_off = match (V4, REPLY) {
-        (true, true) => V4_SRC,
-        (true, false) => V4_DST,
-        (false, true) => V6_SRC,
-        (false, false) => V6_DST,
+    let (src_off, dst_off) = if V4 {
+        (V4_SRC, V4_DST)
+    } else {
+        (V6_SRC, V6_DST)
     };
-    let port_off = if REPLY { 0 } else { 2 };
     // The L4 checksum's offset; both headers hold the ports first. One bounds check of the
     // header's own size: the verifier does not carry a check over to another pointer.
     let csum_off = if tcp { 16 } else { 6 };
@@ -130,17 +143,27 @@ fn rewrite_in<const V4: bool, const TCP: bool, const REPLY: bool>(
     };
     // The pseudo header holds the addresses, so a change of address or port is one update of
     // the L4 checksum: the sum of what goes (complemented) and what comes, as 32-bit words (one's
-    // complement sums fold the same in any width and byte order).
-    let mut diff = 0u64;
+    // complement sums fold the same in any width and byte order). Both ports are one word.
     // SAFETY: bounds checked by `ptr_at`.
-    let (old_port, l4_csum) = unsafe {
+    let (old_ports, l4_csum) = unsafe {
         (
-            l4.add(port_off).cast::<u16>().read_unaligned(),
+            l4.cast::<u32>().read_unaligned(),
             l4.add(csum_off).cast::<u16>().read_unaligned(),
         )
     };
-    diff += (!old_port) as u64 + port_be as u64;
-    let new = addr_words(addr);
+    let sport = if SRC {
+        ends.ports & 0xffff
+    } else {
+        old_ports & 0xffff
+    };
+    let dport = if DST {
+        ends.ports & 0xffff_0000
+    } else {
+        old_ports & 0xffff_0000
+    };
+    let new_ports = sport | dport;
+    let mut diff = (!old_ports) as u64 + new_ports as u64;
+    let (new_src, new_dst) = (addr_words(ends.src), addr_words(ends.dst));
     if v4 {
         let ip: *mut [u8; 20] = ptr_at(ctx, p.l3_off).ok_or(short)?;
         // SAFETY: bounds checked by `ptr_at`.
@@ -149,10 +172,17 @@ fn rewrite_in<const V4: bool, const TCP: bool, const REPLY: bool>(
             if *ip.add(8) <= 1 {
                 return Err(Verdict::drop(Reason::DropTtl));
             }
-            let a = ip.add(addr_off).cast::<u32>();
-            let old = a.read_unaligned();
-            a.write_unaligned(new[0]);
-            let addr_diff = (!old) as u64 + new[0] as u64;
+            let mut addr_diff = 0u64;
+            if SRC {
+                let a = ip.add(src_off).cast::<u32>();
+                addr_diff += (!a.read_unaligned()) as u64 + new_src[0] as u64;
+                a.write_unaligned(new_src[0]);
+            }
+            if DST {
+                let a = ip.add(dst_off).cast::<u32>();
+                addr_diff += (!a.read_unaligned()) as u64 + new_dst[0] as u64;
+                a.write_unaligned(new_dst[0]);
+            }
             diff += addr_diff;
             // TTL and protocol are one 16-bit word of the header checksum.
             let ttl = ip.add(8).cast::<u16>();
@@ -173,19 +203,17 @@ fn rewrite_in<const V4: bool, const TCP: bool, const REPLY: bool>(
                 return Err(Verdict::drop(Reason::DropTtl));
             }
             *hops -= 1;
-            let a = ip.add(addr_off).cast::<u32>();
-            let mut i = 0;
-            while i < 4 {
-                let old = a.add(i).read_unaligned();
-                a.add(i).write_unaligned(new[i]);
-                diff += (!old) as u64 + new[i] as u64;
-                i += 1;
+            if SRC {
+                diff += swap_words(ip.add(src_off).cast(), &new_src);
+            }
+            if DST {
+                diff += swap_words(ip.add(dst_off).cast(), &new_dst);
             }
         }
     }
     // SAFETY: bounds checked by `ptr_at` above.
     unsafe {
-        l4.add(port_off).cast::<u16>().write_unaligned(port_be);
+        l4.cast::<u32>().write_unaligned(new_ports);
         // UDP over IPv4 may go without a checksum (0), and then stays without; a computed 0 is
         // sent as all ones (RFC 768).
         if tcp || !v4 || l4_csum != 0 {
@@ -200,6 +228,27 @@ fn rewrite_in<const V4: bool, const TCP: bool, const REPLY: bool>(
     // SAFETY: bounds checked by `ptr_at`.
     unsafe { l2::set_macs(eth.cast(), hop.macs) };
     Ok(())
+}
+
+/// Writes an IPv6 address's four words at `a` and returns the checksum's difference (what went,
+/// complemented, plus what came).
+///
+/// # Safety
+/// `a` must be valid for 16 bytes of writes.
+#[inline(always)]
+unsafe fn swap_words(a: *mut u32, new: &[u32; 4]) -> u64 {
+    let mut diff = 0u64;
+    let mut i = 0;
+    while i < 4 {
+        // SAFETY: inside the 16 bytes the caller vouches for.
+        unsafe {
+            let old = a.add(i).read_unaligned();
+            a.add(i).write_unaligned(new[i]);
+            diff += (!old) as u64 + new[i] as u64;
+        }
+        i += 1;
+    }
+    diff
 }
 
 /// An address as four 32-bit words in memory order.

@@ -9,9 +9,9 @@ use std::{
 };
 
 use lb_common::{
-    AF_INET, AF_INET6, Addr, BACKEND_F_LIVE, Backend, CONFIG_F_NAT, CONFIG_F_NO_FIB, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, VIP_F_ADDRESS_ONLY, VIP_F_DSR, VIP_F_NAT,
-    VIP_F_SOURCE_IP, VipKey, VipMeta,
+    AF_INET, AF_INET6, Addr, BACKEND_F_LIVE, Backend, CONFIG_F_NAT, CONFIG_F_NO_FIB, CONFIG_F_SNAT,
+    FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, VIP_F_ADDRESS_ONLY, VIP_F_DSR,
+    VIP_F_NAT, VIP_F_SNAT, VIP_F_SOURCE_IP, VipKey, VipMeta,
 };
 
 use lb_config::{Config, Forwarding, Listener, Protocol, TargetGroup, parse_mac};
@@ -253,6 +253,8 @@ impl Balancer {
             .map(|(_, i)| *i)
             .collect();
         self.plan_tables(cfg, &gone)?;
+        // The SNAT source first: the node config turns its replies on.
+        self.dp.set_snat_config(&snat_config(cfg))?;
         self.dp.set_config(&node_config(cfg))?;
         // Listeners that left go first: their slots are for the tables written below, and their
         // index for new listeners, which start with zeroed counters.
@@ -318,6 +320,9 @@ impl Balancer {
                 Forwarding::Tunnel => {}
                 Forwarding::Dsr => flags |= VIP_F_DSR,
                 Forwarding::Nat => flags |= VIP_F_NAT,
+                // SNAT is NAT that sets the source too: NAT's rules (fragments, ICMP errors, no
+                // second chance) hold for it as they are.
+                Forwarding::Snat => flags |= VIP_F_NAT | VIP_F_SNAT,
             }
             if tg.source_ip_stickiness() {
                 flags |= VIP_F_SOURCE_IP;
@@ -612,6 +617,30 @@ impl Balancer {
         Ok(census)
     }
 
+    /// The SNAT ports in use and the SNAT flows, as the datapath holds them.
+    pub fn snat_entries(&mut self) -> Result<SnatEntries, DataplaneError> {
+        Ok(SnatEntries {
+            ports: self.dp.snat_ports()?,
+            flows: self.dp.snat_flows()?,
+        })
+    }
+
+    /// Removes SNAT flows, then the ports they held: a packet of the flow that comes between
+    /// the two gets a new port, never one whose entry is going.
+    pub fn remove_snat(
+        &mut self,
+        flows: &[FlowKey],
+        ports: &[FlowKey],
+    ) -> Result<(), DataplaneError> {
+        for k in flows {
+            self.dp.remove_snat_flow(k)?;
+        }
+        for k in ports {
+            self.dp.remove_snat_port(k)?;
+        }
+        Ok(())
+    }
+
     /// The index of `target`: its own, a freed one, or the next never used. A reused index
     /// starts with zeroed counters.
     fn backend_index(&mut self, target: TargetAddr) -> Result<u32, DataplaneError> {
@@ -727,7 +756,33 @@ fn node_config(cfg: &Config) -> lb_common::Config {
     if cfg.xdp_listeners().any(|l| l.forwarding == Forwarding::Nat) {
         c.flags |= CONFIG_F_NAT;
     }
+    // And as SNAT replies.
+    if cfg
+        .xdp_listeners()
+        .any(|l| l.forwarding == Forwarding::Snat)
+    {
+        c.flags |= CONFIG_F_SNAT;
+    }
     c
+}
+
+/// The datapath's SNAT state: (reply key, entry) per port, (client key, flow) per flow.
+#[derive(Debug, Default)]
+pub struct SnatEntries {
+    pub ports: Vec<(FlowKey, lb_common::SnatEntry)>,
+    pub flows: Vec<(FlowKey, lb_common::SnatFlow)>,
+}
+
+/// `SNAT_CONFIG[0]` of `[node.snat]`.
+pub fn snat_config(cfg: &Config) -> lb_common::SnatConfig {
+    let s = &cfg.node.snat;
+    lb_common::SnatConfig {
+        addr_v4: s.address_v4.map_or([0; 16], |a| addr_bytes(a.into()).1),
+        addr_v6: s.address_v6.map_or([0; 16], |a| addr_bytes(a.into()).1),
+        port_first: s.ports[0],
+        port_count: s.port_count() as u16,
+        _pad: 0,
+    }
 }
 
 /// The address a map entry holds.

@@ -15,7 +15,7 @@ use aya::{
 };
 use lb_common::{
     Addr, Backend, CachedHop, Config, Counters, DecapReason, FlowKey, FlowState, NatReply, Reason,
-    VipCounters, VipKey, VipMeta, names,
+    SnatConfig, SnatEntry, SnatFlow, VipCounters, VipKey, VipMeta, names,
 };
 use thiserror::Error;
 
@@ -177,11 +177,13 @@ impl Sizes {
     }
 
     /// Entries of each map these sizes set (the others keep the object's).
-    fn entries(self) -> [(&'static str, u32); 8] {
+    fn entries(self) -> [(&'static str, u32); 10] {
         let (l, t) = (self.listeners.max(1), self.targets.max(1) + 1);
         [
             (names::FLOWS, self.flows.max(1)),
             (names::NAT_REPLIES, self.flows.max(1)),
+            (names::SNAT_PORTS, self.flows.max(1)),
+            (names::SNAT_FLOWS, self.flows.max(1)),
             (names::RINGS, self.ring_slots.max(1)),
             (names::VIPS, l * 4),
             (names::VIP_STATS, l),
@@ -192,7 +194,8 @@ impl Sizes {
     }
 
     /// The kernel memory each map takes at these sizes, largest first, in bytes: as Linux 6.4
-    /// and later account it (`memlock` in a map's fdinfo), for `cpus` possible CPUs. An array
+    /// and later account it (`memlock` in a map's fdinfo), for `cpus` possible CPUs; the SNAT
+    /// maps, which are not preallocated, empty. An array
     /// holds its entries (one per CPU for per-CPU maps); a hash map preallocates every element
     /// with the kernel's 48-byte header, and a bucket per entry rounded up to a power of two.
     pub fn memory(self, cpus: usize) -> Result<Vec<(String, u64)>> {
@@ -218,6 +221,9 @@ impl Sizes {
                     }
                     BPF_MAP_TYPE_ARRAY => n * up8(m.value_size()),
                     BPF_MAP_TYPE_PERCPU_ARRAY => n * (up8(m.value_size()) * cpus as u64 + 8),
+                    // Not preallocated (the SNAT maps): the buckets, then each entry as it is
+                    // made, which this does not count.
+                    _ if m.map_flags() & BPF_F_NO_PREALLOC != 0 => n.next_power_of_two() * 16,
                     _ => {
                         let element = 48 + up8(m.key_size()) + up8(m.value_size());
                         n * element + n.next_power_of_two() * 16
@@ -237,6 +243,7 @@ const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_F_MMAPABLE: u32 = 1 << 10;
+const BPF_F_NO_PREALLOC: u32 = 1 << 0;
 
 fn page_size() -> usize {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
@@ -801,6 +808,60 @@ impl Dataplane {
         map.iter()
             .collect::<std::result::Result<_, _>>()
             .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// Sets the node's SNAT source addresses and port range.
+    pub fn set_snat_config(&mut self, c: &SnatConfig) -> Result<()> {
+        let name = names::SNAT_CONFIG;
+        self.array::<SnatConfig>(name)?
+            .set(0, c, 0)
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// The SNAT ports in use: (the reply's flow key, whose flow it is).
+    pub fn snat_ports(&mut self) -> Result<Vec<(FlowKey, SnatEntry)>> {
+        let name = names::SNAT_PORTS;
+        let map = self.hash::<FlowKey, SnatEntry>(name)?;
+        map.iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// The SNAT flows: (the client's flow key, its port and target).
+    pub fn snat_flows(&mut self) -> Result<Vec<(FlowKey, SnatFlow)>> {
+        let name = names::SNAT_FLOWS;
+        let map = self.hash::<FlowKey, SnatFlow>(name)?;
+        map.iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|source| DataplaneError::Map { name, source })
+    }
+
+    /// Removes an SNAT port's entry (absent already: fine).
+    pub fn remove_snat_port(&mut self, key: &FlowKey) -> Result<()> {
+        let name = names::SNAT_PORTS;
+        match self.hash::<FlowKey, SnatEntry>(name)?.remove(key) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(DataplaneError::Map { name, source }),
+        }
+    }
+
+    /// Removes an SNAT flow's entry (absent already: fine).
+    pub fn remove_snat_flow(&mut self, key: &FlowKey) -> Result<()> {
+        let name = names::SNAT_FLOWS;
+        match self.hash::<FlowKey, SnatFlow>(name)?.remove(key) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(DataplaneError::Map { name, source }),
+        }
     }
 
     /// The flow table's entries.

@@ -23,6 +23,8 @@ pub struct Scrape {
     pub counters: Snapshot,
     pub targets: Vec<TargetRow>,
     pub flow_table: FlowTable,
+    /// SNAT ports in use (one per SNAT flow), over every target.
+    pub snat_ports: u64,
 }
 
 /// How full the flow table is: what the "flow table nearly full" alarm watches, since past its
@@ -158,6 +160,11 @@ pub fn render(scrape: &Scrape, l7: &L7Metrics) -> Result<String, std::fmt::Error
             "flow_table_entries",
             "Entries in the flow table, closed and idle flows not yet evicted included",
             scrape.flow_table.entries,
+        ),
+        (
+            "snat_ports_in_use",
+            "SNAT source ports held by flows of snat listeners (given back by the agent's sweep)",
+            scrape.snat_ports,
         ),
         (
             "active_flow_count",

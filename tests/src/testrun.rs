@@ -5,7 +5,7 @@
 use std::{net::Ipv4Addr, process::Command};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use lb_common::{CONFIG_F_NAT, CONFIG_F_NO_FIB, VIP_F_NAT};
+use lb_common::{CONFIG_F_NAT, CONFIG_F_NO_FIB, CONFIG_F_SNAT, SnatConfig, VIP_F_NAT, VIP_F_SNAT};
 use xlb::dataplane::{Dataplane, Program, RunOptions};
 
 use crate::{
@@ -17,6 +17,12 @@ use crate::{
 /// The NAT listener's port, and its target's own.
 const NAT_PORT: u16 = 8080;
 const NAT_TARGET_PORT: u16 = 8081;
+/// The SNAT listener's port, its target's own, the node's SNAT address and the one port of its
+/// range (so that the reply's destination is known before the flow is made).
+const SNAT_PORT: u16 = 8082;
+const SNAT_TARGET_PORT: u16 = 8083;
+const SNAT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+const SNAT_SOURCE_PORT: u16 = 20000;
 
 /// The frames of the cases.
 pub struct Frames {
@@ -30,6 +36,10 @@ pub struct Frames {
     pub nat_syn: Vec<u8>,
     pub nat_ack: Vec<u8>,
     pub nat_reply: Vec<u8>,
+    /// To the SNAT listener, and its target's reply (to the node's SNAT address and port).
+    pub snat_syn: Vec<u8>,
+    pub snat_ack: Vec<u8>,
+    pub snat_reply: Vec<u8>,
 }
 
 impl Default for Frames {
@@ -57,6 +67,12 @@ impl Frames {
         let std::net::IpAddr::V4(nat_target) = fixture::BACKEND3_V4 else {
             unreachable!("the fixture's third target is IPv4")
         };
+        let snat = Packet::eth(MAC_CLIENT, MAC_LB)
+            .ipv4(fixture::CLIENT_V4, fixture::VIP_V4)
+            .tcp(40000, SNAT_PORT);
+        let std::net::IpAddr::V4(snat_target) = fixture::BACKEND2_V4 else {
+            unreachable!("the fixture's second target is IPv4")
+        };
         Frames {
             syn: v4(true, fixture::VIP_V4),
             ack: v4(false, fixture::VIP_V4),
@@ -68,6 +84,14 @@ impl Frames {
             nat_reply: Packet::eth(MAC_BACKEND, MAC_LB)
                 .ipv4(nat_target, fixture::CLIENT_V4)
                 .tcp(NAT_TARGET_PORT, 40000)
+                .ack()
+                .payload(&pad)
+                .build(),
+            snat_syn: snat.clone().syn().payload(&pad).build(),
+            snat_ack: snat.ack().payload(&pad).build(),
+            snat_reply: Packet::eth(MAC_BACKEND, MAC_LB)
+                .ipv4(snat_target, SNAT_ADDR)
+                .tcp(SNAT_TARGET_PORT, SNAT_SOURCE_PORT)
                 .ack()
                 .payload(&pad)
                 .build(),
@@ -95,13 +119,39 @@ pub fn prepare(mut f: Fixture, frames: &Frames) -> Result<Fixture> {
     );
     let nat_target = f.backend(fixture::BACKEND3_V4);
     f.backend_port(nat_target, NAT_TARGET_PORT);
-    f.config(|c| c.flags |= CONFIG_F_NAT);
-    for (frame, want) in [
+    // The SNAT listener's target is the tunnel's second, likewise.
+    f.listener(
+        fixture::VIP_V4,
+        SNAT_PORT,
+        Proto::Tcp,
+        VIP_F_NAT | VIP_F_SNAT,
+        &[fixture::BACKEND2_V4],
+    );
+    let snat_target = f.backend(fixture::BACKEND2_V4);
+    f.backend_port(snat_target, SNAT_TARGET_PORT);
+    // A baseline object from before SNAT has no SNAT maps: its SNAT cases are left out.
+    let snat = has_snat(&mut f);
+    if snat {
+        f.dataplane().set_snat_config(&SnatConfig {
+            addr_v4: fixture::addr_bytes(SNAT_ADDR.into()).1,
+            addr_v6: [0; 16],
+            port_first: SNAT_SOURCE_PORT,
+            port_count: 1,
+            _pad: 0,
+        })?;
+    }
+    f.config(|c| c.flags |= CONFIG_F_NAT | CONFIG_F_SNAT);
+    let setup = [
         (&frames.syn, Reason::TxTunnel),
         (&frames.v6_syn, Reason::TxTunnel),
         (&frames.nat_syn, Reason::TxNat),
+        (&frames.snat_syn, Reason::TxSnat),
         (&frames.other, Reason::PassNotVip),
-    ] {
+    ];
+    for (frame, want) in setup
+        .into_iter()
+        .filter(|(_, r)| snat || *r != Reason::TxSnat)
+    {
         let out = f.run(frame);
         ensure!(
             out.reason() == want,
@@ -110,6 +160,13 @@ pub fn prepare(mut f: Fixture, frames: &Frames) -> Result<Fixture> {
         );
     }
     Ok(f)
+}
+
+/// Whether the fixture's object has the SNAT maps (objects built before SNAT do not).
+pub fn has_snat(f: &mut Fixture) -> bool {
+    f.dataplane()
+        .maps()
+        .any(|(name, _)| name == lb_common::names::SNAT_CONFIG)
 }
 
 /// Where a test-run packet's next hop comes from.
@@ -136,6 +193,8 @@ pub struct Case<'a> {
     pub note: &'static str,
     /// Runs with a NAT listener configured (`CONFIG_F_NAT`).
     pub nat: bool,
+    /// Runs with an SNAT listener configured (`CONFIG_F_SNAT`).
+    pub snat: bool,
 }
 
 impl Case<'_> {
@@ -147,6 +206,9 @@ impl Case<'_> {
         }
         if self.nat {
             flags |= CONFIG_F_NAT;
+        }
+        if self.snat {
+            flags |= CONFIG_F_SNAT;
         }
         flags
     }
@@ -163,6 +225,7 @@ pub fn cases(f: &Frames) -> Vec<Case<'_>> {
         action,
         note,
         nat: path.contains(".nat."),
+        snat: path.contains(".snat."),
     };
     let (lb, fib, gateway, miss) = (Program::Lb, Hop::Fib, Hop::Gateway, Hop::FibMiss);
     vec![
@@ -261,6 +324,22 @@ pub fn cases(f: &Frames) -> Vec<Case<'_>> {
             &f.other,
             XDP_PASS,
             "not a VIP, on a node with a NAT listener: looked up as a reply, passed",
+        ),
+        case(
+            "lb.v4.snat.established",
+            lb,
+            fib,
+            &f.snat_ack,
+            XDP_TX,
+            "TCP ACK, flow in table, SNAT (its port found) to the target's port; FIB answer cached",
+        ),
+        case(
+            "lb.v4.snat.reply",
+            lb,
+            fib,
+            &f.snat_reply,
+            XDP_TX,
+            "the SNAT target's TCP ACK back to the client; FIB asked",
         ),
     ]
 }

@@ -104,8 +104,8 @@ impl Kernel {
 /// The end-to-end suite on every kernel: all packet fixtures, the stack budget, the property
 /// test (a shorter run, see `test_job`), `xlb attach`, and the labs.
 const DEFAULT_TESTS: &str = "stack,fixtures,fixtures_v4,fixtures_v6,fixtures_icmp,fixtures_fragments,\
-                             fixtures_malformed,fixtures_decap,fixtures_fib,fixtures_nat,second_chance,property,\
-                             sizes,lab,attach,l4_lab,agent_lab,nat_lab";
+                             fixtures_malformed,fixtures_decap,fixtures_fib,fixtures_nat,fixtures_snat,second_chance,property,\
+                             sizes,lab,attach,l4_lab,agent_lab,nat_lab,snat_lab";
 
 #[derive(clap::Args)]
 pub struct VmArgs {

@@ -108,7 +108,7 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
             }
         }
     }
-    for v4 in families(&|f| f == Forwarding::Nat) {
+    for v4 in families(&|f| f.translates()) {
         let (family, _) = name(v4);
         let key = if v4 {
             "net.ipv4.ip_forward"
@@ -123,12 +123,46 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
             ));
         }
     }
+    // SNAT ports the node's own connections may take: a reply to one of those would be taken
+    // for an SNAT reply while an SNAT flow holds the port, and the other way round.
+    if cfg
+        .xdp_listeners()
+        .any(|l| l.forwarding == Forwarding::Snat)
+        && let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        && let Some(w) = snat_overlap(cfg.node.snat.ports, &range)
+    {
+        out.push(w);
+    }
     out
+}
+
+/// A warning when `[first, last]` overlaps the kernel's ephemeral ports (`range`, as
+/// `net.ipv4.ip_local_port_range` reads: "32768\t60999").
+fn snat_overlap([first, last]: [u16; 2], range: &str) -> Option<String> {
+    let mut it = range.split_whitespace().map(|v| v.parse::<u16>());
+    let (Some(Ok(low)), Some(Ok(high))) = (it.next(), it.next()) else {
+        return None;
+    };
+    (first <= high && low <= last).then(|| {
+        format!(
+            "node.snat.ports [{first}, {last}] overlaps net.ipv4.ip_local_port_range ({low}-{high}): \
+             the node's own connections may take ports SNAT flows use; move one of the two \
+             ranges"
+        )
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_snat_range_inside_the_ephemeral_ports_is_warned_of() {
+        assert_eq!(snat_overlap([10000, 32767], "32768\t60999\n"), None);
+        let w = snat_overlap([30000, 40000], "32768\t60999\n").expect("a warning");
+        assert!(w.contains("32768-60999"), "{w}");
+        assert!(snat_overlap([60999, 61000], "32768 60999").is_some());
+    }
 
     #[test]
     fn vips_and_tunnel_sources_keep_off_the_hosts_addresses() {

@@ -15,6 +15,7 @@ mod effective;
 pub mod host;
 mod overlay;
 pub mod serve;
+pub mod snat;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -708,6 +709,7 @@ impl Agent {
     /// fill, from one pass over the flow table.
     pub fn scrape(&mut self) -> Result<Scrape> {
         let flows = self.lb.flows()?;
+        let snat_ports = self.lb.snat_entries()?.ports.len() as u64;
         Ok(Scrape {
             counters: Snapshot::read(&mut self.lb)?,
             targets: self.rows(None, &flows.per_target),
@@ -716,6 +718,7 @@ impl Agent {
                 entries: flows.entries,
                 live: flows.live,
             },
+            snat_ports,
         })
     }
 }

@@ -168,8 +168,13 @@ async fn serve(
     );
     // Attached, applied, and the API answers: `systemctl start` returns now.
     notify(&[NotifyState::Ready]);
+    // SNAT listeners' ports are given back by a sweep, at a deadline kept across the loop's
+    // turns (a sleep made anew on every turn would never end while scrapes come faster).
+    let mut next_sweep = tokio::time::Instant::now();
     loop {
         let drain_wait = agent.next_drain().unwrap_or(Duration::from_secs(3600));
+        // A reload may bring the first SNAT listener, or take the last.
+        let sweep_every = super::snat::interval(&agent.file);
         tokio::select! {
             Some(cmd) = rx.recv() => match cmd {
                 Command::Api(req, reply) => {
@@ -209,6 +214,12 @@ async fn serve(
             },
             _ = hup.recv() => {
                 let _ = reload(agent);
+            }
+            _ = tokio::time::sleep_until(next_sweep), if sweep_every.is_some() => {
+                next_sweep = tokio::time::Instant::now() + sweep_every.unwrap_or_default();
+                if let Err(e) = super::snat::sweep(&mut agent.lb, &agent.file, super::snat::now_ns()) {
+                    tracing::warn!(error = format!("{e:#}"), "SNAT sweep");
+                }
             }
             _ = tick.tick(), if stats_interval.is_some() => match Snapshot::read(&mut agent.lb) {
                 Ok(s) => print!("{}", s.table()),

@@ -461,7 +461,12 @@ fn testrun_bench(plan: &Plan, baseline: Option<&[u8]>, results: &mut Results) ->
     }
     let slices = if builds.len() > 1 { 10 } else { 1 };
     let n = plan.testrun_calls;
-    let cases = testrun::cases(&frames);
+    // SNAT's cases only when every build has SNAT (a baseline from before it has not).
+    let snat = builds.iter_mut().all(|(_, f, _)| testrun::has_snat(f));
+    let cases: Vec<_> = testrun::cases(&frames)
+        .into_iter()
+        .filter(|c| snat || !c.snat)
+        .collect();
     let mut counted = Vec::new();
     let mut empty = vec![f64::NAN; builds.len()];
     let mut empty_mean = vec![0.0; builds.len()];

@@ -1,0 +1,429 @@
+//! SNAT forwarding end to end: the real `xlb` agent in the lab's lb namespace, clients in the
+//! client namespace, and targets that run nothing of xlb: no decap program, no VIP on `lo`, a
+//! plain Python server on a port of their own, and no route but their own link's: they cannot
+//! reach the client at all, only the node's SNAT address (the lb's own, on that link), which
+//! is what they see as their peer. Run as root.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::Child,
+    time::{Duration, Instant},
+};
+
+use xlb_tests::{
+    agent::{Agent, api_socket, cli, http_get, scrape, write_config, xlb_bin},
+    lab::{
+        CLIENT_V4, CLIENT_V6, LB_V4, LB_V6, Lab, LabSpec, Role, VIP_V4, VIP_V6, backend_v4,
+        backend_v6, in_netns, pin_dir, run_dir,
+    },
+};
+
+/// The targets' server: per TCP connection, an HTTP answer to a `GET` or each line echoed;
+/// each UDP datagram echoed. Every answer starts with the target's name and the peer address
+/// it saw (`backend1 198.18.0.2 ...`).
+const SERVER: &str = r#"
+import socket, sys, threading
+name, port = sys.argv[1], int(sys.argv[2])
+def peer(a):
+    return a[0].removeprefix('::ffff:')
+def bound(kind):
+    s = socket.socket(socket.AF_INET6, kind)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(('::', port))
+    return s
+def udp(u):
+    while True:
+        data, a = u.recvfrom(2048)
+        u.sendto(f'{name} {peer(a)} {data.decode().strip()}\n'.encode(), a)
+def conn(c, a):
+    with c, c.makefile('rwb', buffering=0) as f:
+        for line in f:
+            text = line.decode().strip()
+            if text.startswith('GET '):
+                while f.readline().strip():
+                    pass
+                body = f'{name} {peer(a)}\n'.encode()
+                f.write(b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n' % len(body) + body)
+                return
+            f.write(f'{name} {peer(a)} {text}\n'.encode())
+threading.Thread(target=udp, args=(bound(socket.SOCK_DGRAM),), daemon=True).start()
+t = bound(socket.SOCK_STREAM)
+t.listen(128)
+while True:
+    c, a = t.accept()
+    threading.Thread(target=conn, args=(c, a), daemon=True).start()
+"#;
+
+/// The port target `i` listens on: backend1 the groups' 8080, backend2 its own 8081.
+fn target_port(i: usize) -> u16 {
+    8079 + i as u16
+}
+
+/// The targets' servers, killed and reaped on drop (the lab's teardown kills them too).
+struct Servers(Vec<Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A lab of two backends made plain SNAT targets: their xlb-lab server stopped, their decap
+/// program detached, the VIPs off `lo`, their default routes gone, and the Python server on
+/// [`target_port`].
+fn lab(prefix: &str) -> (Lab, Servers) {
+    let lab = Lab::up(LabSpec {
+        prefix: prefix.into(),
+        backends: 2,
+        server_bin: PathBuf::from(env!("CARGO_BIN_EXE_xlb-lab")),
+        // The router's ports get the pass program, without which XDP_TX out of the lb's veth
+        // delivers nothing.
+        xlb: Some(xlb_bin().expect("xlb binary")),
+    })
+    .expect("lab up");
+    let mut servers = Servers(Vec::new());
+    for i in 1..=2 {
+        let role = Role::Backend(i);
+        let pid = std::fs::read_to_string(run_dir(lab.prefix()).join(format!("backend{i}.pid")))
+            .expect("the lab server's pid");
+        let pid = nix::unistd::Pid::from_raw(pid.trim().parse().expect("a pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("stop xlb-lab");
+        std::fs::remove_file(pin_dir(lab.prefix()).join(format!("backend{i}-eth0")))
+            .expect("detach decap");
+        let steps: [&[&str]; 4] = [
+            &["ip", "addr", "del", &format!("{VIP_V4}/32"), "dev", "lo"],
+            &["ip", "addr", "del", &format!("{VIP_V6}/128"), "dev", "lo"],
+            &["ip", "-4", "route", "flush", "default"],
+            &["ip", "-6", "route", "flush", "default"],
+        ];
+        for argv in steps {
+            lab.exec(role, argv).expect("make a plain target");
+        }
+        let link = lab
+            .exec(role, &["ip", "-j", "link", "show", "eth0"])
+            .unwrap();
+        let link = String::from_utf8_lossy(&link.stdout).into_owned();
+        assert!(
+            !link.contains("xdp"),
+            "no XDP program on the target: {link}"
+        );
+        // No way to the clients: only the node's address on the target's own link.
+        for client in [CLIENT_V4.to_string(), CLIENT_V6.to_string()] {
+            let out = lab.exec(role, &["ip", "route", "get", &client]);
+            assert!(
+                out.as_ref().map_or(true, |o| !o.status.success()),
+                "backend{i} has a route to {client}"
+            );
+        }
+        let port = target_port(i).to_string();
+        let name = format!("backend{i}");
+        let child = lab
+            .spawn(role, &["python3", "-c", SERVER, &name, &port])
+            .expect("start the target's server");
+        servers.0.push(child);
+        let local = SocketAddr::from(([127, 0, 0, 1], target_port(i)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let up = in_netns(&lab.ns(role), || {
+            while Instant::now() < deadline {
+                if TcpStream::connect_timeout(&local, Duration::from_millis(200)).is_ok() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        })
+        .unwrap();
+        assert!(up, "{name}'s server listens on {port} within 10 s");
+    }
+    (lab, servers)
+}
+
+/// A `protocol` group `name` of both targets at `addr` ([`v4`] or [`v6`]): backend1 on the
+/// group's port 8080, backend2 on its own 8081.
+fn group(name: &str, protocol: &str, addr: fn(usize) -> IpAddr, extra: &str) -> String {
+    format!(
+        "\n[[target_groups]]\nname = \"{name}\"\nprotocol = \"{protocol}\"\nport = 8080\n\
+         targets = [{{ id = \"{}\" }}, {{ id = \"{}\", port = 8081 }}]\n{extra}",
+        addr(1),
+        addr(2)
+    )
+}
+
+fn v4(i: usize) -> IpAddr {
+    backend_v4(i).into()
+}
+
+fn v6(i: usize) -> IpAddr {
+    backend_v6(i).into()
+}
+
+/// The node's part of a config for `lab`: the SNAT sources are the lb's own addresses, and
+/// UDP flows are over after 2 s without a packet.
+fn node(lab: &Lab) -> String {
+    format!(
+        "[node]\ninterface = \"eth0\"\npin_dir = \"{}\"\napi_socket = \"{}\"\nstate_file = \"{}\"\n\
+         snat = {{ address_v4 = \"{LB_V4}\", address_v6 = \"{LB_V6}\", udp_timeout_seconds = 2 }}\n",
+        pin_dir(lab.prefix()).join("agent").display(),
+        api_socket(lab).display(),
+        run_dir(lab.prefix()).join("state.json").display(),
+    )
+}
+
+fn listener(vip: IpAddr, port: u16, protocol: &str, group: &str) -> String {
+    format!(
+        "\n[[listeners]]\naddress = \"{vip}\"\nport = {port}\nprotocol = \"{protocol}\"\n\
+         forwarding = \"snat\"\ndefault_action = {{ type = \"forward\", target_group = \"{group}\" }}\n"
+    )
+}
+
+/// The packets `xlb stats` counts for `reason`.
+fn reason_packets(stats: &str, reason: &str) -> u64 {
+    stats
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(reason))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `curl` from the client: the body.
+fn curl(lab: &Lab, url: &str) -> String {
+    let out = lab
+        .exec(Role::Client, &["curl", "-sS", "--max-time", "5", url])
+        .unwrap_or_else(|e| panic!("curl {url}: {e:#}"));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `xlb_snat_ports_in_use` in a metrics scrape.
+fn ports_in_use(lab: &Lab) -> u64 {
+    let metrics = scrape(lab);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("xlb_snat_ports_in_use "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no xlb_snat_ports_in_use in\n{metrics}"))
+}
+
+#[test]
+fn snat_forwards_tcp_and_udp_v4_and_v6_from_the_nodes_address_and_sweeps_idle_flows() {
+    let (lab, _servers) = lab("xsnat-a-");
+    let check = "health_check = { protocol = \"TCP\", interval_seconds = 5, timeout_seconds = 2, \
+                 healthy_threshold = 2, unhealthy_threshold = 2 }\n";
+    let mut text = node(&lab) + "metrics_address = \"127.0.0.1:9100\"\n";
+    text += &group("t4", "TCP", v4, check);
+    text += &group("t6", "TCP", v6, "");
+    text += &group("u4", "UDP", v4, "");
+    text += &group("u6", "UDP", v6, "");
+    let (vip4, vip6) = (IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6));
+    text += &listener(vip4, 80, "TCP", "t4");
+    text += &listener(vip6, 80, "TCP", "t6");
+    text += &listener(vip4, 53, "UDP", "u4");
+    text += &listener(vip6, 53, "UDP", "u6");
+    let cfg = write_config(&lab, &text);
+    let agent = Agent::start(&lab, &xlb_bin().unwrap(), &cfg).expect("xlb run");
+
+    // curl, v4 and v6: a target answers, on its own port, and saw the node's address.
+    for (url, node) in [
+        (format!("http://{VIP_V4}/"), IpAddr::V4(LB_V4)),
+        (format!("http://[{VIP_V6}]/"), IpAddr::V6(LB_V6)),
+    ] {
+        let body = curl(&lab, &url);
+        let (name, seen) = body.split_once(' ').unwrap_or_default();
+        assert!(name.starts_with("backend"), "{url}: {body:?}");
+        assert_eq!(seen, node.to_string(), "{url}: the target saw {body:?}");
+    }
+    // Connections spread over both targets, whose ports differ.
+    for vip in [vip4, vip6] {
+        let names: BTreeSet<String> = in_netns(&lab.ns(Role::Client), || {
+            (0..40)
+                .map(|_| {
+                    let body = http_get(SocketAddr::new(vip, 80))
+                        .unwrap_or_else(|e| panic!("GET {vip}:80: {e:#}"));
+                    body.split(' ').next().unwrap_or_default().to_owned()
+                })
+                .collect()
+        })
+        .unwrap();
+        assert_eq!(
+            names,
+            BTreeSet::from(["backend1".into(), "backend2".into()])
+        );
+    }
+    // The closed connections keep their ports (60 s after the FIN): 2 curls and 80 GETs.
+    // (A client port the kernel reused within the run would make one flow of two.)
+    let tcp = ports_in_use(&lab);
+    assert!((60..=82).contains(&tcp), "one port per connection: {tcp}");
+
+    // UDP: the answer comes from the VIP and port the client sent to; the target saw the node.
+    for (vip, node, bind) in [
+        (vip4, IpAddr::V4(LB_V4), "0.0.0.0:0"),
+        (vip6, IpAddr::V6(LB_V6), "[::]:0"),
+    ] {
+        let names = in_netns(&lab.ns(Role::Client), || {
+            let mut names = BTreeSet::new();
+            for flow in 0..20 {
+                let s = UdpSocket::bind(bind).expect("bind");
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut owner = None;
+                for n in 0..2 {
+                    s.send_to(format!("q{flow}.{n}").as_bytes(), (vip, 53))
+                        .expect("send");
+                    let mut buf = [0u8; 256];
+                    let (len, from) = s
+                        .recv_from(&mut buf)
+                        .unwrap_or_else(|e| panic!("no UDP answer from {vip}:53: {e}"));
+                    assert_eq!(from, SocketAddr::new(vip, 53), "the answer's source");
+                    let text = String::from_utf8_lossy(&buf[..len]).trim().to_owned();
+                    let words: Vec<&str> = text.split(' ').collect();
+                    assert_eq!(words[1..], [&node.to_string(), &format!("q{flow}.{n}")]);
+                    let name = words[0].to_owned();
+                    assert!(
+                        owner.get_or_insert(name.clone()) == &name,
+                        "{text}: flow moved"
+                    );
+                }
+                names.extend(owner);
+            }
+            names
+        })
+        .unwrap();
+        assert_eq!(names.len(), 2, "20 UDP flows to {vip} reach both targets");
+    }
+    // One port per UDP flow, less those the sweep may have taken already on a slow machine.
+    let udp = ports_in_use(&lab) - tcp;
+    assert!((20..=40).contains(&udp), "one port per UDP flow: {udp}");
+    // The sweep: 2 s after their last datagram the UDP flows' ports are back; the closed TCP
+    // connections' stay for their 60 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ports_in_use(&lab) != tcp && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(ports_in_use(&lab), tcp, "the UDP flows' ports given back");
+
+    // `traffic-port` is each target's own: backend2 listens on 8081 only, and is healthy.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let list = loop {
+        let (ok, list) = cli(&lab, &["targets", "list", "--target-group", "t4"]);
+        assert!(ok, "{list}");
+        let healthy = list.lines().filter(|l| l.contains(" healthy ")).count();
+        if healthy == 2 || Instant::now() > deadline {
+            break list;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for target in [
+        format!("{}:8080", backend_v4(1)),
+        format!("{}:8081", backend_v4(2)),
+    ] {
+        assert!(
+            list.lines()
+                .any(|l| l.contains(&target) && l.contains(" healthy ")),
+            "{target} healthy:\n{list}"
+        );
+    }
+
+    let (ok, stats) = cli(&lab, &["stats"]);
+    assert!(ok, "{stats}");
+    for reason in ["tx_snat", "tx_snat_reply"] {
+        assert!(reason_packets(&stats, reason) > 0, "{reason}:\n{stats}");
+    }
+    for reason in ["tx_nat", "tx_nat_reply", "drop_snat_exhausted"] {
+        assert_eq!(reason_packets(&stats, reason), 0, "{reason}:\n{stats}");
+    }
+    let metrics = scrape(&lab);
+    for line in [
+        "xlb_healthy_host_count{target_group=\"t4\"} 2",
+        "target=\"198.18.1.12:8081\"",
+    ] {
+        assert!(metrics.contains(line), "{line}:\n{metrics}");
+    }
+    let (_, status) = cli(&lab, &["status"]);
+    assert!(!status.contains("warning"), "{status}");
+    agent.stop().expect("xlb stops cleanly");
+}
+
+/// One line through a held connection: the target that answered (which saw the node).
+fn ask(s: &TcpStream, tag: &str) -> std::io::Result<String> {
+    let mut w = s.try_clone()?;
+    w.write_all(format!("{tag}\n").as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words[..] {
+        [name, peer, echoed] if echoed == tag && peer == LB_V4.to_string() => Ok(name.to_owned()),
+        _ => Err(std::io::Error::other(format!("answered {line:?}"))),
+    }
+}
+
+#[test]
+fn a_held_connection_survives_a_restart_and_drains_after_deregistration() {
+    let (lab, _servers) = lab("xsnat-b-");
+    let delay = "attributes = { \"deregistration_delay.timeout_seconds\" = \"4\" }\n";
+    let text =
+        node(&lab) + &group("t4", "TCP", v4, delay) + &listener(VIP_V4.into(), 80, "TCP", "t4");
+    let cfg = write_config(&lab, &text);
+    let xlb = xlb_bin().unwrap();
+    let agent = Agent::start(&lab, &xlb, &cfg).expect("xlb run");
+    let vip = SocketAddr::from((VIP_V4, 80));
+    let conn = in_netns(&lab.ns(Role::Client), || {
+        let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    })
+    .unwrap();
+    let owner = ask(&conn, "before").expect("echo before");
+
+    // kill -9 and a new agent: the connection keeps its target throughout.
+    agent.kill9();
+    assert_eq!(ask(&conn, "during").expect("echo without an agent"), owner);
+    let agent = Agent::start(&lab, &xlb, &cfg).expect("restarted xlb run");
+    assert_eq!(ask(&conn, "after").expect("echo after the restart"), owner);
+
+    // Deregistered: new connections go to the other target, the held one stays until the delay.
+    let i: usize = owner.trim_start_matches("backend").parse().unwrap();
+    let id = backend_v4(i).to_string();
+    let (ok, out) = cli(
+        &lab,
+        &["targets", "deregister", "--target-group", "t4", "--id", &id],
+    );
+    assert!(ok, "{out}");
+    let deregistered = Instant::now();
+    let other = format!("backend{}", 3 - i);
+    let names: BTreeSet<String> = in_netns(&lab.ns(Role::Client), || {
+        (0..20)
+            .map(|_| {
+                let body = http_get(vip).unwrap_or_else(|e| panic!("GET {vip}: {e:#}"));
+                body.split(' ').next().unwrap_or_default().to_owned()
+            })
+            .collect()
+    })
+    .unwrap();
+    assert_eq!(
+        names,
+        BTreeSet::from([other]),
+        "new connections avoid {owner}"
+    );
+    assert_eq!(ask(&conn, "draining").expect("echo while draining"), owner);
+    assert!(
+        deregistered.elapsed() < Duration::from_secs(4),
+        "checked within the delay"
+    );
+    // After the delay the target is gone, and its held connection with it.
+    std::thread::sleep(
+        Duration::from_secs(4).saturating_sub(deregistered.elapsed()) + Duration::from_secs(1),
+    );
+    let (_, list) = cli(&lab, &["targets", "list"]);
+    assert!(!list.contains(&id), "drain over, target gone: {list}");
+    let after = ask(&conn, "gone");
+    assert!(
+        after.is_err(),
+        "the held connection ended with the drain: {after:?}"
+    );
+    agent.stop().expect("xlb stops cleanly");
+}
