@@ -16,6 +16,7 @@ pub mod ebpf_count;
 pub mod fixture;
 pub mod lab;
 pub mod packet;
+pub mod plain_targets;
 pub mod stack;
 pub mod stop;
 pub mod testrun;
