@@ -227,6 +227,33 @@ impl Fixture {
         index
     }
 
+    /// For a TCP listener on [`VIP_V4`] port 80 that rewrites ports (NAT, SNAT): a fragment to
+    /// it is dropped (later fragments carry no ports), and an ICMP error about one of its flows
+    /// goes to the kernel untranslated.
+    pub fn assert_fragments_dropped_and_icmp_errors_passed(&mut self) {
+        use crate::packet::{MAC_CLIENT, MAC_LB, Packet};
+        let fragment = Packet::eth(MAC_CLIENT, MAC_LB)
+            .ipv4(CLIENT_V4, VIP_V4)
+            .fragment(8, false)
+            .raw(6)
+            .payload(&[0; 16])
+            .build();
+        let out = self.run(&fragment);
+        assert_eq!((out.action, out.reason()), (XDP_DROP, Reason::DropFragment));
+
+        let quoted = Packet::eth(MAC_CLIENT, MAC_LB)
+            .ipv4(VIP_V4, CLIENT_V4)
+            .tcp(80, 40000)
+            .ack()
+            .build();
+        let error = Packet::eth(MAC_GATEWAY, MAC_LB)
+            .ipv4(Ipv4Addr::new(203, 0, 113, 1), VIP_V4)
+            .icmpv4_dest_unreachable(1, &quoted[14..])
+            .build();
+        let out = self.run(&error);
+        assert_eq!((out.action, out.reason()), (XDP_PASS, Reason::PassIcmp));
+    }
+
     /// Adds the per-address entry that catches fragments for `proto` (see the fragment policy).
     pub fn address_entry(&mut self, addr: impl Into<IpAddr>, proto: Proto, vip: u32, flags: u32) {
         let (family, a) = addr_bytes(addr.into());

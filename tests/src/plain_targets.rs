@@ -3,6 +3,7 @@
 //! plain Python server on a port of its own; and the config pieces those labs share.
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead as _, BufReader, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
     path::PathBuf,
@@ -11,7 +12,7 @@ use std::{
 };
 
 use crate::{
-    agent::xlb_bin,
+    agent::{Agent, cli, http_get, write_config, xlb_bin},
     lab::{
         CLIENT_V4, CLIENT_V6, LB_V4, LB_V6, Lab, LabSpec, Role, VIP_V4, VIP_V6, backend_v4,
         backend_v6, in_netns, pin_dir, run_dir,
@@ -238,4 +239,79 @@ pub fn ask(s: &TcpStream, tag: &str, peer: IpAddr) -> std::io::Result<String> {
         [name, seen, echoed] if echoed == tag && seen == peer.to_string() => Ok(name.to_owned()),
         _ => Err(std::io::Error::other(format!("answered {line:?}"))),
     }
+}
+
+/// Which targets answered `n` HTTP GETs from the client to `vip`, each on a new connection.
+pub fn answered_by(lab: &Lab, vip: SocketAddr, n: usize) -> BTreeSet<String> {
+    in_netns(&lab.ns(Role::Client), || {
+        (0..n)
+            .map(|_| {
+                let body = http_get(vip).unwrap_or_else(|e| panic!("GET {vip}: {e:#}"));
+                body.split(' ').next().unwrap_or_default().to_owned()
+            })
+            .collect()
+    })
+    .unwrap()
+}
+
+/// The deregistration delay [`held_connection_survives_a_restart_and_drains`] gives group `t4`.
+pub const DRAIN_DELAY: &str = "attributes = { \"deregistration_delay.timeout_seconds\" = \"4\" }\n";
+
+/// With `text` (a TCP listener on the IPv4 VIP's port 80 to group `t4` of both targets, with
+/// [`DRAIN_DELAY`]) running: a held connection keeps its target through `kill -9` of the agent
+/// and a restart; deregistered, its target takes no new connections and keeps the held one for
+/// the delay, then the connection ends with it. The targets see `peer` as the connection's.
+pub fn held_connection_survives_a_restart_and_drains(lab: &Lab, text: &str, peer: IpAddr) {
+    let ask = |s: &TcpStream, tag: &str| ask(s, tag, peer);
+    let cfg = write_config(lab, text);
+    let xlb = xlb_bin().unwrap();
+    let agent = Agent::start(lab, &xlb, &cfg).expect("xlb run");
+    let vip = SocketAddr::from((VIP_V4, 80));
+    let conn = in_netns(&lab.ns(Role::Client), || {
+        let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s
+    })
+    .unwrap();
+    let owner = ask(&conn, "before").expect("echo before");
+
+    // kill -9 and a new agent: the connection keeps its target throughout.
+    agent.kill9();
+    assert_eq!(ask(&conn, "during").expect("echo without an agent"), owner);
+    let agent = Agent::start(lab, &xlb, &cfg).expect("restarted xlb run");
+    assert_eq!(ask(&conn, "after").expect("echo after the restart"), owner);
+
+    // Deregistered: new connections go to the other target, the held one stays until the delay.
+    let i: usize = owner.trim_start_matches("backend").parse().unwrap();
+    let id = backend_v4(i).to_string();
+    let (ok, out) = cli(
+        lab,
+        &["targets", "deregister", "--target-group", "t4", "--id", &id],
+    );
+    assert!(ok, "{out}");
+    let deregistered = Instant::now();
+    let other = format!("backend{}", 3 - i);
+    let names = answered_by(lab, vip, 20);
+    assert_eq!(
+        names,
+        BTreeSet::from([other]),
+        "new connections avoid {owner}"
+    );
+    assert_eq!(ask(&conn, "draining").expect("echo while draining"), owner);
+    assert!(
+        deregistered.elapsed() < Duration::from_secs(4),
+        "checked within the delay"
+    );
+    // After the delay the target is gone, and its held connection with it.
+    std::thread::sleep(
+        Duration::from_secs(4).saturating_sub(deregistered.elapsed()) + Duration::from_secs(1),
+    );
+    let (_, list) = cli(lab, &["targets", "list"]);
+    assert!(!list.contains(&id), "drain over, target gone: {list}");
+    let after = ask(&conn, "gone");
+    assert!(
+        after.is_err(),
+        "the held connection ended with the drain: {after:?}"
+    );
+    agent.stop().expect("xlb stops cleanly");
 }

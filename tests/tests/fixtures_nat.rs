@@ -281,24 +281,5 @@ fn fragments_are_dropped_and_icmp_errors_passed_for_nat_listeners() {
         &[B4.into()],
     );
     f.address_entry(VIP_V4, Proto::Tcp, vip, VIP_F_NAT | VIP_F_SOURCE_IP);
-    let fragment = Packet::eth(MAC_CLIENT, MAC_LB)
-        .ipv4(CLIENT_V4, VIP_V4)
-        .fragment(8, false)
-        .raw(6)
-        .payload(&[0; 16])
-        .build();
-    let out = f.run(&fragment);
-    assert_eq!((out.action, out.reason()), (XDP_DROP, Reason::DropFragment));
-
-    let quoted = Packet::eth(MAC_CLIENT, MAC_LB)
-        .ipv4(VIP_V4, CLIENT_V4)
-        .tcp(80, 40000)
-        .ack()
-        .build();
-    let error = Packet::eth(MAC_GATEWAY, MAC_LB)
-        .ipv4(Ipv4Addr::new(203, 0, 113, 1), VIP_V4)
-        .icmpv4_dest_unreachable(1, &quoted[14..])
-        .build();
-    let out = f.run(&error);
-    assert_eq!((out.action, out.reason()), (XDP_PASS, Reason::PassIcmp));
+    f.assert_fragments_dropped_and_icmp_errors_passed();
 }

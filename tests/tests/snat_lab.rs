@@ -6,15 +6,17 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use xlb_tests::{
-    agent::{Agent, api_socket, cli, http_get, scrape, write_config, xlb_bin},
+    agent::{Agent, api_socket, cli, scrape, write_config, xlb_bin},
     lab::{LB_V4, LB_V6, Lab, Role, VIP_V4, VIP_V6, backend_v4, in_netns, pin_dir, run_dir},
-    plain_targets::{self, Routes, Servers, curl, group, reason_packets, v4, v6},
+    plain_targets::{
+        self, DRAIN_DELAY, Routes, Servers, answered_by, curl, group, reason_packets, v4, v6,
+    },
 };
 
 fn lab(prefix: &str) -> (Lab, Servers) {
@@ -78,16 +80,7 @@ fn snat_forwards_tcp_and_udp_v4_and_v6_from_the_nodes_address_and_sweeps_idle_fl
     }
     // Connections spread over both targets, whose ports differ.
     for vip in [vip4, vip6] {
-        let names: BTreeSet<String> = in_netns(&lab.ns(Role::Client), || {
-            (0..40)
-                .map(|_| {
-                    let body = http_get(SocketAddr::new(vip, 80))
-                        .unwrap_or_else(|e| panic!("GET {vip}:80: {e:#}"));
-                    body.split(' ').next().unwrap_or_default().to_owned()
-                })
-                .collect()
-        })
-        .unwrap();
+        let names = answered_by(&lab, SocketAddr::new(vip, 80), 40);
         assert_eq!(
             names,
             BTreeSet::from(["backend1".into(), "backend2".into()])
@@ -186,74 +179,11 @@ fn snat_forwards_tcp_and_udp_v4_and_v6_from_the_nodes_address_and_sweeps_idle_fl
     agent.stop().expect("xlb stops cleanly");
 }
 
-/// One line through a held connection: the target that answered.
-fn ask(s: &TcpStream, tag: &str) -> std::io::Result<String> {
-    plain_targets::ask(s, tag, LB_V4.into())
-}
-
 #[test]
 fn a_held_connection_survives_a_restart_and_drains_after_deregistration() {
     let (lab, _servers) = lab("xsnat-b-");
-    let delay = "attributes = { \"deregistration_delay.timeout_seconds\" = \"4\" }\n";
-    let text =
-        node(&lab) + &group("t4", "TCP", v4, delay) + &listener(VIP_V4.into(), 80, "TCP", "t4");
-    let cfg = write_config(&lab, &text);
-    let xlb = xlb_bin().unwrap();
-    let agent = Agent::start(&lab, &xlb, &cfg).expect("xlb run");
-    let vip = SocketAddr::from((VIP_V4, 80));
-    let conn = in_netns(&lab.ns(Role::Client), || {
-        let s = TcpStream::connect_timeout(&vip, Duration::from_secs(2)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s
-    })
-    .unwrap();
-    let owner = ask(&conn, "before").expect("echo before");
-
-    // kill -9 and a new agent: the connection keeps its target throughout.
-    agent.kill9();
-    assert_eq!(ask(&conn, "during").expect("echo without an agent"), owner);
-    let agent = Agent::start(&lab, &xlb, &cfg).expect("restarted xlb run");
-    assert_eq!(ask(&conn, "after").expect("echo after the restart"), owner);
-
-    // Deregistered: new connections go to the other target, the held one stays until the delay.
-    let i: usize = owner.trim_start_matches("backend").parse().unwrap();
-    let id = backend_v4(i).to_string();
-    let (ok, out) = cli(
-        &lab,
-        &["targets", "deregister", "--target-group", "t4", "--id", &id],
-    );
-    assert!(ok, "{out}");
-    let deregistered = Instant::now();
-    let other = format!("backend{}", 3 - i);
-    let names: BTreeSet<String> = in_netns(&lab.ns(Role::Client), || {
-        (0..20)
-            .map(|_| {
-                let body = http_get(vip).unwrap_or_else(|e| panic!("GET {vip}: {e:#}"));
-                body.split(' ').next().unwrap_or_default().to_owned()
-            })
-            .collect()
-    })
-    .unwrap();
-    assert_eq!(
-        names,
-        BTreeSet::from([other]),
-        "new connections avoid {owner}"
-    );
-    assert_eq!(ask(&conn, "draining").expect("echo while draining"), owner);
-    assert!(
-        deregistered.elapsed() < Duration::from_secs(4),
-        "checked within the delay"
-    );
-    // After the delay the target is gone, and its held connection with it.
-    std::thread::sleep(
-        Duration::from_secs(4).saturating_sub(deregistered.elapsed()) + Duration::from_secs(1),
-    );
-    let (_, list) = cli(&lab, &["targets", "list"]);
-    assert!(!list.contains(&id), "drain over, target gone: {list}");
-    let after = ask(&conn, "gone");
-    assert!(
-        after.is_err(),
-        "the held connection ended with the drain: {after:?}"
-    );
-    agent.stop().expect("xlb stops cleanly");
+    let text = node(&lab)
+        + &group("t4", "TCP", v4, DRAIN_DELAY)
+        + &listener(VIP_V4.into(), 80, "TCP", "t4");
+    plain_targets::held_connection_survives_a_restart_and_drains(&lab, &text, LB_V4.into());
 }
